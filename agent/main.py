@@ -1,0 +1,179 @@
+"""``cloudless-agent``: enroll once, then serve AgentService over mTLS until stopped.
+
+One agent runs per device. Capacity defaults to what psutil sees; flags override it so
+one machine can host several simulated devices of different shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import psutil
+import structlog
+import typer
+
+from agent.enroll import NodeFacts, enroll, is_enrolled
+from agent.runtime import detect_drivers
+from agent.server import AGENT_VERSION, AgentServicer
+from cloudless import config
+from cloudless.api import agent_pb2_grpc
+from cloudless.errors import CloudlessError
+from cloudless.logs import configure_logging
+from cloudless.quantity import parse_bytes, parse_cpu
+from cloudless.tls import TLSMaterial, server_credentials
+
+log = structlog.get_logger("cloudless.agent")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"label {item!r} must look like key=value")
+        labels[key] = value
+    return labels
+
+
+async def serve(
+    *,
+    name: str,
+    zone: str,
+    listen: str,
+    advertise: str,
+    gateway: str,
+    token: str | None,
+    state_dir: Path,
+    cpu_millis: int,
+    memory_bytes: int,
+    storage_bytes: int,
+    labels: dict[str, str],
+    runtimes: list[str] | None,
+    docker_url: str | None,
+    ready_file: Path | None = None,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the agent until ``stop`` is set (or forever)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    drivers = await detect_drivers(name, state_dir, docker_base_url=docker_url)
+    if runtimes is not None:
+        drivers = {k: v for k, v in drivers.items() if k in runtimes}
+    if is_enrolled(state_dir):
+        material = TLSMaterial.load(state_dir)
+        log.info("agent.enrolled_before", node=name)
+    else:
+        if not token:
+            raise CloudlessError(
+                f"node {name} is not enrolled yet: pass --token (mint one with "
+                "`cloudlessctl token create`)"
+            )
+        facts = NodeFacts(
+            name=name,
+            zone=zone,
+            address=advertise,
+            cpu_millis=cpu_millis,
+            memory_bytes=memory_bytes,
+            storage_bytes=storage_bytes,
+            labels=labels,
+            runtimes=tuple(sorted(drivers)),
+            agent_version=AGENT_VERSION,
+        )
+        material = await enroll(state_dir, gateway, token, facts)
+        log.info("agent.enrolled", node=name, gateway=gateway)
+    identity = material.identity
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(identity.name, identity.cluster, drivers), server
+    )
+    server.add_secure_port(listen, server_credentials(material, require_client_auth=True))
+    await server.start()
+    log.info("agent.serving", node=identity.name, listen=listen, runtimes=sorted(drivers))
+    if ready_file is not None:
+        ready_file.write_text(identity.name)
+    if ready is not None:
+        ready.set()
+    try:
+        if stop is None:
+            await server.wait_for_termination()
+        else:
+            await stop.wait()
+    finally:
+        await server.stop(grace=2)
+        for driver in drivers.values():
+            await driver.close()
+
+
+@app.command()
+def main_command(
+    name: Annotated[str, typer.Option(help="Node name (DNS-1123 label); becomes the node id.")],
+    listen: Annotated[str, typer.Option(help="host:port to serve AgentService on.")],
+    zone: Annotated[str, typer.Option(help="Failure zone of this device.")] = "default",
+    advertise: Annotated[
+        str | None, typer.Option(help="host:port the coordinator dials (default: --listen).")
+    ] = None,
+    gateway: Annotated[str, typer.Option(envvar=config.ENV_GATEWAY)] = config.DEFAULT_GATEWAY,
+    token: Annotated[str | None, typer.Option(envvar="CLOUDLESS_TOKEN", help="Enrollment token.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Read the token from this file.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Agent state directory.")] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU to offer, e.g. 2 or 1500m.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 2Gi.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Storage to offer, e.g. 20Gi.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Node label key=value (repeatable).")] = None,
+    runtime: Annotated[
+        list[str] | None, typer.Option(help="Restrict runtimes (docker, exec); default: detected.")
+    ] = None,
+    docker_url: Annotated[str | None, typer.Option(help="Docker engine URL.")] = None,
+    ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Enroll (first start) and serve the node agent."""
+    configure_logging()
+    try:
+        if token_file is not None:
+            token = token_file.read_text().strip()
+        root = state_dir or config.agent_dir(config.state_dir(), name)
+        asyncio.run(
+            _run_until_signal(
+                name=name,
+                zone=zone,
+                listen=listen,
+                advertise=advertise or listen,
+                gateway=gateway,
+                token=token,
+                state_dir=root,
+                cpu_millis=parse_cpu(cpu) if cpu else (os.cpu_count() or 1) * 1000,
+                memory_bytes=parse_bytes(memory) if memory else psutil.virtual_memory().total,
+                storage_bytes=parse_bytes(storage)
+                if storage
+                else psutil.disk_usage(str(root.parent if root.parent.exists() else "/")).free,
+                labels=parse_labels(label or []),
+                runtimes=runtime,
+                docker_url=docker_url,
+                ready_file=ready_file,
+            )
+        )
+    except (CloudlessError, ValueError) as err:
+        typer.echo(f"cloudless-agent: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+async def _run_until_signal(**kwargs: object) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(stop=stop, **kwargs)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

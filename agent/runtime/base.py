@@ -1,0 +1,124 @@
+"""The runtime driver contract: how an agent runs one replica.
+
+Drivers are deliberately small: the agent server translates RPCs into these calls and
+the drivers translate them into a container engine or plain processes. Every replica a
+driver starts is labelled with node, workload and replica so that the agent can always
+list what actually runs and reconcile it against what it was told.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+#: Label keys put on every container/process a driver starts.
+LABEL_MANAGED = "dev.cloudless.managed"
+LABEL_NODE = "dev.cloudless.node"
+LABEL_NAMESPACE = "dev.cloudless.namespace"
+LABEL_WORKLOAD = "dev.cloudless.workload"
+LABEL_REPLICA = "dev.cloudless.replica"
+LABEL_GENERATION = "dev.cloudless.generation"
+LABEL_SPEC_HASH = "dev.cloudless.spec-hash"
+
+
+class ReplicaPhase(enum.StrEnum):
+    """Lifecycle phase of a replica as a driver observes it."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    container_port: int
+    protocol: str = "TCP"  # "TCP" | "UDP"
+    host_port: int | None = None  # None: not published on the host
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a driver needs to start one replica; built by the agent from the RPC."""
+
+    replica_id: str  # unique in the cluster, safe for container names ([a-z0-9-])
+    namespace: str
+    workload: str
+    node_id: str
+    image: str  # ignored by the exec driver
+    command: Sequence[str] = ()
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: Sequence[PortMapping] = ()
+    cpu_millis: int = 0  # 0: no limit
+    memory_bytes: int = 0  # 0: no limit
+    generation: int = 1
+    spec_hash: str = ""  # drivers treat a differing hash for the same replica_id as a new spec
+    labels: Mapping[str, str] = field(default_factory=dict)  # user labels, added as-is
+
+    def managed_labels(self) -> dict[str, str]:
+        """The labels every driver must attach (user labels first, ours win)."""
+        labels = dict(self.labels)
+        labels.update(
+            {
+                LABEL_MANAGED: "true",
+                LABEL_NODE: self.node_id,
+                LABEL_NAMESPACE: self.namespace,
+                LABEL_WORKLOAD: self.workload,
+                LABEL_REPLICA: self.replica_id,
+                LABEL_GENERATION: str(self.generation),
+                LABEL_SPEC_HASH: self.spec_hash,
+            }
+        )
+        return labels
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What a driver observed about one replica."""
+
+    replica_id: str
+    namespace: str
+    workload: str
+    phase: ReplicaPhase
+    generation: int = 1
+    spec_hash: str = ""
+    runtime_id: str = ""  # container id or pid
+    exit_code: int | None = None
+    message: str = ""
+    started_at: float | None = None  # unix seconds
+
+
+class RuntimeDriver(Protocol):
+    """A way to run replicas on this node. Implementations must be safe to call concurrently."""
+
+    name: str
+
+    async def available(self) -> bool:
+        """Whether this driver can run replicas on this node right now."""
+
+    async def run(self, spec: ReplicaSpec) -> ReplicaStatus:
+        """Start the replica; idempotent per ``replica_id``.
+
+        If a replica with this id already runs with the same ``spec_hash`` it is left
+        alone and its status returned; if it runs with another hash it is replaced; if it
+        exited it is removed and started again. Returns once the replica is Running (or
+        raises :class:`~cloudless.errors.RuntimeDriverError` with the engine's reason).
+        """
+
+    async def stop(self, replica_id: str, grace_seconds: float = 10.0) -> ReplicaStatus | None:
+        """Stop and remove the replica; returns its last status, or None if unknown."""
+
+    async def list(self) -> list[ReplicaStatus]:
+        """Every replica this driver runs or ran on this node (managed label only)."""
+
+    def logs(
+        self, replica_id: str, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream stdout+stderr lines of the replica as bytes chunks."""
+
+    async def close(self) -> None:
+        """Release engine connections; does not stop replicas (the data plane outlives us)."""

@@ -1,0 +1,165 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Port(_message.Message):
+    __slots__ = ("container_port", "protocol", "host_port")
+    CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    container_port: int
+    protocol: str
+    host_port: int
+    def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_port: _Optional[int] = ...) -> None: ...
+
+class ReplicaSpec(_message.Message):
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    namespace: str
+    workload: str
+    runtime: str
+    image: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    ports: _containers.RepeatedCompositeFieldContainer[Port]
+    cpu_millis: int
+    memory_bytes: int
+    generation: int
+    spec_hash: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    namespace: str
+    workload: str
+    runtime: str
+    phase: str
+    generation: int
+    spec_hash: str
+    runtime_id: str
+    has_exit_code: bool
+    exit_code: int
+    message: str
+    started_at: float
+    node_id: str
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., runtime_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class RunReplicaRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: ReplicaSpec
+    def __init__(self, spec: _Optional[_Union[ReplicaSpec, _Mapping]] = ...) -> None: ...
+
+class RunReplicaResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ReplicaStatus
+    def __init__(self, status: _Optional[_Union[ReplicaStatus, _Mapping]] = ...) -> None: ...
+
+class StopReplicaRequest(_message.Message):
+    __slots__ = ("replica_id", "grace_seconds")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    grace_seconds: float
+    def __init__(self, replica_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class StopReplicaResponse(_message.Message):
+    __slots__ = ("found", "status")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    status: ReplicaStatus
+    def __init__(self, found: _Optional[bool] = ..., status: _Optional[_Union[ReplicaStatus, _Mapping]] = ...) -> None: ...
+
+class ListReplicasRequest(_message.Message):
+    __slots__ = ("namespace", "workload")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    workload: str
+    def __init__(self, namespace: _Optional[str] = ..., workload: _Optional[str] = ...) -> None: ...
+
+class ListReplicasResponse(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("replica_id", "follow", "tail")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    follow: bool
+    tail: int
+    def __init__(self, replica_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class NodeInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfoResponse(_message.Message):
+    __slots__ = ("node_id", "runtimes", "agent_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    agent_version: str
+    def __init__(self, node_id: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""``cloudlessctl``: a thin typer + rich layer over :mod:`cloudless.client`."""

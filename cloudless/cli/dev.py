@@ -1,0 +1,114 @@
+"""``cloudlessctl dev up|down``: the embedded stack, one command away."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from cloudless import devstack
+from cloudless.cli.output import console, workloads_table
+from cloudless.client import CloudlessClient
+from cloudless.errors import CloudlessError
+from cloudless.spec import ManifestError, load_manifest_file
+from cloudless.temporal import connect
+
+EXEC_EXAMPLE = Path("examples/hello-exec.yaml")
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(version="auto", timeout=5)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+def _build_image() -> None:
+    import docker
+
+    from cloudless.images import BUSYBOX_TAG, build_busybox_image
+
+    client = docker.from_env(version="auto")
+    try:
+        build_busybox_image(client)
+    finally:
+        client.close()
+    console.print(f"built image {BUSYBOX_TAG} from the host's static busybox (no registry needed)")
+
+
+def dev_up(settings: object, example: Path | None, runtime: str | None) -> None:
+    from cloudless.cli.main import fail
+
+    state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
+    cluster: str = settings.cluster  # type: ignore[attr-defined]
+    use_docker = docker_available() if runtime in (None, "docker") else False
+    if runtime == "docker" and not use_docker:
+        raise fail("no Docker engine is reachable; start dockerd or use --runtime exec")
+    if not use_docker and runtime is None:
+        console.print(
+            "[yellow]No Docker engine is reachable: replicas will run as plain processes "
+            "(exec runtime).[/yellow]"
+        )
+    try:
+        state = devstack.start_processes(state_dir, cluster, progress=lambda m: console.print(f"• {m}"))
+        if use_docker:
+            _build_image()
+        manifest = example
+        if example is not None and not use_docker and example == Path("examples/hello.yaml"):
+            manifest = EXEC_EXAMPLE
+        workloads = load_manifest_file(manifest) if manifest is not None else []
+    except (CloudlessError, ManifestError, OSError) as err:
+        raise fail(str(err)) from err
+
+    async def apply() -> None:
+        temporal = await connect(f"127.0.0.1:{state.ports['temporal']}")
+        client = CloudlessClient(temporal, cluster)
+        console.print()
+        from cloudless.cli.output import nodes_table
+
+        console.print(nodes_table(await client.list_nodes()))
+        for w in workloads:
+            outcome = await client.apply(w, wait=True, timeout=120)
+            console.print(f"\nworkload/{outcome.namespace}/{outcome.name} {outcome.action}")
+            if outcome.status is not None:
+                console.print(workloads_table([outcome.status]))
+                for r in outcome.status.replicas:
+                    console.print(f"  {r.replica_id:<28} {r.phase.value:<9} on {r.node_id}")
+
+    try:
+        asyncio.run(apply())
+    except CloudlessError as err:
+        raise fail(str(err)) from err
+    ui = f"http://127.0.0.1:{state.ports['ui']}"
+    console.print(
+        f"\n[bold green]Cloudless is up.[/bold green] Temporal UI: {ui}  "
+        f"(try the query CloudlessWorkload = \"hello\")\n"
+        "Next:\n"
+        "  cloudlessctl get nodes\n"
+        "  cloudlessctl describe workload hello\n"
+        "  cloudlessctl scale workload hello --replicas 5\n"
+        "  cloudlessctl delete workload hello\n"
+        "  cloudlessctl dev down\n"
+        f"Logs are in {state_dir / 'logs'}."
+    )
+
+
+def dev_down(settings: object, purge: bool) -> None:
+    state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
+    stopped = devstack.stop_processes(state_dir)
+    names = tuple(a.name for a in devstack.DEV_AGENTS)
+    removed = devstack.remove_dev_containers(names)
+    killed = devstack.stop_exec_replicas(state_dir, names)
+    console.print(
+        f"stopped {', '.join(stopped) or 'nothing'}; removed {removed} container(s) and "
+        f"{killed} process replica(s)"
+    )
+    if purge and state_dir.exists():
+        shutil.rmtree(state_dir)
+        console.print(f"removed {state_dir}")
+

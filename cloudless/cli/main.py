@@ -1,0 +1,330 @@
+"""``cloudlessctl``: drive a Cloudless cluster.
+
+Every command exits non-zero with a one-line reason on error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from temporalio.service import RPCError
+
+from cloudless import config
+from cloudless.cli.output import (
+    Output,
+    console,
+    emit_data,
+    nodes_table,
+    print_node,
+    print_workload,
+    workloads_table,
+)
+from cloudless.client import CloudlessClient
+from cloudless.durations import parse_duration
+from cloudless.errors import CloudlessError
+from cloudless.pki import CertificateAuthority
+from cloudless.spec import ManifestError, load_manifest_file, load_manifests
+from cloudless.temporal import connect
+from cloudless.tokens import TokenSigner
+
+T = TypeVar("T")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+get_app = typer.Typer(no_args_is_help=True, help="List workloads or nodes.")
+describe_app = typer.Typer(no_args_is_help=True, help="Show one workload or node in detail.")
+delete_app = typer.Typer(no_args_is_help=True, help="Delete a workload.")
+scale_app = typer.Typer(no_args_is_help=True, help="Change a workload's replica count.")
+token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens for new nodes.")
+dev_app = typer.Typer(no_args_is_help=True, help="The embedded single-machine stack.")
+app.add_typer(get_app, name="get")
+app.add_typer(describe_app, name="describe")
+app.add_typer(delete_app, name="delete")
+app.add_typer(scale_app, name="scale")
+app.add_typer(token_app, name="token")
+app.add_typer(dev_app, name="dev")
+
+
+class Settings:
+    temporal_address: str = config.DEFAULT_TEMPORAL_ADDRESS
+    temporal_namespace: str = config.DEFAULT_TEMPORAL_NAMESPACE
+    cluster: str = config.DEFAULT_CLUSTER
+    state_dir: Path = Path(".cloudless")
+
+
+settings = Settings()
+
+OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")]
+NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Workload namespace.")]
+
+
+@app.callback()
+def _global(
+    temporal_address: Annotated[
+        str, typer.Option(envvar=config.ENV_TEMPORAL_ADDRESS, help="Temporal frontend host:port.")
+    ] = config.DEFAULT_TEMPORAL_ADDRESS,
+    temporal_namespace: Annotated[
+        str, typer.Option(envvar=config.ENV_TEMPORAL_NAMESPACE, help="Temporal namespace.")
+    ] = config.DEFAULT_TEMPORAL_NAMESPACE,
+    cluster: Annotated[str, typer.Option(envvar=config.ENV_CLUSTER, help="Cluster name.")] = (
+        config.DEFAULT_CLUSTER
+    ),
+    state_dir: Annotated[
+        Path, typer.Option(envvar=config.ENV_STATE_DIR, help="Local state directory.")
+    ] = Path(".cloudless"),
+) -> None:
+    settings.temporal_address = temporal_address
+    settings.temporal_namespace = temporal_namespace
+    settings.cluster = cluster
+    settings.state_dir = state_dir.resolve()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line (or, for manifests, one-line-per-problem) reason; exit 1."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
+    """Connect, run ``fn`` and turn every expected failure into a one-line error."""
+
+    async def go() -> T:
+        try:
+            temporal = await connect(settings.temporal_address, settings.temporal_namespace)
+        except RuntimeError as err:
+            raise CloudlessError(
+                f"cannot reach Temporal at {settings.temporal_address} ({err}); start the "
+                "stack with `cloudlessctl dev up` or set --temporal-address"
+            ) from err
+        return await fn(CloudlessClient(temporal, settings.cluster))
+
+    try:
+        return asyncio.run(go())
+    except CloudlessError as err:
+        raise fail(str(err)) from err
+    except RPCError as err:
+        raise fail(f"Temporal refused the request: {err.message}") from err
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+@app.command()
+def apply(
+    filename: Annotated[str, typer.Option("-f", "--filename", help="Manifest file, or - for stdin.")],
+    wait: Annotated[bool, typer.Option(help="Wait until replicas are running.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Create or update the workloads in a manifest."""
+    try:
+        workloads = (
+            load_manifests(sys.stdin.read(), "<stdin>")
+            if filename == "-"
+            else load_manifest_file(filename)
+        )
+    except ManifestError as err:
+        raise fail(str(err)) from err
+
+    async def go(c: CloudlessClient) -> list[Any]:
+        return [await c.apply(w, wait=wait, timeout=timeout) for w in workloads]
+
+    outcomes = run(go)
+    if output != Output.TABLE:
+        emit_data(
+            [
+                {
+                    "namespace": o.namespace,
+                    "name": o.name,
+                    "action": o.action,
+                    "generation": o.generation,
+                    "status": o.status.model_dump(mode="json", exclude={"manifest"})
+                    if o.status
+                    else None,
+                }
+                for o in outcomes
+            ],
+            output,
+        )
+        return
+    failed = False
+    for o in outcomes:
+        console.print(f"workload/{o.namespace}/{o.name} {o.action} (generation {o.generation})")
+        if o.status is not None:
+            console.print(workloads_table([o.status]))
+            failed |= o.status.ready < o.status.desired
+    if failed:
+        raise fail("not every replica is running; see `cloudlessctl describe workload NAME`")
+
+
+# ----------------------------------------------------------------------------- get
+
+
+@get_app.command("workloads")
+def get_workloads(
+    namespace: NamespaceOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces")] = False,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """List workloads."""
+    items = run(lambda c: c.list_workloads(None if all_namespaces else namespace))
+    if output == Output.TABLE:
+        console.print(workloads_table(items))
+    else:
+        emit_data([w.model_dump(mode="json", exclude={"manifest"}) for w in items], output)
+
+
+@get_app.command("nodes")
+def get_nodes(output: OutputOpt = Output.TABLE) -> None:
+    """List nodes with their state and allocation."""
+    items = run(lambda c: c.list_nodes())
+    if output == Output.TABLE:
+        console.print(nodes_table(items))
+    else:
+        emit_data([n.model_dump(mode="json") for n in items], output)
+
+
+# ----------------------------------------------------------------------------- describe
+
+
+@describe_app.command("workload")
+def describe_workload(
+    name: str, namespace: NamespaceOpt = "default", output: OutputOpt = Output.TABLE
+) -> None:
+    """Show a workload, its replicas and where they run."""
+    status = run(lambda c: c.workload_status(namespace, name))
+    if output == Output.TABLE:
+        print_workload(status)
+    else:
+        emit_data(status.model_dump(mode="json"), output)
+
+
+@describe_app.command("node")
+def describe_node(name: str, output: OutputOpt = Output.TABLE) -> None:
+    """Show a node, its capacity, allocation and state history."""
+    details = run(lambda c: c.describe_node(name))
+    if output == Output.TABLE:
+        print_node(details)
+    else:
+        emit_data(
+            {
+                "node": details.node.model_dump(mode="json"),
+                "status": details.status.model_dump(mode="json") if details.status else None,
+                "workloads": details.workloads,
+            },
+            output,
+        )
+
+
+# ----------------------------------------------------------------------------- delete/scale
+
+
+@delete_app.command("workload")
+def delete_workload(
+    name: str,
+    namespace: NamespaceOpt = "default",
+    wait: Annotated[bool, typer.Option(help="Wait until every replica is stopped.")] = True,
+) -> None:
+    """Delete a workload: stop every replica, release its resources."""
+    run(lambda c: c.delete(namespace, name, wait=wait))
+    console.print(f"workload/{namespace}/{name} deleted")
+
+
+@scale_app.command("workload")
+def scale_workload(
+    name: str,
+    replicas: Annotated[int, typer.Option("--replicas", "-r", help="Desired replica count.")],
+    namespace: NamespaceOpt = "default",
+    wait: Annotated[bool, typer.Option(help="Wait until the new count is reached.")] = True,
+    timeout: float = 120.0,
+) -> None:
+    """Scale a workload up or down."""
+
+    async def go(c: CloudlessClient) -> None:
+        result = await c.scale(namespace, name, replicas)
+        console.print(f"workload/{namespace}/{name} scaled to {replicas} (generation {result.generation})")
+        if wait:
+            console.print(workloads_table([await c.wait(namespace, name, result.generation, timeout)]))
+
+    run(go)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+@token_app.command("create")
+def token_create(
+    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h (max 24h).")] = "1h",
+    node: Annotated[str | None, typer.Option(help="Bind the token to this node name.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Require this node label key=value (repeatable).")
+    ] = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Mint a single-use enrollment token (run where the coordinator's state lives)."""
+    coord_dir = config.coordinator_dir(settings.state_dir)
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--label {item!r} must look like key=value")
+        labels[key] = value
+    try:
+        lifetime = parse_duration(ttl)
+        signer = TokenSigner.load(coord_dir)
+        ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
+        token, claims = signer.mint(
+            cluster=settings.cluster, ca_pem=ca_pem, ttl=lifetime, node_name=node, labels=labels
+        )
+    except (CloudlessError, ValueError) as err:
+        raise fail(f"{err} (coordinator state: {coord_dir})") from err
+    if output == Output.TABLE:
+        print(token)
+        typer.secho(
+            f"single use, expires {claims.expires_at.isoformat()}"
+            + (f", bound to node {node}" if node else ""),
+            err=True,
+            fg=typer.colors.BRIGHT_BLACK,
+        )
+    else:
+        emit_data({"token": token, **claims.to_dict()}, output)
+
+
+# ----------------------------------------------------------------------------- dev stack
+
+
+@dev_app.command("up")
+def dev_up(
+    example: Annotated[
+        Path | None, typer.Option(help="Manifest to apply once the stack is up.")
+    ] = Path("examples/hello.yaml"),
+    runtime: Annotated[
+        str | None, typer.Option(help="Force a runtime for the example: docker or exec.")
+    ] = None,
+) -> None:
+    """Start Temporal, the coordinator and three agents, then apply the example workload."""
+    from cloudless.cli.dev import dev_up as up
+
+    up(settings, example, runtime)
+
+
+@dev_app.command("down")
+def dev_down(
+    purge: Annotated[bool, typer.Option(help="Also delete the state directory.")] = False,
+) -> None:
+    """Stop everything `dev up` started and remove the dev replicas."""
+    from cloudless.cli.dev import dev_down as down
+
+    down(settings, purge)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Rendering for ``-o table|json|yaml``: tables for people, JSON/YAML for scripts."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from cloudless.client import NodeDetails
+from cloudless.model import LedgerNode, WorkloadStatus
+from cloudless.quantity import format_bytes, format_cpu
+
+console = Console()
+
+
+class Output(enum.StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    YAML = "yaml"
+
+
+def emit_data(data: Any, output: Output) -> None:
+    if output == Output.JSON:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAMESPACE", "NAME", "READY", "PHASE", "GENERATION", "NODES", "MESSAGE"):
+        table.add_column(col)
+    for w in items:
+        nodes = sorted({r.node_id for r in w.replicas if r.node_id})
+        table.add_row(
+            w.namespace,
+            w.name,
+            f"{w.ready}/{w.desired}",
+            w.phase.value,
+            str(w.generation),
+            ",".join(nodes) or "-",
+            w.message or "",
+        )
+    return table
+
+
+def replicas_table(w: WorkloadStatus) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("REPLICA", "PHASE", "NODE", "GENERATION", "MESSAGE"):
+        table.add_column(col)
+    for r in w.replicas:
+        table.add_row(r.replica_id, r.phase.value, r.node_id or "-", str(r.generation), r.message)
+    return table
+
+
+def nodes_table(items: Sequence[LedgerNode]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "STATE", "ZONE", "CPU (alloc/cap)", "MEMORY (alloc/cap)", "REPLICAS", "RUNTIMES", "ADDRESS"):
+        table.add_column(col)
+    for n in items:
+        table.add_row(
+            n.node_id,
+            n.state.value,
+            n.zone,
+            f"{format_cpu(n.allocated.cpu_millis)}/{format_cpu(n.capacity.cpu_millis)}",
+            f"{format_bytes(n.allocated.memory_bytes)}/{format_bytes(n.capacity.memory_bytes)}",
+            str(n.replicas),
+            ",".join(n.runtimes),
+            n.address,
+        )
+    return table
+
+
+def print_workload(w: WorkloadStatus) -> None:
+    console.print(f"[bold]Name:[/bold]       {w.namespace}/{w.name}")
+    console.print(f"[bold]Phase:[/bold]      {w.phase.value}")
+    console.print(f"[bold]Ready:[/bold]      {w.ready}/{w.desired}")
+    console.print(f"[bold]Generation:[/bold] {w.generation}   [bold]Spec:[/bold] {w.spec_hash}")
+    if w.message:
+        console.print(f"[bold]Message:[/bold]    {w.message}")
+    console.print(f"[bold]Workflow:[/bold]   workload/{w.namespace}/{w.name}")
+    console.print()
+    console.print(replicas_table(w))
+
+
+def print_node(d: NodeDetails) -> None:
+    n = d.node
+    console.print(f"[bold]Name:[/bold]      {n.node_id}")
+    console.print(f"[bold]State:[/bold]     {n.state.value}")
+    console.print(f"[bold]Zone:[/bold]      {n.zone}")
+    console.print(f"[bold]Address:[/bold]   {n.address}")
+    console.print(f"[bold]Runtimes:[/bold]  {', '.join(n.runtimes)}")
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
+    console.print(f"[bold]Labels:[/bold]    {labels}")
+    console.print(
+        f"[bold]Capacity:[/bold]  cpu {format_cpu(n.capacity.cpu_millis)}, "
+        f"memory {format_bytes(n.capacity.memory_bytes)}, "
+        f"storage {format_bytes(n.capacity.storage_bytes)}"
+    )
+    console.print(
+        f"[bold]Allocated:[/bold] cpu {format_cpu(n.allocated.cpu_millis)}, "
+        f"memory {format_bytes(n.allocated.memory_bytes)} in {n.replicas} replica(s)"
+    )
+    console.print(f"[bold]Workloads:[/bold] {', '.join(d.workloads) or '-'}")
+    if d.status is not None:
+        if d.status.record.certificate_not_after:
+            console.print(f"[bold]Cert until:[/bold] {d.status.record.certificate_not_after.isoformat()}")
+        console.print("[bold]Transitions:[/bold]")
+        for t in d.status.transitions:
+            console.print(f"  {t.at.isoformat()}  {t.state.value:<9} {t.reason}")

@@ -1,0 +1,217 @@
+"""The operations ``cloudlessctl`` offers, as a library: apply, get, describe, scale, delete.
+
+It talks to Temporal only (start/update/query workflows) and addresses workflows by
+their registered names, so the shared kernel does not import the workflow code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cloudless.errors import CloudlessError, NotFoundError
+from cloudless.model import (
+    ApplyInput,
+    ApplyResult,
+    ClusterSnapshot,
+    LedgerNode,
+    NodeStatus,
+    ScaleInput,
+    WaitInput,
+    WorkloadStatus,
+    WorkloadWorkflowInput,
+)
+from cloudless.naming import (
+    SA_NAMESPACE,
+    SA_WORKLOAD,
+    TASK_QUEUE,
+    cluster_workflow_id,
+    node_workflow_id,
+    workload_workflow_id,
+)
+from cloudless.spec import Workload
+from cloudless.workloads import check_supported, view_of
+
+WORKLOAD_WORKFLOW = "WorkloadWorkflow"
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    namespace: str
+    name: str
+    action: str  # "created" | "configured" | "unchanged"
+    generation: int
+    status: WorkloadStatus | None = None
+
+
+@dataclass(frozen=True)
+class NodeDetails:
+    node: LedgerNode
+    status: NodeStatus | None
+    workloads: list[str]
+
+
+def _update_error(err: WorkflowUpdateFailedError) -> CloudlessError:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return CloudlessError(cause.message)
+    return CloudlessError(str(cause or err))
+
+
+class CloudlessClient:
+    def __init__(self, client: Client, cluster: str) -> None:
+        self.temporal = client
+        self.cluster = cluster
+
+    def _workload(self, namespace: str, name: str) -> WorkflowHandle[object, WorkloadStatus]:
+        return self.temporal.get_workflow_handle(
+            workload_workflow_id(namespace, name), result_type=WorkloadStatus
+        )
+
+    async def apply(
+        self, workload: Workload, *, wait: bool = False, timeout: float = 120.0
+    ) -> ApplyOutcome:
+        """Create or update ``workload/<ns>/<name>`` atomically (update-with-start)."""
+        manifest = workload.to_manifest()
+        view = view_of(manifest)
+        check_supported(view)
+        start = WithStartWorkflowOperation(
+            WORKLOAD_WORKFLOW,
+            WorkloadWorkflowInput(cluster=self.cluster, manifest=manifest),
+            id=workload_workflow_id(view.namespace, view.name),
+            task_queue=TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_NAMESPACE, view.namespace),
+                    SearchAttributePair(SA_WORKLOAD, view.name),
+                ]
+            ),
+            static_summary=f"workload {view.key}",
+        )
+        try:
+            result: ApplyResult = await self.temporal.execute_update_with_start_workflow(
+                "apply",
+                ApplyInput(manifest=manifest),
+                start_workflow_operation=start,
+                result_type=ApplyResult,
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+        if result.created:
+            action = "created"
+        elif result.changed:
+            action = "configured"
+        else:
+            action = "unchanged"
+        status = None
+        if wait:
+            status = await self.wait(view.namespace, view.name, result.generation, timeout)
+        return ApplyOutcome(view.namespace, view.name, action, result.generation, status)
+
+    async def wait(
+        self, namespace: str, name: str, generation: int, timeout: float = 120.0
+    ) -> WorkloadStatus:
+        try:
+            return await self._workload(namespace, name).execute_update(
+                "wait_settled",
+                WaitInput(generation=generation, timeout_seconds=timeout),
+                result_type=WorkloadStatus,
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+
+    async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
+        try:
+            return await self._workload(namespace, name).query("status", result_type=WorkloadStatus)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFoundError(
+                    f"workload {namespace}/{name} not found; list them with "
+                    "`cloudlessctl get workloads -A`"
+                ) from err
+            raise
+
+    async def list_workloads(self, namespace: str | None = None) -> list[WorkloadStatus]:
+        prefix = "workload/" + (f"{namespace}/" if namespace else "")
+        out = []
+        query = f'WorkflowType = "{WORKLOAD_WORKFLOW}" AND ExecutionStatus = "Running"'
+        async for wf in self.temporal.list_workflows(query):
+            if not wf.id.startswith(prefix):
+                continue
+            _, ns, name = wf.id.split("/", 2)
+            try:
+                out.append(await self.workload_status(ns, name))
+            except NotFoundError:
+                continue  # finished between the listing and the query
+        return sorted(out, key=lambda s: (s.namespace, s.name))
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> ApplyResult:
+        await self.workload_status(namespace, name)  # a clear NotFound first
+        try:
+            return await self._workload(namespace, name).execute_update(
+                "scale", ScaleInput(replicas=replicas), result_type=ApplyResult
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+
+    async def delete(
+        self, namespace: str, name: str, *, wait: bool = True
+    ) -> WorkloadStatus | None:
+        await self.workload_status(namespace, name)
+        handle = self._workload(namespace, name)
+        try:
+            await handle.execute_update("delete", result_type=int)
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+        return await handle.result() if wait else None
+
+    async def snapshot(self) -> ClusterSnapshot:
+        handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
+        try:
+            return await handle.query("snapshot", result_type=ClusterSnapshot)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFoundError(
+                    f"cluster {self.cluster!r} has no ledger yet; is a coordinator running "
+                    "for it? (`cloudlessctl dev up` starts one)"
+                ) from err
+            raise
+
+    async def list_nodes(self) -> list[LedgerNode]:
+        return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)
+
+    async def describe_node(self, node_id: str) -> NodeDetails:
+        nodes = {n.node_id: n for n in (await self.snapshot()).nodes}
+        if node_id not in nodes:
+            raise NotFoundError(
+                f"node {node_id!r} not found; list nodes with `cloudlessctl get nodes`"
+            )
+        status = await self.temporal.get_workflow_handle(node_workflow_id(node_id)).query(
+            "describe", result_type=NodeStatus
+        )
+        workloads = []
+        for w in await self.list_workloads():
+            if any(r.node_id == node_id for r in w.replicas):
+                workloads.append(f"{w.namespace}/{w.name}")
+        return NodeDetails(node=nodes[node_id], status=status, workloads=workloads)
+
+
+async def apply_all(
+    client: CloudlessClient, workloads: Sequence[Workload], *, wait: bool, timeout: float
+) -> list[ApplyOutcome]:
+    return [await client.apply(w, wait=wait, timeout=timeout) for w in workloads]

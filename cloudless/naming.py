@@ -1,0 +1,39 @@
+"""Stable names: workflow ids users find in the Temporal UI, task queues, search attributes.
+
+Pure definitions (no I/O) so workflows, activities and the CLI agree on them.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+#: The one task queue the coordinator's workers poll for workflows and activities.
+TASK_QUEUE = "cloudless-control"
+
+SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
+SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")
+SA_NODE = SearchAttributeKey.for_keyword_list("CloudlessNode")
+SA_PHASE = SearchAttributeKey.for_keyword("CloudlessPhase")
+
+#: Every custom search attribute, registered at bootstrap so the UI can filter on them.
+SEARCH_ATTRIBUTES = (SA_NAMESPACE, SA_WORKLOAD, SA_NODE, SA_PHASE)
+
+
+def cluster_workflow_id(cluster: str) -> str:
+    return f"cluster/{cluster}"
+
+
+def node_workflow_id(node_id: str) -> str:
+    return f"node/{node_id}"
+
+
+def workload_workflow_id(namespace: str, name: str) -> str:
+    return f"workload/{namespace}/{name}"
+
+
+def enrollment_workflow_id(jti: str) -> str:
+    return f"enrollment/{jti}"
+
+
+def workload_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"

@@ -1,0 +1,45 @@
+"""Connecting to Temporal the same way from every process."""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+
+from cloudless.naming import SEARCH_ATTRIBUTES
+
+
+async def connect(address: str, namespace: str = "default") -> Client:
+    """A client using the pydantic data converter (our payload models are pydantic)."""
+    return await Client.connect(
+        address, namespace=namespace, data_converter=pydantic_data_converter
+    )
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register Cloudless' custom search attributes; idempotent."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: key.indexed_value_type
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in existing.custom_attributes
+    }
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={k: IndexedValueType.ValueType(v) for k, v in missing.items()},
+            )
+        )
+    except RPCError as err:  # a concurrent coordinator registered them first
+        if err.status != RPCStatusCode.ALREADY_EXISTS:
+            raise

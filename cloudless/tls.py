@@ -1,0 +1,104 @@
+"""gRPC over mutual TLS with certificates from the cluster CA.
+
+Servers present a certificate whose DNS SAN is their identity (node id, coordinator
+name); clients dial with ``grpc.ssl_target_name_override`` set to that identity, so the
+peer is authenticated by name, not by whichever address it happens to have today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from cloudless.errors import PKIError
+from cloudless.pki import Identity, identity_from_cert
+
+KEY_FILE = "tls.key"
+CERT_FILE = "tls.crt"
+CA_FILE = "ca.crt"
+
+#: Keepalives detect dead peers behind NATs and sleeping devices without waiting for TCP.
+KEEPALIVE_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """A key, its certificate and the CA that must have issued every peer."""
+
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    @classmethod
+    def load(cls, directory: Path) -> TLSMaterial:
+        try:
+            return cls(
+                key_pem=(directory / KEY_FILE).read_bytes(),
+                cert_pem=(directory / CERT_FILE).read_bytes(),
+                ca_pem=(directory / CA_FILE).read_bytes(),
+            )
+        except FileNotFoundError as err:
+            raise PKIError(
+                f"TLS material missing: {err.filename}; enroll this node or bootstrap the "
+                "coordinator first"
+            ) from err
+
+    @property
+    def identity(self) -> Identity:
+        return identity_from_cert(self.cert_pem)
+
+
+def server_credentials(material: TLSMaterial, *, require_client_auth: bool) -> grpc.ServerCredentials:
+    """Server credentials trusting only the cluster CA for client certificates.
+
+    With ``require_client_auth=False`` a client certificate is still requested and
+    verified when presented; handlers must then check :func:`peer_identity` themselves.
+    """
+    return grpc.ssl_server_credentials(
+        [(material.key_pem, material.cert_pem)],
+        root_certificates=material.ca_pem,
+        require_client_auth=require_client_auth,
+    )
+
+
+def channel_credentials(ca_pem: bytes, client: TLSMaterial | None = None) -> grpc.ChannelCredentials:
+    if client is None:
+        return grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem,
+        private_key=client.key_pem,
+        certificate_chain=client.cert_pem,
+    )
+
+
+def channel_options(server_name: str) -> list[tuple[str, int | str]]:
+    """Options that authenticate the server by its identity rather than its address."""
+    return [("grpc.ssl_target_name_override", server_name), *KEEPALIVE_OPTIONS]
+
+
+def secure_channel(
+    address: str, server_name: str, ca_pem: bytes, client: TLSMaterial | None = None
+) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        address, channel_credentials(ca_pem, client), options=channel_options(server_name)
+    )
+
+
+def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
+    """The cluster identity of the peer's verified client certificate, if it sent one."""
+    auth = context.auth_context()
+    pems: Iterable[bytes] = auth.get("x509_pem_cert", [])
+    for pem in pems:
+        try:
+            return identity_from_cert(pem)
+        except PKIError:
+            return None
+    return None

@@ -1,0 +1,131 @@
+"""Derived, deterministic facts about a workload manifest, shared by workflows and activities.
+
+A workflow keeps the manifest as plain data (it is what users applied) and asks this
+module for what it needs: placement inputs, the replica template hash that decides
+whether running replicas are up to date, and the wire spec the agents receive.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cloudless.api import agent_pb2
+from cloudless.errors import CloudlessError
+from cloudless.model import Resources
+from cloudless.spec import Workload, parse_workload
+
+#: Spec fields that change how many replicas run or where, not what each replica is.
+_NOT_IN_TEMPLATE = ("replicas", "minAvailable", "strategy")
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    workload: Workload
+    namespace: str
+    name: str
+    replicas: int
+    runtime: str
+    strategy: str
+    resources: Resources
+    node_selector: dict[str, str]
+    zones: list[str]
+    spec_hash: str
+    template_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def template_hash(workload: Workload) -> str:
+    """Hash of what makes a replica: two replicas with equal hashes are interchangeable."""
+    spec = dict(workload.to_manifest()["spec"])
+    for key in _NOT_IN_TEMPLATE:
+        spec.pop(key, None)
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def view_of(manifest: dict[str, Any]) -> WorkloadView:
+    """Parse a manifest (raises ManifestError) and derive what the control plane needs."""
+    w = parse_workload(manifest)
+    spec = w.spec
+    return WorkloadView(
+        workload=w,
+        namespace=w.metadata.namespace,
+        name=w.metadata.name,
+        replicas=spec.replicas,
+        runtime=spec.runtime,
+        strategy=spec.strategy,
+        resources=Resources(
+            cpu_millis=spec.resources.cpu_millis,
+            memory_bytes=spec.resources.memory_bytes,
+            storage_bytes=spec.resources.storage_bytes,
+        ),
+        node_selector=dict(spec.placement.node_selector),
+        zones=list(spec.placement.zones),
+        spec_hash=w.spec_hash(),
+        template_hash=template_hash(w),
+    )
+
+
+def check_supported(view: WorkloadView) -> None:
+    """Refuse what parses but this control plane cannot deliver yet, rather than ignore it."""
+    unsupported = [
+        f"spec.container.env[{i}].valueFrom"
+        for i, env in enumerate(view.workload.spec.container.env)
+        if env.value_from is not None
+    ]
+    if unsupported:
+        raise CloudlessError(
+            f"{view.key}: secret references are not supported by this coordinator yet "
+            f"({', '.join(unsupported)}); use a plain `value` for now"
+        )
+
+
+def scaled_manifest(manifest: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The manifest with a new replica count.
+
+    An explicit scale is the user's intent, so ``minAvailable`` is lowered with it when it
+    would exceed the new count (a disruption budget cannot demand more than exists).
+    """
+    out = copy.deepcopy(manifest)
+    spec = out.setdefault("spec", {})
+    spec["replicas"] = replicas
+    for key in ("minAvailable", "min_available"):
+        if isinstance(spec.get(key), int) and spec[key] > replicas:
+            spec[key] = replicas
+    return out
+
+
+def replica_spec_proto(
+    manifest: dict[str, Any], *, replica_id: str, generation: int, spec_hash: str
+) -> agent_pb2.ReplicaSpec:
+    """The wire spec an agent receives for one replica of this manifest."""
+    w = parse_workload(manifest)
+    c = w.spec.container
+    return agent_pb2.ReplicaSpec(
+        replica_id=replica_id,
+        namespace=w.metadata.namespace,
+        workload=w.metadata.name,
+        runtime=w.spec.runtime,
+        image=c.image or "",
+        command=list(c.command),
+        args=list(c.args),
+        env={e.name: e.value or "" for e in c.env if e.value_from is None},
+        ports=[
+            agent_pb2.Port(
+                container_port=p.container_port, protocol=p.protocol, host_port=p.host_port or 0
+            )
+            for p in c.ports
+        ],
+        cpu_millis=w.spec.resources.cpu_millis,
+        memory_bytes=w.spec.resources.memory_bytes,
+        generation=generation,
+        spec_hash=spec_hash,
+        labels=dict(w.metadata.labels),
+    )

@@ -1,0 +1,163 @@
+"""GatewayService: where agents enroll. Served by the coordinator over TLS.
+
+The gateway checks everything that can be checked without durable state (input shape,
+token signature) so junk never reaches Temporal, then runs the enrollment workflow,
+which enforces expiry, binding and single use durably.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import grpc
+import structlog
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+
+from cloudless.api import gateway_pb2, gateway_pb2_grpc
+from cloudless.errors import EnrollmentError
+from cloudless.model import EnrollmentInput, NodeRecord, Resources
+from cloudless.naming import TASK_QUEUE, enrollment_workflow_id
+from cloudless.tokens import TokenVerifier
+from workflows.enrollment import EnrollmentWorkflow
+
+log = structlog.get_logger("cloudless.gateway")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+KNOWN_RUNTIMES = frozenset({"docker", "exec"})
+MAX_TOKEN_BYTES = 8 * 1024
+MAX_CSR_BYTES = 16 * 1024
+MAX_LABELS = 64
+
+#: Token problems are authentication failures; binding problems are authorization ones.
+_STATUS_BY_TYPE = {
+    "TokenExpired": grpc.StatusCode.UNAUTHENTICATED,
+    "TokenReused": grpc.StatusCode.UNAUTHENTICATED,
+    "TokenBindingMismatch": grpc.StatusCode.PERMISSION_DENIED,
+    "InvalidCSR": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
+    """Every problem with an enrollment request, each saying what is wrong and the fix."""
+    problems = []
+    if not _DNS_LABEL.match(req.node_name):
+        problems.append(
+            f"node_name {req.node_name!r} must be a DNS-1123 label "
+            "(lowercase letters, digits and '-', at most 63 characters)"
+        )
+    if req.zone and not _DNS_LABEL.match(req.zone):
+        problems.append(f"zone {req.zone!r} must be a DNS-1123 label, e.g. zone-a")
+    if len(req.labels) > MAX_LABELS:
+        problems.append(f"at most {MAX_LABELS} labels are allowed, got {len(req.labels)}")
+    for key, value in req.labels.items():
+        if not _LABEL_KEY.match(key):
+            problems.append(f"label key {key!r} is invalid; use [prefix/]name like disk or example.com/disk")
+        if not _LABEL_VALUE.match(value):
+            problems.append(f"label {key}={value!r}: values are at most 63 of [A-Za-z0-9-_.]")
+    cap = req.capacity
+    if not 1 <= cap.cpu_millis <= 1024 * 1000:
+        problems.append(f"capacity.cpu_millis {cap.cpu_millis} must be within 1..1024000")
+    if not 16 * 2**20 <= cap.memory_bytes <= 16 * 2**40:
+        problems.append(f"capacity.memory_bytes {cap.memory_bytes} must be within 16Mi..16Ti")
+    if not 0 <= cap.storage_bytes <= 2**60:
+        problems.append(f"capacity.storage_bytes {cap.storage_bytes} must be within 0..1Ei")
+    m = _ADDRESS.match(req.address)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        problems.append(f"address {req.address!r} must be host:port where the agent listens")
+    unknown = set(req.runtimes) - KNOWN_RUNTIMES
+    if unknown or not req.runtimes:
+        problems.append(
+            f"runtimes {sorted(req.runtimes)} must be a non-empty subset of {sorted(KNOWN_RUNTIMES)}"
+        )
+    if not req.csr_pem or len(req.csr_pem) > MAX_CSR_BYTES:
+        problems.append(f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes")
+    if not req.token or len(req.token) > MAX_TOKEN_BYTES:
+        problems.append("token is missing or too large; mint one with `cloudlessctl token create`")
+    return problems
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, client: Client, cluster: str, verifier: TokenVerifier) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._verifier = verifier
+
+    async def Enroll(
+        self,
+        request: gateway_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> gateway_pb2.EnrollResponse:
+        problems = validate_enroll_request(request)
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        try:
+            claims = self._verifier.verify(request.token)
+        except EnrollmentError as err:
+            log.warning("enroll.refused", node=request.node_name, reason=str(err))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+            raise
+        record = NodeRecord(
+            node_id=request.node_name,
+            zone=request.zone or "default",
+            labels=dict(request.labels),
+            capacity=Resources(
+                cpu_millis=request.capacity.cpu_millis,
+                memory_bytes=request.capacity.memory_bytes,
+                storage_bytes=request.capacity.storage_bytes,
+            ),
+            address=request.address,
+            runtimes=sorted(request.runtimes),
+            agent_version=request.agent_version,
+        )
+        inp = EnrollmentInput(
+            cluster=self._cluster,
+            jti=claims.jti,
+            token_expires_at=claims.expires_at,
+            bound_node_name=claims.node_name,
+            bound_labels=dict(claims.labels),
+            csr_pem=request.csr_pem.decode("ascii", errors="replace"),
+            record=record,
+        )
+        try:
+            result = await self._client.execute_workflow(
+                EnrollmentWorkflow.run,
+                inp,
+                id=enrollment_workflow_id(claims.jti),
+                task_queue=TASK_QUEUE,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                execution_timeout=timedelta(minutes=2),
+            )
+        except WorkflowAlreadyStartedError:
+            reason = (
+                "enrollment token was already used; tokens are single-use, mint a new one "
+                "with `cloudlessctl token create`"
+            )
+            log.warning("enroll.refused", node=request.node_name, reason=reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+            raise
+        except WorkflowFailureError as err:
+            cause = err.cause
+            while cause is not None and not isinstance(cause, ApplicationError):
+                cause = cause.__cause__
+            if isinstance(cause, ApplicationError):
+                code = _STATUS_BY_TYPE.get(cause.type or "", grpc.StatusCode.INTERNAL)
+                log.warning("enroll.refused", node=request.node_name, reason=cause.message)
+                await context.abort(code, cause.message)
+            await context.abort(grpc.StatusCode.INTERNAL, f"enrollment failed: {err}")
+            raise
+        log.info("enroll.accepted", node=result.node_id)
+        return gateway_pb2.EnrollResponse(
+            node_id=result.node_id,
+            certificate_pem=result.certificate_pem.encode(),
+            ca_pem=result.ca_pem.encode(),
+            cluster=result.cluster,
+        )

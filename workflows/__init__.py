@@ -1,0 +1,19 @@
+"""Temporal workflows only: deterministic, no I/O, no clock, no randomness.
+
+See ``workflows/README.md`` for the entities and how they talk to each other.
+"""
+
+from workflows.cluster import ClusterWorkflow
+from workflows.enrollment import EnrollmentWorkflow
+from workflows.node import NodeWorkflow
+from workflows.workload import WorkloadWorkflow
+
+ALL_WORKFLOWS = (ClusterWorkflow, EnrollmentWorkflow, NodeWorkflow, WorkloadWorkflow)
+
+__all__ = [
+    "ALL_WORKFLOWS",
+    "ClusterWorkflow",
+    "EnrollmentWorkflow",
+    "NodeWorkflow",
+    "WorkloadWorkflow",
+]

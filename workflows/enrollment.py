@@ -1,0 +1,89 @@
+"""``enrollment/<jti>``: admit a node that presents a valid bootstrap token and a CSR.
+
+The gateway has already checked the token's signature; the raw token never enters
+history. This workflow enforces the rest durably: expiry against workflow time, the
+optional name/label binding, single use of the token id (recorded in the ledger), then
+signs the node certificate and starts the node's entity workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ledger import LedgerActivities
+    from activities.pki import PKIActivities
+    from cloudless.model import (
+        ConsumeTokenInput,
+        EnrollmentInput,
+        EnrollmentResult,
+        SignCertificateInput,
+    )
+
+_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10)
+
+
+def binding_error(inp: EnrollmentInput) -> str | None:
+    """Pure check of the token's optional binding to a node name and labels."""
+    name = inp.record.node_id
+    if inp.bound_node_name and inp.bound_node_name != name:
+        return f"token is bound to node {inp.bound_node_name!r}, not {name!r}"
+    for key, value in sorted(inp.bound_labels.items()):
+        if inp.record.labels.get(key) != value:
+            have = inp.record.labels.get(key)
+            return (
+                f"token requires label {key}={value!r}, the node presents "
+                + ("no such label" if have is None else f"{key}={have!r}")
+            )
+    return None
+
+
+@workflow.defn(name="EnrollmentWorkflow")
+class EnrollmentWorkflow:
+    @workflow.run
+    async def run(self, inp: EnrollmentInput) -> EnrollmentResult:
+        now = workflow.now()
+        if inp.token_expires_at <= now:
+            raise ApplicationError(
+                f"enrollment token expired at {inp.token_expires_at.isoformat()}; mint a new one "
+                "with `cloudlessctl token create`",
+                type="TokenExpired",
+                non_retryable=True,
+            )
+        if reason := binding_error(inp):
+            raise ApplicationError(reason, type="TokenBindingMismatch", non_retryable=True)
+        await workflow.execute_activity_method(
+            LedgerActivities.consume_enrollment_token,
+            ConsumeTokenInput(
+                jti=inp.jti, expires_at=inp.token_expires_at, node_id=inp.record.node_id
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        signed = await workflow.execute_activity_method(
+            PKIActivities.sign_node_certificate,
+            SignCertificateInput(
+                cluster=inp.cluster, node_id=inp.record.node_id, csr_pem=inp.csr_pem
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        record = inp.record.model_copy(
+            update={"certificate_not_after": signed.not_after, "enrolled_at": now}
+        )
+        await workflow.execute_activity_method(
+            LedgerActivities.register_node,
+            record,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        return EnrollmentResult(
+            node_id=record.node_id,
+            certificate_pem=signed.certificate_pem,
+            ca_pem=signed.ca_pem,
+            cluster=inp.cluster,
+        )

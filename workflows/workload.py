@@ -1,0 +1,403 @@
+"""``workload/<namespace>/<name>``: a workload's desired spec, its replicas and where they run.
+
+The workflow reconciles toward the spec. Handlers (apply, scale, delete) only change the
+desired state and mark the workflow dirty; the main loop is the one place that acts, so
+no two reconciliations ever interleave. Placement is proposed by an activity and
+committed through the ``cluster/<name>`` ledger; containers are started and stopped on
+the agents by activities over gRPC/mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.agents import AgentActivities
+    from activities.ledger import LedgerActivities
+    from cloudless.errors import CloudlessError
+    from cloudless.model import (
+        Allocation,
+        ApplyInput,
+        ApplyResult,
+        CommitPlanInput,
+        PlacementRequest,
+        ReplicaPhase,
+        ReplicaRecord,
+        RunReplicaInput,
+        ScaleInput,
+        StopReplicaInput,
+        WaitInput,
+        WorkloadPhase,
+        WorkloadStatus,
+        WorkloadWorkflowInput,
+    )
+    from cloudless.naming import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
+    from cloudless.workloads import WorkloadView, check_supported, scaled_manifest, view_of
+
+MAX_HISTORY_EVENTS = 8_000
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+_ALPHABET = string.ascii_lowercase + string.digits
+
+_AGENT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=5,
+    non_retryable_error_types=["ReplicaStartFailed", "AgentAuthFailed", "InvalidSpec"],
+)
+_LEDGER_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    maximum_interval=timedelta(seconds=5),
+)
+
+
+@workflow.defn(name="WorkloadWorkflow")
+class WorkloadWorkflow:
+    @workflow.init
+    def __init__(self, inp: WorkloadWorkflowInput) -> None:
+        self._cluster = inp.cluster
+        carried = inp.carried
+        self._manifest = carried.manifest if carried else inp.manifest
+        self._view: WorkloadView = view_of(self._manifest)
+        self._generation = carried.generation if carried else 1
+        self._replicas: list[ReplicaRecord] = list(carried.replicas) if carried else []
+        self._message = carried.message if carried else ""
+        self._backoff = inp.placement_backoff_seconds
+        self._dirty = True
+        self._deleting = False
+        self._reconciling = False
+        self._reconciled_generation = 0
+        self._search_attributes: tuple[str, tuple[str, ...]] | None = None
+        self._applied = carried is not None
+
+    # ------------------------------------------------------------------ main loop
+
+    @workflow.run
+    async def run(self, inp: WorkloadWorkflowInput) -> WorkloadStatus:
+        while True:
+            timeout = timedelta(seconds=self._backoff) if self._backoff else None
+            try:
+                await workflow.wait_condition(
+                    lambda: self._dirty or self._deleting or self._should_continue_as_new(),
+                    timeout=timeout,
+                )
+            except TimeoutError:
+                self._dirty = True  # retry pending or failed replicas after the backoff
+            if self._deleting:
+                await self._teardown()
+                return self.status()
+            if self._dirty:
+                self._dirty = False
+                self._reconciling = True
+                try:
+                    await self._reconcile()
+                finally:
+                    self._reconciling = False
+                    self._reconciled_generation = self._generation
+                self._publish_search_attributes()
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    WorkloadWorkflowInput(
+                        cluster=self._cluster,
+                        manifest=self._manifest,
+                        carried=self.status(),
+                        placement_backoff_seconds=self._backoff,
+                    )
+                )
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return not self._reconciling and (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+        )
+
+    async def _reconcile(self) -> None:
+        view = self._view
+        # 1. Failed replicas free their place; replacements are created below.
+        failed = [r for r in self._replicas if r.phase == ReplicaPhase.FAILED]
+        if failed:
+            await self._remove(failed)
+        current = [r for r in self._replicas if r.spec_hash == view.template_hash]
+        outdated = [r for r in self._replicas if r.spec_hash != view.template_hash]
+        # 2. Scale down: unplaced replicas go first, then the newest.
+        excess = len(current) - view.replicas
+        if excess > 0:
+            age = {r.replica_id: i for i, r in enumerate(self._replicas)}
+            ordered = sorted(
+                current, key=lambda r: (r.phase != ReplicaPhase.PENDING, -age[r.replica_id])
+            )
+            victims = ordered[:excess]
+            await self._remove(victims)
+            current = [r for r in current if r not in victims]
+        # 3. Scale up: new records, placed in one batch through the ledger.
+        for _ in range(view.replicas - len(current)):
+            record = ReplicaRecord(
+                replica_id=self._new_replica_id(),
+                generation=self._generation,
+                spec_hash=view.template_hash,
+                resources=view.resources,
+            )
+            self._replicas.append(record)
+            current.append(record)
+        pending = [r for r in current if r.phase == ReplicaPhase.PENDING]
+        if pending:
+            unplaced = await self._place(pending)
+            if unplaced and outdated:
+                # No room to surge: make room by retiring old-spec replicas, then retry.
+                retire = outdated[: len(unplaced)]
+                await self._remove(retire)
+                outdated = [r for r in outdated if r not in retire]
+                self._dirty = True
+        # 4. Start everything placed but not yet running, concurrently.
+        starting = [r for r in current if r.phase == ReplicaPhase.STARTING]
+        if starting:
+            await asyncio.gather(*(self._start(r) for r in starting))
+        # 5. Old-spec replicas go once the new spec is fully up.
+        if outdated and all(r.phase == ReplicaPhase.RUNNING for r in current):
+            await self._remove(outdated)
+        unhealthy = any(r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED) for r in current)
+        if unhealthy:
+            self._backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, self._backoff * 2))
+        else:
+            self._backoff = 0.0
+            self._message = ""
+
+    async def _place(self, pending: list[ReplicaRecord]) -> list[ReplicaRecord]:
+        view = self._view
+        result = await workflow.execute_activity_method(
+            LedgerActivities.place_replicas,
+            PlacementRequest(
+                cluster=self._cluster,
+                workload=view.key,
+                plan_id=str(workflow.uuid4()),
+                replica_ids=[r.replica_id for r in pending],
+                resources=view.resources,
+                node_selector=view.node_selector,
+                zones=view.zones,
+                runtime=view.runtime,
+                strategy=view.strategy,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_LEDGER_RETRY,
+        )
+        by_id = {p.replica_id: p for p in result.placements}
+        unplaced = []
+        for r in pending:
+            p = by_id.get(r.replica_id)
+            if p is None:
+                r.message = result.reason
+                unplaced.append(r)
+            else:
+                r.node_id, r.address = p.node_id, p.address
+                r.phase, r.message = ReplicaPhase.STARTING, ""
+        if unplaced:
+            self._message = f"{len(unplaced)} replica(s) pending: {result.reason}"
+        return unplaced
+
+    async def _start(self, r: ReplicaRecord) -> None:
+        view = self._view
+        try:
+            res = await workflow.execute_activity_method(
+                AgentActivities.run_replica,
+                RunReplicaInput(
+                    node_id=r.node_id,
+                    address=r.address,
+                    namespace=view.namespace,
+                    workload=view.name,
+                    replica_id=r.replica_id,
+                    generation=r.generation,
+                    spec_hash=r.spec_hash,
+                    manifest=self._manifest,
+                ),
+                start_to_close_timeout=timedelta(seconds=120),
+                retry_policy=_AGENT_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            r.phase = ReplicaPhase.FAILED
+            r.message = cause.message if isinstance(cause, ApplicationError) else str(err)
+            self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
+            return
+        r.phase, r.message = res.phase, res.message
+        r.runtime_id, r.started_at = res.runtime_id, res.started_at
+        if res.phase != ReplicaPhase.RUNNING:
+            r.phase = ReplicaPhase.FAILED
+            self._message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
+
+    async def _remove(self, victims: list[ReplicaRecord]) -> None:
+        """Stop the replicas on their agents, then release their allocations in one plan."""
+        placed = [r for r in victims if r.node_id]
+        await asyncio.gather(*(self._stop(r) for r in placed))
+        if placed:
+            await workflow.execute_activity_method(
+                LedgerActivities.commit_plan,
+                CommitPlanInput(
+                    plan_id=str(workflow.uuid4()),
+                    releases=[
+                        Allocation(
+                            replica_id=r.replica_id,
+                            workload=self._view.key,
+                            node_id=r.node_id,
+                            resources=r.resources,
+                        )
+                        for r in placed
+                    ],
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_LEDGER_RETRY,
+            )
+        gone = {r.replica_id for r in victims}
+        self._replicas = [r for r in self._replicas if r.replica_id not in gone]
+
+    async def _stop(self, r: ReplicaRecord) -> None:
+        try:
+            await workflow.execute_activity_method(
+                AgentActivities.stop_replica,
+                StopReplicaInput(node_id=r.node_id, address=r.address, replica_id=r.replica_id),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_AGENT_RETRY,
+            )
+        except ActivityError as err:
+            # An unreachable agent must not wedge a delete; the agent reconciles stale
+            # replicas against the control plane when it comes back.
+            workflow.logger.warning("could not stop %s on %s: %s", r.replica_id, r.node_id, err)
+        r.phase = ReplicaPhase.STOPPED
+
+    async def _teardown(self) -> None:
+        self._reconciling = True
+        await self._remove(list(self._replicas))
+        self._reconciling = False
+        self._publish_search_attributes()
+
+    def _new_replica_id(self) -> str:
+        taken = {r.replica_id for r in self._replicas}
+        rand = workflow.random()
+        while True:
+            suffix = "".join(rand.choice(_ALPHABET) for _ in range(5))
+            rid = f"{self._view.namespace}-{self._view.name}-{suffix}"
+            if rid not in taken:
+                return rid
+
+    def _publish_search_attributes(self) -> None:
+        phase = self.status().phase.value
+        nodes = tuple(sorted({r.node_id for r in self._replicas if r.node_id}))
+        if self._search_attributes == (phase, nodes):
+            return
+        self._search_attributes = (phase, nodes)
+        workflow.upsert_search_attributes(
+            [
+                SA_NAMESPACE.value_set(self._view.namespace),
+                SA_WORKLOAD.value_set(self._view.name),
+                SA_PHASE.value_set(phase),
+                SA_NODE.value_set(list(nodes)),
+            ]
+        )
+
+    # ------------------------------------------------------------------ handlers
+
+    @workflow.update
+    def apply(self, inp: ApplyInput) -> ApplyResult:
+        return self._set_manifest(inp.manifest)
+
+    def _set_manifest(self, manifest: dict[str, Any]) -> ApplyResult:
+        view = view_of(manifest)
+        first, self._applied = not self._applied, True
+        if view.spec_hash == self._view.spec_hash:
+            return ApplyResult(
+                generation=self._generation,
+                changed=False,
+                spec_hash=view.spec_hash,
+                created=first and self._generation == 1,
+            )
+        self._manifest, self._view = manifest, view
+        self._generation += 1
+        self._dirty = True
+        return ApplyResult(generation=self._generation, changed=True, spec_hash=view.spec_hash)
+
+    @apply.validator
+    def _validate_apply(self, inp: ApplyInput) -> None:
+        if self._deleting:
+            raise ApplicationError(
+                f"workload {self._view.key} is being deleted; wait for the delete to finish "
+                "and apply again",
+                type="WorkloadDeleting",
+            )
+        try:
+            view = view_of(inp.manifest)
+            check_supported(view)
+        except CloudlessError as err:
+            raise ApplicationError(str(err), type="InvalidSpec") from err
+        if view.key != self._view.key:
+            raise ApplicationError(
+                f"manifest names {view.key}, but this workflow manages {self._view.key}",
+                type="InvalidSpec",
+            )
+
+    @workflow.update
+    def scale(self, inp: ScaleInput) -> ApplyResult:
+        return self._set_manifest(scaled_manifest(self._manifest, inp.replicas))
+
+    @scale.validator
+    def _validate_scale(self, inp: ScaleInput) -> None:
+        if self._deleting:
+            raise ApplicationError(f"workload {self._view.key} is being deleted", type="WorkloadDeleting")
+        try:
+            view_of(scaled_manifest(self._manifest, inp.replicas))
+        except CloudlessError as err:
+            raise ApplicationError(str(err), type="InvalidSpec") from err
+
+    @workflow.update
+    def delete(self) -> int:
+        self._deleting = True
+        return self._generation
+
+    @workflow.update
+    async def wait_settled(self, inp: WaitInput) -> WorkloadStatus:
+        """Return once the given generation has been fully reconciled (or on timeout)."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._reconciled_generation >= inp.generation
+                and not self._dirty
+                and not self._reconciling,
+                timeout=timedelta(seconds=inp.timeout_seconds),
+            )
+        except TimeoutError:
+            pass
+        return self.status()
+
+    @workflow.query
+    def status(self) -> WorkloadStatus:
+        view = self._view
+        current = [r for r in self._replicas if r.spec_hash == view.template_hash]
+        ready = sum(1 for r in current if r.phase == ReplicaPhase.RUNNING)
+        if self._deleting:
+            phase = WorkloadPhase.DELETING if self._replicas else WorkloadPhase.DELETED
+        elif ready == view.replicas and len(self._replicas) == view.replicas:
+            phase = WorkloadPhase.AVAILABLE
+        elif any(r.phase == ReplicaPhase.FAILED for r in current):
+            phase = WorkloadPhase.DEGRADED
+        elif current and all(r.phase == ReplicaPhase.PENDING for r in current) and not self._dirty:
+            phase = WorkloadPhase.PENDING
+        else:
+            phase = WorkloadPhase.PROGRESSING
+        return WorkloadStatus(
+            namespace=view.namespace,
+            name=view.name,
+            generation=self._generation,
+            spec_hash=view.spec_hash,
+            desired=view.replicas,
+            ready=ready,
+            phase=phase,
+            message=self._message,
+            replicas=list(self._replicas),
+            manifest=self._manifest,
+        )
