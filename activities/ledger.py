@@ -27,7 +27,7 @@ from cloudless.model import (
     PlacementResult,
     UpsertNodeInput,
 )
-from cloudless.naming import TASK_QUEUE, cluster_workflow_id, node_workflow_id
+from cloudless.naming import task_queue, cluster_workflow_id, node_workflow_id
 from policies import placement
 
 #: How many fresh snapshots a placement tries before giving up on contention.
@@ -180,7 +180,7 @@ class LedgerActivities:
             NodeWorkflow.run,
             NodeWorkflowInput(cluster=self._cluster),
             id=node_workflow_id(record.node_id),
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue(self._cluster),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             start_signal="enroll",
             start_signal_args=[EnrollSignal(record=record)],

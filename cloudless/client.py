@@ -38,7 +38,7 @@ from cloudless.model import (
 from cloudless.naming import (
     SA_NAMESPACE,
     SA_WORKLOAD,
-    TASK_QUEUE,
+    task_queue,
     cluster_workflow_id,
     node_workflow_id,
     workload_workflow_id,
@@ -93,7 +93,7 @@ class CloudlessClient:
             WORKLOAD_WORKFLOW,
             WorkloadWorkflowInput(cluster=self.cluster, manifest=manifest),
             id=workload_workflow_id(view.namespace, view.name),
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue(self.cluster),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes(
                 [

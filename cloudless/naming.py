@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from temporalio.common import SearchAttributeKey
 
-#: The one task queue the coordinator's workers poll for workflows and activities.
-TASK_QUEUE = "cloudless-control"
+def task_queue(cluster: str) -> str:
+    """The task queue a cluster's coordinators poll for workflows and activities.
+
+    One queue per cluster lets several clusters share a Temporal namespace without a
+    worker of one cluster ever running another cluster's activities.
+    """
+    return f"cloudless-{cluster}"
 
 SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
 SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")

@@ -33,7 +33,7 @@ from cloudless.api import gateway_pb2_grpc
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
-from cloudless.naming import TASK_QUEUE, cluster_workflow_id
+from cloudless.naming import task_queue, cluster_workflow_id
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -106,7 +106,7 @@ class Coordinator:
             ClusterWorkflow.run,
             ClusterWorkflowInput(cluster=self.cluster),
             id=cluster_workflow_id(self.cluster),
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue(self.cluster),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         self._pool = AgentClientPool(pki.material)
@@ -115,7 +115,7 @@ class Coordinator:
         certs = PKIActivities(pki.ca)
         worker = Worker(
             self.client,
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue(self.cluster),
             workflows=list(ALL_WORKFLOWS),
             activities=[
                 ledger.place_replicas,
@@ -145,7 +145,7 @@ class Coordinator:
             "coordinator.started",
             cluster=self.cluster,
             gateway=self.gateway_listen,
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue(self.cluster),
         )
 
     async def stop(self) -> None:

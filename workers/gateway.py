@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import EnrollmentError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
-from cloudless.naming import TASK_QUEUE, enrollment_workflow_id
+from cloudless.naming import task_queue, enrollment_workflow_id
 from cloudless.tokens import TokenVerifier
 from workflows.enrollment import EnrollmentWorkflow
 
@@ -132,7 +132,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 EnrollmentWorkflow.run,
                 inp,
                 id=enrollment_workflow_id(claims.jti),
-                task_queue=TASK_QUEUE,
+                task_queue=task_queue(self._cluster),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 execution_timeout=timedelta(minutes=2),
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import threading
 import uuid
@@ -30,32 +29,10 @@ from agent.runtime.base import (
 )
 from agent.runtime.docker import container_name
 from cloudless.errors import RuntimeDriverError
-from cloudless.testing.images import BUSYBOX_TAG, build_busybox_image
 
 pytestmark = pytest.mark.docker
 
 SLEEP = ("sh", "-c")
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    """A client for the local engine; skip (or fail under CI=true) when there is none."""
-    try:
-        client = docker.from_env(version="auto")
-        client.ping()
-    except Exception as error:
-        reason = f"no reachable Docker engine: {error}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def busybox_image(docker_client: Any) -> str:
-    build_busybox_image(docker_client)
-    return BUSYBOX_TAG
 
 
 def _remove_node_containers(client: Any, node_id: str) -> None:
@@ -287,13 +264,16 @@ async def test_clean_exit_is_stopped(driver: DockerDriver, busybox_image: str) -
     assert (status.phase, status.exit_code) == (ReplicaPhase.STOPPED, 0)
 
 
-async def test_engine_refusing_to_start_raises_with_reason(
+async def test_missing_executable_reports_failed_with_reason(
     driver: DockerDriver, busybox_image: str
 ) -> None:
+    # With the init process as PID 1 the exec failure happens inside the container, so it
+    # surfaces as a Failed replica (exit 127) carrying the init's complaint.
     spec = make_spec(driver.node_id, busybox_image, command=("/no/such/binary",), args=())
-    with pytest.raises(RuntimeDriverError, match="no/such/binary"):
-        await driver.run(spec)
-    assert await driver.list() == []  # the half-made container is not left behind
+    status = await driver.run(spec)
+    assert status.phase == ReplicaPhase.FAILED
+    assert status.exit_code == 127
+    assert "no/such/binary" in status.message
 
 
 async def test_logs_read_tail_and_follow(driver: DockerDriver, busybox_image: str) -> None:
