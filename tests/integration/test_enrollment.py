@@ -1,0 +1,131 @@
+"""Enrollment through the real gateway and enrollment workflow: good tokens admit a node,
+expired, forged, reused and wrongly-bound tokens are refused with a clear reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from agent.enroll import NodeFacts, enroll
+from cloudless.client import CloudlessClient
+from cloudless.errors import EnrollmentError
+from cloudless.pki import CertificateAuthority, identity_from_cert, verify_issued_by
+from cloudless.testing.cluster import LocalCluster
+from cloudless.tokens import TokenSigner
+from tests.conftest import unique
+
+pytestmark = pytest.mark.temporal
+
+
+@pytest.fixture(scope="module")
+async def coordinator(
+    temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(
+        temporal_env.client, tmp_path_factory.mktemp("enroll"), cluster=unique("enr")
+    )
+    await cluster.start()
+    yield cluster
+    await cluster.close()
+
+
+def facts(name: str, labels: dict[str, str] | None = None) -> NodeFacts:
+    return NodeFacts(
+        name=name,
+        zone="zone-a",
+        address="127.0.0.1:7999",
+        cpu_millis=2000,
+        memory_bytes=2 * 2**30,
+        storage_bytes=2**30,
+        labels=labels or {},
+        runtimes=("exec",),
+    )
+
+
+async def test_valid_token_enrolls_and_registers_node(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    name = unique("node")
+    material = await enroll(tmp_path, coordinator.gateway, coordinator.mint_token(name), facts(name))
+    ca = CertificateAuthority.load(coordinator.coordinator_dir)
+    verify_issued_by(material.cert_pem, ca.cert_pem)
+    ident = identity_from_cert(material.cert_pem)
+    assert (ident.cluster, ident.role, ident.name) == (coordinator.cluster, "node", name)
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+    await coordinator.wait_node_ready(name)
+    details = await CloudlessClient(coordinator.client, coordinator.cluster).describe_node(name)
+    assert details.status is not None
+    assert [t.state.value for t in details.status.transitions] == ["Joining", "Ready"]
+    assert details.node.capacity.cpu_millis == 2000
+
+
+async def test_reused_token_is_refused(coordinator: LocalCluster, tmp_path: Path) -> None:
+    token = coordinator.mint_token()
+    await enroll(tmp_path / "a", coordinator.gateway, token, facts(unique("first")))
+    with pytest.raises(EnrollmentError, match="already used"):
+        await enroll(tmp_path / "b", coordinator.gateway, token, facts(unique("second")))
+    assert not (tmp_path / "b" / "tls.crt").exists()
+
+
+async def test_expired_token_is_refused(coordinator: LocalCluster, tmp_path: Path) -> None:
+    signer = TokenSigner.load(coordinator.coordinator_dir)
+    ca = CertificateAuthority.load(coordinator.coordinator_dir).cert_pem.decode()
+    token, _ = signer.mint(
+        cluster=coordinator.cluster,
+        ca_pem=ca,
+        ttl=timedelta(minutes=1),
+        now=datetime.now(UTC) - timedelta(hours=1),
+    )
+    with pytest.raises(EnrollmentError, match="expired"):
+        await enroll(tmp_path, coordinator.gateway, token, facts(unique("late")))
+
+
+async def test_forged_token_is_refused(coordinator: LocalCluster, tmp_path: Path) -> None:
+    # Signed by a key that is not this cluster's, but carrying the real CA so the agent
+    # can reach the gateway: exactly what an attacker without the key could produce.
+    rogue = TokenSigner.load_or_create(tmp_path / "rogue")
+    ca = CertificateAuthority.load(coordinator.coordinator_dir).cert_pem.decode()
+    token, _ = rogue.mint(cluster=coordinator.cluster, ca_pem=ca)
+    with pytest.raises(EnrollmentError, match="signature"):
+        await enroll(tmp_path / "n", coordinator.gateway, token, facts(unique("forged")))
+
+
+async def test_token_bound_to_another_name_is_refused(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    token = coordinator.mint_token("edge-7")
+    with pytest.raises(EnrollmentError, match="bound to node 'edge-7'"):
+        await enroll(tmp_path, coordinator.gateway, token, facts(unique("other")))
+
+
+async def test_token_bound_to_labels_requires_them(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    token = coordinator.mint_token(labels={"tier": "edge"})
+    with pytest.raises(EnrollmentError, match="tier"):
+        await enroll(tmp_path / "a", coordinator.gateway, token, facts(unique("nolabel")))
+    ok = coordinator.mint_token(labels={"tier": "edge"})
+    await enroll(tmp_path / "b", coordinator.gateway, ok, facts(unique("label"), {"tier": "edge"}))
+
+
+async def test_invalid_request_lists_every_problem(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    bad = NodeFacts(
+        name="Not_A_Name",
+        zone="zone-a",
+        address="nowhere",
+        cpu_millis=0,
+        memory_bytes=2**30,
+        storage_bytes=0,
+        runtimes=("podman",),
+    )
+    with pytest.raises(EnrollmentError) as info:
+        await enroll(tmp_path, coordinator.gateway, coordinator.mint_token(), bad)
+    text = str(info.value)
+    for expected in ("node_name", "address", "cpu_millis", "runtimes"):
+        assert expected in text
