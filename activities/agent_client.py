@@ -25,7 +25,7 @@ class AgentClientPool:
             if channel is None:
                 stale = [k for k in self._channels if k[0] == node_id]
                 for k in stale:
-                    await self._channels.pop(k).close()
+                    await self._channels.pop(k).close(None)
                 channel = secure_channel(address, node_id, self._material.ca_pem, self._material)
                 self._channels[key] = channel
         return agent_pb2_grpc.AgentServiceStub(channel)
@@ -33,5 +33,5 @@ class AgentClientPool:
     async def close(self) -> None:
         async with self._lock:
             for channel in self._channels.values():
-                await channel.close()
+                await channel.close(None)
             self._channels.clear()

@@ -61,7 +61,9 @@ class AgentActivities:
             phase=ReplicaPhase(status.phase),
             runtime_id=status.runtime_id,
             message=status.message,
-            started_at=datetime.fromtimestamp(status.started_at, UTC) if status.started_at else None,
+            started_at=datetime.fromtimestamp(status.started_at, UTC)
+            if status.started_at
+            else None,
         )
 
     @activity.defn(name="stop_replica")

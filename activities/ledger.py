@@ -27,7 +27,7 @@ from cloudless.model import (
     PlacementResult,
     UpsertNodeInput,
 )
-from cloudless.naming import task_queue, cluster_workflow_id, node_workflow_id
+from cloudless.naming import cluster_workflow_id, node_workflow_id, task_queue
 from policies import placement
 
 #: How many fresh snapshots a placement tries before giving up on contention.
@@ -127,7 +127,9 @@ class LedgerActivities:
             return PlacementResult(
                 placements=[
                     Placement(
-                        replica_id=a.replica_id, node_id=a.node_id, address=addresses.get(a.node_id, "")
+                        replica_id=a.replica_id,
+                        node_id=a.node_id,
+                        address=addresses.get(a.node_id, ""),
                     )
                     for a in allocations
                 ],

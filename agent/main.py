@@ -119,13 +119,17 @@ def main_command(
         str | None, typer.Option(help="host:port the coordinator dials (default: --listen).")
     ] = None,
     gateway: Annotated[str, typer.Option(envvar=config.ENV_GATEWAY)] = config.DEFAULT_GATEWAY,
-    token: Annotated[str | None, typer.Option(envvar="CLOUDLESS_TOKEN", help="Enrollment token.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="CLOUDLESS_TOKEN", help="Enrollment token.")
+    ] = None,
     token_file: Annotated[Path | None, typer.Option(help="Read the token from this file.")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Agent state directory.")] = None,
     cpu: Annotated[str | None, typer.Option(help="CPU to offer, e.g. 2 or 1500m.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 2Gi.")] = None,
     storage: Annotated[str | None, typer.Option(help="Storage to offer, e.g. 20Gi.")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="Node label key=value (repeatable).")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Node label key=value (repeatable).")
+    ] = None,
     runtime: Annotated[
         list[str] | None, typer.Option(help="Restrict runtimes (docker, exec); default: detected.")
     ] = None,

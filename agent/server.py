@@ -77,7 +77,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _authorize(self, context: Context) -> None:
         ident = peer_identity(context)
         if ident is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a cluster client certificate is required")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a cluster client certificate is required"
+            )
         assert ident is not None
         if ident.cluster != self._cluster or ident.role != "coordinator":
             log.warning("agent.denied", peer=ident.uri(), node=self._node_id)
@@ -135,7 +137,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             log.warning("replica.run_failed", replica=spec.replica_id, error=str(err))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
             raise
-        log.info("replica.run", replica=spec.replica_id, phase=status.phase.value, runtime=spec.runtime)
+        log.info(
+            "replica.run", replica=spec.replica_id, phase=status.phase.value, runtime=spec.runtime
+        )
         return agent_pb2.RunReplicaResponse(
             status=status_to_proto(status, spec.runtime, self._node_id)
         )

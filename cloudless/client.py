@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -38,9 +39,9 @@ from cloudless.model import (
 from cloudless.naming import (
     SA_NAMESPACE,
     SA_WORKLOAD,
-    task_queue,
     cluster_workflow_id,
     node_workflow_id,
+    task_queue,
     workload_workflow_id,
 )
 from cloudless.spec import Workload
@@ -89,7 +90,7 @@ class CloudlessClient:
         manifest = workload.to_manifest()
         view = view_of(manifest)
         check_supported(view)
-        start = WithStartWorkflowOperation(
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             WORKLOAD_WORKFLOW,
             WorkloadWorkflowInput(cluster=self.cluster, manifest=manifest),
             id=workload_workflow_id(view.namespace, view.name),
@@ -127,17 +128,21 @@ class CloudlessClient:
         self, namespace: str, name: str, generation: int, timeout: float = 120.0
     ) -> WorkloadStatus:
         try:
-            return await self._workload(namespace, name).execute_update(
+            status: WorkloadStatus = await self._workload(namespace, name).execute_update(
                 "wait_settled",
                 WaitInput(generation=generation, timeout_seconds=timeout),
                 result_type=WorkloadStatus,
             )
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
+        return status
 
     async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
         try:
-            return await self._workload(namespace, name).query("status", result_type=WorkloadStatus)
+            status: WorkloadStatus = await self._workload(namespace, name).query(
+                "status", result_type=WorkloadStatus
+            )
+            return status
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise NotFoundError(
@@ -163,9 +168,10 @@ class CloudlessClient:
     async def scale(self, namespace: str, name: str, replicas: int) -> ApplyResult:
         await self.workload_status(namespace, name)  # a clear NotFound first
         try:
-            return await self._workload(namespace, name).execute_update(
+            result: ApplyResult = await self._workload(namespace, name).execute_update(
                 "scale", ScaleInput(replicas=replicas), result_type=ApplyResult
             )
+            return result
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
 
@@ -183,7 +189,8 @@ class CloudlessClient:
     async def snapshot(self) -> ClusterSnapshot:
         handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
         try:
-            return await handle.query("snapshot", result_type=ClusterSnapshot)
+            snap: ClusterSnapshot = await handle.query("snapshot", result_type=ClusterSnapshot)
+            return snap
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise NotFoundError(

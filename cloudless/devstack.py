@@ -79,7 +79,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -88,10 +94,14 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float, proc: subpr
             tail = log.read_text()[-2000:] if log and log.exists() else ""
             raise ConfigError(f"{what} exited with code {proc.returncode}:\n{tail}")
         time.sleep(0.1)
-    raise ConfigError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"; see {log}" if log else ""))
+    raise ConfigError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f"; see {log}" if log else "")
+    )
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -138,24 +148,45 @@ def start_processes(
         return existing
     if existing:
         stop_processes(state_dir)
-    for name, port in (("Temporal", ports.temporal), ("Temporal UI", ports.ui), ("gateway", ports.gateway)):
+    for name, port in (
+        ("Temporal", ports.temporal),
+        ("Temporal UI", ports.ui),
+        ("gateway", ports.gateway),
+    ):
         if port_open(port):
-            raise ConfigError(f"port {port} for the {name} is already in use; stop whatever listens there")
+            raise ConfigError(
+                f"port {port} for the {name} is already in use; stop whatever listens there"
+            )
     logs = state_dir / "logs"
     pids: dict[str, int] = {}
-    progress("starting the Temporal dev server (SQLite, UI on :%d)" % ports.ui)
+    progress(f"starting the Temporal dev server (SQLite, UI on :{ports.ui})")
     temporal = _spawn(
         [
-            temporal_binary(), "server", "start-dev",
-            "--db-filename", str(state_dir / "temporal.db"),
-            "--ip", "127.0.0.1", "--port", str(ports.temporal), "--ui-port", str(ports.ui),
-            "--log-level", "warn",
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(state_dir / "temporal.db"),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(ports.temporal),
+            "--ui-port",
+            str(ports.ui),
+            "--log-level",
+            "warn",
         ],
         logs / "temporal.log",
     )
     pids["temporal"] = temporal.pid
     _save(state_dir, pids, ports)
-    wait_until(lambda: port_open(ports.temporal), "the Temporal server", 60, temporal, logs / "temporal.log")
+    wait_until(
+        lambda: port_open(ports.temporal),
+        "the Temporal server",
+        60,
+        temporal,
+        logs / "temporal.log",
+    )
     progress("starting the coordinator")
     env = {
         "CLOUDLESS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}",
@@ -163,13 +194,25 @@ def start_processes(
         "CLOUDLESS_STATE_DIR": str(state_dir),
     }
     coordinator = _spawn(
-        [sys.executable, "-m", "workers.coordinator", "--gateway-listen", f"127.0.0.1:{ports.gateway}"],
+        [
+            sys.executable,
+            "-m",
+            "workers.coordinator",
+            "--gateway-listen",
+            f"127.0.0.1:{ports.gateway}",
+        ],
         logs / "coordinator.log",
         env,
     )
     pids["coordinator"] = coordinator.pid
     _save(state_dir, pids, ports)
-    wait_until(lambda: port_open(ports.gateway), "the coordinator gateway", 60, coordinator, logs / "coordinator.log")
+    wait_until(
+        lambda: port_open(ports.gateway),
+        "the coordinator gateway",
+        60,
+        coordinator,
+        logs / "coordinator.log",
+    )
     coord_dir = state_dir / "coordinator"
     signer = TokenSigner.load(coord_dir)
     ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
@@ -183,10 +226,25 @@ def start_processes(
             cluster=cluster, ca_pem=ca_pem, ttl=timedelta(minutes=10), node_name=a.name
         )
         args = [
-            sys.executable, "-m", "agent.main",
-            "--name", a.name, "--zone", a.zone, "--cpu", a.cpu, "--memory", a.memory,
-            "--listen", f"127.0.0.1:{a.port}", "--gateway", f"127.0.0.1:{ports.gateway}",
-            "--state-dir", str(agent_dir), "--ready-file", str(ready),
+            sys.executable,
+            "-m",
+            "agent.main",
+            "--name",
+            a.name,
+            "--zone",
+            a.zone,
+            "--cpu",
+            a.cpu,
+            "--memory",
+            a.memory,
+            "--listen",
+            f"127.0.0.1:{a.port}",
+            "--gateway",
+            f"127.0.0.1:{ports.gateway}",
+            "--state-dir",
+            str(agent_dir),
+            "--ready-file",
+            str(ready),
         ]
         for label in a.labels:
             args += ["--label", label]
@@ -244,7 +302,8 @@ def remove_dev_containers(node_names: tuple[str, ...]) -> int:
     removed = 0
     for name in node_names:
         for c in client.containers.list(
-            all=True, filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]}
+            all=True,
+            filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]},
         ):
             c.remove(force=True)
             removed += 1

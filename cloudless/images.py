@@ -1,4 +1,4 @@
-"""Container images Cloudless builds locally, because many devices (and test machines) have no registry.
+"""Container images Cloudless builds locally: many devices (and test machines) have no registry.
 
 A static busybox binary on ``FROM scratch`` gives a ~2 MB image with a shell and the usual
 tools (``sh``, ``sleep``, ``echo``, ``env``) that builds in about a second and needs no

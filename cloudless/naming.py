@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from temporalio.common import SearchAttributeKey
 
+
 def task_queue(cluster: str) -> str:
     """The task queue a cluster's coordinators poll for workflows and activities.
 
@@ -14,6 +15,7 @@ def task_queue(cluster: str) -> str:
     worker of one cluster ever running another cluster's activities.
     """
     return f"cloudless-{cluster}"
+
 
 SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
 SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")

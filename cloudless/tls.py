@@ -56,7 +56,9 @@ class TLSMaterial:
         return identity_from_cert(self.cert_pem)
 
 
-def server_credentials(material: TLSMaterial, *, require_client_auth: bool) -> grpc.ServerCredentials:
+def server_credentials(
+    material: TLSMaterial, *, require_client_auth: bool
+) -> grpc.ServerCredentials:
     """Server credentials trusting only the cluster CA for client certificates.
 
     With ``require_client_auth=False`` a client certificate is still requested and
@@ -69,7 +71,9 @@ def server_credentials(material: TLSMaterial, *, require_client_auth: bool) -> g
     )
 
 
-def channel_credentials(ca_pem: bytes, client: TLSMaterial | None = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca_pem: bytes, client: TLSMaterial | None = None
+) -> grpc.ChannelCredentials:
     if client is None:
         return grpc.ssl_channel_credentials(root_certificates=ca_pem)
     return grpc.ssl_channel_credentials(

@@ -110,9 +110,15 @@ async def dev_cluster(
         cluster = LocalCluster(temporal_env.client, Path(d), cluster=f"c-{suffix}")
         await cluster.start()
         try:
-            await cluster.add_agent(names[0], zone="zone-a", cpu="2", memory="2Gi", labels={"tier": "standard"})
-            await cluster.add_agent(names[1], zone="zone-b", cpu="4", memory="4Gi", labels={"tier": "standard"})
-            await cluster.add_agent(names[2], zone="edge", cpu="1", memory="1Gi", labels={"tier": "edge"})
+            await cluster.add_agent(
+                names[0], zone="zone-a", cpu="2", memory="2Gi", labels={"tier": "standard"}
+            )
+            await cluster.add_agent(
+                names[1], zone="zone-b", cpu="4", memory="4Gi", labels={"tier": "standard"}
+            )
+            await cluster.add_agent(
+                names[2], zone="edge", cpu="1", memory="1Gi", labels={"tier": "edge"}
+            )
             yield cluster
         finally:
             await cluster.close()

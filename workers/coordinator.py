@@ -33,7 +33,7 @@ from cloudless.api import gateway_pb2_grpc
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
-from cloudless.naming import task_queue, cluster_workflow_id
+from cloudless.naming import cluster_workflow_id, task_queue
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -62,7 +62,9 @@ class ClusterPKI:
     material: TLSMaterial
 
 
-def bootstrap_pki(directory: Path, cluster: str, coordinator_name: str = "coordinator") -> ClusterPKI:
+def bootstrap_pki(
+    directory: Path, cluster: str, coordinator_name: str = "coordinator"
+) -> ClusterPKI:
     """Create (first start) or load the CA, signing key and this coordinator's cert."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = CertificateAuthority.bootstrap(directory, cluster)
@@ -181,7 +183,13 @@ def main_command(
     configure_logging()
     try:
         asyncio.run(
-            _run(temporal_address, temporal_namespace, cluster, state_dir or config.state_dir(), gateway_listen)
+            _run(
+                temporal_address,
+                temporal_namespace,
+                cluster,
+                state_dir or config.state_dir(),
+                gateway_listen,
+            )
         )
     except CloudlessError as err:
         typer.echo(f"cloudless-coordinator: {err}", err=True)
@@ -190,7 +198,9 @@ def main_command(
 
 async def _run(address: str, namespace: str, cluster: str, state_dir: Path, listen: str) -> None:
     client = await connect(address, namespace)
-    coordinator = Coordinator(client=client, cluster=cluster, state_dir=state_dir, gateway_listen=listen)
+    coordinator = Coordinator(
+        client=client, cluster=cluster, state_dir=state_dir, gateway_listen=listen
+    )
     await coordinator.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import EnrollmentError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
-from cloudless.naming import task_queue, enrollment_workflow_id
+from cloudless.naming import enrollment_workflow_id, task_queue
 from cloudless.tokens import TokenVerifier
 from workflows.enrollment import EnrollmentWorkflow
 
@@ -60,7 +60,9 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
         problems.append(f"at most {MAX_LABELS} labels are allowed, got {len(req.labels)}")
     for key, value in req.labels.items():
         if not _LABEL_KEY.match(key):
-            problems.append(f"label key {key!r} is invalid; use [prefix/]name like disk or example.com/disk")
+            problems.append(
+                f"label key {key!r} is invalid; use [prefix/]name like disk or example.com/disk"
+            )
         if not _LABEL_VALUE.match(value):
             problems.append(f"label {key}={value!r}: values are at most 63 of [A-Za-z0-9-_.]")
     cap = req.capacity
@@ -76,7 +78,8 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
     unknown = set(req.runtimes) - KNOWN_RUNTIMES
     if unknown or not req.runtimes:
         problems.append(
-            f"runtimes {sorted(req.runtimes)} must be a non-empty subset of {sorted(KNOWN_RUNTIMES)}"
+            f"runtimes {sorted(req.runtimes)} must be a non-empty subset of "
+            f"{sorted(KNOWN_RUNTIMES)}"
         )
     if not req.csr_pem or len(req.csr_pem) > MAX_CSR_BYTES:
         problems.append(f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes")
@@ -145,7 +148,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
             raise
         except WorkflowFailureError as err:
-            cause = err.cause
+            cause: BaseException | None = err.cause
             while cause is not None and not isinstance(cause, ApplicationError):
                 cause = cause.__cause__
             if isinstance(cause, ApplicationError):

@@ -62,11 +62,15 @@ class ClusterWorkflow:
     @workflow.run
     async def run(self, inp: ClusterWorkflowInput) -> None:
         await workflow.wait_condition(
-            lambda: workflow.info().is_continue_as_new_suggested()
-            or workflow.info().get_current_history_length() > MAX_HISTORY_EVENTS
+            lambda: (
+                workflow.info().is_continue_as_new_suggested()
+                or workflow.info().get_current_history_length() > MAX_HISTORY_EVENTS
+            )
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(ClusterWorkflowInput(cluster=self._cluster, carried=self._export()))
+        workflow.continue_as_new(
+            ClusterWorkflowInput(cluster=self._cluster, carried=self._export())
+        )
 
     def _export(self) -> dict[str, object]:
         return {

@@ -35,9 +35,8 @@ def binding_error(inp: EnrollmentInput) -> str | None:
     for key, value in sorted(inp.bound_labels.items()):
         if inp.record.labels.get(key) != value:
             have = inp.record.labels.get(key)
-            return (
-                f"token requires label {key}={value!r}, the node presents "
-                + ("no such label" if have is None else f"{key}={have!r}")
+            return f"token requires label {key}={value!r}, the node presents " + (
+                "no such label" if have is None else f"{key}={have!r}"
             )
     return None
 

@@ -10,6 +10,7 @@ the agents by activities over gRPC/mTLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import string
 from datetime import timedelta
 from typing import Any
@@ -349,7 +350,9 @@ class WorkloadWorkflow:
     @scale.validator
     def _validate_scale(self, inp: ScaleInput) -> None:
         if self._deleting:
-            raise ApplicationError(f"workload {self._view.key} is being deleted", type="WorkloadDeleting")
+            raise ApplicationError(
+                f"workload {self._view.key} is being deleted", type="WorkloadDeleting"
+            )
         try:
             view_of(scaled_manifest(self._manifest, inp.replicas))
         except CloudlessError as err:
@@ -363,15 +366,15 @@ class WorkloadWorkflow:
     @workflow.update
     async def wait_settled(self, inp: WaitInput) -> WorkloadStatus:
         """Return once the given generation has been fully reconciled (or on timeout)."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: self._reconciled_generation >= inp.generation
-                and not self._dirty
-                and not self._reconciling,
+                lambda: (
+                    self._reconciled_generation >= inp.generation
+                    and not self._dirty
+                    and not self._reconciling
+                ),
                 timeout=timedelta(seconds=inp.timeout_seconds),
             )
-        except TimeoutError:
-            pass
         return self.status()
 
     @workflow.query

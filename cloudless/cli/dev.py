@@ -55,7 +55,9 @@ def dev_up(settings: object, example: Path | None, runtime: str | None) -> None:
             "(exec runtime).[/yellow]"
         )
     try:
-        state = devstack.start_processes(state_dir, cluster, progress=lambda m: console.print(f"• {m}"))
+        state = devstack.start_processes(
+            state_dir, cluster, progress=lambda m: console.print(f"• {m}")
+        )
         if use_docker:
             _build_image()
         manifest = example
@@ -87,7 +89,7 @@ def dev_up(settings: object, example: Path | None, runtime: str | None) -> None:
     ui = f"http://127.0.0.1:{state.ports['ui']}"
     console.print(
         f"\n[bold green]Cloudless is up.[/bold green] Temporal UI: {ui}  "
-        f"(try the query CloudlessWorkload = \"hello\")\n"
+        f'(try the query CloudlessWorkload = "hello")\n'
         "Next:\n"
         "  cloudlessctl get nodes\n"
         "  cloudlessctl describe workload hello\n"
@@ -111,4 +113,3 @@ def dev_down(settings: object, purge: bool) -> None:
     if purge and state_dir.exists():
         shutil.rmtree(state_dir)
         console.print(f"removed {state_dir}")
-

@@ -115,7 +115,9 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
 
 @app.command()
 def apply(
-    filename: Annotated[str, typer.Option("-f", "--filename", help="Manifest file, or - for stdin.")],
+    filename: Annotated[
+        str, typer.Option("-f", "--filename", help="Manifest file, or - for stdin.")
+    ],
     wait: Annotated[bool, typer.Option(help="Wait until replicas are running.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
     output: OutputOpt = Output.TABLE,
@@ -246,9 +248,13 @@ def scale_workload(
 
     async def go(c: CloudlessClient) -> None:
         result = await c.scale(namespace, name, replicas)
-        console.print(f"workload/{namespace}/{name} scaled to {replicas} (generation {result.generation})")
+        console.print(
+            f"workload/{namespace}/{name} scaled to {replicas} (generation {result.generation})"
+        )
         if wait:
-            console.print(workloads_table([await c.wait(namespace, name, result.generation, timeout)]))
+            console.print(
+                workloads_table([await c.wait(namespace, name, result.generation, timeout)])
+            )
 
     run(go)
 

@@ -60,7 +60,16 @@ def replicas_table(w: WorkloadStatus) -> Table:
 
 def nodes_table(items: Sequence[LedgerNode]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "STATE", "ZONE", "CPU (alloc/cap)", "MEMORY (alloc/cap)", "REPLICAS", "RUNTIMES", "ADDRESS"):
+    for col in (
+        "NAME",
+        "STATE",
+        "ZONE",
+        "CPU (alloc/cap)",
+        "MEMORY (alloc/cap)",
+        "REPLICAS",
+        "RUNTIMES",
+        "ADDRESS",
+    ):
         table.add_column(col)
     for n in items:
         table.add_row(
@@ -109,7 +118,9 @@ def print_node(d: NodeDetails) -> None:
     console.print(f"[bold]Workloads:[/bold] {', '.join(d.workloads) or '-'}")
     if d.status is not None:
         if d.status.record.certificate_not_after:
-            console.print(f"[bold]Cert until:[/bold] {d.status.record.certificate_not_after.isoformat()}")
+            console.print(
+                f"[bold]Cert until:[/bold] {d.status.record.certificate_not_after.isoformat()}"
+            )
         console.print("[bold]Transitions:[/bold]")
         for t in d.status.transitions:
             console.print(f"  {t.at.isoformat()}  {t.state.value:<9} {t.reason}")

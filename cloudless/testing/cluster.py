@@ -75,7 +75,10 @@ class LocalCluster:
 
         self.gateway = f"127.0.0.1:{free_port()}"
         coordinator = Coordinator(
-            client=self.client, cluster=self.cluster, state_dir=self.root, gateway_listen=self.gateway
+            client=self.client,
+            cluster=self.cluster,
+            state_dir=self.root,
+            gateway_listen=self.gateway,
         )
         await coordinator.start()
         self.coordinator = coordinator

@@ -23,17 +23,23 @@ pytestmark = pytest.mark.temporal
 async def cluster_with_agent(
     temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[LocalCluster, AgentHandle]]:
-    cluster = LocalCluster(temporal_env.client, tmp_path_factory.mktemp("mtls"), cluster=unique("tls"))
+    cluster = LocalCluster(
+        temporal_env.client, tmp_path_factory.mktemp("mtls"), cluster=unique("tls")
+    )
     await cluster.start()
     agent = await cluster.add_agent(unique("n"), runtimes=["exec"])
     yield cluster, agent
     await cluster.close()
 
 
-async def call(agent: AgentHandle, ca_pem: bytes, client: TLSMaterial | None) -> agent_pb2.NodeInfoResponse:
+async def call(
+    agent: AgentHandle, ca_pem: bytes, client: TLSMaterial | None
+) -> agent_pb2.NodeInfoResponse:
     async with secure_channel(agent.address, agent.name, ca_pem, client) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        response: agent_pb2.NodeInfoResponse = await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
+        response: agent_pb2.NodeInfoResponse = await stub.NodeInfo(
+            agent_pb2.NodeInfoRequest(), timeout=5
+        )
         return response
 
 

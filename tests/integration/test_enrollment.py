@@ -50,7 +50,9 @@ async def test_valid_token_enrolls_and_registers_node(
     coordinator: LocalCluster, tmp_path: Path
 ) -> None:
     name = unique("node")
-    material = await enroll(tmp_path, coordinator.gateway, coordinator.mint_token(name), facts(name))
+    material = await enroll(
+        tmp_path, coordinator.gateway, coordinator.mint_token(name), facts(name)
+    )
     ca = CertificateAuthority.load(coordinator.coordinator_dir)
     verify_issued_by(material.cert_pem, ca.cert_pem)
     ident = identity_from_cert(material.cert_pem)

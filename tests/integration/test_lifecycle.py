@@ -163,7 +163,9 @@ async def test_node_selector_and_zone_are_honoured(
     await client.delete("default", zb.name)
 
 
-async def test_ledger_rejects_overcommit(client: CloudlessClient, dev_cluster: LocalCluster) -> None:
+async def test_ledger_rejects_overcommit(
+    client: CloudlessClient, dev_cluster: LocalCluster
+) -> None:
     edge = next(n for n in dev_cluster.agents if n.startswith("edge-"))
     handle = client.temporal.get_workflow_handle(cluster_workflow_id(dev_cluster.cluster))
     plan = CommitPlanInput(
