@@ -1,0 +1,1 @@
+"""Every side effect the workflows need: agent RPCs, ledger and node updates, cert signing."""

@@ -1,0 +1,1 @@
+"""The node agent: enrollment, AgentService over mTLS, runtime drivers."""

@@ -51,6 +51,13 @@ class DevPorts:
     temporal: int = 7233
     ui: int = 8233
     gateway: int = 7443
+    agent_offset: int = 0  # added to each DevAgent.port
+
+    @classmethod
+    def shifted(cls, offset: int) -> DevPorts:
+        """Every port moved by ``offset``, so a second stack can run beside the first."""
+        base = cls()
+        return cls(base.temporal + offset, base.ui + offset, base.gateway + offset, offset)
 
 
 @dataclass

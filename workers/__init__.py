@@ -1,0 +1,1 @@
+"""Process entry points: ``cloudless-coordinator`` (Temporal workers + the agents' TLS gateway)."""

@@ -41,7 +41,9 @@ def _build_image() -> None:
     console.print(f"built image {BUSYBOX_TAG} from the host's static busybox (no registry needed)")
 
 
-def dev_up(settings: object, example: Path | None, runtime: str | None) -> None:
+def dev_up(
+    settings: object, example: Path | None, runtime: str | None, port_offset: int = 0
+) -> None:
     from cloudless.cli.main import fail
 
     state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
@@ -56,7 +58,10 @@ def dev_up(settings: object, example: Path | None, runtime: str | None) -> None:
         )
     try:
         state = devstack.start_processes(
-            state_dir, cluster, progress=lambda m: console.print(f"• {m}")
+            state_dir,
+            cluster,
+            ports=devstack.DevPorts.shifted(port_offset),
+            progress=lambda m: console.print(f"• {m}"),
         )
         if use_docker:
             _build_image()

@@ -311,11 +311,14 @@ def dev_up(
     runtime: Annotated[
         str | None, typer.Option(help="Force a runtime for the example: docker or exec.")
     ] = None,
+    port_offset: Annotated[
+        int, typer.Option(help="Shift every port (7233, 8233, 7443, 7101-7103) by this much.")
+    ] = 0,
 ) -> None:
     """Start Temporal, the coordinator and three agents, then apply the example workload."""
     from cloudless.cli.dev import dev_up as up
 
-    up(settings, example, runtime)
+    up(settings, example, runtime, port_offset)
 
 
 @dev_app.command("down")

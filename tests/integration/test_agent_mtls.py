@@ -99,3 +99,64 @@ async def test_agent_is_authenticated_by_node_identity(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_run_logs_list_stop_over_mtls(
+    cluster_with_agent: tuple[LocalCluster, AgentHandle],
+) -> None:
+    cluster, agent = cluster_with_agent
+    material = TLSMaterial.load(cluster.coordinator_dir)
+    rid = unique("default-logs")
+    spec = agent_pb2.ReplicaSpec(
+        replica_id=rid,
+        namespace="default",
+        workload="logs",
+        runtime="exec",
+        command=["sh", "-c"],
+        args=["echo hello-from-replica; exec sleep 60"],
+        generation=1,
+        spec_hash="h1",
+    )
+    async with secure_channel(agent.address, agent.name, material.ca_pem, material) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        run = await stub.RunReplica(agent_pb2.RunReplicaRequest(spec=spec), timeout=10)
+        assert run.status.phase == "Running" and run.status.node_id == agent.name
+        # Idempotent per replica id: same spec, same process.
+        again = await stub.RunReplica(agent_pb2.RunReplicaRequest(spec=spec), timeout=10)
+        assert again.status.runtime_id == run.status.runtime_id
+        chunks = [
+            c.data async for c in stub.Logs(agent_pb2.LogsRequest(replica_id=rid), timeout=10)
+        ]
+        assert b"hello-from-replica" in b"".join(chunks)
+        listed = await stub.ListReplicas(agent_pb2.ListReplicasRequest(workload="logs"), timeout=5)
+        assert [r.replica_id for r in listed.replicas] == [rid]
+        stopped = await stub.StopReplica(agent_pb2.StopReplicaRequest(replica_id=rid), timeout=20)
+        assert stopped.found
+        gone = await stub.StopReplica(agent_pb2.StopReplicaRequest(replica_id=rid), timeout=20)
+        assert not gone.found
+
+
+async def test_invalid_replica_spec_is_rejected_with_reasons(
+    cluster_with_agent: tuple[LocalCluster, AgentHandle],
+) -> None:
+    cluster, agent = cluster_with_agent
+    material = TLSMaterial.load(cluster.coordinator_dir)
+    spec = agent_pb2.ReplicaSpec(
+        replica_id="Bad ID", namespace="default", workload="x", runtime="exec", cpu_millis=-1
+    )
+    async with secure_channel(agent.address, agent.name, material.ca_pem, material) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.RunReplica(agent_pb2.RunReplicaRequest(spec=spec), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert "replica_id" in details and "cpu_millis" in details
+    spec_docker = agent_pb2.ReplicaSpec(
+        replica_id="ok-1", namespace="default", workload="x", runtime="docker", image="x"
+    )
+    async with secure_channel(agent.address, agent.name, material.ca_pem, material) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.RunReplica(agent_pb2.RunReplicaRequest(spec=spec_docker), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "runtime 'docker' is not available" in (info.value.details() or "")

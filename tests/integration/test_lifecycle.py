@@ -4,9 +4,11 @@ mTLS → real Docker containers. Nothing is mocked."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
+import yaml
 from temporalio.client import WorkflowUpdateFailedError
 from typer.testing import CliRunner
 
@@ -230,3 +232,40 @@ async def test_manifest_with_three_errors_reports_all_and_starts_nothing(
     assert "spec.resources.memory" in out
     with pytest.raises(NotFoundError):
         await client.workload_status("default", good)
+
+
+async def test_cli_get_describe_and_errors(
+    dev_cluster: LocalCluster, client: CloudlessClient
+) -> None:
+    name = unique("cli")
+    await client.apply(manifest(name, replicas=2), wait=True, timeout=90)
+    address = dev_cluster.client.service_client.config.target_host
+    base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, [*base, *args])
+
+    got = await asyncio.to_thread(cli, "get", "workloads", "-o", "json")
+    assert got.exit_code == 0, got.output
+    row = next(w for w in json.loads(got.output) if w["name"] == name)
+    assert row["ready"] == 2 and row["phase"] == "Available"
+    described = await asyncio.to_thread(cli, "describe", "workload", name)
+    assert described.exit_code == 0 and "Running" in described.output
+    assert f"workload/default/{name}" in described.output
+    as_yaml = await asyncio.to_thread(cli, "describe", "workload", name, "-o", "yaml")
+    assert yaml.safe_load(as_yaml.output)["desired"] == 2
+    nodes = await asyncio.to_thread(cli, "get", "nodes")
+    assert nodes.exit_code == 0 and "Ready" in nodes.output
+    edge = next(n for n in dev_cluster.agents if n.startswith("edge-"))
+    node = await asyncio.to_thread(cli, "describe", "node", edge, "-o", "json")
+    assert json.loads(node.output)["node"]["zone"] == "edge"
+    missing = await asyncio.to_thread(cli, "describe", "workload", "nope")
+    assert missing.exit_code == 1
+    assert "workload default/nope not found" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    deleted = await asyncio.to_thread(cli, "delete", "workload", name)
+    assert deleted.exit_code == 0 and "deleted" in deleted.output
+    unreachable = await asyncio.to_thread(
+        CliRunner().invoke, app, ["--temporal-address", "127.0.0.1:1", "get", "nodes"]
+    )
+    assert unreachable.exit_code == 1 and "cannot reach Temporal" in unreachable.output

@@ -122,7 +122,12 @@ FILTER_CASES: list[tuple[str, NodeView, PlacementRequest, str]] = [
     ),
     ("cpu", node("n", cpu=1000, cpu_used=950), request(cpu=100), INSUFFICIENT_CPU),
     ("cpu, none at all", node("n", cpu=0), request(cpu=1), INSUFFICIENT_CPU),
-    ("memory", node("n", memory=GI, memory_used=GI - MI), request(memory=2 * MI), INSUFFICIENT_MEMORY),
+    (
+        "memory",
+        node("n", memory=GI, memory_used=GI - MI),
+        request(memory=2 * MI),
+        INSUFFICIENT_MEMORY,
+    ),
     ("storage", node("n", storage=GI, storage_used=GI), request(storage=1), INSUFFICIENT_STORAGE),
     (
         "already over-committed",
@@ -215,23 +220,13 @@ def test_a_node_failing_several_filters_reports_the_first_in_pipeline_order(
 
 
 def test_summary_counts_reasons_most_frequent_first() -> None:
-    nodes = [node(f"small-{i}", memory=32 * MI) for i in range(3)] + [
-        node(f"hdd-{i}", labels={"disk": "hdd"}) for i in range(2)
-    ]
-    decision = place(request(selector={}, memory=64 * MI), nodes[:3])
-    assert decision.reason == "0/3 nodes are available: 3 insufficient memory"
-
-    decision = place(request(selector={"disk": "hdd"}, memory=64 * MI), nodes[:3])
-    assert decision.reason == "0/3 nodes are available: 3 node selector mismatch"
-
     tight = [node(f"small-{i}", memory=32 * MI, labels={"disk": "ssd"}) for i in range(3)]
     wrong = [node(f"hdd-{i}", labels={"disk": "hdd"}) for i in range(2)]
-    decision = place(request(selector={"disk": "ssd"}), tight + wrong)
-    assert decision.reason == (
+    req = request(memory=64 * MI, selector={"disk": "ssd"})
+    assert place(req, tight + wrong).reason == (
         "0/5 nodes are available: 3 insufficient memory, 2 node selector mismatch"
     )
-    decision = place(request(selector={"disk": "ssd"}), tight[:1] + wrong)
-    assert decision.reason == (
+    assert place(req, tight[:1] + wrong).reason == (
         "0/3 nodes are available: 2 node selector mismatch, 1 insufficient memory"
     )
 
@@ -279,9 +274,7 @@ def _fill_levels() -> list[NodeView]:
 
 
 @pytest.mark.parametrize("order", [1, -1], ids=["as listed", "reversed"])
-@pytest.mark.parametrize(
-    ("strategy", "expected"), [("binpack", "most"), ("spread", "empty")]
-)
+@pytest.mark.parametrize(("strategy", "expected"), [("binpack", "most"), ("spread", "empty")])
 def test_binpack_picks_the_fullest_feasible_node_and_spread_the_emptiest(
     strategy: Strategy, expected: str, order: int
 ) -> None:
@@ -376,10 +369,9 @@ ZONES = ("zone-a", "zone-b", "edge")
 LABELS = {"disk": ("ssd", "hdd"), "tier": ("standard", "edge")}
 STATES = tuple(s.value for s in NodeState)
 RUNTIMES = ("docker", "exec")
+RUNTIME_SETS = (frozenset(RUNTIMES),) * 6 + tuple(frozenset({r}) for r in RUNTIMES) + (frozenset(),)
 
-labels_st = st.fixed_dictionaries(
-    {}, optional={k: st.sampled_from(v) for k, v in LABELS.items()}
-)
+labels_st = st.fixed_dictionaries({}, optional={k: st.sampled_from(v) for k, v in LABELS.items()})
 
 
 def amount(unit: int, most: int) -> st.SearchStrategy[int]:
@@ -404,8 +396,8 @@ def node_views(draw: st.DrawFn, node_id: str) -> NodeView:
         cpu_allocated=draw(st.integers(0, cpu * over)),
         memory_allocated=draw(st.integers(0, memory * over)),
         storage_allocated=draw(st.integers(0, storage * over)),
-        state=draw(st.sampled_from((READY, READY, *STATES))),
-        runtimes=draw(st.frozensets(st.sampled_from(RUNTIMES))),
+        state=draw(st.sampled_from((READY,) * 3 * len(STATES) + STATES)),  # mostly Ready
+        runtimes=draw(st.sampled_from(RUNTIME_SETS)),
     )
 
 
@@ -413,7 +405,9 @@ def node_views(draw: st.DrawFn, node_id: str) -> NodeView:
 def clusters(draw: st.DrawFn) -> list[NodeView]:
     ids = draw(
         st.lists(
-            st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=30,
+            st.text("abcdefgh0123456789-", min_size=1, max_size=6),
+            min_size=1,
+            max_size=30,
             unique=True,
         )
     )
@@ -422,7 +416,7 @@ def clusters(draw: st.DrawFn) -> list[NodeView]:
 
 requests = st.builds(
     PlacementRequest,
-    count=st.integers(0, 15),
+    count=st.integers(1, 15),
     demand=st.builds(
         Demand,
         cpu_millis=amount(250, 8),
@@ -430,8 +424,8 @@ requests = st.builds(
         storage_bytes=st.one_of(st.just(0), amount(GI, 3)),
     ),
     runtime=st.sampled_from(RUNTIMES),
-    node_selector=labels_st,
-    zones=st.frozensets(st.sampled_from(ZONES), max_size=2),
+    node_selector=st.one_of(st.just({}), labels_st),
+    zones=st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(ZONES), max_size=2)),
     strategy=st.sampled_from(("binpack", "spread")),
 )
 
@@ -465,75 +459,72 @@ def utilization(n: NodeView, d: Demand, replicas: int) -> float:
     return (cpu + mem) / 2
 
 
-PROPERTY = settings(max_examples=150, deadline=None)
+def check_conservation(nodes: list[NodeView], req: PlacementRequest, d: PlacementDecision) -> None:
+    """Every replica is either placed or counted as unplaced, and only then is there a reason."""
+    assert len(d.node_ids) + d.unplaced == max(req.count, 0)
+    assert bool(d.reason) == (d.unplaced > 0)
 
 
-@PROPERTY
-@given(nodes=clusters(), req=requests)
-def test_every_replica_is_placed_or_counted(nodes: list[NodeView], req: PlacementRequest) -> None:
-    decision = place(req, nodes)
-    assert len(decision.node_ids) + decision.unplaced == max(req.count, 0)
-    assert bool(decision.reason) == (decision.unplaced > 0)
-
-
-@PROPERTY
-@given(nodes=clusters(), req=requests)
-def test_no_node_is_over_committed(nodes: list[NodeView], req: PlacementRequest) -> None:
-    placed = Counter(place(req, nodes).node_ids)
+def check_capacity(nodes: list[NodeView], req: PlacementRequest, d: PlacementDecision) -> None:
+    """(a) No node's allocated plus placed resources exceed its capacity in any dimension."""
     by_id = {n.node_id: n for n in nodes}
-    for node_id, k in placed.items():
-        assert fits(by_id[node_id], req.demand, k), (node_id, k)
+    for node_id, k in Counter(d.node_ids).items():
+        assert fits(by_id[node_id], req.demand, k), f"{node_id} over-committed by {k} replicas"
 
 
-@PROPERTY
-@given(nodes=clusters(), req=requests)
-def test_chosen_nodes_pass_every_static_filter(
-    nodes: list[NodeView], req: PlacementRequest
-) -> None:
+def check_static(nodes: list[NodeView], req: PlacementRequest, d: PlacementDecision) -> None:
+    """(b) Every chosen node passes every static filter."""
     by_id = {n.node_id: n for n in nodes}
-    for node_id in place(req, nodes).node_ids:
-        assert statically_feasible(by_id[node_id], req), node_id
+    for node_id in d.node_ids:
+        assert statically_feasible(by_id[node_id], req), f"{node_id} is not feasible"
 
 
-@PROPERTY
-@given(nodes=clusters(), req=requests)
-def test_unplaced_replicas_fit_nowhere(nodes: list[NodeView], req: PlacementRequest) -> None:
-    """Greedy maximality: a replica is only left over when no feasible node has room."""
-    decision = place(req, nodes)
-    if decision.unplaced == 0:
+def check_maximal(nodes: list[NodeView], req: PlacementRequest, d: PlacementDecision) -> None:
+    """(c) A replica is left over only when no feasible node has room for one more."""
+    if d.unplaced == 0:
         return
-    placed = Counter(decision.node_ids)
+    placed = Counter(d.node_ids)
     for n in nodes:
         if statically_feasible(n, req):
-            assert not fits(n, req.demand, placed[n.node_id] + 1), n.node_id
+            assert not fits(n, req.demand, placed[n.node_id] + 1), f"{n.node_id} had room"
     # The summary accounts for every node exactly once.
-    head, _, tail = decision.reason.partition(": ")
+    head, _, tail = d.reason.partition(": ")
     assert head == f"0/{len(nodes)} nodes are available"
     counted = sum(int(part.split(" ", 1)[0]) for part in tail.split(", ") if part)
     assert counted == len(nodes)
 
 
-@PROPERTY
-@given(nodes=clusters(), req=requests)
-def test_each_pick_is_the_best_by_strategy(nodes: list[NodeView], req: PlacementRequest) -> None:
+def check_best_pick(nodes: list[NodeView], req: PlacementRequest, d: PlacementDecision) -> None:
     """Replaying the decision, every pick had the best fit score among nodes with room."""
+    sign = 1.0 if req.strategy == "binpack" else -1.0
     placed: Counter[str] = Counter()
-    for chosen in place(req, nodes).node_ids:
-        room = [
-            n for n in nodes if statically_feasible(n, req) and fits(n, req.demand, placed[n.node_id] + 1)
-        ]
-        sign = 1.0 if req.strategy == "binpack" else -1.0
-        best = max(sign * utilization(n, req.demand, placed[n.node_id] + 1) for n in room)
-        pick = next(n for n in room if n.node_id == chosen)
-        assert sign * utilization(pick, req.demand, placed[chosen] + 1) >= best - 1e-6
+    for chosen in d.node_ids:
+        scores = {
+            n.node_id: sign * utilization(n, req.demand, placed[n.node_id] + 1)
+            for n in nodes
+            if statically_feasible(n, req) and fits(n, req.demand, placed[n.node_id] + 1)
+        }
+        assert scores[chosen] >= max(scores.values()) - 1e-6, f"{chosen} was not the best fit"
         placed[chosen] += 1
 
 
-@PROPERTY
+@settings(max_examples=200, deadline=None)
+@given(nodes=clusters(), req=requests)
+def test_placement_invariants(nodes: list[NodeView], req: PlacementRequest) -> None:
+    decision = place(req, nodes)
+    check_conservation(nodes, req, decision)
+    check_capacity(nodes, req, decision)
+    check_static(nodes, req, decision)
+    check_maximal(nodes, req, decision)
+    check_best_pick(nodes, req, decision)
+
+
+@settings(max_examples=100, deadline=None)
 @given(nodes=clusters(), req=requests, seed=st.integers(0, 2**16))
 def test_the_same_snapshot_gives_the_same_plan(
     nodes: list[NodeView], req: PlacementRequest, seed: int
 ) -> None:
+    """(d) Same input, same output; also for copies and for any order of the nodes."""
     decision = place(req, nodes)
     assert place(req, nodes) == decision
     assert place(dataclasses.replace(req), [dataclasses.replace(n) for n in nodes]) == decision

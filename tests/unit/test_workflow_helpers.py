@@ -1,0 +1,324 @@
+"""Pure helpers the workflows lean on: template hashes, scaling, support checks, bindings.
+
+They run inside workflow code, so they must be deterministic and must not mutate what
+they are given; these tests call them directly, without Temporal.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudless.errors import CloudlessError
+from cloudless.model import EnrollmentInput, NodeRecord
+from cloudless.spec import parse_workload
+from cloudless.tokens import EnrollmentClaims
+from cloudless.workloads import check_supported, scaled_manifest, template_hash, view_of
+from workflows.enrollment import binding_error
+
+Manifest = dict[str, Any]
+Edit = Callable[[Manifest], None]
+
+
+def manifest() -> Manifest:
+    return {
+        "apiVersion": "cloudless.dev/v1",
+        "kind": "Workload",
+        "metadata": {"name": "hello", "labels": {"app": "hello"}},
+        "spec": {
+            "replicas": 3,
+            "minAvailable": 2,
+            "strategy": "binpack",
+            "container": {
+                "image": "cloudless/busybox:latest",
+                "command": ["httpd"],
+                "args": ["-f", "-p", "8080"],
+                "env": [{"name": "GREETING", "value": "hello"}],
+            },
+            "resources": {"cpu": "100m", "memory": "64Mi"},
+        },
+    }
+
+
+def edited(edit: Edit) -> Manifest:
+    m = manifest()
+    edit(m)
+    return m
+
+
+def spec(m: Manifest) -> dict[str, Any]:
+    s: dict[str, Any] = m["spec"]
+    return s
+
+
+def container(m: Manifest) -> dict[str, Any]:
+    c: dict[str, Any] = m["spec"]["container"]
+    return c
+
+
+def secret_env(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "valueFrom": {
+            "secretKeyRef": {
+                "namespace": "production",
+                "name": "postgres-creds",
+                "key": name,
+                "audience": "backend-api",
+            }
+        },
+    }
+
+
+# --------------------------------------------------------------------------- template_hash
+
+SAME_TEMPLATE: dict[str, Edit] = {
+    "more replicas": lambda m: spec(m).update(replicas=7),
+    "no replicas": lambda m: spec(m).update(replicas=0, minAvailable=0),
+    "minAvailable": lambda m: spec(m).update(minAvailable=1),
+    "minAvailable removed": lambda m: spec(m).pop("minAvailable"),
+    "min_available spelling": lambda m: spec(m).update(min_available=spec(m).pop("minAvailable")),
+    "strategy": lambda m: spec(m).update(strategy="spread"),
+    "all three": lambda m: spec(m).update(replicas=1, minAvailable=0, strategy="spread"),
+    "metadata labels": lambda m: m["metadata"].update(labels={"app": "other"}),
+    "cpu spelled in cores": lambda m: spec(m)["resources"].update(cpu="0.1"),
+}
+
+NEW_TEMPLATE: dict[str, Edit] = {
+    "image tag": lambda m: container(m).update(image="cloudless/busybox:1.36"),
+    "image repository": lambda m: container(m).update(image="registry.example.com/team/app"),
+    "env value": lambda m: container(m)["env"][0].update(value="bonjour"),
+    "env added": lambda m: container(m)["env"].append({"name": "DEBUG", "value": "1"}),
+    "env removed": lambda m: container(m).update(env=[]),
+    "cpu": lambda m: spec(m)["resources"].update(cpu="200m"),
+    "memory": lambda m: spec(m)["resources"].update(memory="128Mi"),
+    "storage": lambda m: spec(m)["resources"].update(storage="1Gi"),
+    "command": lambda m: container(m).update(command=["sh"]),
+    "args": lambda m: container(m).update(args=["-f"]),
+}
+
+
+def hash_of(m: Manifest) -> str:
+    return view_of(m).template_hash
+
+
+@pytest.mark.parametrize("edit", SAME_TEMPLATE.values(), ids=SAME_TEMPLATE.keys())
+def test_template_hash_ignores_how_many_and_where(edit: Edit) -> None:
+    assert hash_of(edited(edit)) == hash_of(manifest())
+
+
+@pytest.mark.parametrize("edit", NEW_TEMPLATE.values(), ids=NEW_TEMPLATE.keys())
+def test_template_hash_follows_what_a_replica_is(edit: Edit) -> None:
+    assert hash_of(edited(edit)) != hash_of(manifest())
+
+
+def test_template_hash_is_not_the_spec_hash() -> None:
+    before, after = view_of(manifest()), view_of(edited(SAME_TEMPLATE["more replicas"]))
+    assert before.spec_hash != after.spec_hash
+    assert before.template_hash == after.template_hash
+    assert template_hash(parse_workload(manifest())) == before.template_hash
+    assert len(before.template_hash) == 16 and int(before.template_hash, 16) >= 0
+
+
+# --------------------------------------------------------------------------- scaled_manifest
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available"),
+    [(5, 2), (2, 2), (1, 1), (0, 0)],
+    ids=["up", "down to the budget", "below the budget", "to zero"],
+)
+def test_scaled_manifest_sets_replicas_and_caps_min_available(
+    replicas: int, min_available: int
+) -> None:
+    original = manifest()
+    pristine = copy.deepcopy(original)
+    out = scaled_manifest(original, replicas)
+    assert original == pristine
+    assert spec(out)["replicas"] == replicas
+    assert spec(out)["minAvailable"] == min_available
+    view = view_of(out)
+    assert view.replicas == replicas
+    assert view.template_hash == hash_of(pristine)
+
+
+def test_scaled_manifest_caps_the_snake_case_spelling_too() -> None:
+    m = edited(SAME_TEMPLATE["min_available spelling"])
+    out = scaled_manifest(m, 1)
+    assert spec(out)["min_available"] == 1
+    assert spec(m)["min_available"] == 2
+    assert view_of(out).workload.spec.min_available == 1
+
+
+def test_scaled_manifest_without_a_budget_adds_none() -> None:
+    m = edited(SAME_TEMPLATE["minAvailable removed"])
+    out = scaled_manifest(m, 1)
+    assert "minAvailable" not in spec(out) and "min_available" not in spec(out)
+    assert scaled_manifest({}, 2) == {"spec": {"replicas": 2}}
+
+
+def test_scaled_manifest_shares_no_nested_objects_with_its_input() -> None:
+    m = manifest()
+    out = scaled_manifest(m, 4)
+    container(out)["env"].append({"name": "X", "value": "y"})
+    spec(out)["resources"]["cpu"] = "1"
+    assert m == manifest()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    replicas=st.integers(0, 1000),
+    min_available=st.integers(0, 1000),
+    target=st.integers(0, 1000),
+)
+def test_scaled_manifest_always_yields_a_valid_manifest(
+    replicas: int, min_available: int, target: int
+) -> None:
+    m = manifest()
+    spec(m).update(replicas=max(replicas, min_available), minAvailable=min_available)
+    pristine = copy.deepcopy(m)
+    out = scaled_manifest(m, target)
+    assert m == pristine
+    parsed = view_of(out).workload.spec
+    assert parsed.replicas == target
+    assert parsed.min_available == min(min_available, target)
+
+
+# --------------------------------------------------------------------------- check_supported
+
+
+def test_check_supported_accepts_plain_values() -> None:
+    check_supported(view_of(manifest()))
+
+
+def test_check_supported_rejects_secret_refs_naming_each_path() -> None:
+    m = manifest()
+    container(m)["env"] += [secret_env("DB_PASSWORD"), {"name": "A", "value": "b"}]
+    with pytest.raises(CloudlessError) as caught:
+        check_supported(view_of(m))
+    message = str(caught.value)
+    assert message.startswith("default/hello: ")
+    assert "spec.container.env[1].valueFrom" in message
+    assert "env[0]" not in message and "env[2]" not in message
+    assert "use a plain `value`" in message
+
+    container(m)["env"].append(secret_env("API_KEY"))
+    with pytest.raises(CloudlessError, match=r"env\[1\]\.valueFrom, spec\.container\.env\[3\]"):
+        check_supported(view_of(m))
+
+
+# --------------------------------------------------------------------------- binding_error
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def enrollment(
+    node_id: str = "edge-1",
+    labels: Mapping[str, str] | None = None,
+    *,
+    bound_name: str | None = None,
+    bound_labels: Mapping[str, str] | None = None,
+) -> EnrollmentInput:
+    return EnrollmentInput(
+        cluster="prod",
+        jti="jti-1",
+        token_expires_at=NOW + timedelta(hours=1),
+        bound_node_name=bound_name,
+        bound_labels=dict(bound_labels or {}),
+        csr_pem="-----BEGIN CERTIFICATE REQUEST-----",
+        record=NodeRecord(node_id=node_id, zone="eu-west", labels=dict(labels or {})),
+    )
+
+
+@pytest.mark.parametrize(
+    "inp",
+    [
+        enrollment(),
+        enrollment(labels={"zone": "eu-west"}),
+        enrollment(bound_name="edge-1"),
+        enrollment(labels={"zone": "eu-west", "extra": "ok"}, bound_labels={"zone": "eu-west"}),
+        enrollment(
+            labels={"zone": "eu-west"}, bound_name="edge-1", bound_labels={"zone": "eu-west"}
+        ),
+    ],
+    ids=["unbound", "unbound with labels", "name", "labels subset", "name and labels"],
+)
+def test_binding_accepts_a_matching_node(inp: EnrollmentInput) -> None:
+    assert binding_error(inp) is None
+
+
+@pytest.mark.parametrize(
+    ("inp", "expected"),
+    [
+        (
+            enrollment("edge-2", bound_name="edge-1"),
+            "token is bound to node 'edge-1', not 'edge-2'",
+        ),
+        (
+            enrollment(labels={"zone": "us-east"}, bound_labels={"zone": "eu-west"}),
+            "token requires label zone='eu-west', the node presents zone='us-east'",
+        ),
+        (
+            enrollment(labels={"tier": "edge"}, bound_labels={"zone": "eu-west"}),
+            "token requires label zone='eu-west', the node presents no such label",
+        ),
+        (
+            enrollment(labels={"zone": ""}, bound_labels={"zone": "eu-west"}),
+            "token requires label zone='eu-west', the node presents zone=''",
+        ),
+        (
+            enrollment(bound_labels={"zone": "eu-west", "disk": "ssd"}),
+            "token requires label disk='ssd', the node presents no such label",
+        ),
+        (
+            enrollment(
+                "edge-9", {"zone": "us-east"}, bound_name="edge-1", bound_labels={"zone": "x"}
+            ),
+            "token is bound to node 'edge-1', not 'edge-9'",
+        ),
+    ],
+    ids=[
+        "other name",
+        "label value differs",
+        "label missing",
+        "empty label value",
+        "first missing key in sorted order",
+        "name checked before labels",
+    ],
+)
+def test_binding_refuses_a_mismatched_node(inp: EnrollmentInput, expected: str) -> None:
+    assert binding_error(inp) == expected
+
+
+names = st.sampled_from(["edge-1", "edge-2", "core-1"])
+label_maps = st.dictionaries(st.sampled_from(["zone", "tier", "disk"]), st.sampled_from(["a", "b"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    node=names,
+    labels=label_maps,
+    bound_name=st.one_of(st.none(), names),
+    bound_labels=label_maps,
+)
+def test_binding_agrees_with_the_gateway_check(
+    node: str, labels: dict[str, str], bound_name: str | None, bound_labels: dict[str, str]
+) -> None:
+    """The workflow re-checks durably what the gateway checked on the verified claims."""
+    claims = EnrollmentClaims(
+        jti="jti-1",
+        cluster="prod",
+        issued_at=NOW,
+        expires_at=NOW + timedelta(hours=1),
+        node_name=bound_name,
+        labels=bound_labels,
+        ca_pem="",
+    )
+    inp = enrollment(node, labels, bound_name=bound_name, bound_labels=bound_labels)
+    assert (binding_error(inp) is None) == (claims.binding_error(node, labels) is None)
