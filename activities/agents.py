@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities.agent_client import AgentClientPool
 from cloudless.api import agent_pb2
 from cloudless.model import (
+    NodeRecord,
     ReplicaPhase,
     RunReplicaInput,
     RunReplicaResult,
@@ -65,6 +66,26 @@ class AgentActivities:
             if status.started_at
             else None,
         )
+
+    @activity.defn(name="probe_agent")
+    async def probe_agent(self, record: NodeRecord) -> list[str]:
+        """Dial the agent over mTLS as its node identity; returns the runtimes it serves.
+
+        Proves the whole trust path (our client cert accepted, its server cert naming the
+        node) before the node is declared Ready.
+        """
+        stub = await self._pool.stub(record.node_id, record.address)
+        try:
+            info = await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err, record.node_id) from err
+        if info.node_id != record.node_id:
+            raise ApplicationError(
+                f"agent at {record.address} answers as {info.node_id!r}, not {record.node_id!r}",
+                type="AgentIdentityMismatch",
+                non_retryable=True,
+            )
+        return sorted(info.runtimes)
 
     @activity.defn(name="stop_replica")
     async def stop_replica(self, inp: StopReplicaInput) -> StopReplicaResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,11 @@ async def serve(
 ) -> None:
     """Run the agent until ``stop`` is set (or forever)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Engine calls are blocking and I/O bound: the default pool (cores + 4 threads) would
+    # serialize a burst of replica starts on small devices.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-io")
+    )
     drivers = await detect_drivers(name, state_dir, docker_base_url=docker_url)
     if runtimes is not None:
         drivers = {k: v for k, v in drivers.items() if k in runtimes}

@@ -24,14 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.runtime.base import ReplicaSpec  # noqa: E402
-from agent.runtime.docker import DockerDriver  # noqa: E402
-from agent.runtime.exec import ExecDriver  # noqa: E402
-from bench.common import print_table, summarize, write_results  # noqa: E402
-from cloudless.client import CloudlessClient  # noqa: E402
-from cloudless.logs import configure_logging  # noqa: E402
-from cloudless.spec import parse_workload  # noqa: E402
-from cloudless.testing.cluster import LocalCluster, start_temporal  # noqa: E402
+from agent.runtime.base import ReplicaSpec
+from agent.runtime.docker import DockerDriver
+from agent.runtime.exec import ExecDriver
+from bench.common import print_table, summarize, write_results
+from cloudless.client import CloudlessClient
+from cloudless.logs import configure_logging
+from cloudless.spec import parse_workload
+from cloudless.testing.cluster import LocalCluster, start_temporal
 
 
 def workload(name: str, replicas: int, runtime: str) -> Any:

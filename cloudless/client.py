@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from temporalio.client import (
     Client,
@@ -30,9 +30,11 @@ from cloudless.model import (
     ApplyResult,
     ClusterSnapshot,
     LedgerNode,
+    NodeState,
     NodeStatus,
     ScaleInput,
     WaitInput,
+    WaitNodeInput,
     WorkloadStatus,
     WorkloadWorkflowInput,
 )
@@ -198,6 +200,18 @@ class CloudlessClient:
                     "for it? (`cloudlessctl dev up` starts one)"
                 ) from err
             raise
+
+    async def wait_node(
+        self, node_id: str, states: Sequence[NodeState] = (), timeout: float = 30.0
+    ) -> LedgerNode | None:
+        """Await the ledger listing the node (in one of ``states``); None on timeout."""
+        handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
+        node: LedgerNode | None = await handle.execute_update(
+            "wait_node",
+            WaitNodeInput(node_id=node_id, states=list(states), timeout_seconds=timeout),
+            result_type=cast(type, LedgerNode | None),
+        )
+        return node
 
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)

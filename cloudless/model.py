@@ -168,6 +168,14 @@ class UpsertNodeInput(_Model):
     state: NodeState
 
 
+class WaitNodeInput(_Model):
+    """Block until the ledger lists ``node_id`` in one of ``states`` (any state if empty)."""
+
+    node_id: str
+    states: list[NodeState] = Field(default_factory=list)
+    timeout_seconds: float = 30.0
+
+
 class ConsumeTokenInput(_Model):
     jti: str
     expires_at: datetime

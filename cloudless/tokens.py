@@ -89,6 +89,31 @@ def _check_labels(labels: object, where: str) -> dict[str, str]:
     return dict(labels)
 
 
+def binding_error(
+    bound_name: str | None,
+    bound_labels: Mapping[str, str],
+    node_name: str,
+    labels: Mapping[str, str],
+) -> str | None:
+    """Why a node may not use a token bound to ``bound_name``/``bound_labels``, or None.
+
+    Pure and deterministic: the enrollment workflow calls it too.
+    """
+    problems: list[str] = []
+    if bound_name is not None and node_name != bound_name:
+        problems.append(f"token is bound to node {bound_name!r}, not {node_name!r}")
+    for key, wanted in sorted(bound_labels.items()):
+        if key not in labels:
+            problems.append(
+                f"token requires label {key}={wanted}, but the node has no {key!r} label"
+            )
+        elif labels[key] != wanted:
+            problems.append(
+                f"token requires label {key}={wanted}, but the node has {key}={labels[key]}"
+            )
+    return "; ".join(problems) or None
+
+
 @dataclass(frozen=True)
 class EnrollmentClaims:
     """The verified content of an enrollment token.
@@ -110,19 +135,7 @@ class EnrollmentClaims:
 
     def binding_error(self, node_name: str, labels: Mapping[str, str]) -> str | None:
         """Why a node with this name and labels may not use the token, or None if it may."""
-        problems: list[str] = []
-        if self.node_name is not None and node_name != self.node_name:
-            problems.append(f"token is bound to node {self.node_name!r}, not {node_name!r}")
-        for key, wanted in sorted(self.labels.items()):
-            if key not in labels:
-                problems.append(
-                    f"token requires label {key}={wanted}, but the node has no {key!r} label"
-                )
-            elif labels[key] != wanted:
-                problems.append(
-                    f"token requires label {key}={wanted}, but the node has {key}={labels[key]}"
-                )
-        return "; ".join(problems) or None
+        return binding_error(self.node_name, self.labels, node_name, labels)
 
     def expiry_error(self, now: datetime, *, leeway: timedelta = timedelta(0)) -> str | None:
         """Why the token is expired at ``now`` (allowing ``leeway`` of clock skew), or None."""

@@ -5,8 +5,8 @@ The pipeline mirrors the ones in Nomad and the Kubernetes scheduler framework:
     feasibility filters (cheapest first)  ->  score  ->  pick best  ->  account  ->  repeat
 
 Each filter returns a human-readable reason constant when it rules a node out, so a
-replica that fits nowhere reports e.g. ``0/5 nodes: 3 insufficient memory, 2 node
-selector mismatch``. Resources placed earlier in the same decision are accounted for,
+replica that fits nowhere reports e.g. ``0/5 nodes are available: 3 insufficient
+memory, 2 node selector mismatch``. Resources placed earlier in the same decision are accounted for,
 so a batch never double-books a node.
 """
 
@@ -148,7 +148,7 @@ def score(node: NodeView, used: _Usage, req: PlacementRequest) -> float:
 
 
 def summarize(total: int, reasons: Counter[str]) -> str:
-    """Format ``0/5 nodes: 3 insufficient memory, 2 node selector mismatch``."""
+    """Format ``0/5 nodes are available: 3 insufficient memory, 2 node selector mismatch``."""
     parts = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=_by_count))
     return f"0/{total} nodes are available" + (f": {parts}" if parts else "")
 

@@ -127,6 +127,7 @@ class Coordinator:
                 ledger.register_node,
                 agents.run_replica,
                 agents.stop_replica,
+                agents.probe_agent,
                 certs.sign_node_certificate,
             ],
             max_concurrent_activities=200,

@@ -11,6 +11,7 @@ plan ids (for idempotent retries) and the enrollment token ids already used.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         NodeState,
         Resources,
         UpsertNodeInput,
+        WaitNodeInput,
     )
 
 #: Plans remembered (with their allocations) so a retried commit returns the original
@@ -87,6 +89,21 @@ class ClusterWorkflow:
         return ClusterSnapshot(
             cluster=self._cluster, version=self._version, nodes=list(self._nodes.values())
         )
+
+    @workflow.update
+    async def wait_node(self, inp: WaitNodeInput) -> LedgerNode | None:
+        """The node once it reaches one of the states, or its current entry on timeout.
+
+        Lets clients await enrollment instead of polling the snapshot.
+        """
+
+        def reached() -> bool:
+            node = self._nodes.get(inp.node_id)
+            return node is not None and (not inp.states or node.state in inp.states)
+
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(reached, timeout=timedelta(seconds=inp.timeout_seconds))
+        return self._nodes.get(inp.node_id)
 
     # ------------------------------------------------------------------ nodes
 

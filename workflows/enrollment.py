@@ -23,22 +23,16 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentResult,
         SignCertificateInput,
     )
+    from cloudless.tokens import binding_error as token_binding_error
 
 _RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10)
 
 
 def binding_error(inp: EnrollmentInput) -> str | None:
-    """Pure check of the token's optional binding to a node name and labels."""
-    name = inp.record.node_id
-    if inp.bound_node_name and inp.bound_node_name != name:
-        return f"token is bound to node {inp.bound_node_name!r}, not {name!r}"
-    for key, value in sorted(inp.bound_labels.items()):
-        if inp.record.labels.get(key) != value:
-            have = inp.record.labels.get(key)
-            return f"token requires label {key}={value!r}, the node presents " + (
-                "no such label" if have is None else f"{key}={have!r}"
-            )
-    return None
+    """The token's optional binding to a node name and labels, checked against the node."""
+    return token_binding_error(
+        inp.bound_node_name, inp.bound_labels, inp.record.node_id, inp.record.labels
+    )
 
 
 @workflow.defn(name="EnrollmentWorkflow")

@@ -10,8 +10,10 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from cloudless.model import (
         EnrollSignal,
@@ -27,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
 #: Transitions kept for ``describe node``; older ones live in earlier runs' history.
 MAX_TRANSITIONS = 50
 MAX_HISTORY_EVENTS = 5_000
+#: How long a freshly enrolled agent has to become reachable before it is marked Offline.
+PROBE_DEADLINE = timedelta(minutes=2)
 
 
 @workflow.defn(name="NodeWorkflow")
@@ -58,12 +62,36 @@ class NodeWorkflow:
                 )
 
     async def _enrolled(self, record: NodeRecord) -> None:
-        # Joining is recorded first so the UI shows the node the moment it enrolls.
+        # Joining is recorded first so the UI shows the node the moment it enrolls; it is
+        # Ready only once the coordinator has reached the agent over mTLS.
         self._transition(record, NodeState.JOINING, "enrolled with a bootstrap token")
-        self._transition(record, NodeState.READY, "certificate issued; agent reachable")
+        await self._publish(record, NodeState.JOINING)
+        try:
+            runtimes = await workflow.execute_activity_method(
+                AgentActivities.probe_agent,
+                record,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=PROBE_DEADLINE,
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=100),
+                    backoff_coefficient=1.5,
+                    maximum_interval=timedelta(seconds=5),
+                    non_retryable_error_types=["AgentIdentityMismatch", "AgentAuthFailed"],
+                ),
+            )
+        except ActivityError as err:
+            reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+            self._transition(record, NodeState.OFFLINE, f"agent unreachable: {reason}")
+            await self._publish(record, NodeState.OFFLINE)
+            return
+        record = record.model_copy(update={"runtimes": runtimes})
+        self._transition(record, NodeState.READY, "agent reached over mTLS")
+        await self._publish(record, NodeState.READY)
+
+    async def _publish(self, record: NodeRecord, state: NodeState) -> None:
         await workflow.execute_activity_method(
             LedgerActivities.publish_node,
-            UpsertNodeInput(record=record, state=NodeState.READY),
+            UpsertNodeInput(record=record, state=state),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
         )

@@ -130,9 +130,11 @@ class DockerDriver:
     def _connect(self) -> docker.DockerClient:
         # version="auto" negotiates down to what the engine speaks (the SDK default may be
         # newer than an old dockerd); it performs a request, so this runs in a thread.
+        # A pool as large as the agent's thread pool, so concurrent starts never queue
+        # for a connection.
         if self.base_url is None:
-            return docker.from_env(version="auto")
-        return docker.DockerClient(base_url=self.base_url, version="auto")
+            return docker.from_env(version="auto", max_pool_size=32)
+        return docker.DockerClient(base_url=self.base_url, version="auto", max_pool_size=32)
 
     async def _engine(self) -> docker.DockerClient:
         """The shared client, created lazily so a driver can exist before the engine does."""

@@ -151,16 +151,14 @@ class LocalCluster:
         return handle
 
     async def wait_node_ready(self, name: str, timeout: float = 30.0) -> None:
-        """Wait until the ledger lists the node as Ready (enrollment is asynchronous)."""
+        """Await the ledger listing the node as Ready (enrollment finishes asynchronously)."""
         from cloudless.client import CloudlessClient
+        from cloudless.model import NodeState
 
         c = CloudlessClient(self.client, self.cluster)
-        async with asyncio.timeout(timeout):
-            while True:
-                nodes = {n.node_id: n for n in await c.list_nodes()}
-                if name in nodes and nodes[name].state.value == "Ready":
-                    return
-                await asyncio.sleep(0.05)
+        node = await c.wait_node(name, [NodeState.READY], timeout)
+        if node is None or node.state != NodeState.READY:
+            raise TimeoutError(f"node {name} not Ready after {timeout}s: {node}")
 
     async def stop_agent(self, name: str) -> None:
         handle = self.agents.pop(name)

@@ -13,8 +13,11 @@ from temporalio.testing import WorkflowEnvironment
 from agent.enroll import NodeFacts, enroll
 from cloudless.client import CloudlessClient
 from cloudless.errors import EnrollmentError
+from cloudless.model import NodeStatus
+from cloudless.naming import node_workflow_id
 from cloudless.pki import CertificateAuthority, identity_from_cert, verify_issued_by
 from cloudless.testing.cluster import LocalCluster
+from cloudless.tls import TLSMaterial
 from cloudless.tokens import TokenSigner
 from tests.conftest import unique
 
@@ -46,23 +49,36 @@ def facts(name: str, labels: dict[str, str] | None = None) -> NodeFacts:
     )
 
 
-async def test_valid_token_enrolls_and_registers_node(
-    coordinator: LocalCluster, tmp_path: Path
-) -> None:
+async def test_valid_token_enrolls_and_registers_node(coordinator: LocalCluster) -> None:
     name = unique("node")
-    material = await enroll(
-        tmp_path, coordinator.gateway, coordinator.mint_token(name), facts(name)
-    )
+    agent = await coordinator.add_agent(name, runtimes=["exec"])  # waits for Ready
+    material = TLSMaterial.load(agent.state_dir)
     ca = CertificateAuthority.load(coordinator.coordinator_dir)
     verify_issued_by(material.cert_pem, ca.cert_pem)
     ident = identity_from_cert(material.cert_pem)
     assert (ident.cluster, ident.role, ident.name) == (coordinator.cluster, "node", name)
-    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
-    await coordinator.wait_node_ready(name)
+    assert (agent.state_dir / "tls.key").stat().st_mode & 0o777 == 0o600
     details = await CloudlessClient(coordinator.client, coordinator.cluster).describe_node(name)
     assert details.status is not None
     assert [t.state.value for t in details.status.transitions] == ["Joining", "Ready"]
     assert details.node.capacity.cpu_millis == 2000
+    assert details.node.runtimes == ["exec"]
+
+
+async def test_unreachable_agent_is_not_marked_ready(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    # Enrolled, but nothing serves at the advertised address: the node stays Joining
+    # (and would go Offline after the probe deadline), never Ready.
+    name = unique("ghost")
+    await enroll(tmp_path, coordinator.gateway, coordinator.mint_token(name), facts(name))
+    c = CloudlessClient(coordinator.client, coordinator.cluster)
+    node = await c.wait_node(name, timeout=20)  # published by the node workflow
+    assert node is not None and node.state.value == "Joining"
+    status = await c.temporal.get_workflow_handle(node_workflow_id(name)).query(
+        "describe", result_type=NodeStatus
+    )
+    assert [t.state.value for t in status.transitions] == ["Joining"]
 
 
 async def test_reused_token_is_refused(coordinator: LocalCluster, tmp_path: Path) -> None:

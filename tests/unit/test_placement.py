@@ -264,7 +264,7 @@ def test_nothing_to_place_is_an_empty_decision(count: int) -> None:
 
 
 def _fill_levels() -> list[NodeView]:
-    """Four equal nodes at 0 %, 50 %, 87.5 % (still room for one) and 100 % cpu/memory use."""
+    """Four equal nodes: empty, half used, mostly used (room for one more) and full."""
     return [
         node("empty"),
         node("half", cpu_used=2000, memory_used=2 * GI),
