@@ -10,6 +10,7 @@ from cloudless import devstack
 from cloudless.cli.output import console, workloads_table
 from cloudless.client import CloudlessClient
 from cloudless.errors import CloudlessError
+from cloudless.model import NodeState
 from cloudless.spec import ManifestError, load_manifest_file
 from cloudless.temporal import connect
 
@@ -75,6 +76,13 @@ def dev_up(
     async def apply() -> None:
         temporal = await connect(f"127.0.0.1:{state.ports['temporal']}")
         client = CloudlessClient(temporal, cluster)
+        for agent in devstack.DEV_AGENTS:
+            node = await client.wait_node(agent.name, [NodeState.READY], timeout=60)
+            if node is None or node.state != NodeState.READY:
+                raise CloudlessError(
+                    f"agent {agent.name} did not become Ready; see "
+                    f"{state_dir / 'logs' / f'agent-{agent.name}.log'}"
+                )
         console.print()
         from cloudless.cli.output import nodes_table
 
