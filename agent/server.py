@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 import grpc
 import structlog
 
-from agent.runtime.base import PortMapping, ReplicaPhase, ReplicaSpec, ReplicaStatus, RuntimeDriver
+from agent.runtime.base import PortMapping, ReplicaSpec, ReplicaStatus, RuntimeDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.errors import RuntimeDriverError
 from cloudless.tls import peer_identity
@@ -156,19 +156,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 await context.abort(grpc.StatusCode.INTERNAL, str(err))
                 raise
             if status is not None:
-                log.info("replica.stopped", replica=request.replica_id)
-                stopped = ReplicaStatus(
-                    replica_id=status.replica_id,
-                    namespace=status.namespace,
-                    workload=status.workload,
-                    phase=ReplicaPhase.STOPPED,
-                    generation=status.generation,
-                    spec_hash=status.spec_hash,
-                    runtime_id=status.runtime_id,
-                    exit_code=status.exit_code,
-                )
+                log.info("replica.stopped", replica=request.replica_id, phase=status.phase.value)
                 return agent_pb2.StopReplicaResponse(
-                    found=True, status=status_to_proto(stopped, name, self._node_id)
+                    found=True, status=status_to_proto(status, name, self._node_id)
                 )
         return agent_pb2.StopReplicaResponse(found=False)
 

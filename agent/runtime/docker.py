@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import threading
 import weakref
@@ -462,17 +463,10 @@ class DockerDriver:
                     return None
             status = self._status(container)
             if was_running and status.phase is ReplicaPhase.FAILED:
-                status = ReplicaStatus(
-                    replica_id=status.replica_id,
-                    namespace=status.namespace,
-                    workload=status.workload,
+                status = dataclasses.replace(
+                    status,
                     phase=ReplicaPhase.STOPPED,
-                    generation=status.generation,
-                    spec_hash=status.spec_hash,
-                    runtime_id=status.runtime_id,
-                    exit_code=status.exit_code,
                     message=f"stopped on request; {status.message}",
-                    started_at=status.started_at,
                 )
             await self._remove(container, grace_seconds)
             return status

@@ -18,6 +18,17 @@ from cloudless.quantity import format_bytes, format_cpu
 console = Console()
 
 
+def approx_bytes(n: int) -> str:
+    """Exact binary units when they fit (``32Mi``), else one decimal (``79.0Gi``)."""
+    exact = format_bytes(n)
+    if (exact[-2:] in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei") and n % 2**20 == 0) or n < 2**20:
+        return exact
+    for unit, size in (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return exact
+
+
 class Output(enum.StrEnum):
     TABLE = "table"
     JSON = "json"
@@ -77,7 +88,7 @@ def nodes_table(items: Sequence[LedgerNode]) -> Table:
             n.state.value,
             n.zone,
             f"{format_cpu(n.allocated.cpu_millis)}/{format_cpu(n.capacity.cpu_millis)}",
-            f"{format_bytes(n.allocated.memory_bytes)}/{format_bytes(n.capacity.memory_bytes)}",
+            f"{approx_bytes(n.allocated.memory_bytes)}/{approx_bytes(n.capacity.memory_bytes)}",
             str(n.replicas),
             ",".join(n.runtimes),
             n.address,
@@ -108,12 +119,12 @@ def print_node(d: NodeDetails) -> None:
     console.print(f"[bold]Labels:[/bold]    {labels}")
     console.print(
         f"[bold]Capacity:[/bold]  cpu {format_cpu(n.capacity.cpu_millis)}, "
-        f"memory {format_bytes(n.capacity.memory_bytes)}, "
-        f"storage {format_bytes(n.capacity.storage_bytes)}"
+        f"memory {approx_bytes(n.capacity.memory_bytes)}, "
+        f"storage {approx_bytes(n.capacity.storage_bytes)}"
     )
     console.print(
         f"[bold]Allocated:[/bold] cpu {format_cpu(n.allocated.cpu_millis)}, "
-        f"memory {format_bytes(n.allocated.memory_bytes)} in {n.replicas} replica(s)"
+        f"memory {approx_bytes(n.allocated.memory_bytes)} in {n.replicas} replica(s)"
     )
     console.print(f"[bold]Workloads:[/bold] {', '.join(d.workloads) or '-'}")
     if d.status is not None:
