@@ -165,10 +165,11 @@ class LedgerActivities:
                 ClusterWorkflow.consume_token, inp, id=f"token-{inp.jti}-{inp.node_id}"
             )
         except WorkflowUpdateFailedError as err:
-            if _cause_type(err) == "TokenReused":
+            kind = _cause_type(err)
+            if kind in ("TokenReused", "NodeAlreadyEnrolled"):
                 raise ApplicationError(
                     str(err.cause.message if isinstance(err.cause, ApplicationError) else err),
-                    type="TokenReused",
+                    type=kind,
                     non_retryable=True,
                 ) from err
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from temporalio.client import (
@@ -35,6 +36,7 @@ from cloudless.model import (
     ScaleInput,
     WaitInput,
     WaitNodeInput,
+    WorkloadPhase,
     WorkloadStatus,
     WorkloadWorkflowInput,
 )
@@ -50,6 +52,9 @@ from cloudless.spec import Workload
 from cloudless.workloads import check_supported, view_of
 
 WORKLOAD_WORKFLOW = "WorkloadWorkflow"
+#: How long a query or a quick update may take before we say no coordinator is answering.
+RPC_TIMEOUT_SECONDS = 15.0
+RPC_TIMEOUT = timedelta(seconds=RPC_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,15 @@ class CloudlessClient:
         return self.temporal.get_workflow_handle(
             workload_workflow_id(namespace, name), result_type=WorkloadStatus
         )
+
+    def _unanswered(self, err: RPCError) -> Exception:
+        """Turn a timed-out call into the likely cause: no worker polls the task queue."""
+        if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            return CloudlessError(
+                f"no coordinator answered for cluster {self.cluster!r} (task queue "
+                f"{task_queue(self.cluster)}); is `cloudless-coordinator` running?"
+            )
+        return err
 
     async def apply(
         self, workload: Workload, *, wait: bool = False, timeout: float = 120.0
@@ -134,6 +148,7 @@ class CloudlessClient:
                 "wait_settled",
                 WaitInput(generation=generation, timeout_seconds=timeout),
                 result_type=WorkloadStatus,
+                rpc_timeout=timedelta(seconds=timeout + RPC_TIMEOUT_SECONDS),
             )
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
@@ -142,7 +157,7 @@ class CloudlessClient:
     async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
         try:
             status: WorkloadStatus = await self._workload(namespace, name).query(
-                "status", result_type=WorkloadStatus
+                "status", result_type=WorkloadStatus, rpc_timeout=RPC_TIMEOUT
             )
             return status
         except RPCError as err:
@@ -151,7 +166,7 @@ class CloudlessClient:
                     f"workload {namespace}/{name} not found; list them with "
                     "`cloudlessctl get workloads -A`"
                 ) from err
-            raise
+            raise self._unanswered(err) from err
 
     async def list_workloads(self, namespace: str | None = None) -> list[WorkloadStatus]:
         prefix = "workload/" + (f"{namespace}/" if namespace else "")
@@ -171,7 +186,10 @@ class CloudlessClient:
         await self.workload_status(namespace, name)  # a clear NotFound first
         try:
             result: ApplyResult = await self._workload(namespace, name).execute_update(
-                "scale", ScaleInput(replicas=replicas), result_type=ApplyResult
+                "scale",
+                ScaleInput(replicas=replicas),
+                result_type=ApplyResult,
+                rpc_timeout=RPC_TIMEOUT,
             )
             return result
         except WorkflowUpdateFailedError as err:
@@ -180,10 +198,12 @@ class CloudlessClient:
     async def delete(
         self, namespace: str, name: str, *, wait: bool = True
     ) -> WorkloadStatus | None:
-        await self.workload_status(namespace, name)
+        current = await self.workload_status(namespace, name)
+        if current.phase == WorkloadPhase.DELETED:
+            raise NotFoundError(f"workload {namespace}/{name} was already deleted")
         handle = self._workload(namespace, name)
         try:
-            await handle.execute_update("delete", result_type=int)
+            await handle.execute_update("delete", result_type=int, rpc_timeout=RPC_TIMEOUT)
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
         return await handle.result() if wait else None
@@ -191,7 +211,9 @@ class CloudlessClient:
     async def snapshot(self) -> ClusterSnapshot:
         handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
         try:
-            snap: ClusterSnapshot = await handle.query("snapshot", result_type=ClusterSnapshot)
+            snap: ClusterSnapshot = await handle.query(
+                "snapshot", result_type=ClusterSnapshot, rpc_timeout=RPC_TIMEOUT
+            )
             return snap
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
@@ -210,6 +232,7 @@ class CloudlessClient:
             "wait_node",
             WaitNodeInput(node_id=node_id, states=list(states), timeout_seconds=timeout),
             result_type=cast(type, LedgerNode | None),
+            rpc_timeout=timedelta(seconds=timeout + RPC_TIMEOUT_SECONDS),
         )
         return node
 
@@ -223,7 +246,7 @@ class CloudlessClient:
                 f"node {node_id!r} not found; list nodes with `cloudlessctl get nodes`"
             )
         status = await self.temporal.get_workflow_handle(node_workflow_id(node_id)).query(
-            "describe", result_type=NodeStatus
+            "describe", result_type=NodeStatus, rpc_timeout=RPC_TIMEOUT
         )
         workloads = []
         for w in await self.list_workloads():

@@ -245,7 +245,7 @@ def start_processes(
             "--memory",
             a.memory,
             "--listen",
-            f"127.0.0.1:{a.port}",
+            f"127.0.0.1:{a.port + ports.agent_offset}",
             "--gateway",
             f"127.0.0.1:{ports.gateway}",
             "--state-dir",

@@ -180,6 +180,7 @@ class ConsumeTokenInput(_Model):
     jti: str
     expires_at: datetime
     node_id: str
+    bound_to_node: bool = False  # the token names this node: it may re-enroll an existing one
 
 
 class ClusterWorkflowInput(_Model):

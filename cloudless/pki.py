@@ -360,6 +360,14 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+def check_csr(csr_pem: bytes) -> None:
+    """Validate a CSR (size, parse, key policy, self-signature) without signing it.
+
+    The gateway calls this before any durable step, so a bad CSR never consumes a token.
+    """
+    _load_csr(csr_pem)
+
+
 # --------------------------------------------------------------------------- SANs
 
 

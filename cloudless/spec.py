@@ -113,8 +113,8 @@ DEFAULT_CPU_MILLIS: Final = 100
 MIN_CPU_MILLIS: Final = 1
 MAX_CPU_MILLIS: Final = 1024 * 1000
 DEFAULT_MEMORY_BYTES: Final = 64 * 1024**2
-# Docker itself refuses less than 6 MB; 4Mi is our floor for the exec runtime too.
-MIN_MEMORY_BYTES: Final = 4 * 1024**2
+# Docker refuses limits under 6 MB; one floor for every runtime keeps manifests portable.
+MIN_MEMORY_BYTES: Final = 6 * 1024**2
 MAX_MEMORY_BYTES: Final = 16 * 1024**4
 MAX_STORAGE_BYTES: Final = 1024**5
 MAX_ID: Final = 2**31 - 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from cloudless.errors import PKIError
-from cloudless.pki import Identity, identity_from_cert
+from cloudless.pki import Identity, identity_from_cert, read_private_file
 
 KEY_FILE = "tls.key"
 CERT_FILE = "tls.crt"
@@ -41,7 +41,7 @@ class TLSMaterial:
     def load(cls, directory: Path) -> TLSMaterial:
         try:
             return cls(
-                key_pem=(directory / KEY_FILE).read_bytes(),
+                key_pem=read_private_file(directory / KEY_FILE),
                 cert_pem=(directory / CERT_FILE).read_bytes(),
                 ca_pem=(directory / CA_FILE).read_bytes(),
             )

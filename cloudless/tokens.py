@@ -89,6 +89,10 @@ def _check_labels(labels: object, where: str) -> dict[str, str]:
     return dict(labels)
 
 
+#: Clock skew tolerated when checking expiry, by the gateway and the enrollment workflow.
+CLOCK_LEEWAY = timedelta(seconds=30)
+
+
 def binding_error(
     bound_name: str | None,
     bound_labels: Mapping[str, str],
@@ -368,7 +372,7 @@ class TokenVerifier:
     """Checks enrollment tokens against one cluster's public enrollment key."""
 
     def __init__(
-        self, public_key_pem: bytes, cluster: str, *, leeway: timedelta = timedelta(seconds=30)
+        self, public_key_pem: bytes, cluster: str, *, leeway: timedelta = CLOCK_LEEWAY
     ) -> None:
         try:
             key = serialization.load_pem_public_key(public_key_pem)

@@ -97,7 +97,7 @@ def scaled_manifest(manifest: dict[str, Any], replicas: int) -> dict[str, Any]:
     spec = out.setdefault("spec", {})
     spec["replicas"] = replicas
     for key in ("minAvailable", "min_available"):
-        if isinstance(spec.get(key), int) and spec[key] > replicas:
+        if isinstance(spec.get(key), int) and spec[key] > replicas >= 0:
             spec[key] = replicas
     return out
 

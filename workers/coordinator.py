@@ -198,7 +198,12 @@ def main_command(
 
 
 async def _run(address: str, namespace: str, cluster: str, state_dir: Path, listen: str) -> None:
-    client = await connect(address, namespace)
+    try:
+        client = await connect(address, namespace)
+    except RuntimeError as err:
+        raise CloudlessError(
+            f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
+        ) from err
     coordinator = Coordinator(
         client=client, cluster=cluster, state_dir=state_dir, gateway_listen=listen
     )

@@ -17,9 +17,10 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
-from cloudless.errors import EnrollmentError
+from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
 from cloudless.naming import enrollment_workflow_id, task_queue
+from cloudless.pki import check_csr
 from cloudless.tokens import TokenVerifier
 from workflows.enrollment import EnrollmentWorkflow
 
@@ -42,6 +43,7 @@ _STATUS_BY_TYPE = {
     "TokenExpired": grpc.StatusCode.UNAUTHENTICATED,
     "TokenReused": grpc.StatusCode.UNAUTHENTICATED,
     "TokenBindingMismatch": grpc.StatusCode.PERMISSION_DENIED,
+    "NodeAlreadyEnrolled": grpc.StatusCode.ALREADY_EXISTS,
     "InvalidCSR": grpc.StatusCode.INVALID_ARGUMENT,
 }
 
@@ -103,6 +105,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         try:
+            check_csr(request.csr_pem)
+        except PKIError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"csr_pem: {err}")
+        try:
             claims = self._verifier.verify(request.token)
         except EnrollmentError as err:
             log.warning("enroll.refused", node=request.node_name, reason=str(err))
@@ -136,7 +142,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 inp,
                 id=enrollment_workflow_id(claims.jti),
                 task_queue=task_queue(self._cluster),
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                # A failed attempt (say, a transient fault) may be retried with the same
+                # token; the ledger's consume_token is what makes a token single-use.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 execution_timeout=timedelta(minutes=2),
             )
         except WorkflowAlreadyStartedError:

@@ -204,6 +204,14 @@ class ClusterWorkflow:
 
     @consume_token.validator
     def _validate_token(self, inp: ConsumeTokenInput) -> None:
+        if inp.node_id in self._nodes and not inp.bound_to_node:
+            # Otherwise any unbound token could take over an enrolled node's name.
+            raise ApplicationError(
+                f"node {inp.node_id!r} is already enrolled; re-enrolling it needs a token bound "
+                f"to it: `cloudlessctl token create --node {inp.node_id}`",
+                type="NodeAlreadyEnrolled",
+                non_retryable=True,
+            )
         if inp.jti in self._tokens:
             raise ApplicationError(
                 f"enrollment token {inp.jti[:8]}… was already used; tokens are single-use, "

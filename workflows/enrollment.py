@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentResult,
         SignCertificateInput,
     )
+    from cloudless.tokens import CLOCK_LEEWAY
     from cloudless.tokens import binding_error as token_binding_error
 
 _RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10)
@@ -40,7 +41,7 @@ class EnrollmentWorkflow:
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentResult:
         now = workflow.now()
-        if inp.token_expires_at <= now:
+        if inp.token_expires_at + CLOCK_LEEWAY <= now:
             raise ApplicationError(
                 f"enrollment token expired at {inp.token_expires_at.isoformat()}; mint a new one "
                 "with `cloudlessctl token create`",
@@ -52,7 +53,10 @@ class EnrollmentWorkflow:
         await workflow.execute_activity_method(
             LedgerActivities.consume_enrollment_token,
             ConsumeTokenInput(
-                jti=inp.jti, expires_at=inp.token_expires_at, node_id=inp.record.node_id
+                jti=inp.jti,
+                expires_at=inp.token_expires_at,
+                node_id=inp.record.node_id,
+                bound_to_node=inp.bound_node_name == inp.record.node_id,
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,

@@ -17,7 +17,7 @@ class Port(_message.Message):
     def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_port: _Optional[int] = ...) -> None: ...
 
 class ReplicaSpec(_message.Message):
-    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels")
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels", "restart_policy")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class ReplicaSpec(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     namespace: str
     workload: str
@@ -60,7 +61,8 @@ class ReplicaSpec(_message.Message):
     generation: int
     spec_hash: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    restart_policy: str
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id")

@@ -1,3 +1,4 @@
+from cloudless.api import agent_pb2 as _agent_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -56,3 +57,33 @@ class EnrollResponse(_message.Message):
     ca_pem: bytes
     cluster: str
     def __init__(self, node_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., cluster: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("cpu_fraction", "memory_used_bytes", "storage_used_bytes")
+    CPU_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_fraction: float
+    memory_used_bytes: int
+    storage_used_bytes: int
+    def __init__(self, cpu_fraction: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., storage_used_bytes: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("seq", "usage", "replicas", "agent_version")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    usage: Usage
+    replicas: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ReplicaStatus]
+    agent_version: str
+    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("seq", "interval_seconds")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    interval_seconds: float
+    def __init__(self, seq: _Optional[int] = ..., interval_seconds: _Optional[float] = ...) -> None: ...

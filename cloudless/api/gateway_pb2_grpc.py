@@ -39,6 +39,11 @@ class GatewayServiceStub:
                 request_serializer=cloudless_dot_api_dot_gateway__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=cloudless_dot_api_dot_gateway__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.stream_stream(
+                '/cloudless.v1.GatewayService/Heartbeat',
+                request_serializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -50,6 +55,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request_iterator, context):
+        """Bidirectional liveness stream, mTLS with a node certificate required. A broken stream
+        marks the node Suspect at once; silence past the TTL marks it Offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=cloudless_dot_api_dot_gateway__pb2.EnrollRequest.FromString,
                     response_serializer=cloudless_dot_api_dot_gateway__pb2.EnrollResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.stream_stream_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.FromString,
+                    response_serializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class GatewayService:
             '/cloudless.v1.GatewayService/Enroll',
             cloudless_dot_api_dot_gateway__pb2.EnrollRequest.SerializeToString,
             cloudless_dot_api_dot_gateway__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cloudless.v1.GatewayService/Heartbeat',
+            cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.SerializeToString,
+            cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

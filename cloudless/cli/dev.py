@@ -49,6 +49,8 @@ def dev_up(
 
     state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
     cluster: str = settings.cluster  # type: ignore[attr-defined]
+    if runtime not in (None, "docker", "exec"):
+        raise fail(f"--runtime {runtime!r} is not a runtime; use docker or exec")
     use_docker = docker_available() if runtime in (None, "docker") else False
     if runtime == "docker" and not use_docker:
         raise fail("no Docker engine is reachable; start dockerd or use --runtime exec")
@@ -62,6 +64,7 @@ def dev_up(
             state_dir,
             cluster,
             ports=devstack.DevPorts.shifted(port_offset),
+            runtimes=(runtime,) if runtime else None,
             progress=lambda m: console.print(f"• {m}"),
         )
         if use_docker:

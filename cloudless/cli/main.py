@@ -6,13 +6,15 @@ Every command exits non-zero with a one-line reason on error.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from temporalio.service import RPCError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless import config
 from cloudless.cli.output import (
@@ -27,9 +29,9 @@ from cloudless.cli.output import (
 from cloudless.client import CloudlessClient
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
-from cloudless.pki import CertificateAuthority
 from cloudless.spec import ManifestError, load_manifest_file, load_manifests
 from cloudless.temporal import connect
+from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
 
 T = TypeVar("T")
@@ -106,7 +108,17 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except CloudlessError as err:
         raise fail(str(err)) from err
+    except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+        raise fail(
+            f"no coordinator answered for cluster {settings.cluster!r}; is "
+            "`cloudless-coordinator` running?"
+        ) from err
     except RPCError as err:
+        if err.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            raise fail(
+                f"Temporal did not answer in time for cluster {settings.cluster!r}; is a "
+                "coordinator running?"
+            ) from err
         raise fail(f"Temporal refused the request: {err.message}") from err
 
 
@@ -152,6 +164,8 @@ def apply(
             ],
             output,
         )
+        if any(o.status and o.status.ready < o.status.desired for o in outcomes):
+            raise typer.Exit(1)
         return
     failed = False
     for o in outcomes:
@@ -245,6 +259,8 @@ def scale_workload(
     timeout: float = 120.0,
 ) -> None:
     """Scale a workload up or down."""
+    if replicas < 0:
+        raise fail(f"--replicas must be 0 or more, got {replicas}")
 
     async def go(c: CloudlessClient) -> None:
         result = await c.scale(namespace, name, replicas)
@@ -252,9 +268,13 @@ def scale_workload(
             f"workload/{namespace}/{name} scaled to {replicas} (generation {result.generation})"
         )
         if wait:
-            console.print(
-                workloads_table([await c.wait(namespace, name, result.generation, timeout)])
-            )
+            status = await c.wait(namespace, name, result.generation, timeout)
+            console.print(workloads_table([status]))
+            if status.ready < status.desired:
+                raise CloudlessError(
+                    f"{status.ready}/{status.desired} replicas running; see "
+                    f"`cloudlessctl describe workload {name}`"
+                )
 
     run(go)
 
@@ -282,11 +302,11 @@ def token_create(
     try:
         lifetime = parse_duration(ttl)
         signer = TokenSigner.load(coord_dir)
-        ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
+        ca_pem = (coord_dir / CA_FILE).read_text()
         token, claims = signer.mint(
             cluster=settings.cluster, ca_pem=ca_pem, ttl=lifetime, node_name=node, labels=labels
         )
-    except (CloudlessError, ValueError) as err:
+    except (CloudlessError, ValueError, OSError) as err:
         raise fail(f"{err} (coordinator state: {coord_dir})") from err
     if output == Output.TABLE:
         print(token)
@@ -332,7 +352,20 @@ def dev_down(
 
 
 def main() -> None:
-    app()
+    """Run the CLI, then leave without interpreter finalization.
+
+    The Temporal client's native runtime keeps threads that may still call into Python
+    while the interpreter finalizes, which can abort the process after the command has
+    already succeeded. Exiting with ``os._exit`` once output is flushed avoids that.
+    """
+    code = 0
+    try:
+        app()  # standalone mode: usage errors are printed, and it ends in SystemExit
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

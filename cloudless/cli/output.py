@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,8 @@ from cloudless.client import NodeDetails
 from cloudless.model import LedgerNode, WorkloadStatus
 from cloudless.quantity import format_bytes, format_cpu
 
-console = Console()
+#: Piped output is for scripts and logs: never truncate columns to an assumed 80.
+console = Console() if sys.stdout.isatty() else Console(width=250)
 
 
 def approx_bytes(n: int) -> str:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
@@ -147,3 +148,43 @@ async def test_invalid_request_lists_every_problem(
     text = str(info.value)
     for expected in ("node_name", "address", "cpu_millis", "runtimes"):
         assert expected in text
+
+
+async def test_unbound_token_cannot_take_over_an_enrolled_name(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    name = unique("taken")
+    await enroll(tmp_path / "a", coordinator.gateway, coordinator.mint_token(name), facts(name))
+    c = CloudlessClient(coordinator.client, coordinator.cluster)
+    assert await c.wait_node(name, timeout=20) is not None
+    with pytest.raises(EnrollmentError, match="already enrolled"):
+        await enroll(tmp_path / "b", coordinator.gateway, coordinator.mint_token(), facts(name))
+    # A token bound to the name may re-enroll it (e.g. a device that lost its key).
+    await enroll(tmp_path / "c", coordinator.gateway, coordinator.mint_token(name), facts(name))
+
+
+async def test_bad_csr_does_not_consume_the_token(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    from agent.enroll import GATEWAY_SERVER_NAME
+    from cloudless.api import gateway_pb2, gateway_pb2_grpc
+    from cloudless.tls import secure_channel
+
+    token = coordinator.mint_token()
+    ca = CertificateAuthority.load(coordinator.coordinator_dir).cert_pem
+    request = gateway_pb2.EnrollRequest(
+        token=token,
+        csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        node_name=unique("csr"),
+        zone="zone-a",
+        capacity=gateway_pb2.Capacity(cpu_millis=1000, memory_bytes=2**30),
+        address="127.0.0.1:7999",
+        runtimes=["exec"],
+    )
+    async with secure_channel(coordinator.gateway, GATEWAY_SERVER_NAME, ca) as ch:
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Enroll(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "csr_pem" in (info.value.details() or "")
+    await enroll(tmp_path, coordinator.gateway, token, facts(unique("after")))

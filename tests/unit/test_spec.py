@@ -397,7 +397,7 @@ REJECTIONS: list[tuple[str, str, object, str, str]] = [
     ("cpu-garbage", f"{RES}.cpu", "fast", "", "100m"),
     ("cpu-list", f"{RES}.cpu", [1], "", "CPU quantity"),
     ("memory-neg", f"{RES}.memory", "-5Mi", "", "'-5Mi'"),
-    ("memory-small", f"{RES}.memory", "1Mi", "", "at least 4Mi"),
+    ("memory-small", f"{RES}.memory", "1Mi", "", "at least 6Mi"),
     ("memory-huge", f"{RES}.memory", "17Ti", "", "at most 16Ti"),
     ("memory-unit", f"{RES}.memory", "32MB", "", "32Mi"),
     ("memory-exp", f"{RES}.memory", "1e9", "", "exponent"),
@@ -724,7 +724,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
         },
         "resources": {
             "cpu": draw(cpu_texts(millis)),
-            "memory": draw(st.integers(4, 4096).map(lambda n: f"{n}Mi")),
+            "memory": draw(st.integers(6, 4096).map(lambda n: f"{n}Mi")),
             "storage": draw(st.integers(0, 10**12)),
         },
         "placement": {
