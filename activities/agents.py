@@ -29,7 +29,7 @@ _PERMANENT = {
 }
 
 
-def _translate(err: grpc.aio.AioRpcError, node_id: str) -> Exception:
+def translate_rpc_error(err: grpc.aio.AioRpcError, node_id: str) -> Exception:
     kind = _PERMANENT.get(err.code())
     message = f"agent {node_id}: {err.details() or err.code().name}"
     if kind is not None:
@@ -56,7 +56,7 @@ class AgentActivities:
                 agent_pb2.RunReplicaRequest(spec=spec), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as err:
-            raise _translate(err, inp.node_id) from err
+            raise translate_rpc_error(err, inp.node_id) from err
         status = response.status
         return RunReplicaResult(
             phase=ReplicaPhase(status.phase),
@@ -78,7 +78,7 @@ class AgentActivities:
         try:
             info = await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
         except grpc.aio.AioRpcError as err:
-            raise _translate(err, record.node_id) from err
+            raise translate_rpc_error(err, record.node_id) from err
         if info.node_id != record.node_id:
             raise ApplicationError(
                 f"agent at {record.address} answers as {info.node_id!r}, not {record.node_id!r}",
@@ -98,5 +98,5 @@ class AgentActivities:
                 timeout=inp.grace_seconds + 30,
             )
         except grpc.aio.AioRpcError as err:
-            raise _translate(err, inp.node_id) from err
+            raise translate_rpc_error(err, inp.node_id) from err
         return StopReplicaResult(found=response.found)

@@ -39,6 +39,22 @@ class NodeFacts:
     agent_version: str = ""
 
 
+def agent_gateway_address(enroll_address: str, agent_port: int) -> str:
+    """The mTLS endpoint: same host the agent enrolled through, the port it was told."""
+    host = enroll_address.rsplit(":", 1)[0]
+    return f"{host}:{agent_port}" if agent_port else enroll_address
+
+
+def load_agent_gateway(state_dir: Path) -> str | None:
+    """Where this enrolled agent sends heartbeats (recorded at enrollment)."""
+    try:
+        data = json.loads((state_dir / NODE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("agent_gateway")
+    return str(value) if value else None
+
+
 def is_enrolled(state_dir: Path) -> bool:
     return all((state_dir / f).exists() for f in (KEY_FILE, CERT_FILE, CA_FILE, NODE_FILE))
 
@@ -85,7 +101,12 @@ async def enroll(
     write_public_file(
         state_dir / NODE_FILE,
         json.dumps(
-            {"node_id": response.node_id, "cluster": response.cluster, "gateway": gateway},
+            {
+                "node_id": response.node_id,
+                "cluster": response.cluster,
+                "gateway": gateway,
+                "agent_gateway": agent_gateway_address(gateway, response.agent_port),
+            },
             indent=2,
         ).encode(),
     )

@@ -7,6 +7,7 @@ one machine can host several simulated devices of different shapes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ import psutil
 import structlog
 import typer
 
-from agent.enroll import NodeFacts, enroll, is_enrolled
+from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateway
+from agent.heartbeat import HeartbeatClient
 from agent.runtime import detect_drivers
 from agent.server import AGENT_VERSION, AgentServicer
 from cloudless import config
@@ -60,6 +62,8 @@ async def serve(
     ready_file: Path | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    heartbeat_interval: float = 1.0,
+    agent_gateway: str | None = None,
 ) -> None:
     """Run the agent until ``stop`` is set (or forever)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -101,17 +105,33 @@ async def serve(
     server.add_secure_port(listen, server_credentials(material, require_client_auth=True))
     await server.start()
     log.info("agent.serving", node=identity.name, listen=listen, runtimes=sorted(drivers))
+    stop = stop or asyncio.Event()
+    heartbeat = HeartbeatClient(
+        agent_gateway or load_agent_gateway(state_dir) or gateway,
+        material,
+        identity.name,
+        drivers,
+        interval=heartbeat_interval,
+    )
+    beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     if ready_file is not None:
         ready_file.write_text(identity.name)
     if ready is not None:
         ready.set()
     try:
-        if stop is None:
-            await server.wait_for_termination()
-        else:
-            await stop.wait()
+        await stop.wait()
     finally:
-        await server.stop(grace=2)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Killed (a test's stand-in for a crash): no goodbye, the stream just breaks.
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+            await server.stop(grace=None)
+        else:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(beating, timeout=5)  # sends the closing beat
+            await server.stop(grace=2)
         for driver in drivers.values():
             await driver.close()
 

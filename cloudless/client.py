@@ -141,12 +141,24 @@ class CloudlessClient:
         return ApplyOutcome(view.namespace, view.name, action, result.generation, status)
 
     async def wait(
-        self, namespace: str, name: str, generation: int, timeout: float = 120.0
+        self,
+        namespace: str,
+        name: str,
+        generation: int,
+        timeout: float = 120.0,
+        *,
+        all_ready: bool = False,
+        avoid_node: str = "",
     ) -> WorkloadStatus:
         try:
             status: WorkloadStatus = await self._workload(namespace, name).execute_update(
                 "wait_settled",
-                WaitInput(generation=generation, timeout_seconds=timeout),
+                WaitInput(
+                    generation=generation,
+                    timeout_seconds=timeout,
+                    all_ready=all_ready,
+                    avoid_node=avoid_node,
+                ),
                 result_type=WorkloadStatus,
                 rpc_timeout=timedelta(seconds=timeout + RPC_TIMEOUT_SECONDS),
             )

@@ -159,6 +159,7 @@ def start_processes(
         ("Temporal", ports.temporal),
         ("Temporal UI", ports.ui),
         ("gateway", ports.gateway),
+        ("agent gateway", ports.gateway + 1),
     ):
         if port_open(port):
             raise ConfigError(
@@ -207,6 +208,8 @@ def start_processes(
             "workers.coordinator",
             "--gateway-listen",
             f"127.0.0.1:{ports.gateway}",
+            "--agent-listen",
+            f"127.0.0.1:{ports.gateway + 1}",
         ],
         logs / "coordinator.log",
         env,

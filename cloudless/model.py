@@ -77,6 +77,7 @@ class NodeState(enum.StrEnum):
     SUSPECT = "Suspect"
     OFFLINE = "Offline"
     DRAINING = "Draining"
+    DRAINED = "Drained"
     CORDONED = "Cordoned"
     LEFT = "Left"
 
@@ -102,11 +103,64 @@ class NodeTransition(_Model):
 
 
 class NodeStatus(_Model):
-    """What ``describe node`` shows: the record, its state and recent transitions."""
+    """What ``describe node`` shows: the record, its state and recent transitions.
+
+    ``state`` is derived from two dimensions: ``health`` (from heartbeats: Ready, Suspect,
+    Offline) and ``admin`` (set by operators: Cordoned, Draining, Drained, or empty).
+    """
 
     record: NodeRecord
     state: NodeState
+    health: str = "Ready"
+    admin: str = ""
     transitions: list[NodeTransition] = Field(default_factory=list)
+    #: Times the node went Suspect or Offline recently; drives damping and reliability.
+    churn: list[datetime] = Field(default_factory=list)
+    first_seen: datetime | None = None
+    offline_seconds: float = 0.0
+    down_since: datetime | None = None
+    gateway: str = ""
+
+
+class LivenessSignal(_Model):
+    """A health change observed by a gateway's liveness table."""
+
+    health: str  # Ready | Suspect | Offline
+    reason: str
+    at: datetime
+    gateway: str
+
+
+class NodeAdminInput(_Model):
+    action: str  # cordon | uncordon | drain
+    reason: str = ""
+
+
+class ReplicasLost(_Model):
+    """Signal to a workload: its replicas on ``node_id`` are gone (node Offline or drained)."""
+
+    node_id: str
+    reason: str
+    evacuate: bool = False  # drain: replace first, then stop (keeps minAvailable)
+    replica_ids: list[str] = Field(default_factory=list)  # empty: every replica on the node
+
+
+class ReconcileNodeInput(_Model):
+    node_id: str
+    address: str
+    cluster: str
+
+
+class ReconcileNodeResult(_Model):
+    kept: int
+    stopped: list[str] = Field(default_factory=list)
+    missing: dict[str, list[str]] = Field(default_factory=dict)  # workload -> replica ids
+
+
+class NotifyWorkloadsInput(_Model):
+    node_id: str
+    reason: str
+    evacuate: bool = False
 
 
 class NodeWorkflowInput(_Model):
@@ -131,6 +185,7 @@ class LedgerNode(_Model):
     capacity: Resources = Field(default_factory=Resources)
     allocated: Resources = Field(default_factory=Resources)
     replicas: int = 0
+    workloads: dict[str, int] = Field(default_factory=dict)  # workload key -> replicas here
     address: str = ""
     runtimes: list[str] = Field(default_factory=list)
     state: NodeState = NodeState.JOINING
@@ -247,6 +302,8 @@ class ReplicaRecord(_Model):
     runtime_id: str = ""
     started_at: datetime | None = None
     resources: Resources = Field(default_factory=Resources)
+    lost: bool = False  # its node went away: released without a stop (the node reconciles)
+    evicting: bool = False  # being moved off a draining node: replaced first, then stopped
 
 
 class WorkloadPhase(enum.StrEnum):
@@ -295,8 +352,12 @@ class ScaleInput(_Model):
 
 
 class WaitInput(_Model):
+    """Wait until ``generation`` is reconciled and, optionally, stronger conditions hold."""
+
     generation: int
     timeout_seconds: float = 120.0
+    all_ready: bool = False  # every desired replica Running
+    avoid_node: str = ""  # and none of them on this node (e.g. after it was lost)
 
 
 # --------------------------------------------------------------------------- activities

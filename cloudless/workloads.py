@@ -28,6 +28,7 @@ class WorkloadView:
     namespace: str
     name: str
     replicas: int
+    min_available: int
     runtime: str
     strategy: str
     resources: Resources
@@ -59,6 +60,7 @@ def view_of(manifest: dict[str, Any]) -> WorkloadView:
         namespace=w.metadata.namespace,
         name=w.metadata.name,
         replicas=spec.replicas,
+        min_available=spec.min_available or 0,
         runtime=spec.runtime,
         strategy=spec.strategy,
         resources=Resources(

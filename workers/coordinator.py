@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from temporalio.worker import Worker
 from activities.agent_client import AgentClientPool
 from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
+from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
 from agent.enroll import GATEWAY_SERVER_NAME
 from cloudless import config
@@ -45,6 +47,7 @@ from cloudless.temporal import connect, ensure_search_attributes
 from cloudless.tls import CA_FILE, CERT_FILE, KEY_FILE, TLSMaterial, server_credentials
 from cloudless.tokens import TokenSigner, TokenVerifier
 from workers.gateway import GatewayServicer
+from workers.liveness import LivenessMonitor
 from workflows import ALL_WORKFLOWS
 from workflows.cluster import ClusterWorkflow
 
@@ -96,10 +99,17 @@ class Coordinator:
     cluster: str
     state_dir: Path
     gateway_listen: str = config.DEFAULT_GATEWAY
+    agent_listen: str = config.DEFAULT_AGENT_GATEWAY
+    heartbeat_ttl: float = 10.0
+    suspect_grace: float = 1.5
+    heartbeat_interval: float = 1.0
+    liveness: LivenessMonitor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _server: grpc.aio.Server | None = None
     _pool: AgentClientPool | None = None
     gateway_port: int = 0
+    agent_port: int = 0
+    _agent_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
@@ -115,6 +125,7 @@ class Coordinator:
         ledger = LedgerActivities(self.client, self.cluster)
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
+        membership = MembershipActivities(self.client, self._pool, self.cluster)
         worker = Worker(
             self.client,
             task_queue=task_queue(self.cluster),
@@ -129,16 +140,38 @@ class Coordinator:
                 agents.stop_replica,
                 agents.probe_agent,
                 certs.sign_node_certificate,
+                membership.notify_workloads,
+                membership.reconcile_node,
+                membership.wait_node_empty,
             ],
             max_concurrent_activities=200,
         )
         self._tasks.append(asyncio.create_task(worker.run(), name="temporal-worker"))
         self._worker = worker
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
-        server = grpc.aio.server()
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(self.client, self.cluster, verifier), server
+        self.liveness = LivenessMonitor(
+            self.client,
+            self.cluster,
+            gateway_id=f"{socket.gethostname()}/{self.agent_listen}",
+            ttl=self.heartbeat_ttl,
+            suspect_grace=self.suspect_grace,
+            interval=self.heartbeat_interval,
         )
+        await self.liveness.start()
+        # Two listeners: enrollment needs no client certificate (the token authenticates
+        # it); everything else requires one, which gRPC cannot make optional per method.
+        agent_server = grpc.aio.server()
+        self.agent_port = agent_server.add_secure_port(
+            self.agent_listen, server_credentials(pki.material, require_client_auth=True)
+        )
+        servicer = GatewayServicer(
+            self.client, self.cluster, verifier, self.liveness, agent_port=self.agent_port
+        )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
+        await agent_server.start()
+        self._agent_server = agent_server
+        server = grpc.aio.server()
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self.gateway_port = server.add_secure_port(
             self.gateway_listen, server_credentials(pki.material, require_client_auth=False)
         )
@@ -148,12 +181,17 @@ class Coordinator:
             "coordinator.started",
             cluster=self.cluster,
             gateway=self.gateway_listen,
+            agent_gateway=self.agent_listen,
             task_queue=task_queue(self.cluster),
         )
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=2)
+        if self._agent_server is not None:
+            await self._agent_server.stop(grace=2)
+        if self.liveness is not None:
+            await self.liveness.stop()
         if self._tasks:
             await self._worker.shutdown()
             for task in self._tasks:
@@ -179,6 +217,15 @@ def main_command(
     gateway_listen: Annotated[str, typer.Option(help="host:port for the agent gateway.")] = (
         config.DEFAULT_GATEWAY
     ),
+    agent_listen: Annotated[
+        str, typer.Option(help="host:port for the agents' mTLS endpoint (heartbeats).")
+    ] = config.DEFAULT_AGENT_GATEWAY,
+    heartbeat_ttl: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat before a node is Offline.")
+    ] = 10.0,
+    suspect_grace: Annotated[
+        float, typer.Option(help="Seconds a node with a broken stream stays Suspect.")
+    ] = 1.5,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
@@ -190,6 +237,9 @@ def main_command(
                 cluster,
                 state_dir or config.state_dir(),
                 gateway_listen,
+                agent_listen,
+                heartbeat_ttl,
+                suspect_grace,
             )
         )
     except CloudlessError as err:
@@ -197,7 +247,16 @@ def main_command(
         raise typer.Exit(1) from err
 
 
-async def _run(address: str, namespace: str, cluster: str, state_dir: Path, listen: str) -> None:
+async def _run(
+    address: str,
+    namespace: str,
+    cluster: str,
+    state_dir: Path,
+    listen: str,
+    agent_listen: str = config.DEFAULT_AGENT_GATEWAY,
+    heartbeat_ttl: float = 10.0,
+    suspect_grace: float = 1.5,
+) -> None:
     try:
         client = await connect(address, namespace)
     except RuntimeError as err:
@@ -205,7 +264,13 @@ async def _run(address: str, namespace: str, cluster: str, state_dir: Path, list
             f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
         ) from err
     coordinator = Coordinator(
-        client=client, cluster=cluster, state_dir=state_dir, gateway_listen=listen
+        client=client,
+        cluster=cluster,
+        state_dir=state_dir,
+        gateway_listen=listen,
+        agent_listen=agent_listen,
+        heartbeat_ttl=heartbeat_ttl,
+        suspect_grace=suspect_grace,
     )
     await coordinator.start()
     stop = asyncio.Event()

@@ -8,6 +8,7 @@ which enforces expiry, binding and single use durably.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
@@ -21,7 +22,9 @@ from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
 from cloudless.naming import enrollment_workflow_id, task_queue
 from cloudless.pki import check_csr
+from cloudless.tls import peer_identity
 from cloudless.tokens import TokenVerifier
+from workers.liveness import LivenessMonitor
 from workflows.enrollment import EnrollmentWorkflow
 
 log = structlog.get_logger("cloudless.gateway")
@@ -91,10 +94,47 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, client: Client, cluster: str, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        client: Client,
+        cluster: str,
+        verifier: TokenVerifier,
+        liveness: LivenessMonitor | None = None,
+        *,
+        agent_port: int = 0,
+    ) -> None:
         self._client = client
         self._cluster = cluster
         self._verifier = verifier
+        self._liveness = liveness
+        self._agent_port = agent_port
+
+    async def Heartbeat(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.HeartbeatRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[gateway_pb2.HeartbeatResponse]:
+        """One stream per agent; the node id is the verified certificate's identity."""
+        ident = peer_identity(context)
+        if ident is None or ident.role != "node" or ident.cluster != self._cluster:
+            who = ident.uri() if ident else "a client without a certificate"
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} may not send heartbeats; a node certificate of cluster "
+                f"{self._cluster!r} is required",
+            )
+            return
+        if self._liveness is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "liveness is not enabled")
+            return
+        monitor, node_id = self._liveness, ident.name
+        token = monitor.connected(node_id)
+        try:
+            async for beat in request_iterator:
+                monitor.beat(node_id, beat)
+                yield gateway_pb2.HeartbeatResponse(seq=beat.seq, interval_seconds=monitor.interval)
+        finally:
+            monitor.disconnected(node_id, token)
 
     async def Enroll(
         self,
@@ -171,4 +211,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             certificate_pem=result.certificate_pem.encode(),
             ca_pem=result.ca_pem.encode(),
             cluster=result.cluster,
+            agent_port=self._agent_port,
         )

@@ -105,6 +105,12 @@ class ClusterWorkflow:
             await workflow.wait_condition(reached, timeout=timedelta(seconds=inp.timeout_seconds))
         return self._nodes.get(inp.node_id)
 
+    @workflow.query
+    def node_workloads(self, node_id: str) -> list[str]:
+        """Workloads with replicas allocated on the node: who to tell when it is lost."""
+        node = self._nodes.get(node_id)
+        return sorted(node.workloads) if node else []
+
     # ------------------------------------------------------------------ nodes
 
     @workflow.update
@@ -122,6 +128,7 @@ class ClusterWorkflow:
             state=inp.state,
             allocated=current.allocated if current else Resources(),
             replicas=current.replicas if current else 0,
+            workloads=dict(current.workloads) if current else {},
         )
         self._nodes[rec.node_id] = node
         self._version += 1
@@ -189,6 +196,11 @@ class ClusterWorkflow:
             storage_bytes=max(0, allocated.storage_bytes),
         )
         node.replicas = max(0, node.replicas + sign)
+        count = node.workloads.get(a.workload, 0) + sign
+        if count > 0:
+            node.workloads[a.workload] = count
+        else:
+            node.workloads.pop(a.workload, None)
 
     # ------------------------------------------------------------------ enrollment tokens
 

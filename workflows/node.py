@@ -1,11 +1,19 @@
 """``node/<id>``: one node's identity, labels, zone, capacity and state machine.
 
-The node entity is the source of truth for a node's facts; the ledger keeps a derived
-copy for placement, refreshed by ``publish_node`` on every state change.
+The node entity is the source of truth for a node's facts and state; the ledger keeps a
+derived copy for placement, refreshed by ``publish_node`` on every state change.
+
+State has two dimensions. *Health* comes from the gateways' liveness tables (Ready,
+Suspect, Offline); *admin* comes from operators (Cordoned, Draining, Drained). The state
+users see combines them: unhealthy wins, then the admin state, else Ready.
+
+Events (enrollment, liveness signals, admin updates) are queued by handlers and applied
+one at a time by the main loop, so activities never interleave for one node.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
@@ -15,13 +23,18 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
+    from activities.membership import MembershipActivities
     from cloudless.model import (
         EnrollSignal,
+        LivenessSignal,
+        NodeAdminInput,
         NodeRecord,
         NodeState,
         NodeStatus,
         NodeTransition,
         NodeWorkflowInput,
+        NotifyWorkloadsInput,
+        ReconcileNodeInput,
         UpsertNodeInput,
     )
     from cloudless.naming import SA_NODE, SA_PHASE
@@ -31,6 +44,28 @@ MAX_TRANSITIONS = 50
 MAX_HISTORY_EVENTS = 5_000
 #: How long a freshly enrolled agent has to become reachable before it is marked Offline.
 PROBE_DEADLINE = timedelta(minutes=2)
+#: Flap damping: this many Suspect/Offline episodes within the window hold the node back.
+FLAP_WINDOW = timedelta(minutes=10)
+FLAP_THRESHOLD = 3
+DAMP_BASE = timedelta(seconds=10)
+DAMP_MAX = timedelta(minutes=5)
+MAX_CHURN_KEPT = 50
+
+_FAST = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=5),
+)
+_ADMIN_ACTIONS = ("cordon", "uncordon", "drain")
+
+
+@dataclass
+class _Event:
+    kind: str  # enroll | liveness | admin
+    record: NodeRecord | None = None
+    liveness: LivenessSignal | None = None
+    admin: NodeAdminInput | None = None
+    seq: int = 0
 
 
 @workflow.defn(name="NodeWorkflow")
@@ -39,33 +74,50 @@ class NodeWorkflow:
     def __init__(self, inp: NodeWorkflowInput) -> None:
         self._cluster = inp.cluster
         self._status: NodeStatus | None = inp.carried
-        self._pending: list[NodeRecord] = []
+        self._events: list[_Event] = []
+        self._seq = 0
+        self._done = 0
         if inp.record is not None:
-            self._pending.append(inp.record)
+            self._events.append(_Event("enroll", record=inp.record))
+
+    # ------------------------------------------------------------------ main loop
 
     @workflow.run
     async def run(self, inp: NodeWorkflowInput) -> None:
         while True:
             await workflow.wait_condition(
-                lambda: bool(self._pending) or workflow.info().is_continue_as_new_suggested()
+                lambda: bool(self._events) or self._should_continue_as_new()
             )
-            while self._pending:
-                record = self._pending.pop(0)
-                await self._enrolled(record)
-            if (
-                workflow.info().is_continue_as_new_suggested()
-                or workflow.info().get_current_history_length() > MAX_HISTORY_EVENTS
-            ):
+            while self._events:
+                event = self._events.pop(0)
+                if event.kind == "enroll" and event.record is not None:
+                    await self._on_enroll(event.record)
+                elif event.kind == "liveness" and event.liveness is not None:
+                    await self._on_liveness(event.liveness)
+                elif event.kind == "admin" and event.admin is not None:
+                    await self._on_admin(event.admin)
+                self._done = max(self._done, event.seq)
+            if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    NodeWorkflowInput(cluster=self._cluster, carried=self._status)
-                )
+                if not self._events:
+                    workflow.continue_as_new(
+                        NodeWorkflowInput(cluster=self._cluster, carried=self._status)
+                    )
 
-    async def _enrolled(self, record: NodeRecord) -> None:
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+        )
+
+    # ------------------------------------------------------------------ events
+
+    async def _on_enroll(self, record: NodeRecord) -> None:
         # Joining is recorded first so the UI shows the node the moment it enrolls; it is
         # Ready only once the coordinator has reached the agent over mTLS.
-        self._transition(record, NodeState.JOINING, "enrolled with a bootstrap token")
-        await self._publish(record, NodeState.JOINING)
+        self._set(record=record, health="Joining", reason="enrolled with a bootstrap token")
+        await self._publish()
         try:
             runtimes = await workflow.execute_activity_method(
                 AgentActivities.probe_agent,
@@ -81,34 +133,208 @@ class NodeWorkflow:
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._transition(record, NodeState.OFFLINE, f"agent unreachable: {reason}")
-            await self._publish(record, NodeState.OFFLINE)
+            self._set(health="Offline", reason=f"agent unreachable: {reason}")
+            await self._publish()
             return
-        record = record.model_copy(update={"runtimes": runtimes})
-        self._transition(record, NodeState.READY, "agent reached over mTLS")
-        await self._publish(record, NodeState.READY)
+        self._set(record=record.model_copy(update={"runtimes": runtimes}))
+        await self._reconcile_replicas()
+        self._set(health="Ready", reason="agent reached over mTLS")
+        await self._publish()
 
-    async def _publish(self, record: NodeRecord, state: NodeState) -> None:
+    async def _on_liveness(self, sig: LivenessSignal) -> None:
+        status = self._status
+        if status is None or status.health == "Joining":
+            return  # not enrolled yet (or still probing): enrollment decides
+        if sig.health == status.health:
+            if sig.health == "Ready":
+                status.gateway = sig.gateway
+            return
+        if sig.health != "Ready" and status.gateway and sig.gateway != status.gateway:
+            return  # another gateway lost a stream this node has already moved off
+        if sig.health == "Ready":
+            if await self._damped():
+                return
+            if status.health == "Offline":
+                await self._reconcile_replicas()
+            status.gateway = sig.gateway
+            self._set(health="Ready", reason=sig.reason)
+            await self._publish()
+            return
+        was_healthy = status.health == "Ready"
+        self._set(health=sig.health, reason=sig.reason)
+        if was_healthy or sig.health == "Offline":
+            status.churn = [*status.churn, workflow.now()][-MAX_CHURN_KEPT:]
+        await self._publish()
+        if sig.health == "Offline":
+            await self._notify_workloads(f"node {status.record.node_id} offline: {sig.reason}")
+
+    async def _on_admin(self, cmd: NodeAdminInput) -> None:
+        status = self._status
+        assert status is not None
+        if cmd.action == "cordon":
+            self._set(admin="Cordoned", reason=cmd.reason or "cordoned by an operator")
+            await self._publish()
+        elif cmd.action == "uncordon":
+            self._set(admin="", reason=cmd.reason or "uncordoned by an operator")
+            await self._publish()
+        elif cmd.action == "drain":
+            self._set(admin="Draining", reason=cmd.reason or "drain requested")
+            await self._publish()
+            await self._notify_workloads(f"node {status.record.node_id} is draining", evacuate=True)
+            await workflow.execute_activity_method(
+                MembershipActivities.wait_node_empty,
+                status.record.node_id,
+                start_to_close_timeout=timedelta(hours=1),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=_FAST,
+            )
+            self._set(admin="Drained", reason="every replica moved elsewhere")
+            await self._publish()
+
+    async def _damped(self) -> bool:
+        """Hold a flapping node back before it is Ready again; True if it failed again
+        meanwhile (the queued event will be applied instead)."""
+        assert self._status is not None
+        now = workflow.now()
+        recent = [t for t in self._status.churn if now - t <= FLAP_WINDOW]
+        if len(recent) < FLAP_THRESHOLD:
+            return False
+        hold = min(DAMP_MAX, DAMP_BASE * 2 ** (len(recent) - FLAP_THRESHOLD))
+        self._set(reason=f"flapping ({len(recent)} failures in {FLAP_WINDOW}); held {hold}")
+        try:
+            await workflow.wait_condition(
+                lambda: any(
+                    e.kind == "liveness" and e.liveness and e.liveness.health != "Ready"
+                    for e in self._events
+                ),
+                timeout=hold,
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    async def _reconcile_replicas(self) -> None:
+        """Stop what the node runs but should not, before it is Ready again."""
+        assert self._status is not None
+        record = self._status.record
+        try:
+            await workflow.execute_activity_method(
+                MembershipActivities.reconcile_node,
+                ReconcileNodeInput(
+                    node_id=record.node_id, address=record.address, cluster=self._cluster
+                ),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=200),
+                    maximum_interval=timedelta(seconds=5),
+                    maximum_attempts=10,
+                ),
+            )
+        except ActivityError as err:
+            workflow.logger.warning("reconciling %s failed: %s", record.node_id, err)
+
+    async def _notify_workloads(self, reason: str, evacuate: bool = False) -> None:
+        assert self._status is not None
+        await workflow.execute_activity_method(
+            MembershipActivities.notify_workloads,
+            NotifyWorkloadsInput(
+                node_id=self._status.record.node_id, reason=reason, evacuate=evacuate
+            ),
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def _set(
+        self,
+        *,
+        record: NodeRecord | None = None,
+        health: str | None = None,
+        admin: str | None = None,
+        reason: str = "",
+    ) -> None:
+        now = workflow.now()
+        status = self._status
+        if status is None:
+            assert record is not None
+            status = NodeStatus(
+                record=record, state=NodeState.JOINING, health="Joining", first_seen=now
+            )
+            self._status = status
+        if record is not None:
+            status.record = record
+        if health is not None and health != status.health:
+            if health in ("Suspect", "Offline") and status.down_since is None:
+                status.down_since = now
+            if health == "Ready" and status.down_since is not None:
+                status.offline_seconds += (now - status.down_since).total_seconds()
+                status.down_since = None
+            status.health = health
+        if admin is not None:
+            status.admin = admin
+        state = self._effective(status)
+        if state != status.state or not status.transitions:
+            status.transitions = [
+                *status.transitions,
+                NodeTransition(state=state, at=now, reason=reason),
+            ][-MAX_TRANSITIONS:]
+            status.state = state
+            workflow.upsert_search_attributes(
+                [SA_NODE.value_set([status.record.node_id]), SA_PHASE.value_set(state.value)]
+            )
+
+    @staticmethod
+    def _effective(status: NodeStatus) -> NodeState:
+        if status.health in ("Joining", "Offline", "Suspect"):
+            return NodeState(status.health)
+        if status.admin:
+            return NodeState(status.admin)
+        return NodeState.READY
+
+    async def _publish(self) -> None:
+        assert self._status is not None
         await workflow.execute_activity_method(
             LedgerActivities.publish_node,
-            UpsertNodeInput(record=record, state=state),
+            UpsertNodeInput(record=self._status.record, state=self._status.state),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
         )
 
-    def _transition(self, record: NodeRecord, state: NodeState, reason: str) -> None:
-        transitions = self._status.transitions if self._status else []
-        transitions = [*transitions, NodeTransition(state=state, at=workflow.now(), reason=reason)]
-        self._status = NodeStatus(
-            record=record, state=state, transitions=transitions[-MAX_TRANSITIONS:]
-        )
-        workflow.upsert_search_attributes(
-            [SA_NODE.value_set([record.node_id]), SA_PHASE.value_set(state.value)]
-        )
+    # ------------------------------------------------------------------ handlers
+
+    def _enqueue(self, event: _Event) -> int:
+        self._seq += 1
+        event.seq = self._seq
+        self._events.append(event)
+        return self._seq
 
     @workflow.signal(name="enroll")
     def enroll(self, sig: EnrollSignal) -> None:
-        self._pending.append(sig.record)
+        self._enqueue(_Event("enroll", record=sig.record))
+
+    @workflow.signal(name="liveness")
+    def liveness(self, sig: LivenessSignal) -> None:
+        self._enqueue(_Event("liveness", liveness=sig))
+
+    @workflow.update
+    async def admin(self, cmd: NodeAdminInput) -> NodeStatus:
+        """Cordon, uncordon or drain; returns once applied (a drain once the node is empty)."""
+        seq = self._enqueue(_Event("admin", admin=cmd))
+        await workflow.wait_condition(lambda: self._done >= seq)
+        assert self._status is not None
+        return self._status
+
+    @admin.validator
+    def _validate_admin(self, cmd: NodeAdminInput) -> None:
+        if cmd.action not in _ADMIN_ACTIONS:
+            raise ApplicationError(
+                f"unknown node action {cmd.action!r}; use one of {', '.join(_ADMIN_ACTIONS)}"
+            )
+        if self._status is None:
+            raise ApplicationError("the node has not finished enrolling yet")
 
     @workflow.query
     def describe(self) -> NodeStatus | None:

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         PlacementRequest,
         ReplicaPhase,
         ReplicaRecord,
+        ReplicasLost,
         RunReplicaInput,
         ScaleInput,
         StopReplicaInput,
@@ -114,6 +115,10 @@ class WorkloadWorkflow:
                     )
                 )
 
+    def _is_current(self, r: ReplicaRecord) -> bool:
+        """Up to date and staying: matches the template and is not being evicted."""
+        return r.spec_hash == self._view.template_hash and not r.evicting
+
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return not self._reconciling and (
@@ -127,8 +132,8 @@ class WorkloadWorkflow:
         failed = [r for r in self._replicas if r.phase == ReplicaPhase.FAILED]
         if failed:
             await self._remove(failed)
-        current = [r for r in self._replicas if r.spec_hash == view.template_hash]
-        outdated = [r for r in self._replicas if r.spec_hash != view.template_hash]
+        current = [r for r in self._replicas if self._is_current(r)]
+        outdated = [r for r in self._replicas if not self._is_current(r)]
         # 2. Scale down: unplaced replicas go first, then the newest.
         excess = len(current) - view.replicas
         if excess > 0:
@@ -153,11 +158,15 @@ class WorkloadWorkflow:
         if pending:
             unplaced = await self._place(pending)
             if unplaced and outdated:
-                # No room to surge: make room by retiring old-spec replicas, then retry.
-                retire = outdated[: len(unplaced)]
-                await self._remove(retire)
-                outdated = [r for r in outdated if r not in retire]
-                self._dirty = True
+                # No room to surge: make room by retiring old replicas, but never below
+                # minAvailable running replicas; then retry.
+                running = sum(1 for r in self._replicas if r.phase == ReplicaPhase.RUNNING)
+                budget = max(0, running - view.min_available)
+                retire = outdated[: min(len(unplaced), budget)]
+                if retire:
+                    await self._remove(retire)
+                    outdated = [r for r in outdated if r not in retire]
+                    self._dirty = True
         # 4. Start everything placed but not yet running, concurrently.
         starting = [r for r in current if r.phase == ReplicaPhase.STARTING]
         if starting:
@@ -223,11 +232,15 @@ class WorkloadWorkflow:
                 retry_policy=_AGENT_RETRY,
             )
         except ActivityError as err:
+            if r.lost:
+                return
             cause = err.cause
             r.phase = ReplicaPhase.FAILED
             r.message = cause.message if isinstance(cause, ApplicationError) else str(err)
             self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
             return
+        if r.lost:
+            return  # the node was lost while the start was in flight
         r.phase, r.message = res.phase, res.message
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
         if res.phase != ReplicaPhase.RUNNING:
@@ -237,7 +250,7 @@ class WorkloadWorkflow:
     async def _remove(self, victims: list[ReplicaRecord]) -> None:
         """Stop the replicas on their agents, then release their allocations in one plan."""
         placed = [r for r in victims if r.node_id]
-        await asyncio.gather(*(self._stop(r) for r in placed))
+        await asyncio.gather(*(self._stop(r) for r in placed if not r.lost))
         if placed:
             await workflow.execute_activity_method(
                 LedgerActivities.commit_plan,
@@ -358,6 +371,22 @@ class WorkloadWorkflow:
         except CloudlessError as err:
             raise ApplicationError(str(err), type="InvalidSpec") from err
 
+    @workflow.signal
+    def replicas_lost(self, sig: ReplicasLost) -> None:
+        """A node went away (replace its replicas) or is draining (move them, surge first)."""
+        for r in self._replicas:
+            if r.node_id != sig.node_id or (
+                sig.replica_ids and r.replica_id not in sig.replica_ids
+            ):
+                continue
+            if sig.evacuate:
+                r.evicting = True
+            else:
+                r.lost, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
+        self._message = sig.reason
+        self._backoff = 0.0  # replace at once; backoff is for replicas failing to start
+        self._dirty = True
+
     @workflow.update
     def delete(self) -> int:
         self._deleting = True
@@ -368,19 +397,25 @@ class WorkloadWorkflow:
         """Return once the given generation has been fully reconciled (or on timeout)."""
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: (
-                    self._reconciled_generation >= inp.generation
-                    and not self._dirty
-                    and not self._reconciling
-                ),
-                timeout=timedelta(seconds=inp.timeout_seconds),
+                lambda: self._settled(inp), timeout=timedelta(seconds=inp.timeout_seconds)
             )
         return self.status()
+
+    def _settled(self, inp: WaitInput) -> bool:
+        if self._reconciled_generation < inp.generation or self._dirty or self._reconciling:
+            return False
+        if inp.all_ready:
+            current = [r for r in self._replicas if self._is_current(r)]
+            if len(self._replicas) != self._view.replicas or any(
+                r.phase != ReplicaPhase.RUNNING for r in current
+            ):
+                return False
+        return not (inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._replicas))
 
     @workflow.query
     def status(self) -> WorkloadStatus:
         view = self._view
-        current = [r for r in self._replicas if r.spec_hash == view.template_hash]
+        current = [r for r in self._replicas if self._is_current(r)]
         ready = sum(1 for r in current if r.phase == ReplicaPhase.RUNNING)
         if self._deleting:
             phase = WorkloadPhase.DELETING if self._replicas else WorkloadPhase.DELETED

@@ -47,16 +47,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., node_name: _Optional[str] = ..., zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., address: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("node_id", "certificate_pem", "ca_pem", "cluster")
+    __slots__ = ("node_id", "certificate_pem", "ca_pem", "cluster", "agent_port")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     certificate_pem: bytes
     ca_pem: bytes
     cluster: str
-    def __init__(self, node_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., cluster: _Optional[str] = ...) -> None: ...
+    agent_port: int
+    def __init__(self, node_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., cluster: _Optional[str] = ..., agent_port: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("cpu_fraction", "memory_used_bytes", "storage_used_bytes")
@@ -69,16 +71,18 @@ class Usage(_message.Message):
     def __init__(self, cpu_fraction: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., storage_used_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("seq", "usage", "replicas", "agent_version")
+    __slots__ = ("seq", "usage", "replicas", "agent_version", "closing")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_FIELD_NUMBER: _ClassVar[int]
     seq: int
     usage: Usage
     replicas: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ReplicaStatus]
     agent_version: str
-    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    closing: bool
+    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("seq", "interval_seconds")

@@ -69,16 +69,24 @@ class LocalCluster:
     agents: dict[str, AgentHandle] = field(default_factory=dict)
     coordinator: object | None = None
     gateway: str = ""
+    agent_gateway: str = ""
+    heartbeat_ttl: float = 10.0
+    suspect_grace: float = 1.5
+    _specs: dict[str, dict[str, object]] = field(default_factory=dict)
 
     async def start(self) -> None:
         from workers.coordinator import Coordinator
 
         self.gateway = f"127.0.0.1:{free_port()}"
+        self.agent_gateway = f"127.0.0.1:{free_port()}"
         coordinator = Coordinator(
             client=self.client,
             cluster=self.cluster,
             state_dir=self.root,
             gateway_listen=self.gateway,
+            agent_listen=self.agent_gateway,
+            heartbeat_ttl=self.heartbeat_ttl,
+            suspect_grace=self.suspect_grace,
         )
         await coordinator.start()
         self.coordinator = coordinator
@@ -114,30 +122,32 @@ class LocalCluster:
         labels: dict[str, str] | None = None,
         runtimes: list[str] | None = None,
         token: str | None = None,
+        address: str | None = None,
+        wait_ready: bool = True,
     ) -> AgentHandle:
         from agent.main import serve
 
-        address = f"127.0.0.1:{free_port()}"
+        address = address or f"127.0.0.1:{free_port()}"
         state_dir = self.root / "agents" / name
         ready, stop = asyncio.Event(), asyncio.Event()
+        spec: dict[str, object] = dict(
+            name=name,
+            zone=zone,
+            listen=address,
+            advertise=address,
+            gateway=self.gateway,
+            state_dir=state_dir,
+            cpu_millis=parse_cpu(cpu),
+            memory_bytes=parse_bytes(memory),
+            storage_bytes=parse_bytes("10Gi"),
+            labels=labels or {},
+            runtimes=runtimes,
+            docker_url=None,
+            heartbeat_interval=min(1.0, self.heartbeat_ttl / 4),
+        )
+        self._specs[name] = spec
         task = asyncio.create_task(
-            serve(
-                name=name,
-                zone=zone,
-                listen=address,
-                advertise=address,
-                gateway=self.gateway,
-                token=token or self.mint_token(name),
-                state_dir=state_dir,
-                cpu_millis=parse_cpu(cpu),
-                memory_bytes=parse_bytes(memory),
-                storage_bytes=parse_bytes("10Gi"),
-                labels=labels or {},
-                runtimes=runtimes,
-                docker_url=None,
-                ready=ready,
-                stop=stop,
-            ),
+            serve(**spec, token=token or self.mint_token(name), ready=ready, stop=stop),  # type: ignore[arg-type]
             name=f"agent-{name}",
         )
         waiter = asyncio.create_task(ready.wait())
@@ -147,7 +157,31 @@ class LocalCluster:
             task.result()  # raises the enrollment/start error
         handle = AgentHandle(name, address, state_dir, task, stop)
         self.agents[name] = handle
-        await self.wait_node_ready(name)
+        if wait_ready:
+            await self.wait_node_ready(name)
+        return handle
+
+    async def kill_agent(self, name: str) -> None:
+        """Stop an agent abruptly, like a crash: its stream breaks, replicas keep running."""
+        handle = self.agents.pop(name)
+        handle.task.cancel()
+        await asyncio.gather(handle.task, return_exceptions=True)
+
+    async def restart_agent(self, name: str, *, wait_ready: bool = True) -> AgentHandle:
+        """Start a killed or stopped agent again with its state dir and address."""
+        from agent.main import serve
+
+        spec = self._specs[name]
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            serve(**spec, token=None, ready=ready, stop=stop),  # type: ignore[arg-type]
+            name=f"agent-{name}",
+        )
+        await ready.wait()
+        handle = AgentHandle(name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop)
+        self.agents[name] = handle
+        if wait_ready:
+            await self.wait_node_ready(name)
         return handle
 
     async def wait_node_ready(self, name: str, timeout: float = 30.0) -> None:

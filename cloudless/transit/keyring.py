@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import threading
@@ -146,7 +145,7 @@ _GO_UNITS = {
 
 
 def parse_vault_duration(value: object, field_name: str = "auto_rotate_period") -> int:
-    """Whole seconds from a Vault duration: an integer (seconds), ``"3600"``, ``"720h"``, ``"1h30m"``.
+    """Whole seconds from a Vault duration: ``3600``, ``"3600"``, ``"720h"`` or ``"1h30m"``.
 
     Vault accepts Go duration strings (plus ``d`` for days) and bare seconds; both forms
     must work here so that configuration is portable between the two servers.
@@ -309,7 +308,9 @@ class TransitKey:
         if requested < 0:
             raise TransitError("key_version cannot be negative")
         if requested > self.latest_version:
-            raise TransitError("requested version for encryption is higher than the latest key version")
+            raise TransitError(
+                "requested version for encryption is higher than the latest key version"
+            )
         if self.min_encryption_version and requested < self.min_encryption_version:
             raise TransitError(
                 "requested version for encryption is less than the minimum encryption key version"
@@ -422,7 +423,9 @@ def seal(payload: bytes, seal_key: bytes) -> bytes:
 
 def unseal(blob: bytes, seal_key: bytes, where: str = "keyring file") -> bytes:
     if len(blob) < _HEADER_BYTES + NONCE_BYTES + TAG_BYTES or not blob.startswith(SEAL_MAGIC):
-        raise SealError(f"{where} is not a cloudless-transit keyring (bad header); refusing to start")
+        raise SealError(
+            f"{where} is not a cloudless-transit keyring (bad header); refusing to start"
+        )
     header, rest = blob[:_HEADER_BYTES], blob[_HEADER_BYTES:]
     if header[len(SEAL_MAGIC)] != SEAL_FORMAT:
         raise SealError(
@@ -525,8 +528,8 @@ class SealedFile:
 class Keyring:
     """Thread-safe set of named keys; every mutation is persisted before it is visible.
 
-    Reads and crypto take the lock only to look a key up: key versions never change once
-    made, so encryption runs outside the lock and concurrent requests do not queue on it.
+    Reads and crypto take the lock only to look a key up (see :meth:`_mutation`), so
+    encryption runs outside the lock and concurrent requests do not queue on it.
     """
 
     def __init__(self, store: SealedFile | None = None, *, clock: Clock = time.time) -> None:
@@ -569,15 +572,21 @@ class Keyring:
 
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[None]:
-        """Apply a change, persist it, and roll it back in memory if persisting fails."""
+        """Change copies of the keys, persist them, and only then publish them.
+
+        Copy-on-write: a key object handed to a reader is never modified afterwards, so
+        encrypt/decrypt use it outside the lock without seeing half-applied changes, and a
+        refused or unsaved change simply leaves the previous objects in place.
+        """
         with self._lock:
-            before = {n: k.copy() for n, k in self._keys.items()}
+            published = self._keys
+            self._keys = {n: k.copy() for n, k in published.items()}
             try:
                 yield
                 if self._store is not None:
                     self._store.save(self._state())
             except BaseException:
-                self._keys = before
+                self._keys = published
                 raise
 
     def _get(self, name: str) -> TransitKey:
@@ -756,14 +765,11 @@ class Keyring:
         """Encrypt with the latest (or given) version; creates the key if missing, as Vault
         does for callers allowed to create (pass ``upsert_type=None`` to forbid that)."""
         key = self._for_encryption(name, upsert_type)
-        with self._lock:
-            # A snapshot: a concurrent rotate/config must not be seen half-applied.
-            key = key.copy()
         return key.encrypt(plaintext, associated_data, key_version)
 
     def decrypt(self, name: str, ciphertext: str, *, associated_data: bytes = b"") -> bytes:
         with self._lock:
-            key = self._get(name).copy()
+            key = self._get(name)
         return key.decrypt(ciphertext, associated_data)[0]
 
     def rewrap(
@@ -777,7 +783,7 @@ class Keyring:
         """Decrypt and re-encrypt under the latest (or given) version; the plaintext never
         leaves this call."""
         with self._lock:
-            key = self._get(name).copy()
+            key = self._get(name)
         plaintext, _ = key.decrypt(ciphertext, associated_data)
         return key.encrypt(plaintext, associated_data, key_version)
 
@@ -786,12 +792,8 @@ class Keyring:
         if bits not in DATA_KEY_BITS:
             raise TransitError("invalid bits; must be 128, 256, or 512")
         with self._lock:
-            key = self._get(name).copy()
+            key = self._get(name)
         plaintext = secrets.token_bytes(bits // 8)
         encrypted = key.encrypt(plaintext)
         return DataKey(plaintext, encrypted.ciphertext, encrypted.key_version)
 
-
-def file_mode(path: Path) -> int:
-    """Permission bits of ``path`` (for checks and tests)."""
-    return os.stat(path).st_mode & 0o777

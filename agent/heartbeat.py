@@ -1,0 +1,106 @@
+"""The agent's side of liveness: one long-lived, mTLS-authenticated heartbeat stream.
+
+Each beat carries resource usage and the state of every replica, so the control plane's
+soft state can be rebuilt from agents alone. The stream reconnects with jittered
+exponential backoff, so a fleet that lost its coordinator does not reconnect in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+import psutil
+import structlog
+
+from agent.enroll import GATEWAY_SERVER_NAME
+from agent.runtime.base import RuntimeDriver
+from agent.server import AGENT_VERSION, status_to_proto
+from cloudless.api import gateway_pb2, gateway_pb2_grpc
+from cloudless.tls import TLSMaterial, secure_channel
+
+log = structlog.get_logger("cloudless.agent.heartbeat")
+
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+
+class HeartbeatClient:
+    def __init__(
+        self,
+        gateway: str,
+        material: TLSMaterial,
+        node_id: str,
+        drivers: Mapping[str, RuntimeDriver],
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self._gateway = gateway
+        self._material = material
+        self._node_id = node_id
+        self._drivers = drivers
+        self.interval = interval
+        self.acked = 0
+        self.connected = asyncio.Event()
+        self._closing = False
+
+    async def _report(self, seq: int) -> gateway_pb2.HeartbeatRequest:
+        replicas = []
+        for name, driver in self._drivers.items():
+            for status in await driver.list():
+                replicas.append(status_to_proto(status, name, self._node_id))
+        mem = psutil.virtual_memory()
+        return gateway_pb2.HeartbeatRequest(
+            seq=seq,
+            usage=gateway_pb2.Usage(
+                cpu_fraction=psutil.cpu_percent(interval=None) / 100.0,
+                memory_used_bytes=mem.total - mem.available,
+            ),
+            replicas=replicas,
+            agent_version=AGENT_VERSION,
+            closing=self._closing,
+        )
+
+    async def _beats(self, stop: asyncio.Event) -> AsyncIterator[gateway_pb2.HeartbeatRequest]:
+        seq = 0
+        while True:
+            seq += 1
+            self._closing = stop.is_set()
+            yield await self._report(seq)
+            if self._closing:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a stream open until ``stop`` is set; then close it gracefully."""
+        backoff = MIN_BACKOFF
+        while not stop.is_set():
+            try:
+                async with secure_channel(
+                    self._gateway, GATEWAY_SERVER_NAME, self._material.ca_pem, self._material
+                ) as channel:
+                    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+                    async for response in stub.Heartbeat(self._beats(stop)):
+                        if not self.connected.is_set():
+                            log.info("heartbeat.connected", gateway=self._gateway)
+                            self.connected.set()
+                        backoff = MIN_BACKOFF
+                        self.acked = response.seq
+                        if response.interval_seconds > 0:
+                            self.interval = response.interval_seconds
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.error("heartbeat.denied", reason=err.details())
+                else:
+                    log.info("heartbeat.disconnected", reason=err.code().name)
+            self.connected.clear()
+            if stop.is_set():
+                return
+            delay = random.uniform(backoff / 2, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            backoff = min(MAX_BACKOFF, backoff * 2)

@@ -1,0 +1,147 @@
+"""The liveness table: soft state that turns heartbeats into node state *changes*.
+
+Pure logic with an injected clock, so it is tested directly. The gateway feeds it stream
+events and heartbeats and periodically asks it which deadlines passed; only the
+transitions it returns are written to Temporal.
+
+- A broken stream is a strong signal (process died, device went to sleep): the node turns
+  Suspect at once and Offline if it has not reconnected within ``suspect_grace``.
+- Silence without a broken stream (a partition keeps TCP half-open) is caught by the TTL:
+  no heartbeat for ``ttl`` means Offline. Each node's TTL is stretched by a fixed random
+  factor in ``[1, 1 + jitter]`` so thousands of nodes that lost the same link do not all
+  expire in the same instant.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+
+class Health(enum.StrEnum):
+    READY = "Ready"
+    SUSPECT = "Suspect"
+    OFFLINE = "Offline"
+
+
+@dataclass(frozen=True)
+class Transition:
+    node_id: str
+    health: Health
+    reason: str
+    at: float
+
+
+@dataclass
+class _Entry:
+    health: Health
+    connected: bool
+    last_seen: float
+    ttl: float
+    disconnected_at: float | None = None
+
+
+@dataclass
+class LivenessTable:
+    """In-memory liveness of every node this gateway knows; rebuilt after a restart."""
+
+    ttl: float = 10.0
+    suspect_grace: float = 1.5
+    jitter: float = 0.2
+    seed: int | None = None
+    _nodes: dict[str, _Entry] = field(default_factory=dict)
+    _rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.ttl <= 0 or self.suspect_grace < 0 or self.jitter < 0:
+            raise ValueError("ttl must be positive; suspect_grace and jitter non-negative")
+        self._rng = random.Random(self.seed)
+
+    def _ttl(self) -> float:
+        return self.ttl * (1.0 + self._rng.uniform(0.0, self.jitter))
+
+    def health(self, node_id: str) -> Health | None:
+        entry = self._nodes.get(node_id)
+        return entry.health if entry else None
+
+    def connected_nodes(self) -> list[str]:
+        return [n for n, e in self._nodes.items() if e.connected]
+
+    def adopt(self, node_ids: list[str], now: float) -> None:
+        """After a restart: nodes the ledger lists as healthy get one TTL to reconnect,
+        so a coordinator restart never marks healthy nodes Offline."""
+        for node_id in node_ids:
+            if node_id not in self._nodes:
+                self._nodes[node_id] = _Entry(Health.READY, False, now, self._ttl())
+
+    def connected(self, node_id: str, now: float) -> Transition | None:
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            self._nodes[node_id] = _Entry(Health.READY, True, now, self._ttl())
+            return Transition(node_id, Health.READY, "heartbeat stream opened", now)
+        entry.connected, entry.last_seen, entry.disconnected_at = True, now, None
+        return self._to(node_id, entry, Health.READY, "heartbeat stream opened", now)
+
+    def beat(self, node_id: str, now: float) -> Transition | None:
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            return self.connected(node_id, now)
+        entry.last_seen = now
+        return self._to(node_id, entry, Health.READY, "heartbeats resumed", now)
+
+    def disconnected(
+        self, node_id: str, now: float, *, graceful: bool = False
+    ) -> Transition | None:
+        """The stream ended. A graceful close (agent restarting) gets the TTL to come
+        back; a broken one only ``suspect_grace``."""
+        entry = self._nodes.get(node_id)
+        if entry is None or not entry.connected:
+            return None
+        entry.connected = False
+        entry.disconnected_at = None if graceful else now
+        if graceful:
+            entry.last_seen = now
+        if entry.health is Health.OFFLINE:
+            return None  # already written off (TTL on a half-open stream): stays Offline
+        reason = "agent closed its stream (restarting)" if graceful else "heartbeat stream broke"
+        return self._to(node_id, entry, Health.SUSPECT, reason, now)
+
+    def expire(self, now: float) -> list[Transition]:
+        """Transitions whose deadlines have passed by ``now``."""
+        out = []
+        for node_id, entry in self._nodes.items():
+            if entry.health is Health.OFFLINE:
+                continue
+            if (
+                entry.disconnected_at is not None
+                and now - entry.disconnected_at >= self.suspect_grace
+            ):
+                t = self._to(
+                    node_id,
+                    entry,
+                    Health.OFFLINE,
+                    f"did not reconnect within {self.suspect_grace:g}s",
+                    now,
+                )
+            elif now - entry.last_seen >= entry.ttl:
+                t = self._to(
+                    node_id, entry, Health.OFFLINE, f"no heartbeat for {entry.ttl:.1f}s", now
+                )
+            else:
+                t = None
+            if t is not None:
+                out.append(t)
+        return out
+
+    def forget(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    @staticmethod
+    def _to(
+        node_id: str, entry: _Entry, health: Health, reason: str, now: float
+    ) -> Transition | None:
+        if entry.health is health:
+            return None
+        entry.health = health
+        return Transition(node_id, health, reason, now)

@@ -1,0 +1,363 @@
+"""The decision: filter, sample, score, pick, account, repeat — for a batch of replicas.
+
+::
+
+    prepare (once)      strings -> codes, tolerations -> taint masks, weights that apply
+    static filters      one vectorized pass per filter over all nodes        -> S
+    dynamic filters     capacity, workload (anti-)affinity, spread over S    -> feasible
+    sample              bounded random subset of feasible (or all: full scan) -> C
+    score (once)        static factors over C, dynamic factors over C
+    per replica:        pick best (ties: smallest node id) -> account -> update only what
+                        the pick can change (the picked node; its domain's counts)
+
+A batch never double-books: capacity, anti-affinity and spread counts are updated after each
+pick, before the next one is chosen. Same index, request and seed give the same decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policies.scheduler.explain import summarize
+from policies.scheduler.filters import (
+    CAPACITY_FILTERS,
+    DOMAIN_FILTERS,
+    STATIC_FILTERS,
+    passes,
+    run_dynamic_filters,
+    run_static_filters,
+)
+from policies.scheduler.index import FloatArray, IntArray, NodeIndex
+from policies.scheduler.prepare import Accounting, Prepared, prepare
+from policies.scheduler.request import (
+    FACTORS,
+    PlacementRequest,
+    SampleSize,
+    SchedulerConfig,
+    Strategy,
+)
+from policies.scheduler.scoring import DOMAIN_FACTORS, STATIC_FACTORS, utilization
+
+DEFAULT_CONFIG = SchedulerConfig()
+
+
+@dataclass(frozen=True)
+class ScoredNode:
+    """One candidate: total score 0..100 and each factor's 0..1 value."""
+
+    node_id: str
+    score: float
+    factors: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Where one replica goes, and the best candidates it was chosen from (chosen first)."""
+
+    node_id: str
+    score: float
+    factors: Mapping[str, float]
+    candidates: tuple[ScoredNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`schedule`.
+
+    ``filtered`` counts the nodes each filter ruled out for the first replica; when some
+    replicas fit nowhere, ``reasons`` holds the counts at that moment and ``reason`` the
+    summary line. ``feasible_nodes``/``scored_nodes`` are for the first replica; with
+    ``compare_full_scan`` the full scan's best first-replica score is in ``full_scan_best``.
+    """
+
+    picks: tuple[Pick, ...]
+    unplaced: int
+    reason: str = ""
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    filtered: Mapping[str, int] = field(default_factory=dict)
+    total_nodes: int = 0
+    feasible_nodes: int = 0
+    scored_nodes: int = 0
+    weights: Mapping[str, float] = field(default_factory=dict)
+    strategy: Strategy = "binpack"
+    seed: int = 0
+    full_scan_best: float | None = None
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return tuple(p.node_id for p in self.picks)
+
+    @property
+    def score_gap(self) -> float | None:
+        """How far the first pick is below the full scan's best (0 for a full scan)."""
+        if self.full_scan_best is None or not self.picks:
+            return None
+        return max(0.0, self.full_scan_best - self.picks[0].score)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """The parts of a decision known before the first pick."""
+
+    filtered: dict[str, int]
+    total_nodes: int
+    feasible_nodes: int
+    weights: dict[str, float]
+    strategy: Strategy
+    seed: int
+
+    def decision(
+        self,
+        picks: tuple[Pick, ...],
+        unplaced: int,
+        failure: Counter[str],
+        scored: int,
+        full_best: float | None,
+    ) -> Decision:
+        return Decision(
+            picks=picks,
+            unplaced=unplaced,
+            reason=summarize(self.total_nodes, failure) if unplaced else "",
+            reasons=dict(failure),
+            filtered=self.filtered,
+            total_nodes=self.total_nodes,
+            feasible_nodes=self.feasible_nodes,
+            scored_nodes=scored,
+            weights=self.weights,
+            strategy=self.strategy,
+            seed=self.seed,
+            full_scan_best=full_best,
+        )
+
+
+def sample_bound(sample_size: SampleSize, feasible: int, config: SchedulerConfig) -> int | None:
+    """How many feasible nodes to score; None means all of them (a full scan)."""
+    if sample_size is None:
+        return None
+    if sample_size == "auto":
+        bound = max(config.sample_min, math.ceil(feasible * config.sample_percent / 100))
+    else:
+        bound = sample_size
+    return None if bound >= feasible else bound
+
+
+class _Scorer:
+    """Scores of one candidate set ``cand`` (indices into S) kept current between picks."""
+
+    def __init__(self, prep: Prepared, acc: Accounting, cand: IntArray, rank: IntArray) -> None:
+        self.prep = prep
+        self.acc = acc
+        self.cand = cand
+        slots = acc.slots[cand]
+        self.rank = rank[slots]
+        w = prep.weights
+        self.factors: dict[str, FloatArray] = {}
+        static = np.zeros(len(cand), dtype=np.float64)
+        for name, factor in STATIC_FACTORS:
+            if w[name] > 0:
+                values = factor(prep, acc, slots)
+                self.factors[name] = values
+                static += w[name] * values
+        self.static = static
+        self.cap_ok = passes(acc, cand, CAPACITY_FILTERS)
+        self.domain_ok = np.ones(len(cand), dtype=np.bool_)
+        self.util = utilization(acc, cand)
+        self.factors["utilization"] = self.util
+        self.dynamic = np.zeros(len(cand), dtype=np.float64)
+        if acc.domain_dependent:
+            self._refresh_domain()
+        self.score = self._combine()
+        self.masked = np.where(self.cap_ok & self.domain_ok, self.score, -np.inf)
+
+    def _refresh_domain(self) -> None:
+        acc, w = self.acc, self.prep.weights
+        self.domain_ok = passes(acc, self.cand, DOMAIN_FILTERS)
+        dynamic = np.zeros(len(self.cand), dtype=np.float64)
+        for name, factor in DOMAIN_FACTORS:
+            if w[name] > 0:
+                values = factor(acc, self.cand)
+                self.factors[name] = values
+                dynamic += w[name] * values
+        self.dynamic = dynamic
+        if acc.zone_spread is not None:
+            self.util = utilization(acc, self.cand)
+            self.factors["utilization"] = self.util
+
+    def _combine(self) -> FloatArray:
+        result: FloatArray = (
+            self.static + self.prep.weights["utilization"] * self.util + self.dynamic
+        ) * self.prep.scale
+        return result
+
+    def best(self) -> int | None:
+        """Index into ``cand`` of the best feasible node; ties go to the smallest node id."""
+        if not len(self.masked):
+            return None
+        top = self.masked.max()
+        if top == -np.inf:
+            return None
+        ties = np.flatnonzero(self.masked == top)
+        if len(ties) == 1:
+            return int(ties[0])
+        return int(ties[np.argmin(self.rank[ties])])
+
+    def placed(self, c: int) -> None:
+        """Refresh after the accounting placed a replica on ``cand[c]``."""
+        one = self.cand[c : c + 1]
+        self.cap_ok[c] = passes(self.acc, one, CAPACITY_FILTERS)[0]
+        if self.acc.domain_dependent:
+            if self.acc.zone_spread is None:
+                self.util[c] = utilization(self.acc, one)[0]
+            self._refresh_domain()
+            self.score = self._combine()
+            self.masked = np.where(self.cap_ok & self.domain_ok, self.score, -np.inf)
+            return
+        self.util[c] = utilization(self.acc, one)[0]
+        w = self.prep.weights["utilization"]
+        self.score[c] = (self.static[c] + w * self.util[c] + self.dynamic[c]) * self.prep.scale
+        self.masked[c] = self.score[c] if self.cap_ok[c] else -np.inf
+
+    def describe(self, c: int) -> ScoredNode:
+        slot = int(self.acc.slots[self.cand[c]])
+        node_id = self.prep.cols.node_ids[slot]
+        assert node_id is not None
+        factors = {
+            name: float(self.factors[name][c])
+            for name in FACTORS
+            if name in self.factors and self.prep.weights[name] > 0
+        }
+        return ScoredNode(node_id=node_id, score=float(self.score[c]), factors=factors)
+
+    def top(self, chosen: int, k: int) -> tuple[ScoredNode, ...]:
+        """The chosen node then the next best feasible ones, ``k`` in all."""
+        if k <= 0:
+            return ()
+        others: list[int] = []
+        if k > 1:
+            feasible = np.flatnonzero(self.masked > -np.inf)
+            if len(feasible) > k:
+                part = np.argpartition(-self.masked[feasible], k)[:k]
+                feasible = feasible[part]
+            ordered = sorted(
+                (int(c) for c in feasible if c != chosen),
+                key=lambda c: (-self.masked[c], self.rank[c]),
+            )
+            others = ordered[: k - 1]
+        return tuple(self.describe(c) for c in [chosen, *others])
+
+
+def schedule(
+    request: PlacementRequest,
+    index: NodeIndex,
+    *,
+    config: SchedulerConfig = DEFAULT_CONFIG,
+    rng_seed: int = 0,
+    top_k: int | None = None,
+    compare_full_scan: bool = False,
+) -> Decision:
+    """Place ``request.count`` replicas on ``index``; pure apart from reading the index.
+
+    ``rng_seed`` drives the sample only; ``top_k`` (default ``config.top_k``) candidates are
+    kept per pick for explanation; ``compare_full_scan`` also scores every feasible node for
+    the first replica so the sample's quality gap can be reported.
+    """
+    k = config.top_k if top_k is None else top_k
+    prep = prepare(request, index, config)
+    static_ok, static_reasons = run_static_filters(prep)
+    slots = np.flatnonzero(static_ok)
+    acc = Accounting(prep, index, slots)
+    feasible_mask, dynamic_reasons = run_dynamic_filters(acc)
+    feasible = np.flatnonzero(feasible_mask)
+    filtered = static_reasons + dynamic_reasons
+    summary = _Summary(
+        filtered=dict(filtered),
+        total_nodes=len(index),
+        feasible_nodes=len(feasible),
+        weights={f: w for f, w in prep.weights.items() if w > 0},
+        strategy=request.strategy,
+        seed=rng_seed,
+    )
+    if request.count == 0:
+        return summary.decision((), 0, Counter(), 0, None)
+    rank = index.id_rank()
+    bound = sample_bound(request.sample_size, len(feasible), config)
+    rng = np.random.default_rng(rng_seed)
+    full_best = None
+    if compare_full_scan and len(feasible):
+        full = _Scorer(prep, acc, feasible, rank)
+        best_full = full.best()
+        full_best = None if best_full is None else float(full.score[best_full])
+
+    def candidates(pool: IntArray) -> IntArray:
+        if bound is None or len(pool) <= bound:
+            return pool
+        return np.sort(rng.choice(pool, size=bound, replace=False))
+
+    if bound is None and acc.domain_dependent:
+        # Picks can make more nodes feasible (a self-affine group's first replica, a spread
+        # minimum rising), so a full scan keeps every node that has room.
+        cand = np.flatnonzero(passes(acc, None, CAPACITY_FILTERS))
+    else:
+        cand = candidates(feasible)
+    scorer = _Scorer(prep, acc, cand, rank)
+    scored = len(cand) if bound is None else min(bound, len(feasible))
+    picks: list[Pick] = []
+    failure: Counter[str] = Counter()
+    for _ in range(request.count):
+        c = scorer.best()
+        if c is None and bound is not None:
+            mask, _ = run_dynamic_filters(acc)
+            pool = np.flatnonzero(mask)
+            if len(pool):
+                scorer = _Scorer(prep, acc, candidates(pool), rank)
+                c = scorer.best()
+        if c is None:
+            _, failure = run_dynamic_filters(acc)
+            failure = static_reasons + failure
+            break
+        chosen = scorer.describe(c)
+        picks.append(Pick(chosen.node_id, chosen.score, chosen.factors, scorer.top(c, k)))
+        acc.place(int(scorer.cand[c]))
+        scorer.placed(c)
+    return summary.decision(tuple(picks), request.count - len(picks), failure, scored, full_best)
+
+
+def full_scan_best(
+    request: PlacementRequest, index: NodeIndex, *, config: SchedulerConfig = DEFAULT_CONFIG
+) -> float | None:
+    """The best first-replica score over every feasible node (None when nothing fits)."""
+    return schedule(
+        _with_count(request, 1), index, config=config, top_k=0, compare_full_scan=True
+    ).full_scan_best
+
+
+def first_failure(
+    request: PlacementRequest,
+    index: NodeIndex,
+    node_id: str,
+    *,
+    config: SchedulerConfig = DEFAULT_CONFIG,
+) -> str | None:
+    """Why ``node_id`` cannot take the next replica (its first failing filter), or None."""
+    prep = prepare(request, index, config)
+    slot = index.slot(node_id)
+    for reason, check in STATIC_FILTERS:
+        ok = check(prep)
+        if ok is not None and not ok[slot]:
+            return reason
+    static_ok, _ = run_static_filters(prep)
+    slots = np.flatnonzero(static_ok)
+    acc = Accounting(prep, index, slots)
+    j = np.searchsorted(slots, slot)
+    _, reasons = run_dynamic_filters(acc, np.asarray([j], dtype=np.int64))
+    return next(iter(reasons), None)
+
+
+def _with_count(request: PlacementRequest, count: int) -> PlacementRequest:
+    return dataclasses.replace(request, count=count)

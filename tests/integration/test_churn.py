@@ -1,0 +1,153 @@
+"""Membership and churn: a killed agent's replicas move elsewhere; when it comes back its
+stale replicas are stopped, so no replica id runs on two nodes; cordon and drain."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from cloudless.api import agent_pb2, agent_pb2_grpc
+from cloudless.client import CloudlessClient
+from cloudless.model import NodeAdminInput, NodeState, NodeStatus, ReplicaPhase
+from cloudless.naming import node_workflow_id
+from cloudless.spec import Workload, parse_workload
+from cloudless.testing.cluster import LocalCluster
+from cloudless.tls import TLSMaterial, secure_channel
+from tests.conftest import unique
+
+pytestmark = pytest.mark.temporal
+
+
+@pytest.fixture(scope="module")
+async def churn_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
+    suffix = uuid.uuid4().hex[:5]
+    with tempfile.TemporaryDirectory(prefix="cl-") as d:
+        cluster = LocalCluster(
+            temporal_env.client,
+            Path(d),
+            cluster=f"churn-{suffix}",
+            heartbeat_ttl=3.0,
+            suspect_grace=0.5,
+        )
+        await cluster.start()
+        try:
+            for i, zone in enumerate(["zone-a", "zone-b", "zone-c"]):
+                await cluster.add_agent(f"n{i}-{suffix}", zone=zone, runtimes=["exec"])
+            yield cluster
+        finally:
+            await cluster.close()
+            # exec replicas outlive agents by design; stop whatever is left.
+            from agent.runtime.exec import ExecDriver
+
+            for name in cluster._specs:
+                driver = ExecDriver(name, Path(d) / "agents" / name)
+                for s in await driver.list():
+                    await driver.stop(s.replica_id, 1.0)
+
+
+def sleeper(name: str, replicas: int, min_available: int = 0) -> Workload:
+    return parse_workload(
+        {
+            "apiVersion": "cloudless.dev/v1",
+            "kind": "Workload",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "minAvailable": min_available,
+                "runtime": "exec",
+                "strategy": "spread",
+                "container": {"command": ["sleep"], "args": ["600"]},
+                "resources": {"cpu": "100m", "memory": "16Mi"},
+            },
+        }
+    )
+
+
+async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:
+    """replica id -> nodes whose agent reports it Running (what actually runs)."""
+    material = TLSMaterial.load(cluster.coordinator_dir)
+    out: dict[str, list[str]] = {}
+    for name, handle in cluster.agents.items():
+        async with secure_channel(handle.address, name, material.ca_pem, material) as ch:
+            listed = await agent_pb2_grpc.AgentServiceStub(ch).ListReplicas(
+                agent_pb2.ListReplicasRequest(workload=workload), timeout=10
+            )
+        for r in listed.replicas:
+            if r.phase == "Running":
+                out.setdefault(r.replica_id, []).append(name)
+    return out
+
+
+async def test_killed_agent_replicas_move_and_return_is_reconciled(
+    churn_cluster: LocalCluster,
+) -> None:
+    c = CloudlessClient(churn_cluster.client, churn_cluster.cluster)
+    name = unique("churn")
+    outcome = await c.apply(sleeper(name, 3), wait=True, timeout=60)
+    assert outcome.status is not None and outcome.status.ready == 3
+    victim = outcome.status.replicas[0].node_id
+    on_victim = {r.replica_id for r in outcome.status.replicas if r.node_id == victim}
+
+    await churn_cluster.kill_agent(victim)
+    node = await c.wait_node(victim, [NodeState.OFFLINE], timeout=20)
+    assert node is not None and node.state == NodeState.OFFLINE
+    status = await c.wait(
+        "default", name, outcome.generation, 30, all_ready=True, avoid_node=victim
+    )
+    assert status.ready == 3
+    assert all(r.node_id != victim for r in status.replicas)
+    assert not on_victim & {r.replica_id for r in status.replicas}
+
+    # The agent returns; its replicas were moved, so it must stop them before Ready.
+    await churn_cluster.restart_agent(victim)
+    details = await c.describe_node(victim)
+    assert details.status is not None
+    states = [t.state.value for t in details.status.transitions]
+    assert states[-3:] == ["Suspect", "Offline", "Ready"], states
+    running = await running_on_agents(churn_cluster, name)
+    assert all(len(nodes) == 1 for nodes in running.values()), running  # never twice
+    assert set(running) == {r.replica_id for r in status.replicas}
+    await c.delete("default", name)
+
+
+async def test_cordon_stops_placements_and_drain_moves_replicas(
+    churn_cluster: LocalCluster,
+) -> None:
+    c = CloudlessClient(churn_cluster.client, churn_cluster.cluster)
+    name = unique("drain")
+    outcome = await c.apply(sleeper(name, 3, min_available=2), wait=True, timeout=60)
+    assert outcome.status is not None and outcome.status.ready == 3
+    target = outcome.status.replicas[0].node_id
+    handle = c.temporal.get_workflow_handle(node_workflow_id(target))
+
+    cordoned: NodeStatus = await handle.execute_update(
+        "admin", NodeAdminInput(action="cordon"), result_type=NodeStatus
+    )
+    assert cordoned.state == NodeState.CORDONED
+    scaled = await c.scale("default", name, 6)
+    s6 = await c.wait("default", name, scaled.generation, 30, all_ready=True)
+    before = sum(1 for r in outcome.status.replicas if r.node_id == target)
+    assert sum(1 for r in s6.replicas if r.node_id == target) == before  # none added
+
+    drained: NodeStatus = await handle.execute_update(
+        "admin", NodeAdminInput(action="drain"), result_type=NodeStatus
+    )
+    assert drained.state == NodeState.DRAINED
+    after = await c.wait("default", name, scaled.generation, 30, all_ready=True)
+    assert after.ready == 6 and all(r.node_id != target for r in after.replicas)
+    assert all(r.phase == ReplicaPhase.RUNNING for r in after.replicas)
+    running = await running_on_agents(churn_cluster, name)
+    assert target not in {n for nodes in running.values() for n in nodes}
+
+    back: NodeStatus = await handle.execute_update(
+        "admin", NodeAdminInput(action="uncordon"), result_type=NodeStatus
+    )
+    assert back.state == NodeState.READY
+    await c.delete("default", name)
+
+
