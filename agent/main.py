@@ -23,6 +23,7 @@ from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateway
 from agent.heartbeat import HeartbeatClient
 from agent.runtime import detect_drivers
 from agent.server import AGENT_VERSION, AgentServicer
+from agent.supervisor import Supervisor
 from cloudless import config
 from cloudless.api import agent_pb2_grpc
 from cloudless.errors import CloudlessError
@@ -98,9 +99,11 @@ async def serve(
         material = await enroll(state_dir, gateway, token, facts)
         log.info("agent.enrolled", node=name, gateway=gateway)
     identity = material.identity
+    supervisor = Supervisor(state_dir, drivers)
+    supervisor.load()
     server = grpc.aio.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(identity.name, identity.cluster, drivers), server
+        AgentServicer(identity.name, identity.cluster, drivers, supervisor), server
     )
     server.add_secure_port(listen, server_credentials(material, require_client_auth=True))
     await server.start()
@@ -114,6 +117,7 @@ async def serve(
         interval=heartbeat_interval,
     )
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
+    supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
     if ready_file is not None:
         ready_file.write_text(identity.name)
     if ready is not None:
@@ -122,10 +126,11 @@ async def serve(
         await stop.wait()
     finally:
         task = asyncio.current_task()
+        supervising.cancel()
         if task is not None and task.cancelling():
             # Killed (a test's stand-in for a crash): no goodbye, the stream just breaks.
             beating.cancel()
-            await asyncio.gather(beating, return_exceptions=True)
+            await asyncio.gather(beating, supervising, return_exceptions=True)
             await server.stop(grace=None)
         else:
             stop.set()

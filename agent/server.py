@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Mapping
 import grpc
 import structlog
 
-from agent.runtime.base import PortMapping, ReplicaSpec, ReplicaStatus, RuntimeDriver
+from agent.runtime.base import PortMapping, ReplicaPhase, ReplicaSpec, ReplicaStatus, RuntimeDriver
+from agent.supervisor import Supervisor
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.errors import RuntimeDriverError
 from cloudless.tls import peer_identity
@@ -69,10 +70,17 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, node_id: str, cluster: str, drivers: Mapping[str, RuntimeDriver]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        cluster: str,
+        drivers: Mapping[str, RuntimeDriver],
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._node_id = node_id
         self._cluster = cluster
         self._drivers = dict(drivers)
+        self._supervisor = supervisor
 
     async def _authorize(self, context: Context) -> None:
         ident = peer_identity(context)
@@ -140,6 +148,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         log.info(
             "replica.run", replica=spec.replica_id, phase=status.phase.value, runtime=spec.runtime
         )
+        if self._supervisor is not None and status.phase == ReplicaPhase.RUNNING:
+            self._supervisor.want(spec.runtime, spec.restart_policy, replica)
         return agent_pb2.RunReplicaResponse(
             status=status_to_proto(status, spec.runtime, self._node_id)
         )
@@ -149,6 +159,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.StopReplicaResponse:
         await self._authorize(context)
         grace = request.grace_seconds or 10.0
+        if self._supervisor is not None:
+            self._supervisor.forget(request.replica_id)  # before stopping: no restart race
         for name, driver in self._drivers.items():
             try:
                 status = await driver.stop(request.replica_id, grace)

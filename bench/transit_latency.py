@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
+import json
 import os
 import sys
 import threading
@@ -155,6 +157,26 @@ def main() -> None:
         results.append(dk)
         client.adapter.close()
 
+        # The same request over a bare keep-alive http.client connection: separates the
+        # server's cost from hvac's and requests' client-side overhead.
+        host, port = server.address
+        conn = http.client.HTTPConnection(host, port)
+        body = json.dumps({"plaintext": plaintext})
+        headers = {"X-Vault-Token": server.token, "Content-Type": "application/json"}
+
+        def bare(_: int) -> None:
+            conn.request("POST", "/v1/transit/encrypt/bench", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+
+        bare_result = summarize(
+            "encrypt via bare http.client (no hvac/requests)", "us", timed(args.n, bare), common
+        )
+        bare_result["ratio_p50_vs_baseline"] = round(bare_result["p50"] / raw["p50"], 1)
+        results.append(bare_result)
+        conn.close()
+
         sequential_rate = 1e6 / enc["mean"]
         latencies, wall = concurrent_encrypts(
             server.url, server.token, args.threads, args.per_thread, plaintext
@@ -179,8 +201,10 @@ def main() -> None:
         "transit_latency",
         results,
         notes="cloudless-transit in this process (ThreadingHTTPServer, loopback, no TLS), "
-        "driven by hvac with keep-alive; client and server share this machine's CPUs and "
-        "the GIL, so throughput is a floor for a separate server process.",
+        "driven by hvac with keep-alive. Client and server share this process's GIL, so the "
+        "8-thread throughput is bounded by one core's worth of Python for both sides: a floor "
+        "for a separate server process. The bare http.client row shows how much of the hvac "
+        "latency is client-side (requests) rather than server work.",
     )
     print(f"\nwrote {path}")
 

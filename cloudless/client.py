@@ -31,6 +31,7 @@ from cloudless.model import (
     ApplyResult,
     ClusterSnapshot,
     LedgerNode,
+    NodeAdminInput,
     NodeState,
     NodeStatus,
     ScaleInput,
@@ -250,6 +251,23 @@ class CloudlessClient:
 
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)
+
+    async def node_admin(
+        self, node_id: str, action: str, reason: str = "", timeout: float = 3600.0
+    ) -> NodeStatus:
+        """Cordon, uncordon or drain a node; returns once done (a drain once it is empty)."""
+        await self.describe_node(node_id)  # a clear NotFound first
+        handle = self.temporal.get_workflow_handle(node_workflow_id(node_id))
+        try:
+            status: NodeStatus = await handle.execute_update(
+                "admin",
+                NodeAdminInput(action=action, reason=reason),
+                result_type=NodeStatus,
+                rpc_timeout=timedelta(seconds=timeout),
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+        return status
 
     async def describe_node(self, node_id: str) -> NodeDetails:
         nodes = {n.node_id: n for n in (await self.snapshot()).nodes}

@@ -130,4 +130,5 @@ def replica_spec_proto(
         generation=generation,
         spec_hash=spec_hash,
         labels=dict(w.metadata.labels),
+        restart_policy=w.spec.restart_policy,
     )

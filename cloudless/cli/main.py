@@ -43,12 +43,14 @@ delete_app = typer.Typer(no_args_is_help=True, help="Delete a workload.")
 scale_app = typer.Typer(no_args_is_help=True, help="Change a workload's replica count.")
 token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens for new nodes.")
 dev_app = typer.Typer(no_args_is_help=True, help="The embedded single-machine stack.")
+node_app = typer.Typer(no_args_is_help=True, help="Inspect and operate nodes.")
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(delete_app, name="delete")
 app.add_typer(scale_app, name="scale")
 app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
+app.add_typer(node_app, name="node")
 
 
 class Settings:
@@ -277,6 +279,48 @@ def scale_workload(
                 )
 
     run(go)
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+@node_app.command("list")
+def node_list(output: OutputOpt = Output.TABLE) -> None:
+    """List nodes (same as `get nodes`)."""
+    get_nodes(output)
+
+
+@node_app.command("describe")
+def node_describe(name: str, output: OutputOpt = Output.TABLE) -> None:
+    """Show a node (same as `describe node`)."""
+    describe_node(name, output)
+
+
+def _admin(name: str, action: str, reason: str, done: str) -> None:
+    status = run(lambda c: c.node_admin(name, action, reason))
+    console.print(f"node/{name} {done} (state {status.state.value})")
+
+
+ReasonOpt = Annotated[str, typer.Option(help="Why; recorded in the node's transitions.")]
+
+
+@node_app.command("cordon")
+def node_cordon(name: str, reason: ReasonOpt = "") -> None:
+    """Stop new placements on a node; what runs there keeps running."""
+    _admin(name, "cordon", reason, "cordoned")
+
+
+@node_app.command("uncordon")
+def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
+    """Accept new placements on a node again."""
+    _admin(name, "uncordon", reason, "uncordoned")
+
+
+@node_app.command("drain")
+def node_drain(name: str, reason: ReasonOpt = "") -> None:
+    """Move every replica elsewhere (replacements first, honouring minAvailable), then
+    mark the node Drained. Waits until the node is empty."""
+    _admin(name, "drain", reason, "drained")
 
 
 # ----------------------------------------------------------------------------- tokens

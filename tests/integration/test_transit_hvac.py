@@ -539,6 +539,16 @@ def test_wrong_seal_key_refuses_to_start(tmp_path: Path) -> None:
     other.chmod(0o600)
     with pytest.raises(SealError, match="sealed with a different seal key"):
         open_state(tmp_path, seal_key_file=other)
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudless.transit.server", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path), "--seal-key-file", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "sealed with a different seal key" in done.stderr
+    assert "Refusing to start; the file was not modified" in done.stderr
     (tmp_path / SEAL_KEY_FILE).unlink()  # a lost seal key must not be silently replaced
     with pytest.raises(SealError, match="exists but seal key file"):
         open_state(tmp_path)

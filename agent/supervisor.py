@@ -1,0 +1,136 @@
+"""Agent autonomy: keep running what the control plane asked for, coordinator or not.
+
+The agent records every replica it was told to run (``desired.json`` in its state dir,
+so a restarted agent still knows) and restarts replicas that exited according to their
+restart policy, with exponential backoff and a retry cap, like a kubelet would. This is
+what keeps the data plane serving through a coordinator outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.runtime.base import (
+    PortMapping,
+    ReplicaPhase,
+    ReplicaSpec,
+    ReplicaStatus,
+    RuntimeDriver,
+)
+from cloudless.errors import RuntimeDriverError
+from cloudless.pki import write_private_file
+
+log = structlog.get_logger("cloudless.agent.supervisor")
+
+DESIRED_FILE = "desired.json"
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+#: Consecutive failed restarts after which the agent gives up (the control plane decides).
+RETRY_CAP = 10
+#: A replica that ran this long is healthy again: its backoff starts over.
+STABLE_AFTER = 30.0
+
+
+@dataclass
+class Desired:
+    runtime: str
+    restart_policy: str  # Always | OnFailure | Never
+    spec: ReplicaSpec
+    failures: int = 0
+    next_try: float = 0.0
+    restarts: int = 0
+    gave_up: bool = False
+
+
+@dataclass
+class Supervisor:
+    state_dir: Path
+    drivers: Mapping[str, RuntimeDriver]
+    interval: float = 1.0
+    _desired: dict[str, Desired] = field(default_factory=dict)
+
+    # ---- registry (called by the AgentService handlers)
+
+    def want(self, runtime: str, restart_policy: str, spec: ReplicaSpec) -> None:
+        self._desired[spec.replica_id] = Desired(runtime, restart_policy or "Always", spec)
+        self._save()
+
+    def forget(self, replica_id: str) -> None:
+        if self._desired.pop(replica_id, None) is not None:
+            self._save()
+
+    def restarts(self, replica_id: str) -> int:
+        d = self._desired.get(replica_id)
+        return d.restarts if d else 0
+
+    # ---- persistence
+
+    def load(self) -> None:
+        path = self.state_dir / DESIRED_FILE
+        if not path.exists():
+            return
+        for item in json.loads(path.read_text()):
+            raw = item["spec"]
+            raw["ports"] = tuple(PortMapping(**p) for p in raw.get("ports", ()))
+            spec = ReplicaSpec(**raw)
+            self._desired[spec.replica_id] = Desired(item["runtime"], item["restart_policy"], spec)
+
+    def _save(self) -> None:
+        data = [
+            {"runtime": d.runtime, "restart_policy": d.restart_policy, "spec": asdict(d.spec)}
+            for d in self._desired.values()
+        ]
+        # Specs may carry environment values: private to the agent's user.
+        write_private_file(self.state_dir / DESIRED_FILE, json.dumps(data).encode())
+
+    # ---- the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.tick(time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def tick(self, now: float) -> None:
+        """One pass: restart what exited and should run again (due by backoff)."""
+        seen: dict[str, ReplicaStatus] = {}
+        for runtime in self.drivers.values():
+            for observed in await runtime.list():
+                seen[observed.replica_id] = observed
+        for rid, d in list(self._desired.items()):
+            status = seen.get(rid)
+            if status is not None and status.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
+                if status.started_at and time.time() - status.started_at > STABLE_AFTER:
+                    d.failures = 0
+                continue
+            failed = status is None or status.phase == ReplicaPhase.FAILED
+            if d.restart_policy == "Never" or (d.restart_policy == "OnFailure" and not failed):
+                continue
+            if d.gave_up or now < d.next_try:
+                continue
+            driver = self.drivers.get(d.runtime)
+            if driver is None:
+                continue
+            try:
+                restarted = await driver.run(d.spec)
+            except RuntimeDriverError as err:
+                restarted = None
+                log.warning("replica.restart_failed", replica=rid, error=str(err))
+            d.restarts += 1
+            if restarted is not None and restarted.phase == ReplicaPhase.RUNNING:
+                log.info("replica.restarted", replica=rid, restarts=d.restarts)
+            else:
+                d.failures += 1
+            d.next_try = now + min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, d.failures - 1))
+            if d.failures >= RETRY_CAP:
+                d.gave_up = True
+                log.warning("replica.gave_up", replica=rid, failures=d.failures)

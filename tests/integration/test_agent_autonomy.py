@@ -1,0 +1,116 @@
+"""Agent autonomy: replicas that exit are restarted per restart policy by the agent alone,
+and a restarted agent still knows what it was asked to run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.runtime.base import ReplicaPhase, ReplicaSpec
+from agent.runtime.exec import ExecDriver
+from agent.supervisor import Supervisor
+
+
+def spec(rid: str, node: str, script: str) -> ReplicaSpec:
+    return ReplicaSpec(
+        replica_id=rid,
+        namespace="default",
+        workload="auto",
+        node_id=node,
+        image="",
+        command=("sh", "-c"),
+        args=(script,),
+        spec_hash="h",
+    )
+
+
+async def _pid(driver: ExecDriver, rid: str) -> int:
+    (status,) = [s for s in await driver.list() if s.replica_id == rid]
+    return int(status.runtime_id)
+
+
+@pytest.mark.parametrize(
+    ("policy", "exit_code", "restarted"),
+    [
+        ("Always", 0, True),
+        ("Always", 3, True),
+        ("OnFailure", 3, True),
+        ("OnFailure", 0, False),
+        ("Never", 3, False),
+    ],
+)
+async def test_restart_policy(tmp_path: Path, policy: str, exit_code: int, restarted: bool) -> None:
+    node = f"auto-{policy.lower()}-{exit_code}"
+    driver = ExecDriver(node, tmp_path, settle_seconds=0.0)
+    sup = Supervisor(tmp_path, {"exec": driver})
+    rid = "default-auto-1"
+    try:
+        s = spec(rid, node, f"trap 'exit {exit_code}' TERM; sleep 60 & wait")
+        first = await driver.run(s)
+        assert first.phase == ReplicaPhase.RUNNING
+        sup.want("exec", policy, s)
+        pid = await _pid(driver, rid)
+        os.kill(pid, signal.SIGTERM)  # the replica exits with exit_code on its own
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            (st,) = [x for x in await driver.list() if x.replica_id == rid]
+            if st.phase != ReplicaPhase.RUNNING:
+                break
+            await asyncio.sleep(0.02)  # process exit has no event to await through the driver
+        await sup.tick(time.monotonic())
+        (after,) = [x for x in await driver.list() if x.replica_id == rid]
+        if restarted:
+            assert after.phase == ReplicaPhase.RUNNING and int(after.runtime_id) != pid
+            assert sup.restarts(rid) == 1
+        else:
+            assert after.phase != ReplicaPhase.RUNNING and sup.restarts(rid) == 0
+    finally:
+        for st in await driver.list():
+            await driver.stop(st.replica_id, 1.0)
+
+
+async def test_backoff_and_retry_cap(tmp_path: Path) -> None:
+    driver = ExecDriver("auto-cap", tmp_path, settle_seconds=0.05)
+    sup = Supervisor(tmp_path, {"exec": driver})
+    s = spec("default-auto-crash", "auto-cap", "exit 1")
+    sup.want("exec", "Always", s)
+    now = 1000.0
+    try:
+        await sup.tick(now)
+        assert sup.restarts(s.replica_id) == 1
+        await sup.tick(now + 0.5)  # inside the backoff window: no new try
+        assert sup.restarts(s.replica_id) == 1
+        for _ in range(20):
+            now += 120  # past any backoff
+            await sup.tick(now)
+        assert sup.restarts(s.replica_id) == 10  # capped
+    finally:
+        for st in await driver.list():
+            await driver.stop(st.replica_id, 1.0)
+
+
+async def test_desired_set_survives_an_agent_restart(tmp_path: Path) -> None:
+    driver = ExecDriver("auto-persist", tmp_path, settle_seconds=0.0)
+    sup = Supervisor(tmp_path, {"exec": driver})
+    s = spec("default-auto-p", "auto-persist", "sleep 60")
+    try:
+        await driver.run(s)
+        sup.want("exec", "Always", s)
+        assert (tmp_path / "desired.json").stat().st_mode & 0o777 == 0o600
+        await driver.stop(s.replica_id, 1.0)  # it dies while the agent is down
+        again = Supervisor(tmp_path, {"exec": ExecDriver("auto-persist", tmp_path)})
+        again.load()
+        await again.tick(time.monotonic())
+        assert [x.phase for x in await driver.list()] == [ReplicaPhase.RUNNING]
+        again.forget(s.replica_id)
+        fresh = Supervisor(tmp_path, {"exec": driver})
+        fresh.load()
+        assert fresh.restarts(s.replica_id) == 0 and not fresh._desired
+    finally:
+        for st in await driver.list():
+            await driver.stop(st.replica_id, 1.0)
