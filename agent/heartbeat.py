@@ -46,6 +46,16 @@ class HeartbeatClient:
         self.acked = 0
         self.connected = asyncio.Event()
         self._closing = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def pause(self) -> None:
+        """Stop sending beats but keep the stream open: what a silent partition looks like
+        from the gateway (used by tests and benchmarks)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def _report(self, seq: int) -> gateway_pb2.HeartbeatRequest:
         replicas = []
@@ -67,6 +77,7 @@ class HeartbeatClient:
     async def _beats(self, stop: asyncio.Event) -> AsyncIterator[gateway_pb2.HeartbeatRequest]:
         seq = 0
         while True:
+            await self._flowing.wait()
             seq += 1
             self._closing = stop.is_set()
             yield await self._report(seq)

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import psutil
 import structlog
 import typer
@@ -24,7 +24,7 @@ from agent.heartbeat import HeartbeatClient
 from agent.runtime import detect_drivers
 from agent.server import AGENT_VERSION, AgentServicer
 from agent.supervisor import Supervisor
-from cloudless import config
+from cloudless import config, tls
 from cloudless.api import agent_pb2_grpc
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
@@ -65,6 +65,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     heartbeat_interval: float = 1.0,
     agent_gateway: str | None = None,
+    on_started: Callable[[HeartbeatClient], None] | None = None,
 ) -> None:
     """Run the agent until ``stop`` is set (or forever)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -101,7 +102,7 @@ async def serve(
     identity = material.identity
     supervisor = Supervisor(state_dir, drivers)
     supervisor.load()
-    server = grpc.aio.server()
+    server = tls.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(identity.name, identity.cluster, drivers, supervisor), server
     )
@@ -120,6 +121,8 @@ async def serve(
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
     if ready_file is not None:
         ready_file.write_text(identity.name)
+    if on_started is not None:
+        on_started(heartbeat)
     if ready is not None:
         ready.set()
     try:

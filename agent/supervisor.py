@@ -46,6 +46,7 @@ class Desired:
     spec: ReplicaSpec
     failures: int = 0
     next_try: float = 0.0
+    last_start: float = 0.0
     restarts: int = 0
     gave_up: bool = False
 
@@ -60,7 +61,9 @@ class Supervisor:
     # ---- registry (called by the AgentService handlers)
 
     def want(self, runtime: str, restart_policy: str, spec: ReplicaSpec) -> None:
-        self._desired[spec.replica_id] = Desired(runtime, restart_policy or "Always", spec)
+        self._desired[spec.replica_id] = Desired(
+            runtime, restart_policy or "Always", spec, last_start=time.monotonic()
+        )
         self._save()
 
     def forget(self, replica_id: str) -> None:
@@ -110,12 +113,23 @@ class Supervisor:
             status = seen.get(rid)
             if status is not None and status.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
                 if status.started_at and time.time() - status.started_at > STABLE_AFTER:
-                    d.failures = 0
+                    d.failures, d.last_start = 0, 0.0
                 continue
             failed = status is None or status.phase == ReplicaPhase.FAILED
             if d.restart_policy == "Never" or (d.restart_policy == "OnFailure" and not failed):
                 continue
-            if d.gave_up or now < d.next_try:
+            if d.gave_up:
+                continue
+            if d.last_start:  # it exited since its last start: count it once
+                quick = now - d.last_start < STABLE_AFTER
+                d.last_start = 0.0
+                d.failures = d.failures + 1 if quick else 0
+                d.next_try = now + _backoff(d.failures)
+                if d.failures >= RETRY_CAP:
+                    d.gave_up = True
+                    log.warning("replica.gave_up", replica=rid, failures=d.failures)
+                    continue
+            if now < d.next_try:
                 continue
             driver = self.drivers.get(d.runtime)
             if driver is None:
@@ -126,11 +140,11 @@ class Supervisor:
                 restarted = None
                 log.warning("replica.restart_failed", replica=rid, error=str(err))
             d.restarts += 1
+            d.last_start = now
             if restarted is not None and restarted.phase == ReplicaPhase.RUNNING:
                 log.info("replica.restarted", replica=rid, restarts=d.restarts)
-            else:
-                d.failures += 1
-            d.next_try = now + min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, d.failures - 1))
-            if d.failures >= RETRY_CAP:
-                d.gave_up = True
-                log.warning("replica.gave_up", replica=rid, failures=d.failures)
+
+
+def _backoff(failures: int) -> float:
+    """No wait for a first crash, then 1 s doubling up to the cap (a crash loop)."""
+    return 0.0 if failures <= 1 else min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 2))

@@ -127,6 +127,7 @@ class CloudlessClient:
                 ApplyInput(manifest=manifest),
                 start_workflow_operation=start,
                 result_type=ApplyResult,
+                rpc_timeout=RPC_TIMEOUT,
             )
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err

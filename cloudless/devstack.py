@@ -160,113 +160,110 @@ def start_processes(
         ("Temporal UI", ports.ui),
         ("gateway", ports.gateway),
         ("agent gateway", ports.gateway + 1),
+        *((f"agent {a.name}", a.port + ports.agent_offset) for a in agents),
     ):
         if port_open(port):
             raise ConfigError(
                 f"port {port} for the {name} is already in use; stop whatever listens there"
             )
-    logs = state_dir / "logs"
     pids: dict[str, int] = {}
     progress(f"starting the Temporal dev server (SQLite, UI on :{ports.ui})")
-    temporal = _spawn(
-        [
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--db-filename",
-            str(state_dir / "temporal.db"),
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(ports.temporal),
-            "--ui-port",
-            str(ports.ui),
-            "--log-level",
-            "warn",
-        ],
-        logs / "temporal.log",
-    )
-    pids["temporal"] = temporal.pid
+    pids["temporal"] = spawn_temporal(state_dir, ports)
     _save(state_dir, pids, ports)
-    wait_until(
-        lambda: port_open(ports.temporal),
-        "the Temporal server",
-        60,
-        temporal,
-        logs / "temporal.log",
-    )
     progress("starting the coordinator")
-    env = {
+    pids["coordinator"] = spawn_coordinator(state_dir, cluster, ports)
+    _save(state_dir, pids, ports)
+    coord_dir = state_dir / "coordinator"
+    signer = TokenSigner.load(coord_dir)
+    ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
+    started = []
+    for a in agents:
+        progress(f"starting agent {a.name} ({a.zone}, {a.cpu} CPU, {a.memory})")
+        token, _claims = signer.mint(
+            cluster=cluster, ca_pem=ca_pem, ttl=timedelta(minutes=10), node_name=a.name
+        )
+        proc, ready = _spawn_agent(state_dir, cluster, ports, a, runtimes, token)
+        pids[f"agent/{a.name}"] = proc.pid
+        started.append((a, proc, ready))
+    _save(state_dir, pids, ports)
+    logs = state_dir / "logs"
+    for a, proc, ready in started:
+        wait_until(ready.exists, f"agent {a.name}", 60, proc, logs / f"agent-{a.name}.log")
+    return DevState(pids=pids, ports=asdict(ports), state_dir=str(state_dir))
+
+
+def _env(state_dir: Path, cluster: str, ports: DevPorts) -> dict[str, str]:
+    return {
         "CLOUDLESS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}",
         "CLOUDLESS_CLUSTER": cluster,
         "CLOUDLESS_STATE_DIR": str(state_dir),
     }
-    coordinator = _spawn(
+
+
+def spawn_temporal(state_dir: Path, ports: DevPorts) -> int:
+    """Start the Temporal dev server on the stack's SQLite file; returns once it listens."""
+    log = state_dir / "logs" / "temporal.log"
+    proc = _spawn(
         [
-            sys.executable,
-            "-m",
-            "workers.coordinator",
-            "--gateway-listen",
-            f"127.0.0.1:{ports.gateway}",
-            "--agent-listen",
-            f"127.0.0.1:{ports.gateway + 1}",
+            temporal_binary(), "server", "start-dev",
+            "--db-filename", str(state_dir / "temporal.db"),
+            "--ip", "127.0.0.1", "--port", str(ports.temporal), "--ui-port", str(ports.ui),
+            "--log-level", "warn",
         ],
-        logs / "coordinator.log",
-        env,
-    )
-    pids["coordinator"] = coordinator.pid
-    _save(state_dir, pids, ports)
+        log,
+    )  # fmt: skip
+    wait_until(lambda: port_open(ports.temporal), "the Temporal server", 60, proc, log)
+    return proc.pid
+
+
+def spawn_coordinator(state_dir: Path, cluster: str, ports: DevPorts) -> int:
+    """Start a coordinator; returns once both gateway ports listen."""
+    log = state_dir / "logs" / "coordinator.log"
+    proc = _spawn(
+        [
+            sys.executable, "-m", "workers.coordinator",
+            "--gateway-listen", f"127.0.0.1:{ports.gateway}",
+            "--agent-listen", f"127.0.0.1:{ports.gateway + 1}",
+        ],
+        log,
+        _env(state_dir, cluster, ports),
+    )  # fmt: skip
     wait_until(
-        lambda: port_open(ports.gateway),
+        lambda: port_open(ports.gateway) and port_open(ports.gateway + 1),
         "the coordinator gateway",
         60,
-        coordinator,
-        logs / "coordinator.log",
+        proc,
+        log,
     )
-    coord_dir = state_dir / "coordinator"
-    signer = TokenSigner.load(coord_dir)
-    ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
-    procs = []
-    for a in agents:
-        progress(f"starting agent {a.name} ({a.zone}, {a.cpu} CPU, {a.memory})")
-        agent_dir = state_dir / "agents" / a.name
-        ready = agent_dir / "ready"
-        ready.unlink(missing_ok=True)
-        token, _claims = signer.mint(
-            cluster=cluster, ca_pem=ca_pem, ttl=timedelta(minutes=10), node_name=a.name
-        )
-        args = [
-            sys.executable,
-            "-m",
-            "agent.main",
-            "--name",
-            a.name,
-            "--zone",
-            a.zone,
-            "--cpu",
-            a.cpu,
-            "--memory",
-            a.memory,
-            "--listen",
-            f"127.0.0.1:{a.port + ports.agent_offset}",
-            "--gateway",
-            f"127.0.0.1:{ports.gateway}",
-            "--state-dir",
-            str(agent_dir),
-            "--ready-file",
-            str(ready),
-        ]
-        for label in a.labels:
-            args += ["--label", label]
-        for rt in runtimes or ():
-            args += ["--runtime", rt]
-        proc = _spawn(args, logs / f"agent-{a.name}.log", {**env, "CLOUDLESS_TOKEN": token})
-        pids[f"agent/{a.name}"] = proc.pid
-        procs.append((a, proc, ready))
-    _save(state_dir, pids, ports)
-    for a, proc, ready in procs:
-        wait_until(ready.exists, f"agent {a.name}", 60, proc, logs / f"agent-{a.name}.log")
-    return DevState(pids=pids, ports=asdict(ports), state_dir=str(state_dir))
+    return proc.pid
+
+
+def _spawn_agent(
+    state_dir: Path,
+    cluster: str,
+    ports: DevPorts,
+    a: DevAgent,
+    runtimes: tuple[str, ...] | None,
+    token: str | None,
+) -> tuple[subprocess.Popen[bytes], Path]:
+    agent_dir = state_dir / "agents" / a.name
+    ready = agent_dir / "ready"
+    ready.unlink(missing_ok=True)
+    args = [
+        sys.executable, "-m", "agent.main",
+        "--name", a.name, "--zone", a.zone, "--cpu", a.cpu, "--memory", a.memory,
+        "--listen", f"127.0.0.1:{a.port + ports.agent_offset}",
+        "--gateway", f"127.0.0.1:{ports.gateway}",
+        "--state-dir", str(agent_dir), "--ready-file", str(ready),
+    ]  # fmt: skip
+    for label in a.labels:
+        args += ["--label", label]
+    for rt in runtimes or ():
+        args += ["--runtime", rt]
+    env = _env(state_dir, cluster, ports)
+    if token:
+        env["CLOUDLESS_TOKEN"] = token
+    return _spawn(args, state_dir / "logs" / f"agent-{a.name}.log", env), ready
 
 
 def _save(state_dir: Path, pids: dict[str, int], ports: DevPorts) -> None:

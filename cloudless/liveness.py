@@ -47,7 +47,7 @@ class LivenessTable:
     """In-memory liveness of every node this gateway knows; rebuilt after a restart."""
 
     ttl: float = 10.0
-    suspect_grace: float = 1.5
+    suspect_grace: float = 1.0
     jitter: float = 0.2
     seed: int | None = None
     _nodes: dict[str, _Entry] = field(default_factory=dict)
@@ -68,12 +68,13 @@ class LivenessTable:
     def connected_nodes(self) -> list[str]:
         return [n for n, e in self._nodes.items() if e.connected]
 
-    def adopt(self, node_ids: list[str], now: float) -> None:
-        """After a restart: nodes the ledger lists as healthy get one TTL to reconnect,
-        so a coordinator restart never marks healthy nodes Offline."""
-        for node_id in node_ids:
+    def adopt(self, nodes: dict[str, Health], now: float) -> None:
+        """After a restart, start from the health Temporal recorded: healthy and suspect
+        nodes get one TTL to reconnect (a coordinator restart never marks healthy nodes
+        Offline), and a node that reconnects from Suspect or Offline is reported Ready."""
+        for node_id, health in nodes.items():
             if node_id not in self._nodes:
-                self._nodes[node_id] = _Entry(Health.READY, False, now, self._ttl())
+                self._nodes[node_id] = _Entry(health, False, now, self._ttl())
 
     def connected(self, node_id: str, now: float) -> Transition | None:
         entry = self._nodes.get(node_id)

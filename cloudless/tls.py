@@ -56,13 +56,30 @@ class TLSMaterial:
         return identity_from_cert(self.cert_pem)
 
 
+#: Servers must accept the clients' keepalive pings (also on idle connections), or gRPC
+#: answers GOAWAY "too_many_pings" and breaks long-lived streams such as heartbeats.
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def server(**kwargs: object) -> grpc.aio.Server:
+    """A gRPC asyncio server with Cloudless' keepalive policy."""
+    return grpc.aio.server(options=SERVER_OPTIONS, **kwargs)  # type: ignore[arg-type]
+
+
 def server_credentials(
     material: TLSMaterial, *, require_client_auth: bool
 ) -> grpc.ServerCredentials:
     """Server credentials trusting only the cluster CA for client certificates.
 
-    With ``require_client_auth=False`` a client certificate is still requested and
-    verified when presented; handlers must then check :func:`peer_identity` themselves.
+    With ``require_client_auth=False`` gRPC does not even request a client certificate
+    (it cannot make one optional per method), which is why the coordinator serves
+    enrollment and the authenticated agent endpoint on separate ports.
     """
     return grpc.ssl_server_credentials(
         [(material.key_pem, material.cert_pem)],

@@ -30,7 +30,7 @@ from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
 from agent.enroll import GATEWAY_SERVER_NAME
-from cloudless import config
+from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
@@ -101,7 +101,7 @@ class Coordinator:
     gateway_listen: str = config.DEFAULT_GATEWAY
     agent_listen: str = config.DEFAULT_AGENT_GATEWAY
     heartbeat_ttl: float = 10.0
-    suspect_grace: float = 1.5
+    suspect_grace: float = 1.0
     heartbeat_interval: float = 1.0
     liveness: LivenessMonitor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -160,7 +160,7 @@ class Coordinator:
         await self.liveness.start()
         # Two listeners: enrollment needs no client certificate (the token authenticates
         # it); everything else requires one, which gRPC cannot make optional per method.
-        agent_server = grpc.aio.server()
+        agent_server = tls.server()
         self.agent_port = agent_server.add_secure_port(
             self.agent_listen, server_credentials(pki.material, require_client_auth=True)
         )
@@ -170,7 +170,7 @@ class Coordinator:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
         await agent_server.start()
         self._agent_server = agent_server
-        server = grpc.aio.server()
+        server = tls.server()
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self.gateway_port = server.add_secure_port(
             self.gateway_listen, server_credentials(pki.material, require_client_auth=False)
@@ -225,7 +225,7 @@ def main_command(
     ] = 10.0,
     suspect_grace: Annotated[
         float, typer.Option(help="Seconds a node with a broken stream stays Suspect.")
-    ] = 1.5,
+    ] = 1.0,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
@@ -255,7 +255,7 @@ async def _run(
     listen: str,
     agent_listen: str = config.DEFAULT_AGENT_GATEWAY,
     heartbeat_ttl: float = 10.0,
-    suspect_grace: float = 1.5,
+    suspect_grace: float = 1.0,
 ) -> None:
     try:
         client = await connect(address, namespace)

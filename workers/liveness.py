@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.api import gateway_pb2
 from cloudless.liveness import Health, LivenessTable, Transition
@@ -36,7 +36,7 @@ class LivenessMonitor:
         gateway_id: str,
         *,
         ttl: float = 10.0,
-        suspect_grace: float = 1.5,
+        suspect_grace: float = 1.0,
         jitter: float = 0.2,
         interval: float = 1.0,
     ) -> None:
@@ -57,9 +57,13 @@ class LivenessMonitor:
         handle = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
         with contextlib.suppress(RPCError):
             snap: ClusterSnapshot = await handle.query("snapshot", result_type=ClusterSnapshot)
-            healthy = [n.node_id for n in snap.nodes if n.state not in _UNHEALTHY]
-            self.table.adopt(healthy, time.monotonic())
-            log.info("liveness.adopted", nodes=len(healthy))
+            known = {
+                n.node_id: _HEALTH_OF.get(n.state, Health.READY)
+                for n in snap.nodes
+                if n.state != NodeState.JOINING  # still enrolling: the probe decides
+            }
+            self.table.adopt(known, time.monotonic())
+            log.info("liveness.adopted", nodes=len(known))
         self._tasks = [
             asyncio.create_task(self._sweep(), name="liveness-sweep"),
             asyncio.create_task(self._publish(), name="liveness-publish"),
@@ -114,15 +118,26 @@ class LivenessMonitor:
                 gateway=self.gateway_id,
             )
             handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
-            for attempt in range(5):
+            attempt = 0
+            while True:  # a dropped transition would leave the node's state wrong
                 try:
                     await handle.signal("liveness", signal)
                     break
                 except RPCError as err:
+                    if err.status == RPCStatusCode.NOT_FOUND:
+                        # A certificate for a node this cluster never registered (or one
+                        # removed since): nothing to update.
+                        log.warning("liveness.unknown_node", node=t.node_id)
+                        break
                     log.warning("liveness.signal_failed", node=t.node_id, error=str(err))
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                    attempt += 1
 
 
-_UNHEALTHY = {NodeState.OFFLINE, NodeState.JOINING, NodeState.LEFT}
+_HEALTH_OF = {
+    NodeState.SUSPECT: Health.SUSPECT,
+    NodeState.OFFLINE: Health.OFFLINE,
+    NodeState.LEFT: Health.OFFLINE,
+}
 
 __all__ = ["Health", "LivenessMonitor"]

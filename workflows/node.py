@@ -137,7 +137,8 @@ class NodeWorkflow:
             await self._publish()
             return
         self._set(record=record.model_copy(update={"runtimes": runtimes}))
-        await self._reconcile_replicas()
+        if not await self._reconcile_replicas():
+            return
         self._set(health="Ready", reason="agent reached over mTLS")
         await self._publish()
 
@@ -154,15 +155,15 @@ class NodeWorkflow:
         if sig.health == "Ready":
             if await self._damped():
                 return
-            if status.health == "Offline":
-                await self._reconcile_replicas()
+            if status.health == "Offline" and not await self._reconcile_replicas():
+                return
             status.gateway = sig.gateway
             self._set(health="Ready", reason=sig.reason)
             await self._publish()
             return
         was_healthy = status.health == "Ready"
         self._set(health=sig.health, reason=sig.reason)
-        if was_healthy or sig.health == "Offline":
+        if was_healthy:  # one episode per departure from Ready (Suspect then Offline is one)
             status.churn = [*status.churn, workflow.now()][-MAX_CHURN_KEPT:]
         await self._publish()
         if sig.health == "Offline":
@@ -213,8 +214,12 @@ class NodeWorkflow:
             return False
         return True
 
-    async def _reconcile_replicas(self) -> None:
-        """Stop what the node runs but should not, before it is Ready again."""
+    async def _reconcile_replicas(self) -> bool:
+        """Stop what the node runs but should not, before it is Ready again.
+
+        False (and the node is left Offline) if that cannot be done: a node whose stale
+        replicas may still run must never be Ready, or a replica could run twice.
+        """
         assert self._status is not None
         record = self._status.record
         try:
@@ -225,14 +230,18 @@ class NodeWorkflow:
                 ),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=PROBE_DEADLINE,
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(milliseconds=200),
                     maximum_interval=timedelta(seconds=5),
-                    maximum_attempts=10,
                 ),
             )
         except ActivityError as err:
-            workflow.logger.warning("reconciling %s failed: %s", record.node_id, err)
+            reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+            self._set(health="Offline", reason=f"could not reconcile replicas: {reason}")
+            await self._publish()
+            return False
+        return True
 
     async def _notify_workloads(self, reason: str, evacuate: bool = False) -> None:
         assert self._status is not None

@@ -297,6 +297,7 @@ def node_describe(name: str, output: OutputOpt = Output.TABLE) -> None:
 
 
 def _admin(name: str, action: str, reason: str, done: str) -> None:
+    # A drain can legitimately take long; the CLI waits, and Ctrl-C leaves it running.
     status = run(lambda c: c.node_admin(name, action, reason))
     console.print(f"node/{name} {done} (state {status.state.value})")
 
@@ -376,7 +377,8 @@ def dev_up(
         str | None, typer.Option(help="Force a runtime for the example: docker or exec.")
     ] = None,
     port_offset: Annotated[
-        int, typer.Option(help="Shift every port (7233, 8233, 7443, 7101-7103) by this much.")
+        int,
+        typer.Option(help="Shift every port (7233, 8233, 7443-7444, 7101-7103) by this much."),
     ] = 0,
 ) -> None:
     """Start Temporal, the coordinator and three agents, then apply the example workload."""

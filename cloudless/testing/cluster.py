@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -57,6 +58,7 @@ class AgentHandle:
     state_dir: Path
     task: asyncio.Task[None]
     stop: asyncio.Event
+    heartbeat: Any = None  # agent.heartbeat.HeartbeatClient once started
 
 
 @dataclass
@@ -71,8 +73,8 @@ class LocalCluster:
     gateway: str = ""
     agent_gateway: str = ""
     heartbeat_ttl: float = 10.0
-    suspect_grace: float = 1.5
-    _specs: dict[str, dict[str, object]] = field(default_factory=dict)
+    suspect_grace: float = 1.0
+    _specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def start(self) -> None:
         from workers.coordinator import Coordinator
@@ -130,7 +132,7 @@ class LocalCluster:
         address = address or f"127.0.0.1:{free_port()}"
         state_dir = self.root / "agents" / name
         ready, stop = asyncio.Event(), asyncio.Event()
-        spec: dict[str, object] = dict(
+        spec: dict[str, Any] = dict(
             name=name,
             zone=zone,
             listen=address,
@@ -146,8 +148,15 @@ class LocalCluster:
             heartbeat_interval=min(1.0, self.heartbeat_ttl / 4),
         )
         self._specs[name] = spec
+        started: list[Any] = []
         task = asyncio.create_task(
-            serve(**spec, token=token or self.mint_token(name), ready=ready, stop=stop),  # type: ignore[arg-type]
+            serve(
+                **spec,
+                token=token or self.mint_token(name),
+                ready=ready,
+                stop=stop,
+                on_started=started.append,
+            ),
             name=f"agent-{name}",
         )
         waiter = asyncio.create_task(ready.wait())
@@ -155,7 +164,7 @@ class LocalCluster:
         if task in done:
             waiter.cancel()
             task.result()  # raises the enrollment/start error
-        handle = AgentHandle(name, address, state_dir, task, stop)
+        handle = AgentHandle(name, address, state_dir, task, stop, started[0])
         self.agents[name] = handle
         if wait_ready:
             await self.wait_node_ready(name)
@@ -173,12 +182,15 @@ class LocalCluster:
 
         spec = self._specs[name]
         ready, stop = asyncio.Event(), asyncio.Event()
+        started: list[Any] = []
         task = asyncio.create_task(
-            serve(**spec, token=None, ready=ready, stop=stop),  # type: ignore[arg-type]
+            serve(**spec, token=None, ready=ready, stop=stop, on_started=started.append),
             name=f"agent-{name}",
         )
         await ready.wait()
-        handle = AgentHandle(name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop)
+        handle = AgentHandle(
+            name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop, started[0]
+        )
         self.agents[name] = handle
         if wait_ready:
             await self.wait_node_ready(name)

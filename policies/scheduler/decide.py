@@ -45,6 +45,8 @@ from policies.scheduler.request import (
 from policies.scheduler.scoring import DOMAIN_FACTORS, STATIC_FACTORS, utilization
 
 DEFAULT_CONFIG = SchedulerConfig()
+#: Up to this many equal best scores are broken by comparing node ids directly.
+_FEW_TIES = 64
 
 
 @dataclass(frozen=True)
@@ -150,12 +152,13 @@ def sample_bound(sample_size: SampleSize, feasible: int, config: SchedulerConfig
 class _Scorer:
     """Scores of one candidate set ``cand`` (indices into S) kept current between picks."""
 
-    def __init__(self, prep: Prepared, acc: Accounting, cand: IntArray, rank: IntArray) -> None:
+    def __init__(self, prep: Prepared, acc: Accounting, cand: IntArray, index: NodeIndex) -> None:
         self.prep = prep
         self.acc = acc
         self.cand = cand
         slots = acc.slots[cand]
-        self.rank = rank[slots]
+        self.index = index
+        self.slots = slots
         w = prep.weights
         self.factors: dict[str, FloatArray] = {}
         static = np.zeros(len(cand), dtype=np.float64)
@@ -205,12 +208,23 @@ class _Scorer:
         ties = np.flatnonzero(self.masked == top)
         if len(ties) == 1:
             return int(ties[0])
-        return int(ties[np.argmin(self.rank[ties])])
+        if len(ties) <= _FEW_TIES:
+            return min((int(c) for c in ties), key=self._node_id)
+        # Many equal nodes (a fresh homogeneous cluster): the index's cached id ranks.
+        return int(ties[np.argmin(self.index.id_rank()[self.slots[ties]])])
+
+    def _node_id(self, c: int) -> str:
+        return self.prep.cols.node_ids[int(self.slots[c])] or ""
 
     def placed(self, c: int) -> None:
         """Refresh after the accounting placed a replica on ``cand[c]``."""
         one = self.cand[c : c + 1]
-        self.cap_ok[c] = passes(self.acc, one, CAPACITY_FILTERS)[0]
+        acc, j = self.acc, int(self.cand[c])
+        demand = acc.prep.demand
+        self.cap_ok[c] = all(
+            acc.used[d].item(j) + demand.item(d) <= acc.capacity[d].item(j)
+            for d in acc.prep.demanded
+        )
         if self.acc.domain_dependent:
             if self.acc.zone_spread is None:
                 self.util[c] = utilization(self.acc, one)[0]
@@ -227,12 +241,11 @@ class _Scorer:
         slot = int(self.acc.slots[self.cand[c]])
         node_id = self.prep.cols.node_ids[slot]
         assert node_id is not None
+        weights, values = self.prep.weights, self.factors
         factors = {
-            name: float(self.factors[name][c])
-            for name in FACTORS
-            if name in self.factors and self.prep.weights[name] > 0
+            name: values[name].item(c) for name in FACTORS if weights[name] > 0 and name in values
         }
-        return ScoredNode(node_id=node_id, score=float(self.score[c]), factors=factors)
+        return ScoredNode(node_id=node_id, score=self.score.item(c), factors=factors)
 
     def top(self, chosen: int, k: int) -> tuple[ScoredNode, ...]:
         """The chosen node then the next best feasible ones, ``k`` in all."""
@@ -246,7 +259,7 @@ class _Scorer:
                 feasible = feasible[part]
             ordered = sorted(
                 (int(c) for c in feasible if c != chosen),
-                key=lambda c: (-self.masked[c], self.rank[c]),
+                key=lambda c: (-self.masked[c], self._node_id(c)),
             )
             others = ordered[: k - 1]
         return tuple(self.describe(c) for c in [chosen, *others])
@@ -274,6 +287,7 @@ def schedule(
     acc = Accounting(prep, index, slots)
     feasible_mask, dynamic_reasons = run_dynamic_filters(acc)
     feasible = np.flatnonzero(feasible_mask)
+    acc.set_cost_range(feasible)
     filtered = static_reasons + dynamic_reasons
     summary = _Summary(
         filtered=dict(filtered),
@@ -285,12 +299,11 @@ def schedule(
     )
     if request.count == 0:
         return summary.decision((), 0, Counter(), 0, None)
-    rank = index.id_rank()
     bound = sample_bound(request.sample_size, len(feasible), config)
     rng = np.random.default_rng(rng_seed)
     full_best = None
     if compare_full_scan and len(feasible):
-        full = _Scorer(prep, acc, feasible, rank)
+        full = _Scorer(prep, acc, feasible, index)
         best_full = full.best()
         full_best = None if best_full is None else float(full.score[best_full])
 
@@ -299,14 +312,12 @@ def schedule(
             return pool
         return np.sort(rng.choice(pool, size=bound, replace=False))
 
-    if bound is None and acc.domain_dependent:
-        # Picks can make more nodes feasible (a self-affine group's first replica, a spread
-        # minimum rising), so a full scan keeps every node that has room.
-        cand = np.flatnonzero(passes(acc, None, CAPACITY_FILTERS))
-    else:
-        cand = candidates(feasible)
-    scorer = _Scorer(prep, acc, cand, rank)
-    scored = len(cand) if bound is None else min(bound, len(feasible))
+    # With workload terms a pick can make more nodes feasible (a self-affine group's first
+    # replica, a spread minimum rising), so an unsampled scan keeps every node with room.
+    pool = np.flatnonzero(passes(acc, None, CAPACITY_FILTERS)) if acc.domain_dependent else feasible
+    cand = pool if bound is None or bound >= len(pool) else candidates(feasible)
+    scorer = _Scorer(prep, acc, cand, index)
+    scored = int(np.count_nonzero(scorer.masked > -np.inf))
     picks: list[Pick] = []
     failure: Counter[str] = Counter()
     for _ in range(request.count):
@@ -315,7 +326,7 @@ def schedule(
             mask, _ = run_dynamic_filters(acc)
             pool = np.flatnonzero(mask)
             if len(pool):
-                scorer = _Scorer(prep, acc, candidates(pool), rank)
+                scorer = _Scorer(prep, acc, candidates(pool), index)
                 c = scorer.best()
         if c is None:
             _, failure = run_dynamic_filters(acc)
@@ -323,8 +334,9 @@ def schedule(
             break
         chosen = scorer.describe(c)
         picks.append(Pick(chosen.node_id, chosen.score, chosen.factors, scorer.top(c, k)))
-        acc.place(int(scorer.cand[c]))
-        scorer.placed(c)
+        if len(picks) < request.count:  # nothing to refresh after the last pick
+            acc.place(int(scorer.cand[c]))
+            scorer.placed(c)
     return summary.decision(tuple(picks), request.count - len(picks), failure, scored, full_best)
 
 

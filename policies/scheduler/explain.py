@@ -73,7 +73,7 @@ def format_candidates(nodes: tuple[ScoredNode, ...], chosen: str | None = None) 
         return []
     names = [n for n in FACTOR_LABELS if n in nodes[0].factors]
     width = max(len(n.node_id) for n in nodes)
-    head = f"  {'node':<{width}}  score " + " ".join(f"{FACTOR_LABELS[n]:>5}" for n in names)
+    head = f"  {'node':<{width}} {'score':>6} " + " ".join(f"{FACTOR_LABELS[n]:>5}" for n in names)
     rows = [head]
     for node in nodes:
         mark = "*" if node.node_id == chosen else " "

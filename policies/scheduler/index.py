@@ -28,8 +28,7 @@ that column, so a decision can hold a stable view while the live index keeps cha
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +115,58 @@ def _to_float(text: str) -> float:
         return float(int(text))
     except ValueError:
         return float("nan")
+
+
+class _SlotCounts:
+    """``key -> {slot: replicas}``, copy-on-write after a fork, with cached numpy arrays.
+
+    Keys are workload keys or workload label pairs. After :meth:`fork` both sides share the
+    dicts; the first write to a key copies that key's dict (and once, the outer dict).
+    """
+
+    __slots__ = ("_arrays", "_data", "_owned")
+
+    def __init__(self) -> None:
+        self._data: dict[Hashable, dict[int, int]] = {}
+        self._owned: set[Hashable] | None = None  # None: everything is ours
+        self._arrays: dict[Hashable, tuple[IntArray, IntArray]] = {}
+
+    def fork(self) -> _SlotCounts:
+        other = _SlotCounts()
+        other._data = self._data
+        other._arrays = dict(self._arrays)
+        self._owned = set()
+        other._owned = set()
+        return other
+
+    def get(self, key: Hashable) -> Mapping[int, int]:
+        return self._data.get(key, {})
+
+    def add(self, key: Hashable, slot: int, delta: int) -> None:
+        if self._owned is not None and key not in self._owned:
+            if not self._owned:  # first write since the fork: own the outer dict
+                self._data = dict(self._data)
+            self._data[key] = dict(self._data.get(key, {}))
+            self._owned.add(key)
+        self._arrays.pop(key, None)
+        per_slot = self._data.setdefault(key, {})
+        value = per_slot.get(slot, 0) + delta
+        if value:
+            per_slot[slot] = value
+        else:
+            per_slot.pop(slot, None)
+
+    def arrays(self, key: Hashable) -> tuple[IntArray, IntArray]:
+        """Slots and counts as int64 arrays (cached until the key is next written)."""
+        cached = self._arrays.get(key)
+        if cached is None:
+            per_slot = self._data.get(key, {})
+            cached = (
+                np.fromiter(per_slot.keys(), dtype=np.int64, count=len(per_slot)),
+                np.fromiter(per_slot.values(), dtype=np.int64, count=len(per_slot)),
+            )
+            self._arrays[key] = cached
+        return cached
 
 
 @dataclass(frozen=True)
@@ -237,9 +288,8 @@ class NodeIndex:
         self._wl_by_label: dict[tuple[str, str], set[str]] = {}
         self._wl_by_key: dict[str, set[str]] = {}
         self._wl_index_owned = True
-        self._wl_nodes: dict[str, dict[int, int]] = {}
-        self._wl_nodes_owned: set[str] | None = None
-        self._wl_arrays: dict[str, tuple[IntArray, IntArray]] = {}
+        self._by_workload = _SlotCounts()  # workload key -> {slot: replicas}
+        self._by_pair = _SlotCounts()  # (label, value) of workloads -> {slot: replicas}
         # caches
         self._view: Columns | None = None
         self._rank: IntArray | None = None
@@ -254,14 +304,14 @@ class NodeIndex:
         other.__dict__.update(self.__dict__)
         other._cols = dict(self._cols)
         other._labels_cols = dict(self._labels_cols)
-        other._wl_arrays = dict(self._wl_arrays)
+        other._by_workload = self._by_workload.fork()
+        other._by_pair = self._by_pair.fork()
         for idx in (self, other):
             idx._owned_cols = set()
             idx._owned_labels = set()
             idx._meta_owned = False
             idx._node_wl_owned = set()
             idx._wl_index_owned = False
-            idx._wl_nodes_owned = set()
         return other
 
     def _w(self, name: str) -> npt.NDArray[Any]:
@@ -306,15 +356,6 @@ class NodeIndex:
             self._node_wl[slot] = dict(self._node_wl[slot])
             self._node_wl_owned.add(slot)
         return self._node_wl[slot]
-
-    def _own_wl_nodes(self, key: str) -> dict[int, int]:
-        if self._wl_nodes_owned is not None and key not in self._wl_nodes_owned:
-            if not self._wl_nodes_owned:  # first write since the snapshot: own the outer dict
-                self._wl_nodes = dict(self._wl_nodes)
-            self._wl_nodes[key] = dict(self._wl_nodes.get(key, {}))
-            self._wl_nodes_owned.add(key)
-        self._wl_arrays.pop(key, None)
-        return self._wl_nodes.setdefault(key, {})
 
     def _own_wl_index(self) -> None:
         if self._wl_index_owned:
@@ -443,6 +484,7 @@ class NodeIndex:
         key, so the cost follows the matches, not the number of workloads.
         """
         candidates: set[str] | None = None
+        unchecked = []
         for expr in selector.expressions():
             if expr.operator == "In":
                 found: set[str] = set()
@@ -450,38 +492,32 @@ class NodeIndex:
                     found |= self._wl_by_label.get((expr.key, v), set())
             elif expr.operator in ("Exists", "Gt", "Lt"):
                 found = self._wl_by_key.get(expr.key, set())
+                if expr.operator != "Exists":
+                    unchecked.append(expr)
             else:
+                unchecked.append(expr)
                 continue
             candidates = found if candidates is None else candidates & found
             if not candidates:
                 return []
         pool: Iterable[str] = self._wl_labels if candidates is None else candidates
-        return sorted(k for k in pool if selector.matches(self._wl_labels[k]))
+        labels = self._wl_labels
+        return sorted(k for k in pool if all(e.matches(labels[k]) for e in unchecked))
+
+    def selector_slots(self, selector: LabelSelector) -> tuple[IntArray, IntArray]:
+        """Slots holding replicas the selector matches and the count on each (may repeat).
+
+        A one-label selector (the common ``app: web``) reads the per-label-pair counts
+        directly; anything else sums the matching workloads.
+        """
+        exprs = selector.expressions()
+        if len(exprs) == 1 and exprs[0].operator == "In":
+            return _concat([self._by_pair.arrays((exprs[0].key, v)) for v in exprs[0].values])
+        return self.replica_slots(self.matching_workloads(selector))
 
     def replica_slots(self, workload_keys: Iterable[str]) -> tuple[IntArray, IntArray]:
         """Slots holding replicas of these workloads and the count on each (may repeat)."""
-        parts = [self._workload_arrays(k) for k in workload_keys]
-        parts = [p for p in parts if len(p[0])]
-        if not parts:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        if len(parts) == 1:
-            return parts[0]
-        return (
-            np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]),
-        )
-
-    def _workload_arrays(self, key: str) -> tuple[IntArray, IntArray]:
-        cached = self._wl_arrays.get(key)
-        if cached is None:
-            nodes = self._wl_nodes.get(key, {})
-            cached = (
-                np.fromiter(nodes.keys(), dtype=np.int64, count=len(nodes)),
-                np.fromiter(nodes.values(), dtype=np.int64, count=len(nodes)),
-            )
-            self._wl_arrays[key] = cached
-        return cached
+        return _concat([self._by_workload.arrays(k) for k in workload_keys])
 
     # --- writes ----------------------------------------------------------------------
 
@@ -663,8 +699,8 @@ class NodeIndex:
         self._own_meta()
         for key in list(self._node_labels[slot]):
             self._label_col(key)[slot] = 0
-        for wkey in self._node_wl[slot]:
-            self._own_wl_nodes(wkey).pop(slot, None)
+        for wkey, count in self._node_wl[slot].items():
+            self._index_replicas(slot, wkey, self._wl_labels.get(wkey, {}), -count)
         self._node_wl[slot] = {}
         if self._node_wl_owned is not None:
             self._node_wl_owned.add(slot)
@@ -692,6 +728,12 @@ class NodeIndex:
                 self._wl_by_label.get(item, set()).discard(workload_key)
             for key in old:
                 self._wl_by_key.get(key, set()).discard(workload_key)
+            placed = dict(self._by_workload.get(workload_key))
+            for slot, count in placed.items():  # relabel: move the per-pair counts
+                for pair in old.items():
+                    self._by_pair.add(pair, slot, -count)
+                for pair in labels.items():
+                    self._by_pair.add(pair, slot, count)
         self._wl_labels[workload_key] = dict(labels)
         for item in labels.items():
             self._wl_by_label.setdefault(item, set()).add(workload_key)
@@ -741,16 +783,26 @@ class NodeIndex:
 
     def _count(self, slot: int, workload_key: str, delta: int) -> None:
         per_node = self._own_node_wl(slot)
-        per_wl = self._own_wl_nodes(workload_key)
         value = per_node.get(workload_key, 0) + delta
         if value:
             per_node[workload_key] = value
-            per_wl[slot] = value
         else:
             per_node.pop(workload_key, None)
-            per_wl.pop(slot, None)
+        self._index_replicas(slot, workload_key, self._wl_labels[workload_key], delta)
+
+    def _index_replicas(
+        self, slot: int, workload_key: str, labels: Mapping[str, str], delta: int
+    ) -> None:
+        self._by_workload.add(workload_key, slot, delta)
+        for pair in labels.items():
+            self._by_pair.add(pair, slot, delta)
 
 
-def with_allocation(spec: NodeSpec, allocated: Resources) -> NodeSpec:
-    """``spec`` with a different allocation (handy for tests and benchmarks)."""
-    return dataclasses.replace(spec, allocated=allocated)
+def _concat(parts: list[tuple[IntArray, IntArray]]) -> tuple[IntArray, IntArray]:
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -107,7 +107,8 @@ def _taint_masks(
     words = cols.taints.shape[0]
     bad = np.zeros(words, dtype=np.uint64)
     prefer = np.zeros(words, dtype=np.uint64)
-    for bit, taint in enumerate(cols.taint_vocab):
+    # The vocabulary is shared with snapshots and may hold taints newer than these columns.
+    for bit, taint in enumerate(cols.taint_vocab[: words * 64]):
         if request.tolerates(taint):
             continue
         target = prefer if taint.effect == "PreferNoSchedule" else bad
@@ -250,9 +251,7 @@ class Accounting:
         dims = sorted({*prep.demanded, CPU, MEMORY})
         self.used: dict[int, IntArray] = {d: cols.allocated[d][slots] for d in dims}
         self.capacity: dict[int, IntArray] = {d: cols.capacity[d][slots] for d in dims}
-        cost = cols.cost[slots]
-        self.cost_min = float(cost.min()) if len(cost) else 0.0
-        self.cost_max = float(cost.max()) if len(cost) else 0.0
+        self.cost_min = self.cost_max = 0.0
         builder = _TermBuilder(prep, index, slots)
         own = req.workload_labels
         self.affinity = [
@@ -290,6 +289,15 @@ class Accounting:
             *([self.zone_spread] if self.zone_spread is not None else []),
         ]
 
+    def set_cost_range(self, feasible: IntArray) -> None:
+        """Fix the cost normalization to the nodes feasible for the first replica.
+
+        Fixed for the whole batch (and for any sample of it) so scores stay comparable.
+        """
+        cost = self.prep.cols.cost[self.slots[feasible]]
+        if len(cost):
+            self.cost_min, self.cost_max = float(cost.min()), float(cost.max())
+
     @property
     def domain_dependent(self) -> bool:
         """Whether a pick can change other nodes' feasibility or score."""
@@ -321,12 +329,11 @@ class _TermBuilder:
     ) -> DomainTerm:
         req = self.prep.request
         if selector is None:
-            keys = [req.workload_key] if req.workload_key else []
+            pos, cnt = self.index.replica_slots([req.workload_key] if req.workload_key else [])
             self_match = True
         else:
-            keys = self.index.matching_workloads(selector)
+            pos, cnt = self.index.selector_slots(selector)
             self_match = selector.matches(own_labels)
-        pos, cnt = self.index.replica_slots(keys)
         total = int(cnt.sum())
         cols = self.prep.cols
         if key == "node":

@@ -3,8 +3,8 @@
 The total is ``100 * sum(w_f * f) / sum(w_f)`` over the factors that apply (see
 :class:`~policies.scheduler.request.Weights`), so it is always within 0..100 and the
 per-factor values explain it. Factors are absolute wherever possible (reliability,
-network, utilization, affinity, spread) and ``cost`` is normalized over all statically
-feasible nodes, never over a sample: a sampled decision's score is therefore directly
+network, utilization, affinity, spread) and ``cost`` is normalized over every node feasible
+for the batch's first replica, never over a sample: a sampled decision's score is therefore directly
 comparable with the full scan's, which is how the sampling gap is measured.
 
 Static factors depend only on node facts and are computed once per candidate set; the
@@ -40,18 +40,14 @@ def locality(prep: Prepared, _acc: Accounting, slots: IntArray) -> FloatArray:
     """
     cols = prep.cols
     loc = prep.request.locality
-    zone = cols.zone[slots]
-    region = cols.region[slots]
-    score = np.zeros(len(slots), dtype=np.float64)
-    zone_codes = [c for z in loc.zones if (c := cols.zones.lookup(z))]
-    region_codes = {c for r in loc.regions if (c := cols.regions.lookup(r))}
-    if zone_codes:
-        in_zone = np.isin(cols.zone, zone_codes) & cols.present
-        region_codes |= {int(r) for r in np.unique(cols.region[in_zone]) if r}
-    if region_codes:
-        score[np.isin(region, sorted(region_codes))] = 0.5
-    if zone_codes:
-        score[np.isin(zone, zone_codes)] = 1.0
+    zone_lut = np.zeros(len(cols.zones), dtype=np.float64)
+    region_lut = np.zeros(len(cols.regions), dtype=np.float64)
+    zone_lut[[c for z in loc.zones if (c := cols.zones.lookup(z))]] = 1.0
+    region_lut[[c for r in loc.regions if (c := cols.regions.lookup(r))]] = 0.5
+    if loc.zones:
+        near = np.unique(cols.region[(zone_lut[cols.zone] > 0) & cols.present])
+        region_lut[near[near != 0]] = 0.5
+    score: FloatArray = np.maximum(zone_lut[cols.zone[slots]], region_lut[cols.region[slots]])
     if loc.labels:
         match = np.ones(len(slots), dtype=np.bool_)
         for key, value in loc.labels.items():

@@ -79,16 +79,23 @@ async def test_backoff_and_retry_cap(tmp_path: Path) -> None:
     sup = Supervisor(tmp_path, {"exec": driver})
     s = spec("default-auto-crash", "auto-cap", "exit 1")
     sup.want("exec", "Always", s)
-    now = 1000.0
+    now = time.monotonic()
     try:
-        await sup.tick(now)
+        await sup.tick(now)  # first crash: restarted at once
         assert sup.restarts(s.replica_id) == 1
-        await sup.tick(now + 0.5)  # inside the backoff window: no new try
+        await sup.tick(now + 0.5)  # crashed again: now it backs off (1 s)
         assert sup.restarts(s.replica_id) == 1
-        for _ in range(20):
-            now += 120  # past any backoff
+        gaps = []
+        last, count = now, 1
+        for _ in range(400):  # the supervisor's 1 s ticks, on a fake clock in 2 s steps
+            now += 2.0
             await sup.tick(now)
-        assert sup.restarts(s.replica_id) == 10  # capped
+            if sup.restarts(s.replica_id) != count:
+                count = sup.restarts(s.replica_id)
+                gaps.append(now - last)
+                last = now
+        assert count == 9  # the 10th consecutive crash gives up (retry cap)
+        assert gaps == sorted(gaps) and gaps[-1] >= 32  # exponential backoff
     finally:
         for st in await driver.list():
             await driver.stop(st.replica_id, 1.0)

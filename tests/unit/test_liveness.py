@@ -49,7 +49,7 @@ def test_reconnect_within_grace_returns_to_ready_without_offline() -> None:
 
 def test_adopted_nodes_get_one_ttl_to_reconnect() -> None:
     t = table(ttl=10.0)
-    t.adopt(["a", "b"], now=100.0)
+    t.adopt({"a": Health.READY, "b": Health.READY}, now=100.0)
     assert t.connected("a", 101.0) is None  # already Ready: no transition written
     expired = t.expire(110.0)
     assert [x.node_id for x in expired] == ["b"]
@@ -98,3 +98,12 @@ def test_transitions_always_change_state_and_follow_the_machine(
             assert tr.health in allowed[last], (last, tr)
             last = tr.health
         assert t.health("a") == last
+
+
+def test_adopted_suspect_or_offline_node_that_reconnects_is_reported_ready() -> None:
+    t = table(ttl=10.0)
+    t.adopt({"s": Health.SUSPECT, "o": Health.OFFLINE}, now=0.0)
+    back = t.connected("s", 1.0)
+    assert back is not None and back.health is Health.READY
+    back = t.connected("o", 1.0)
+    assert back is not None and back.health is Health.READY
