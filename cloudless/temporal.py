@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -14,11 +16,22 @@ from temporalio.service import RPCError, RPCStatusCode
 from cloudless.naming import SEARCH_ATTRIBUTES
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    """A client using the pydantic data converter (our payload models are pydantic)."""
-    return await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
-    )
+async def connect(address: str, namespace: str = "default", *, wait: float = 0.0) -> Client:
+    """A client using the pydantic data converter (our payload models are pydantic).
+
+    ``wait`` keeps retrying for that many seconds: a server that was just (re)started
+    accepts TCP before it answers.
+    """
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            return await Client.connect(
+                address, namespace=namespace, data_converter=pydantic_data_converter
+            )
+        except RuntimeError:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def ensure_search_attributes(client: Client) -> None:

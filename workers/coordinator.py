@@ -258,7 +258,7 @@ async def _run(
     suspect_grace: float = 1.0,
 ) -> None:
     try:
-        client = await connect(address, namespace)
+        client = await connect(address, namespace, wait=10)
     except RuntimeError as err:
         raise CloudlessError(
             f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"

@@ -40,6 +40,8 @@ KNOWN_RUNTIMES = frozenset({"docker", "exec"})
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_CSR_BYTES = 16 * 1024
 MAX_LABELS = 64
+#: Heartbeats acknowledged on the stream (1st, then every n-th).
+ACK_EVERY = 10
 
 #: Token problems are authentication failures; binding problems are authorization ones.
 _STATUS_BY_TYPE = {
@@ -132,7 +134,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         try:
             async for beat in request_iterator:
                 monitor.beat(node_id, beat)
-                yield gateway_pb2.HeartbeatResponse(seq=beat.seq, interval_seconds=monitor.interval)
+                # Acknowledge the first beat and then every ACK_EVERY-th: the responses
+                # only carry settings, and skipping most halves the per-beat cost.
+                if beat.seq % ACK_EVERY == 1 or beat.closing:
+                    yield gateway_pb2.HeartbeatResponse(
+                        seq=beat.seq, interval_seconds=monitor.interval
+                    )
         finally:
             monitor.disconnected(node_id, token)
 

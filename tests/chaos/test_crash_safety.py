@@ -84,7 +84,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
     state = tmp_path / "stack"
     try:
         await asyncio.to_thread(start_processes, state, CLUSTER, ports=PORTS, runtimes=("exec",))
-        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}"), CLUSTER)
+        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}", wait=30), CLUSTER)
         for a in DEV_AGENTS:
             assert await client.wait_node(a.name, timeout=60) is not None
         name = "crashy"
@@ -103,7 +103,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         kill9(state, "temporal")
         pid = await asyncio.to_thread(spawn_temporal, state, PORTS)
         record_pid(state, "temporal", pid)
-        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}"), CLUSTER)
+        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}", wait=30), CLUSTER)
         after = await client.wait("default", name, outcome.generation, 60, all_ready=True)
         assert {r.replica_id for r in after.replicas} == set(live)
         again = await client.apply(workload(name, 12), wait=True, timeout=60)
