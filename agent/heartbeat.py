@@ -19,6 +19,7 @@ import structlog
 from agent.enroll import GATEWAY_SERVER_NAME
 from agent.runtime.base import RuntimeDriver
 from agent.server import AGENT_VERSION, status_to_proto
+from agent.supervisor import Supervisor
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.tls import TLSMaterial, secure_channel
 
@@ -37,11 +38,13 @@ class HeartbeatClient:
         drivers: Mapping[str, RuntimeDriver],
         *,
         interval: float = 1.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._gateway = gateway
         self._material = material
         self._node_id = node_id
         self._drivers = drivers
+        self._supervisor = supervisor
         self.interval = interval
         self.acked = 0
         self.connected = asyncio.Event()
@@ -61,7 +64,11 @@ class HeartbeatClient:
         replicas = []
         for name, driver in self._drivers.items():
             for status in await driver.list():
-                replicas.append(status_to_proto(status, name, self._node_id))
+                proto = status_to_proto(status, name, self._node_id)
+                if self._supervisor is not None:
+                    proto.terminal = self._supervisor.is_terminal(status)
+                    proto.restarts = self._supervisor.restarts(status.replica_id)
+                replicas.append(proto)
         mem = psutil.virtual_memory()
         return gateway_pb2.HeartbeatRequest(
             seq=seq,

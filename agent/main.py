@@ -116,6 +116,7 @@ async def serve(
         identity.name,
         drivers,
         interval=heartbeat_interval,
+        supervisor=supervisor,
     )
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")

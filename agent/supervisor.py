@@ -70,6 +70,17 @@ class Supervisor:
         if self._desired.pop(replica_id, None) is not None:
             self._save()
 
+    def is_terminal(self, status: ReplicaStatus) -> bool:
+        """Whether an exited replica stays down: the control plane must decide."""
+        if status.phase not in (ReplicaPhase.FAILED, ReplicaPhase.STOPPED):
+            return False
+        d = self._desired.get(status.replica_id)
+        if d is None:
+            return False  # not ours to judge (being stopped, or unknown)
+        if d.gave_up or d.restart_policy == "Never":
+            return True
+        return d.restart_policy == "OnFailure" and status.phase == ReplicaPhase.STOPPED
+
     def restarts(self, replica_id: str) -> int:
         d = self._desired.get(replica_id)
         return d.restarts if d else 0

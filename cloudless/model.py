@@ -145,6 +145,16 @@ class ReplicasLost(_Model):
     replica_ids: list[str] = Field(default_factory=list)  # empty: every replica on the node
 
 
+class ReplicaExited(_Model):
+    """Signal to a workload: a replica exited and its agent will not restart it."""
+
+    replica_id: str
+    node_id: str
+    phase: str  # Failed | Stopped
+    exit_code: int | None = None
+    message: str = ""
+
+
 class ReconcileNodeInput(_Model):
     node_id: str
     address: str

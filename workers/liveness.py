@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from temporalio.client import Client
@@ -20,8 +21,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.api import gateway_pb2
 from cloudless.liveness import Health, LivenessTable, Transition
-from cloudless.model import ClusterSnapshot, LivenessSignal, NodeState
-from cloudless.naming import cluster_workflow_id, node_workflow_id
+from cloudless.model import ClusterSnapshot, LivenessSignal, NodeState, ReplicaExited
+from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_workflow_id
 
 log = structlog.get_logger("cloudless.liveness")
 
@@ -51,6 +52,8 @@ class LivenessMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self.reports: dict[str, gateway_pb2.HeartbeatRequest] = {}
         self.beats = 0
+        self._exits: asyncio.Queue[tuple[str, ReplicaExited]] = asyncio.Queue()
+        self._reported: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         """Adopt the nodes the ledger lists as healthy, then start sweeping and publishing."""
@@ -67,6 +70,7 @@ class LivenessMonitor:
         self._tasks = [
             asyncio.create_task(self._sweep(), name="liveness-sweep"),
             asyncio.create_task(self._publish(), name="liveness-publish"),
+            asyncio.create_task(self._publish_exits(), name="replica-exits"),
         ]
 
     async def stop(self) -> None:
@@ -86,6 +90,21 @@ class LivenessMonitor:
         self.beats += 1
         self.reports[node_id] = report
         self._emit(self.table.beat(node_id, time.monotonic()))
+        for r in report.replicas:
+            if r.terminal and (node_id, r.replica_id) not in self._reported:
+                self._reported.add((node_id, r.replica_id))
+                self._exits.put_nowait(
+                    (
+                        workload_workflow_id(r.namespace, r.workload),
+                        ReplicaExited(
+                            replica_id=r.replica_id,
+                            node_id=node_id,
+                            phase=r.phase,
+                            exit_code=r.exit_code if r.has_exit_code else None,
+                            message=r.message[-500:],
+                        ),
+                    )
+                )
 
     def disconnected(self, node_id: str, token: int) -> None:
         if self._streams.get(node_id) != token:
@@ -107,6 +126,13 @@ class LivenessMonitor:
             for transition in self.table.expire(time.monotonic()):
                 self._outbox.put_nowait(transition)
 
+    async def _publish_exits(self) -> None:
+        while True:
+            workflow_id, exited = await self._exits.get()
+            log.info("replica.exited", replica=exited.replica_id, phase=exited.phase)
+            handle = self._client.get_workflow_handle(workflow_id)
+            await _signal_once(handle, "replica_exited", exited, workflow_id)
+
     async def _publish(self) -> None:
         while True:
             t = await self._outbox.get()
@@ -118,20 +144,25 @@ class LivenessMonitor:
                 gateway=self.gateway_id,
             )
             handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
-            attempt = 0
-            while True:  # a dropped transition would leave the node's state wrong
-                try:
-                    await handle.signal("liveness", signal)
-                    break
-                except RPCError as err:
-                    if err.status == RPCStatusCode.NOT_FOUND:
-                        # A certificate for a node this cluster never registered (or one
-                        # removed since): nothing to update.
-                        log.warning("liveness.unknown_node", node=t.node_id)
-                        break
-                    log.warning("liveness.signal_failed", node=t.node_id, error=str(err))
-                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-                    attempt += 1
+            # Retried until delivered: a dropped transition would leave the state wrong.
+            # A node never registered (a stray certificate) has no workflow to update.
+            await _signal_once(handle, "liveness", signal, t.node_id)
+
+
+async def _signal_once(handle: Any, name: str, arg: Any, what: str) -> None:
+    """Deliver a signal, retrying transient faults; a missing workflow is not an error."""
+    attempt = 0
+    while True:
+        try:
+            await handle.signal(name, arg)
+            return
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                log.warning("signal.no_workflow", target=what)
+                return
+            log.warning("signal.failed", target=what, error=str(err))
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+            attempt += 1
 
 
 _HEALTH_OF = {

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ApplyResult,
         CommitPlanInput,
         PlacementRequest,
+        ReplicaExited,
         ReplicaPhase,
         ReplicaRecord,
         ReplicasLost,
@@ -386,6 +387,23 @@ class WorkloadWorkflow:
         self._message = sig.reason
         self._backoff = 0.0  # replace at once; backoff is for replicas failing to start
         self._dirty = True
+
+    @workflow.signal
+    def replica_exited(self, sig: ReplicaExited) -> None:
+        """The agent gave up on a replica: a failure is replaced, a clean exit recorded."""
+        for r in self._replicas:
+            if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
+                continue
+            code = "" if sig.exit_code is None else f" (exit code {sig.exit_code})"
+            if sig.phase == ReplicaPhase.FAILED.value:
+                r.phase, r.message = (
+                    ReplicaPhase.FAILED,
+                    f"exited{code}: {sig.message}".rstrip(": "),
+                )
+                self._message = f"replica {r.replica_id} failed on {r.node_id}{code}"
+                self._dirty = True
+            elif r.phase == ReplicaPhase.RUNNING:
+                r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
 
     @workflow.update
     def delete(self) -> int:

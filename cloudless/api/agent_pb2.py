@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63loudless/api/agent.proto\x12\x0c\x63loudless.v1\"C\n\x04Port\x12\x16\n\x0e\x63ontainer_port\x18\x01 \x01(\r\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x11\n\thost_port\x18\x03 \x01(\r\"\xd4\x03\n\x0bReplicaSpec\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12/\n\x03\x65nv\x18\x08 \x03(\x0b\x32\".cloudless.v1.ReplicaSpec.EnvEntry\x12!\n\x05ports\x18\t \x03(\x0b\x32\x12.cloudless.v1.Port\x12\x12\n\ncpu_millis\x18\n \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x12\n\ngeneration\x18\x0c \x01(\x03\x12\x11\n\tspec_hash\x18\r \x01(\t\x12\x35\n\x06labels\x18\x0e \x03(\x0b\x32%.cloudless.v1.ReplicaSpec.LabelsEntry\x12\x16\n\x0erestart_policy\x18\x0f \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x11\n\tspec_hash\x18\x07 \x01(\t\x12\x12\n\nruntime_id\x18\x08 \x01(\t\x12\x15\n\rhas_exit_code\x18\t \x01(\x08\x12\x11\n\texit_code\x18\n \x01(\x05\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x0f\n\x07node_id\x18\r \x01(\t\"<\n\x11RunReplicaRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cloudless.v1.ReplicaSpec\"A\n\x12RunReplicaResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\"?\n\x12StopReplicaRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"Q\n\x13StopReplicaResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12+\n\x06status\x18\x02 \x01(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\":\n\x13ListReplicasRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\"E\n\x14ListReplicasResponse\x12-\n\x08replicas\x18\x01 \x03(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\"?\n\x0bLogsRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04tail\x18\x03 \x01(\x05\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x11\n\x0fNodeInfoRequest\"L\n\x10NodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08runtimes\x18\x02 \x03(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t2\x92\x03\n\x0c\x41gentService\x12O\n\nRunReplica\x12\x1f.cloudless.v1.RunReplicaRequest\x1a .cloudless.v1.RunReplicaResponse\x12R\n\x0bStopReplica\x12 .cloudless.v1.StopReplicaRequest\x1a!.cloudless.v1.StopReplicaResponse\x12U\n\x0cListReplicas\x12!.cloudless.v1.ListReplicasRequest\x1a\".cloudless.v1.ListReplicasResponse\x12;\n\x04Logs\x12\x19.cloudless.v1.LogsRequest\x1a\x16.cloudless.v1.LogChunk0\x01\x12I\n\x08NodeInfo\x12\x1d.cloudless.v1.NodeInfoRequest\x1a\x1e.cloudless.v1.NodeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63loudless/api/agent.proto\x12\x0c\x63loudless.v1\"C\n\x04Port\x12\x16\n\x0e\x63ontainer_port\x18\x01 \x01(\r\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x11\n\thost_port\x18\x03 \x01(\r\"\xd4\x03\n\x0bReplicaSpec\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12/\n\x03\x65nv\x18\x08 \x03(\x0b\x32\".cloudless.v1.ReplicaSpec.EnvEntry\x12!\n\x05ports\x18\t \x03(\x0b\x32\x12.cloudless.v1.Port\x12\x12\n\ncpu_millis\x18\n \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x03\x12\x12\n\ngeneration\x18\x0c \x01(\x03\x12\x11\n\tspec_hash\x18\r \x01(\t\x12\x35\n\x06labels\x18\x0e \x03(\x0b\x32%.cloudless.v1.ReplicaSpec.LabelsEntry\x12\x16\n\x0erestart_policy\x18\x0f \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x11\n\tspec_hash\x18\x07 \x01(\t\x12\x12\n\nruntime_id\x18\x08 \x01(\t\x12\x15\n\rhas_exit_code\x18\t \x01(\x08\x12\x11\n\texit_code\x18\n \x01(\x05\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x0f\n\x07node_id\x18\r \x01(\t\x12\x10\n\x08terminal\x18\x0e \x01(\x08\x12\x10\n\x08restarts\x18\x0f \x01(\x05\"<\n\x11RunReplicaRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.cloudless.v1.ReplicaSpec\"A\n\x12RunReplicaResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\"?\n\x12StopReplicaRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"Q\n\x13StopReplicaResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12+\n\x06status\x18\x02 \x01(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\":\n\x13ListReplicasRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\"E\n\x14ListReplicasResponse\x12-\n\x08replicas\x18\x01 \x03(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\"?\n\x0bLogsRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04tail\x18\x03 \x01(\x05\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x11\n\x0fNodeInfoRequest\"L\n\x10NodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08runtimes\x18\x02 \x03(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t2\x92\x03\n\x0c\x41gentService\x12O\n\nRunReplica\x12\x1f.cloudless.v1.RunReplicaRequest\x1a .cloudless.v1.RunReplicaResponse\x12R\n\x0bStopReplica\x12 .cloudless.v1.StopReplicaRequest\x1a!.cloudless.v1.StopReplicaResponse\x12U\n\x0cListReplicas\x12!.cloudless.v1.ListReplicasRequest\x1a\".cloudless.v1.ListReplicasResponse\x12;\n\x04Logs\x12\x19.cloudless.v1.LogsRequest\x1a\x16.cloudless.v1.LogChunk0\x01\x12I\n\x08NodeInfo\x12\x1d.cloudless.v1.NodeInfoRequest\x1a\x1e.cloudless.v1.NodeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASPEC_LABELSENTRY']._serialized_start=536
   _globals['_REPLICASPEC_LABELSENTRY']._serialized_end=581
   _globals['_REPLICASTATUS']._serialized_start=584
-  _globals['_REPLICASTATUS']._serialized_end=843
-  _globals['_RUNREPLICAREQUEST']._serialized_start=845
-  _globals['_RUNREPLICAREQUEST']._serialized_end=905
-  _globals['_RUNREPLICARESPONSE']._serialized_start=907
-  _globals['_RUNREPLICARESPONSE']._serialized_end=972
-  _globals['_STOPREPLICAREQUEST']._serialized_start=974
-  _globals['_STOPREPLICAREQUEST']._serialized_end=1037
-  _globals['_STOPREPLICARESPONSE']._serialized_start=1039
-  _globals['_STOPREPLICARESPONSE']._serialized_end=1120
-  _globals['_LISTREPLICASREQUEST']._serialized_start=1122
-  _globals['_LISTREPLICASREQUEST']._serialized_end=1180
-  _globals['_LISTREPLICASRESPONSE']._serialized_start=1182
-  _globals['_LISTREPLICASRESPONSE']._serialized_end=1251
-  _globals['_LOGSREQUEST']._serialized_start=1253
-  _globals['_LOGSREQUEST']._serialized_end=1316
-  _globals['_LOGCHUNK']._serialized_start=1318
-  _globals['_LOGCHUNK']._serialized_end=1342
-  _globals['_NODEINFOREQUEST']._serialized_start=1344
-  _globals['_NODEINFOREQUEST']._serialized_end=1361
-  _globals['_NODEINFORESPONSE']._serialized_start=1363
-  _globals['_NODEINFORESPONSE']._serialized_end=1439
-  _globals['_AGENTSERVICE']._serialized_start=1442
-  _globals['_AGENTSERVICE']._serialized_end=1844
+  _globals['_REPLICASTATUS']._serialized_end=879
+  _globals['_RUNREPLICAREQUEST']._serialized_start=881
+  _globals['_RUNREPLICAREQUEST']._serialized_end=941
+  _globals['_RUNREPLICARESPONSE']._serialized_start=943
+  _globals['_RUNREPLICARESPONSE']._serialized_end=1008
+  _globals['_STOPREPLICAREQUEST']._serialized_start=1010
+  _globals['_STOPREPLICAREQUEST']._serialized_end=1073
+  _globals['_STOPREPLICARESPONSE']._serialized_start=1075
+  _globals['_STOPREPLICARESPONSE']._serialized_end=1156
+  _globals['_LISTREPLICASREQUEST']._serialized_start=1158
+  _globals['_LISTREPLICASREQUEST']._serialized_end=1216
+  _globals['_LISTREPLICASRESPONSE']._serialized_start=1218
+  _globals['_LISTREPLICASRESPONSE']._serialized_end=1287
+  _globals['_LOGSREQUEST']._serialized_start=1289
+  _globals['_LOGSREQUEST']._serialized_end=1352
+  _globals['_LOGCHUNK']._serialized_start=1354
+  _globals['_LOGCHUNK']._serialized_end=1378
+  _globals['_NODEINFOREQUEST']._serialized_start=1380
+  _globals['_NODEINFOREQUEST']._serialized_end=1397
+  _globals['_NODEINFORESPONSE']._serialized_start=1399
+  _globals['_NODEINFORESPONSE']._serialized_end=1475
+  _globals['_AGENTSERVICE']._serialized_start=1478
+  _globals['_AGENTSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

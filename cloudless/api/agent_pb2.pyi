@@ -65,7 +65,7 @@ class ReplicaSpec(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id")
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id", "terminal", "restarts")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class ReplicaStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     namespace: str
     workload: str
@@ -92,7 +94,9 @@ class ReplicaStatus(_message.Message):
     message: str
     started_at: float
     node_id: str
-    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., runtime_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+    terminal: bool
+    restarts: int
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., runtime_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., node_id: _Optional[str] = ..., terminal: _Optional[bool] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class RunReplicaRequest(_message.Message):
     __slots__ = ("spec",)

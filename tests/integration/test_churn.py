@@ -3,6 +3,9 @@ stale replicas are stopped, so no replica id runs on two nodes; cordon and drain
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -151,3 +154,41 @@ async def test_cordon_stops_placements_and_drain_moves_replicas(
     await c.delete("default", name)
 
 
+
+
+async def test_replica_the_agent_gives_up_on_is_replaced(churn_cluster: LocalCluster) -> None:
+    """restartPolicy Never: the agent leaves a crashed replica down and reports it as
+    terminal in its heartbeat; the workload replaces it."""
+    c = CloudlessClient(churn_cluster.client, churn_cluster.cluster)
+    name = unique("crash")
+    w = parse_workload(
+        {
+            "apiVersion": "cloudless.dev/v1",
+            "kind": "Workload",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "runtime": "exec",
+                "restartPolicy": "Never",
+                "container": {"command": ["sleep"], "args": ["600"]},
+                "resources": {"cpu": "50m", "memory": "8Mi"},
+            },
+        }
+    )
+    outcome = await c.apply(w, wait=True, timeout=60)
+    assert outcome.status is not None
+    (first,) = outcome.status.replicas
+    from agent.runtime.exec import ExecDriver
+
+    driver = ExecDriver(first.node_id, churn_cluster.agents[first.node_id].state_dir)
+    (st,) = [s for s in await driver.list() if s.replica_id == first.replica_id]
+    os.kill(int(st.runtime_id), signal.SIGKILL)  # the process dies; nobody restarts it
+    # The report arrives with the next heartbeat; each wait returns once settled.
+    deadline = asyncio.get_running_loop().time() + 30
+    status = outcome.status
+    while first.replica_id in {r.replica_id for r in status.replicas}:
+        assert asyncio.get_running_loop().time() < deadline, status
+        status = await c.wait("default", name, outcome.generation, 5, all_ready=True)
+    assert status.ready == 1
+    assert status.replicas[0].replica_id != first.replica_id
+    await c.delete("default", name)
