@@ -39,12 +39,14 @@ class HeartbeatClient:
         *,
         interval: float = 1.0,
         supervisor: Supervisor | None = None,
+        facts: gateway_pb2.NodeFacts | None = None,
     ) -> None:
         self._gateway = gateway
         self._material = material
         self._node_id = node_id
         self._drivers = drivers
         self._supervisor = supervisor
+        self._facts = facts
         self.interval = interval
         self.acked = 0
         self.connected = asyncio.Event()
@@ -87,7 +89,10 @@ class HeartbeatClient:
             await self._flowing.wait()
             seq += 1
             self._closing = stop.is_set()
-            yield await self._report(seq)
+            report = await self._report(seq)
+            if seq == 1 and self._facts is not None:
+                report.facts.CopyFrom(self._facts)  # every new stream says what we offer
+            yield report
             if self._closing:
                 return
             with contextlib.suppress(TimeoutError):

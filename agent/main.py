@@ -25,7 +25,7 @@ from agent.runtime import detect_drivers
 from agent.server import AGENT_VERSION, AgentServicer
 from agent.supervisor import Supervisor
 from cloudless import config, tls
-from cloudless.api import agent_pb2_grpc
+from cloudless.api import agent_pb2_grpc, gateway_pb2
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
 from cloudless.quantity import parse_bytes, parse_cpu
@@ -117,6 +117,16 @@ async def serve(
         drivers,
         interval=heartbeat_interval,
         supervisor=supervisor,
+        facts=gateway_pb2.NodeFacts(
+            zone=zone,
+            labels=labels,
+            capacity=gateway_pb2.Capacity(
+                cpu_millis=cpu_millis, memory_bytes=memory_bytes, storage_bytes=storage_bytes
+            ),
+            address=advertise,
+            runtimes=sorted(drivers),
+            agent_version=AGENT_VERSION,
+        ),
     )
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")

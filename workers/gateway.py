@@ -61,6 +61,17 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
             f"node_name {req.node_name!r} must be a DNS-1123 label "
             "(lowercase letters, digits and '-', at most 63 characters)"
         )
+    problems += validate_facts(req)
+    if not req.csr_pem or len(req.csr_pem) > MAX_CSR_BYTES:
+        problems.append(f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes")
+    if not req.token or len(req.token) > MAX_TOKEN_BYTES:
+        problems.append("token is missing or too large; mint one with `cloudlessctl token create`")
+    return problems
+
+
+def validate_facts(req: gateway_pb2.EnrollRequest | gateway_pb2.NodeFacts) -> list[str]:
+    """Problems with what a node says it offers (at enrollment and on every new stream)."""
+    problems = []
     if req.zone and not _DNS_LABEL.match(req.zone):
         problems.append(f"zone {req.zone!r} must be a DNS-1123 label, e.g. zone-a")
     if len(req.labels) > MAX_LABELS:
@@ -88,11 +99,25 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
             f"runtimes {sorted(req.runtimes)} must be a non-empty subset of "
             f"{sorted(KNOWN_RUNTIMES)}"
         )
-    if not req.csr_pem or len(req.csr_pem) > MAX_CSR_BYTES:
-        problems.append(f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes")
-    if not req.token or len(req.token) > MAX_TOKEN_BYTES:
-        problems.append("token is missing or too large; mint one with `cloudlessctl token create`")
     return problems
+
+
+def record_from_facts(
+    node_id: str, facts: gateway_pb2.EnrollRequest | gateway_pb2.NodeFacts
+) -> NodeRecord:
+    return NodeRecord(
+        node_id=node_id,
+        zone=facts.zone or "default",
+        labels=dict(facts.labels),
+        capacity=Resources(
+            cpu_millis=facts.capacity.cpu_millis,
+            memory_bytes=facts.capacity.memory_bytes,
+            storage_bytes=facts.capacity.storage_bytes,
+        ),
+        address=facts.address,
+        runtimes=sorted(facts.runtimes),
+        agent_version=facts.agent_version,
+    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -130,9 +155,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "liveness is not enabled")
             return
         monitor, node_id = self._liveness, ident.name
-        token = monitor.connected(node_id)
+        token = 0
         try:
             async for beat in request_iterator:
+                if not token:
+                    # Facts first, so a changed address is known before the node is
+                    # probed or reconciled on its way back to Ready.
+                    if beat.HasField("facts"):
+                        problems = validate_facts(beat.facts)
+                        if problems:
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems)
+                            )
+                        monitor.facts(record_from_facts(node_id, beat.facts))
+                    token = monitor.connected(node_id)
                 monitor.beat(node_id, beat)
                 # Acknowledge the first beat and then every ACK_EVERY-th: the responses
                 # only carry settings, and skipping most halves the per-beat cost.
@@ -141,7 +177,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         seq=beat.seq, interval_seconds=monitor.interval
                     )
         finally:
-            monitor.disconnected(node_id, token)
+            if token:
+                monitor.disconnected(node_id, token)
 
     async def Enroll(
         self,
@@ -161,19 +198,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             log.warning("enroll.refused", node=request.node_name, reason=str(err))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
             raise
-        record = NodeRecord(
-            node_id=request.node_name,
-            zone=request.zone or "default",
-            labels=dict(request.labels),
-            capacity=Resources(
-                cpu_millis=request.capacity.cpu_millis,
-                memory_bytes=request.capacity.memory_bytes,
-                storage_bytes=request.capacity.storage_bytes,
-            ),
-            address=request.address,
-            runtimes=sorted(request.runtimes),
-            agent_version=request.agent_version,
-        )
+        record = record_from_facts(request.node_name, request)
         inp = EnrollmentInput(
             cluster=self._cluster,
             jti=claims.jti,

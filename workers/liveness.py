@@ -21,7 +21,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.api import gateway_pb2
 from cloudless.liveness import Health, LivenessTable, Transition
-from cloudless.model import ClusterSnapshot, LivenessSignal, NodeState, ReplicaExited
+from cloudless.model import (
+    ClusterSnapshot,
+    EnrollSignal,
+    LivenessSignal,
+    NodeRecord,
+    NodeState,
+    ReplicaExited,
+)
 from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_workflow_id
 
 log = structlog.get_logger("cloudless.liveness")
@@ -48,7 +55,7 @@ class LivenessMonitor:
         self.table = LivenessTable(ttl=ttl, suspect_grace=suspect_grace, jitter=jitter)
         self._streams: dict[str, int] = {}
         self._tokens = itertools.count(1)
-        self._outbox: asyncio.Queue[Transition] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Transition | NodeRecord] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.reports: dict[str, gateway_pb2.HeartbeatRequest] = {}
         self.beats = 0
@@ -85,6 +92,10 @@ class LivenessMonitor:
         self._streams[node_id] = token
         self._emit(self.table.connected(node_id, time.monotonic()))
         return token
+
+    def facts(self, record: NodeRecord) -> None:
+        """What a (re)connecting agent offers now; queued ahead of its health change."""
+        self._outbox.put_nowait(record)
 
     def beat(self, node_id: str, report: gateway_pb2.HeartbeatRequest) -> None:
         self.beats += 1
@@ -136,6 +147,10 @@ class LivenessMonitor:
     async def _publish(self) -> None:
         while True:
             t = await self._outbox.get()
+            if isinstance(t, NodeRecord):
+                handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
+                await _signal_once(handle, "facts", EnrollSignal(record=t), t.node_id)
+                continue
             log.info("node.health", node=t.node_id, health=t.health.value, reason=t.reason)
             signal = LivenessSignal(
                 health=t.health.value,

@@ -61,7 +61,7 @@ _ADMIN_ACTIONS = ("cordon", "uncordon", "drain")
 
 @dataclass
 class _Event:
-    kind: str  # enroll | liveness | admin
+    kind: str  # enroll | liveness | admin | facts
     record: NodeRecord | None = None
     liveness: LivenessSignal | None = None
     admin: NodeAdminInput | None = None
@@ -96,6 +96,8 @@ class NodeWorkflow:
                     await self._on_liveness(event.liveness)
                 elif event.kind == "admin" and event.admin is not None:
                     await self._on_admin(event.admin)
+                elif event.kind == "facts" and event.record is not None:
+                    await self._on_facts(event.record)
                 self._done = max(self._done, event.seq)
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -168,6 +170,26 @@ class NodeWorkflow:
         await self._publish()
         if sig.health == "Offline":
             await self._notify_workloads(f"node {status.record.node_id} offline: {sig.reason}")
+
+    async def _on_facts(self, fresh: NodeRecord) -> None:
+        """A reconnecting agent reports what it offers now (address, capacity, labels)."""
+        status = self._status
+        if status is None:
+            return
+        keep = status.record
+        fields = ("zone", "labels", "capacity", "address", "runtimes", "agent_version")
+        if all(getattr(keep, f) == getattr(fresh, f) for f in fields):
+            return
+        changed = [f for f in fields if getattr(keep, f) != getattr(fresh, f)]
+        record = keep.model_copy(update={f: getattr(fresh, f) for f in fields})
+        self._set(record=record, reason=f"agent reported new {', '.join(changed)}")
+        status.transitions = [
+            *status.transitions,
+            NodeTransition(
+                state=status.state, at=workflow.now(), reason=f"updated {', '.join(changed)}"
+            ),
+        ][-MAX_TRANSITIONS:]
+        await self._publish()
 
     async def _on_admin(self, cmd: NodeAdminInput) -> None:
         status = self._status
@@ -323,6 +345,10 @@ class NodeWorkflow:
     @workflow.signal(name="enroll")
     def enroll(self, sig: EnrollSignal) -> None:
         self._enqueue(_Event("enroll", record=sig.record))
+
+    @workflow.signal(name="facts")
+    def facts(self, sig: EnrollSignal) -> None:
+        self._enqueue(_Event("facts", record=sig.record))
 
     @workflow.signal(name="liveness")
     def liveness(self, sig: LivenessSignal) -> None:

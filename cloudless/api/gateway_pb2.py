@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cloudless.api import agent_pb2 as cloudless_dot_api_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63loudless/api/gateway.proto\x12\x0c\x63loudless.v1\x1a\x19\x63loudless/api/agent.proto\"K\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x15\n\rstorage_bytes\x18\x03 \x01(\x03\"\x9c\x02\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.cloudless.v1.EnrollRequest.LabelsEntry\x12(\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x16.cloudless.v1.Capacity\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x10\n\x08runtimes\x18\x08 \x03(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x0e\x45nrollResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x12\n\nagent_port\x18\x05 \x01(\r\"T\n\x05Usage\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12storage_used_bytes\x18\x03 \x01(\x03\"\x9a\x01\n\x10HeartbeatRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.cloudless.v1.Usage\x12-\n\x08replicas\x18\x03 \x03(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x0f\n\x07\x63losing\x18\x05 \x01(\x08\":\n\x11HeartbeatResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\x32\xa7\x01\n\x0eGatewayService\x12\x43\n\x06\x45nroll\x12\x1b.cloudless.v1.EnrollRequest\x1a\x1c.cloudless.v1.EnrollResponse\x12P\n\tHeartbeat\x12\x1e.cloudless.v1.HeartbeatRequest\x1a\x1f.cloudless.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63loudless/api/gateway.proto\x12\x0c\x63loudless.v1\x1a\x19\x63loudless/api/agent.proto\"K\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x15\n\rstorage_bytes\x18\x03 \x01(\x03\"\x9c\x02\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.cloudless.v1.EnrollRequest.LabelsEntry\x12(\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x16.cloudless.v1.Capacity\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x10\n\x08runtimes\x18\x08 \x03(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x0e\x45nrollResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x12\n\nagent_port\x18\x05 \x01(\r\"T\n\x05Usage\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12storage_used_bytes\x18\x03 \x01(\x03\"\xe1\x01\n\tNodeFacts\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.cloudless.v1.NodeFacts.LabelsEntry\x12(\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x16.cloudless.v1.Capacity\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08runtimes\x18\x05 \x03(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x10HeartbeatRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.cloudless.v1.Usage\x12-\n\x08replicas\x18\x03 \x03(\x0b\x32\x1b.cloudless.v1.ReplicaStatus\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x0f\n\x07\x63losing\x18\x05 \x01(\x08\x12&\n\x05\x66\x61\x63ts\x18\x06 \x01(\x0b\x32\x17.cloudless.v1.NodeFacts\":\n\x11HeartbeatResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\x32\xa7\x01\n\x0eGatewayService\x12\x43\n\x06\x45nroll\x12\x1b.cloudless.v1.EnrollRequest\x1a\x1c.cloudless.v1.EnrollResponse\x12P\n\tHeartbeat\x12\x1e.cloudless.v1.HeartbeatRequest\x1a\x1f.cloudless.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_NODEFACTS_LABELSENTRY']._loaded_options = None
+  _globals['_NODEFACTS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CAPACITY']._serialized_start=72
   _globals['_CAPACITY']._serialized_end=147
   _globals['_ENROLLREQUEST']._serialized_start=150
@@ -44,10 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLRESPONSE']._serialized_end=547
   _globals['_USAGE']._serialized_start=549
   _globals['_USAGE']._serialized_end=633
-  _globals['_HEARTBEATREQUEST']._serialized_start=636
-  _globals['_HEARTBEATREQUEST']._serialized_end=790
-  _globals['_HEARTBEATRESPONSE']._serialized_start=792
-  _globals['_HEARTBEATRESPONSE']._serialized_end=850
-  _globals['_GATEWAYSERVICE']._serialized_start=853
-  _globals['_GATEWAYSERVICE']._serialized_end=1020
+  _globals['_NODEFACTS']._serialized_start=636
+  _globals['_NODEFACTS']._serialized_end=861
+  _globals['_NODEFACTS_LABELSENTRY']._serialized_start=389
+  _globals['_NODEFACTS_LABELSENTRY']._serialized_end=434
+  _globals['_HEARTBEATREQUEST']._serialized_start=864
+  _globals['_HEARTBEATREQUEST']._serialized_end=1058
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1060
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1118
+  _globals['_GATEWAYSERVICE']._serialized_start=1121
+  _globals['_GATEWAYSERVICE']._serialized_end=1288
 # @@protoc_insertion_point(module_scope)

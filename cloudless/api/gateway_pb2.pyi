@@ -70,19 +70,44 @@ class Usage(_message.Message):
     storage_used_bytes: int
     def __init__(self, cpu_fraction: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., storage_used_bytes: _Optional[int] = ...) -> None: ...
 
+class NodeFacts(_message.Message):
+    __slots__ = ("zone", "labels", "capacity", "address", "runtimes", "agent_version")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    labels: _containers.ScalarMap[str, str]
+    capacity: Capacity
+    address: str
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    agent_version: str
+    def __init__(self, zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., address: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("seq", "usage", "replicas", "agent_version", "closing")
+    __slots__ = ("seq", "usage", "replicas", "agent_version", "closing", "facts")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOSING_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     usage: Usage
     replicas: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ReplicaStatus]
     agent_version: str
     closing: bool
-    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ...) -> None: ...
+    facts: NodeFacts
+    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("seq", "interval_seconds")

@@ -176,11 +176,15 @@ class LocalCluster:
         handle.task.cancel()
         await asyncio.gather(handle.task, return_exceptions=True)
 
-    async def restart_agent(self, name: str, *, wait_ready: bool = True) -> AgentHandle:
-        """Start a killed or stopped agent again with its state dir and address."""
+    async def restart_agent(
+        self, name: str, *, wait_ready: bool = True, **changes: Any
+    ) -> AgentHandle:
+        """Start a killed or stopped agent again with its state dir; ``changes`` override
+        its flags (e.g. ``listen=``/``advertise=`` for a device that got a new address)."""
         from agent.main import serve
 
-        spec = self._specs[name]
+        spec = {**self._specs[name], **changes}
+        self._specs[name] = spec
         ready, stop = asyncio.Event(), asyncio.Event()
         started: list[Any] = []
         task = asyncio.create_task(

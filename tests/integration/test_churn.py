@@ -154,8 +154,6 @@ async def test_cordon_stops_placements_and_drain_moves_replicas(
     await c.delete("default", name)
 
 
-
-
 async def test_replica_the_agent_gives_up_on_is_replaced(churn_cluster: LocalCluster) -> None:
     """restartPolicy Never: the agent leaves a crashed replica down and reports it as
     terminal in its heartbeat; the workload replaces it."""
@@ -192,3 +190,22 @@ async def test_replica_the_agent_gives_up_on_is_replaced(churn_cluster: LocalClu
     assert status.ready == 1
     assert status.replicas[0].replica_id != first.replica_id
     await c.delete("default", name)
+
+
+async def test_agent_returning_with_new_address_and_labels_is_updated(
+    churn_cluster: LocalCluster,
+) -> None:
+    from cloudless.testing.cluster import free_port
+
+    c = CloudlessClient(churn_cluster.client, churn_cluster.cluster)
+    name = sorted(churn_cluster.agents)[-1]
+    await churn_cluster.kill_agent(name)
+    await c.wait_node(name, [NodeState.OFFLINE], timeout=20)
+    moved_to = f"127.0.0.1:{free_port()}"
+    await churn_cluster.restart_agent(
+        name, listen=moved_to, advertise=moved_to, labels={"roamed": "yes"}
+    )  # waits for Ready: reconciliation reached the agent at its new address
+    details = await c.describe_node(name)
+    assert details.node.address == moved_to and details.node.labels == {"roamed": "yes"}
+    assert details.status is not None
+    assert any("updated" in t.reason and "address" in t.reason for t in details.status.transitions)
