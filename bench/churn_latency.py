@@ -33,25 +33,8 @@ from bench.common import print_table, summarize, write_results
 from cloudless.client import CloudlessClient
 from cloudless.logs import configure_logging
 from cloudless.model import NodeState
-from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, start_temporal
-
-
-def sleeper(name: str, replicas: int) -> Any:
-    return parse_workload(
-        {
-            "apiVersion": "cloudless.dev/v1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "runtime": "exec",
-                "strategy": "spread",
-                "container": {"command": ["sleep"], "args": ["3600"]},
-                "resources": {"cpu": "50m", "memory": "8Mi"},
-            },
-        }
-    )
+from cloudless.testing.workloads import sleeper
 
 
 async def main() -> None:

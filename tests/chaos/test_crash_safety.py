@@ -9,7 +9,6 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,31 +24,14 @@ from cloudless.devstack import (
     start_processes,
     stop_processes,
 )
-from cloudless.spec import parse_workload
 from cloudless.temporal import connect
+from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 
 pytestmark = pytest.mark.temporal
 
 PORTS = DevPorts.shifted(2000)
 CLUSTER = "chaos"
-
-
-def workload(name: str, replicas: int) -> Any:
-    return parse_workload(
-        {
-            "apiVersion": "cloudless.dev/v1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "runtime": "exec",
-                "strategy": "spread",
-                "container": {"command": ["sleep"], "args": ["600"]},
-                "resources": {"cpu": "50m", "memory": "8Mi"},
-            },
-        }
-    )
 
 
 def kill9(state: Path, role: str) -> None:
@@ -88,7 +70,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         for a in DEV_AGENTS:
             assert await client.wait_node(a.name, timeout=60) is not None
         name = "crashy"
-        outcome = await client.apply(workload(name, 12), wait=False)
+        outcome = await client.apply(sleeper(name, 12), wait=False)
         kill9(state, "coordinator")  # mid-placement: the reconcile has just begun
         pid = await asyncio.to_thread(spawn_coordinator, state, CLUSTER, PORTS)
         record_pid(state, "coordinator", pid)
@@ -106,7 +88,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}", wait=30), CLUSTER)
         after = await client.wait("default", name, outcome.generation, 60, all_ready=True)
         assert {r.replica_id for r in after.replicas} == set(live)
-        again = await client.apply(workload(name, 12), wait=True, timeout=60)
+        again = await client.apply(sleeper(name, 12), wait=True, timeout=60)
         assert again.action == "unchanged"
         assert set(await running(state, name)) == set(live)
         await client.delete("default", name)

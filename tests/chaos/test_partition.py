@@ -14,7 +14,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,8 +22,8 @@ from cloudless.client import CloudlessClient
 from cloudless.devstack import port_open, temporal_binary, wait_until
 from cloudless.model import NodeState
 from cloudless.pki import CertificateAuthority
-from cloudless.spec import parse_workload
 from cloudless.temporal import connect
+from cloudless.testing.workloads import sleeper
 from cloudless.tokens import TokenSigner
 from tests.conftest import IN_CI, unavailable
 
@@ -70,23 +69,6 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         env={**os.environ, **(env or {})}, start_new_session=True,
     )  # fmt: skip
-
-
-def sleeper(name: str, replicas: int) -> Any:
-    return parse_workload(
-        {
-            "apiVersion": "cloudless.dev/v1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "runtime": "exec",
-                "placement": {"zones": ["island"]},
-                "container": {"command": ["sleep"], "args": ["600"]},
-                "resources": {"cpu": "50m", "memory": "8Mi"},
-            },
-        }
-    )
 
 
 async def test_partitioned_agent_replicas_move_and_come_back_clean(
@@ -137,7 +119,9 @@ async def test_partitioned_agent_replicas_move_and_come_back_clean(
             assert node is not None and node.state == NodeState.READY, (name, node)
 
         await client.node_admin("home-1", "cordon")  # everything lands on the island first
-        outcome = await client.apply(sleeper("isle", 3), wait=True, timeout=60)
+        outcome = await client.apply(
+            sleeper("isle", 3, placement={"zones": ["island"]}), wait=True, timeout=60
+        )
         assert outcome.status is not None
         assert {r.node_id for r in outcome.status.replicas} == {"island-1"}
         await client.node_admin("home-1", "uncordon")

@@ -18,8 +18,9 @@ from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeAdminInput, NodeState, NodeStatus, ReplicaPhase
 from cloudless.naming import node_workflow_id
-from cloudless.spec import Workload, parse_workload
+from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from tests.conftest import unique
 
@@ -51,24 +52,6 @@ async def churn_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[Loca
                 driver = ExecDriver(name, Path(d) / "agents" / name)
                 for s in await driver.list():
                     await driver.stop(s.replica_id, 1.0)
-
-
-def sleeper(name: str, replicas: int, min_available: int = 0) -> Workload:
-    return parse_workload(
-        {
-            "apiVersion": "cloudless.dev/v1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "minAvailable": min_available,
-                "runtime": "exec",
-                "strategy": "spread",
-                "container": {"command": ["sleep"], "args": ["600"]},
-                "resources": {"cpu": "100m", "memory": "16Mi"},
-            },
-        }
-    )
 
 
 async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:
@@ -123,7 +106,7 @@ async def test_cordon_stops_placements_and_drain_moves_replicas(
 ) -> None:
     c = CloudlessClient(churn_cluster.client, churn_cluster.cluster)
     name = unique("drain")
-    outcome = await c.apply(sleeper(name, 3, min_available=2), wait=True, timeout=60)
+    outcome = await c.apply(sleeper(name, 3, minAvailable=2), wait=True, timeout=60)
     assert outcome.status is not None and outcome.status.ready == 3
     target = outcome.status.replicas[0].node_id
     handle = c.temporal.get_workflow_handle(node_workflow_id(target))
