@@ -433,6 +433,23 @@ class TransitAPI:
             )
         return p.base64("associated_data") or b""
 
+    def _batch(
+        self, p: Params, items: list[Params], one: Callable[[Params], dict[str, Any]]
+    ) -> Reply:
+        """Apply ``one`` to every batch item; an item's failure is reported in its slot
+        (with its ``reference``) and never fails the others."""
+        results: list[dict[str, Any]] = []
+        failures = 0
+        for item in items:
+            reference = ""
+            try:
+                reference = item.string("reference") or ""
+                results.append({**one(item), "reference": reference})
+            except TransitError as err:
+                failures += 1
+                results.append({"error": str(err), "reference": reference})
+        return self._batch_reply(p, results, failures)
+
     def _batch_reply(
         self, p: Params, results: list[dict[str, Any]], failures: int
     ) -> Reply:
@@ -465,29 +482,23 @@ class TransitAPI:
             )
             return self._reply(self._encrypted(out), p)
         p.ignore("plaintext", "context", "nonce", "associated_data")
-        results: list[dict[str, Any]] = []
-        failures = 0
-        for item in items:
-            reference = ""
-            try:
-                reference = item.string("reference") or ""
-                aad = self._common(item)
-                plaintext = item.base64("plaintext")
-                if plaintext is None:
-                    raise TransitError("missing plaintext to encrypt")
-                version = item.integer("key_version")
-                out = self.keyring.encrypt(
-                    name,
-                    plaintext,
-                    associated_data=aad,
-                    key_version=default_version if version is None else version,
-                    upsert_type=upsert,
-                )
-                results.append({**self._encrypted(out), "reference": reference})
-            except TransitError as err:
-                failures += 1
-                results.append({"error": str(err), "reference": reference})
-        return self._batch_reply(p, results, failures)
+
+        def one(item: Params) -> dict[str, Any]:
+            aad = self._common(item)
+            plaintext = item.base64("plaintext")
+            if plaintext is None:
+                raise TransitError("missing plaintext to encrypt")
+            version = item.integer("key_version")
+            out = self.keyring.encrypt(
+                name,
+                plaintext,
+                associated_data=aad,
+                key_version=default_version if version is None else version,
+                upsert_type=upsert,
+            )
+            return self._encrypted(out)
+
+        return self._batch(p, items, one)
 
     @staticmethod
     def _encrypted(out: Encrypted) -> dict[str, Any]:
@@ -504,24 +515,16 @@ class TransitAPI:
             return self._reply({"plaintext": base64.b64encode(plaintext).decode()}, p)
         p.ignore("ciphertext", "context", "nonce", "associated_data")
         self.keyring.read_key(name)  # a missing key fails the request, not each item
-        results: list[dict[str, Any]] = []
-        failures = 0
-        for item in items:
-            reference = ""
-            try:
-                reference = item.string("reference") or ""
-                aad = self._common(item)
-                ciphertext = item.string("ciphertext")
-                if ciphertext is None:
-                    raise TransitError("missing ciphertext to decrypt")
-                plaintext = self.keyring.decrypt(name, ciphertext, associated_data=aad)
-                results.append(
-                    {"plaintext": base64.b64encode(plaintext).decode(), "reference": reference}
-                )
-            except TransitError as err:
-                failures += 1
-                results.append({"error": str(err), "reference": reference})
-        return self._batch_reply(p, results, failures)
+
+        def one(item: Params) -> dict[str, Any]:
+            aad = self._common(item)
+            ciphertext = item.string("ciphertext")
+            if ciphertext is None:
+                raise TransitError("missing ciphertext to decrypt")
+            plaintext = self.keyring.decrypt(name, ciphertext, associated_data=aad)
+            return {"plaintext": base64.b64encode(plaintext).decode()}
+
+        return self._batch(p, items, one)
 
     def _rewrap(self, name: str, p: Params) -> Reply:
         default_version = p.integer("key_version")
@@ -537,28 +540,22 @@ class TransitAPI:
             return self._reply(self._encrypted(out), p)
         p.ignore("ciphertext", "context", "nonce", "associated_data")
         self.keyring.read_key(name)
-        results: list[dict[str, Any]] = []
-        failures = 0
-        for item in items:
-            reference = ""
-            try:
-                reference = item.string("reference") or ""
-                aad = self._common(item)
-                ciphertext = item.string("ciphertext")
-                if ciphertext is None:
-                    raise TransitError("missing ciphertext to rewrap")
-                version = item.integer("key_version")
-                out = self.keyring.rewrap(
-                    name,
-                    ciphertext,
-                    associated_data=aad,
-                    key_version=default_version if version is None else version,
-                )
-                results.append({**self._encrypted(out), "reference": reference})
-            except TransitError as err:
-                failures += 1
-                results.append({"error": str(err), "reference": reference})
-        return self._batch_reply(p, results, failures)
+
+        def one(item: Params) -> dict[str, Any]:
+            aad = self._common(item)
+            ciphertext = item.string("ciphertext")
+            if ciphertext is None:
+                raise TransitError("missing ciphertext to rewrap")
+            version = item.integer("key_version")
+            out = self.keyring.rewrap(
+                name,
+                ciphertext,
+                associated_data=aad,
+                key_version=default_version if version is None else version,
+            )
+            return self._encrypted(out)
+
+        return self._batch(p, items, one)
 
     def _datakey(self, kind: str, name: str, p: Params) -> Reply:
         if kind not in ("plaintext", "wrapped"):
