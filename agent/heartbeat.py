@@ -64,13 +64,17 @@ class HeartbeatClient:
 
     async def _report(self, seq: int) -> gateway_pb2.HeartbeatRequest:
         replicas = []
-        for name, driver in self._drivers.items():
-            for status in await driver.list():
-                proto = status_to_proto(status, name, self._node_id)
-                if self._supervisor is not None:
-                    proto.terminal = self._supervisor.is_terminal(status)
-                    proto.restarts = self._supervisor.restarts(status.replica_id)
-                replicas.append(proto)
+        if self._supervisor is not None:
+            # Reuse the supervisor's listing when it is fresher than one beat.
+            observed = await self._supervisor.observe(max_age=self.interval)
+        else:
+            observed = [(n, s) for n, d in self._drivers.items() for s in await d.list()]
+        for name, status in observed:
+            proto = status_to_proto(status, name, self._node_id)
+            if self._supervisor is not None:
+                proto.terminal = self._supervisor.is_terminal(status)
+                proto.restarts = self._supervisor.restarts(status.replica_id)
+            replicas.append(proto)
         mem = psutil.virtual_memory()
         return gateway_pb2.HeartbeatRequest(
             seq=seq,
