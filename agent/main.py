@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +27,7 @@ from cloudless import config, tls
 from cloudless.api import agent_pb2_grpc, gateway_pb2
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
+from cloudless.process import stop_on_signals
 from cloudless.quantity import parse_bytes, parse_cpu
 from cloudless.tls import TLSMaterial, server_credentials
 
@@ -213,11 +213,7 @@ def main_command(
 
 
 async def _run_until_signal(**kwargs: object) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(stop=stop, **kwargs)  # type: ignore[arg-type]
+    await serve(stop=stop_on_signals(), **kwargs)  # type: ignore[arg-type]
 
 
 def main() -> None:

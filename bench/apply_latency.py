@@ -30,29 +30,21 @@ from agent.runtime.exec import ExecDriver
 from bench.common import print_table, summarize, write_results
 from cloudless.client import CloudlessClient
 from cloudless.logs import configure_logging
-from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, start_temporal
+from cloudless.testing.workloads import sleeper
 
 
 def workload(name: str, replicas: int, runtime: str) -> Any:
-    container: dict[str, Any] = (
-        {"image": "cloudless/busybox:latest", "command": ["sh", "-c"], "args": ["exec sleep 3600"]}
-        if runtime == "docker"
-        else {"command": ["sleep"], "args": ["3600"]}
-    )
-    return parse_workload(
-        {
-            "apiVersion": "cloudless.dev/v1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "runtime": runtime,
-                "container": container,
-                "resources": {"cpu": "100m", "memory": "32Mi"},
-            },
+    """A sleeping replica: on docker, the same sleep inside the local busybox image."""
+    spec: dict[str, Any] = {"strategy": "binpack"}
+    if runtime == "docker":
+        spec["runtime"] = "docker"
+        spec["container"] = {
+            "image": "cloudless/busybox:latest",
+            "command": ["sh", "-c"],
+            "args": ["exec sleep 3600"],
         }
-    )
+    return sleeper(name, replicas, cpu="100m", memory="32Mi", **spec)
 
 
 async def bench_apply(c: CloudlessClient, runtime: str, replicas: int, runs: int) -> list[float]:

@@ -286,6 +286,20 @@ def _check_label_value(value: str) -> str:
     )
 
 
+def label_problems(labels: Mapping[str, str], where: str = "label") -> list[str]:
+    """The manifest's label rules for labels arriving elsewhere (e.g. a node enrolling),
+    as one-line problems with their fix."""
+    problems = []
+    for key, value in labels.items():
+        for check, subject in ((_check_label_key, key), (_check_label_value, value)):
+            try:
+                check(subject)
+            except PydanticCustomError as err:
+                fix = (err.context or {}).get("fix", "")
+                problems.append(f"{where} {key}={value!r}: {err.message()} (fix: {fix})")
+    return problems
+
+
 def _check_env_name(value: str) -> str:
     if _ENV_NAME_RE.match(value):
         return value

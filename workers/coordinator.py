@@ -10,7 +10,6 @@ placement, and agents may enroll through any gateway.
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from cloudless.pki import (
     write_private_file,
     write_public_file,
 )
+from cloudless.process import stop_on_signals
 from cloudless.temporal import connect, ensure_search_attributes
 from cloudless.tls import CA_FILE, CERT_FILE, KEY_FILE, TLSMaterial, server_credentials
 from cloudless.tokens import TokenSigner, TokenVerifier
@@ -273,11 +273,7 @@ async def _run(
         suspect_grace=suspect_grace,
     )
     await coordinator.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_on_signals().wait()
     await coordinator.stop()
 
 

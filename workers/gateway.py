@@ -21,7 +21,8 @@ from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
 from cloudless.naming import enrollment_workflow_id, task_queue
-from cloudless.pki import check_csr
+from cloudless.pki import check_csr, is_dns_label
+from cloudless.spec import label_problems
 from cloudless.tls import peer_identity
 from cloudless.tokens import TokenVerifier
 from workers.liveness import LivenessMonitor
@@ -29,12 +30,6 @@ from workflows.enrollment import EnrollmentWorkflow
 
 log = structlog.get_logger("cloudless.gateway")
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_LABEL_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 KNOWN_RUNTIMES = frozenset({"docker", "exec"})
 MAX_TOKEN_BYTES = 8 * 1024
@@ -56,7 +51,7 @@ _STATUS_BY_TYPE = {
 def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
     """Every problem with an enrollment request, each saying what is wrong and the fix."""
     problems = []
-    if not _DNS_LABEL.match(req.node_name):
+    if not is_dns_label(req.node_name):
         problems.append(
             f"node_name {req.node_name!r} must be a DNS-1123 label "
             "(lowercase letters, digits and '-', at most 63 characters)"
@@ -72,17 +67,11 @@ def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
 def validate_facts(req: gateway_pb2.EnrollRequest | gateway_pb2.NodeFacts) -> list[str]:
     """Problems with what a node says it offers (at enrollment and on every new stream)."""
     problems = []
-    if req.zone and not _DNS_LABEL.match(req.zone):
+    if req.zone and not is_dns_label(req.zone):
         problems.append(f"zone {req.zone!r} must be a DNS-1123 label, e.g. zone-a")
     if len(req.labels) > MAX_LABELS:
         problems.append(f"at most {MAX_LABELS} labels are allowed, got {len(req.labels)}")
-    for key, value in req.labels.items():
-        if not _LABEL_KEY.match(key):
-            problems.append(
-                f"label key {key!r} is invalid; use [prefix/]name like disk or example.com/disk"
-            )
-        if not _LABEL_VALUE.match(value):
-            problems.append(f"label {key}={value!r}: values are at most 63 of [A-Za-z0-9-_.]")
+    problems += label_problems(req.labels)
     cap = req.capacity
     if not 1 <= cap.cpu_millis <= 1024 * 1000:
         problems.append(f"capacity.cpu_millis {cap.cpu_millis} must be within 1..1024000")

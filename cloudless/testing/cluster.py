@@ -127,18 +127,14 @@ class LocalCluster:
         address: str | None = None,
         wait_ready: bool = True,
     ) -> AgentHandle:
-        from agent.main import serve
-
         address = address or f"127.0.0.1:{free_port()}"
-        state_dir = self.root / "agents" / name
-        ready, stop = asyncio.Event(), asyncio.Event()
-        spec: dict[str, Any] = dict(
+        self._specs[name] = dict(
             name=name,
             zone=zone,
             listen=address,
             advertise=address,
             gateway=self.gateway,
-            state_dir=state_dir,
+            state_dir=self.root / "agents" / name,
             cpu_millis=parse_cpu(cpu),
             memory_bytes=parse_bytes(memory),
             storage_bytes=parse_bytes("10Gi"),
@@ -147,16 +143,17 @@ class LocalCluster:
             docker_url=None,
             heartbeat_interval=min(1.0, self.heartbeat_ttl / 4),
         )
-        self._specs[name] = spec
+        return await self._launch(name, token or self.mint_token(name), wait_ready)
+
+    async def _launch(self, name: str, token: str | None, wait_ready: bool) -> AgentHandle:
+        """Run ``serve`` for the recorded spec; return once it serves (or raise its error)."""
+        from agent.main import serve
+
+        spec = self._specs[name]
+        ready, stop = asyncio.Event(), asyncio.Event()
         started: list[Any] = []
         task = asyncio.create_task(
-            serve(
-                **spec,
-                token=token or self.mint_token(name),
-                ready=ready,
-                stop=stop,
-                on_started=started.append,
-            ),
+            serve(**spec, token=token, ready=ready, stop=stop, on_started=started.append),
             name=f"agent-{name}",
         )
         waiter = asyncio.create_task(ready.wait())
@@ -164,7 +161,9 @@ class LocalCluster:
         if task in done:
             waiter.cancel()
             task.result()  # raises the enrollment/start error
-        handle = AgentHandle(name, address, state_dir, task, stop, started[0])
+        handle = AgentHandle(
+            name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop, started[0]
+        )
         self.agents[name] = handle
         if wait_ready:
             await self.wait_node_ready(name)
@@ -181,24 +180,8 @@ class LocalCluster:
     ) -> AgentHandle:
         """Start a killed or stopped agent again with its state dir; ``changes`` override
         its flags (e.g. ``listen=``/``advertise=`` for a device that got a new address)."""
-        from agent.main import serve
-
-        spec = {**self._specs[name], **changes}
-        self._specs[name] = spec
-        ready, stop = asyncio.Event(), asyncio.Event()
-        started: list[Any] = []
-        task = asyncio.create_task(
-            serve(**spec, token=None, ready=ready, stop=stop, on_started=started.append),
-            name=f"agent-{name}",
-        )
-        await ready.wait()
-        handle = AgentHandle(
-            name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop, started[0]
-        )
-        self.agents[name] = handle
-        if wait_ready:
-            await self.wait_node_ready(name)
-        return handle
+        self._specs[name] = {**self._specs[name], **changes}
+        return await self._launch(name, None, wait_ready)
 
     async def wait_node_ready(self, name: str, timeout: float = 30.0) -> None:
         """Await the ledger listing the node as Ready (enrollment finishes asynchronously)."""
