@@ -16,8 +16,56 @@ class Port(_message.Message):
     host_port: int
     def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_port: _Optional[int] = ...) -> None: ...
 
+class SecretKeySelector(_message.Message):
+    __slots__ = ("namespace", "name", "key", "audience")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    key: str
+    audience: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
+
+class SecretEnvVar(_message.Message):
+    __slots__ = ("name", "ref")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ref: SecretKeySelector
+    def __init__(self, name: _Optional[str] = ..., ref: _Optional[_Union[SecretKeySelector, _Mapping]] = ...) -> None: ...
+
+class SecretFile(_message.Message):
+    __slots__ = ("key", "path", "mode")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    path: str
+    mode: int
+    def __init__(self, key: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class SecretVolume(_message.Message):
+    __slots__ = ("volume_name", "mount_path", "namespace", "name", "audience", "files", "default_mode")
+    VOLUME_NAME_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_PATH_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODE_FIELD_NUMBER: _ClassVar[int]
+    volume_name: str
+    mount_path: str
+    namespace: str
+    name: str
+    audience: str
+    files: _containers.RepeatedCompositeFieldContainer[SecretFile]
+    default_mode: int
+    def __init__(self, volume_name: _Optional[str] = ..., mount_path: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., audience: _Optional[str] = ..., files: _Optional[_Iterable[_Union[SecretFile, _Mapping]]] = ..., default_mode: _Optional[int] = ...) -> None: ...
+
 class ReplicaSpec(_message.Message):
-    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels", "restart_policy")
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels", "restart_policy", "secret_env", "secret_volumes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +95,8 @@ class ReplicaSpec(_message.Message):
     SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
+    SECRET_VOLUMES_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     namespace: str
     workload: str
@@ -62,7 +112,9 @@ class ReplicaSpec(_message.Message):
     spec_hash: str
     labels: _containers.ScalarMap[str, str]
     restart_policy: str
-    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ...) -> None: ...
+    secret_env: _containers.RepeatedCompositeFieldContainer[SecretEnvVar]
+    secret_volumes: _containers.RepeatedCompositeFieldContainer[SecretVolume]
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ..., secret_env: _Optional[_Iterable[_Union[SecretEnvVar, _Mapping]]] = ..., secret_volumes: _Optional[_Iterable[_Union[SecretVolume, _Mapping]]] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id", "terminal", "restarts")

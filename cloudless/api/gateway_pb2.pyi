@@ -110,9 +110,11 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("seq", "interval_seconds")
+    __slots__ = ("seq", "interval_seconds", "invalidated_secrets")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATED_SECRETS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     interval_seconds: float
-    def __init__(self, seq: _Optional[int] = ..., interval_seconds: _Optional[float] = ...) -> None: ...
+    invalidated_secrets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., invalidated_secrets: _Optional[_Iterable[str]] = ...) -> None: ...

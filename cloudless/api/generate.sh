@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-  cloudless/api/agent.proto cloudless/api/gateway.proto
+  cloudless/api/agent.proto cloudless/api/gateway.proto cloudless/api/secrets.proto
