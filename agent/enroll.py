@@ -16,11 +16,19 @@ import grpc
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import EnrollmentError
 from cloudless.pki import generate_private_key_pem, make_csr, write_private_file, write_public_file
-from cloudless.tls import CA_FILE, CERT_FILE, KEY_FILE, TLSMaterial, secure_channel
+from cloudless.tls import (
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    TLSMaterial,
+    secure_channel,
+)
+from cloudless.tls import (
+    GATEWAY_SERVER_NAME as GATEWAY_SERVER_NAME,
+)
 from cloudless.tokens import peek_ca_pem
 
 #: The DNS name every gateway certificate carries; agents dial gateways by this name.
-GATEWAY_SERVER_NAME = "cloudless-gateway"
 NODE_FILE = "node.json"
 
 

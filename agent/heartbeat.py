@@ -18,6 +18,7 @@ import structlog
 
 from agent.enroll import GATEWAY_SERVER_NAME
 from agent.runtime.base import RuntimeDriver
+from agent.secrets import SecretDelivery
 from agent.server import AGENT_VERSION, status_to_proto
 from agent.supervisor import Supervisor
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
@@ -40,6 +41,7 @@ class HeartbeatClient:
         interval: float = 1.0,
         supervisor: Supervisor | None = None,
         facts: gateway_pb2.NodeFacts | None = None,
+        secrets: SecretDelivery | None = None,
     ) -> None:
         self._gateway = gateway
         self._material = material
@@ -47,6 +49,8 @@ class HeartbeatClient:
         self._drivers = drivers
         self._supervisor = supervisor
         self._facts = facts
+        self._secrets = secrets
+        self._refreshes: set[asyncio.Task[None]] = set()
         self.interval = interval
         self.acked = 0
         self.connected = asyncio.Event()
@@ -61,6 +65,15 @@ class HeartbeatClient:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def _invalidate(self, secrets: list[str]) -> None:
+        """Drop updated secrets and refresh their files, off the heartbeat path: a slow
+        fetch must never delay a beat."""
+        if self._secrets is None or not secrets:
+            return
+        task = asyncio.create_task(self._secrets.invalidate(secrets), name="secret-refresh")
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
     async def _report(self, seq: int) -> gateway_pb2.HeartbeatRequest:
         replicas = []
@@ -115,10 +128,14 @@ class HeartbeatClient:
                         if not self.connected.is_set():
                             log.info("heartbeat.connected", gateway=self._gateway)
                             self.connected.set()
+                            if self._secrets is not None:
+                                # Invalidations sent while we were away are lost.
+                                self._secrets.store.forget_all()
                         backoff = MIN_BACKOFF
                         self.acked = response.seq
                         if response.interval_seconds > 0:
                             self.interval = response.interval_seconds
+                        self._invalidate(list(response.invalidated_secrets))
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("heartbeat.denied", reason=err.details())
@@ -126,8 +143,10 @@ class HeartbeatClient:
                     log.info("heartbeat.disconnected", reason=err.code().name)
             self.connected.clear()
             if stop.is_set():
-                return
+                break
             delay = random.uniform(backoff / 2, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             backoff = min(MAX_BACKOFF, backoff * 2)
+        for refresh in self._refreshes:
+            refresh.cancel()  # the agent is stopping; the next start fetches anyway

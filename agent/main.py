@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +21,10 @@ import typer
 from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateway
 from agent.heartbeat import HeartbeatClient
 from agent.runtime import detect_drivers
+from agent.runtime.base import RuntimeDriver
+from agent.runtime.docker import DEFAULT_SECRET_SHELL
+from agent.secretfs import DEFAULT_SECRETS_ROOT, SecretFiles
+from agent.secrets import SecretDelivery, SecretStore
 from agent.server import AGENT_VERSION, AgentServicer
 from agent.supervisor import Supervisor
 from cloudless import config, tls
@@ -66,6 +70,8 @@ async def serve(
     heartbeat_interval: float = 1.0,
     agent_gateway: str | None = None,
     on_started: Callable[[HeartbeatClient], None] | None = None,
+    secrets_dir: Path = DEFAULT_SECRETS_ROOT,
+    secret_shell: Path = DEFAULT_SECRET_SHELL,
 ) -> None:
     """Run the agent until ``stop`` is set (or forever)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -74,7 +80,9 @@ async def serve(
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-io")
     )
-    drivers = await detect_drivers(name, state_dir, docker_base_url=docker_url)
+    drivers = await detect_drivers(
+        name, state_dir, docker_base_url=docker_url, secret_shell=secret_shell
+    )
     if runtimes is not None:
         drivers = {k: v for k, v in drivers.items() if k in runtimes}
     if is_enrolled(state_dir):
@@ -100,18 +108,23 @@ async def serve(
         material = await enroll(state_dir, gateway, token, facts)
         log.info("agent.enrolled", node=name, gateway=gateway)
     identity = material.identity
-    supervisor = Supervisor(state_dir, drivers)
+    coordinator = agent_gateway or load_agent_gateway(state_dir) or gateway
+    secrets = SecretDelivery(
+        SecretStore.connect(coordinator, material), SecretFiles(secrets_dir, identity.name)
+    )
+    supervisor = Supervisor(state_dir, drivers, prepare=secrets.prepare)
     supervisor.load()
+    await _adopt_secret_files(secrets, supervisor, drivers)
     server = tls.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(identity.name, identity.cluster, drivers, supervisor), server
+        AgentServicer(identity.name, identity.cluster, drivers, supervisor, secrets), server
     )
     server.add_secure_port(listen, server_credentials(material, require_client_auth=True))
     await server.start()
     log.info("agent.serving", node=identity.name, listen=listen, runtimes=sorted(drivers))
     stop = stop or asyncio.Event()
     heartbeat = HeartbeatClient(
-        agent_gateway or load_agent_gateway(state_dir) or gateway,
+        coordinator,
         material,
         identity.name,
         drivers,
@@ -127,6 +140,7 @@ async def serve(
             runtimes=sorted(drivers),
             agent_version=AGENT_VERSION,
         ),
+        secrets=secrets,
     )
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
@@ -153,6 +167,22 @@ async def serve(
             await server.stop(grace=2)
         for driver in drivers.values():
             await driver.close()
+        await secrets.store.close()
+
+
+async def _adopt_secret_files(
+    secrets: SecretDelivery, supervisor: Supervisor, drivers: Mapping[str, RuntimeDriver]
+) -> None:
+    """After a restart: keep refreshing files of replicas that still run or are wanted,
+    and remove those of replicas that are gone (their containers would be, too)."""
+    secrets.adopt(supervisor.specs())
+    keep = {spec.replica_id for spec in supervisor.specs()}
+    for driver in drivers.values():
+        with contextlib.suppress(Exception):  # an engine hiccup must not block the start
+            keep.update(status.replica_id for status in await driver.list())
+    removed = secrets.remove_stale(keep)
+    if removed:
+        log.info("secrets.stale_removed", replicas=removed)
 
 
 @app.command()
@@ -179,6 +209,20 @@ def main_command(
         list[str] | None, typer.Option(help="Restrict runtimes (docker, exec); default: detected.")
     ] = None,
     docker_url: Annotated[str | None, typer.Option(help="Docker engine URL.")] = None,
+    secrets_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="CLOUDLESS_SECRETS_DIR",
+            help="tmpfs/ramfs directory for secret files (the agent refuses any other).",
+        ),
+    ] = DEFAULT_SECRETS_ROOT,
+    secret_shell: Annotated[
+        Path,
+        typer.Option(
+            envvar="CLOUDLESS_SECRET_SHELL",
+            help="Static busybox mounted into docker replicas to load secret env vars.",
+        ),
+    ] = DEFAULT_SECRET_SHELL,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Enroll (first start) and serve the node agent."""
@@ -205,6 +249,8 @@ def main_command(
                 runtimes=runtime,
                 docker_url=docker_url,
                 ready_file=ready_file,
+                secrets_dir=secrets_dir,
+                secret_shell=secret_shell,
             )
         )
     except (CloudlessError, ValueError) as err:

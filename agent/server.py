@@ -7,13 +7,26 @@ compromised node cannot command another.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import structlog
 
-from agent.runtime.base import PortMapping, ReplicaPhase, ReplicaSpec, ReplicaStatus, RuntimeDriver
+from agent.runtime.base import (
+    PortMapping,
+    ReplicaPhase,
+    ReplicaSpec,
+    ReplicaStatus,
+    RuntimeDriver,
+    SecretEnvVar,
+    SecretFile,
+    SecretKeyRef,
+    SecretVolume,
+)
+from agent.secretfs import SecretDeliveryError
+from agent.secrets import SecretDelivery
 from agent.supervisor import Supervisor
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.errors import RuntimeDriverError
@@ -22,6 +35,10 @@ from cloudless.tls import peer_identity
 log = structlog.get_logger("cloudless.agent")
 
 _REPLICA_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: Where the docker runtime puts its secret-delivery files inside containers.
+_RESERVED_MOUNT_DIR = "/.cloudless"
 MAX_CPU_MILLIS = 1024 * 1000
 MAX_MEMORY_BYTES = 16 * 2**40
 AGENT_VERSION = "0.1.0"
@@ -66,7 +83,83 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
             problems.append(f"port protocol {p.protocol!r} must be TCP or UDP")
     if spec.runtime == "docker" and not spec.image:
         problems.append("image is required for the docker runtime")
+    problems.extend(_secret_problems(spec))
     return problems
+
+
+def _relative_file(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and "\x00" not in path and not any(p in ("", ".", "..") for p in parts)
+
+
+def _secret_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
+    """Secret references must be complete, and files must stay inside their volume."""
+    problems = []
+    for var in spec.secret_env:
+        ref = var.ref
+        if not _ENV_NAME.match(var.name):
+            problems.append(f"secret env var name {var.name!r} must be a C identifier")
+        if not (ref.namespace and ref.name and ref.key and ref.audience):
+            problems.append(f"secret env var {var.name}: namespace, name, key, audience required")
+    for volume in spec.secret_volumes:
+        where = f"secret volume {volume.volume_name!r}"
+        if not _VOLUME_NAME.match(volume.volume_name):
+            problems.append(f"{where}: name must be a DNS-1123 label")
+        if not (volume.namespace and volume.name and volume.audience):
+            problems.append(f"{where}: namespace, name and audience are required")
+        mount = volume.mount_path
+        if not mount.startswith("/") or posixpath.normpath(mount) != mount or mount == "/":
+            problems.append(f"{where}: mount path {mount!r} must be a normalized absolute path")
+        elif mount == _RESERVED_MOUNT_DIR or mount.startswith(_RESERVED_MOUNT_DIR + "/"):
+            problems.append(f"{where}: mount path {mount!r} is reserved for the agent")
+        for file in volume.files:
+            if not _relative_file(file.path):
+                problems.append(f"{where}: file path {file.path!r} must be relative without '..'")
+        modes = [volume.default_mode, *(f.mode for f in volume.files)]
+        if any(mode > 0o777 for mode in modes):
+            problems.append(f"{where}: file modes must be at most 0777")
+    return problems
+
+
+def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec:
+    """The driver-level spec for a validated wire spec (secret references, no values)."""
+    return ReplicaSpec(
+        replica_id=spec.replica_id,
+        namespace=spec.namespace,
+        workload=spec.workload,
+        node_id=node_id,
+        image=spec.image,
+        command=tuple(spec.command),
+        args=tuple(spec.args),
+        env=dict(spec.env),
+        ports=tuple(
+            PortMapping(p.container_port, p.protocol or "TCP", p.host_port or None)
+            for p in spec.ports
+        ),
+        cpu_millis=spec.cpu_millis,
+        memory_bytes=spec.memory_bytes,
+        generation=spec.generation,
+        spec_hash=spec.spec_hash,
+        labels=dict(spec.labels),
+        secret_env=tuple(
+            SecretEnvVar(
+                e.name, SecretKeyRef(e.ref.namespace, e.ref.name, e.ref.key, e.ref.audience)
+            )
+            for e in spec.secret_env
+        ),
+        secret_volumes=tuple(
+            SecretVolume(
+                volume_name=v.volume_name,
+                mount_path=v.mount_path,
+                namespace=v.namespace,
+                name=v.name,
+                audience=v.audience,
+                files=tuple(SecretFile(f.key, f.path, f.mode) for f in v.files),
+                default_mode=v.default_mode,
+            )
+            for v in spec.secret_volumes
+        ),
+    )
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -76,11 +169,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         cluster: str,
         drivers: Mapping[str, RuntimeDriver],
         supervisor: Supervisor | None = None,
+        secrets: SecretDelivery | None = None,
     ) -> None:
         self._node_id = node_id
         self._cluster = cluster
         self._drivers = dict(drivers)
         self._supervisor = supervisor
+        self._secrets = secrets
 
     async def _authorize(self, context: Context) -> None:
         ident = peer_identity(context)
@@ -120,24 +215,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 f"(available: {', '.join(sorted(self._drivers)) or 'none'})",
             )
         assert driver is not None
-        replica = ReplicaSpec(
-            replica_id=spec.replica_id,
-            namespace=spec.namespace,
-            workload=spec.workload,
-            node_id=self._node_id,
-            image=spec.image,
-            command=tuple(spec.command),
-            args=tuple(spec.args),
-            env=dict(spec.env),
-            ports=tuple(
-                PortMapping(p.container_port, p.protocol or "TCP", p.host_port or None)
-                for p in spec.ports
-            ),
-            cpu_millis=spec.cpu_millis,
-            memory_bytes=spec.memory_bytes,
-            generation=spec.generation,
-            spec_hash=spec.spec_hash,
-            labels=dict(spec.labels),
+        replica = await self._resolve(
+            replica_from_proto(spec, self._node_id), spec.runtime, context
         )
         try:
             status = await driver.run(replica)
@@ -154,6 +233,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             status=status_to_proto(status, spec.runtime, self._node_id)
         )
 
+    async def _resolve(self, replica: ReplicaSpec, runtime: str, context: Context) -> ReplicaSpec:
+        """Fetch the replica's secrets. A failure is FAILED_PRECONDITION with the reason, or
+        UNAVAILABLE when the SecretsService could not be reached (the activity retries)."""
+        if not replica.uses_secrets:
+            return replica
+        if self._secrets is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"replica {replica.replica_id} references secrets, but node {self._node_id} "
+                "has no secret delivery configured",
+            )
+        assert self._secrets is not None
+        try:
+            return await self._secrets.prepare(replica, runtime)
+        except SecretDeliveryError as err:
+            log.warning("replica.secrets_failed", replica=replica.replica_id, error=str(err))
+            code = grpc.StatusCode.FAILED_PRECONDITION
+            if err.transient:
+                code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(err))
+            raise
+
     async def StopReplica(
         self, request: agent_pb2.StopReplicaRequest, context: Context
     ) -> agent_pb2.StopReplicaResponse:
@@ -169,10 +270,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 raise
             if status is not None:
                 log.info("replica.stopped", replica=request.replica_id, phase=status.phase.value)
+                self._release_secrets(request.replica_id)
                 return agent_pb2.StopReplicaResponse(
                     found=True, status=status_to_proto(status, name, self._node_id)
                 )
+        self._release_secrets(request.replica_id)
         return agent_pb2.StopReplicaResponse(found=False)
+
+    def _release_secrets(self, replica_id: str) -> None:
+        """The replica is gone: its secret files go with it (also when it was unknown)."""
+        if self._secrets is not None:
+            self._secrets.release(replica_id)
 
     async def ListReplicas(
         self, request: agent_pb2.ListReplicasRequest, context: Context

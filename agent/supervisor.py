@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -24,8 +25,12 @@ from agent.runtime.base import (
     ReplicaSpec,
     ReplicaStatus,
     RuntimeDriver,
+    SecretEnvVar,
+    SecretFile,
+    SecretKeyRef,
+    SecretVolume,
 )
-from cloudless.errors import RuntimeDriverError
+from cloudless.errors import CloudlessError
 from cloudless.pki import write_private_file
 
 log = structlog.get_logger("cloudless.agent.supervisor")
@@ -37,6 +42,30 @@ BACKOFF_MAX = 60.0
 RETRY_CAP = 10
 #: A replica that ran this long is healthy again: its backoff starts over.
 STABLE_AFTER = 30.0
+
+#: Resolves a spec's secrets right before a (re)start: ``(spec, runtime) -> spec``.
+Prepare = Callable[[ReplicaSpec, str], Awaitable[ReplicaSpec]]
+
+
+def spec_to_record(spec: ReplicaSpec) -> dict[str, Any]:
+    """The spec as stored in ``desired.json``: secret references, never their values."""
+    record = asdict(spec.without_secret_values())
+    record.pop("resolved", None)
+    return record
+
+
+def spec_from_record(raw: dict[str, Any]) -> ReplicaSpec:
+    raw = dict(raw)
+    raw.pop("resolved", None)
+    raw["ports"] = tuple(PortMapping(**p) for p in raw.get("ports", ()))
+    raw["secret_env"] = tuple(
+        SecretEnvVar(e["name"], SecretKeyRef(**e["ref"])) for e in raw.get("secret_env", ())
+    )
+    raw["secret_volumes"] = tuple(
+        SecretVolume(**{**v, "files": tuple(SecretFile(**f) for f in v.get("files", ()))})
+        for v in raw.get("secret_volumes", ())
+    )
+    return ReplicaSpec(**raw)
 
 
 @dataclass
@@ -56,6 +85,8 @@ class Supervisor:
     state_dir: Path
     drivers: Mapping[str, RuntimeDriver]
     interval: float = 1.0
+    #: Secret resolution before each restart (a restarted agent has an empty cache).
+    prepare: Prepare | None = None
     _desired: dict[str, Desired] = field(default_factory=dict)
     _observed: list[tuple[str, ReplicaStatus]] | None = None
     _observed_at: float = 0.0
@@ -63,10 +94,18 @@ class Supervisor:
     # ---- registry (called by the AgentService handlers)
 
     def want(self, runtime: str, restart_policy: str, spec: ReplicaSpec) -> None:
+        # References only: resolved values must not outlive their cache TTL in here.
         self._desired[spec.replica_id] = Desired(
-            runtime, restart_policy or "Always", spec, last_start=time.monotonic()
+            runtime,
+            restart_policy or "Always",
+            spec.without_secret_values(),
+            last_start=time.monotonic(),
         )
         self._save()
+
+    def specs(self) -> list[ReplicaSpec]:
+        """Every desired replica's spec (references only)."""
+        return [d.spec for d in self._desired.values()]
 
     def forget(self, replica_id: str) -> None:
         if self._desired.pop(replica_id, None) is not None:
@@ -94,14 +133,16 @@ class Supervisor:
         if not path.exists():
             return
         for item in json.loads(path.read_text()):
-            raw = item["spec"]
-            raw["ports"] = tuple(PortMapping(**p) for p in raw.get("ports", ()))
-            spec = ReplicaSpec(**raw)
+            spec = spec_from_record(item["spec"])
             self._desired[spec.replica_id] = Desired(item["runtime"], item["restart_policy"], spec)
 
     def _save(self) -> None:
         data = [
-            {"runtime": d.runtime, "restart_policy": d.restart_policy, "spec": asdict(d.spec)}
+            {
+                "runtime": d.runtime,
+                "restart_policy": d.restart_policy,
+                "spec": spec_to_record(d.spec),
+            }
             for d in self._desired.values()
         ]
         # Specs may carry environment values: private to the agent's user.
@@ -162,8 +203,11 @@ class Supervisor:
             if driver is None:
                 continue
             try:
-                restarted = await driver.run(d.spec)
-            except RuntimeDriverError as err:
+                spec = d.spec
+                if spec.uses_secrets and self.prepare is not None:
+                    spec = await self.prepare(spec, d.runtime)
+                restarted = await driver.run(spec)
+            except CloudlessError as err:  # driver errors and secret delivery errors
                 restarted = None
                 log.warning("replica.restart_failed", replica=rid, error=str(err))
             d.restarts += 1

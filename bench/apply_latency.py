@@ -115,7 +115,7 @@ async def main() -> None:
                 dc = docker.from_env(version="auto")
                 build_busybox_image(dc)
                 dc.close()
-            c = CloudlessClient(env.client, cluster.cluster)
+            c = CloudlessClient(cluster.client, cluster.cluster)
             for runtime in runtimes:
                 direct = await bench_direct(runtime, args.runs, root)
                 base = summarize(

@@ -56,7 +56,7 @@ async def main() -> None:
             suspect_grace=args.grace,
         )
         await cluster.start()
-        c = CloudlessClient(env.client, cluster.cluster)
+        c = CloudlessClient(cluster.client, cluster.cluster)
         try:
             join: list[float] = []
             # Every failure gets a fresh victim (victims are cordoned once back), because a

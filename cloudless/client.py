@@ -6,6 +6,7 @@ their registered names, so the shared kernel does not import the workflow code.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +15,7 @@ from typing import Any, cast
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
@@ -22,7 +24,7 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.errors import CloudlessError, NotFoundError
@@ -30,6 +32,8 @@ from cloudless.model import (
     ApplyInput,
     ApplyResult,
     ClusterSnapshot,
+    ExplainInput,
+    ExplainResult,
     LedgerNode,
     NodeAdminInput,
     NodeState,
@@ -249,6 +253,25 @@ class CloudlessClient:
             rpc_timeout=timedelta(seconds=timeout + RPC_TIMEOUT_SECONDS),
         )
         return node
+
+    async def explain(self, workload: Workload, top_k: int = 3) -> ExplainResult:
+        """Dry-run placement of the workload's replicas on the current cluster (the
+        coordinator decides on its node index; nothing is committed)."""
+        view_of(workload.to_manifest())
+        try:
+            result: ExplainResult = await self.temporal.execute_workflow(
+                "ExplainPlacementWorkflow",
+                ExplainInput(cluster=self.cluster, manifest=workload.to_manifest(), top_k=top_k),
+                id=f"explain/{workload.key}/{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue(self.cluster),
+                result_type=ExplainResult,
+                execution_timeout=timedelta(seconds=60),
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+            raise CloudlessError(f"explain failed: {getattr(cause, 'message', cause)}") from err
+        return result
 
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)

@@ -14,6 +14,8 @@ ENV_TEMPORAL_NAMESPACE = "CLOUDLESS_TEMPORAL_NAMESPACE"
 ENV_CLUSTER = "CLOUDLESS_CLUSTER"
 ENV_STATE_DIR = "CLOUDLESS_STATE_DIR"
 ENV_GATEWAY = "CLOUDLESS_GATEWAY"
+ENV_ADMIN_DIR = "CLOUDLESS_ADMIN_DIR"
+ENV_SECRETS_ADDRESS = "CLOUDLESS_SECRETS_ADDRESS"
 
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 DEFAULT_TEMPORAL_NAMESPACE = "default"
@@ -43,6 +45,16 @@ def state_dir() -> Path:
 def coordinator_dir(root: Path) -> Path:
     """Where the coordinator keeps the cluster CA, its certificates and signing key."""
     return root / "coordinator"
+
+
+def admin_dir(root: Path) -> Path:
+    """The local admin's client certificate for the mTLS services (``cloudlessctl``)."""
+    return Path(os.environ.get(ENV_ADMIN_DIR) or root / "admin")
+
+
+def secrets_address() -> str:
+    """Where the SecretsService is served: the coordinator's mutual-TLS agent port."""
+    return os.environ.get(ENV_SECRETS_ADDRESS, DEFAULT_AGENT_GATEWAY)
 
 
 def agent_dir(root: Path, node_name: str) -> Path:

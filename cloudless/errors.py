@@ -29,3 +29,11 @@ class RuntimeDriverError(CloudlessError):
 
 class NotFoundError(CloudlessError):
     """A named object (workload, node, replica) does not exist."""
+
+
+class SecretError(CloudlessError):
+    """A secret operation was refused or failed; ``code`` maps to a gRPC status."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code

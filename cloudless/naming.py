@@ -21,9 +21,11 @@ SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
 SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")
 SA_NODE = SearchAttributeKey.for_keyword_list("CloudlessNode")
 SA_PHASE = SearchAttributeKey.for_keyword("CloudlessPhase")
+#: Master-key version wrapping a secret's data key: rotation finds what to rewrap with it.
+SA_KEY_VERSION = SearchAttributeKey.for_int("CloudlessKeyVersion")
 
 #: Every custom search attribute, registered at bootstrap so the UI can filter on them.
-SEARCH_ATTRIBUTES = (SA_NAMESPACE, SA_WORKLOAD, SA_NODE, SA_PHASE)
+SEARCH_ATTRIBUTES = (SA_NAMESPACE, SA_WORKLOAD, SA_NODE, SA_PHASE, SA_KEY_VERSION)
 
 
 def cluster_workflow_id(cluster: str) -> str:
@@ -44,3 +46,15 @@ def enrollment_workflow_id(jti: str) -> str:
 
 def workload_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
+
+
+def secret_workflow_id(namespace: str, name: str) -> str:
+    return f"secret/{namespace}/{name}"
+
+
+def rotation_workflow_id(cluster: str) -> str:
+    return f"key-rotation/{cluster}"
+
+
+def rotation_schedule_id(cluster: str) -> str:
+    return f"key-rotation/{cluster}"

@@ -28,7 +28,9 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import os
+import posixpath
 import re
 import types
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -51,6 +53,7 @@ from pydantic import (
     AliasChoices,
     AliasGenerator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -76,6 +79,7 @@ __all__ = [
     "ContainerSpec",
     "EnvVar",
     "EnvVarSource",
+    "KeyToPath",
     "LinuxSecurityOptions",
     "ManifestError",
     "ManifestIssue",
@@ -91,7 +95,10 @@ __all__ = [
     "SELinuxOptions",
     "SeccompProfile",
     "SecretKeyRef",
+    "SecretVolumeSource",
     "SecurityContext",
+    "Volume",
+    "VolumeMount",
     "Workload",
     "WorkloadSpec",
     "load_manifest_file",
@@ -103,7 +110,7 @@ API_VERSION: Final = "cloudless.dev/v1"
 
 RuntimeName: TypeAlias = Literal["docker", "exec"]
 RestartPolicy: TypeAlias = Literal["Always", "OnFailure", "Never"]
-PlacementStrategy: TypeAlias = Literal["binpack", "spread"]
+PlacementStrategy: TypeAlias = Literal["binpack", "spread", "zone-spread"]
 Protocol: TypeAlias = Literal["TCP", "UDP"]
 ProfileType: TypeAlias = Literal["RuntimeDefault", "Localhost", "Unconfined"]
 RuntimeClassName: TypeAlias = Literal["runc", "gvisor", "kata", "firecracker"]
@@ -118,6 +125,9 @@ MIN_MEMORY_BYTES: Final = 6 * 1024**2
 MAX_MEMORY_BYTES: Final = 16 * 1024**4
 MAX_STORAGE_BYTES: Final = 1024**5
 MAX_ID: Final = 2**31 - 1
+MAX_FILE_MODE: Final = 0o777
+#: Container paths the agent uses to deliver secrets (env file, shell); mounts may not go there.
+RESERVED_MOUNT_DIR: Final = "/.cloudless"
 
 # Every Linux capability (capabilities(7), up to Linux 6.x), without the CAP_ prefix.
 LINUX_CAPABILITIES: Final = frozenset(
@@ -360,6 +370,45 @@ def _check_absolute_path(value: str) -> str:
     raise _problem(f"must be an absolute path, got {_show(value)}", "use a path like /app")
 
 
+def _check_mount_path(value: str) -> str:
+    _check_absolute_path(value)
+    normalized = posixpath.normpath(value)
+    if normalized != value or value.startswith("//"):
+        raise _problem(
+            f"must be a normalized path (no '..', '.', '//' or trailing '/'), got {_show(value)}",
+            f"use {normalized.replace('//', '/')!r}",
+        )
+    if value == "/":
+        raise _problem("must not be the container's root directory", "use a path like /etc/creds")
+    if value == RESERVED_MOUNT_DIR or value.startswith(RESERVED_MOUNT_DIR + "/"):
+        raise _problem(
+            f"must not be under {RESERVED_MOUNT_DIR}, which the agent uses to deliver secrets",
+            "use a path like /etc/creds",
+        )
+    return value
+
+
+def _check_relative_file_path(value: str) -> str:
+    parts = value.split("/")
+    if value and "\x00" not in value and not any(part in ("", ".", "..") for part in parts):
+        return value
+    raise _problem(
+        "must be a relative file path without '..', '.', a leading '/' or empty segments, "
+        f"got {_show(value)}",
+        "use a path like password or db/password",
+    )
+
+
+def _check_file_mode(value: int) -> int:
+    if 1 <= value <= MAX_FILE_MODE:
+        return value
+    octal = f" (0{value:o})" if value >= 0 else ""
+    raise _problem(
+        f"must be a file mode from 01 to 0777 (1 to 511 in decimal), got {value}{octal}",
+        "write the mode in octal with a leading 0 in YAML (0400), or in decimal in JSON (256)",
+    )
+
+
 def _check_profile_path(value: str) -> str:
     parts = value.split("/")
     if value and not value.startswith("/") and ".." not in parts and "\x00" not in value:
@@ -436,6 +485,9 @@ SecretKey = Annotated[str, AfterValidator(_check_secret_key)]
 Audience = Annotated[str, AfterValidator(_check_audience)]
 ImageRef = Annotated[str, AfterValidator(_check_image)]
 AbsolutePath = Annotated[str, AfterValidator(_check_absolute_path)]
+MountPath = Annotated[str, AfterValidator(_check_mount_path)]
+RelativeFilePath = Annotated[str, AfterValidator(_check_relative_file_path)]
+FileMode = Annotated[StrictInt, AfterValidator(_check_file_mode)]
 ProfilePath = Annotated[str, AfterValidator(_check_profile_path)]
 Capability = Annotated[str, AfterValidator(_check_capability)]
 SELinuxName = Annotated[str, AfterValidator(_check_selinux_name)]
@@ -701,6 +753,82 @@ class ContainerPort(_Model):
     host_port: PortNumber | None = Field(None, examples=[18080])
 
 
+class VolumeMount(_Model):
+    """Where a volume of ``spec.volumes`` appears inside the container."""
+
+    name: DnsLabel = Field(examples=["creds"])
+    mount_path: MountPath = Field(examples=["/etc/creds"])
+    read_only: StrictBool = Field(True, examples=[True])
+
+
+class KeyToPath(_Model):
+    """One key of a secret projected as the file ``path`` (relative to the mount path)."""
+
+    key: SecretKey = Field(examples=["DB_PASSWORD"])
+    path: RelativeFilePath = Field(examples=["password"])
+    mode: FileMode | None = Field(None, examples=[0o400])
+
+
+def _item_path_conflicts(raw: _Raw) -> list[_Problem]:
+    """Item paths that repeat, or that would need one file to be another file's directory."""
+    problems: list[_Problem] = []
+    seen: dict[str, int] = {}
+    for index, item in raw.items("items", KeyToPath):
+        path = item.get("path")
+        if not isinstance(path, str) or not path:
+            continue
+        clash = next(
+            (
+                other
+                for other in seen
+                if other == path or path.startswith(other + "/") or other.startswith(path + "/")
+            ),
+            None,
+        )
+        if clash is not None:
+            problems.append(
+                _Problem(
+                    (raw.key("items"), index, item.key("path")),
+                    f"must not clash with items[{seen[clash]}] (path {clash!r}): a path is "
+                    "either a file or a directory",
+                    "give every item its own file path",
+                    path,
+                )
+            )
+        else:
+            seen[path] = index
+    return problems
+
+
+class SecretVolumeSource(_Model):
+    """A secret projected as read-only files on a memory-backed (tmpfs) mount.
+
+    Without ``items`` every key of the secret becomes a file named after the key. Files get
+    ``mode``, else ``defaultMode``, else 0400.
+    """
+
+    namespace: DnsLabel = Field(examples=["production"])
+    name: DnsSubdomain = Field(examples=["postgres-creds"])
+    audience: Audience = Field(examples=["backend-api"])
+    items: tuple[KeyToPath, ...] = Field(
+        (), examples=[[{"key": "DB_PASSWORD", "path": "password"}]]
+    )
+    default_mode: FileMode | None = Field(None, examples=[0o400])
+
+    @classmethod
+    def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
+        return _item_path_conflicts(raw)
+
+
+class Volume(_Model):
+    """A named volume that containers mount with ``volumeMounts``; only secrets for now."""
+
+    name: DnsLabel = Field(examples=["creds"])
+    secret: SecretVolumeSource = Field(
+        examples=[{"namespace": "production", "name": "postgres-creds", "audience": "backend-api"}]
+    )
+
+
 def _duplicates(
     raw: _Raw, list_field: str, model: type[BaseModel], field: str, what: str, fix: str
 ) -> list[_Problem]:
@@ -743,11 +871,20 @@ class ContainerSpec(_Model):
     working_dir: AbsolutePath | None = Field(None, examples=["/app"])
     env: tuple[EnvVar, ...] = Field((), examples=[[{"name": "GREETING", "value": "hello"}]])
     ports: tuple[ContainerPort, ...] = Field((), examples=[[{"containerPort": 8080}]])
+    # Left out of dumps while empty, so manifests without volumes keep their spec hash.
+    volume_mounts: tuple[VolumeMount, ...] = Field(
+        (),
+        exclude_if=lambda mounts: not mounts,
+        examples=[[{"name": "creds", "mountPath": "/etc/creds", "readOnly": True}]],
+    )
 
     @classmethod
     def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
         return [
             *_duplicates(raw, "env", EnvVar, "name", "", "remove or rename the duplicate"),
+            *_duplicates(
+                raw, "volume_mounts", VolumeMount, "mount_path", "", "mount each path only once"
+            ),
             *_duplicates(raw, "ports", ContainerPort, "name", "", "rename one of the ports"),
             *_duplicates(
                 raw,
@@ -878,32 +1015,268 @@ class ResourceRequirements(_Model):
         )
 
 
-class Placement(_Model):
-    """Constraints on which nodes may run the replicas."""
+def _topology_key(value: object) -> object:
+    """Accept the Kubernetes well-known topology labels as synonyms of node/zone/region."""
+    return _K8S_TOPOLOGY.get(value, value) if isinstance(value, str) else value
 
-    node_selector: Labels = Field(default_factory=dict, examples=[{"disk": "ssd"}])
-    zones: tuple[DnsLabel, ...] = Field((), examples=[["zone-a", "zone-b"]])
+
+_K8S_TOPOLOGY: Final = {
+    "kubernetes.io/hostname": "node",
+    "hostname": "node",
+    "topology.kubernetes.io/zone": "zone",
+    "topology.kubernetes.io/region": "region",
+}
+TopologyKeyName: TypeAlias = Annotated[
+    Literal["node", "zone", "region"], BeforeValidator(_topology_key)
+]
+TaintEffect: TypeAlias = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+SelectorOperator: TypeAlias = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+TermWeight = Annotated[StrictInt, AfterValidator(_between(1, 100, 50))]
+MaxSkew = Annotated[StrictInt, AfterValidator(_between(1, 1000, 1))]
+
+
+def _check_score_weight(value: float) -> float:
+    if math.isfinite(value) and 0 <= value <= 100:
+        return value
+    raise _problem(
+        f"must be a number from 0 to 100, got {_show(value)}",
+        "use a relative weight such as 0.3 (0 turns the factor off)",
+    )
+
+
+ScoreWeight = Annotated[float, AfterValidator(_check_score_weight)]
+
+
+def _unique_strings(raw: _Raw, field: str, what: str) -> list[_Problem]:
+    values = raw.get(field)
+    problems: list[_Problem] = []
+    if isinstance(values, list | tuple):
+        seen: dict[str, int] = {}
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                continue
+            if value in seen:
+                problems.append(
+                    _Problem(
+                        (raw.key(field), index),
+                        f"must be unique; {value!r} is already listed as "
+                        f"{raw.key(field)}[{seen[value]}]",
+                        f"remove the duplicate {what}",
+                        value,
+                    )
+                )
+            else:
+                seen[value] = index
+    return problems
+
+
+class MatchExpression(_Model):
+    """One label test, Kubernetes semantics: ``NotIn``/``DoesNotExist`` hold on an absent
+    label; ``Gt``/``Lt`` compare one integer and fail on absent or non-integer labels."""
+
+    key: LabelKey = Field(examples=["disk"])
+    operator: SelectorOperator = Field(examples=["In"])
+    values: tuple[str, ...] = Field((), examples=[["ssd"]])
 
     @classmethod
     def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
-        zones = raw.get("zones")
-        problems: list[_Problem] = []
-        if isinstance(zones, list | tuple):
-            seen: dict[str, int] = {}
-            for index, zone in enumerate(zones):
-                if not isinstance(zone, str):
-                    continue
-                if zone in seen:
-                    problems.append(
-                        _Problem(
-                            (raw.key("zones"), index),
-                            f"must be unique; {zone!r} is already listed as zones[{seen[zone]}]",
-                            "remove the duplicate zone",
-                            zone,
-                        )
-                    )
-                else:
-                    seen[zone] = index
+        op = raw.get("operator")
+        values = raw.get("values", ())
+        if not isinstance(values, list | tuple):
+            return []
+        where = (raw.key("values"),)
+        if op in ("In", "NotIn") and not values:
+            return [_Problem(where, f"must list at least one value for {op}",
+                             "add `values: [ssd]` or use operator Exists", values)]  # fmt: skip
+        if op in ("Exists", "DoesNotExist") and values:
+            return [_Problem(where, f"must be empty for {op}", "remove values", values)]
+        if op in ("Gt", "Lt") and (
+            len(values) != 1 or not isinstance(values[0], str) or not _is_int(values[0])
+        ):
+            return [_Problem(where, f"must be exactly one integer (as a string) for {op}",
+                             'write e.g. `values: ["4"]`', values)]  # fmt: skip
+        return []
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+class LabelSelector(_Model):
+    """Selects workloads by their labels: ``matchLabels`` and ``matchExpressions`` ANDed."""
+
+    match_labels: Labels = Field(default_factory=dict, examples=[{"app": "db"}])
+    match_expressions: tuple[MatchExpression, ...] = Field(
+        (), examples=[[{"key": "tier", "operator": "In", "values": ["cache"]}]]
+    )
+
+
+class NodeSelectorTerm(_Model):
+    """Expressions on node labels, ANDed."""
+
+    match_expressions: tuple[MatchExpression, ...] = Field(
+        examples=[[{"key": "disk", "operator": "In", "values": ["ssd"]}]]
+    )
+
+    @classmethod
+    def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
+        exprs = raw.get("match_expressions")
+        if isinstance(exprs, list | tuple) and not exprs:
+            message = "must have at least 1 expression (an empty term would match every node)"
+            fix = "add e.g. `{key: disk, operator: In, values: [ssd]}`"
+            return [_Problem((raw.key("match_expressions"),), message, fix, exprs)]
+        return []
+
+
+class PreferredSchedulingTerm(_Model):
+    """A node-affinity preference: nodes matching ``preference`` gain ``weight`` (1-100)."""
+
+    weight: TermWeight = Field(examples=[50])
+    preference: NodeSelectorTerm = Field(
+        examples=[{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]
+    )
+
+
+class NodeAffinity(_Model):
+    """``required`` terms are ORed (a node must match one); ``preferred`` add weights."""
+
+    required: tuple[NodeSelectorTerm, ...] = Field(
+        (), examples=[[{"matchExpressions": [{"key": "arch", "operator": "In", "values": ["x"]}]}]]
+    )
+    preferred: tuple[PreferredSchedulingTerm, ...] = Field((), examples=[[]])
+
+
+class WorkloadAffinityTerm(_Model):
+    """Replicas selected by ``labelSelector`` in the same ``topologyKey`` domain
+    (``node``, ``zone`` or ``region``; the Kubernetes well-known labels are accepted)."""
+
+    label_selector: LabelSelector = Field(examples=[{"matchLabels": {"app": "db"}}])
+    topology_key: TopologyKeyName = Field("node", examples=["zone"])
+
+
+class WeightedWorkloadAffinityTerm(_Model):
+    weight: TermWeight = Field(examples=[50])
+    term: WorkloadAffinityTerm = Field(
+        validation_alias=AliasChoices("term", "podAffinityTerm", "pod_affinity_term"),
+        examples=[{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}],
+    )
+
+
+class WorkloadAffinity(_Model):
+    """Used for affinity and anti-affinity alike; the field name says which."""
+
+    required: tuple[WorkloadAffinityTerm, ...] = Field(
+        (), examples=[[{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]]
+    )
+    preferred: tuple[WeightedWorkloadAffinityTerm, ...] = Field((), examples=[[]])
+
+
+class Toleration(_Model):
+    """Lets replicas onto nodes with a matching taint. An empty ``key`` with ``Exists``
+    tolerates every taint; no ``effect`` matches every effect."""
+
+    key: str = Field("", examples=["dedicated"])
+    operator: Literal["Equal", "Exists"] = Field("Equal", examples=["Equal"])
+    value: str = Field("", examples=["ml"])
+    effect: TaintEffect | None = Field(None, examples=["NoSchedule"])
+
+    @classmethod
+    def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
+        op = raw.get("operator", "Equal")
+        if op == "Exists" and raw.get("value", "") not in ("", None):
+            fix = "remove value, or use `operator: Equal`"
+            return [_Problem((raw.key("value"),), "must be empty when operator is Exists", fix,
+                             raw.get("value"))]  # fmt: skip
+        if op == "Equal" and raw.get("key", "") == "":
+            return [_Problem((raw.key("key"),), "is required when operator is Equal",
+                             "name the taint key, or use `operator: Exists` to tolerate all",
+                             raw.get("key", ""))]  # fmt: skip
+        return []
+
+
+class TopologySpreadConstraint(_Model):
+    """At most ``maxSkew`` more matching replicas in one domain than in the emptiest one."""
+
+    max_skew: MaxSkew = Field(1, examples=[1])
+    topology_key: TopologyKeyName = Field(examples=["zone"])
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        "DoNotSchedule", examples=["DoNotSchedule"]
+    )
+    #: Which replicas count; by default this workload's own.
+    label_selector: LabelSelector | None = Field(None, examples=[{"matchLabels": {"app": "web"}}])
+
+
+class Locality(_Model):
+    """Where replicas would like to run (near data or users): a preference, never a filter."""
+
+    zones: tuple[DnsLabel, ...] = Field((), examples=[["zone-a"]])
+    regions: tuple[DnsLabel, ...] = Field((), examples=[["eu-west"]])
+    labels: Labels = Field(default_factory=dict, examples=[{"data": "eu"}])
+
+
+class ScoreWeights(_Model):
+    """Per-workload weights of the placement score's factors; unset ones keep the cluster's
+    (locality 0.3, reliability 0.25, cost 0.15, utilization 0.2, network 0.1, ...)."""
+
+    locality: ScoreWeight | None = Field(None, examples=[0.3])
+    reliability: ScoreWeight | None = Field(None, examples=[0.25])
+    cost: ScoreWeight | None = Field(None, examples=[0.15])
+    utilization: ScoreWeight | None = Field(None, examples=[0.2])
+    network: ScoreWeight | None = Field(None, examples=[0.1])
+    node_affinity: ScoreWeight | None = Field(None, examples=[0.2])
+    workload_affinity: ScoreWeight | None = Field(None, examples=[0.2])
+    topology_spread: ScoreWeight | None = Field(None, examples=[0.2])
+    taint_toleration: ScoreWeight | None = Field(None, examples=[0.1])
+
+
+def _empty(value: object) -> bool:
+    return not value
+
+
+class Placement(_Model):
+    """Constraints on (and preferences for) the nodes that run the replicas.
+
+    Fields added after ``nodeSelector``/``zones`` are left out of dumps while empty, so
+    manifests that do not use them keep their spec hash.
+    """
+
+    node_selector: Labels = Field(default_factory=dict, examples=[{"disk": "ssd"}])
+    zones: tuple[DnsLabel, ...] = Field((), examples=[["zone-a", "zone-b"]])
+    regions: tuple[DnsLabel, ...] = Field((), exclude_if=_empty, examples=[["eu-west"]])
+    tolerations: tuple[Toleration, ...] = Field(
+        (),
+        exclude_if=_empty,
+        examples=[[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]],
+    )
+    node_affinity: NodeAffinity | None = Field(None, examples=[{"required": []}])
+    workload_affinity: WorkloadAffinity | None = Field(
+        None,
+        validation_alias=AliasChoices("workloadAffinity", "workload_affinity", "podAffinity"),
+        examples=[{"preferred": []}],
+    )
+    workload_anti_affinity: WorkloadAffinity | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "workloadAntiAffinity", "workload_anti_affinity", "podAntiAffinity"
+        ),
+        examples=[{"required": [{"labelSelector": {"matchLabels": {"app": "web"}}}]}],
+    )
+    topology_spread_constraints: tuple[TopologySpreadConstraint, ...] = Field(
+        (), exclude_if=_empty, examples=[[{"maxSkew": 1, "topologyKey": "zone"}]]
+    )
+    locality: Locality | None = Field(None, examples=[{"zones": ["zone-a"]}])
+    weights: ScoreWeights | None = Field(None, examples=[{"cost": 0.5}])
+
+    @classmethod
+    def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
+        problems = [
+            *_unique_strings(raw, "zones", "zone"),
+            *_unique_strings(raw, "regions", "region"),
+        ]
         return problems
 
 
@@ -1051,8 +1424,68 @@ class SecurityContext(_SnakeModel):
 # ---------------------------------------------------------------------------------------------
 
 
+def _volume_mount_problems(raw: _Raw) -> list[_Problem]:
+    """Mounts must name a declared volume, and secret volumes are mounted read-only."""
+    declared = list(
+        dict.fromkeys(
+            name
+            for _index, volume in raw.items("volumes", Volume)
+            if isinstance(name := volume.get("name"), str)
+        )
+    )
+    container = raw.sub("container", ContainerSpec)
+    if container is None:
+        return []
+    problems: list[_Problem] = []
+    for index, mount in container.items("volume_mounts", VolumeMount):
+        where = (raw.key("container"), container.key("volume_mounts"), index)
+        name = mount.get("name")
+        if isinstance(name, str) and name not in declared:
+            close = _closest(name, declared)
+            problems.append(
+                _Problem(
+                    (*where, mount.key("name")),
+                    f"must refer to a volume declared in spec.{raw.key('volumes')}; {name!r} is "
+                    f"not one (declared: {', '.join(declared) or 'none'})",
+                    f"did you mean {close!r}?"
+                    if close
+                    else f"add a volume named {name!r} to spec.{raw.key('volumes')}",
+                    name,
+                )
+            )
+        if mount.get("read_only") is False:
+            problems.append(
+                _Problem(
+                    (*where, mount.key("read_only")),
+                    "must be true: secret volumes are always mounted read-only",
+                    f"remove {mount.key('read_only')} or set it to true",
+                    False,
+                )
+            )
+    return problems
+
+
+#: Named priorities for ``priorityClassName``; ``default`` (0) applies when neither is set.
+PRIORITY_CLASSES: Final[dict[str, int]] = {
+    "low": -1000,
+    "default": 0,
+    "high": 1000,
+    "system-critical": 1_000_000,
+}
+PriorityClassName: TypeAlias = Literal["low", "default", "high", "system-critical"]
+MAX_PRIORITY: Final = 1_000_000_000
+Priority = Annotated[StrictInt, AfterValidator(_between(-MAX_PRIORITY, MAX_PRIORITY, 1000))]
+
+
 class WorkloadSpec(_Model):
     """Desired state of a workload; :meth:`Workload.spec_hash` identifies a revision of it."""
+
+    @property
+    def effective_priority(self) -> int:
+        """``priority`` if set, else the value of ``priorityClassName``, else 0."""
+        if self.priority is not None:
+            return self.priority
+        return PRIORITY_CLASSES[self.priority_class_name or "default"]
 
     replicas: Replicas = Field(1, examples=[3])
     runtime: RuntimeName = Field("docker", examples=["docker"])
@@ -1064,16 +1497,40 @@ class WorkloadSpec(_Model):
         default_factory=ResourceRequirements, examples=[{"cpu": "100m", "memory": "64Mi"}]
     )
     placement: Placement = Field(default_factory=Placement, examples=[{"zones": ["zone-a"]}])
+    #: Scheduling priority: a replica that fits nowhere may preempt replicas of strictly
+    #: lower priority. An integer, or a named class from ``PRIORITY_CLASSES``.
+    priority: Priority | None = Field(None, examples=[1000])
+    priority_class_name: PriorityClassName | None = Field(None, examples=["high"])
     security_context: SecurityContext = Field(
         default_factory=SecurityContext,
         validation_alias=AliasChoices("security_context", "securityContext"),
         serialization_alias="security_context",
         examples=[{"run_as_non_root": True}],
     )
+    # Left out of dumps while empty, so manifests without volumes keep their spec hash.
+    volumes: tuple[Volume, ...] = Field(
+        (),
+        exclude_if=lambda volumes: not volumes,
+        examples=[
+            [
+                {
+                    "name": "creds",
+                    "secret": {
+                        "namespace": "production",
+                        "name": "postgres-creds",
+                        "audience": "backend-api",
+                    },
+                }
+            ]
+        ],
+    )
 
     @classmethod
     def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
-        problems: list[_Problem] = []
+        problems: list[_Problem] = [
+            *_duplicates(raw, "volumes", Volume, "name", "", "rename one of the volumes"),
+            *_volume_mount_problems(raw),
+        ]
         replicas = _int_or_none(raw.get("replicas", 1))
         min_available = _int_or_none(raw.get("min_available"))
         if (
@@ -1089,6 +1546,22 @@ class WorkloadSpec(_Model):
                     f"lower {raw.key('min_available')} to {replicas} or less, "
                     f"or raise replicas to {min_available}",
                     min_available,
+                )
+            )
+        priority = _int_or_none(raw.get("priority"))
+        klass = raw.get("priority_class_name")
+        if (
+            priority is not None
+            and isinstance(klass, str)
+            and PRIORITY_CLASSES.get(klass, priority) != priority
+        ):
+            problems.append(
+                _Problem(
+                    (raw.key("priority"),),
+                    f"must equal the value of {raw.key('priority_class_name')} {klass!r} "
+                    f"({PRIORITY_CLASSES[klass]}) when both are set, got {priority}",
+                    f"set only one of {raw.key('priority')} and {raw.key('priority_class_name')}",
+                    priority,
                 )
             )
         runtime = raw.get("runtime", "docker")
@@ -1689,3 +2162,22 @@ def parse_workload(
     if workload is None or issues:
         raise ManifestError(issues, source)
     return workload
+
+
+def is_dns_subdomain(value: str) -> bool:
+    """Whether ``value`` is a DNS-1123 subdomain (secret names, for the SecretsService)."""
+    return len(value) <= 253 and bool(_DNS_SUBDOMAIN_RE.match(value))
+
+
+def is_secret_key(value: str) -> bool:
+    """Whether ``value`` is a valid key inside a secret's data map."""
+    return len(value) <= 253 and bool(_SECRET_KEY_RE.match(value))
+
+
+def audience_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an audience (the manifest's and the SecretsService's rule)."""
+    try:
+        _check_audience(value)
+    except ValueError as err:
+        return str(err)
+    return None

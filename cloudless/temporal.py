@@ -10,24 +10,32 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadCodec
 from temporalio.service import RPCError, RPCStatusCode
 
+from cloudless.codec import NoTransitCodec, data_converter
 from cloudless.naming import SEARCH_ATTRIBUTES
 
 
-async def connect(address: str, namespace: str = "default", *, wait: float = 0.0) -> Client:
+async def connect(
+    address: str,
+    namespace: str = "default",
+    *,
+    wait: float = 0.0,
+    codec: PayloadCodec | None = None,
+) -> Client:
     """A client using the pydantic data converter (our payload models are pydantic).
 
-    ``wait`` keeps retrying for that many seconds: a server that was just (re)started
-    accepts TCP before it answers.
+    With ``codec`` (see :func:`cloudless.codec.transit_codec`) every payload is encrypted;
+    without, an encrypted payload fails with a hint about transit access rather than
+    "unknown encoding". ``wait`` keeps retrying for that many seconds: a server that was
+    just (re)started accepts TCP before it answers.
     """
+    converter = data_converter(codec) if codec is not None else NoTransitCodec.data_converter()
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
-            return await Client.connect(
-                address, namespace=namespace, data_converter=pydantic_data_converter
-            )
+            return await Client.connect(address, namespace=namespace, data_converter=converter)
         except RuntimeError:
             if asyncio.get_running_loop().time() >= deadline:
                 raise

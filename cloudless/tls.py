@@ -16,6 +16,8 @@ import grpc
 from cloudless.errors import PKIError
 from cloudless.pki import Identity, identity_from_cert, read_private_file
 
+#: The DNS name every coordinator certificate carries; clients verify the gateway by it.
+GATEWAY_SERVER_NAME = "cloudless-gateway"
 KEY_FILE = "tls.key"
 CERT_FILE = "tls.crt"
 CA_FILE = "ca.crt"

@@ -7,6 +7,7 @@ skipping, and any skipped test marked ``docker`` or ``temporal`` turns the run r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import structlog
 from temporalio.testing import WorkflowEnvironment
 
 from agent.runtime.base import LABEL_NODE
@@ -25,6 +27,11 @@ from cloudless.testing.cluster import LocalCluster, start_temporal, temporal_bin
 
 IN_CI = os.environ.get("CI") == "true"
 _required_skips: list[str] = []
+
+# In-process servers log each request at debug level (the in-thread transit behind every
+# LocalCluster's payload codec); on stdout those lines would interleave with the output of
+# CLI commands that tests invoke in-process and parse. Info and above still print.
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 
 def unavailable(reason: str) -> None:

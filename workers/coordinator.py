@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import grpc
+import hvac
 import structlog
 import typer
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.converter import PayloadCodec
 from temporalio.worker import Worker
 
 from activities.agent_client import AgentClientPool
@@ -28,9 +31,10 @@ from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
-from agent.enroll import GATEWAY_SERVER_NAME
 from cloudless import config, tls
-from cloudless.api import gateway_pb2_grpc
+from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
+from cloudless.codec import transit_codec
+from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
@@ -43,11 +47,25 @@ from cloudless.pki import (
     write_public_file,
 )
 from cloudless.process import stop_on_signals
+from cloudless.secrets.access import AccessTokens, load_or_create_key
+from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
+from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
+from cloudless.secrets.model import RotationInput
 from cloudless.temporal import connect, ensure_search_attributes
-from cloudless.tls import CA_FILE, CERT_FILE, KEY_FILE, TLSMaterial, server_credentials
+from cloudless.tls import (
+    CA_FILE,
+    CERT_FILE,
+    GATEWAY_SERVER_NAME,
+    KEY_FILE,
+    TLSMaterial,
+    server_credentials,
+)
 from cloudless.tokens import TokenSigner, TokenVerifier
+from cloudless.transit.client import transit_mount, transit_settings
+from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
 from workers.liveness import LivenessMonitor
+from workers.secrets import SecretsRuntime, ensure_rotation_schedule
 from workflows import ALL_WORKFLOWS
 from workflows.cluster import ClusterWorkflow
 
@@ -65,6 +83,36 @@ class ClusterPKI:
     material: TLSMaterial
 
 
+def ensure_certificate(
+    directory: Path,
+    ca: CertificateAuthority,
+    identity: Identity,
+    *,
+    validity: timedelta = COORDINATOR_CERT_VALIDITY,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+) -> None:
+    """Issue ``identity`` a key and certificate in ``directory`` unless a valid one is there."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    if (
+        key_path.exists()
+        and cert_path.exists()
+        and cert_not_after(cert_path.read_bytes()) - datetime.now(UTC) >= RENEW_BEFORE
+    ):
+        return
+    key_pem, cert_pem = ca.issue(
+        identity, validity=validity, dns_names=dns_names, ip_addresses=ip_addresses
+    )
+    write_private_file(key_path, key_pem)
+    write_public_file(cert_path, cert_pem)
+    log.info(
+        "pki.cert_issued",
+        identity=identity.uri(),
+        not_after=cert_not_after(cert_pem).isoformat(),
+    )
+
+
 def bootstrap_pki(
     directory: Path, cluster: str, coordinator_name: str = "coordinator"
 ) -> ClusterPKI:
@@ -72,23 +120,48 @@ def bootstrap_pki(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = CertificateAuthority.bootstrap(directory, cluster)
     signer = TokenSigner.load_or_create(directory)
-    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
-    renew = True
-    if key_path.exists() and cert_path.exists():
-        renew = cert_not_after(cert_path.read_bytes()) - datetime.now(UTC) < RENEW_BEFORE
-    if renew:
-        key_pem, cert_pem = ca.issue(
-            Identity(cluster=cluster, role="coordinator", name=coordinator_name),
-            dns_names=[GATEWAY_SERVER_NAME, "localhost"],
-            ip_addresses=["127.0.0.1"],
-            validity=COORDINATOR_CERT_VALIDITY,
-        )
-        write_private_file(key_path, key_pem)
-        write_public_file(cert_path, cert_pem)
-        log.info("pki.coordinator_cert_issued", not_after=cert_not_after(cert_pem).isoformat())
+    ensure_certificate(
+        directory,
+        ca,
+        Identity(cluster=cluster, role="coordinator", name=coordinator_name),
+        dns_names=[GATEWAY_SERVER_NAME, "localhost"],
+        ip_addresses=["127.0.0.1"],
+    )
     # The CA certificate is already in ``directory`` (ca.crt), where TLSMaterial looks.
     assert (directory / CA_FILE).exists()
     return ClusterPKI(ca=ca, signer=signer, material=TLSMaterial.load(directory))
+
+
+def bootstrap_admin(state_dir: Path, ca: CertificateAuthority, cluster: str) -> Path:
+    """The local admin's client certificate (``<state>/admin/``), used by ``cloudlessctl``
+    for the mTLS services (secrets), like kubeadm's admin.conf. Returns its directory."""
+    directory = config.admin_dir(state_dir)
+    ensure_certificate(directory, ca, Identity(cluster=cluster, role="admin", name="admin"))
+    ca_path = directory / CA_FILE
+    if not ca_path.exists() or ca_path.read_bytes() != ca.cert_pem:
+        write_public_file(ca_path, ca.cert_pem)
+    return directory
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    rotation_interval: timedelta = timedelta(days=90)
+    audit_retention_days: int = DEFAULT_RETENTION_DAYS
+    rotation_batch_size: int = 100
+    rotation_batch_interval: float = 0.0
+    rotation_settle_seconds: float = 30.0
+
+
+def _start_codec_server(
+    settings: CodecServerConfig, codec: PayloadCodec, directory: Path
+) -> CodecServer | None:
+    """The UI's codec endpoint; a taken port is not fatal (another coordinator on this
+    host may already serve it), a refused configuration is."""
+    try:
+        return CodecServer.from_config(settings, codec, directory).start()
+    except ListenError as err:
+        log.warning("coordinator.codec_endpoint_not_started", reason=str(err))
+        return None
 
 
 @dataclass
@@ -110,9 +183,27 @@ class Coordinator:
     gateway_port: int = 0
     agent_port: int = 0
     _agent_server: grpc.aio.Server | None = None
+    #: Transit (hvac) for the secrets master key; None: SecretsService disabled.
+    transit: hvac.Client | None = None
+    secrets_key: str = DEFAULT_KEY_NAME
+    key_rotation_interval: timedelta = timedelta(days=90)
+    rotation_settle_seconds: float = 30.0
+    rotation_batch_size: int = 100
+    rotation_batch_interval: float = 0.0
+    audit_retention_days: int = DEFAULT_RETENTION_DAYS
+    audit: AuditLog | None = None
+    secrets_runtime: SecretsRuntime | None = None
+    #: The client's payload codec; with ``codec_server`` the UI can decode through us.
+    codec: PayloadCodec | None = None
+    codec_server: CodecServerConfig | None = None
+    _codec_http: CodecServer | None = None
 
     async def start(self) -> None:
         pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
+        if self.codec is not None and self.codec_server is not None:
+            self._codec_http = _start_codec_server(
+                self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
+            )
         await ensure_search_attributes(self.client)
         await self.client.start_workflow(
             ClusterWorkflow.run,
@@ -122,6 +213,8 @@ class Coordinator:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         self._pool = AgentClientPool(pki.material)
+        bootstrap_admin(self.state_dir, pki.ca, self.cluster)
+        secrets = self.secrets_runtime = await self._start_secrets()
         ledger = LedgerActivities(self.client, self.cluster)
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
@@ -132,6 +225,7 @@ class Coordinator:
             workflows=list(ALL_WORKFLOWS),
             activities=[
                 ledger.place_replicas,
+                ledger.explain_placement,
                 ledger.commit_plan,
                 ledger.publish_node,
                 ledger.consume_enrollment_token,
@@ -143,11 +237,13 @@ class Coordinator:
                 membership.notify_workloads,
                 membership.reconcile_node,
                 membership.wait_node_empty,
+                *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,
         )
         self._tasks.append(asyncio.create_task(worker.run(), name="temporal-worker"))
         self._worker = worker
+        self.ledger_activities = ledger  # its scheduler soft state, for benchmarks and tests
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
         self.liveness = LivenessMonitor(
             self.client,
@@ -168,6 +264,9 @@ class Coordinator:
             self.client, self.cluster, verifier, self.liveness, agent_port=self.agent_port
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
+        if secrets is not None:
+            secrets.servicer.on_change = servicer.invalidations.publish
+            secrets_pb2_grpc.add_SecretsServiceServicer_to_server(secrets.servicer, agent_server)
         await agent_server.start()
         self._agent_server = agent_server
         server = tls.server()
@@ -185,7 +284,40 @@ class Coordinator:
             task_queue=task_queue(self.cluster),
         )
 
+    async def _start_secrets(self) -> SecretsRuntime | None:
+        if self.transit is None:
+            log.warning("coordinator.secrets_disabled", hint="configure transit (VAULT_ADDR)")
+            return None
+        directory = config.coordinator_dir(self.state_dir)
+        master = MasterKey(self.transit, self.secrets_key, transit_mount())
+        await asyncio.to_thread(master.ensure)
+        self.audit = AuditLog(
+            directory / "audit",
+            coordinator=socket.gethostname(),
+            retention_days=self.audit_retention_days,
+        )
+        self.audit.start()
+        plan = RotationInput(
+            cluster=self.cluster,
+            key_name=self.secrets_key,
+            batch_size=self.rotation_batch_size,
+            batch_interval_seconds=self.rotation_batch_interval,
+            settle_seconds=self.rotation_settle_seconds,
+        )
+        runtime = SecretsRuntime.build(
+            self.client,
+            self.cluster,
+            master,
+            AccessTokens(load_or_create_key(directory), self.cluster),
+            self.audit,
+            rotation_plan=plan,
+        )
+        await ensure_rotation_schedule(self.client, plan, self.key_rotation_interval)
+        return runtime
+
     async def stop(self) -> None:
+        if self._codec_http is not None:
+            self._codec_http.stop()
         if self._server is not None:
             await self._server.stop(grace=2)
         if self._agent_server is not None:
@@ -199,6 +331,8 @@ class Coordinator:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -226,9 +360,66 @@ def main_command(
     suspect_grace: Annotated[
         float, typer.Option(help="Seconds a node with a broken stream stays Suspect.")
     ] = 1.0,
+    codec_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_LISTEN",
+            help="host:port of the Temporal UI codec endpoint; empty disables it.",
+        ),
+    ] = CodecServerConfig.listen,
+    codec_allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Temporal UI origin allowed to call the codec endpoint (repeat)."),
+    ] = None,
+    codec_tls_cert: Annotated[Path | None, typer.Option(help="PEM cert for the endpoint.")] = None,
+    codec_tls_key: Annotated[Path | None, typer.Option(help="PEM key for the endpoint.")] = None,
+    codec_insecure_allow_plaintext: Annotated[
+        bool, typer.Option(help="Plain HTTP on a non-loopback address (behind a TLS proxy).")
+    ] = False,
+    key_rotation_interval: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_KEY_ROTATION_INTERVAL",
+            help="How often the Schedule rotates the secrets master key (e.g. 90d, 12h).",
+        ),
+    ] = "90d",
+    audit_retention_days: Annotated[
+        int, typer.Option(envvar="CLOUDLESS_AUDIT_RETENTION_DAYS", min=1, help="Audit log days.")
+    ] = DEFAULT_RETENTION_DAYS,
+    rotation_batch_size: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_ROTATION_BATCH_SIZE", min=1, help="Data keys rewrapped per batch."
+        ),
+    ] = 100,
+    rotation_batch_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_ROTATION_BATCH_INTERVAL",
+            min=0.0,
+            help="Seconds between rewrap batches (spreads the load on transit).",
+        ),
+    ] = 0.0,
+    rotation_settle_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_ROTATION_SETTLE_SECONDS",
+            min=0.0,
+            help="Quiet time with nothing left to rewrap before old key versions are disabled.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
+    codec_server = None
+    if codec_listen:
+        codec_server = CodecServerConfig(
+            codec_listen,
+            tuple(codec_allow_origin or CodecServerConfig.origins),
+            codec_tls_cert,
+            codec_tls_key,
+            codec_insecure_allow_plaintext,
+        )
     try:
         asyncio.run(
             _run(
@@ -240,6 +431,14 @@ def main_command(
                 agent_listen,
                 heartbeat_ttl,
                 suspect_grace,
+                codec_server,
+                SecretsSettings(
+                    rotation_interval=parse_duration(key_rotation_interval),
+                    audit_retention_days=audit_retention_days,
+                    rotation_batch_size=rotation_batch_size,
+                    rotation_batch_interval=rotation_batch_interval,
+                    rotation_settle_seconds=rotation_settle_seconds,
+                ),
             )
         )
     except CloudlessError as err:
@@ -256,9 +455,16 @@ async def _run(
     agent_listen: str = config.DEFAULT_AGENT_GATEWAY,
     heartbeat_ttl: float = 10.0,
     suspect_grace: float = 1.0,
+    codec_server: CodecServerConfig | None = None,
+    secrets: SecretsSettings | None = None,
 ) -> None:
+    secrets = secrets or SecretsSettings()
+    transit = transit_settings(state_dir)
+    codec = transit_codec(state_dir)  # on whenever transit is configured
+    if codec is None:
+        log.warning("coordinator.payloads_unencrypted", hint="set VAULT_ADDR and VAULT_TOKEN")
     try:
-        client = await connect(address, namespace, wait=10)
+        client = await connect(address, namespace, wait=10, codec=codec)
     except RuntimeError as err:
         raise CloudlessError(
             f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
@@ -271,6 +477,14 @@ async def _run(
         agent_listen=agent_listen,
         heartbeat_ttl=heartbeat_ttl,
         suspect_grace=suspect_grace,
+        codec=codec,
+        codec_server=codec_server,
+        transit=transit.client() if transit else None,
+        key_rotation_interval=secrets.rotation_interval,
+        audit_retention_days=secrets.audit_retention_days,
+        rotation_batch_size=secrets.rotation_batch_size,
+        rotation_batch_interval=secrets.rotation_batch_interval,
+        rotation_settle_seconds=secrets.rotation_settle_seconds,
     )
     await coordinator.start()
     await stop_on_signals().wait()

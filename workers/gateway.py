@@ -8,6 +8,7 @@ which enforces expiry, binding and single use durably.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from cloudless import nodefacts
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
@@ -72,6 +74,7 @@ def validate_facts(req: gateway_pb2.EnrollRequest | gateway_pb2.NodeFacts) -> li
     if len(req.labels) > MAX_LABELS:
         problems.append(f"at most {MAX_LABELS} labels are allowed, got {len(req.labels)}")
     problems += label_problems(req.labels)
+    problems += nodefacts.problems(req.labels)
     cap = req.capacity
     if not 1 <= cap.cpu_millis <= 1024 * 1000:
         problems.append(f"capacity.cpu_millis {cap.cpu_millis} must be within 1..1024000")
@@ -109,6 +112,31 @@ def record_from_facts(
     )
 
 
+class InvalidationFeed:
+    """Secrets changed on this coordinator, told to every agent on its next heartbeat.
+
+    A bounded log with sequence numbers: each stream remembers how far it has read, so a
+    change reaches every connected agent once, within one heartbeat interval.
+    """
+
+    def __init__(self, keep: int = 1024) -> None:
+        self._seq = 0
+        self._items: deque[tuple[int, str]] = deque(maxlen=keep)
+
+    def publish(self, key: str) -> None:
+        self._seq += 1
+        self._items.append((self._seq, key))
+
+    @property
+    def head(self) -> int:
+        return self._seq
+
+    def since(self, seq: int) -> tuple[int, list[str]]:
+        if seq >= self._seq:
+            return seq, []
+        return self._seq, sorted({key for s, key in self._items if s > seq})
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
@@ -118,12 +146,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         liveness: LivenessMonitor | None = None,
         *,
         agent_port: int = 0,
+        invalidations: InvalidationFeed | None = None,
     ) -> None:
         self._client = client
         self._cluster = cluster
         self._verifier = verifier
         self._liveness = liveness
         self._agent_port = agent_port
+        self.invalidations = invalidations or InvalidationFeed()
 
     async def Heartbeat(
         self,
@@ -145,6 +175,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return
         monitor, node_id = self._liveness, ident.name
         token = 0
+        cursor = self.invalidations.head
         try:
             async for beat in request_iterator:
                 if not token:
@@ -159,11 +190,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         monitor.facts(record_from_facts(node_id, beat.facts))
                     token = monitor.connected(node_id)
                 monitor.beat(node_id, beat)
+                cursor, changed = self.invalidations.since(cursor)
                 # Acknowledge the first beat and then every ACK_EVERY-th: the responses
-                # only carry settings, and skipping most halves the per-beat cost.
-                if beat.seq % ACK_EVERY == 1 or beat.closing:
+                # only carry settings, and skipping most halves the per-beat cost. Secret
+                # invalidations go out on the next beat, whatever its number.
+                if changed or beat.seq % ACK_EVERY == 1 or beat.closing:
                     yield gateway_pb2.HeartbeatResponse(
-                        seq=beat.seq, interval_seconds=monitor.interval
+                        seq=beat.seq,
+                        interval_seconds=monitor.interval,
+                        invalidated_secrets=changed,
                     )
         finally:
             if token:

@@ -5,8 +5,11 @@ validators reject any plan that would over-commit a node (optimistic concurrency
 Nomad's plan applier does). Validation happens before anything enters history, so a
 rejected plan costs no events and the proposer retries on a fresh snapshot.
 
-State is compact: one aggregate per node, never a list of every replica, plus the recent
-plan ids (for idempotent retries) and the enrollment token ids already used.
+State is compact: one aggregate per node and one entry per placed workload, never a list of
+every replica, plus the recent plans (for idempotent retries), the pending workloads waiting
+for room and the enrollment token ids already used. The bookkeeping is the plain class
+:class:`Ledger`, so it can be tested (and property-tested) without a Temporal server; the
+workflow only wires it to Updates and queries.
 """
 
 from __future__ import annotations
@@ -14,51 +17,303 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from cloudless import nodefacts
     from cloudless.model import (
+        RESOURCE_FIELDS,
+        RESOURCE_NAMES,
         Allocation,
-        ClusterSnapshot,
+        AwaitCapacityInput,
         ClusterWorkflowInput,
         CommitPlanInput,
         CommitPlanResult,
+        CompactSnapshot,
         ConsumeTokenInput,
+        LedgerBatch,
+        LedgerBatchResult,
         LedgerNode,
+        LedgerOp,
+        LedgerOpResult,
+        LedgerWorkload,
         NodeState,
+        NodeTaint,
         Resources,
         UpsertNodeInput,
+        UpsertNodeResult,
         WaitNodeInput,
+        decode_ledger,
+        encode_ledger,
     )
 
-#: Plans remembered (with their allocations) so a retried commit returns the original
-#: outcome; retries arrive within seconds, long before this many newer plans commit.
+#: Plans remembered (with where their replicas went) so a retried commit returns the
+#: original outcome; retries arrive within seconds, long before this many newer plans
+#: commit. Bounded by allocations too, so big batches cannot bloat the carried state.
 RECENT_PLANS = 256
+RECENT_PLAN_ALLOCATIONS = 5_000
 #: Keep used token ids this long past their expiry (covers verifier clock leeway).
 TOKEN_GRACE = timedelta(minutes=5)
-#: Continue-as-new well before Temporal's hard history limits.
-MAX_HISTORY_EVENTS = 10_000
+#: Continue-as-new well before Temporal's hard limits: every update adds ~5 events, and a
+#: short history keeps a replay (after a worker restart or a timed-out task) cheap.
+MAX_HISTORY_EVENTS = 2_000
 
 
 class PlanRejected(ApplicationError):
     """Raised by the validator; the message names each node and dimension at fault."""
 
 
-@workflow.defn(name="ClusterWorkflow")
+def _dump(model: Any) -> dict[str, Any]:
+    out: dict[str, Any] = model.model_dump(mode="json", exclude_defaults=True)
+    return out
+
+
+class _CachedPlan:
+    """A committed plan as remembered for retries: its version and allocations, carried
+    grouped by (workload, resources) so each allocation costs only its replica and node."""
+
+    __slots__ = ("allocations", "version")
+
+    def __init__(self, version: int, allocations: list[Allocation]) -> None:
+        self.version = version
+        self.allocations = allocations
+
+    def export(self) -> dict[str, Any]:
+        groups: dict[str, dict[str, Any]] = {}
+        for a in self.allocations:
+            res = _dump(a.resources)
+            key = f"{a.workload}|{sorted(res.items())}"
+            group = groups.setdefault(key, {"w": a.workload, "r": res, "a": []})
+            group["a"].append([a.replica_id, a.node_id])
+        return {"v": self.version, "g": list(groups.values())}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> _CachedPlan:
+        allocations = [
+            Allocation(
+                replica_id=rid,
+                node_id=nid,
+                workload=g["w"],
+                resources=Resources.model_validate(g["r"]),
+            )
+            for g in data["g"]
+            for rid, nid in g["a"]
+        ]
+        return cls(int(data["v"]), allocations)
+
+
+def ledger_node(inp: UpsertNodeInput, current: LedgerNode | None) -> LedgerNode:
+    """The ledger's entry for a node record: advertised facts parsed from its labels,
+    allocations already on it kept."""
+    rec = inp.record
+    advert = nodefacts.parse(rec.labels)
+    capacity = rec.capacity.model_copy(
+        update={"gpu": advert.gpu, "bandwidth_bps": advert.bandwidth_bps}
+    )
+    return LedgerNode(
+        node_id=rec.node_id,
+        zone=rec.zone,
+        labels=dict(rec.labels),
+        capacity=capacity,
+        address=rec.address,
+        runtimes=list(rec.runtimes),
+        state=inp.state,
+        allocated=current.allocated if current else Resources(),
+        replicas=current.replicas if current else 0,
+        workloads=dict(current.workloads) if current else {},
+        region=advert.region,
+        runtime_classes=list(advert.runtime_classes),
+        taints=[NodeTaint(key=t.key, value=t.value, effect=t.effect) for t in advert.taints],
+        cost_per_core_hour=advert.cost_per_core_hour,
+        latency_ms=advert.latency_ms,
+        uptime_ratio=min(1.0, max(0.0, inp.uptime_ratio)),
+        churn=max(0, inp.churn),
+    )
+
+
+class Ledger:
+    """Per-node allocation aggregates and the rules for changing them. No Temporal calls.
+
+    Invariant (what the validator protects): for every node, ``allocated`` equals the sum
+    of the committed allocations minus releases, and a plan that would take any dimension
+    of a node beyond its capacity, or allocate on a node that is not Ready, is refused
+    whole. Releases are always accepted (they only free room).
+    """
+
+    def __init__(self, carried: dict[str, Any] | None = None) -> None:
+        carried = carried or {}
+        self.version: int = int(carried.get("version", 0))
+        self.nodes: dict[str, LedgerNode] = {}
+        self.workloads: dict[str, LedgerWorkload] = {}
+        if "columns" in carried:
+            nodes, self.workloads = decode_ledger(carried["columns"])
+            self.nodes = {n.node_id: n for n in nodes}
+        else:  # state carried by an earlier version of this workflow
+            self.nodes = {
+                n["node_id"]: LedgerNode.model_validate(n) for n in carried.get("nodes", [])
+            }
+        self.plans: OrderedDict[str, _CachedPlan] = OrderedDict(
+            (pid, _CachedPlan.load(p)) for pid, p in carried.get("plans", [])
+        )
+        self._plan_allocations = sum(len(p.allocations) for p in self.plans.values())
+        self.pending: dict[str, Resources] = {
+            k: Resources.model_validate(r) for k, r in carried.get("pending", {}).items()
+        }
+
+    def export(self) -> dict[str, Any]:
+        """Compact carried state: nodes and workloads as columns, plans as replica -> node."""
+        return {
+            "version": self.version,
+            "columns": encode_ledger(list(self.nodes.values()), self.workloads),
+            "plans": [(pid, p.export()) for pid, p in self.plans.items()],
+            "pending": {k: _dump(r) for k, r in self.pending.items()},
+        }
+
+    def snapshot(self, cluster: str) -> CompactSnapshot:
+        """The columnar snapshot (``.expand()`` or validate as ClusterSnapshot to read it)."""
+        return CompactSnapshot(
+            cluster=cluster,
+            version=self.version,
+            columns=encode_ledger(list(self.nodes.values()), self.workloads),
+        )
+
+    # ------------------------------------------------------------------ nodes
+
+    def upsert_node(self, inp: UpsertNodeInput) -> UpsertNodeResult:
+        node = ledger_node(inp, self.nodes.get(inp.record.node_id))
+        self.nodes[node.node_id] = node
+        self.version += 1
+        return UpsertNodeResult(version=self.version, node=node, woken=self._wake({node.node_id}))
+
+    # ------------------------------------------------------------------ plans
+
+    def validate(self, plan: CommitPlanInput) -> None:
+        """Raise :class:`PlanRejected` unless the plan keeps every node within capacity."""
+        if plan.plan_id in self.plans:
+            return  # a retry of a committed plan: accepted, the handler answers from cache
+        delta: dict[str, Resources] = {}
+        for a in plan.releases:
+            delta[a.node_id] = delta.get(a.node_id, Resources()) - a.resources
+        problems: list[str] = []
+        for a in plan.allocations:
+            node = self.nodes.get(a.node_id)
+            if node is None:
+                problems.append(f"node {a.node_id!r} is not registered")
+                continue
+            if node.state != NodeState.READY:
+                problems.append(f"node {a.node_id!r} is {node.state.value}, not Ready")
+                continue
+            delta[a.node_id] = delta.get(a.node_id, Resources()) + a.resources
+        for node_id, d in delta.items():
+            node = self.nodes.get(node_id)
+            if node is None:
+                continue
+            after = node.allocated + d
+            # Only dimensions the plan adds to: a node already over capacity (its agent
+            # reported less) must still accept releases.
+            over = [
+                name
+                for f, name in zip(RESOURCE_FIELDS, RESOURCE_NAMES, strict=True)
+                if getattr(d, f) > 0 and getattr(after, f) > getattr(node.capacity, f)
+            ]
+            if over:
+                problems.append(f"node {node_id!r} would be over-committed on {', '.join(over)}")
+        if problems:
+            raise PlanRejected(
+                "plan rejected: " + "; ".join(problems), type="PlanRejected", non_retryable=True
+            )
+
+    def commit(self, plan: CommitPlanInput) -> CommitPlanResult:
+        cached = self.plans.get(plan.plan_id)
+        if cached is not None:
+            return CommitPlanResult(
+                version=cached.version, applied=False, allocations=cached.allocations
+            )
+        for key, meta in plan.workloads.items():
+            known = self.workloads.get(key)
+            self.workloads[key] = meta.model_copy(
+                update={"replicas": known.replicas if known else 0}
+            )
+        for a in plan.releases:
+            self._apply(a, sign=-1)
+        for a in plan.allocations:
+            self._apply(a, sign=+1)
+            self.pending.pop(a.workload, None)
+        self.version += 1
+        self.plans[plan.plan_id] = _CachedPlan(self.version, list(plan.allocations))
+        self._plan_allocations += len(plan.allocations)
+        while len(self.plans) > RECENT_PLANS or (
+            self._plan_allocations > RECENT_PLAN_ALLOCATIONS and len(self.plans) > 1
+        ):
+            _, old = self.plans.popitem(last=False)
+            self._plan_allocations -= len(old.allocations)
+        woken = self._wake({a.node_id for a in plan.releases}) if plan.releases else []
+        return CommitPlanResult(
+            version=self.version, applied=True, allocations=plan.allocations, woken=woken
+        )
+
+    def _apply(self, a: Allocation, sign: int) -> None:
+        node = self.nodes.get(a.node_id)
+        if node is None:
+            return
+        allocated = node.allocated + a.resources if sign > 0 else node.allocated - a.resources
+        # A release never drives totals negative, even if a caller releases twice.
+        node.allocated = allocated.clamped()
+        have = node.workloads.get(a.workload, 0)
+        if sign < 0 and have == 0:
+            return  # released twice: the counts already went
+        node.replicas = max(0, node.replicas + sign)
+        if have + sign > 0:
+            node.workloads[a.workload] = have + sign
+        else:
+            node.workloads.pop(a.workload, None)
+        meta = self.workloads.get(a.workload)
+        if meta is None:
+            if sign < 0:
+                return
+            meta = self.workloads[a.workload] = LedgerWorkload(resources=a.resources)
+        meta.replicas = max(0, meta.replicas + sign)
+        if meta.replicas == 0:
+            del self.workloads[a.workload]
+
+    # ------------------------------------------------------------------ pending workloads
+
+    def await_capacity(self, inp: AwaitCapacityInput) -> bool:
+        """Register a pending workload unless the ledger moved since its decision."""
+        if inp.version != self.version:
+            return False
+        self.pending[inp.workload] = inp.resources
+        return True
+
+    def _wake(self, node_ids: set[str]) -> list[str]:
+        """Pending workloads one replica of which now fits on one of these Ready nodes."""
+        if not self.pending:
+            return []
+        free = [
+            n.capacity - n.allocated
+            for nid in node_ids
+            if (n := self.nodes.get(nid)) is not None and n.state == NodeState.READY
+        ]
+        woken = [k for k, need in self.pending.items() if any(need.fits_within(f) for f in free)]
+        for key in woken:
+            del self.pending[key]
+        return woken
+
+
+# Not sandboxed: the ledger is the hottest workflow (every node event and plan of the
+# cluster), its bookkeeping is the plain, deterministic `Ledger` class (no clock but
+# workflow.now(), no randomness, no I/O), and the sandbox's per-activation overhead made its
+# tasks, replays and continue-as-new exports many times slower under load.
+@workflow.defn(name="ClusterWorkflow", sandboxed=False)
 class ClusterWorkflow:
     @workflow.init
     def __init__(self, inp: ClusterWorkflowInput) -> None:
         self._cluster = inp.cluster
         carried = inp.carried or {}
-        self._version: int = int(carried.get("version", 0))
-        self._nodes: dict[str, LedgerNode] = {
-            n["node_id"]: LedgerNode.model_validate(n) for n in carried.get("nodes", [])
-        }
-        self._plans: OrderedDict[str, CommitPlanResult] = OrderedDict(
-            (pid, CommitPlanResult.model_validate(r)) for pid, r in carried.get("plans", [])
-        )
+        self._ledger = Ledger(carried)
         self._tokens: dict[str, str] = dict(carried.get("tokens", {}))
 
     @workflow.run
@@ -75,20 +330,19 @@ class ClusterWorkflow:
         )
 
     def _export(self) -> dict[str, object]:
-        return {
-            "version": self._version,
-            "nodes": [n.model_dump(mode="json") for n in self._nodes.values()],
-            "plans": [(pid, r.model_dump(mode="json")) for pid, r in self._plans.items()],
-            "tokens": self._tokens,
-        }
+        return {**self._ledger.export(), "tokens": self._tokens}
 
     # ------------------------------------------------------------------ queries
 
     @workflow.query
-    def snapshot(self) -> ClusterSnapshot:
-        return ClusterSnapshot(
-            cluster=self._cluster, version=self._version, nodes=list(self._nodes.values())
-        )
+    def snapshot(self) -> CompactSnapshot:
+        """Columnar on the wire; clients asking for a ClusterSnapshot get it expanded."""
+        return self._ledger.snapshot(self._cluster)
+
+    @workflow.query
+    def version(self) -> int:
+        """The ledger version alone: lets a scheduler check whether its index is current."""
+        return self._ledger.version
 
     @workflow.update
     async def wait_node(self, inp: WaitNodeInput) -> LedgerNode | None:
@@ -96,116 +350,72 @@ class ClusterWorkflow:
 
         Lets clients await enrollment instead of polling the snapshot.
         """
+        nodes = self._ledger.nodes
 
         def reached() -> bool:
-            node = self._nodes.get(inp.node_id)
+            node = nodes.get(inp.node_id)
             return node is not None and (not inp.states or node.state in inp.states)
 
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(reached, timeout=timedelta(seconds=inp.timeout_seconds))
-        return self._nodes.get(inp.node_id)
+        return nodes.get(inp.node_id)
 
     @workflow.query
     def node_workloads(self, node_id: str) -> list[str]:
         """Workloads with replicas allocated on the node: who to tell when it is lost."""
-        node = self._nodes.get(node_id)
+        node = self._ledger.nodes.get(node_id)
         return sorted(node.workloads) if node else []
 
     # ------------------------------------------------------------------ nodes
 
     @workflow.update
-    def upsert_node(self, inp: UpsertNodeInput) -> int:
+    def upsert_node(self, inp: UpsertNodeInput) -> UpsertNodeResult:
         """Record a node's facts and state; allocations already on it are kept."""
-        rec = inp.record
-        current = self._nodes.get(rec.node_id)
-        node = LedgerNode(
-            node_id=rec.node_id,
-            zone=rec.zone,
-            labels=dict(rec.labels),
-            capacity=rec.capacity,
-            address=rec.address,
-            runtimes=list(rec.runtimes),
-            state=inp.state,
-            allocated=current.allocated if current else Resources(),
-            replicas=current.replicas if current else 0,
-            workloads=dict(current.workloads) if current else {},
-        )
-        self._nodes[rec.node_id] = node
-        self._version += 1
-        return self._version
+        return self._ledger.upsert_node(inp)
 
     # ------------------------------------------------------------------ plans
 
     @workflow.update
     def commit_plan(self, plan: CommitPlanInput) -> CommitPlanResult:
-        if plan.plan_id in self._plans:
-            cached = self._plans[plan.plan_id]
-            return CommitPlanResult(
-                version=cached.version, applied=False, allocations=cached.allocations
-            )
-        for a in plan.releases:
-            self._apply(a, sign=-1)
-        for a in plan.allocations:
-            self._apply(a, sign=+1)
-        self._version += 1
-        result = CommitPlanResult(version=self._version, applied=True, allocations=plan.allocations)
-        self._plans[plan.plan_id] = result
-        while len(self._plans) > RECENT_PLANS:
-            self._plans.popitem(last=False)
-        return result
+        return self._ledger.commit(plan)
 
     @commit_plan.validator
     def _validate_plan(self, plan: CommitPlanInput) -> None:
-        if plan.plan_id in self._plans:
-            return  # a retry of a committed plan: accepted, the handler answers from cache
-        delta: dict[str, Resources] = {}
-        for a in plan.releases:
-            delta[a.node_id] = delta.get(a.node_id, Resources()) - a.resources
-        problems: list[str] = []
-        for a in plan.allocations:
-            node = self._nodes.get(a.node_id)
-            if node is None:
-                problems.append(f"node {a.node_id!r} is not registered")
-                continue
-            if node.state != NodeState.READY:
-                problems.append(f"node {a.node_id!r} is {node.state.value}, not Ready")
-                continue
-            delta[a.node_id] = delta.get(a.node_id, Resources()) + a.resources
-        for node_id, d in delta.items():
-            node = self._nodes.get(node_id)
-            if node is None:
-                continue
-            after = node.allocated + d
-            over = after.over(node.capacity)
-            if over:
-                problems.append(f"node {node_id!r} would be over-committed on {', '.join(over)}")
-        if problems:
-            raise PlanRejected(
-                "plan rejected: " + "; ".join(problems), type="PlanRejected", non_retryable=True
-            )
+        self._ledger.validate(plan)
 
-    def _apply(self, a: Allocation, sign: int) -> None:
-        node = self._nodes.get(a.node_id)
-        if node is None:
-            return
-        allocated = node.allocated + a.resources if sign > 0 else node.allocated - a.resources
-        # A release never drives totals negative, even if a caller releases twice.
-        node.allocated = Resources(
-            cpu_millis=max(0, allocated.cpu_millis),
-            memory_bytes=max(0, allocated.memory_bytes),
-            storage_bytes=max(0, allocated.storage_bytes),
+    @workflow.update
+    def apply_batch(self, batch: LedgerBatch) -> LedgerBatchResult:
+        """Apply a coordinator's queued writes in order, each with its own outcome.
+
+        A plan the commit validator would reject is refused here alone (its result says
+        why); the others still apply. Retried batches are safe: plans are deduplicated by
+        plan id, node upserts are idempotent, a stale pending registration is refused.
+        (Enrollment tokens keep their own Update, whose id makes a retry a no-op.)
+        """
+        return LedgerBatchResult(
+            results=[self._apply_op(op) for op in batch.ops], version=self._ledger.version
         )
-        node.replicas = max(0, node.replicas + sign)
-        count = node.workloads.get(a.workload, 0) + sign
-        if count > 0:
-            node.workloads[a.workload] = count
-        else:
-            node.workloads.pop(a.workload, None)
+
+    def _apply_op(self, op: LedgerOp) -> LedgerOpResult:
+        try:
+            if op.upsert is not None:
+                return LedgerOpResult(upsert=self._ledger.upsert_node(op.upsert))
+            if op.commit is not None:
+                self._ledger.validate(op.commit)
+                return LedgerOpResult(commit=self._ledger.commit(op.commit))
+            if op.await_capacity is not None:
+                return LedgerOpResult(registered=self._ledger.await_capacity(op.await_capacity))
+        except ApplicationError as err:
+            return LedgerOpResult(error_type=err.type or "ApplicationError", error=err.message)
+        return LedgerOpResult(error_type="InvalidOp", error="empty ledger op")
 
     # ------------------------------------------------------------------ enrollment tokens
 
     @workflow.update
     def consume_token(self, inp: ConsumeTokenInput) -> None:
+        self._record_token(inp)
+
+    def _record_token(self, inp: ConsumeTokenInput) -> None:
         now = workflow.now()
         self._tokens = {
             jti: exp
@@ -216,7 +426,10 @@ class ClusterWorkflow:
 
     @consume_token.validator
     def _validate_token(self, inp: ConsumeTokenInput) -> None:
-        if inp.node_id in self._nodes and not inp.bound_to_node:
+        self._check_token(inp)
+
+    def _check_token(self, inp: ConsumeTokenInput) -> None:
+        if inp.node_id in self._ledger.nodes and not inp.bound_to_node:
             # Otherwise any unbound token could take over an enrolled node's name.
             raise ApplicationError(
                 f"node {inp.node_id!r} is already enrolled; re-enrolling it needs a token bound "

@@ -50,6 +50,8 @@ FLAP_THRESHOLD = 3
 DAMP_BASE = timedelta(seconds=10)
 DAMP_MAX = timedelta(minutes=5)
 MAX_CHURN_KEPT = 50
+#: Churn episodes this recent lower the node's reliability score.
+CHURN_WINDOW = timedelta(hours=1)
 
 _FAST = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
@@ -325,11 +327,31 @@ class NodeWorkflow:
             return NodeState(status.admin)
         return NodeState.READY
 
+    def _reliability(self) -> tuple[float, int]:
+        """Uptime ratio since first seen and Suspect/Offline episodes in the recent window:
+        the scheduler's reliability inputs, derived from the recorded history."""
+        status = self._status
+        assert status is not None
+        now = workflow.now()
+        age = (now - status.first_seen).total_seconds() if status.first_seen else 0.0
+        down = status.offline_seconds
+        if status.down_since is not None:
+            down += (now - status.down_since).total_seconds()
+        uptime = 1.0 if age <= 0 else min(1.0, max(0.0, 1.0 - down / age))
+        churn = sum(1 for t in status.churn if now - t <= CHURN_WINDOW)
+        return round(uptime, 4), churn
+
     async def _publish(self) -> None:
         assert self._status is not None
+        uptime, churn = self._reliability()
         await workflow.execute_activity_method(
             LedgerActivities.publish_node,
-            UpsertNodeInput(record=self._status.record, state=self._status.state),
+            UpsertNodeInput(
+                record=self._status.record,
+                state=self._status.state,
+                uptime_ratio=uptime,
+                churn=churn,
+            ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
         )

@@ -27,12 +27,14 @@ with workflow.unsafe.imports_passed_through():
         Allocation,
         ApplyInput,
         ApplyResult,
+        CapacityAvailable,
         CommitPlanInput,
         PlacementRequest,
         ReplicaExited,
         ReplicaPhase,
         ReplicaRecord,
         ReplicasLost,
+        ReplicasPreempted,
         RunReplicaInput,
         ScaleInput,
         StopReplicaInput,
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
 MAX_HISTORY_EVENTS = 8_000
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
+MAX_PREEMPTIONS_KEPT = 64
 _ALPHABET = string.ascii_lowercase + string.digits
 
 _AGENT_RETRY = RetryPolicy(
@@ -79,6 +82,7 @@ class WorkloadWorkflow:
         self._reconciled_generation = 0
         self._search_attributes: tuple[str, tuple[str, ...]] | None = None
         self._applied = carried is not None
+        self._preempted_by: list[str] = []  # recent preempting plans, for idempotent signals
 
     # ------------------------------------------------------------------ main loop
 
@@ -192,10 +196,7 @@ class WorkloadWorkflow:
                 plan_id=str(workflow.uuid4()),
                 replica_ids=[r.replica_id for r in pending],
                 resources=view.resources,
-                node_selector=view.node_selector,
-                zones=view.zones,
-                runtime=view.runtime,
-                strategy=view.strategy,
+                manifest=self._manifest,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_LEDGER_RETRY,
@@ -210,8 +211,13 @@ class WorkloadWorkflow:
             else:
                 r.node_id, r.address = p.node_id, p.address
                 r.phase, r.message = ReplicaPhase.STARTING, ""
+                r.score, r.candidates = p.score, list(p.candidates)
         if unplaced:
             self._message = f"{len(unplaced)} replica(s) pending: {result.reason}"
+        for pre in result.preemptions:
+            workflow.logger.info(
+                "preempted %d replica(s) of %s on %s", pre.count, pre.workload, pre.node_id
+            )
         return unplaced
 
     async def _start(self, r: ReplicaRecord) -> None:
@@ -233,15 +239,15 @@ class WorkloadWorkflow:
                 retry_policy=_AGENT_RETRY,
             )
         except ActivityError as err:
-            if r.lost:
+            if r.lost or r.preempted:
                 return
             cause = err.cause
             r.phase = ReplicaPhase.FAILED
             r.message = cause.message if isinstance(cause, ApplicationError) else str(err)
             self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
             return
-        if r.lost:
-            return  # the node was lost while the start was in flight
+        if r.lost or r.preempted:
+            return  # the node was lost (or the room preempted) while the start was in flight
         r.phase, r.message = res.phase, res.message
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
         if res.phase != ReplicaPhase.RUNNING:
@@ -249,9 +255,14 @@ class WorkloadWorkflow:
             self._message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
 
     async def _remove(self, victims: list[ReplicaRecord]) -> None:
-        """Stop the replicas on their agents, then release their allocations in one plan."""
+        """Stop the replicas on their agents, then release their allocations in one plan.
+
+        Preempted replicas were released by the preempting plan already; which replicas
+        those are is read only after the stops, since a preemption may arrive meanwhile.
+        """
         placed = [r for r in victims if r.node_id]
         await asyncio.gather(*(self._stop(r) for r in placed if not r.lost))
+        placed = [r for r in placed if not r.preempted]
         if placed:
             await workflow.execute_activity_method(
                 LedgerActivities.commit_plan,
@@ -386,6 +397,32 @@ class WorkloadWorkflow:
                 r.lost, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
         self._message = sig.reason
         self._backoff = 0.0  # replace at once; backoff is for replicas failing to start
+        self._dirty = True
+
+    @workflow.signal
+    def capacity_available(self, sig: CapacityAvailable) -> None:
+        """The ledger saw room appear (a release, a node Ready): place pending replicas now
+        instead of waiting out the retry backoff."""
+        if any(r.phase == ReplicaPhase.PENDING for r in self._replicas):
+            self._backoff = 0.0
+            self._dirty = True
+
+    @workflow.signal
+    def replicas_preempted(self, sig: ReplicasPreempted) -> None:
+        """A higher-priority replica took ``count`` of our places on a node; the ledger has
+        released them already. Stop that many replicas there and place replacements."""
+        if sig.plan_id and sig.plan_id in self._preempted_by:
+            return
+        if sig.plan_id:
+            self._preempted_by = [*self._preempted_by, sig.plan_id][-MAX_PREEMPTIONS_KEPT:]
+        age = {r.replica_id: i for i, r in enumerate(self._replicas)}
+        here = [r for r in self._replicas if r.node_id == sig.node_id and not r.preempted]
+        # Prefer replicas that are not serving yet, then the newest.
+        here.sort(key=lambda r: (r.phase == ReplicaPhase.RUNNING, -age[r.replica_id]))
+        for r in here[: sig.count]:
+            r.preempted, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
+        self._message = sig.reason
+        self._backoff = 0.0
         self._dirty = True
 
     @workflow.signal

@@ -9,14 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.runtime.base import RuntimeDriver
-from agent.runtime.docker import DockerDriver
+from agent.runtime.docker import DEFAULT_SECRET_SHELL, DockerDriver
 from agent.runtime.exec import ExecDriver
 
 __all__ = ["DockerDriver", "ExecDriver", "build_drivers", "detect_drivers"]
 
 
 async def detect_drivers(
-    node_id: str, state_dir: Path, docker_base_url: str | None = None
+    node_id: str,
+    state_dir: Path,
+    docker_base_url: str | None = None,
+    *,
+    secret_shell: Path = DEFAULT_SECRET_SHELL,
 ) -> dict[str, RuntimeDriver]:
     """The drivers usable on this node, keyed by name.
 
@@ -25,7 +29,7 @@ async def detect_drivers(
     set stable for the scheduler).
     """
     drivers: dict[str, RuntimeDriver] = {"exec": ExecDriver(node_id, Path(state_dir))}
-    docker = DockerDriver(node_id, base_url=docker_base_url)
+    docker = DockerDriver(node_id, base_url=docker_base_url, secret_shell=secret_shell)
     if await docker.available():
         drivers["docker"] = docker
     else:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+from cloudless.errors import RuntimeDriverError
 
 #: Label keys put on every container/process a driver starts.
 LABEL_MANAGED = "dev.cloudless.managed"
@@ -40,6 +42,90 @@ class PortMapping:
     host_port: int | None = None  # None: not published on the host
 
 
+#: Exec replicas have no mount namespace: each secret volume's directory is passed in
+#: ``CLOUDLESS_SECRET_VOLUME_<NAME>`` (volume name upper-cased, ``-`` as ``_``).
+SECRET_VOLUME_ENV_PREFIX = "CLOUDLESS_SECRET_VOLUME_"
+#: Default file mode of projected secret files (owner read-only, like a private key).
+DEFAULT_SECRET_FILE_MODE = 0o400
+
+
+def secret_volume_env_name(volume_name: str) -> str:
+    """The env var that tells an exec replica where a secret volume's files are."""
+    return SECRET_VOLUME_ENV_PREFIX + volume_name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a secret, read with an access token for ``audience``."""
+
+    namespace: str
+    name: str
+    key: str
+    audience: str
+
+
+@dataclass(frozen=True)
+class SecretEnvVar:
+    """An environment variable whose value is a secret key (the reference, never the value)."""
+
+    name: str
+    ref: SecretKeyRef
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """One key projected as ``path`` (relative to the volume); mode 0 means the default."""
+
+    key: str
+    path: str
+    mode: int = 0
+
+
+@dataclass(frozen=True)
+class SecretVolume:
+    """A secret projected as files at ``mount_path``; no ``files`` means every key."""
+
+    volume_name: str
+    mount_path: str
+    namespace: str
+    name: str
+    audience: str
+    files: Sequence[SecretFile] = ()
+    default_mode: int = 0
+
+    @property
+    def secret(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A host directory of projected secret files and where the replica sees it."""
+
+    volume_name: str
+    host_dir: str
+    container_path: str
+
+
+@dataclass(frozen=True, repr=False)
+class ResolvedSecrets:
+    """Secret values and paths for one start of a replica: memory only, never persisted.
+
+    The repr names variables, not values, so a logged spec cannot leak a secret.
+    """
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[SecretMount] = ()
+    #: Host path of a tmpfs file of ``export NAME='value'`` lines (docker runtime only).
+    env_file: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolvedSecrets(env={sorted(self.env)}, mounts={list(self.mounts)}, "
+            f"env_file={self.env_file!r})"
+        )
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     """Everything a driver needs to start one replica; built by the agent from the RPC."""
@@ -58,6 +144,28 @@ class ReplicaSpec:
     generation: int = 1
     spec_hash: str = ""  # drivers treat a differing hash for the same replica_id as a new spec
     labels: Mapping[str, str] = field(default_factory=dict)  # user labels, added as-is
+    secret_env: Sequence[SecretEnvVar] = ()
+    secret_volumes: Sequence[SecretVolume] = ()
+    #: Filled by the agent right before a (re)start; drivers refuse specs that reference
+    #: secrets without it. Never persisted (see :meth:`without_secret_values`).
+    resolved: ResolvedSecrets | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def uses_secrets(self) -> bool:
+        return bool(self.secret_env or self.secret_volumes)
+
+    def without_secret_values(self) -> ReplicaSpec:
+        """The spec as it may be stored or kept long-term: references only."""
+        return replace(self, resolved=None)
+
+    def require_resolved(self, runtime: str) -> ResolvedSecrets:
+        """The resolved secrets; a driver must never start a replica without them."""
+        if self.resolved is None:
+            raise RuntimeDriverError(
+                f"{runtime}: replica {self.replica_id} references secrets that were not "
+                "resolved before the start (agent bug)"
+            )
+        return self.resolved
 
     def managed_labels(self) -> dict[str, str]:
         """The labels every driver must attach (user labels first, ours win)."""

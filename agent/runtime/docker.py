@@ -11,15 +11,18 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import struct
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker.models.containers import Container
+from docker.types import Mount
 
 from agent.runtime.base import (
     LABEL_GENERATION,
@@ -35,7 +38,7 @@ from agent.runtime.base import (
 )
 from cloudless.errors import RuntimeDriverError
 
-__all__ = ["CONTAINER_PREFIX", "DockerDriver", "container_name"]
+__all__ = ["CONTAINER_PREFIX", "DockerDriver", "container_name", "secret_env_entrypoint"]
 
 _T = TypeVar("_T")
 
@@ -50,6 +53,23 @@ _LOG_QUEUE_SIZE = 64
 _POLL_INTERVAL = 0.05
 #: Attempts to win a name race against another engine client before giving up.
 _CREATE_ATTEMPTS = 5
+
+#: The host's static busybox, bind-mounted into containers that get secret env vars.
+DEFAULT_SECRET_SHELL = Path("/bin/busybox")
+#: Inside the container (manifests may not mount anything under /.cloudless). The shell's
+#: file name must be ``busybox`` so the multi-call binary takes its applet from argv[1].
+SECRET_SHELL_TARGET = "/.cloudless/busybox"
+SECRET_ENV_TARGET = "/.cloudless/env"
+#: Source the env file, then exec the real command. PATH is searched by hand because a
+#: static busybox prefers its own applets (env, sh, ...) over the image's programs.
+_ENV_WRAPPER = (
+    f". {SECRET_ENV_TARGET} || exit 1; "
+    'case "$1" in */*) exec "$@";; esac; '
+    "IFS=:; for d in $PATH; do "
+    'if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then p="$d/$1"; shift; exec "$p" "$@"; fi; '
+    'done; echo "cloudless: $1: not found in PATH" >&2; exit 127'
+)
+_PT_INTERP = 3
 
 
 def container_name(replica_id: str) -> str:
@@ -79,6 +99,62 @@ def _is_conflict(error: docker.errors.APIError) -> bool:
     return getattr(error, "status_code", None) == 409
 
 
+def secret_env_entrypoint(argv: Sequence[str]) -> list[str]:
+    """The entrypoint that loads secret env vars from a tmpfs file, then execs ``argv``.
+
+    Putting the values in the container's ``Env`` would make dockerd write them to
+    ``/var/lib/docker``; the file lives on tmpfs and is bind-mounted read-only instead.
+    """
+    return [SECRET_SHELL_TARGET, "sh", "-c", _ENV_WRAPPER, "sh", *argv]
+
+
+def _original_argv(spec: ReplicaSpec, image_config: Mapping[str, Any]) -> list[str]:
+    """What the container runs without the wrapper (Kubernetes command/args rules)."""
+    entrypoint = list(spec.command) or list(image_config.get("Entrypoint") or [])
+    if spec.command or spec.args:
+        return entrypoint + list(spec.args)
+    return entrypoint + list(image_config.get("Cmd") or [])
+
+
+def _is_static_elf(blob: bytes) -> bool:
+    """Whether an ELF executable needs no dynamic loader (it has no PT_INTERP header)."""
+    if len(blob) < 64 or blob[:4] != b"\x7fELF":
+        return False
+    endian = "<" if blob[5] == 1 else ">"
+    if blob[4] == 2:  # 64-bit
+        (phoff,) = struct.unpack_from(endian + "Q", blob, 0x20)
+        phentsize, phnum = struct.unpack_from(endian + "HH", blob, 0x36)
+    else:
+        (phoff,) = struct.unpack_from(endian + "I", blob, 0x1C)
+        phentsize, phnum = struct.unpack_from(endian + "HH", blob, 0x2A)
+    for index in range(phnum):
+        offset = phoff + index * phentsize
+        if offset + 4 > len(blob):
+            return False
+        if struct.unpack_from(endian + "I", blob, offset)[0] == _PT_INTERP:
+            return False
+    return True
+
+
+def _static_shell(path: Path) -> Path:
+    """The host's static busybox, checked: a dynamic one would find no libc in the image."""
+    fix = "install busybox-static on the node or point --secret-shell at a static busybox"
+    try:
+        with path.open("rb") as handle:
+            blob = handle.read(64 * 1024)
+    except OSError as error:
+        raise RuntimeDriverError(
+            f"docker: secret env vars are loaded by a static busybox mounted from {path}, "
+            f"which cannot be read: {error.strerror or error}; {fix}"
+        ) from error
+    if not _is_static_elf(blob):
+        raise RuntimeDriverError(
+            f"docker: {path} is not a statically linked executable, so it cannot run inside "
+            f"the container to load secret env vars; {fix}"
+        )
+    return path.resolve()
+
+
 class DockerDriver:
     """Runs replicas as containers on a Docker engine (``name = "docker"``).
 
@@ -99,6 +175,8 @@ class DockerDriver:
         settle_seconds: How long ``run`` watches a fresh container so that one that dies
             right away is reported Failed (with its logs) instead of Running.
         start_timeout: Upper bound for a container to leave the ``created`` state.
+        secret_shell: A static busybox on the host, bind-mounted into containers that get
+            secret env vars, to load them from their tmpfs file.
     """
 
     name = "docker"
@@ -113,8 +191,10 @@ class DockerDriver:
         replace_grace_seconds: float = 10.0,
         settle_seconds: float = 0.5,
         start_timeout: float = 30.0,
+        secret_shell: Path = DEFAULT_SECRET_SHELL,
     ) -> None:
         self.node_id = node_id
+        self.secret_shell = Path(secret_shell)
         self.base_url = base_url
         self.publish_address = publish_address
         self.pull = pull
@@ -328,14 +408,16 @@ class DockerDriver:
                         # A start that was interrupted (or is racing us): finish it.
                         return await self._start(container)
                     await self._remove(container, self.replace_grace_seconds)
-                await self._ensure_image(client, spec.image)
+                image_config = await self._ensure_image(client, spec.image)
+                kwargs = self._create_kwargs(spec, image_config)
                 try:
-                    container = await asyncio.to_thread(
-                        client.containers.create, **self._create_kwargs(spec)
-                    )
+                    container = await asyncio.to_thread(client.containers.create, **kwargs)
                 except docker.errors.APIError as error:
                     if _is_conflict(error):
-                        continue  # someone else created it between our inspect and create
+                        # Someone else is creating it; the engine reserves the name before
+                        # the container can be inspected, so give that create a moment.
+                        await asyncio.sleep(_POLL_INTERVAL)
+                        continue
                     raise RuntimeDriverError(
                         f"docker: creating replica {spec.replica_id} failed: {_reason(error)}"
                     ) from error
@@ -345,7 +427,7 @@ class DockerDriver:
                 f"gave up after {_CREATE_ATTEMPTS} attempts"
             )
 
-    def _create_kwargs(self, spec: ReplicaSpec) -> dict[str, Any]:
+    def _create_kwargs(self, spec: ReplicaSpec, image_config: Mapping[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "name": container_name(spec.replica_id),
@@ -378,12 +460,38 @@ class DockerDriver:
             )
         if ports:
             kwargs["ports"] = ports
+        if spec.uses_secrets:
+            kwargs.update(self._secret_kwargs(spec, image_config))
         return kwargs
 
-    async def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
+    def _secret_kwargs(self, spec: ReplicaSpec, image_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Read-only bind mounts of the replica's tmpfs files, and the env-loading wrapper."""
+        resolved = spec.require_resolved(self.name)
+        mounts = [
+            Mount(m.container_path, m.host_dir, type="bind", read_only=True)
+            for m in resolved.mounts
+        ]
+        options: dict[str, Any] = {"mounts": mounts}
+        if resolved.env_file is None:
+            return options
+        argv = _original_argv(spec, image_config)
+        if not argv:
+            raise RuntimeDriverError(
+                f"docker: replica {spec.replica_id} has secret env vars but nothing to run: "
+                f"image {spec.image!r} has no ENTRYPOINT or CMD; set command in the manifest"
+            )
+        shell = _static_shell(self.secret_shell)
+        mounts.append(Mount(SECRET_SHELL_TARGET, str(shell), type="bind", read_only=True))
+        mounts.append(Mount(SECRET_ENV_TARGET, resolved.env_file, type="bind", read_only=True))
+        options["entrypoint"] = secret_env_entrypoint(argv)
+        options["command"] = None  # argv above already holds the args
+        return options
+
+    async def _ensure_image(self, client: docker.DockerClient, image: str) -> Mapping[str, Any]:
+        """Make sure the image is here; returns its config (entrypoint, cmd, ...)."""
         try:
-            await asyncio.to_thread(client.images.get, image)
-            return
+            found = await asyncio.to_thread(client.images.get, image)
+            return dict(found.attrs.get("Config") or {})
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.DockerException as error:
@@ -397,12 +505,13 @@ class DockerDriver:
                 "image on the node first"
             )
         try:
-            await asyncio.to_thread(client.images.pull, image)
+            pulled = await asyncio.to_thread(client.images.pull, image)
         except docker.errors.DockerException as error:
             raise RuntimeDriverError(
                 f"image {image!r} is not present on this node and no registry pull was "
                 f"possible: {_reason(error)}"
             ) from error
+        return dict(pulled.attrs.get("Config") or {})
 
     async def _start(self, container: Container) -> ReplicaStatus:
         """Start a created container and wait until it runs (or report how it died)."""

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import psutil
 
-from agent.runtime.base import ReplicaPhase, ReplicaSpec, ReplicaStatus
+from agent.runtime.base import ReplicaPhase, ReplicaSpec, ReplicaStatus, secret_volume_env_name
 from cloudless.errors import RuntimeDriverError
 
 __all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver"]
@@ -115,6 +115,19 @@ def _read_tail(path: Path, lines: int) -> bytes:
             return handle.read()
     except FileNotFoundError:
         return b""
+
+
+def _secret_environment(spec: ReplicaSpec) -> dict[str, str]:
+    """Secret values, and where each secret volume's files are: a process has no mounts.
+
+    Values live only in the process environment (memory); the record keeps none of them.
+    """
+    if not spec.uses_secrets:
+        return {}
+    resolved = spec.require_resolved("exec")
+    env = {secret_volume_env_name(m.volume_name): m.host_dir for m in resolved.mounts}
+    env.update(resolved.env)
+    return env
 
 
 def _replica_ids(root: Path) -> list[str]:
@@ -394,7 +407,11 @@ class ExecDriver:
         return work, log.open("ab")
 
     async def _spawn(self, spec: ReplicaSpec, argv: list[str]) -> ReplicaStatus:
-        env = {"PATH": os.environ.get("PATH") or _DEFAULT_PATH, **spec.env}
+        env = {
+            "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
+            **spec.env,
+            **_secret_environment(spec),
+        }
         try:
             work, log = await asyncio.to_thread(self._prepare, spec.replica_id)
         except OSError as error:

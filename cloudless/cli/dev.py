@@ -9,10 +9,12 @@ from pathlib import Path
 from cloudless import devstack
 from cloudless.cli.output import console, workloads_table
 from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for
 from cloudless.errors import CloudlessError
 from cloudless.model import NodeState
 from cloudless.spec import ManifestError, load_manifest_file
 from cloudless.temporal import connect
+from cloudless.transit.client import embedded_transit_settings
 
 EXEC_EXAMPLE = Path("examples/hello-exec.yaml")
 
@@ -77,7 +79,9 @@ def dev_up(
         raise fail(str(err)) from err
 
     async def apply() -> None:
-        temporal = await connect(f"127.0.0.1:{state.ports['temporal']}")
+        # The stack's own transit, even if the shell points VAULT_* at another one.
+        codec = codec_for(embedded_transit_settings(state_dir))
+        temporal = await connect(f"127.0.0.1:{state.ports['temporal']}", codec=codec)
         client = CloudlessClient(temporal, cluster)
         for agent in devstack.DEV_AGENTS:
             node = await client.wait_node(agent.name, [NodeState.READY], timeout=60)
@@ -103,9 +107,17 @@ def dev_up(
     except CloudlessError as err:
         raise fail(str(err)) from err
     ui = f"http://127.0.0.1:{state.ports['ui']}"
+    login = devstack.codec_login_url(state_dir, state.ports)
+    decode = (
+        f"Payloads are encrypted; to read them in the UI, open once in the same browser:\n"
+        f"  {login}\n"
+        if login
+        else ""
+    )
     console.print(
         f"\n[bold green]Cloudless is up.[/bold green] Temporal UI: {ui}  "
         f'(try the query CloudlessWorkload = "hello")\n'
+        f"{decode}"
         "Next:\n"
         "  cloudlessctl get nodes\n"
         "  cloudlessctl describe workload hello\n"

@@ -26,7 +26,9 @@ from cloudless.cli.output import (
     print_workload,
     workloads_table,
 )
+from cloudless.cli.secrets import app as secrets_app
 from cloudless.client import CloudlessClient
+from cloudless.codec import transit_codec
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.spec import ManifestError, load_manifest_file, load_manifests
@@ -51,6 +53,7 @@ app.add_typer(scale_app, name="scale")
 app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
+app.add_typer(secrets_app, name="secrets")
 
 
 class Settings:
@@ -97,8 +100,11 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
     """Connect, run ``fn`` and turn every expected failure into a one-line error."""
 
     async def go() -> T:
+        codec = transit_codec(settings.state_dir)  # encrypt whenever transit is configured
         try:
-            temporal = await connect(settings.temporal_address, settings.temporal_namespace)
+            temporal = await connect(
+                settings.temporal_address, settings.temporal_namespace, codec=codec
+            )
         except RuntimeError as err:
             raise CloudlessError(
                 f"cannot reach Temporal at {settings.temporal_address} ({err}); start the "
@@ -236,6 +242,33 @@ def describe_node(name: str, output: OutputOpt = Output.TABLE) -> None:
             },
             output,
         )
+
+
+@app.command()
+def explain(
+    filename: Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML).")],
+    top: Annotated[int, typer.Option(help="Candidates to show per replica.")] = 3,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Dry-run placement of a manifest against the current cluster; commits nothing."""
+    try:
+        workloads = load_manifest_file(filename)
+    except ManifestError as err:
+        raise fail(str(err)) from err
+    except OSError as err:
+        raise fail(f"cannot read {filename}: {err.strerror}") from err
+
+    async def go(c: CloudlessClient) -> list[Any]:
+        return [(w.key, await c.explain(w, top_k=top)) for w in workloads]
+
+    results = run(go)
+    if output != Output.TABLE:
+        emit_data([{"workload": k, **r.model_dump(mode="json")} for k, r in results], output)
+        return
+    for key, result in results:
+        console.print(f"[bold]{key}[/bold] (ledger version {result.ledger_version})")
+        for line in result.lines:
+            console.print("  " + line, markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- delete/scale

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudless.client import NodeDetails
-from cloudless.model import LedgerNode, WorkloadStatus
+from cloudless.model import CandidateScore, LedgerNode, WorkloadStatus
 from cloudless.quantity import format_bytes, format_cpu
 
 #: Piped output is for scripts and logs: never truncate columns to an assumed 80.
@@ -64,11 +64,44 @@ def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
 
 def replicas_table(w: WorkloadStatus) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("REPLICA", "PHASE", "NODE", "GENERATION", "MESSAGE"):
+    for col in ("REPLICA", "PHASE", "NODE", "SCORE", "GENERATION", "MESSAGE"):
         table.add_column(col)
     for r in w.replicas:
-        table.add_row(r.replica_id, r.phase.value, r.node_id or "-", str(r.generation), r.message)
+        score = "-" if r.score is None else f"{r.score:.2f}"
+        table.add_row(
+            r.replica_id, r.phase.value, r.node_id or "-", score, str(r.generation), r.message
+        )
     return table
+
+
+#: Short headings for the placement factors (same as the scheduler's explanation).
+FACTOR_LABELS = {
+    "locality": "local",
+    "reliability": "relia",
+    "cost": "cost",
+    "utilization": "util",
+    "network": "net",
+    "node_affinity": "naff",
+    "workload_affinity": "waff",
+    "topology_spread": "sprd",
+    "taint_toleration": "taint",
+}
+
+
+def candidates_lines(candidates: Sequence[CandidateScore], chosen: str) -> list[str]:
+    """The top candidates of one placement: node, total 0..100 and each factor 0..1."""
+    if not candidates:
+        return []
+    names = [n for n in FACTOR_LABELS if n in candidates[0].factors]
+    width = max(4, *(len(c.node_id) for c in candidates))
+    lines = [
+        f"    {'node':<{width}} {'score':>6} " + " ".join(f"{FACTOR_LABELS[n]:>5}" for n in names)
+    ]
+    for c in candidates:
+        mark = "*" if c.node_id == chosen else " "
+        values = " ".join(f"{c.factors.get(n, 0.0):5.2f}" for n in names)
+        lines.append(f"  {mark} {c.node_id:<{width}} {c.score:6.2f} {values}")
+    return lines
 
 
 def nodes_table(items: Sequence[LedgerNode]) -> Table:
@@ -108,13 +141,26 @@ def print_workload(w: WorkloadStatus) -> None:
     console.print(f"[bold]Workflow:[/bold]   workload/{w.namespace}/{w.name}")
     console.print()
     console.print(replicas_table(w))
+    explained = [r for r in w.replicas if r.candidates or (r.phase.value == "Pending")]
+    if explained:
+        console.print()
+        console.print("[bold]Placement:[/bold] (top candidates; * = chosen, factors 0..1)")
+    for r in explained:
+        if r.candidates:
+            console.print(f"  {r.replica_id} -> {r.node_id} (score {r.score or 0:.2f})")
+            for line in candidates_lines(r.candidates, r.node_id):
+                console.print(line, markup=False, highlight=False)
+        else:
+            console.print(f"  {r.replica_id}: pending: {r.message or 'not placed yet'}")
 
 
 def print_node(d: NodeDetails) -> None:
     n = d.node
     console.print(f"[bold]Name:[/bold]      {n.node_id}")
     console.print(f"[bold]State:[/bold]     {n.state.value}")
-    console.print(f"[bold]Zone:[/bold]      {n.zone}")
+    console.print(
+        f"[bold]Zone:[/bold]      {n.zone}" + (f"  region {n.region}" if n.region else "")
+    )
     console.print(f"[bold]Address:[/bold]   {n.address}")
     console.print(f"[bold]Runtimes:[/bold]  {', '.join(n.runtimes)}")
     labels = ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
@@ -129,6 +175,13 @@ def print_node(d: NodeDetails) -> None:
         f"memory {approx_bytes(n.allocated.memory_bytes)} in {n.replicas} replica(s)"
     )
     console.print(f"[bold]Workloads:[/bold] {', '.join(d.workloads) or '-'}")
+    taints = ", ".join(f"{t.key}={t.value}:{t.effect}" for t in n.taints) or "-"
+    console.print(
+        f"[bold]Scheduling:[/bold] runtime classes {', '.join(n.runtime_classes)}; "
+        f"taints {taints}; "
+        f"uptime {n.uptime_ratio:.2%}, churn {n.churn} (last hour); "
+        f"cost {n.cost_per_core_hour:g}/core-hour; latency {n.latency_ms:g} ms"
+    )
     if d.status is not None:
         if d.status.record.certificate_not_after:
             console.print(

@@ -21,10 +21,13 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
 from cloudless.naming import SEARCH_ATTRIBUTES
 from cloudless.pki import CertificateAuthority
 from cloudless.quantity import parse_bytes, parse_cpu
 from cloudless.tokens import TokenSigner
+from cloudless.transit.client import ADDRESS_FILE, TRANSIT_SUBDIR, transit_client
+from cloudless.transit.testing import transit_server
 
 
 def free_port() -> int:
@@ -63,7 +66,13 @@ class AgentHandle:
 
 @dataclass
 class LocalCluster:
-    """Coordinator + agents sharing one event loop and one temp directory."""
+    """Coordinator + agents sharing one event loop and one temp directory.
+
+    With ``encrypt_payloads`` (the default) payloads are encrypted by the transit codec
+    (through ``transit`` if given, else an in-thread ``cloudless-transit``): ``client`` is
+    replaced at start by one sharing the given client's connection but encrypting, as
+    every Cloudless process does once transit is configured.
+    """
 
     client: Client
     root: Path
@@ -74,13 +83,22 @@ class LocalCluster:
     agent_gateway: str = ""
     heartbeat_ttl: float = 10.0
     suspect_grace: float = 1.0
+    #: An ``hvac.Client`` for transit: enables the coordinator's SecretsService.
+    transit: Any = None
+    #: Extra Coordinator settings (e.g. rotation_settle_seconds) for tests.
+    coordinator_options: dict[str, Any] = field(default_factory=dict)
+    encrypt_payloads: bool = True
+    codec: TransitPayloadCodec | None = None
     _specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     async def start(self) -> None:
         from workers.coordinator import Coordinator
 
         self.gateway = f"127.0.0.1:{free_port()}"
         self.agent_gateway = f"127.0.0.1:{free_port()}"
+        if self.encrypt_payloads:
+            self._start_codec()
         coordinator = Coordinator(
             client=self.client,
             cluster=self.cluster,
@@ -89,9 +107,27 @@ class LocalCluster:
             agent_listen=self.agent_gateway,
             heartbeat_ttl=self.heartbeat_ttl,
             suspect_grace=self.suspect_grace,
+            transit=self.transit,
+            codec=self.codec,
+            **self.coordinator_options,
         )
         await coordinator.start()
         self.coordinator = coordinator
+
+    def _start_codec(self) -> None:
+        """The payload codec over real transit, and a client that uses it."""
+        if self.transit is not None:  # same transit, own session (hvac is not thread-safe)
+            url, token = self.transit.url, self.transit.token
+        else:
+            data_dir = self.root / TRANSIT_SUBDIR
+            server = self._resources.enter_context(transit_server(data_dir))
+            url, token = server.url, server.token
+            # As cloudless-transit does: the CLI given --state-dir <root> finds it.
+            (data_dir / ADDRESS_FILE).write_text(f"{url}\n")
+        self.codec = TransitPayloadCodec(TransitDataKeySource(transit_client(url, token)))
+        options = self.client.config()
+        options["data_converter"] = data_converter(self.codec)
+        self.client = Client(**options)
 
     @property
     def coordinator_dir(self) -> Path:
@@ -204,3 +240,4 @@ class LocalCluster:
             await self.stop_agent(name)
         if self.coordinator is not None:
             await self.coordinator.stop()  # type: ignore[attr-defined]
+        self._resources.close()

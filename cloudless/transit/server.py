@@ -42,7 +42,8 @@ import structlog
 from cloudless import __version__
 from cloudless.config import state_dir
 from cloudless.errors import CloudlessError, ConfigError, PKIError
-from cloudless.pki import read_private_file, write_private_file
+from cloudless.pki import read_private_file, write_private_file, write_public_file
+from cloudless.transit.client import ADDRESS_FILE
 from cloudless.transit.keyring import (
     DEFAULT_KEY_TYPE,
     Clock,
@@ -1031,6 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    # Other local processes (the CLI, a dev-stack coordinator) find the server through this.
+    address_file = Path(args.data_dir).absolute() / ADDRESS_FILE
+    with contextlib.suppress(CloudlessError):
+        write_public_file(address_file, f"{server.url}\n".encode())
     log.info(
         "transit.listening",
         url=server.url,
@@ -1043,6 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("transit.stopping")
     server.stop()
+    with contextlib.suppress(OSError):
+        if address_file.read_text().strip() == server.url:
+            address_file.unlink()
     return 0
 
 

@@ -11,22 +11,27 @@ import signal
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
 from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for
 from cloudless.devstack import (
     DEV_AGENTS,
     DEV_FILE,
     DevPorts,
+    port_open,
     spawn_coordinator,
     spawn_temporal,
     start_processes,
     stop_processes,
+    wait_until,
 )
 from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
+from cloudless.transit.client import embedded_transit_settings
 
 pytestmark = pytest.mark.temporal
 
@@ -34,9 +39,19 @@ PORTS = DevPorts.shifted(2000)
 CLUSTER = "chaos"
 
 
+async def connect_stack(state: Path) -> Client:
+    """A client with the stack's payload codec (its transit lives in the state dir)."""
+    codec = codec_for(embedded_transit_settings(state))
+    return await connect(f"127.0.0.1:{PORTS.temporal}", wait=30, codec=codec)
+
+
 def kill9(state: Path, role: str) -> None:
+    """SIGKILL the role's process group and wait until its port is released, so that the
+    restart binds it (instead of seeing the dying process's socket as "listening")."""
     pids = json.loads((state / DEV_FILE).read_text())["pids"]
     os.killpg(pids[role], signal.SIGKILL)
+    port = {"temporal": PORTS.temporal, "coordinator": PORTS.gateway}[role]
+    wait_until(lambda: not port_open(port), f"the killed {role} to release :{port}", 30)
 
 
 def record_pid(state: Path, role: str, pid: int) -> None:
@@ -66,7 +81,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
     state = tmp_path / "stack"
     try:
         await asyncio.to_thread(start_processes, state, CLUSTER, ports=PORTS, runtimes=("exec",))
-        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}", wait=30), CLUSTER)
+        client = CloudlessClient(await connect_stack(state), CLUSTER)
         for a in DEV_AGENTS:
             assert await client.wait_node(a.name, timeout=60) is not None
         name = "crashy"
@@ -85,7 +100,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         kill9(state, "temporal")
         pid = await asyncio.to_thread(spawn_temporal, state, PORTS)
         record_pid(state, "temporal", pid)
-        client = CloudlessClient(await connect(f"127.0.0.1:{PORTS.temporal}", wait=30), CLUSTER)
+        client = CloudlessClient(await connect_stack(state), CLUSTER)
         after = await client.wait("default", name, outcome.generation, 60, all_ready=True)
         assert {r.replica_id for r in after.replicas} == set(live)
         again = await client.apply(sleeper(name, 12), wait=True, timeout=60)

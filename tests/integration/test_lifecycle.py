@@ -240,7 +240,9 @@ async def test_cli_get_describe_and_errors(
     name = unique("cli")
     await client.apply(manifest(name, replicas=2), wait=True, timeout=90)
     address = dev_cluster.client.service_client.config.target_host
+    # The state dir is where the CLI finds transit, hence the payload codec.
     base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
+    base += ["--state-dir", str(dev_cluster.root)]
 
     def cli(*args: str) -> Any:
         return CliRunner().invoke(app, [*base, *args])

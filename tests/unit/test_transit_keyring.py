@@ -420,9 +420,7 @@ def test_keyring_survives_reopen(tmp_path: Path, seal_key: bytes) -> None:
     assert again.decrypt("k", ct2) == b"second"
 
 
-def test_keyring_file_is_private_and_holds_no_key_material(
-    tmp_path: Path, seal_key: bytes
-) -> None:
+def test_keyring_file_is_private_and_holds_no_key_material(tmp_path: Path, seal_key: bytes) -> None:
     path = tmp_path / "keyring.sealed"
     ring = Keyring.open(path, seal_key)
     ring.create_key("payments-master-key")
@@ -438,9 +436,7 @@ def test_keyring_file_is_private_and_holds_no_key_material(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no leftovers
 
 
-def test_wrong_seal_key_refuses_and_leaves_the_file_alone(
-    tmp_path: Path, seal_key: bytes
-) -> None:
+def test_wrong_seal_key_refuses_and_leaves_the_file_alone(tmp_path: Path, seal_key: bytes) -> None:
     path = tmp_path / "keyring.sealed"
     Keyring.open(path, seal_key).create_key("k")
     before = path.read_bytes()
@@ -449,9 +445,7 @@ def test_wrong_seal_key_refuses_and_leaves_the_file_alone(
     assert path.read_bytes() == before
 
 
-def test_corrupt_keyring_refuses_and_leaves_the_file_alone(
-    tmp_path: Path, seal_key: bytes
-) -> None:
+def test_corrupt_keyring_refuses_and_leaves_the_file_alone(tmp_path: Path, seal_key: bytes) -> None:
     path = tmp_path / "keyring.sealed"
     Keyring.open(path, seal_key).create_key("k")
     blob = bytearray(path.read_bytes())

@@ -1,0 +1,382 @@
+"""The coordinator's scheduler soft state: a long-lived node index mirroring the ledger.
+
+Per DESIGN §2 the scheduler's node index is soft state: it lives in the coordinator's
+memory, is built from the ``cluster/<name>`` snapshot on first use and kept current from
+what this process itself writes to the ledger (node records via ``publish_node``,
+committed plans via ``place_replicas``/``commit_plan``). The ledger stays the judge: a plan
+decided on a stale index is rejected by the commit validator, and the index re-syncs from
+a fresh snapshot. Changes made by other coordinators are noticed the same way, and when a
+decision finds no room (the pending registration is refused if the ledger moved on).
+
+Ledger versions keep the mirror exact: every ledger write bumps the version and returns it,
+so a change is applied once, changes already contained in a loaded snapshot are skipped,
+and a gap (a version this process never saw) marks the index as behind.
+
+Also here: translating a workload manifest into the scheduler's ``PlacementRequest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+from cloudless.model import (
+    Allocation,
+    ClusterSnapshot,
+    CommitPlanInput,
+    CommitPlanResult,
+    LedgerNode,
+    LedgerWorkload,
+    UpsertNodeResult,
+)
+from cloudless.model import Resources as ModelResources
+from cloudless.spec import LabelSelector as SpecSelector
+from cloudless.spec import MatchExpression as SpecExpression
+from cloudless.spec import Workload
+from cloudless.spec import WorkloadAffinity as SpecWorkloadAffinity
+from policies import scheduler as sched
+from policies.scheduler.request import SampleSize, TaintEffect
+
+#: A gap in the versions this process has seen is tolerated this long (a concurrent write
+#: of this process may still be reporting back) before the index counts as behind.
+GAP_GRACE_SECONDS = 1.0
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def resources(r: ModelResources) -> sched.Resources:
+    return sched.Resources(
+        cpu_millis=r.cpu_millis,
+        memory_bytes=r.memory_bytes,
+        storage_bytes=r.storage_bytes,
+        gpu=r.gpu,
+        bandwidth_bps=r.bandwidth_bps,
+    )
+
+
+def node_spec(n: LedgerNode) -> sched.NodeSpec:
+    return sched.NodeSpec(
+        node_id=n.node_id,
+        capacity=resources(n.capacity),
+        allocated=resources(n.allocated),
+        zone=n.zone,
+        region=n.region,
+        labels=dict(n.labels),
+        state=n.state.value,
+        runtimes=frozenset(n.runtimes),
+        runtime_classes=frozenset(n.runtime_classes),
+        taints=tuple(sched.Taint(t.key, t.value, cast(TaintEffect, t.effect)) for t in n.taints),
+        uptime_ratio=min(1.0, max(0.0, n.uptime_ratio)),
+        churn=float(max(0, n.churn)),
+        cost_per_core_hour=max(0.0, n.cost_per_core_hour),
+        latency_ms=max(0.0, n.latency_ms),
+    )
+
+
+def _expr(e: SpecExpression) -> sched.MatchExpression:
+    return sched.MatchExpression(e.key, e.operator, tuple(e.values))
+
+
+def _selector(s: SpecSelector) -> sched.LabelSelector:
+    return sched.LabelSelector(
+        match_labels=dict(s.match_labels),
+        match_expressions=tuple(_expr(e) for e in s.match_expressions),
+    )
+
+
+def _workload_affinity(a: SpecWorkloadAffinity | None) -> sched.WorkloadAffinity:
+    if a is None:
+        return sched.WorkloadAffinity()
+    return sched.WorkloadAffinity(
+        required=tuple(
+            sched.WorkloadAffinityTerm(_selector(t.label_selector), t.topology_key)
+            for t in a.required
+        ),
+        preferred=tuple(
+            sched.WeightedWorkloadAffinityTerm(
+                p.weight,
+                sched.WorkloadAffinityTerm(_selector(p.term.label_selector), p.term.topology_key),
+            )
+            for p in a.preferred
+        ),
+    )
+
+
+def placement_request(
+    w: Workload, count: int, *, sample_size: SampleSize = "auto"
+) -> sched.PlacementRequest:
+    """The scheduler's view of ``count`` replicas of the workload (pure translation)."""
+    spec = w.spec
+    p = spec.placement
+    node_affinity = sched.NodeAffinity()
+    if p.node_affinity is not None:
+        node_affinity = sched.NodeAffinity(
+            required=tuple(
+                sched.NodeSelectorTerm(tuple(_expr(e) for e in t.match_expressions))
+                for t in p.node_affinity.required
+            ),
+            preferred=tuple(
+                sched.PreferredNodeTerm(
+                    t.weight,
+                    sched.NodeSelectorTerm(tuple(_expr(e) for e in t.preference.match_expressions)),
+                )
+                for t in p.node_affinity.preferred
+            ),
+        )
+    weights = None
+    if p.weights is not None:
+        given = {k: v for k, v in p.weights.model_dump(by_alias=False).items() if v is not None}
+        weights = sched.Weights(**{**sched.Weights().as_dict(), **given})
+    locality = sched.Locality()
+    if p.locality is not None:
+        locality = sched.Locality(
+            zones=frozenset(p.locality.zones),
+            regions=frozenset(p.locality.regions),
+            labels=dict(p.locality.labels),
+        )
+    return sched.PlacementRequest(
+        count=count,
+        resources=sched.Resources(
+            cpu_millis=spec.resources.cpu_millis,
+            memory_bytes=spec.resources.memory_bytes,
+            storage_bytes=spec.resources.storage_bytes,
+        ),
+        workload_key=w.key,
+        workload_labels=dict(w.metadata.labels),
+        runtime=spec.runtime,
+        runtime_class=spec.security_context.runtime_class_name,
+        zones=frozenset(p.zones),
+        regions=frozenset(p.regions),
+        node_selector=dict(p.node_selector),
+        tolerations=tuple(
+            sched.Toleration(t.key, t.operator, t.value, t.effect) for t in p.tolerations
+        ),
+        node_affinity=node_affinity,
+        workload_affinity=_workload_affinity(p.workload_affinity),
+        workload_anti_affinity=_workload_affinity(p.workload_anti_affinity),
+        spread=tuple(
+            sched.SpreadConstraint(
+                max_skew=c.max_skew,
+                topology_key=c.topology_key,
+                when_unsatisfiable=c.when_unsatisfiable,
+                selector=_selector(c.label_selector) if c.label_selector is not None else None,
+            )
+            for c in p.topology_spread_constraints
+        ),
+        locality=locality,
+        strategy=spec.strategy,
+        weights=weights,
+        priority=spec.effective_priority,
+        sample_size=sample_size,
+    )
+
+
+def workload_meta(w: Workload) -> LedgerWorkload:
+    r = w.spec.resources
+    return LedgerWorkload(
+        labels=dict(w.metadata.labels),
+        priority=w.spec.effective_priority,
+        resources=ModelResources(
+            cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, storage_bytes=r.storage_bytes
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- soft state
+
+
+@dataclass
+class Tentative:
+    """A plan decided on the index and reserved in it while its commit is in flight."""
+
+    plan_id: str
+    allocations: list[Allocation]
+    releases: list[Allocation]
+    workloads: Mapping[str, LedgerWorkload]
+
+
+class SchedulerState:
+    """The long-lived :class:`~policies.scheduler.NodeIndex` of one coordinator process.
+
+    Decisions run synchronously on the live index and reserve their picks in it at once
+    (:meth:`reserve`), so concurrent decisions in this process never pick the same room;
+    a commit either confirms the reservation (:meth:`committed`) or undoes it
+    (:meth:`cancel`).
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[ClusterSnapshot]]) -> None:
+        self._fetch = fetch
+        self.index: sched.NodeIndex | None = None
+        self.workloads: dict[str, LedgerWorkload] = {}
+        self.addresses: dict[str, str] = {}  # node id -> agent address, for RunReplica
+        self.version = -1  # every ledger version <= this is reflected in the index
+        self.loaded_at = -1  # version of the last snapshot loaded
+        self._seen: set[int] = set()  # versions above ``version`` already applied
+        self._gap_since: float | None = None
+        self._stale = True
+        self._lock = asyncio.Lock()
+        self._inflight: dict[str, Tentative] = {}
+        self.resyncs = 0
+
+    # --- loading -----------------------------------------------------------------------
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    @property
+    def behind(self) -> bool:
+        """Whether the index must be reloaded before the next decision."""
+        if self._stale or self.index is None:
+            return True
+        return self._gap_since is not None and time.monotonic() - self._gap_since > (
+            GAP_GRACE_SECONDS
+        )
+
+    async def current(self) -> sched.NodeIndex:
+        """The index, reloaded from the ledger first if it is stale or behind."""
+        if self.behind:
+            async with self._lock:
+                if self.behind:
+                    self.load(await self._fetch())
+        assert self.index is not None
+        return self.index
+
+    async def resync(self) -> sched.NodeIndex:
+        self.mark_stale()
+        return await self.current()
+
+    def load(self, snap: ClusterSnapshot) -> None:
+        """Rebuild from a snapshot; plans still in flight are reserved again on top."""
+        index = sched.NodeIndex(initial_capacity=max(64, len(snap.nodes)))
+        for key, meta in snap.workloads.items():
+            index.register_workload(key, meta.labels)
+        for n in snap.nodes:
+            index.upsert(node_spec(n))  # with the ledger's allocated totals
+            for key, count in n.workloads.items():  # and its replica counts
+                if key not in snap.workloads:
+                    index.register_workload(key, {})
+                index.allocate(n.node_id, sched.Resources(), workload_key=key, replicas=count)
+        self.index = index
+        self.workloads = dict(snap.workloads)
+        self.addresses = {n.node_id: n.address for n in snap.nodes}
+        self.version = self.loaded_at = snap.version
+        self._seen.clear()
+        self._gap_since = None
+        self._stale = False
+        self.resyncs += 1
+        for t in self._inflight.values():
+            self._reserve_into(t)
+
+    # --- version bookkeeping -------------------------------------------------------------
+
+    def _saw(self, version: int) -> bool:
+        """Record ``version`` as applied; False if the index already reflects it."""
+        if version <= self.version or version in self._seen:
+            return False
+        self._seen.add(version)
+        while self.version + 1 in self._seen:
+            self.version += 1
+            self._seen.discard(self.version)
+        self._gap_since = (self._gap_since or time.monotonic()) if self._seen else None
+        return True
+
+    # --- node records ----------------------------------------------------------------------
+
+    def node_changed(self, result: UpsertNodeResult) -> None:
+        """Apply a node record this process wrote to the ledger."""
+        if self.index is None or not self._saw(result.version):
+            return
+        n = result.node
+        self.addresses[n.node_id] = n.address
+        spec = node_spec(n)
+        if n.node_id in self.index:
+            self.index.update_node(
+                n.node_id,
+                state=spec.state,
+                capacity=spec.capacity,
+                zone=spec.zone,
+                region=spec.region,
+                labels=spec.labels,
+                runtimes=spec.runtimes,
+                runtime_classes=spec.runtime_classes,
+                taints=spec.taints,
+                uptime_ratio=spec.uptime_ratio,
+                churn=spec.churn,
+                cost_per_core_hour=spec.cost_per_core_hour,
+                latency_ms=spec.latency_ms,
+            )
+        else:
+            self.index.upsert(spec)
+
+    # --- plans -----------------------------------------------------------------------------
+
+    def reserve(self, plan: CommitPlanInput) -> Tentative:
+        """Apply a plan to the index before committing it (undone by :meth:`cancel`)."""
+        t = Tentative(plan.plan_id, list(plan.allocations), list(plan.releases), plan.workloads)
+        self._inflight[plan.plan_id] = t
+        self._reserve_into(t)
+        return t
+
+    def _reserve_into(self, t: Tentative) -> None:
+        if self.index is None:
+            return
+        for key, meta in t.workloads.items():
+            if self.index.workload_labels(key) != meta.labels:
+                self.index.register_workload(key, meta.labels)
+        try:
+            self._apply(t.releases, sign=-1)
+            self._apply(t.allocations, sign=+1)
+        except (KeyError, ValueError):
+            self.mark_stale()
+
+    def cancel(self, t: Tentative) -> None:
+        """The commit failed: take the reservation back out of the index."""
+        self._inflight.pop(t.plan_id, None)
+        if self.index is None:
+            return
+        try:
+            self._apply(t.allocations, sign=-1)
+            self._apply(t.releases, sign=+1)
+        except (KeyError, ValueError):
+            self.mark_stale()
+
+    def committed(self, t: Tentative, result: CommitPlanResult) -> None:
+        """The commit succeeded: the reservation stands (or is dropped if the loaded
+        snapshot already contained it)."""
+        self._inflight.pop(t.plan_id, None)
+        if not result.applied:
+            # A retry answered from the ledger's cache: what it holds may differ from
+            # this reservation. Rare; reload rather than guess.
+            self.cancel(t)
+            self.mark_stale()
+            return
+        if not self._saw(result.version):
+            self.cancel(t)  # the snapshot loaded meanwhile holds it already
+            return
+        self.workloads.update(t.workloads)
+
+    def plan_committed(self, plan: CommitPlanInput, result: CommitPlanResult) -> None:
+        """Apply a plan committed without a reservation (releases from ``commit_plan``)."""
+        if self.index is None or not result.applied or not self._saw(result.version):
+            return
+        try:
+            self._apply(plan.releases, sign=-1)
+            self._apply(plan.allocations, sign=+1)
+        except (KeyError, ValueError):
+            self.mark_stale()
+
+    def _apply(self, allocations: list[Allocation], sign: int) -> None:
+        index = self.index
+        assert index is not None
+        for a in allocations:
+            if a.node_id not in index:
+                continue
+            res = resources(a.resources)
+            if sign > 0:
+                index.allocate(a.node_id, res, workload_key=a.workload)
+            else:
+                index.release(a.node_id, res, workload_key=a.workload)

@@ -1,0 +1,353 @@
+"""The payload codec: no workflow or activity value reaches Temporal in plaintext.
+
+Envelope encryption: each process encrypts with its own 256-bit data key from transit
+(``datakey/plaintext/cloudless-payloads``) and puts the *wrapped* key in every payload's
+metadata, so any process with transit access can decrypt, and the plaintext key never
+leaves memory. Design notes: ``docs/design/payload-codec.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import hvac
+import hvac.exceptions
+import requests
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
+
+from cloudless.errors import CloudlessError
+from cloudless.transit.client import TransitSettings, transit_mount, transit_settings
+
+#: The transit key that wraps every payload data key.
+PAYLOAD_KEY = "cloudless-payloads"
+ENCODING = b"binary/encrypted"
+META_ENCODING = "encoding"
+META_KEY_ID = "encryption-key-id"
+META_FORMAT = "encryption-format"
+FORMAT_V1 = b"cloudless/aes256gcm/v1"
+NONCE_BYTES = 12
+TAG_BYTES = 16
+KEY_BYTES = 32
+#: Binds a ciphertext to its format and wrapped key: moving it under another key id fails.
+_AAD_PREFIX = b"cloudless/payload/v1\x00"
+
+DEFAULT_MAX_KEY_AGE = 3600.0  # seconds a data key encrypts before a fresh one is fetched
+DEFAULT_MAX_KEY_USES = 1_000_000  # far below AES-GCM's 2**32 random-nonce bound
+DEFAULT_CACHE_SIZE = 4096  # unwrapped keys kept for decoding (one per writing process/hour)
+
+#: The codec endpoint's operator token, in the coordinator's state directory.
+CODEC_TOKEN_FILE = "codec-token"
+
+NO_TRANSIT_HINT = (
+    f"payload is encrypted with transit key {PAYLOAD_KEY}; this process has no transit "
+    "access: set VAULT_ADDR/VAULT_TOKEN (or --state-dir to the dev stack's state directory)"
+)
+
+
+class PayloadCodecError(CloudlessError):
+    """A payload could not be encrypted or decrypted."""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data key in both forms; only ``wrapped`` is ever written anywhere."""
+
+    plaintext: bytes = field(repr=False)
+    wrapped: str
+
+
+class DataKeySource(Protocol):
+    """Where data keys come from and how they are unwrapped (transit, or a test double)."""
+
+    key_name: str
+
+    async def new_key(self) -> DataKey: ...
+
+    async def unwrap(self, wrapped: str) -> bytes: ...
+
+
+class TransitDataKeySource:
+    """Data keys from a transit server through hvac.
+
+    hvac blocks, so calls run in a worker thread; one lock serializes them because a
+    ``requests.Session`` is not meant to be shared between threads.
+    """
+
+    def __init__(
+        self, client: hvac.Client, key_name: str = PAYLOAD_KEY, mount: str | None = None
+    ) -> None:
+        self.key_name = key_name
+        self._client = client
+        self._mount = mount or transit_mount()
+        self._lock = threading.Lock()
+
+    async def new_key(self) -> DataKey:
+        return await asyncio.to_thread(self._new_key)
+
+    async def unwrap(self, wrapped: str) -> bytes:
+        return await asyncio.to_thread(self._unwrap, wrapped)
+
+    def _new_key(self) -> DataKey:
+        with self._lock, self._errors("get a data key from"):
+            try:
+                out = self._datakey()
+            except hvac.exceptions.InvalidRequest as err:
+                if "not found" not in str(err):
+                    raise
+                # First use against this transit: create the key (idempotent) and retry.
+                self._client.secrets.transit.create_key(
+                    self.key_name, key_type="aes256-gcm96", mount_point=self._mount
+                )
+                out = self._datakey()
+        data = out["data"]
+        return DataKey(_b64(data["plaintext"]), str(data["ciphertext"]))
+
+    def _datakey(self) -> Any:
+        return self._client.secrets.transit.generate_data_key(
+            self.key_name, key_type="plaintext", bits=KEY_BYTES * 8, mount_point=self._mount
+        )
+
+    def _unwrap(self, wrapped: str) -> bytes:
+        with self._lock, self._errors("unwrap a payload data key with"):
+            out = self._client.secrets.transit.decrypt_data(
+                self.key_name, ciphertext=wrapped, mount_point=self._mount
+            )
+        return _b64(out["data"]["plaintext"])
+
+    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return _transit_errors(f"cannot {doing} transit key {self.key_name} at {self._client.url}")
+
+
+@contextlib.contextmanager
+def _transit_errors(what: str) -> Iterator[None]:
+    """Turn hvac/requests failures into one-line :class:`PayloadCodecError` s."""
+    try:
+        yield
+    except hvac.exceptions.VaultError as err:
+        # hvac appends ", on <method> <url>"; the rest is Vault's message, never a secret.
+        raise PayloadCodecError(f"{what}: {str(err).split(', on ')[0]}") from err
+    except requests.RequestException as err:
+        raise PayloadCodecError(f"{what}: {type(err).__name__}") from err
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, TypeError) as err:
+        raise PayloadCodecError("transit returned a malformed key") from err
+
+
+@dataclass
+class _EncodingKey:
+    wrapped: str
+    aead: AESGCM
+    born: float
+    uses: int = 0
+
+
+class TransitPayloadCodec(PayloadCodec):
+    """AES-256-GCM over each serialized payload, keyed by envelope data keys.
+
+    Encoding reuses one data key until it is ``max_key_age`` seconds old or has sealed
+    ``max_key_uses`` payloads, so transit is called about once an hour, not per payload.
+    Decoding caches unwrapped keys (LRU) by their wrapped form. Payloads that are not
+    encrypted pass through, so history written before the codec was enabled still reads.
+    """
+
+    def __init__(
+        self,
+        source: DataKeySource,
+        *,
+        max_key_age: float = DEFAULT_MAX_KEY_AGE,
+        max_key_uses: int = DEFAULT_MAX_KEY_USES,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_key_uses < 1 or cache_size < 1 or max_key_age <= 0:
+            raise ValueError("max_key_uses, cache_size and max_key_age must be positive")
+        self.source = source
+        self.max_key_age = max_key_age
+        self.max_key_uses = max_key_uses
+        self.cache_size = cache_size
+        self._clock = clock
+        self._key: _EncodingKey | None = None
+        self._cache: OrderedDict[str, AESGCM] = OrderedDict()
+        self._rotate_lock = asyncio.Lock()
+        self._unwrap_lock = asyncio.Lock()
+
+    @property
+    def key_name(self) -> str:
+        return self.source.key_name
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            key = self._usable_key() or await self._rotate()
+            key.uses += 1
+            out.append(_seal(key.aead, key.wrapped, payload))
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            if payload.metadata.get(META_ENCODING) != ENCODING:
+                out.append(payload)
+                continue
+            wrapped, nonce_and_ct = _envelope(payload)
+            aead = await self._aead_for(wrapped)
+            out.append(_open(aead, wrapped, nonce_and_ct))
+        return out
+
+    def _usable_key(self) -> _EncodingKey | None:
+        key = self._key
+        if key is None or key.uses >= self.max_key_uses:
+            return None
+        if self._clock() - key.born >= self.max_key_age:
+            return None
+        return key
+
+    async def _rotate(self) -> _EncodingKey:
+        """Fetch a fresh data key; concurrent encoders share one transit call."""
+        async with self._rotate_lock:
+            current = self._usable_key()
+            if current is not None:
+                return current
+            fresh = await self.source.new_key()
+            aead = _aead(fresh.plaintext)
+            self._remember(fresh.wrapped, aead)  # our own payloads decode without transit
+            self._key = _EncodingKey(fresh.wrapped, aead, self._clock())
+            return self._key
+
+    async def _aead_for(self, wrapped: str) -> AESGCM:
+        cached = self._cache.get(wrapped)
+        if cached is not None:
+            self._cache.move_to_end(wrapped)
+            return cached
+        async with self._unwrap_lock:  # a replay burst unwraps each key once
+            cached = self._cache.get(wrapped)
+            if cached is not None:
+                return cached
+            aead = _aead(await self.source.unwrap(wrapped))
+            self._remember(wrapped, aead)
+            return aead
+
+    def _remember(self, wrapped: str, aead: AESGCM) -> None:
+        self._cache[wrapped] = aead
+        self._cache.move_to_end(wrapped)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+class NoTransitCodec(PayloadCodec):
+    """For processes without transit: plaintext out, and a clear error (instead of
+    "unknown encoding") when an encrypted payload comes in."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if any(p.metadata.get(META_ENCODING) == ENCODING for p in payloads):
+            raise PayloadCodecError(NO_TRANSIT_HINT)
+        return list(payloads)
+
+    @classmethod
+    def data_converter(cls) -> DataConverter:
+        """The plain pydantic converter (failures unchanged) that recognizes encryption."""
+        return dataclasses.replace(pydantic_data_converter, payload_codec=cls())
+
+
+def _aead(key: bytes) -> AESGCM:
+    if len(key) != KEY_BYTES:
+        raise PayloadCodecError(f"data key has {len(key)} bytes, expected {KEY_BYTES}")
+    return AESGCM(key)
+
+
+def _aad(wrapped: str) -> bytes:
+    return _AAD_PREFIX + wrapped.encode()
+
+
+def _seal(aead: AESGCM, wrapped: str, payload: Payload) -> Payload:
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = aead.encrypt(nonce, payload.SerializeToString(deterministic=True), _aad(wrapped))
+    return Payload(
+        metadata={META_ENCODING: ENCODING, META_KEY_ID: wrapped.encode(), META_FORMAT: FORMAT_V1},
+        data=nonce + sealed,
+    )
+
+
+def _envelope(payload: Payload) -> tuple[str, bytes]:
+    """The wrapped key and ``nonce ‖ ciphertext`` of an encrypted payload, checked."""
+    fmt = payload.metadata.get(META_FORMAT)
+    if fmt != FORMAT_V1:
+        raise PayloadCodecError(
+            f"encrypted payload has format {fmt!r}; this version reads {FORMAT_V1.decode()}"
+        )
+    try:
+        wrapped = payload.metadata[META_KEY_ID].decode("ascii")
+    except (KeyError, UnicodeDecodeError) as err:
+        raise PayloadCodecError("encrypted payload has no usable encryption-key-id") from err
+    if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+        raise PayloadCodecError("encrypted payload is truncated")
+    return wrapped, payload.data
+
+
+def _open(aead: AESGCM, wrapped: str, data: bytes) -> Payload:
+    try:
+        inner = aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(wrapped))
+    except InvalidTag as err:
+        raise PayloadCodecError(
+            "encrypted payload failed authentication: it was modified, or its "
+            "encryption-key-id does not match the key it was sealed with"
+        ) from err
+    payload = Payload()
+    try:
+        payload.ParseFromString(inner)
+    except DecodeError as err:
+        raise PayloadCodecError("decrypted payload is not a Temporal payload") from err
+    return payload
+
+
+def data_converter(codec: PayloadCodec | None) -> DataConverter:
+    """The pydantic data converter with ``codec``; failure messages and stack traces go
+    into (encrypted) payloads too, or they would reach history in plaintext."""
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def transit_codec(state_dir: Path | None = None, **options: Any) -> TransitPayloadCodec | None:
+    """A codec for this process when transit is configured (see
+    :func:`cloudless.transit.client.transit_settings`), else None."""
+    return codec_for(transit_settings(state_dir), **options)
+
+
+def codec_for(settings: TransitSettings | None, **options: Any) -> TransitPayloadCodec | None:
+    """A codec over the transit ``settings`` describe; None without settings."""
+    if settings is None:
+        return None
+    return TransitPayloadCodec(TransitDataKeySource(settings.client()), **options)

@@ -1,0 +1,229 @@
+"""The payload codec's cryptography, with an in-memory key source instead of transit."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
+from temporalio.exceptions import ApplicationError
+
+from cloudless.codec import (
+    ENCODING,
+    FORMAT_V1,
+    META_ENCODING,
+    META_FORMAT,
+    META_KEY_ID,
+    DataKey,
+    NoTransitCodec,
+    PayloadCodecError,
+    TransitPayloadCodec,
+    data_converter,
+    transit_codec,
+)
+from cloudless.errors import ConfigError
+from cloudless.pki import write_private_file
+from cloudless.transit.client import transit_settings
+
+
+class MemoryKeys:
+    """Transit's datakey/decrypt in memory: wraps data keys under one master key."""
+
+    key_name = "cloudless-payloads"
+
+    def __init__(self) -> None:
+        self._master = AESGCM(AESGCM.generate_key(256))
+        self.issued = 0
+        self.unwrapped = 0
+
+    async def new_key(self) -> DataKey:
+        self.issued += 1
+        plaintext = os.urandom(32)
+        nonce = os.urandom(12)
+        wrapped = (
+            "vault:v1:"
+            + base64.b64encode(nonce + self._master.encrypt(nonce, plaintext, None)).decode()
+        )
+        return DataKey(plaintext, wrapped)
+
+    async def unwrap(self, wrapped: str) -> bytes:
+        self.unwrapped += 1
+        raw = base64.b64decode(wrapped.removeprefix("vault:v1:"))
+        try:
+            return self._master.decrypt(raw[:12], raw[12:], None)
+        except Exception as err:
+            raise PayloadCodecError("cipher: message authentication failed") from err
+
+
+def payload(data: bytes, encoding: bytes = b"json/plain") -> Payload:
+    return Payload(metadata={"encoding": encoding}, data=data)
+
+
+async def test_round_trip_hides_data_and_inner_metadata() -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    original = payload(b'{"secret": "hunter2"}')
+    (sealed,) = await codec.encode([original])
+    assert sealed.metadata[META_ENCODING] == ENCODING
+    assert sealed.metadata[META_FORMAT] == FORMAT_V1
+    assert sealed.metadata[META_KEY_ID].startswith(b"vault:v1:")
+    assert b"hunter2" not in sealed.SerializeToString()
+    assert b"json/plain" not in sealed.SerializeToString()
+    assert await codec.decode([sealed]) == [original]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=4096), encoding=st.binary(min_size=1, max_size=32))
+async def test_any_payload_bytes_round_trip(data: bytes, encoding: bytes) -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    original = payload(data, encoding)
+    sealed = await codec.encode([original])
+    assert await codec.decode(sealed) == [original]
+
+
+async def test_another_process_decodes_through_transit_and_caches_the_key() -> None:
+    keys = MemoryKeys()
+    writer, reader = TransitPayloadCodec(keys), TransitPayloadCodec(keys)
+    sealed = await writer.encode([payload(b"a"), payload(b"b")])
+    assert [p.data for p in await reader.decode(sealed)] == [b"a", b"b"]
+    assert await reader.decode(sealed)
+    assert keys.unwrapped == 1  # one unwrap for the key, then the LRU cache
+    assert await writer.decode(sealed) and keys.unwrapped == 1  # the writer knows its key
+
+
+async def test_unencrypted_payloads_pass_through() -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    old = [payload(b'"from before the codec"'), Payload(metadata={"encoding": b"binary/null"})]
+    assert await codec.decode(old) == old
+
+
+@pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
+async def test_tampering_is_detected(where: str) -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    (sealed,) = await codec.encode([payload(b"value")])
+    data = bytearray(sealed.data)
+    index = {"nonce": 0, "ciphertext": 12, "tag": len(data) - 1}[where]
+    data[index] ^= 0x01
+    sealed.data = bytes(data)
+    with pytest.raises(PayloadCodecError, match="failed authentication"):
+        await codec.decode([sealed])
+
+
+async def test_truncated_and_unknown_format_are_refused() -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    (sealed,) = await codec.encode([payload(b"value")])
+    short = Payload(metadata=dict(sealed.metadata), data=sealed.data[:20])
+    with pytest.raises(PayloadCodecError, match="truncated"):
+        await codec.decode([short])
+    future = Payload(metadata={**sealed.metadata, META_FORMAT: b"v99"}, data=sealed.data)
+    with pytest.raises(PayloadCodecError, match="format"):
+        await codec.decode([future])
+
+
+async def test_wrong_key_id_fails_even_when_the_key_unwraps() -> None:
+    keys = MemoryKeys()
+    codec = TransitPayloadCodec(keys, max_key_uses=1)
+    first, second = await codec.encode([payload(b"one"), payload(b"two")])
+    assert first.metadata[META_KEY_ID] != second.metadata[META_KEY_ID]
+    swapped = Payload(
+        metadata={**first.metadata, META_KEY_ID: second.metadata[META_KEY_ID]}, data=first.data
+    )
+    with pytest.raises(PayloadCodecError, match="failed authentication"):
+        await TransitPayloadCodec(keys).decode([swapped])
+
+
+async def test_key_from_another_transit_is_refused() -> None:
+    (sealed,) = await TransitPayloadCodec(MemoryKeys()).encode([payload(b"x")])
+    with pytest.raises(PayloadCodecError, match="authentication failed"):
+        await TransitPayloadCodec(MemoryKeys()).decode([sealed])
+
+
+async def test_key_rotates_by_count() -> None:
+    keys = MemoryKeys()
+    codec = TransitPayloadCodec(keys, max_key_uses=3)
+    sealed = await codec.encode([payload(bytes([i])) for i in range(7)])
+    ids = [p.metadata[META_KEY_ID] for p in sealed]
+    assert keys.issued == 3
+    assert ids[0] == ids[1] == ids[2] != ids[3] == ids[4] == ids[5] != ids[6]
+    assert [p.data for p in await TransitPayloadCodec(keys).decode(sealed)] == [
+        bytes([i]) for i in range(7)
+    ]
+
+
+async def test_key_rotates_by_age() -> None:
+    now = [0.0]
+    keys = MemoryKeys()
+    codec = TransitPayloadCodec(keys, max_key_age=60, clock=lambda: now[0])
+    (a,) = await codec.encode([payload(b"a")])
+    now[0] = 59.0
+    (b,) = await codec.encode([payload(b"b")])
+    now[0] = 60.0
+    (c,) = await codec.encode([payload(b"c")])
+    assert a.metadata[META_KEY_ID] == b.metadata[META_KEY_ID] != c.metadata[META_KEY_ID]
+    assert keys.issued == 2
+
+
+async def test_decode_cache_is_bounded() -> None:
+    keys = MemoryKeys()
+    writer = TransitPayloadCodec(keys, max_key_uses=1)
+    sealed = await writer.encode([payload(bytes([i])) for i in range(4)])
+    reader = TransitPayloadCodec(keys, cache_size=2)
+    await reader.decode(sealed)
+    await reader.decode(sealed[2:])  # still cached
+    assert keys.unwrapped == 4
+    await reader.decode(sealed[:1])  # evicted, unwrapped again
+    assert keys.unwrapped == 5
+
+
+async def test_without_transit_encrypted_payloads_get_a_clear_error() -> None:
+    (sealed,) = await TransitPayloadCodec(MemoryKeys()).encode([payload(b"x")])
+    plain = payload(b"y")
+    assert await NoTransitCodec().decode([plain]) == [plain]
+    with pytest.raises(PayloadCodecError, match="VAULT_ADDR/VAULT_TOKEN"):
+        await NoTransitCodec().decode([sealed])
+
+
+async def test_data_converter_encrypts_values_and_failure_messages() -> None:
+    converter = data_converter(TransitPayloadCodec(MemoryKeys()))
+    (encoded,) = await converter.encode([{"marker": "plaintext-marker"}])
+    assert b"plaintext-marker" not in encoded.SerializeToString()
+    assert await converter.decode([encoded], [dict]) == [{"marker": "plaintext-marker"}]
+    failure = Failure()
+    await converter.encode_failure(ApplicationError("plaintext-marker in a message"), failure)
+    assert b"plaintext-marker" not in failure.SerializeToString()
+    decoded = await converter.decode_failure(failure)
+    assert "plaintext-marker" in str(decoded)
+
+
+def test_transit_settings_env_first_then_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    assert transit_settings(tmp_path) is None
+    assert transit_codec(tmp_path) is None
+    directory = tmp_path / "transit"
+    write_private_file(directory / "root-token", b"clt.embedded\n")
+    assert transit_settings(tmp_path) is None  # no address published: not running here
+    (directory / "address").write_text("http://127.0.0.1:18200\n")
+    found = transit_settings(tmp_path)
+    assert found is not None
+    assert (found.addr, found.token, found.source) == (
+        "http://127.0.0.1:18200",
+        "clt.embedded",
+        str(directory),
+    )
+    assert "clt.embedded" not in repr(found)
+    assert isinstance(transit_codec(tmp_path), TransitPayloadCodec)
+    monkeypatch.setenv("VAULT_TOKEN", "s.vault")
+    monkeypatch.setenv("VAULT_ADDR", "https://vault.example:8200")
+    env = transit_settings(tmp_path)
+    assert env is not None and (env.addr, env.token) == ("https://vault.example:8200", "s.vault")
+    monkeypatch.delenv("VAULT_TOKEN")
+    with pytest.raises(ConfigError, match="VAULT_TOKEN is not"):
+        transit_settings(tmp_path)
