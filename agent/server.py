@@ -10,12 +10,14 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 import structlog
 
 from agent.runtime.base import (
     PortMapping,
+    ProbeSpec,
     ReplicaPhase,
     ReplicaSpec,
     ReplicaStatus,
@@ -84,6 +86,7 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
     if spec.runtime == "docker" and not spec.image:
         problems.append("image is required for the docker runtime")
     problems.extend(_secret_problems(spec))
+    problems.extend(_probe_problems(spec))
     return problems
 
 
@@ -119,6 +122,71 @@ def _secret_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
         if any(mode > 0o777 for mode in modes):
             problems.append(f"{where}: file modes must be at most 0777")
     return problems
+
+
+_PROBE_KINDS = ("liveness_probe", "readiness_probe", "startup_probe")
+_MAX_PROBE_SECONDS = 86_400.0
+
+
+def _probe_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
+    problems = []
+    for kind in _PROBE_KINDS:
+        if not spec.HasField(kind):  # type: ignore[arg-type]
+            continue
+        probe: agent_pb2.Probe = getattr(spec, kind)
+        handler = probe.WhichOneof("handler")
+        if handler is None:
+            problems.append(f"{kind}: needs one of exec, http_get, tcp_socket")
+        elif handler == "exec" and not probe.exec.command:
+            problems.append(f"{kind}: exec needs a command")
+        elif handler == "http_get" and (
+            not 1 <= probe.http_get.port <= 65535
+            or probe.http_get.scheme not in ("", "HTTP", "HTTPS")
+            or not probe.http_get.path.startswith("/")
+            or any(c in probe.http_get.path for c in "\r\n ")
+        ):
+            problems.append(f"{kind}: http_get needs a port 1..65535, HTTP(S) and a /path")
+        elif handler == "tcp_socket" and not 1 <= probe.tcp_socket.port <= 65535:
+            problems.append(f"{kind}: tcp_socket port out of range 1..65535")
+        durations = (probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds)
+        if any(not 0 <= d <= _MAX_PROBE_SECONDS for d in durations):
+            problems.append(f"{kind}: durations must be within 0..{_MAX_PROBE_SECONDS:g} s")
+        if kind != "readiness_probe" and probe.success_threshold > 1:
+            problems.append(f"{kind}: success_threshold must be 1")
+    return problems
+
+
+def probe_from_proto(probe: agent_pb2.Probe) -> ProbeSpec:
+    """The agent-level probe; zero values mean the Kubernetes defaults."""
+    handler = probe.WhichOneof("handler")
+    common: dict[str, Any] = {
+        "initial_delay": probe.initial_delay_seconds,
+        "period": probe.period_seconds or 10.0,
+        "timeout": probe.timeout_seconds or 1.0,
+        "failure_threshold": probe.failure_threshold or 3,
+        "success_threshold": probe.success_threshold or 1,
+    }
+    if handler == "exec":
+        return ProbeSpec("exec", command=tuple(probe.exec.command), **common)
+    if handler == "http_get":
+        get = probe.http_get
+        return ProbeSpec(
+            "http",
+            port=get.port,
+            path=get.path or "/",
+            scheme=get.scheme or "HTTP",
+            headers=tuple((h.name, h.value) for h in get.headers),
+            **common,
+        )
+    return ProbeSpec("tcp", port=probe.tcp_socket.port, **common)
+
+
+def _probes_from_proto(spec: agent_pb2.ReplicaSpec) -> dict[str, ProbeSpec]:
+    return {
+        kind: probe_from_proto(getattr(spec, kind))
+        for kind in _PROBE_KINDS
+        if spec.HasField(kind)  # type: ignore[arg-type]
+    }
 
 
 def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec:
@@ -159,6 +227,8 @@ def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec
             )
             for v in spec.secret_volumes
         ),
+        epoch=spec.epoch,
+        **_probes_from_proto(spec),
     )
 
 

@@ -122,6 +122,7 @@ def dev_up(
         "  cloudlessctl get nodes\n"
         "  cloudlessctl describe workload hello\n"
         "  cloudlessctl scale workload hello --replicas 5\n"
+        "  cloudlessctl secrets create default/db --data PASSWORD=s3cret --audience app\n"
         "  cloudlessctl delete workload hello\n"
         "  cloudlessctl dev down\n"
         f"Logs are in {state_dir / 'logs'}."

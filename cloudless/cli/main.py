@@ -27,6 +27,7 @@ from cloudless.cli.output import (
     workloads_table,
 )
 from cloudless.cli.secrets import app as secrets_app
+from cloudless.cli.settings import settings
 from cloudless.client import CloudlessClient
 from cloudless.codec import transit_codec
 from cloudless.durations import parse_duration
@@ -55,15 +56,6 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
 app.add_typer(secrets_app, name="secrets")
 
-
-class Settings:
-    temporal_address: str = config.DEFAULT_TEMPORAL_ADDRESS
-    temporal_namespace: str = config.DEFAULT_TEMPORAL_NAMESPACE
-    cluster: str = config.DEFAULT_CLUSTER
-    state_dir: Path = Path(".cloudless")
-
-
-settings = Settings()
 
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")]
 NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Workload namespace.")]

@@ -21,6 +21,7 @@ from rich.table import Table
 from cloudless import config
 from cloudless.api import secrets_pb2
 from cloudless.cli.output import Output, console, emit_data
+from cloudless.cli.settings import settings
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.secrets.client import SecretsClient
@@ -70,8 +71,6 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _run(fn: Callable[[SecretsClient], Awaitable[T]]) -> T:
-    from cloudless.cli.main import settings  # the global --state-dir
-
     directory = where.admin_dir or config.admin_dir(settings.state_dir)
 
     async def go() -> T:

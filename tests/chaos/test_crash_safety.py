@@ -35,7 +35,7 @@ from cloudless.transit.client import embedded_transit_settings
 
 pytestmark = pytest.mark.temporal
 
-PORTS = DevPorts.shifted(2000)
+PORTS = DevPorts.shifted(1300)  # clear of dev (0), devstack (1100), rotation (1600)
 CLUSTER = "chaos"
 
 

@@ -23,7 +23,7 @@ from cloudless.secrets.client import SecretsCallError, SecretsClient
 
 pytestmark = pytest.mark.temporal
 
-PORTS = DevPorts.shifted(3000)
+PORTS = DevPorts.shifted(1600)  # clear of dev (0), devstack (1100), crash (1300)
 CLUSTER = "rotchaos"
 SECRETS = 12
 

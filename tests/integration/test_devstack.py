@@ -17,7 +17,7 @@ from cloudless.devstack import DEV_AGENTS
 pytestmark = [pytest.mark.docker, pytest.mark.temporal]
 
 REPO = Path(__file__).resolve().parents[2]
-OFFSET = 1000  # stay clear of a dev stack the developer may be running
+OFFSET = 1100  # clear of a running dev stack (0) and the chaos tests (1300, 1600)
 
 
 def ctl(state_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -55,6 +55,14 @@ def test_dev_up_runs_the_example_and_dev_down_cleans_up(
         assert len(dev_containers(docker_client)) == 3
         nodes = ctl(state, "get", "nodes", "-o", "yaml")
         assert nodes.returncode == 0 and "zone-b-1" in nodes.stdout and "edge-1" in nodes.stdout
+        # Secrets work out of the box: the stack runs transit and the admin cert exists.
+        secrets = ("secrets", "--address", f"127.0.0.1:{7444 + OFFSET}")
+        made = ctl(
+            state, *secrets, "create", "default/demo", "--data", "K=v4lue", "--audience", "app"
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        got = ctl(state, *secrets, "get", "default/demo", "--key", "K")
+        assert (got.returncode, got.stdout) == (0, "v4lue"), got.stderr
         # A second `dev up` sees the running stack and leaves it alone.
         again = ctl(state, "dev", "up", "--port-offset", str(OFFSET))
         assert again.returncode == 0 and "already running" in again.stdout

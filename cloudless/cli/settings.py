@@ -1,0 +1,22 @@
+"""The global options of ``cloudlessctl`` (set by the top-level callback, read by commands).
+
+A module of its own so sub-command modules can read them without importing
+``cloudless.cli.main``, which runs as ``__main__`` under ``python -m`` (a second import
+would see a fresh, default copy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cloudless import config
+
+
+class Settings:
+    temporal_address: str = config.DEFAULT_TEMPORAL_ADDRESS
+    temporal_namespace: str = config.DEFAULT_TEMPORAL_NAMESPACE
+    cluster: str = config.DEFAULT_CLUSTER
+    state_dir: Path = Path(".cloudless")
+
+
+settings = Settings()
