@@ -160,3 +160,16 @@ def test_priority_and_class_must_agree() -> None:
     [issue] = issues_of(m)
     assert issue.path == "spec.priority"
     assert "(1000)" in issue.message and "only one" in issue.fix
+
+
+def test_the_ha_example_loads() -> None:
+    from pathlib import Path
+
+    from cloudless.spec import load_manifest_file
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "web-ha.yaml"
+    [w] = load_manifest_file(path)
+    p = w.spec.placement
+    assert w.spec.strategy == "zone-spread" and w.spec.effective_priority == 1000
+    assert p.workload_anti_affinity is not None and p.weights is not None
+    assert p.weights.reliability == 0.4
