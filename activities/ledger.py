@@ -77,8 +77,10 @@ def _cause_type(err: WorkflowUpdateFailedError) -> str | None:
 
 
 def _candidates(pick: sched.Pick) -> list[CandidateScore]:
+    # model_construct: the values are ours and well-typed; validating three models per
+    # placed replica was ~5 % of the coordinator's CPU in a 10,000-replica burst.
     return [
-        CandidateScore(
+        CandidateScore.model_construct(
             node_id=c.node_id,
             score=round(c.score, 2),
             factors={k: round(v, 3) for k, v in c.factors.items()},
@@ -141,6 +143,8 @@ class LedgerActivities:
             raise PlanRejected(result.error)
         if result.error_type or result.commit is None:
             raise ApplicationError(result.error, type=result.error_type or "LedgerError")
+        if result.commit.applied:  # apply_batch does not echo a freshly applied plan
+            return result.commit.model_copy(update={"allocations": plan.allocations})
         return result.commit
 
     async def _await_capacity(self, workload: str, res: Resources, version: int) -> bool:
@@ -437,22 +441,13 @@ class LedgerActivities:
 
     @activity.defn(name="consume_enrollment_token")
     async def consume_enrollment_token(self, inp: ConsumeTokenInput) -> None:
-        from workflows.cluster import ClusterWorkflow
-
-        handle = self._ledger()
-        try:
-            await handle.execute_update(
-                ClusterWorkflow.consume_token, inp, id=f"token-{inp.jti}-{inp.node_id}"
-            )
-        except WorkflowUpdateFailedError as err:
-            kind = _cause_type(err)
-            if kind in ("TokenReused", "NodeAlreadyEnrolled"):
-                raise ApplicationError(
-                    str(err.cause.message if isinstance(err.cause, ApplicationError) else err),
-                    type=kind,
-                    non_retryable=True,
-                ) from err
-            raise
+        """Record the token's single use through the batched writer (an enrollment burst
+        would otherwise exceed the ledger's 10 in-flight Updates); a retry is a no-op."""
+        done = await self.writer.submit(LedgerOp(consume_token=inp))
+        if done.error_type in ("TokenReused", "NodeAlreadyEnrolled"):
+            raise ApplicationError(done.error, type=done.error_type, non_retryable=True)
+        if not done.consumed:
+            raise ApplicationError(done.error or "token not recorded", type=done.error_type)
 
     @activity.defn(name="register_node")
     async def register_node(self, record: NodeRecord) -> None:

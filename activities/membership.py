@@ -73,9 +73,11 @@ class MembershipActivities:
             activity.heartbeat(left)
             await asyncio.sleep(0.5)
 
-    async def _assigned(self, workload: str, node_id: str) -> tuple[set[str], set[str]] | None:
-        """Replica ids the workload places on the node, and those of them it believes
-        Running; None if the workload is gone."""
+    async def _assigned(
+        self, workload: str, node_id: str
+    ) -> tuple[dict[str, int], set[str]] | None:
+        """Replica ids the workload places on the node (with their placement epochs), and
+        those of them it believes Running; None if the workload is gone."""
         namespace, name = workload.split("/", 1)
         handle = self._client.get_workflow_handle(workload_workflow_id(namespace, name))
         try:
@@ -88,7 +90,7 @@ class MembershipActivities:
             return None
         here = [r for r in status.replicas if r.node_id == node_id]
         return (
-            {r.replica_id for r in here},
+            {r.replica_id: r.epoch for r in here},
             {r.replica_id for r in here if r.phase == ReplicaPhase.RUNNING},
         )
 
@@ -103,18 +105,26 @@ class MembershipActivities:
         except grpc.aio.AioRpcError as err:
             raise translate_rpc_error(err, inp.node_id) from err
         running: dict[str, set[str]] = defaultdict(set)
+        epochs = {r.replica_id: r.epoch for r in listed.replicas}
         for r in listed.replicas:
             running[f"{r.namespace}/{r.workload}"].add(r.replica_id)
         ledger = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
-        placed_here: list[str] = await ledger.query(
-            "node_workloads", inp.node_id, result_type=list[str]
+        placed_here: list[str] = (
+            []
+            if inp.fresh
+            else await ledger.query("node_workloads", inp.node_id, result_type=list[str])
         )
         result = ReconcileNodeResult(kept=0)
         for workload in sorted(set(running) | set(placed_here)):
             found = await self._assigned(workload, inp.node_id)
-            assigned, believed_running = found if found else (set(), set())
+            placed, believed_running = found if found else ({}, set())
+            assigned = set(placed)
             have = running.get(workload, set())
-            for rid in sorted(have - assigned):
+            # A run older than the placement the control plane recorded (the replica was
+            # placed again meanwhile) is stale too; 0 means "unknown" (older software).
+            older = {rid for rid in have & assigned if 0 < epochs[rid] < placed[rid]}
+            result.stale_epochs.extend(sorted(older))
+            for rid in sorted((have - assigned) | older):
                 try:
                     await stub.StopReplica(
                         agent_pb2.StopReplicaRequest(replica_id=rid, grace_seconds=10), timeout=40
@@ -122,6 +132,7 @@ class MembershipActivities:
                 except grpc.aio.AioRpcError as err:
                     raise translate_rpc_error(err, inp.node_id) from err
                 result.stopped.append(rid)
+            have -= older
             result.kept += len(have & assigned)
             # Only replicas believed Running: one still starting may not exist here yet.
             missing = sorted(believed_running - have)

@@ -83,11 +83,7 @@ class HeartbeatClient:
         else:
             observed = [(n, s) for n, d in self._drivers.items() for s in await d.list()]
         for name, status in observed:
-            proto = status_to_proto(status, name, self._node_id)
-            if self._supervisor is not None:
-                proto.terminal = self._supervisor.is_terminal(status)
-                proto.restarts = self._supervisor.restarts(status.replica_id)
-            replicas.append(proto)
+            replicas.append(status_to_proto(status, name, self._node_id, self._supervisor))
         mem = psutil.virtual_memory()
         return gateway_pb2.HeartbeatRequest(
             seq=seq,

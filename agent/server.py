@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import structlog
 
+from agent.epochs import EpochStore
 from agent.runtime.base import (
     PortMapping,
     ProbeSpec,
@@ -48,7 +49,26 @@ AGENT_VERSION = "0.1.0"
 Context = grpc.aio.ServicerContext[object, object]
 
 
-def status_to_proto(s: ReplicaStatus, runtime: str, node_id: str) -> agent_pb2.ReplicaStatus:
+def status_to_proto(
+    s: ReplicaStatus, runtime: str, node_id: str, supervisor: Supervisor | None = None
+) -> agent_pb2.ReplicaStatus:
+    """The wire status; with the supervisor, also what only it knows: terminal, restarts,
+    readiness (probes) and why it was last restarted."""
+    proto = _status_proto(s, runtime, node_id)
+    if supervisor is None:
+        proto.ready = s.phase == ReplicaPhase.RUNNING
+        return proto
+    proto.terminal = supervisor.is_terminal(s)
+    proto.restarts = supervisor.restarts(s.replica_id)
+    proto.ready, proto.ready_message, proto.readiness_gated = supervisor.readiness(s)
+    proto.restart_reason = supervisor.restart_reason(s.replica_id)
+    proto.epoch = supervisor.epoch(s.replica_id)
+    if proto.terminal and supervisor.kill_reason(s.replica_id):
+        proto.message = f"{supervisor.kill_reason(s.replica_id)}; {proto.message}"
+    return proto
+
+
+def _status_proto(s: ReplicaStatus, runtime: str, node_id: str) -> agent_pb2.ReplicaStatus:
     return agent_pb2.ReplicaStatus(
         replica_id=s.replica_id,
         namespace=s.namespace,
@@ -131,7 +151,7 @@ _MAX_PROBE_SECONDS = 86_400.0
 def _probe_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
     problems = []
     for kind in _PROBE_KINDS:
-        if not spec.HasField(kind):  # type: ignore[arg-type]
+        if not spec.HasField(kind):
             continue
         probe: agent_pb2.Probe = getattr(spec, kind)
         handler = probe.WhichOneof("handler")
@@ -181,12 +201,8 @@ def probe_from_proto(probe: agent_pb2.Probe) -> ProbeSpec:
     return ProbeSpec("tcp", port=probe.tcp_socket.port, **common)
 
 
-def _probes_from_proto(spec: agent_pb2.ReplicaSpec) -> dict[str, ProbeSpec]:
-    return {
-        kind: probe_from_proto(getattr(spec, kind))
-        for kind in _PROBE_KINDS
-        if spec.HasField(kind)  # type: ignore[arg-type]
-    }
+def _probe_field(spec: agent_pb2.ReplicaSpec, kind: str) -> ProbeSpec | None:
+    return probe_from_proto(getattr(spec, kind)) if spec.HasField(kind) else None
 
 
 def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec:
@@ -228,7 +244,9 @@ def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec
             for v in spec.secret_volumes
         ),
         epoch=spec.epoch,
-        **_probes_from_proto(spec),
+        liveness_probe=_probe_field(spec, "liveness_probe"),
+        readiness_probe=_probe_field(spec, "readiness_probe"),
+        startup_probe=_probe_field(spec, "startup_probe"),
     )
 
 
@@ -240,12 +258,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         drivers: Mapping[str, RuntimeDriver],
         supervisor: Supervisor | None = None,
         secrets: SecretDelivery | None = None,
+        epochs: EpochStore | None = None,
     ) -> None:
         self._node_id = node_id
         self._cluster = cluster
         self._drivers = dict(drivers)
         self._supervisor = supervisor
         self._secrets = secrets
+        if epochs is None and supervisor is not None:
+            epochs = EpochStore(supervisor.state_dir)
+        self._epochs = epochs
 
     async def _authorize(self, context: Context) -> None:
         ident = peer_identity(context)
@@ -285,6 +307,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 f"(available: {', '.join(sorted(self._drivers)) or 'none'})",
             )
         assert driver is not None
+        refusal = self._epochs.accept(spec.replica_id, spec.epoch) if self._epochs else None
+        if refusal is not None:
+            log.warning(
+                "replica.stale_epoch",
+                replica=spec.replica_id,
+                epoch=spec.epoch,
+                newest=refusal.newest,
+                stopped=refusal.stopped,
+            )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                refusal.explain(spec.replica_id, spec.epoch, self._node_id),
+            )
         replica = await self._resolve(
             replica_from_proto(spec, self._node_id), spec.runtime, context
         )
@@ -298,9 +333,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             "replica.run", replica=spec.replica_id, phase=status.phase.value, runtime=spec.runtime
         )
         if self._supervisor is not None and status.phase == ReplicaPhase.RUNNING:
-            self._supervisor.want(spec.runtime, spec.restart_policy, replica)
+            self._supervisor.want(spec.runtime, spec.restart_policy, replica, status)
         return agent_pb2.RunReplicaResponse(
-            status=status_to_proto(status, spec.runtime, self._node_id)
+            status=status_to_proto(status, spec.runtime, self._node_id, self._supervisor)
         )
 
     async def _resolve(self, replica: ReplicaSpec, runtime: str, context: Context) -> ReplicaSpec:
@@ -330,6 +365,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.StopReplicaResponse:
         await self._authorize(context)
         grace = request.grace_seconds or 10.0
+        if self._epochs is not None:
+            self._epochs.stop(request.replica_id, request.epoch)  # a late start stays refused
         if self._supervisor is not None:
             self._supervisor.forget(request.replica_id)  # before stopping: no restart race
         for name, driver in self._drivers.items():
@@ -363,7 +400,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     continue
                 if request.workload and s.workload != request.workload:
                     continue
-                out.append(status_to_proto(s, name, self._node_id))
+                out.append(status_to_proto(s, name, self._node_id, self._supervisor))
         return agent_pb2.ListReplicasResponse(replicas=out)
 
     async def Logs(

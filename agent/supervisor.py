@@ -19,8 +19,10 @@ from typing import Any
 
 import structlog
 
+from agent.probes import Probeable, Prober
 from agent.runtime.base import (
     PortMapping,
+    ProbeSpec,
     ReplicaPhase,
     ReplicaSpec,
     ReplicaStatus,
@@ -54,9 +56,20 @@ def spec_to_record(spec: ReplicaSpec) -> dict[str, Any]:
     return record
 
 
+def _probe_from_record(raw: dict[str, Any] | None) -> ProbeSpec | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    raw["command"] = tuple(raw.get("command", ()))
+    raw["headers"] = tuple((name, value) for name, value in raw.get("headers", ()))
+    return ProbeSpec(**raw)
+
+
 def spec_from_record(raw: dict[str, Any]) -> ReplicaSpec:
     raw = dict(raw)
     raw.pop("resolved", None)
+    for kind in ("liveness_probe", "readiness_probe", "startup_probe"):
+        raw[kind] = _probe_from_record(raw.get(kind))
     raw["ports"] = tuple(PortMapping(**p) for p in raw.get("ports", ()))
     raw["secret_env"] = tuple(
         SecretEnvVar(e["name"], SecretKeyRef(**e["ref"])) for e in raw.get("secret_env", ())
@@ -78,6 +91,23 @@ class Desired:
     last_start: float = 0.0
     restarts: int = 0
     gave_up: bool = False
+    #: Why the agent last restarted it (a failed liveness probe, an exit code, ...).
+    restart_reason: str = ""
+    #: A probe asked for a restart: the reason, and which run of the replica it killed.
+    kill_reason: str = ""
+    killed: str = ""
+
+
+def instance_key(status: ReplicaStatus) -> str:
+    """Identifies one run of a replica: a restart gets a new container id or pid."""
+    return f"{status.runtime_id}@{status.started_at}"
+
+
+@dataclass
+class _Probing:
+    key: str
+    prober: Prober
+    task: asyncio.Task[None]
 
 
 @dataclass
@@ -90,10 +120,20 @@ class Supervisor:
     _desired: dict[str, Desired] = field(default_factory=dict)
     _observed: list[tuple[str, ReplicaStatus]] | None = None
     _observed_at: float = 0.0
+    #: SIGTERM grace when a failed liveness/startup probe stops a replica.
+    kill_grace: float = 5.0
+    _probing: dict[str, _Probing] = field(default_factory=dict)
 
     # ---- registry (called by the AgentService handlers)
 
-    def want(self, runtime: str, restart_policy: str, spec: ReplicaSpec) -> None:
+    def want(
+        self,
+        runtime: str,
+        restart_policy: str,
+        spec: ReplicaSpec,
+        status: ReplicaStatus | None = None,
+    ) -> None:
+        """Record a replica to keep running; with its ``status``, probing starts at once."""
         # References only: resolved values must not outlive their cache TTL in here.
         self._desired[spec.replica_id] = Desired(
             runtime,
@@ -102,14 +142,97 @@ class Supervisor:
             last_start=time.monotonic(),
         )
         self._save()
+        self._stop_probing(spec.replica_id)  # a new spec is probed with its own probes
+        if status is not None:
+            self._sync_probing(spec.replica_id, status)
 
     def specs(self) -> list[ReplicaSpec]:
         """Every desired replica's spec (references only)."""
         return [d.spec for d in self._desired.values()]
 
     def forget(self, replica_id: str) -> None:
+        self._stop_probing(replica_id)
         if self._desired.pop(replica_id, None) is not None:
             self._save()
+
+    def kill_reason(self, replica_id: str) -> str:
+        d = self._desired.get(replica_id)
+        return d.kill_reason if d else ""
+
+    def epoch(self, replica_id: str) -> int:
+        d = self._desired.get(replica_id)
+        return d.spec.epoch if d else 0
+
+    def restart_reason(self, replica_id: str) -> str:
+        d = self._desired.get(replica_id)
+        return d.restart_reason if d else ""
+
+    def readiness(self, status: ReplicaStatus) -> tuple[bool, str, bool]:
+        """``(ready, why not, gated)`` of an observed replica.
+
+        Ready means Running and passing its startup and readiness probes. A replica without
+        those probes is ready once Running; ``gated`` says it has them, so the control plane
+        waits for a ready report instead of assuming readiness from Running.
+        """
+        d = self._desired.get(status.replica_id)
+        gated = d is not None and d.spec.readiness_gated
+        if status.phase != ReplicaPhase.RUNNING:
+            return False, f"replica is {status.phase.value}", gated
+        probing = self._probing.get(status.replica_id)
+        if d is None or not d.spec.has_probes:
+            return True, "", False
+        if d.killed == instance_key(status):
+            return False, f"restarting: {d.kill_reason}", gated
+        if probing is None or probing.key != instance_key(status):
+            return (not gated), ("" if not gated else "waiting for the first probe"), gated
+        return probing.prober.state.ready, probing.prober.state.ready_message, gated
+
+    # ---- probes
+
+    def _sync_probing(self, replica_id: str, status: ReplicaStatus | None) -> None:
+        """Keep exactly one prober per running replica with probes, for its current run."""
+        d = self._desired.get(replica_id)
+        probing = self._probing.get(replica_id)
+        running = status is not None and status.phase == ReplicaPhase.RUNNING
+        if d is None or not d.spec.has_probes or not running or status is None:
+            self._stop_probing(replica_id)
+            return
+        key = instance_key(status)
+        if (probing is not None and probing.key == key) or d.killed == key:
+            return
+        driver = self.drivers.get(d.runtime)
+        if not isinstance(driver, Probeable):
+            return
+        self._stop_probing(replica_id)
+        prober = Prober(
+            replica_id,
+            d.spec,
+            driver.probe_target(d.spec),
+            lambda reason: self._probe_restart(replica_id, key, reason),
+        )
+        task = asyncio.get_running_loop().create_task(prober.run(), name=f"probe-{replica_id}")
+        self._probing[replica_id] = _Probing(key, prober, task)
+
+    def _stop_probing(self, replica_id: str) -> None:
+        probing = self._probing.pop(replica_id, None)
+        if probing is not None:
+            probing.task.cancel()
+
+    async def _probe_restart(self, replica_id: str, key: str, reason: str) -> None:
+        """Liveness (or startup) gave up: stop this run; the loop restarts it per policy,
+        with backoff, and counts it like any crash."""
+        d = self._desired.get(replica_id)
+        driver = self.drivers.get(d.runtime) if d else None
+        if d is None or not isinstance(driver, Probeable):
+            return
+        d.kill_reason, d.killed = reason, key
+        log.warning("replica.liveness_failed", replica=replica_id, reason=reason)
+        try:
+            await driver.kill(replica_id, self.kill_grace)
+        except CloudlessError as err:
+            log.warning("replica.kill_failed", replica=replica_id, error=str(err))
+            d.killed = ""  # still running: the next tick probes it again (and retries)
+        self._observed = None  # the next look must see it exited
 
     def is_terminal(self, status: ReplicaStatus) -> bool:
         """Whether an exited replica stays down: the control plane must decide."""
@@ -151,11 +274,21 @@ class Supervisor:
     # ---- the loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                await self.tick(time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    await self.tick(time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop every prober (the replicas keep running)."""
+        tasks = [p.task for p in self._probing.values()]
+        for rid in list(self._probing):
+            self._stop_probing(rid)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def observe(self, max_age: float = 0.0) -> list[tuple[str, ReplicaStatus]]:
         """(runtime, status) of every replica, listed at most once per ``max_age``.
@@ -179,11 +312,13 @@ class Supervisor:
         seen = {status.replica_id: status for _name, status in await self.observe()}
         for rid, d in list(self._desired.items()):
             status = seen.get(rid)
+            self._sync_probing(rid, status)
             if status is not None and status.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
                 if status.started_at and time.time() - status.started_at > STABLE_AFTER:
                     d.failures, d.last_start = 0, 0.0
                 continue
-            failed = status is None or status.phase == ReplicaPhase.FAILED
+            # A probe's kill is a failure even if the process exited 0 on SIGTERM.
+            failed = status is None or status.phase == ReplicaPhase.FAILED or bool(d.kill_reason)
             if d.restart_policy == "Never" or (d.restart_policy == "OnFailure" and not failed):
                 continue
             if d.gave_up:
@@ -212,8 +347,15 @@ class Supervisor:
                 log.warning("replica.restart_failed", replica=rid, error=str(err))
             d.restarts += 1
             d.last_start = now
+            d.restart_reason = d.kill_reason or (
+                status.message if status is not None else "the replica disappeared"
+            )
+            d.kill_reason = ""
             if restarted is not None and restarted.phase == ReplicaPhase.RUNNING:
-                log.info("replica.restarted", replica=rid, restarts=d.restarts)
+                log.info(
+                    "replica.restarted", replica=rid, restarts=d.restarts, reason=d.restart_reason
+                )
+                self._sync_probing(rid, restarted)
 
 
 def _backoff(failures: int) -> float:

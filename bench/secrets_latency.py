@@ -129,6 +129,14 @@ async def main(args: argparse.Namespace) -> None:
             results.append(summarize("CreateSecret end to end", "us", create, params))
             tok = await timed(args.n, lambda i: admin.token("bench", "hot", "app"))
             results.append(summarize("GenerateAccessToken end to end", "us", tok, params))
+            caller = Identity(cluster="bench", role="admin", name="admin")
+            mint_req = secrets_pb2.GenerateAccessTokenRequest(
+                namespace="bench", name="hot", audience="app"
+            )
+            token_handler = await timed(args.n * 5, lambda i: servicer._mint(caller, mint_req))
+            results.append(
+                summarize("GenerateAccessToken handler only (no gRPC)", "us", token_handler, params)
+            )
             tokens = servicer._tokens
             mint = await timed(
                 args.n * 5,
@@ -148,7 +156,6 @@ async def main(args: argparse.Namespace) -> None:
             f = summarize("baseline: no-op GetSecret over the same gRPC+mTLS", "us", floor, params)
             w["ratio_p50_vs_baseline"] = round(w["p50"] / f["p50"], 2)
             results += [w, f]
-            caller = Identity(cluster="bench", role="admin", name="admin")
             req = secrets_pb2.GetSecretRequest(namespace="bench", name="hot", token=token)
             handler = await timed(args.n * 5, lambda i: servicer._get(caller, req, "bench"))
             results.append(

@@ -143,7 +143,15 @@ class CloudlessClient:
             action = "unchanged"
         status = None
         if wait:
-            status = await self.wait(view.namespace, view.name, result.generation, timeout)
+            # Probed replicas become ready only after the reconcile (once a probe passed and
+            # a heartbeat said so): wait for that too, or `apply --wait` would always fail.
+            status = await self.wait(
+                view.namespace,
+                view.name,
+                result.generation,
+                timeout,
+                all_ready=view.readiness_gated,
+            )
         return ApplyOutcome(view.namespace, view.name, action, result.generation, status)
 
     async def wait(

@@ -10,11 +10,17 @@ transitions it returns are written to Temporal.
   no heartbeat for ``ttl`` means Offline. Each node's TTL is stretched by a fixed random
   factor in ``[1, 1 + jitter]`` so thousands of nodes that lost the same link do not all
   expire in the same instant.
+
+Deadlines sit in a min-heap that heartbeats never touch: a beat only stamps ``last_seen``.
+The sweep pops due deadlines, re-checks the entry and pushes the real one back if the node
+was heard from meanwhile, so a sweep costs O(due) instead of O(nodes) and each healthy
+node costs one heap operation per TTL rather than one per beat.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from dataclasses import dataclass, field
 
@@ -51,6 +57,7 @@ class LivenessTable:
     jitter: float = 0.2
     seed: int | None = None
     _nodes: dict[str, _Entry] = field(default_factory=dict)
+    _deadlines: list[tuple[float, str]] = field(default_factory=list)
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,12 +81,26 @@ class LivenessTable:
         Offline), and a node that reconnects from Suspect or Offline is reported Ready."""
         for node_id, health in nodes.items():
             if node_id not in self._nodes:
-                self._nodes[node_id] = _Entry(health, False, now, self._ttl())
+                self._add(node_id, _Entry(health, False, now, self._ttl()))
+
+    def _add(self, node_id: str, entry: _Entry) -> None:
+        self._nodes[node_id] = entry
+        self._watch(node_id, entry)
+
+    def _watch(self, node_id: str, entry: _Entry) -> None:
+        """Schedule the entry's next deadline check."""
+        heapq.heappush(self._deadlines, (self._due(entry), node_id))
+
+    def _due(self, entry: _Entry) -> float:
+        due = entry.last_seen + entry.ttl
+        if entry.disconnected_at is not None:
+            due = min(due, entry.disconnected_at + self.suspect_grace)
+        return due
 
     def connected(self, node_id: str, now: float) -> Transition | None:
         entry = self._nodes.get(node_id)
         if entry is None:
-            self._nodes[node_id] = _Entry(Health.READY, True, now, self._ttl())
+            self._add(node_id, _Entry(Health.READY, True, now, self._ttl()))
             return Transition(node_id, Health.READY, "heartbeat stream opened", now)
         entry.connected, entry.last_seen, entry.disconnected_at = True, now, None
         return self._to(node_id, entry, Health.READY, "heartbeat stream opened", now)
@@ -103,6 +124,7 @@ class LivenessTable:
         entry.disconnected_at = None if graceful else now
         if graceful:
             entry.last_seen = now
+        self._watch(node_id, entry)  # the grace deadline is earlier than the TTL
         if entry.health is Health.OFFLINE:
             return None  # already written off (TTL on a half-open stream): stays Offline
         reason = "agent closed its stream (restarting)" if graceful else "heartbeat stream broke"
@@ -111,26 +133,22 @@ class LivenessTable:
     def expire(self, now: float) -> list[Transition]:
         """Transitions whose deadlines have passed by ``now``."""
         out = []
-        for node_id, entry in self._nodes.items():
-            if entry.health is Health.OFFLINE:
-                continue
-            if (
-                entry.disconnected_at is not None
-                and now - entry.disconnected_at >= self.suspect_grace
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, node_id = heapq.heappop(heap)
+            entry = self._nodes.get(node_id)
+            if entry is None or entry.health is Health.OFFLINE:
+                continue  # forgotten, or already written off (a return re-arms it)
+            if entry.disconnected_at is not None and now - entry.disconnected_at >= (
+                self.suspect_grace
             ):
-                t = self._to(
-                    node_id,
-                    entry,
-                    Health.OFFLINE,
-                    f"did not reconnect within {self.suspect_grace:g}s",
-                    now,
-                )
+                reason = f"did not reconnect within {self.suspect_grace:g}s"
             elif now - entry.last_seen >= entry.ttl:
-                t = self._to(
-                    node_id, entry, Health.OFFLINE, f"no heartbeat for {entry.ttl:.1f}s", now
-                )
+                reason = f"no heartbeat for {entry.ttl:.1f}s"
             else:
-                t = None
+                self._watch(node_id, entry)  # heard from meanwhile: check again later
+                continue
+            t = self._to(node_id, entry, Health.OFFLINE, reason, now)
             if t is not None:
                 out.append(t)
         return out
@@ -138,11 +156,12 @@ class LivenessTable:
     def forget(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
 
-    @staticmethod
     def _to(
-        node_id: str, entry: _Entry, health: Health, reason: str, now: float
+        self, node_id: str, entry: _Entry, health: Health, reason: str, now: float
     ) -> Transition | None:
         if entry.health is health:
             return None
+        if entry.health is Health.OFFLINE:
+            self._watch(node_id, entry)  # back from Offline: deadlines apply again
         entry.health = health
         return Transition(node_id, health, reason, now)

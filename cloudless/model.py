@@ -157,16 +157,30 @@ class ReplicaExited(_Model):
     message: str = ""
 
 
+class ReplicaReadiness(_Model):
+    """Signal to a workload: a replica's readiness (its probes' verdict) changed."""
+
+    replica_id: str
+    node_id: str
+    ready: bool
+    message: str = ""  # why it is not ready, e.g. the readiness probe's last failure
+
+
 class ReconcileNodeInput(_Model):
     node_id: str
     address: str
     cluster: str
+    #: First enrollment of this node: it was never Ready, so the ledger holds no
+    #: placements on it and the (busy) ledger need not be queried.
+    fresh: bool = False
 
 
 class ReconcileNodeResult(_Model):
     kept: int
     stopped: list[str] = Field(default_factory=list)
     missing: dict[str, list[str]] = Field(default_factory=dict)  # workload -> replica ids
+    #: Stopped because they ran an older placement epoch than the control plane recorded.
+    stale_epochs: list[str] = Field(default_factory=list)
 
 
 class NotifyWorkloadsInput(_Model):
@@ -445,6 +459,9 @@ class LedgerOp(_Model):
     upsert: UpsertNodeInput | None = None
     commit: CommitPlanInput | None = None
     await_capacity: AwaitCapacityInput | None = None
+    #: An enrollment token's single use; in the batch so that an enrollment burst does not
+    #: need one Update (of at most 10 in flight) per node.
+    consume_token: ConsumeTokenInput | None = None
 
 
 class LedgerOpResult(_Model):
@@ -454,6 +471,7 @@ class LedgerOpResult(_Model):
     upsert: UpsertNodeResult | None = None
     commit: CommitPlanResult | None = None
     registered: bool | None = None
+    consumed: bool | None = None
     error_type: str = ""
     error: str = ""
 
@@ -575,6 +593,12 @@ class ReplicaRecord(_Model):
     preempted: bool = False  # released by the ledger for a higher-priority replica: stop only
     score: float | None = None  # placement score 0..100
     candidates: list[CandidateScore] = Field(default_factory=list)  # chosen first
+    #: Last readiness its agent reported (None: no report yet); see ``replica_readiness``.
+    ready: bool | None = None
+    ready_message: str = ""
+    #: Placement epoch: the workload's counter when this record was last placed. Agents
+    #: refuse older RunReplicas; a returning node stops runs older than this.
+    epoch: int = 0
 
 
 class WorkloadPhase(enum.StrEnum):
@@ -597,6 +621,9 @@ class WorkloadStatus(_Model):
     message: str = ""
     replicas: list[ReplicaRecord] = Field(default_factory=list)
     manifest: dict[str, Any] = Field(default_factory=dict)
+    #: The workload's placement counter (highest epoch handed out), carried across
+    #: continue-as-new so epochs only grow.
+    epoch: int = 0
 
 
 class WorkloadWorkflowInput(_Model):
@@ -705,6 +732,7 @@ class RunReplicaInput(_Model):
     generation: int
     spec_hash: str
     manifest: dict[str, Any]
+    epoch: int = 0  # 0: sent by a workflow that predates epochs
 
 
 class RunReplicaResult(_Model):
@@ -714,11 +742,35 @@ class RunReplicaResult(_Model):
     started_at: datetime | None = None
 
 
+class RunReplicasInput(_Model):
+    """Start many replicas of one workload in one activity (see ``run_replicas``).
+
+    The manifest travels once; each item is a :class:`RunReplicaInput` whose own
+    ``manifest`` is left empty."""
+
+    manifest: dict[str, Any]
+    replicas: list[RunReplicaInput]
+
+
+class RunReplicaOutcome(_Model):
+    """One replica's start: a result, or the error that ended its retries."""
+
+    replica_id: str
+    result: RunReplicaResult | None = None
+    error: str = ""
+    error_type: str = ""
+
+
+class RunReplicasResult(_Model):
+    outcomes: list[RunReplicaOutcome]
+
+
 class StopReplicaInput(_Model):
     node_id: str
     address: str
     replica_id: str
     grace_seconds: float = 10.0
+    epoch: int = 0  # the placement being stopped; later RunReplicas of it are refused
 
 
 class StopReplicaResult(_Model):

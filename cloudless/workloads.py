@@ -15,7 +15,7 @@ from typing import Any
 
 from cloudless.api import agent_pb2
 from cloudless.model import Resources
-from cloudless.spec import Workload, parse_workload
+from cloudless.spec import ContainerSpec, Probe, Workload, parse_workload
 
 #: Spec fields that change how many replicas run or where, not what each replica is.
 _NOT_IN_TEMPLATE = ("replicas", "minAvailable", "strategy")
@@ -35,6 +35,8 @@ class WorkloadView:
     zones: list[str]
     spec_hash: str
     template_hash: str
+    #: Replicas are ready only once a readiness/startup probe passed.
+    readiness_gated: bool = False
 
     @property
     def key(self) -> str:
@@ -71,6 +73,7 @@ def view_of(manifest: dict[str, Any]) -> WorkloadView:
         zones=list(spec.placement.zones),
         spec_hash=w.spec_hash(),
         template_hash=template_hash(w),
+        readiness_gated=readiness_gated(w),
     )
 
 
@@ -134,8 +137,54 @@ def _secret_volumes(w: Workload) -> list[agent_pb2.SecretVolume]:
     ]
 
 
+def _probe(c: ContainerSpec, probe: Probe | None) -> agent_pb2.Probe | None:
+    """The wire probe, with named ports resolved to numbers (validation made sure they exist)."""
+    if probe is None:
+        return None
+    ports = {p.name: p.container_port for p in c.ports if p.name}
+
+    def number(port: int | str) -> int:
+        return port if isinstance(port, int) else ports[port]
+
+    out = agent_pb2.Probe(
+        initial_delay_seconds=probe.initial_delay_seconds,
+        period_seconds=probe.period_seconds,
+        timeout_seconds=probe.timeout_seconds,
+        failure_threshold=probe.failure_threshold,
+        success_threshold=probe.success_threshold,
+    )
+    if probe.exec is not None:
+        out.exec.command.extend(probe.exec.command)
+    elif probe.http_get is not None:
+        get = probe.http_get
+        out.http_get.CopyFrom(
+            agent_pb2.HTTPGetAction(
+                path=get.path,
+                port=number(get.port),
+                scheme=get.scheme,
+                headers=[
+                    agent_pb2.HTTPHeader(name=h.name, value=h.value) for h in get.http_headers
+                ],
+            )
+        )
+    elif probe.tcp_socket is not None:
+        out.tcp_socket.port = number(probe.tcp_socket.port)
+    return out
+
+
+def readiness_gated(w: Workload) -> bool:
+    """Whether replicas are ready only once a probe passed (not merely once Running)."""
+    c = w.spec.container
+    return c.readiness_probe is not None or c.startup_probe is not None
+
+
 def replica_spec_proto(
-    manifest: dict[str, Any], *, replica_id: str, generation: int, spec_hash: str
+    manifest: dict[str, Any],
+    *,
+    replica_id: str,
+    generation: int,
+    spec_hash: str,
+    epoch: int = 0,
 ) -> agent_pb2.ReplicaSpec:
     """The wire spec an agent receives for one replica of this manifest."""
     w = parse_workload(manifest)
@@ -163,6 +212,10 @@ def replica_spec_proto(
         spec_hash=spec_hash,
         labels=dict(w.metadata.labels),
         restart_policy=w.spec.restart_policy,
+        liveness_probe=_probe(c, c.liveness_probe),
+        readiness_probe=_probe(c, c.readiness_probe),
+        startup_probe=_probe(c, c.startup_probe),
+        epoch=epoch,
     )
 
 

@@ -19,7 +19,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from cloudless.api import gateway_pb2
+from cloudless.api import agent_pb2, gateway_pb2
 from cloudless.liveness import Health, LivenessTable, Transition
 from cloudless.model import (
     ClusterSnapshot,
@@ -28,12 +28,15 @@ from cloudless.model import (
     NodeRecord,
     NodeState,
     ReplicaExited,
+    ReplicaReadiness,
 )
 from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_workflow_id
 
 log = structlog.get_logger("cloudless.liveness")
 
 SWEEP_INTERVAL = 0.1
+#: A changed not-ready reason (same readiness) is signalled at most this often per replica.
+READINESS_MESSAGE_INTERVAL = 10.0
 
 
 class LivenessMonitor:
@@ -59,8 +62,15 @@ class LivenessMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self.reports: dict[str, gateway_pb2.HeartbeatRequest] = {}
         self.beats = 0
-        self._exits: asyncio.Queue[tuple[str, ReplicaExited]] = asyncio.Queue()
+        #: Per-workload replica events (exits, readiness), delivered in order by one task.
+        self._exits: asyncio.Queue[tuple[str, str, ReplicaExited | ReplicaReadiness]] = (
+            asyncio.Queue()
+        )
         self._reported: set[tuple[str, str]] = set()
+        #: node -> replica -> (ready, message, when it was signalled): the last readiness
+        #: each workload was told, so only changes are signalled. Rebuilt from each beat,
+        #: so replicas a node no longer reports drop out.
+        self._readiness: dict[str, dict[str, tuple[bool, str, float]]] = {}
 
     async def start(self) -> None:
         """Adopt the nodes the ledger lists as healthy, then start sweeping and publishing."""
@@ -101,12 +111,16 @@ class LivenessMonitor:
         self.beats += 1
         self.reports[node_id] = report
         self._emit(self.table.beat(node_id, time.monotonic()))
+        now = time.monotonic()
+        before = self._readiness.get(node_id, {})
+        after: dict[str, tuple[bool, str, float]] = {}
         for r in report.replicas:
             if r.terminal and (node_id, r.replica_id) not in self._reported:
                 self._reported.add((node_id, r.replica_id))
                 self._exits.put_nowait(
                     (
                         workload_workflow_id(r.namespace, r.workload),
+                        "replica_exited",
                         ReplicaExited(
                             replica_id=r.replica_id,
                             node_id=node_id,
@@ -116,6 +130,42 @@ class LivenessMonitor:
                         ),
                     )
                 )
+            if r.terminal or (not r.ready and not r.ready_message):
+                continue  # exits are signalled above; an agent too old to report readiness
+            after[r.replica_id] = self._readiness_change(node_id, r, before.get(r.replica_id), now)
+        self._readiness[node_id] = after
+
+    def _readiness_change(
+        self,
+        node_id: str,
+        r: agent_pb2.ReplicaStatus,
+        last: tuple[bool, str, float] | None,
+        now: float,
+    ) -> tuple[bool, str, float]:
+        """Signal a replica's readiness when it changed; returns what the workload knows.
+
+        A replica without readiness gating is assumed ready while Running, so a healthy
+        cluster signals nothing. A new reason for being not ready is signalled at most
+        every ``READINESS_MESSAGE_INTERVAL``, so a probe whose output keeps changing cannot
+        flood the workload's history; a flip of ``ready`` is signalled at once.
+        """
+        message = r.ready_message[-300:]
+        if last is None and not r.readiness_gated:
+            last = (True, "", -READINESS_MESSAGE_INTERVAL)
+        if last is not None:
+            ready, known, sent = last
+            if ready == r.ready and (known == message or now - sent < READINESS_MESSAGE_INTERVAL):
+                return last
+        self._exits.put_nowait(
+            (
+                workload_workflow_id(r.namespace, r.workload),
+                "replica_readiness",
+                ReplicaReadiness(
+                    replica_id=r.replica_id, node_id=node_id, ready=r.ready, message=message
+                ),
+            )
+        )
+        return (r.ready, message, now)
 
     def disconnected(self, node_id: str, token: int) -> None:
         if self._streams.get(node_id) != token:
@@ -139,10 +189,13 @@ class LivenessMonitor:
 
     async def _publish_exits(self) -> None:
         while True:
-            workflow_id, exited = await self._exits.get()
-            log.info("replica.exited", replica=exited.replica_id, phase=exited.phase)
+            workflow_id, name, event = await self._exits.get()
+            if isinstance(event, ReplicaExited):
+                log.info("replica.exited", replica=event.replica_id, phase=event.phase)
+            else:
+                log.info("replica.readiness", replica=event.replica_id, ready=event.ready)
             handle = self._client.get_workflow_handle(workflow_id)
-            await _signal_once(handle, "replica_exited", exited, workflow_id)
+            await _signal_once(handle, name, event, workflow_id)
 
     async def _publish(self) -> None:
         while True:

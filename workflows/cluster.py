@@ -315,6 +315,9 @@ class ClusterWorkflow:
         carried = inp.carried or {}
         self._ledger = Ledger(carried)
         self._tokens: dict[str, str] = dict(carried.get("tokens", {}))
+        #: Which node consumed each token, so a retried batch op is a no-op (a single-op
+        #: Update gets that from its Update id).
+        self._token_nodes: dict[str, str] = dict(carried.get("token_nodes", {}))
 
     @workflow.run
     async def run(self, inp: ClusterWorkflowInput) -> None:
@@ -330,7 +333,11 @@ class ClusterWorkflow:
         )
 
     def _export(self) -> dict[str, object]:
-        return {**self._ledger.export(), "tokens": self._tokens}
+        return {
+            **self._ledger.export(),
+            "tokens": self._tokens,
+            "token_nodes": self._token_nodes,
+        }
 
     # ------------------------------------------------------------------ queries
 
@@ -338,6 +345,14 @@ class ClusterWorkflow:
     def snapshot(self) -> CompactSnapshot:
         """Columnar on the wire; clients asking for a ClusterSnapshot get it expanded."""
         return self._ledger.snapshot(self._cluster)
+
+    @workflow.query
+    def totals(self) -> tuple[int, int, int]:
+        """(version, Ready nodes, replicas allocated): cheap to poll, unlike the snapshot,
+        which at 5,000 nodes is a megabyte to encode."""
+        nodes = self._ledger.nodes.values()
+        ready = sum(1 for n in nodes if n.state == NodeState.READY)
+        return self._ledger.version, ready, sum(n.replicas for n in nodes)
 
     @workflow.query
     def version(self) -> int:
@@ -392,6 +407,8 @@ class ClusterWorkflow:
         plan id, node upserts are idempotent, a stale pending registration is refused.
         (Enrollment tokens keep their own Update, whose id makes a retry a no-op.)
         """
+        if any(op.consume_token is not None for op in batch.ops):
+            self._prune_tokens()
         return LedgerBatchResult(
             results=[self._apply_op(op) for op in batch.ops], version=self._ledger.version
         )
@@ -402,9 +419,18 @@ class ClusterWorkflow:
                 return LedgerOpResult(upsert=self._ledger.upsert_node(op.upsert))
             if op.commit is not None:
                 self._ledger.validate(op.commit)
-                return LedgerOpResult(commit=self._ledger.commit(op.commit))
+                result = self._ledger.commit(op.commit)
+                if result.applied:  # exactly the plan's: the writer has them, don't echo
+                    result = result.model_copy(update={"allocations": []})
+                return LedgerOpResult(commit=result)
             if op.await_capacity is not None:
                 return LedgerOpResult(registered=self._ledger.await_capacity(op.await_capacity))
+            if op.consume_token is not None:
+                inp = op.consume_token
+                if self._token_nodes.get(inp.jti) != inp.node_id:  # else: a retry, done
+                    self._check_token(inp)
+                    self._record_token(inp, prune=False)
+                return LedgerOpResult(consumed=True)
         except ApplicationError as err:
             return LedgerOpResult(error_type=err.type or "ApplicationError", error=err.message)
         return LedgerOpResult(error_type="InvalidOp", error="empty ledger op")
@@ -415,14 +441,20 @@ class ClusterWorkflow:
     def consume_token(self, inp: ConsumeTokenInput) -> None:
         self._record_token(inp)
 
-    def _record_token(self, inp: ConsumeTokenInput) -> None:
+    def _prune_tokens(self) -> None:
         now = workflow.now()
         self._tokens = {
             jti: exp
             for jti, exp in self._tokens.items()
             if datetime.fromisoformat(exp) + TOKEN_GRACE > now
         }
+        self._token_nodes = {j: n for j, n in self._token_nodes.items() if j in self._tokens}
+
+    def _record_token(self, inp: ConsumeTokenInput, prune: bool = True) -> None:
+        if prune:  # once per batch in apply_batch: it walks every token
+            self._prune_tokens()
         self._tokens[inp.jti] = inp.expires_at.isoformat()
+        self._token_nodes[inp.jti] = inp.node_id
 
     @consume_token.validator
     def _validate_token(self, inp: ConsumeTokenInput) -> None:

@@ -120,6 +120,7 @@ class NodeWorkflow:
     async def _on_enroll(self, record: NodeRecord) -> None:
         # Joining is recorded first so the UI shows the node the moment it enrolls; it is
         # Ready only once the coordinator has reached the agent over mTLS.
+        fresh = self._status is None  # never Ready, so the ledger placed nothing here
         self._set(record=record, health="Joining", reason="enrolled with a bootstrap token")
         await self._publish()
         try:
@@ -141,7 +142,7 @@ class NodeWorkflow:
             await self._publish()
             return
         self._set(record=record.model_copy(update={"runtimes": runtimes}))
-        if not await self._reconcile_replicas():
+        if not await self._reconcile_replicas(fresh=fresh):
             return
         self._set(health="Ready", reason="agent reached over mTLS")
         await self._publish()
@@ -238,7 +239,7 @@ class NodeWorkflow:
             return False
         return True
 
-    async def _reconcile_replicas(self) -> bool:
+    async def _reconcile_replicas(self, fresh: bool = False) -> bool:
         """Stop what the node runs but should not, before it is Ready again.
 
         False (and the node is left Offline) if that cannot be done: a node whose stale
@@ -250,7 +251,10 @@ class NodeWorkflow:
             await workflow.execute_activity_method(
                 MembershipActivities.reconcile_node,
                 ReconcileNodeInput(
-                    node_id=record.node_id, address=record.address, cluster=self._cluster
+                    node_id=record.node_id,
+                    address=record.address,
+                    cluster=self._cluster,
+                    fresh=fresh,
                 ),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=30),

@@ -32,10 +32,13 @@ with workflow.unsafe.imports_passed_through():
         PlacementRequest,
         ReplicaExited,
         ReplicaPhase,
+        ReplicaReadiness,
         ReplicaRecord,
         ReplicasLost,
         ReplicasPreempted,
         RunReplicaInput,
+        RunReplicaResult,
+        RunReplicasInput,
         ScaleInput,
         StopReplicaInput,
         WaitInput,
@@ -57,6 +60,16 @@ _AGENT_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
     maximum_attempts=5,
     non_retryable_error_types=["ReplicaStartFailed", "AgentAuthFailed", "InvalidSpec"],
+)
+#: Replica starts per ``run_replicas`` activity (≈ 200 bytes each plus one manifest, far
+#: below the 2 MB payload limit); larger workloads start in several concurrent batches.
+RUN_BATCH = 500
+BATCHED_STARTS = "run-replicas-batch"
+#: The batch retries each replica itself; a retry of the whole batch is for a lost worker.
+_BATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
 )
 _LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
@@ -83,6 +96,8 @@ class WorkloadWorkflow:
         self._search_attributes: tuple[str, tuple[str, ...]] | None = None
         self._applied = carried is not None
         self._preempted_by: list[str] = []  # recent preempting plans, for idempotent signals
+        # Placement epochs only grow, also across continue-as-new.
+        self._epoch = max([carried.epoch if carried else 0, *(r.epoch for r in self._replicas)])
 
     # ------------------------------------------------------------------ main loop
 
@@ -119,6 +134,13 @@ class WorkloadWorkflow:
                         placement_backoff_seconds=self._backoff,
                     )
                 )
+
+    def _is_ready(self, r: ReplicaRecord) -> bool:
+        """Running and, as far as its agent reported, passing its probes. Without a report
+        yet, a replica with a readiness/startup probe is not ready; one without is."""
+        if r.phase != ReplicaPhase.RUNNING:
+            return False
+        return r.ready if r.ready is not None else not self._view.readiness_gated
 
     def _is_current(self, r: ReplicaRecord) -> bool:
         """Up to date and staying: matches the template and is not being evicted."""
@@ -174,10 +196,13 @@ class WorkloadWorkflow:
                     self._dirty = True
         # 4. Start everything placed but not yet running, concurrently.
         starting = [r for r in current if r.phase == ReplicaPhase.STARTING]
-        if starting:
+        if starting and workflow.patched(BATCHED_STARTS):
+            chunks = [starting[i : i + RUN_BATCH] for i in range(0, len(starting), RUN_BATCH)]
+            await asyncio.gather(*(self._start_batch(c) for c in chunks))
+        elif starting:
             await asyncio.gather(*(self._start(r) for r in starting))
         # 5. Old-spec replicas go once the new spec is fully up.
-        if outdated and all(r.phase == ReplicaPhase.RUNNING for r in current):
+        if outdated and all(self._is_ready(r) for r in current):
             await self._remove(outdated)
         unhealthy = any(r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED) for r in current)
         if unhealthy:
@@ -211,6 +236,8 @@ class WorkloadWorkflow:
             else:
                 r.node_id, r.address = p.node_id, p.address
                 r.phase, r.message = ReplicaPhase.STARTING, ""
+                self._epoch += 1
+                r.epoch = self._epoch
                 r.score, r.candidates = p.score, list(p.candidates)
         if unplaced:
             self._message = f"{len(unplaced)} replica(s) pending: {result.reason}"
@@ -220,32 +247,70 @@ class WorkloadWorkflow:
             )
         return unplaced
 
-    async def _start(self, r: ReplicaRecord) -> None:
+    def _run_input(self, r: ReplicaRecord, manifest: dict[str, Any]) -> RunReplicaInput:
         view = self._view
+        return RunReplicaInput(
+            node_id=r.node_id,
+            address=r.address,
+            namespace=view.namespace,
+            workload=view.name,
+            replica_id=r.replica_id,
+            generation=r.generation,
+            spec_hash=r.spec_hash,
+            manifest=manifest,
+            epoch=r.epoch,
+        )
+
+    async def _start_batch(self, chunk: list[ReplicaRecord]) -> None:
+        """Start replicas through one ``run_replicas`` activity (it retries each replica);
+        one activity per replica cost three history events and two tasks apiece."""
+        try:
+            res = await workflow.execute_activity_method(
+                AgentActivities.run_replicas,
+                RunReplicasInput(
+                    manifest=self._manifest, replicas=[self._run_input(r, {}) for r in chunk]
+                ),
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=120),
+                retry_policy=_BATCH_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(err)
+            for r in chunk:
+                self._start_failed(r, message)
+            return
+        by_id = {o.replica_id: o for o in res.outcomes}
+        for r in chunk:
+            o = by_id.get(r.replica_id)
+            if o is not None and o.result is not None:
+                self._started(r, o.result)
+            else:
+                self._start_failed(r, o.error if o is not None else "no start outcome")
+
+    async def _start(self, r: ReplicaRecord) -> None:
+        """Before ``BATCHED_STARTS``: one activity per replica (kept for replay)."""
         try:
             res = await workflow.execute_activity_method(
                 AgentActivities.run_replica,
-                RunReplicaInput(
-                    node_id=r.node_id,
-                    address=r.address,
-                    namespace=view.namespace,
-                    workload=view.name,
-                    replica_id=r.replica_id,
-                    generation=r.generation,
-                    spec_hash=r.spec_hash,
-                    manifest=self._manifest,
-                ),
+                self._run_input(r, self._manifest),
                 start_to_close_timeout=timedelta(seconds=120),
                 retry_policy=_AGENT_RETRY,
             )
         except ActivityError as err:
-            if r.lost or r.preempted:
-                return
             cause = err.cause
-            r.phase = ReplicaPhase.FAILED
-            r.message = cause.message if isinstance(cause, ApplicationError) else str(err)
-            self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
+            message = cause.message if isinstance(cause, ApplicationError) else str(err)
+            self._start_failed(r, message)
             return
+        self._started(r, res)
+
+    def _start_failed(self, r: ReplicaRecord, message: str) -> None:
+        if r.lost or r.preempted:
+            return
+        r.phase, r.message = ReplicaPhase.FAILED, message
+        self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
+
+    def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
         if r.lost or r.preempted:
             return  # the node was lost (or the room preempted) while the start was in flight
         r.phase, r.message = res.phase, res.message
@@ -288,7 +353,9 @@ class WorkloadWorkflow:
         try:
             await workflow.execute_activity_method(
                 AgentActivities.stop_replica,
-                StopReplicaInput(node_id=r.node_id, address=r.address, replica_id=r.replica_id),
+                StopReplicaInput(
+                    node_id=r.node_id, address=r.address, replica_id=r.replica_id, epoch=r.epoch
+                ),
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=_AGENT_RETRY,
             )
@@ -442,6 +509,21 @@ class WorkloadWorkflow:
             elif r.phase == ReplicaPhase.RUNNING:
                 r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
 
+    @workflow.signal
+    def replica_readiness(self, sig: ReplicaReadiness) -> None:
+        """Its agent's probes changed a replica's readiness (sent only on change).
+
+        Becoming ready may complete a rolling update (old replicas go once the new ones are
+        ready), so that case reconciles again.
+        """
+        for r in self._replicas:
+            if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
+                continue
+            became_ready = sig.ready and not self._is_ready(r)
+            r.ready, r.ready_message = sig.ready, sig.message
+            if became_ready and any(not self._is_current(o) for o in self._replicas):
+                self._dirty = True
+
     @workflow.update
     def delete(self) -> int:
         self._deleting = True
@@ -462,7 +544,7 @@ class WorkloadWorkflow:
         if inp.all_ready:
             current = [r for r in self._replicas if self._is_current(r)]
             if len(self._replicas) != self._view.replicas or any(
-                r.phase != ReplicaPhase.RUNNING for r in current
+                not self._is_ready(r) for r in current
             ):
                 return False
         return not (inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._replicas))
@@ -471,7 +553,7 @@ class WorkloadWorkflow:
     def status(self) -> WorkloadStatus:
         view = self._view
         current = [r for r in self._replicas if self._is_current(r)]
-        ready = sum(1 for r in current if r.phase == ReplicaPhase.RUNNING)
+        ready = sum(1 for r in current if self._is_ready(r))
         if self._deleting:
             phase = WorkloadPhase.DELETING if self._replicas else WorkloadPhase.DELETED
         elif ready == view.replicas and len(self._replicas) == view.replicas:
@@ -493,4 +575,5 @@ class WorkloadWorkflow:
             message=self._message,
             replicas=list(self._replicas),
             manifest=self._manifest,
+            epoch=self._epoch,
         )

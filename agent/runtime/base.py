@@ -127,6 +127,48 @@ class ResolvedSecrets:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """One health check of a replica, as the agent runs it (see ``agent/probes.py``).
+
+    ``action`` is ``exec`` (``command``), ``http`` (``scheme``, ``path``, ``port``,
+    ``headers``) or ``tcp`` (``port``); ports are container ports, already numeric.
+    """
+
+    action: str
+    command: Sequence[str] = ()
+    port: int = 0
+    path: str = "/"
+    scheme: str = "HTTP"
+    headers: Sequence[tuple[str, str]] = ()
+    initial_delay: float = 0.0
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of one probe run; ``message`` says why it failed."""
+
+    ok: bool
+    message: str = ""
+
+
+#: How much of a failing exec probe's output ends up in the message.
+_PROBE_OUTPUT_CHARS = 200
+
+
+def exec_outcome(argv: Sequence[str], code: int, output: bytes) -> ProbeResult:
+    """An exec probe's verdict: exit code 0 passes; otherwise say how, with its output."""
+    if code == 0:
+        return ProbeResult(True)
+    text = output.decode("utf-8", errors="replace").strip()[-_PROBE_OUTPUT_CHARS:]
+    shown = " ".join(argv)
+    return ProbeResult(False, f"exec {shown!r} exited with {code}" + (f": {text}" if text else ""))
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything a driver needs to start one replica; built by the agent from the RPC."""
 
@@ -146,9 +188,23 @@ class ReplicaSpec:
     labels: Mapping[str, str] = field(default_factory=dict)  # user labels, added as-is
     secret_env: Sequence[SecretEnvVar] = ()
     secret_volumes: Sequence[SecretVolume] = ()
+    liveness_probe: ProbeSpec | None = None
+    readiness_probe: ProbeSpec | None = None
+    startup_probe: ProbeSpec | None = None
+    #: Placement epoch from the control plane (0: unknown, e.g. an older coordinator).
+    epoch: int = 0
     #: Filled by the agent right before a (re)start; drivers refuse specs that reference
     #: secrets without it. Never persisted (see :meth:`without_secret_values`).
     resolved: ResolvedSecrets | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_probes(self) -> bool:
+        return any((self.liveness_probe, self.readiness_probe, self.startup_probe))
+
+    @property
+    def readiness_gated(self) -> bool:
+        """Ready only once a probe passed, rather than as soon as it runs."""
+        return self.readiness_probe is not None or self.startup_probe is not None
 
     @property
     def uses_secrets(self) -> bool:

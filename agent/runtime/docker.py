@@ -32,9 +32,11 @@ from agent.runtime.base import (
     LABEL_REPLICA,
     LABEL_SPEC_HASH,
     LABEL_WORKLOAD,
+    ProbeResult,
     ReplicaPhase,
     ReplicaSpec,
     ReplicaStatus,
+    exec_outcome,
 )
 from cloudless.errors import RuntimeDriverError
 
@@ -673,8 +675,92 @@ class DockerDriver:
             while not queue.empty():
                 queue.get_nowait()
 
+    # -- probes (agent/probes.py) --------------------------------------------------------
+
+    def probe_target(self, spec: ReplicaSpec) -> _DockerProbeTarget:
+        return _DockerProbeTarget(self, spec.replica_id)
+
+    async def kill(self, replica_id: str, grace_seconds: float) -> None:
+        """Stop the container but keep it: it shows as exited (Failed), so the supervisor
+        restarts it per policy and counts it like any crash (a failed liveness probe)."""
+        async with self._lock(replica_id):
+            container = await self._find_owned(replica_id)
+            if container is None or container.status not in ("running", "restarting", "paused"):
+                return
+            try:
+                await asyncio.to_thread(container.stop, timeout=math.ceil(grace_seconds))
+            except docker.errors.NotFound:
+                return  # gone already: the supervisor sees it missing and restarts it
+            except docker.errors.DockerException as error:
+                raise RuntimeDriverError(
+                    f"docker: stopping {container.name} failed: {_reason(error)}"
+                ) from error
+
     async def close(self) -> None:
         """Drop the engine connection; containers keep running (the data plane outlives us)."""
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
+
+
+class _DockerProbeTarget:
+    """Probes into one container: ``exec`` through the engine (``exec_run``); HTTP and TCP
+    probes go to the container's address on its network, or, for a container without one,
+    to its published host port. The container address comes first because Docker's
+    userland proxy accepts connections on a published port even when nothing listens
+    behind it, which would make every TCP probe pass."""
+
+    def __init__(self, driver: DockerDriver, replica_id: str) -> None:
+        self._driver = driver
+        self._replica_id = replica_id
+        self._addresses: dict[int, tuple[str, int]] = {}
+        #: A hung ``exec_run`` cannot be cancelled (its thread keeps waiting); never pile up.
+        self._running: asyncio.Future[Any] | None = None
+
+    async def _container(self) -> Container:
+        container = await self._driver._find_owned(self._replica_id)
+        if container is None:
+            raise RuntimeDriverError(f"docker: no container for replica {self._replica_id}")
+        return container
+
+    async def address(self, port: int) -> tuple[str, int]:
+        known = self._addresses.get(port)
+        if known is not None:
+            return known
+        container = await self._container()
+        settings: dict[str, Any] = container.attrs.get("NetworkSettings") or {}
+        networks: dict[str, Any] = settings.get("Networks") or {}
+        ips = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
+        bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
+        mode = (container.attrs.get("HostConfig") or {}).get("NetworkMode", "")
+        if ips:
+            found = (str(ips[0]), port)
+        elif bindings:
+            host = bindings[0].get("HostIp") or "127.0.0.1"
+            found = (
+                "127.0.0.1" if host in ("0.0.0.0", "::") else host,
+                int(bindings[0]["HostPort"]),
+            )
+        elif mode == "host":
+            found = ("127.0.0.1", port)
+        else:
+            raise RuntimeDriverError(
+                f"docker: container {container.name} has no network address to probe"
+            )
+        self._addresses[port] = found
+        return found
+
+    async def exec(self, argv: Sequence[str], timeout: float) -> ProbeResult:
+        if self._running is not None and not self._running.done():
+            return ProbeResult(False, f"exec {' '.join(argv)!r}: previous probe still running")
+        container = await self._container()
+        self._running = asyncio.ensure_future(
+            asyncio.to_thread(container.exec_run, list(argv), stdout=True, stderr=True)
+        )
+        try:
+            result = await asyncio.wait_for(asyncio.shield(self._running), timeout)
+        except TimeoutError:
+            return ProbeResult(False, f"exec {' '.join(argv)!r}: timed out after {timeout:g}s")
+        except docker.errors.DockerException as error:
+            return ProbeResult(False, f"exec {' '.join(argv)!r}: {_reason(error)}")
+        return exec_outcome(argv, int(result.exit_code or 0), bytes(result.output or b""))

@@ -29,14 +29,21 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
 
-from agent.runtime.base import ReplicaPhase, ReplicaSpec, ReplicaStatus, secret_volume_env_name
+from agent.runtime.base import (
+    ProbeResult,
+    ReplicaPhase,
+    ReplicaSpec,
+    ReplicaStatus,
+    exec_outcome,
+    secret_volume_env_name,
+)
 from cloudless.errors import RuntimeDriverError
 
 __all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver"]
@@ -559,9 +566,59 @@ class ExecDriver:
             return False
         return (await self._observe(current)).phase is ReplicaPhase.RUNNING
 
+    # -- probes (agent/probes.py) --------------------------------------------------------
+
+    def probe_target(self, spec: ReplicaSpec) -> _ExecProbeTarget:
+        return _ExecProbeTarget(spec, self._dir(spec.replica_id) / "work")
+
+    async def kill(self, replica_id: str, grace_seconds: float) -> None:
+        """SIGTERM (then SIGKILL) the process group but keep the record: the replica shows
+        as exited (Failed), and the supervisor restarts it per policy like any crash."""
+        async with self._lock(replica_id):
+            record = self._read_record(replica_id)
+            if record is not None:
+                await self._terminate(record, grace_seconds)
+
     async def close(self) -> None:
         """Stop watching; the processes keep running and a new driver can adopt them."""
         for watcher in list(self._watchers):
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
         self._children.clear()
+
+
+class _ExecProbeTarget:
+    """Probes of an exec replica: commands run as processes with the replica's environment
+    and working directory (without secret values: the agent keeps none after a start);
+    HTTP and TCP probes connect to 127.0.0.1, since the replica shares the host network."""
+
+    def __init__(self, spec: ReplicaSpec, workdir: Path) -> None:
+        self._env = {"PATH": os.environ.get("PATH") or _DEFAULT_PATH, **spec.env}
+        self._workdir = workdir
+
+    async def address(self, port: int) -> tuple[str, int]:
+        return "127.0.0.1", port
+
+    async def exec(self, argv: Sequence[str], timeout: float) -> ProbeResult:
+        shown = " ".join(argv)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self._workdir if self._workdir.is_dir() else None,
+                env=self._env,
+                start_new_session=True,  # a timed-out probe is killed with its children
+            )
+        except OSError as error:
+            return ProbeResult(False, f"exec {shown!r}: {error.strerror or error}")
+        try:
+            async with asyncio.timeout(timeout):
+                output, _ = await process.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            return ProbeResult(False, f"exec {shown!r}: timed out after {timeout:g}s")
+        return exec_outcome(argv, _exit_code(process.returncode or 0), output)

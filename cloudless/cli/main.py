@@ -174,7 +174,9 @@ def apply(
             console.print(workloads_table([o.status]))
             failed |= o.status.ready < o.status.desired
     if failed:
-        raise fail("not every replica is running; see `cloudlessctl describe workload NAME`")
+        raise fail(
+            "not every replica is running and ready; see `cloudlessctl describe workload NAME`"
+        )
 
 
 # ----------------------------------------------------------------------------- get

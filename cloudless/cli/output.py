@@ -13,8 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudless.client import NodeDetails
-from cloudless.model import CandidateScore, LedgerNode, WorkloadStatus
+from cloudless.errors import CloudlessError
+from cloudless.model import CandidateScore, LedgerNode, ReplicaPhase, ReplicaRecord, WorkloadStatus
 from cloudless.quantity import format_bytes, format_cpu
+from cloudless.spec import parse_workload
+from cloudless.workloads import readiness_gated
 
 #: Piped output is for scripts and logs: never truncate columns to an assumed 80.
 console = Console() if sys.stdout.isatty() else Console(width=250)
@@ -62,14 +65,35 @@ def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
     return table
 
 
+def _gated(w: WorkloadStatus) -> bool:
+    """Whether the workload's replicas are ready only once a probe passed."""
+    try:
+        return bool(w.manifest) and readiness_gated(parse_workload(w.manifest))
+    except CloudlessError:
+        return False
+
+
+def replica_readiness(r: ReplicaRecord, gated: bool) -> tuple[str, str]:
+    """The READY cell and the probe's reason when a Running replica is not ready."""
+    if r.phase != ReplicaPhase.RUNNING:
+        return "-", ""
+    ready = r.ready if r.ready is not None else not gated
+    if ready:
+        return "yes", ""
+    return "no", f"not ready: {r.ready_message or 'no probe result yet'}"
+
+
 def replicas_table(w: WorkloadStatus) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("REPLICA", "PHASE", "NODE", "SCORE", "GENERATION", "MESSAGE"):
+    for col in ("REPLICA", "PHASE", "READY", "NODE", "SCORE", "GENERATION", "MESSAGE"):
         table.add_column(col)
+    gated = _gated(w)
     for r in w.replicas:
         score = "-" if r.score is None else f"{r.score:.2f}"
+        ready, why = replica_readiness(r, gated)
+        message = "; ".join(m for m in (why, r.message) if m)
         table.add_row(
-            r.replica_id, r.phase.value, r.node_id or "-", score, str(r.generation), r.message
+            r.replica_id, r.phase.value, ready, r.node_id or "-", score, str(r.generation), message
         )
     return table
 

@@ -16,7 +16,9 @@ phones, laptops, PCs (some with a GPU), VPSes (some offering gVisor) and gateway
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from cloudless.testing.cluster import LocalCluster
 
 GIB = 2**30
+PORT_BASE = 20_000
 ENROLL_ATTEMPTS = 5
 
 
@@ -170,7 +173,11 @@ class HollowFleet:
     specs: list[HollowSpec]
     #: Enrollments in flight at once (each is a gateway RPC plus an enrollment workflow).
     concurrency: int = 8
+    #: This process's share of a fleet split over ``shards`` processes (see :meth:`_port`).
+    shard: int = 0
+    shards: int = 1
     nodes: dict[str, HollowNode] = field(default_factory=dict)
+    _next_port: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -199,7 +206,23 @@ class HollowFleet:
         await asyncio.gather(*(one(s) for s in self.specs))
         return time.monotonic() - started
 
+    def _port(self) -> int:
+        """A free port no other node of this fleet uses. gRPC binds with SO_REUSEPORT, so
+        two fleet processes picking the same port would share it (and answer for each
+        other's nodes): shards walk disjoint sequences (``PORT_BASE + shard + k * shards``,
+        below Linux's ephemeral range) and the servers bind without SO_REUSEPORT."""
+        if self.shards == 1:
+            return free_port()
+        while True:
+            port = PORT_BASE + self.shard + self._next_port * self.shards
+            self._next_port += 1
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", port))
+                return port
+
     async def _launch(self, spec: HollowSpec) -> None:
+        import grpc
+
         from agent.enroll import NodeFacts, enroll
         from agent.heartbeat import HeartbeatClient
         from agent.server import AgentServicer
@@ -208,7 +231,7 @@ class HollowFleet:
         from cloudless.errors import EnrollmentError
         from cloudless.tls import server_credentials
 
-        address = f"127.0.0.1:{free_port()}"
+        address = f"127.0.0.1:{self._port()}"
         drivers = {"docker": HollowDriver("docker"), "exec": HollowDriver("exec")}
         node = HollowNode(spec=spec, address=address, drivers=drivers)
         state_dir = self.root / spec.name
@@ -236,7 +259,7 @@ class HollowFleet:
                 if attempt == ENROLL_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(2**attempt)
-        server = tls.server()
+        server = grpc.aio.server(options=[*tls.SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(material.identity.name, material.identity.cluster, drivers), server
         )
@@ -296,7 +319,8 @@ def main() -> None:
     coordinator rather than the fleet competing with it for the interpreter.
 
     ``python -m cloudless.testing.hollow --gateway H:P --agent-gateway H:P
-    --coordinator-dir DIR --cluster NAME --count N [--seed S] --root DIR``; prints
+    --coordinator-dir DIR --cluster NAME --count N [--seed S] [--shard I/N] --root DIR``
+    (``--shard`` splits one fleet over several processes, so it can use more cores); prints
     ``enrolled <n> <seconds>`` once every node enrolled, then runs until stdin closes.
     """
     import argparse
@@ -313,7 +337,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prefix", default="h")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--shard", default="0/1", help="i/n: run every n-th node from the i-th (one process each)"
+    )
     args = parser.parse_args()
+    shard, shards = (int(x) for x in args.shard.split("/"))
     configure_logging("WARNING")  # JSON on stderr; stdout carries only the protocol line
     signer = TokenSigner.load(Path(args.coordinator_dir))
     ca_pem = CertificateAuthority.load(Path(args.coordinator_dir)).cert_pem.decode()
@@ -330,8 +358,10 @@ def main() -> None:
             agent_gateway=args.agent_gateway,
             mint_token=mint,
             root=Path(args.root),
-            specs=fleet_specs(args.count, seed=args.seed, prefix=args.prefix),
+            specs=fleet_specs(args.count, seed=args.seed, prefix=args.prefix)[shard::shards],
             concurrency=args.concurrency,
+            shard=shard,
+            shards=shards,
         )
         took = await fleet.start()
         print(f"enrolled {len(fleet.nodes)} {took:.2f}", flush=True)

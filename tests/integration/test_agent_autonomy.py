@@ -50,11 +50,17 @@ async def test_restart_policy(tmp_path: Path, policy: str, exit_code: int, resta
     sup = Supervisor(tmp_path, {"exec": driver})
     rid = "default-auto-1"
     try:
-        s = spec(rid, node, f"trap 'exit {exit_code}' TERM; sleep 60 & wait")
+        armed = tmp_path / "armed"
+        script = f"trap 'exit {exit_code}' TERM; : > {armed}; sleep 60 & wait"
+        s = spec(rid, node, script)
         first = await driver.run(s)
         assert first.phase == ReplicaPhase.RUNNING
         sup.want("exec", policy, s)
         pid = await _pid(driver, rid)
+        deadline = time.monotonic() + 10
+        while not armed.exists():  # a TERM before the trap is set would exit 143
+            assert time.monotonic() < deadline, "the replica never set its TERM trap"
+            await asyncio.sleep(0.01)
         os.kill(pid, signal.SIGTERM)  # the replica exits with exit_code on its own
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -185,6 +185,20 @@ async def test_tokens_audience_scope_expiry_uses_and_revocation(
     assert "revoked" in await expect(
         grpc.StatusCode.PERMISSION_DENIED, admin.get("prod", n, token.token)
     )
+    # Every one of those denials is in the audit log, with its reason.
+    denied = await admin.audit(
+        secrets_pb2.GetSecretAuditLogRequest(namespace="prod", name=n, outcome="DENIED")
+    )
+    reasons = " | ".join(f"{e.operation}: {e.reason}" for e in denied)
+    for expected in (
+        "GENERATE_TOKEN: audience 'frontend' is not declared",
+        "expired",
+        "invalid access token",
+        "used all 3",
+        "was revoked",
+    ):
+        assert expected in reasons, (expected, reasons)
+    assert all(e.actor and e.source and e.time for e in denied)
 
 
 @contextlib.asynccontextmanager

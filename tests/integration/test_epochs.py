@@ -1,0 +1,174 @@
+"""Placement epochs end to end: the workload numbers each placement, agents refuse stale
+RunReplicas over real gRPC/mTLS, and reconciling a returning node stops a run older than
+the control plane's record. Real Temporal, real agents, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.membership import MembershipActivities
+from cloudless.api import agent_pb2
+from cloudless.client import CloudlessClient
+from cloudless.model import ReconcileNodeInput, ReplicaPhase, WorkloadStatus
+from cloudless.spec import parse_workload
+from cloudless.testing.cluster import LocalCluster
+from cloudless.workloads import replica_spec_proto
+from tests.conftest import unique
+
+pytestmark = pytest.mark.temporal
+
+
+@pytest.fixture
+async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
+    suffix = uuid.uuid4().hex[:6]
+    with tempfile.TemporaryDirectory(prefix="cl-") as d:
+        # A long grace: the agent restart below must not turn into an Offline node.
+        c = LocalCluster(
+            temporal_env.client,
+            Path(d),
+            cluster=f"e-{suffix}",
+            heartbeat_ttl=60.0,
+            suspect_grace=60.0,
+        )
+        await c.start()
+        try:
+            await c.add_agent(f"epoch-{suffix}", runtimes=["exec"])
+            yield c
+        finally:
+            await c.close()
+            # exec replicas outlive their agents: kill whatever a failed test left behind
+            for record in Path(d).glob("agents/*/replicas/*/record.json"):
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+
+
+def sleeper(name: str, replicas: int) -> dict[str, Any]:
+    return parse_workload(
+        {
+            "apiVersion": "cloudless.dev/v1",
+            "kind": "Workload",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "runtime": "exec",
+                "container": {"command": ["sleep", "3600"]},
+                "resources": {"cpu": "10m", "memory": "8Mi"},
+            },
+        }
+    ).to_manifest()
+
+
+async def test_epochs_are_numbered_refused_when_stale_and_reconciled(
+    cluster: LocalCluster,
+) -> None:
+    client = CloudlessClient(cluster.client, cluster.cluster)
+    name = unique("ep")
+    manifest = sleeper(name, 2)
+    outcome = await client.apply(parse_workload(manifest), wait=True, timeout=60)
+    status = outcome.status
+    assert status is not None and status.ready == 2
+    epochs = sorted(r.epoch for r in status.replicas)
+    assert epochs == [1, 2] and status.epoch == 2  # one per placement, only growing
+
+    (node,) = cluster.agents
+    address = cluster.agents[node].address
+    pool = cast(Any, cluster.coordinator)._pool
+    stub = await pool.stub(node, address)
+    newest = max(status.replicas, key=lambda r: r.epoch)
+    rid = newest.replica_id
+
+    # The agent reports what it runs with its epoch.
+    listed = await stub.ListReplicas(agent_pb2.ListReplicasRequest(workload=name))
+    assert {r.replica_id: r.epoch for r in listed.replicas} == {
+        r.replica_id: r.epoch for r in status.replicas
+    }
+
+    def run(epoch: int) -> Any:
+        spec = replica_spec_proto(
+            manifest,
+            replica_id=rid,
+            generation=newest.generation,
+            spec_hash=newest.spec_hash,
+            epoch=epoch,
+        )
+        return stub.RunReplica(agent_pb2.RunReplicaRequest(spec=spec))
+
+    same = await run(2)  # a retry of the same placement stays idempotent
+    assert same.status.phase == "Running"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await run(1)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = refused.value.details() or ""
+    assert f"replica {rid}: this RunReplica carries placement epoch 1" in details
+    assert "already accepted epoch 2" in details and "stale" in details
+
+    # The refusal survives an agent restart (the epochs are on disk).
+    await cluster.kill_agent(node)
+    # Meanwhile the node's own records say it runs an older placement of the replica
+    # (what a node that missed a re-placement comes back with).
+    desired_file = cluster.root / "agents" / node / "desired.json"
+    desired = json.loads(desired_file.read_text())
+    for item in desired:
+        if item["spec"]["replica_id"] == rid:
+            item["spec"]["epoch"] = 1
+    desired_file.write_text(json.dumps(desired))
+    await cluster.restart_agent(node)
+    stub = await pool.stub(node, address)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await run(1)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    membership = MembershipActivities(cluster.client, pool, cluster.cluster)
+    result = await ActivityEnvironment().run(
+        membership.reconcile_node,
+        ReconcileNodeInput(node_id=node, address=address, cluster=cluster.cluster),
+    )
+    assert result.stale_epochs == [rid]
+    assert rid in result.stopped
+    assert result.missing == {f"default/{name}": [rid]}
+    listed = await stub.ListReplicas(agent_pb2.ListReplicasRequest(workload=name))
+    assert rid not in {r.replica_id for r in listed.replicas}
+
+    # The workload replaces it with a new replica and a newer epoch.
+    async def replaced() -> WorkloadStatus:
+        while True:
+            s = await client.workload_status("default", name)
+            ids = {r.replica_id for r in s.replicas}
+            if rid not in ids and s.ready == 2:
+                return s
+            await asyncio.sleep(0.2)
+
+    async with asyncio.timeout(60):
+        final = await replaced()
+    assert all(r.phase == ReplicaPhase.RUNNING for r in final.replicas)
+    assert max(r.epoch for r in final.replicas) == 3 == final.epoch
+
+    # Stops carry the epoch: a start that arrives after the delete cannot resurrect it.
+    await client.delete("default", name, wait=True)
+    victim = final.replicas[0]
+    late = replica_spec_proto(
+        manifest,
+        replica_id=victim.replica_id,
+        generation=victim.generation,
+        spec_hash=victim.spec_hash,
+        epoch=victim.epoch,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as fenced:
+        await stub.RunReplica(agent_pb2.RunReplicaRequest(spec=late))
+    assert fenced.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "which the control plane already stopped" in (fenced.value.details() or "")
+    listed = await stub.ListReplicas(agent_pb2.ListReplicasRequest(workload=name))
+    assert not listed.replicas

@@ -1,0 +1,94 @@
+"""The gateway turns heartbeat readiness into ``replica_readiness`` signals: only changes,
+deduplicated, nothing for healthy unprobed replicas or agents too old to report it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import pytest
+
+from cloudless.api import agent_pb2, gateway_pb2
+from cloudless.model import ReplicaExited, ReplicaReadiness
+from workers import liveness
+from workers.liveness import LivenessMonitor
+
+
+def replica(rid: str, ready: bool, message: str = "", gated: bool = True, **kw: Any) -> Any:
+    return agent_pb2.ReplicaStatus(
+        replica_id=rid,
+        namespace="default",
+        workload="web",
+        phase=kw.pop("phase", "Running"),
+        ready=ready,
+        ready_message=message,
+        readiness_gated=gated,
+        **kw,
+    )
+
+
+def beat(monitor: LivenessMonitor, *replicas: Any) -> list[tuple[str, Any]]:
+    monitor.beat("n1", gateway_pb2.HeartbeatRequest(seq=1, replicas=list(replicas)))
+    out = []
+    while not monitor._exits.empty():
+        _wf, name, event = monitor._exits.get_nowait()
+        out.append((name, event))
+    return out
+
+
+@pytest.fixture
+def monitor() -> LivenessMonitor:
+    return LivenessMonitor(cast(Any, None), "c", "g")
+
+
+def test_gated_replica_signals_its_first_state_then_only_changes(monitor: LivenessMonitor) -> None:
+    waiting = replica("r1", False, "waiting for the first probe")
+    assert beat(monitor, waiting) == [
+        (
+            "replica_readiness",
+            ReplicaReadiness(
+                replica_id="r1", node_id="n1", ready=False, message="waiting for the first probe"
+            ),
+        )
+    ]
+    assert beat(monitor, waiting) == []  # unchanged: nothing
+    [(name, event)] = beat(monitor, replica("r1", True))
+    assert name == "replica_readiness" and event.ready and event.message == ""
+    assert beat(monitor, replica("r1", True)) == []
+
+
+def test_unprobed_running_replicas_cost_no_signals(monitor: LivenessMonitor) -> None:
+    for _ in range(3):
+        assert beat(monitor, replica("r1", True, gated=False)) == []
+    [(_, event)] = beat(monitor, replica("r1", False, "replica is Failed", gated=False))
+    assert not event.ready and event.message == "replica is Failed"
+
+
+def test_a_new_reason_is_rate_limited_but_a_flip_is_not(
+    monitor: LivenessMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    assert len(beat(monitor, replica("r1", False, "GET: HTTP status 404"))) == 1
+    now[0] += 1
+    assert beat(monitor, replica("r1", False, "GET: HTTP status 503")) == []
+    now[0] += liveness.READINESS_MESSAGE_INTERVAL
+    [(_, event)] = beat(monitor, replica("r1", False, "GET: HTTP status 503"))
+    assert event.message == "GET: HTTP status 503"
+    now[0] += 1
+    assert len(beat(monitor, replica("r1", True))) == 1
+
+
+def test_old_agents_and_terminal_replicas(monitor: LivenessMonitor) -> None:
+    # An agent that predates readiness sends neither ready nor a reason: no signal.
+    assert beat(monitor, replica("r1", False, gated=False)) == []
+    events = beat(monitor, replica("r2", False, "x", terminal=True, phase="Failed"))
+    assert [name for name, _ in events] == ["replica_exited"]
+    assert isinstance(events[0][1], ReplicaExited)
+
+
+def test_replicas_a_node_stops_reporting_are_forgotten(monitor: LivenessMonitor) -> None:
+    beat(monitor, replica("r1", True))
+    beat(monitor)  # r1 gone (stopped, moved)
+    assert monitor._readiness["n1"] == {}
+    assert len(beat(monitor, replica("r1", True))) == 1  # reported again: current state
