@@ -3,6 +3,9 @@
 Each beat carries resource usage and the state of every replica, so the control plane's
 soft state can be rebuilt from agents alone. The stream reconnects with jittered
 exponential backoff, so a fleet that lost its coordinator does not reconnect in lockstep.
+Given several gateways (one per coordinator), a broken stream fails over to the next one.
+Every stream carries an epoch that only grows, so the control plane can tell the node's
+current stream from older ones that other gateways may still report on.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 import psutil
 import structlog
 
-from agent.enroll import GATEWAY_SERVER_NAME
+from agent.enroll import GATEWAY_SERVER_NAME, split_addresses
 from agent.runtime.base import RuntimeDriver
 from agent.secrets import SecretDelivery
 from agent.server import AGENT_VERSION, status_to_proto
@@ -33,7 +37,7 @@ MAX_BACKOFF = 5.0
 class HeartbeatClient:
     def __init__(
         self,
-        gateway: str,
+        gateway: str | Sequence[str],
         material: TLSMaterial,
         node_id: str,
         drivers: Mapping[str, RuntimeDriver],
@@ -43,7 +47,13 @@ class HeartbeatClient:
         facts: gateway_pb2.NodeFacts | None = None,
         secrets: SecretDelivery | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._gateways = split_addresses(gateway)
+        if not self._gateways:
+            raise ValueError("at least one gateway address is required")
+        self._current = 0
+        #: The gateway of the last stream that was answered (None: none yet this process).
+        self._last: str | None = None
+        self._epoch = 0
         self._material = material
         self._node_id = node_id
         self._drivers = drivers
@@ -57,6 +67,17 @@ class HeartbeatClient:
         self._closing = False
         self._flowing = asyncio.Event()
         self._flowing.set()
+
+    @property
+    def gateway(self) -> str:
+        """The gateway the agent streams to (or tries next)."""
+        return self._gateways[self._current]
+
+    def _next_epoch(self) -> int:
+        """Microseconds of wall clock, strictly growing within this process; across
+        restarts it grows as long as the clock does not jump back."""
+        self._epoch = max(self._epoch + 1, time.time_ns() // 1000)
+        return self._epoch
 
     def pause(self) -> None:
         """Stop sending beats but keep the stream open: what a silent partition looks like
@@ -96,15 +117,19 @@ class HeartbeatClient:
             closing=self._closing,
         )
 
-    async def _beats(self, stop: asyncio.Event) -> AsyncIterator[gateway_pb2.HeartbeatRequest]:
+    async def _beats(
+        self, stop: asyncio.Event, epoch: int = 0, moved: bool = False
+    ) -> AsyncIterator[gateway_pb2.HeartbeatRequest]:
         seq = 0
         while True:
             await self._flowing.wait()
             seq += 1
             self._closing = stop.is_set()
             report = await self._report(seq)
-            if seq == 1 and self._facts is not None:
-                report.facts.CopyFrom(self._facts)  # every new stream says what we offer
+            if seq == 1:
+                report.stream_epoch, report.moved = epoch, moved
+                if self._facts is not None:
+                    report.facts.CopyFrom(self._facts)  # every new stream says what we offer
             yield report
             if self._closing:
                 return
@@ -115,14 +140,17 @@ class HeartbeatClient:
         """Keep a stream open until ``stop`` is set; then close it gracefully."""
         backoff = MIN_BACKOFF
         while not stop.is_set():
+            gateway = self.gateway
+            beats = self._beats(stop, self._next_epoch(), moved=gateway != self._last)
             try:
                 async with secure_channel(
-                    self._gateway, GATEWAY_SERVER_NAME, self._material.ca_pem, self._material
+                    gateway, GATEWAY_SERVER_NAME, self._material.ca_pem, self._material
                 ) as channel:
                     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-                    async for response in stub.Heartbeat(self._beats(stop)):
+                    async for response in stub.Heartbeat(beats):
                         if not self.connected.is_set():
-                            log.info("heartbeat.connected", gateway=self._gateway)
+                            log.info("heartbeat.connected", gateway=gateway)
+                            self._last = gateway
                             self.connected.set()
                             if self._secrets is not None:
                                 # Invalidations sent while we were away are lost.
@@ -140,6 +168,9 @@ class HeartbeatClient:
             self.connected.clear()
             if stop.is_set():
                 break
+            if len(self._gateways) > 1:  # fail over: the next gateway, after the backoff
+                self._current = (self._current + 1) % len(self._gateways)
+                log.info("heartbeat.failover", gateway=self.gateway)
             delay = random.uniform(backoff / 2, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)

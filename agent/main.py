@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +18,7 @@ import psutil
 import structlog
 import typer
 
-from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateway
+from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateways, split_addresses
 from agent.heartbeat import HeartbeatClient
 from agent.runtime import detect_drivers
 from agent.runtime.base import RuntimeDriver
@@ -55,7 +55,7 @@ async def serve(
     zone: str,
     listen: str,
     advertise: str,
-    gateway: str,
+    gateway: str | Sequence[str],
     token: str | None,
     state_dir: Path,
     cpu_millis: int,
@@ -68,12 +68,17 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     heartbeat_interval: float = 1.0,
-    agent_gateway: str | None = None,
+    agent_gateway: str | Sequence[str] | None = None,
     on_started: Callable[[HeartbeatClient], None] | None = None,
     secrets_dir: Path = DEFAULT_SECRETS_ROOT,
     secret_shell: Path = DEFAULT_SECRET_SHELL,
 ) -> None:
-    """Run the agent until ``stop`` is set (or forever)."""
+    """Run the agent until ``stop`` is set (or forever).
+
+    ``gateway``: the enrollment endpoints, one per coordinator (``a,b`` or a list);
+    ``agent_gateway``: their mTLS heartbeat endpoints, if not the ones ``node.json``
+    recorded at enrollment.
+    """
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Engine calls are blocking and I/O bound: the default pool (cores + 4 threads) would
     # serialize a burst of replica starts on small devices.
@@ -108,9 +113,12 @@ async def serve(
         material = await enroll(state_dir, gateway, token, facts)
         log.info("agent.enrolled", node=name, gateway=gateway)
     identity = material.identity
-    coordinator = agent_gateway or load_agent_gateway(state_dir) or gateway
+    coordinators = (
+        split_addresses(agent_gateway) or load_agent_gateways(state_dir) or split_addresses(gateway)
+    )
+    # Secrets are fetched from the first coordinator only (no failover there yet).
     secrets = SecretDelivery(
-        SecretStore.connect(coordinator, material), SecretFiles(secrets_dir, identity.name)
+        SecretStore.connect(coordinators[0], material), SecretFiles(secrets_dir, identity.name)
     )
     supervisor = Supervisor(state_dir, drivers, prepare=secrets.prepare)
     supervisor.load()
@@ -124,7 +132,7 @@ async def serve(
     log.info("agent.serving", node=identity.name, listen=listen, runtimes=sorted(drivers))
     stop = stop or asyncio.Event()
     heartbeat = HeartbeatClient(
-        coordinator,
+        coordinators,
         material,
         identity.name,
         drivers,
@@ -193,7 +201,24 @@ def main_command(
     advertise: Annotated[
         str | None, typer.Option(help="host:port the coordinator dials (default: --listen).")
     ] = None,
-    gateway: Annotated[str, typer.Option(envvar=config.ENV_GATEWAY)] = config.DEFAULT_GATEWAY,
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=config.ENV_GATEWAY,
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="Enrollment gateway host:port; several as a,b or a repeated flag "
+            "(one per coordinator): enrollment uses the first that answers, heartbeats "
+            "fail over between them.",
+        ),
+    ] = None,
+    agent_gateway: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="mTLS heartbeat endpoints (a,b or repeated), overriding what node.json "
+            "recorded at enrollment.",
+        ),
+    ] = None,
     token: Annotated[
         str | None, typer.Option(envvar="CLOUDLESS_TOKEN", help="Enrollment token.")
     ] = None,
@@ -237,7 +262,8 @@ def main_command(
                 zone=zone,
                 listen=listen,
                 advertise=advertise or listen,
-                gateway=gateway,
+                gateway=split_addresses(gateway) or [config.DEFAULT_GATEWAY],
+                agent_gateway=split_addresses(agent_gateway) or None,
                 token=token,
                 state_dir=root,
                 cpu_millis=parse_cpu(cpu) if cpu else (os.cpu_count() or 1) * 1000,

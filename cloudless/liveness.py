@@ -37,6 +37,10 @@ class Transition:
     health: Health
     reason: str
     at: float
+    #: A Suspect caused by the agent closing its stream on purpose (a planned restart).
+    graceful: bool = False
+    #: Epoch of the stream it is about (set by the gateway, which knows the streams).
+    epoch: int = 0
 
 
 @dataclass
@@ -128,7 +132,8 @@ class LivenessTable:
         if entry.health is Health.OFFLINE:
             return None  # already written off (TTL on a half-open stream): stays Offline
         reason = "agent closed its stream (restarting)" if graceful else "heartbeat stream broke"
-        return self._to(node_id, entry, Health.SUSPECT, reason, now)
+        t = self._to(node_id, entry, Health.SUSPECT, reason, now)
+        return Transition(t.node_id, t.health, t.reason, t.at, graceful) if t else None
 
     def expire(self, now: float) -> list[Transition]:
         """Transitions whose deadlines have passed by ``now``."""

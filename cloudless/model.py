@@ -122,6 +122,14 @@ class NodeStatus(_Model):
     offline_seconds: float = 0.0
     down_since: datetime | None = None
     gateway: str = ""
+    #: Epoch of the heartbeat stream ``gateway`` holds (0: unknown); older streams are
+    #: ignored, so a late signal from a gateway the node moved off cannot win.
+    stream_epoch: int = 0
+    #: Set while the node is away after a graceful close (agent restart): not churn, and
+    #: not downtime, unless it ends Offline.
+    planned_since: datetime | None = None
+    #: Flap damping holds a returning node unhealthy until then.
+    held_until: datetime | None = None
 
 
 class LivenessSignal(_Model):
@@ -131,6 +139,10 @@ class LivenessSignal(_Model):
     reason: str
     at: datetime
     gateway: str
+    #: The agent closed its stream on purpose (restart, upgrade): a planned absence.
+    graceful: bool = False
+    #: The stream's epoch, chosen by the agent and only growing (0: unknown).
+    epoch: int = 0
 
 
 class NodeAdminInput(_Model):
@@ -565,6 +577,8 @@ class ReplicaPhase(enum.StrEnum):
     RUNNING = "Running"
     FAILED = "Failed"
     STOPPED = "Stopped"
+    #: Exited 0 under restartPolicy Never/OnFailure: done, never replaced (workload only).
+    COMPLETED = "Completed"
 
 
 class CandidateScore(_Model):
@@ -599,11 +613,15 @@ class ReplicaRecord(_Model):
     #: Placement epoch: the workload's counter when this record was last placed. Agents
     #: refuse older RunReplicas; a returning node stops runs older than this.
     epoch: int = 0
+    #: Its allocation went back to the ledger while the record stays (a Completed replica).
+    released: bool = False
 
 
 class WorkloadPhase(enum.StrEnum):
     PROGRESSING = "Progressing"
     AVAILABLE = "Available"
+    #: Every desired replica ran to completion (exit 0, restartPolicy Never/OnFailure).
+    COMPLETED = "Completed"
     DEGRADED = "Degraded"
     PENDING = "Pending"
     DELETING = "Deleting"
@@ -624,6 +642,12 @@ class WorkloadStatus(_Model):
     #: The workload's placement counter (highest epoch handed out), carried across
     #: continue-as-new so epochs only grow.
     epoch: int = 0
+
+    @property
+    def satisfied(self) -> int:
+        """Replicas that need nothing more: ready, or run to completion."""
+        done = sum(1 for r in self.replicas if r.phase == ReplicaPhase.COMPLETED)
+        return self.ready + done
 
 
 class WorkloadWorkflowInput(_Model):

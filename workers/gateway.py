@@ -188,7 +188,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                 grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems)
                             )
                         monitor.facts(record_from_facts(node_id, beat.facts))
-                    token = monitor.connected(node_id)
+                    token = monitor.connected(node_id, beat.stream_epoch, beat.moved)
                 monitor.beat(node_id, beat)
                 cursor, changed = self.invalidations.since(cursor)
                 # Acknowledge the first beat and then every ACK_EVERY-th: the responses

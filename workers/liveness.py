@@ -2,8 +2,8 @@
 
 Soft state only: the table lives in memory and is rebuilt after a restart from the
 ledger (healthy nodes get one TTL to reconnect) and from the agents' new streams. Only
-transitions are written to Temporal, as signals to ``node/<id>``, in order, by a single
-publisher task so a slow Temporal call never stalls a heartbeat stream.
+transitions are written to Temporal, as signals to ``node/<id>``, each node's in order, by
+publisher tasks (sharded by node) so a slow Temporal call never stalls a heartbeat stream.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,9 @@ from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_wor
 log = structlog.get_logger("cloudless.liveness")
 
 SWEEP_INTERVAL = 0.1
+#: Node state changes published concurrently, each node's in order (sharded by node id):
+#: a mass reconnect of thousands of nodes must not queue behind one signal at a time.
+PUBLISHERS = 16
 #: A changed not-ready reason (same readiness) is signalled at most this often per replica.
 READINESS_MESSAGE_INTERVAL = 10.0
 
@@ -57,8 +61,12 @@ class LivenessMonitor:
         self.interval = interval
         self.table = LivenessTable(ttl=ttl, suspect_grace=suspect_grace, jitter=jitter)
         self._streams: dict[str, int] = {}
+        #: node -> epoch of the newest stream this gateway saw (0: none, or an old agent).
+        self._epochs: dict[str, int] = {}
         self._tokens = itertools.count(1)
-        self._outbox: asyncio.Queue[Transition | NodeRecord] = asyncio.Queue()
+        self._outboxes: list[asyncio.Queue[Transition | NodeRecord]] = [
+            asyncio.Queue() for _ in range(PUBLISHERS)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
         self.reports: dict[str, gateway_pb2.HeartbeatRequest] = {}
         self.beats = 0
@@ -86,7 +94,10 @@ class LivenessMonitor:
             log.info("liveness.adopted", nodes=len(known))
         self._tasks = [
             asyncio.create_task(self._sweep(), name="liveness-sweep"),
-            asyncio.create_task(self._publish(), name="liveness-publish"),
+            *(
+                asyncio.create_task(self._publish(q), name=f"liveness-publish-{i}")
+                for i, q in enumerate(self._outboxes)
+            ),
             asyncio.create_task(self._publish_exits(), name="replica-exits"),
         ]
 
@@ -97,15 +108,24 @@ class LivenessMonitor:
 
     # ---- stream events (called by the gateway's Heartbeat handler)
 
-    def connected(self, node_id: str) -> int:
+    def connected(self, node_id: str, epoch: int = 0, moved: bool = False) -> int:
+        """A new stream. ``moved``: the agent came from another gateway (or just started),
+        so this gateway claims the node with a Ready even if its table saw no change
+        (say, a node it adopted as healthy after a restart). Without the claim, the
+        gateway the node left could still mark it Offline."""
         token = next(self._tokens)
         self._streams[node_id] = token
-        self._emit(self.table.connected(node_id, time.monotonic()))
+        self._epochs[node_id] = epoch
+        now = time.monotonic()
+        t = self.table.connected(node_id, now)
+        if t is None and moved:
+            t = Transition(node_id, Health.READY, "heartbeat stream moved to this gateway", now)
+        self._emit(t)
         return token
 
     def facts(self, record: NodeRecord) -> None:
         """What a (re)connecting agent offers now; queued ahead of its health change."""
-        self._outbox.put_nowait(record)
+        self._outbox(record.node_id).put_nowait(record)
 
     def beat(self, node_id: str, report: gateway_pb2.HeartbeatRequest) -> None:
         self.beats += 1
@@ -178,14 +198,16 @@ class LivenessMonitor:
     # ---- background tasks
 
     def _emit(self, transition: Transition | None) -> None:
+        """Queue a transition, stamped with the epoch of the stream it is about."""
         if transition is not None:
-            self._outbox.put_nowait(transition)
+            epoch = self._epochs.get(transition.node_id, 0)
+            self._outbox(transition.node_id).put_nowait(replace(transition, epoch=epoch))
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             for transition in self.table.expire(time.monotonic()):
-                self._outbox.put_nowait(transition)
+                self._emit(transition)
 
     async def _publish_exits(self) -> None:
         while True:
@@ -197,9 +219,18 @@ class LivenessMonitor:
             handle = self._client.get_workflow_handle(workflow_id)
             await _signal_once(handle, name, event, workflow_id)
 
-    async def _publish(self) -> None:
+    def _outbox(self, node_id: str) -> asyncio.Queue[Transition | NodeRecord]:
+        """The queue of the publisher that owns ``node_id`` (so its changes stay ordered)."""
+        return self._outboxes[hash(node_id) % len(self._outboxes)]
+
+    @property
+    def backlog(self) -> int:
+        """State changes not yet written to Temporal."""
+        return sum(q.qsize() for q in self._outboxes)
+
+    async def _publish(self, queue: asyncio.Queue[Transition | NodeRecord]) -> None:
         while True:
-            t = await self._outbox.get()
+            t = await queue.get()
             if isinstance(t, NodeRecord):
                 handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
                 await _signal_once(handle, "facts", EnrollSignal(record=t), t.node_id)
@@ -210,6 +241,8 @@ class LivenessMonitor:
                 reason=t.reason,
                 at=datetime.now(UTC),
                 gateway=self.gateway_id,
+                graceful=t.graceful,
+                epoch=t.epoch,
             )
             handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
             # Retried until delivered: a dropped transition would leave the state wrong.

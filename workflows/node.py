@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
+    from cloudless.membership import FLAP_WINDOW, accepts, flap_hold, recent
     from cloudless.model import (
         EnrollSignal,
         LivenessSignal,
@@ -44,12 +45,9 @@ MAX_TRANSITIONS = 50
 MAX_HISTORY_EVENTS = 5_000
 #: How long a freshly enrolled agent has to become reachable before it is marked Offline.
 PROBE_DEADLINE = timedelta(minutes=2)
-#: Flap damping: this many Suspect/Offline episodes within the window hold the node back.
-FLAP_WINDOW = timedelta(minutes=10)
-FLAP_THRESHOLD = 3
-DAMP_BASE = timedelta(seconds=10)
-DAMP_MAX = timedelta(minutes=5)
 MAX_CHURN_KEPT = 50
+#: Patch: admin updates queued while a flapping node is held are applied during the hold.
+ADMIN_DURING_HOLD = "admin-during-flap-hold"
 #: Churn episodes this recent lower the node's reliability score.
 CHURN_WINDOW = timedelta(hours=1)
 
@@ -147,28 +145,56 @@ class NodeWorkflow:
         self._set(health="Ready", reason="agent reached over mTLS")
         await self._publish()
 
+    def _accepts(self, sig: LivenessSignal) -> bool:
+        status = self._status
+        assert status is not None
+        return accepts(
+            owner=status.gateway,
+            owner_epoch=status.stream_epoch,
+            sig_health=sig.health,
+            sig_gateway=sig.gateway,
+            sig_epoch=sig.epoch,
+        )
+
+    def _own(self, sig: LivenessSignal) -> None:
+        """The sending gateway holds the node's current stream: it owns the node now."""
+        assert self._status is not None
+        self._status.gateway = sig.gateway
+        self._status.stream_epoch = max(self._status.stream_epoch, sig.epoch)
+
     async def _on_liveness(self, sig: LivenessSignal) -> None:
         status = self._status
         if status is None or status.health == "Joining":
             return  # not enrolled yet (or still probing): enrollment decides
+        if not self._accepts(sig):
+            return  # a gateway (or an older stream) the node has already moved off
+        if sig.epoch > status.stream_epoch:
+            self._own(sig)  # news of a newer stream, wherever it lives
         if sig.health == status.health:
             if sig.health == "Ready":
-                status.gateway = sig.gateway
+                self._own(sig)
             return
-        if sig.health != "Ready" and status.gateway and sig.gateway != status.gateway:
-            return  # another gateway lost a stream this node has already moved off
         if sig.health == "Ready":
             if await self._damped():
                 return
             if status.health == "Offline" and not await self._reconcile_replicas():
                 return
-            status.gateway = sig.gateway
+            self._own(sig)
+            status.planned_since = None  # a planned restart came back: neither churn nor downtime
             self._set(health="Ready", reason=sig.reason)
             await self._publish()
             return
         was_healthy = status.health == "Ready"
+        planned = was_healthy and sig.graceful and sig.health == "Suspect"
+        if sig.health == "Offline" and status.planned_since is not None:
+            # The restart took longer than the TTL: an outage after all, from when it left.
+            status.down_since = status.planned_since
+            status.churn = [*status.churn, status.planned_since][-MAX_CHURN_KEPT:]
+            status.planned_since = None
         self._set(health=sig.health, reason=sig.reason)
-        if was_healthy:  # one episode per departure from Ready (Suspect then Offline is one)
+        if planned:
+            status.planned_since, status.down_since = status.down_since, None
+        elif was_healthy:  # one episode per departure from Ready (Suspect then Offline is one)
             status.churn = [*status.churn, workflow.now()][-MAX_CHURN_KEPT:]
         await self._publish()
         if sig.health == "Offline":
@@ -219,25 +245,70 @@ class NodeWorkflow:
 
     async def _damped(self) -> bool:
         """Hold a flapping node back before it is Ready again; True if it failed again
-        meanwhile (the queued event will be applied instead)."""
-        assert self._status is not None
+        meanwhile (the queued event will be applied instead).
+
+        Admin updates queued during the hold are applied at once: an operator cordoning
+        a flapping node must not wait minutes for the hold to end.
+        """
+        status = self._status
+        assert status is not None
         now = workflow.now()
-        recent = [t for t in self._status.churn if now - t <= FLAP_WINDOW]
-        if len(recent) < FLAP_THRESHOLD:
+        hold = flap_hold(status.churn, now)
+        if hold is None:
             return False
-        hold = min(DAMP_MAX, DAMP_BASE * 2 ** (len(recent) - FLAP_THRESHOLD))
-        self._set(reason=f"flapping ({len(recent)} failures in {FLAP_WINDOW}); held {hold}")
+        n = recent(status.churn, now, FLAP_WINDOW)
+        self._set(reason=f"flapping ({n} failures in {FLAP_WINDOW}); held {hold}")
+        if not workflow.patched(ADMIN_DURING_HOLD):
+            try:  # histories from before the patch: exactly the old condition
+                await workflow.wait_condition(
+                    lambda: any(
+                        e.kind == "liveness" and e.liveness and e.liveness.health != "Ready"
+                        for e in self._events
+                    ),
+                    timeout=hold,
+                )
+            except TimeoutError:
+                return False
+            return True
+        status.held_until = now + hold
         try:
-            await workflow.wait_condition(
-                lambda: any(
-                    e.kind == "liveness" and e.liveness and e.liveness.health != "Ready"
-                    for e in self._events
-                ),
-                timeout=hold,
-            )
-        except TimeoutError:
-            return False
-        return True
+            while True:
+                left = status.held_until - workflow.now()
+                if left <= timedelta(0):
+                    return False
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._relapsed() or self._admin_queued(), timeout=left
+                    )
+                except TimeoutError:
+                    return False
+                if self._relapsed():
+                    return True
+                await self._apply_queued_admin()
+        finally:
+            status.held_until = None
+
+    def _relapsed(self) -> bool:
+        """An accepted Suspect/Offline is queued: the node failed again during a hold."""
+        return any(
+            e.kind == "liveness"
+            and e.liveness is not None
+            and e.liveness.health != "Ready"
+            and self._accepts(e.liveness)
+            for e in self._events
+        )
+
+    def _admin_queued(self) -> bool:
+        return any(e.kind == "admin" for e in self._events)
+
+    async def _apply_queued_admin(self) -> None:
+        """Apply queued admin events in order, ahead of the other queued events."""
+        while self._admin_queued():
+            event = next(e for e in self._events if e.kind == "admin")
+            self._events.remove(event)
+            if event.admin is not None:
+                await self._on_admin(event.admin)
+            self._done = max(self._done, event.seq)
 
     async def _reconcile_replicas(self, fresh: bool = False) -> bool:
         """Stop what the node runs but should not, before it is Ready again.
@@ -342,7 +413,7 @@ class NodeWorkflow:
         if status.down_since is not None:
             down += (now - status.down_since).total_seconds()
         uptime = 1.0 if age <= 0 else min(1.0, max(0.0, 1.0 - down / age))
-        churn = sum(1 for t in status.churn if now - t <= CHURN_WINDOW)
+        churn = recent(status.churn, now, CHURN_WINDOW)
         return round(uptime, 4), churn
 
     async def _publish(self) -> None:

@@ -65,6 +65,9 @@ _AGENT_RETRY = RetryPolicy(
 #: below the 2 MB payload limit); larger workloads start in several concurrent batches.
 RUN_BATCH = 500
 BATCHED_STARTS = "run-replicas-batch"
+#: Patch: a clean exit under restartPolicy Never/OnFailure completes a replica (kept, its
+#: allocation released, never replaced) instead of failing it at start or leaving it Stopped.
+COMPLETIONS = "completed-replicas"
 #: The batch retries each replica itself; a retry of the whole batch is for a lost worker.
 _BATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -142,6 +145,10 @@ class WorkloadWorkflow:
             return False
         return r.ready if r.ready is not None else not self._view.readiness_gated
 
+    def _is_done(self, r: ReplicaRecord) -> bool:
+        """Ran to completion: counts toward the desired replicas but is not ready."""
+        return r.phase == ReplicaPhase.COMPLETED
+
     def _is_current(self, r: ReplicaRecord) -> bool:
         """Up to date and staying: matches the template and is not being evicted."""
         return r.spec_hash == self._view.template_hash and not r.evicting
@@ -201,8 +208,12 @@ class WorkloadWorkflow:
             await asyncio.gather(*(self._start_batch(c) for c in chunks))
         elif starting:
             await asyncio.gather(*(self._start(r) for r in starting))
-        # 5. Old-spec replicas go once the new spec is fully up.
-        if outdated and all(self._is_ready(r) for r in current):
+        # Completed replicas keep their record but give their room back.
+        done = [r for r in self._replicas if self._is_done(r) and not r.released]
+        if done:
+            await self._release(done)
+        # 5. Old-spec replicas go once the new spec is fully up (or done).
+        if outdated and all(self._is_ready(r) or self._is_done(r) for r in current):
             await self._remove(outdated)
         unhealthy = any(r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED) for r in current)
         if unhealthy:
@@ -311,11 +322,19 @@ class WorkloadWorkflow:
         self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
 
     def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
-        if r.lost or r.preempted:
-            return  # the node was lost (or the room preempted) while the start was in flight
+        if r.lost or r.preempted or self._is_done(r):
+            # The node was lost (or the room preempted) while the start was in flight, or
+            # the replica already ran to completion (its exit outran the start's answer).
+            return
         r.phase, r.message = res.phase, res.message
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
-        if res.phase != ReplicaPhase.RUNNING:
+        if (
+            res.phase == ReplicaPhase.STOPPED
+            and self._completes()
+            and workflow.patched(COMPLETIONS)
+        ):
+            r.phase, r.message = ReplicaPhase.COMPLETED, "completed (exit code 0)"
+        elif res.phase != ReplicaPhase.RUNNING:
             r.phase = ReplicaPhase.FAILED
             self._message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
 
@@ -327,7 +346,7 @@ class WorkloadWorkflow:
         """
         placed = [r for r in victims if r.node_id]
         await asyncio.gather(*(self._stop(r) for r in placed if not r.lost))
-        placed = [r for r in placed if not r.preempted]
+        placed = [r for r in placed if not r.preempted and not r.released]
         if placed:
             await workflow.execute_activity_method(
                 LedgerActivities.commit_plan,
@@ -348,6 +367,32 @@ class WorkloadWorkflow:
             )
         gone = {r.replica_id for r in victims}
         self._replicas = [r for r in self._replicas if r.replica_id not in gone]
+
+    def _completes(self) -> bool:
+        """Whether a clean exit is the end of a replica (restartPolicy Never/OnFailure)."""
+        return self._view.workload.spec.restart_policy != "Always"
+
+    async def _release(self, done: list[ReplicaRecord]) -> None:
+        """Give completed replicas' allocations back to the ledger, once each."""
+        await workflow.execute_activity_method(
+            LedgerActivities.commit_plan,
+            CommitPlanInput(
+                plan_id=str(workflow.uuid4()),
+                releases=[
+                    Allocation(
+                        replica_id=r.replica_id,
+                        workload=self._view.key,
+                        node_id=r.node_id,
+                        resources=r.resources,
+                    )
+                    for r in done
+                ],
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_LEDGER_RETRY,
+        )
+        for r in done:
+            r.released = True
 
     async def _stop(self, r: ReplicaRecord) -> None:
         try:
@@ -458,6 +503,8 @@ class WorkloadWorkflow:
                 sig.replica_ids and r.replica_id not in sig.replica_ids
             ):
                 continue
+            if self._is_done(r):
+                continue  # finished: nothing is lost, nothing to move
             if sig.evacuate:
                 r.evicting = True
             else:
@@ -483,7 +530,11 @@ class WorkloadWorkflow:
         if sig.plan_id:
             self._preempted_by = [*self._preempted_by, sig.plan_id][-MAX_PREEMPTIONS_KEPT:]
         age = {r.replica_id: i for i, r in enumerate(self._replicas)}
-        here = [r for r in self._replicas if r.node_id == sig.node_id and not r.preempted]
+        here = [
+            r
+            for r in self._replicas
+            if r.node_id == sig.node_id and not r.preempted and not self._is_done(r)
+        ]
         # Prefer replicas that are not serving yet, then the newest.
         here.sort(key=lambda r: (r.phase == ReplicaPhase.RUNNING, -age[r.replica_id]))
         for r in here[: sig.count]:
@@ -494,7 +545,9 @@ class WorkloadWorkflow:
 
     @workflow.signal
     def replica_exited(self, sig: ReplicaExited) -> None:
-        """The agent gave up on a replica: a failure is replaced, a clean exit recorded."""
+        """The agent gave up on a replica. A failure is replaced (with the workload's
+        backoff); a clean exit under restartPolicy Never/OnFailure completes it: the record
+        stays, its room is released, and it is never replaced."""
         for r in self._replicas:
             if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
                 continue
@@ -506,8 +559,16 @@ class WorkloadWorkflow:
                 )
                 self._message = f"replica {r.replica_id} failed on {r.node_id}{code}"
                 self._dirty = True
-            elif r.phase == ReplicaPhase.RUNNING:
-                r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
+            elif r.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
+                if not workflow.patched(COMPLETIONS):  # histories from before completions
+                    if r.phase == ReplicaPhase.RUNNING:
+                        r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
+                elif self._completes():  # done: keep the record, release its room
+                    r.phase, r.message = ReplicaPhase.COMPLETED, f"completed{code}"
+                    self._dirty = True
+                else:  # restartPolicy Always wants it running: replace it
+                    r.phase, r.message = ReplicaPhase.FAILED, f"exited{code}"
+                    self._dirty = True
 
     @workflow.signal
     def replica_readiness(self, sig: ReplicaReadiness) -> None:
@@ -544,7 +605,7 @@ class WorkloadWorkflow:
         if inp.all_ready:
             current = [r for r in self._replicas if self._is_current(r)]
             if len(self._replicas) != self._view.replicas or any(
-                not self._is_ready(r) for r in current
+                not self._is_ready(r) and not self._is_done(r) for r in current
             ):
                 return False
         return not (inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._replicas))
@@ -554,9 +615,13 @@ class WorkloadWorkflow:
         view = self._view
         current = [r for r in self._replicas if self._is_current(r)]
         ready = sum(1 for r in current if self._is_ready(r))
+        done = sum(1 for r in current if self._is_done(r))
+        complete = len(self._replicas) == view.replicas
         if self._deleting:
             phase = WorkloadPhase.DELETING if self._replicas else WorkloadPhase.DELETED
-        elif ready == view.replicas and len(self._replicas) == view.replicas:
+        elif complete and done == view.replicas > 0:
+            phase = WorkloadPhase.COMPLETED
+        elif complete and ready + done == view.replicas:
             phase = WorkloadPhase.AVAILABLE
         elif any(r.phase == ReplicaPhase.FAILED for r in current):
             phase = WorkloadPhase.DEGRADED

@@ -94,20 +94,24 @@ class NodeFacts(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., address: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("seq", "usage", "replicas", "agent_version", "closing", "facts")
+    __slots__ = ("seq", "usage", "replicas", "agent_version", "closing", "facts", "stream_epoch", "moved")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOSING_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     usage: Usage
     replicas: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ReplicaStatus]
     agent_version: str
     closing: bool
     facts: NodeFacts
-    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ...) -> None: ...
+    stream_epoch: int
+    moved: bool
+    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[_agent_pb2.ReplicaStatus, _Mapping]]] = ..., agent_version: _Optional[str] = ..., closing: _Optional[bool] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ..., stream_epoch: _Optional[int] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("seq", "interval_seconds", "invalidated_secrets")

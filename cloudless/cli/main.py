@@ -164,7 +164,7 @@ def apply(
             ],
             output,
         )
-        if any(o.status and o.status.ready < o.status.desired for o in outcomes):
+        if any(o.status and o.status.satisfied < o.status.desired for o in outcomes):
             raise typer.Exit(1)
         return
     failed = False
@@ -172,7 +172,7 @@ def apply(
         console.print(f"workload/{o.namespace}/{o.name} {o.action} (generation {o.generation})")
         if o.status is not None:
             console.print(workloads_table([o.status]))
-            failed |= o.status.ready < o.status.desired
+            failed |= o.status.satisfied < o.status.desired
     if failed:
         raise fail(
             "not every replica is running and ready; see `cloudlessctl describe workload NAME`"
@@ -299,7 +299,7 @@ def scale_workload(
         if wait:
             status = await c.wait(namespace, name, result.generation, timeout)
             console.print(workloads_table([status]))
-            if status.ready < status.desired:
+            if status.satisfied < status.desired:
                 raise CloudlessError(
                     f"{status.ready}/{status.desired} replicas running; see "
                     f"`cloudlessctl describe workload {name}`"

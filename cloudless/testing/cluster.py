@@ -89,6 +89,8 @@ class LocalCluster:
     coordinator_options: dict[str, Any] = field(default_factory=dict)
     encrypt_payloads: bool = True
     codec: TransitPayloadCodec | None = None
+    #: Coordinators started by :meth:`add_coordinator` (``coordinator`` is the first).
+    more_coordinators: list[Any] = field(default_factory=list)
     _specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -113,6 +115,40 @@ class LocalCluster:
         )
         await coordinator.start()
         self.coordinator = coordinator
+
+    async def add_coordinator(
+        self, *, gateway_listen: str | None = None, agent_listen: str | None = None
+    ) -> Any:
+        """Start another coordinator against the same Temporal, CA and task queue, on its
+        own gateway ports: what running several coordinator replicas looks like. Returns
+        the ``workers.coordinator.Coordinator`` (``gateway_listen``, ``agent_listen``)."""
+        from temporalio.runtime import Runtime, TelemetryConfig
+
+        from workers.coordinator import Coordinator
+
+        # Its own connection and runtime, as a separate process would have: one runtime
+        # refuses two workers on the same task queue.
+        client = await Client.connect(
+            self.client.service_client.config.target_host,
+            namespace=self.client.namespace,
+            data_converter=self.client.data_converter,
+            runtime=Runtime(telemetry=TelemetryConfig()),
+        )
+        coordinator = Coordinator(
+            client=client,
+            cluster=self.cluster,
+            state_dir=self.root,
+            gateway_listen=gateway_listen or f"127.0.0.1:{free_port()}",
+            agent_listen=agent_listen or f"127.0.0.1:{free_port()}",
+            heartbeat_ttl=self.heartbeat_ttl,
+            suspect_grace=self.suspect_grace,
+            transit=self.transit,
+            codec=self.codec,
+            **self.coordinator_options,
+        )
+        await coordinator.start()
+        self.more_coordinators.append(coordinator)
+        return coordinator
 
     def _start_codec(self) -> None:
         """The payload codec over real transit, and a client that uses it."""
@@ -162,14 +198,19 @@ class LocalCluster:
         token: str | None = None,
         address: str | None = None,
         wait_ready: bool = True,
+        gateways: list[str] | None = None,
+        agent_gateways: list[str] | None = None,
     ) -> AgentHandle:
+        """Enroll and start an agent. ``gateways``/``agent_gateways``: the enrollment and
+        heartbeat endpoints of several coordinators (default: the first one's)."""
         address = address or f"127.0.0.1:{free_port()}"
         self._specs[name] = dict(
             name=name,
             zone=zone,
             listen=address,
             advertise=address,
-            gateway=self.gateway,
+            gateway=gateways or self.gateway,
+            agent_gateway=agent_gateways,
             state_dir=self.root / "agents" / name,
             cpu_millis=parse_cpu(cpu),
             memory_bytes=parse_bytes(memory),
@@ -238,6 +279,8 @@ class LocalCluster:
     async def close(self) -> None:
         for name in list(self.agents):
             await self.stop_agent(name)
+        for extra in self.more_coordinators:
+            await extra.stop()
         if self.coordinator is not None:
             await self.coordinator.stop()  # type: ignore[attr-defined]
         self._resources.close()

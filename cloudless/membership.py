@@ -1,0 +1,64 @@
+"""Pure membership decisions ``node/<id>`` applies to liveness signals.
+
+Kept out of the workflow so they are unit-tested without Temporal, and deterministic by
+construction (the clock is passed in): which signals a node accepts when its stream moves
+between gateways, and how long a flapping node is held back before it is Ready again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+#: Flap damping: this many unplanned departures within the window hold the node back.
+FLAP_WINDOW = timedelta(minutes=10)
+FLAP_THRESHOLD = 3
+DAMP_BASE = timedelta(seconds=10)
+DAMP_MAX = timedelta(minutes=5)
+
+
+def recent(churn: Sequence[datetime], now: datetime, window: timedelta) -> int:
+    """Churn episodes no older than ``window``."""
+    return sum(1 for t in churn if now - t <= window)
+
+
+def flap_hold(churn: Sequence[datetime], now: datetime) -> timedelta | None:
+    """How long to hold a node that is about to be Ready again, or None.
+
+    ``churn`` holds one entry per *unplanned* departure from Ready (a crash, a broken
+    stream, silence). A graceful restart that comes back within the TTL is not in it, so
+    rolling agent upgrades never damp a node. 10 s at the threshold, doubling per further
+    episode, capped at 5 minutes.
+    """
+    n = recent(churn, now, FLAP_WINDOW)
+    if n < FLAP_THRESHOLD:
+        return None
+    return min(DAMP_MAX, DAMP_BASE * (1 << min(n - FLAP_THRESHOLD, 16)))
+
+
+def accepts(
+    *,
+    owner: str,
+    owner_epoch: int,
+    sig_health: str,
+    sig_gateway: str,
+    sig_epoch: int,
+) -> bool:
+    """Whether a liveness signal speaks for the node's current heartbeat stream.
+
+    A node's stream lives on one gateway at a time, and each gateway signals from its own
+    queue, so signals about an old stream can arrive after those about a newer one. The
+    agent stamps every stream with an epoch that only grows; 0 means unknown (an agent
+    that predates epochs, or a gateway that adopted the node after a restart and has not
+    seen a stream of it yet).
+
+    - Both epochs known: the newer stream wins. A signal about an older stream is stale;
+      one about the current or a newer stream is accepted from whichever gateway holds it.
+    - Otherwise the gateway decides: ``Ready`` from any gateway (it takes the node over),
+      ``Suspect``/``Offline`` only from the gateway that owns the node.
+    """
+    if sig_epoch and owner_epoch:
+        return sig_epoch >= owner_epoch
+    if sig_health == "Ready":
+        return True
+    return not owner or sig_gateway == owner
