@@ -130,8 +130,12 @@ class LivenessMonitor:
     def beat(self, node_id: str, report: gateway_pb2.HeartbeatRequest) -> None:
         self.beats += 1
         self.reports[node_id] = report
-        self._emit(self.table.beat(node_id, time.monotonic()))
         now = time.monotonic()
+        transition = self.table.beat(node_id, now)
+        if transition is not None:
+            self._emit(transition)
+        if not report.replicas and node_id not in self._readiness:
+            return  # the hot path of an idle node: nothing to compare
         before = self._readiness.get(node_id, {})
         after: dict[str, tuple[bool, str, float]] = {}
         for r in report.replicas:
@@ -153,7 +157,10 @@ class LivenessMonitor:
             if r.terminal or (not r.ready and not r.ready_message):
                 continue  # exits are signalled above; an agent too old to report readiness
             after[r.replica_id] = self._readiness_change(node_id, r, before.get(r.replica_id), now)
-        self._readiness[node_id] = after
+        if after:
+            self._readiness[node_id] = after
+        else:
+            self._readiness.pop(node_id, None)
 
     def _readiness_change(
         self,
