@@ -276,10 +276,12 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         (f"hollow nodes enrolled and Ready, {n} nodes", "node/s", r["enroll_nodes_per_s"]),
         (f"committed placements, {k}-replica burst onto {n} nodes (first apply to last "
          "commit)", "replica/s", r["committed_replicas_per_s"]),
-        (f"committed placements sustained (10-90 % of the burst), {k} replicas", "replica/s",
+        (f"committed placements sustained (10-90 % of the burst), {k} replicas onto {n} nodes",
+         "replica/s",
          r["sustained_replicas_per_s"]),
-        (f"burst fully committed, {k} replicas", "s", r["committed_s"]),
-        (f"burst all Running (RunReplica on nodes), {k} replicas", "s", r["running_s"]),
+        (f"burst fully committed, {k} replicas onto {n} nodes", "s", r["committed_s"]),
+        (f"burst all Running (RunReplica on nodes), {k} replicas onto {n} nodes", "s",
+         r["running_s"]),
         (f"coordinator peak RSS during the burst, {n} nodes + {k} replicas", "MiB",
          r["peak_rss_burst_mib"]),
     ]  # fmt: skip
