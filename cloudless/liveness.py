@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -96,6 +97,7 @@ class LivenessTable:
         heapq.heappush(self._deadlines, (self._due(entry), node_id))
 
     def _due(self, entry: _Entry) -> float:
+        """The entry's next deadline; ``expire`` compares exactly these sums."""
         due = entry.last_seen + entry.ttl
         if entry.disconnected_at is not None:
             due = min(due, entry.disconnected_at + self.suspect_grace)
@@ -144,11 +146,16 @@ class LivenessTable:
             entry = self._nodes.get(node_id)
             if entry is None or entry.health is Health.OFFLINE:
                 continue  # forgotten, or already written off (a return re-arms it)
-            if entry.disconnected_at is not None and now - entry.disconnected_at >= (
-                self.suspect_grace
-            ):
+            # The same sums as the heap key (no ``now - x >= y``, which rounding can make
+            # disagree with it and spin here forever).
+            grace_due = (
+                entry.disconnected_at + self.suspect_grace
+                if entry.disconnected_at is not None
+                else math.inf
+            )
+            if grace_due <= now:
                 reason = f"did not reconnect within {self.suspect_grace:g}s"
-            elif now - entry.last_seen >= entry.ttl:
+            elif entry.last_seen + entry.ttl <= now:
                 reason = f"no heartbeat for {entry.ttl:.1f}s"
             else:
                 self._watch(node_id, entry)  # heard from meanwhile: check again later

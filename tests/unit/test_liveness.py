@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +109,24 @@ def test_adopted_suspect_or_offline_node_that_reconnects_is_reported_ready() -> 
     assert back is not None and back.health is Health.READY
     back = t.connected("o", 1.0)
     assert back is not None and back.health is Health.READY
+
+
+def test_expire_terminates_whatever_the_float_rounding() -> None:
+    """Deadlines are compared as the same sums the heap is keyed by; comparing
+    ``now - seen >= ttl`` instead once disagreed with the key by one ulp and spun forever."""
+    rng = random.Random(1)
+    steps = [0.0, 0.1, 0.3, 0.7, 1.0, 1.1, 3.0, 4.0]
+    for _ in range(3000):
+        t = LivenessTable(ttl=4.0, suspect_grace=1.0, jitter=0.2, seed=0)
+        now = 0.0
+        for _ in range(30):
+            now += rng.choice([*steps, rng.random() * 5])
+            kind = rng.choice(["connect", "beat", "drop", "expire"])
+            if kind == "connect":
+                t.connected("a", now)
+            elif kind == "beat":
+                t.beat("a", now)
+            elif kind == "drop":
+                t.disconnected("a", now)
+            else:
+                t.expire(now)
