@@ -295,15 +295,15 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, context: Context, op: str, caller: Identity, namespace: str, name: str
     ) -> None:
         problems = _ref_problems(namespace, name)
+        await self._invalid(context, op, caller, problems, namespace=namespace, name=name)
+
+    async def _invalid(
+        self, context: Context, op: str, caller: Identity, problems: list[str], **fields: Any
+    ) -> None:
+        """Refuse (INVALID_ARGUMENT, audited) with every problem found, if there are any."""
         if problems:
             await self._deny(
-                context,
-                op,
-                caller,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "; ".join(problems),
-                namespace=namespace,
-                name=name,
+                context, op, caller, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems), **fields
             )
 
     def _changed(self, namespace: str, name: str) -> None:
@@ -403,16 +403,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         problems = _data_problems(request.data) + _audience_problems(audiences)
         if request.ttl_seconds < 0:
             problems.append("ttl_seconds must be >= 0 (0: never expires)")
-        if problems:
-            await self._deny(
-                context,
-                op,
-                caller,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "; ".join(problems),
-                namespace=ns,
-                name=name,
-            )
+        await self._invalid(context, op, caller, problems, namespace=ns, name=name)
         record = await self._guard(
             context, op, caller, self._create(caller, request, audiences), namespace=ns, name=name
         )
@@ -526,16 +517,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         await self._require_admin(context, op, caller, namespace=ns, name=name)
         await self._check_ref(context, op, caller, ns, name)
         problems = _data_problems(request.data)
-        if problems:
-            await self._deny(
-                context,
-                op,
-                caller,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "; ".join(problems),
-                namespace=ns,
-                name=name,
-            )
+        await self._invalid(context, op, caller, problems, namespace=ns, name=name)
         record = await self._guard(
             context, op, caller, self._update(request), namespace=ns, name=name
         )

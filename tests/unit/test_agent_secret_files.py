@@ -37,6 +37,7 @@ from agent.secretfs import (
 from agent.server import validate_spec
 from agent.supervisor import spec_from_record, spec_to_record
 from cloudless.api import agent_pb2
+from tests.conftest import unavailable
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,size=123k,mode=755
@@ -78,7 +79,7 @@ def test_non_memory_filesystem_is_refused_with_the_reason(tmp_path: Path) -> Non
 
 def test_real_mountinfo_says_dev_shm_is_memory_backed() -> None:
     if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm on this machine")
+        unavailable("no /dev/shm on this machine")
     fstype = filesystem_type("/dev/shm", Path("/proc/self/mountinfo").read_text())
     assert fstype in {"tmpfs", "ramfs"}
 
@@ -262,7 +263,7 @@ def test_agent_validates_secret_references() -> None:
 def test_static_elf_detection() -> None:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
-        pytest.skip("no /bin/busybox")
+        unavailable("no /bin/busybox (apt-get install busybox-static)")
     assert _is_static_elf(busybox.read_bytes()[: 64 * 1024])
     assert not _is_static_elf(Path(os.path.realpath(shutil.which("ls") or "/bin/ls")).read_bytes())
     assert not _is_static_elf(b"#!/bin/sh\necho hi\n")
