@@ -95,7 +95,8 @@ class AccessTokens:
             raise SecretError(f"audience {problem}")
         issued = int(now if now is not None else time.time())
         claims = AccessClaims(
-            token_id=secrets.token_urlsafe(12),
+            # Hex: an id is typed on command lines, where a leading "-" reads as an option.
+            token_id=secrets.token_hex(12),
             cluster=self._cluster,
             namespace=namespace,
             name=name,

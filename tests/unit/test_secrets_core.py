@@ -170,3 +170,10 @@ def test_audit_query_validation() -> None:
     assert query_problem(AuditQuery(limit=10**6))
     assert query_problem(AuditQuery(since=2, until=1))
     assert query_problem(AuditQuery(operation="ACCESS", outcome="DENIED")) is None
+
+
+def test_token_ids_are_safe_on_a_command_line() -> None:
+    tokens = AccessTokens(KEY, "dev")
+    ids = [tokens.mint(namespace="p", name="n", audience="a")[1].token_id for _ in range(500)]
+    assert all(i.isalnum() and not i.startswith("-") for i in ids)  # `secrets revoke NS/N ID`
+    assert len(set(ids)) == len(ids)
