@@ -61,22 +61,7 @@ class AgentActivities:
             spec_hash=inp.spec_hash,
             epoch=inp.epoch,
         )
-        stub = await self._pool.stub(inp.node_id, inp.address)
-        try:
-            response = await stub.RunReplica(
-                agent_pb2.RunReplicaRequest(spec=spec), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise translate_rpc_error(err, inp.node_id) from err
-        status = response.status
-        return RunReplicaResult(
-            phase=ReplicaPhase(status.phase),
-            runtime_id=status.runtime_id,
-            message=status.message,
-            started_at=datetime.fromtimestamp(status.started_at, UTC)
-            if status.started_at
-            else None,
-        )
+        return await self._run(inp.node_id, inp.address, spec)
 
     @activity.defn(name="run_replicas")
     async def run_replicas(self, batch: RunReplicasInput) -> RunReplicasResult:
