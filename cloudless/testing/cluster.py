@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import sys
@@ -29,11 +30,28 @@ from cloudless.tokens import TokenSigner
 from cloudless.transit.client import ADDRESS_FILE, TRANSIT_SUBDIR, transit_client
 from cloudless.transit.testing import transit_server
 
+#: Where test listeners live: below Linux's ephemeral range (32768-60999 by default) and
+#: below the hollow fleet's sequences (``hollow.PORT_BASE``).
+LISTEN_PORTS = range(10_000, 20_000)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server that binds it a moment later.
+
+    Asking the kernel for port 0 would hand out an ephemeral port, and the same range
+    feeds every outgoing connection: with a few hundred connections opening between the
+    pick and the bind (a hollow fleet enrolling), one of them can take the port first.
+    Ports are drawn at random below that range instead, where nothing is auto-assigned."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 def temporal_binary() -> str:

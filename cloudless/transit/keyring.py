@@ -327,8 +327,10 @@ class TransitKey:
     ) -> Encrypted:
         version = self._encryption_version(key_version)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = self.versions[version].cipher(self.type).encrypt(
-            nonce, plaintext, associated_data or None
+        sealed = (
+            self.versions[version]
+            .cipher(self.type)
+            .encrypt(nonce, plaintext, associated_data or None)
         )
         encoded = base64.b64encode(nonce + sealed).decode()
         return Encrypted(f"{CIPHERTEXT_PREFIX}v{version}:{encoded}", version)
@@ -796,4 +798,3 @@ class Keyring:
         plaintext = secrets.token_bytes(bits // 8)
         encrypted = key.encrypt(plaintext)
         return DataKey(plaintext, encrypted.ciphertext, encrypted.key_version)
-

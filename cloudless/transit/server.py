@@ -451,9 +451,7 @@ class TransitAPI:
                 results.append({"error": str(err), "reference": reference})
         return self._batch_reply(p, results, failures)
 
-    def _batch_reply(
-        self, p: Params, results: list[dict[str, Any]], failures: int
-    ) -> Reply:
+    def _batch_reply(self, p: Params, results: list[dict[str, Any]], failures: int) -> Reply:
         partial_code = p.integer("partial_failure_response_code")
         status = 200
         if failures:

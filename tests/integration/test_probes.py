@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from agent.runtime.exec import ExecDriver
 from agent.server import status_to_proto
 from agent.supervisor import Supervisor
 from cloudless.api import agent_pb2
+from cloudless.testing.cluster import free_port
 from tests.conftest import removing_containers
 
 pytestmark = pytest.mark.docker
@@ -181,7 +181,7 @@ async def test_tcp_probes_reach_the_container_not_the_port_proxy(docker_agent: A
     spec = docker_spec(
         docker_agent,
         "sleep 1.5; exec httpd -f -p 8080",
-        ports=(PortMapping(8080, "TCP", _free_port()),),
+        ports=(PortMapping(8080, "TCP", free_port()),),
         readiness_probe=fast("tcp", port=8080),
         startup_probe=fast("tcp", port=8080, failure_threshold=50),
     )
@@ -191,13 +191,6 @@ async def test_tcp_probes_reach_the_container_not_the_port_proxy(docker_agent: A
     assert early.ready_message.startswith(("waiting for", "startup probe failed: TCP"))
     ready = await docker_agent.until(spec.replica_id, lambda w: w.ready)
     assert ready.restarts == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------------------------ exec runtime
@@ -213,7 +206,7 @@ async def exec_agent(tmp_path: Path) -> AsyncIterator[Agent]:
 async def test_exec_runtime_probes_http_and_exec_with_the_replica_env(
     exec_agent: Agent, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     www = tmp_path / "www"
     www.mkdir()
     spec = ReplicaSpec(
@@ -245,7 +238,7 @@ async def test_exec_runtime_probes_http_and_exec_with_the_replica_env(
 
 
 async def test_exec_runtime_tcp_probe(exec_agent: Agent) -> None:
-    port = _free_port()
+    port = free_port()
     spec = ReplicaSpec(
         replica_id=f"probe-{uuid.uuid4().hex[:8]}",
         namespace="default",

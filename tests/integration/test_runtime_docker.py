@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +28,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.docker import container_name
 from cloudless.errors import RuntimeDriverError
+from cloudless.testing.cluster import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -78,12 +78,6 @@ def make_spec(node_id: str, image: str, **overrides: Any) -> ReplicaSpec:
     }
     fields.update(overrides)
     return ReplicaSpec(**fields)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.usefixtures("docker_client")

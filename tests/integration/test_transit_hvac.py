@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cloudless.errors import ConfigError
+from cloudless.testing.cluster import free_port
 from cloudless.transit.client import transit_client
 from cloudless.transit.keyring import MIN_AUTO_ROTATE_SECONDS, Keyring, SealError
 from cloudless.transit.server import (
@@ -84,9 +84,7 @@ def test_authentication(server: TransitServer, client: Any) -> None:
 
 
 @pytest.mark.parametrize("token", ["wrong-token", ""])
-def test_wrong_or_missing_token_is_403_permission_denied(
-    server: TransitServer, token: str
-) -> None:
+def test_wrong_or_missing_token_is_403_permission_denied(server: TransitServer, token: str) -> None:
     bad = hvac.Client(url=server.url, token=token or None)
     calls: list[Callable[[], Any]] = [
         lambda: bad.secrets.transit.list_keys(),
@@ -298,16 +296,12 @@ def test_associated_data(transit: Any) -> None:
 
 def test_batch_encrypt_decrypt(transit: Any) -> None:
     name = unique()
-    items = [
-        {"plaintext": b64(f"item {i}".encode()), "reference": f"ref-{i}"} for i in range(5)
-    ]
+    items = [{"plaintext": b64(f"item {i}".encode()), "reference": f"ref-{i}"} for i in range(5)]
     items[2]["associated_data"] = b64(b"ad")
     results = transit.encrypt_data(name, batch_input=items)["data"]["batch_results"]
     assert [r["reference"] for r in results] == [f"ref-{i}" for i in range(5)]
     assert all(r["key_version"] == 1 for r in results)
-    decrypt_items = [
-        {"ciphertext": r["ciphertext"], "reference": r["reference"]} for r in results
-    ]
+    decrypt_items = [{"ciphertext": r["ciphertext"], "reference": r["reference"]} for r in results]
     decrypt_items[2]["associated_data"] = b64(b"ad")
     plain = transit.decrypt_data(name, batch_input=decrypt_items)["data"]["batch_results"]
     assert [base64.b64decode(r["plaintext"]) for r in plain] == [
@@ -386,9 +380,9 @@ def test_rewrap_single_and_batch(transit: Any) -> None:
     assert [r["key_version"] for r in batch] == [3, 3, 3]
     for i, r in enumerate(batch):
         assert r["reference"] == cts[i][-4:]
-        assert transit.decrypt_data(name, ciphertext=r["ciphertext"])["data"][
-            "plaintext"
-        ] == b64(f"p{i}".encode())
+        assert transit.decrypt_data(name, ciphertext=r["ciphertext"])["data"]["plaintext"] == b64(
+            f"p{i}".encode()
+        )
     pinned = transit.rewrap_data(name, ciphertext=cts[1], key_version=2)["data"]
     assert pinned["key_version"] == 2
 
@@ -540,8 +534,17 @@ def test_wrong_seal_key_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(SealError, match="sealed with a different seal key"):
         open_state(tmp_path, seal_key_file=other)
     done = subprocess.run(
-        [sys.executable, "-m", "cloudless.transit.server", "--listen", "127.0.0.1:0",
-         "--data-dir", str(tmp_path), "--seal-key-file", str(other)],
+        [
+            sys.executable,
+            "-m",
+            "cloudless.transit.server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path),
+            "--seal-key-file",
+            str(other),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -625,17 +628,18 @@ def test_tls_and_the_loopback_rule(tmp_path: Path) -> None:
             requests.get(f"{s.url}/v1/sys/health", timeout=5)  # unknown CA: refused
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_cli_refuses_plaintext_on_a_public_address(tmp_path: Path) -> None:
     data = tmp_path / "data"
     done = subprocess.run(
-        [sys.executable, "-m", "cloudless.transit.server", "--listen", "0.0.0.0:0",
-         "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "cloudless.transit.server",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            str(data),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -646,12 +650,19 @@ def test_cli_refuses_plaintext_on_a_public_address(tmp_path: Path) -> None:
 
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k != "CLOUDLESS_TRANSIT_TOKEN"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudless.transit.server", "--listen", f"127.0.0.1:{port}",
-         "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "cloudless.transit.server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
