@@ -29,6 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# isort: split
+import workers  # noqa: F401  (its __init__ applies cloudless.grpc_tuning before grpc loads)
+
+# isort: split
+
 import grpc
 import psutil
 

@@ -6,6 +6,10 @@ skipping, and any skipped test marked ``docker`` or ``temporal`` turns the run r
 
 from __future__ import annotations
 
+# isort: split
+import workers  # noqa: F401  (its __init__ applies cloudless.grpc_tuning before grpc loads)
+
+# isort: split
 import contextlib
 import logging
 import os
