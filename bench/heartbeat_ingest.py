@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,13 +193,63 @@ async def _measure(
     return (b1 - b0) / (t1 - t0), (c1 - c0) / (t1 - t0)
 
 
+async def paced_cpu(nodes: int, seconds: float) -> tuple[float, float]:
+    """(beats/s, coordinator cores) for ``nodes`` hollow nodes at 1 Hz into a fresh
+    coordinator in this process."""
+    env = await start_temporal()
+    with tempfile.TemporaryDirectory(prefix="bench-") as d:
+        cluster = LocalCluster(env.client, Path(d), cluster=f"hb-{uuid.uuid4().hex[:4]}")
+        await cluster.start()
+        try:
+            creds = _credentials(cluster, nodes)
+            monitor = cluster.coordinator.liveness  # type: ignore[attr-defined]
+            procs, start_at = _spawn_clients(
+                cluster.agent_gateway, creds, nodes, 1.0, seconds + 120, 2
+            )
+            # Long warm-up: thousands of TLS handshakes and join-time state changes (one
+            # Temporal signal per node) are not the steady state being measured.
+            return await _measure(
+                lambda: monitor.beats, procs, start_at, 45.0, seconds - 8.0,
+                settled=lambda: monitor.backlog == 0,
+            )  # fmt: skip
+        finally:
+            await cluster.close()
+            await env.shutdown()
+
+
+def _credentials(cluster: LocalCluster, n: int) -> list[tuple[str, bytes, bytes, bytes]]:
+    ca = CertificateAuthority.load(cluster.coordinator_dir)
+    creds = []
+    for i in range(n):
+        key, cert = ca.issue(Identity(cluster.cluster, "node", f"hollow-{i}"))
+        creds.append((f"hollow-{i}", key, cert, ca.cert_pem))
+    return creds
+
+
+def paced_with_default_listener(nodes: int, seconds: float) -> tuple[float, float]:
+    """:func:`paced_cpu` in a child process running gRPC's own default listener (the
+    EventEngine one): the baseline for ``cloudless.grpc_tuning``, in the same run."""
+    env = {**os.environ, "GRPC_EXPERIMENTS": "event_engine_listener"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--paced-only", "--nodes", str(nodes),
+         "--seconds", str(seconds)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rate), float(cpu)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--streams", type=int, default=100, help="for the throughput run")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--paced-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("ERROR")
+    if args.paced_only:  # the child of paced_with_default_listener
+        print(json.dumps(await paced_cpu(args.nodes, args.seconds)))
+        return
     results: list[dict[str, Any]] = []
     window = args.seconds - 8.0
 
@@ -222,16 +275,10 @@ async def main() -> None:
         cluster = LocalCluster(env.client, Path(d), cluster=f"hb-{uuid.uuid4().hex[:4]}")
         await cluster.start()
         try:
-            ca = CertificateAuthority.load(cluster.coordinator_dir)
-            creds = []
-            for i in range(max(args.nodes, args.streams)):
-                key, cert = ca.issue(Identity(cluster.cluster, "node", f"hollow-{i}"))
-                creds.append((f"hollow-{i}", key, cert, ca.cert_pem))
+            creds = _credentials(cluster, args.streams)
             monitor = cluster.coordinator.liveness  # type: ignore[attr-defined]
-            address = cluster.agent_gateway
-
             procs, start_at = _spawn_clients(
-                address, creds[: args.streams], args.streams, 0.0, args.seconds, 1
+                cluster.agent_gateway, creds, args.streams, 0.0, args.seconds, 1
             )
             rate, cpu = await _measure(lambda: monitor.beats, procs, start_at, 4.0, window)
             p = {"streams": args.streams, "mtls": True}
@@ -243,25 +290,24 @@ async def main() -> None:
             r["ratio_p50_vs_baseline"] = round(r["p50"] / base_per_core, 2)
             results.append(r)
             print_table(results[-2:])
-
-            procs, start_at = _spawn_clients(
-                address, creds[: args.nodes], args.nodes, 1.0, args.seconds + 120, 2
-            )
-            # Long warm-up: thousands of TLS handshakes and join-time state changes (one
-            # Temporal signal per node) are not the steady state being measured.
-            rate, cpu = await _measure(
-                lambda: monitor.beats, procs, start_at, 45.0, window,
-                settled=lambda: monitor.backlog == 0,
-            )  # fmt: skip
-            p = {"nodes": args.nodes, "rate_hz": 1.0, "mtls": True}
-            results.append(summarize(f"{args.nodes} nodes at 1 Hz: beats/s", "beat/s", [rate], p))
-            results.append(
-                summarize(f"{args.nodes} nodes at 1 Hz: coordinator CPU", "cores", [cpu], p)
-            )
-            print_table(results[-2:])
         finally:
             await cluster.close()
             await env.shutdown()
+
+    p = {"nodes": args.nodes, "rate_hz": 1.0, "mtls": True, "grpc_listener": "classic"}
+    rate, cpu = await paced_cpu(args.nodes, args.seconds)
+    results.append(summarize(f"{args.nodes} nodes at 1 Hz: beats/s", "beat/s", [rate], p))
+    mine = summarize(f"{args.nodes} nodes at 1 Hz: coordinator CPU", "cores", [cpu], p)
+    results.append(mine)
+    _, default_cpu = await asyncio.to_thread(paced_with_default_listener, args.nodes, args.seconds)
+    p = {**p, "grpc_listener": "event_engine (grpcio default)"}
+    results.append(
+        summarize(
+            f"[baseline] {args.nodes} nodes at 1 Hz: coordinator CPU, grpcio's default listener",
+            "cores", [default_cpu], p,
+        )
+    )  # fmt: skip
+    mine["ratio_p50_vs_baseline"] = round(cpu / default_cpu, 2) if default_cpu else None
     print()
     print_table(results)
     path = write_results(
@@ -269,7 +315,10 @@ async def main() -> None:
         results,
         notes="Single-shot figures per run (n=1 window each): throughput is beats over the "
         "measurement window; CPU is the coordinator process's user+system time over the "
-        "same window. Hollow-node clients run in separate processes on the same 2 cores.",
+        "same window. Hollow-node clients run in separate processes on the same 2 cores. "
+        "The coordinator runs with cloudless.grpc_tuning (gRPC's classic listener); the "
+        "baseline row repeats the 1 Hz run in a child process with grpcio's default "
+        "EventEngine listener.",
     )
     print(f"\nwrote {path}")
 
