@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import grpc
@@ -45,6 +46,8 @@ def translate_rpc_error(err: grpc.aio.AioRpcError, node_id: str) -> Exception:
 #: per-replica activity's retry policy: 5 attempts, backoff 0.2 s doubling to 5 s).
 BATCH_CONCURRENCY = 64
 BATCH_ATTEMPTS = 5
+#: Seconds between progress heartbeats of a batch (its heartbeat timeout is far longer).
+HEARTBEAT_EVERY = 0.5
 
 
 class AgentActivities:
@@ -77,9 +80,10 @@ class AgentActivities:
         base = replica_spec_proto(batch.manifest, replica_id="", generation=0, spec_hash="")
         gate = asyncio.Semaphore(BATCH_CONCURRENCY)
         done = 0
+        beat_at = 0.0
 
         async def one(inp: RunReplicaInput) -> RunReplicaOutcome:
-            nonlocal done
+            nonlocal done, beat_at
             spec = agent_pb2.ReplicaSpec()
             spec.CopyFrom(base)
             spec.replica_id, spec.generation = inp.replica_id, inp.generation
@@ -100,7 +104,12 @@ class AgentActivities:
                     await asyncio.sleep(delay)
                     delay = min(5.0, delay * 2)
             done += 1
-            activity.heartbeat(done)
+            now = time.monotonic()
+            if now >= beat_at or done == len(batch.replicas):
+                # Throttled here, not only in the SDK: each call costs a task and a
+                # payload encode, and a large batch finishes hundreds of starts a second.
+                beat_at = now + HEARTBEAT_EVERY
+                activity.heartbeat(done)
             return RunReplicaOutcome(replica_id=inp.replica_id, result=result)
 
         outcomes = await asyncio.gather(*(one(r) for r in batch.replicas))

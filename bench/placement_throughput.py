@@ -4,15 +4,15 @@ Stack: the real Temporal dev server (separate process); in this process the coor
 (Temporal workers, gateway, liveness, scheduler index); ``--nodes`` hollow nodes
 (``cloudless.testing.hollow``: real enrollment, mTLS AgentService and heartbeats, no
 containers) split over ``--fleets`` child processes. Then a burst: ``--replicas``
-replicas in workloads of ``--per-workload``, applied by ``--appliers`` concurrent clients;
-optionally more workloads until ``--hold-replicas`` are held. Measured:
+replicas in workloads of ``--per-workload``, applied by ``--appliers`` concurrent clients
+of a load-generator process; optionally more workloads until ``--hold-replicas`` are held. Measured:
 
 - enrollment: hollow nodes Ready per second;
 - committed placements/s: replicas allocated in the ledger / seconds from the first apply
   until the ledger holds them all (the ledger's ``totals`` query, polled every 0.1 s), and
   the sustained rate between 10 % and 90 % of the burst;
 - all Running: until every workload reports all replicas Running;
-- peak RSS of this process (psutil): the coordinator (plus the benchmark's clients).
+- peak RSS of this process (psutil): the coordinator.
 
     python bench/placement_throughput.py [--nodes 1000] [--replicas 10000] [--fleets 2]
         [--hold-replicas 50000]
@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +42,18 @@ import workers  # noqa: F401  (its __init__ applies cloudless.grpc_tuning before
 # isort: split
 
 import psutil
-from temporalio.client import WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from bench.common import RESULTS, summarize, write_results
 from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for, data_converter
+from cloudless.gcpolicy import GcPolicy
 from cloudless.logs import configure_logging
 from cloudless.naming import cluster_workflow_id
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, start_temporal
+from cloudless.transit.client import embedded_transit_settings
 
 
 def workload(name: str, replicas: int) -> Any:
@@ -74,6 +80,30 @@ async def ledger_totals(c: CloudlessClient) -> tuple[int, int]:
             return ready, replicas
         except (RPCError, WorkflowQueryFailedError):  # busy ledger, or its task is retried
             await asyncio.sleep(0.1)
+
+
+class GcTimer:
+    """Seconds this process spends in the cyclic garbage collector, by generation."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._began
+            self.count[generation] += 1
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 class RssSampler:
@@ -148,6 +178,42 @@ async def burst(
     }
 
 
+async def drive(
+    report: Callable[[dict[str, Any]], None],
+    target: str, namespace: str, root: str, cluster: str, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    """The load generator: the burst, then the optional hold. Runs in its own process,
+    as a client of the cluster, so the coordinator's CPU and RSS are the coordinator's."""
+    codec = codec_for(embedded_transit_settings(Path(root)))
+    client = await Client.connect(target, namespace=namespace, data_converter=data_converter(codec))
+    c = CloudlessClient(client, cluster)
+    base = (await ledger_totals(c))[1]
+    count = args.replicas // args.per_workload
+    b = await burst(
+        c, [f"burst-{i:04d}" for i in range(count)], args.per_workload, args.appliers, base
+    )
+    print(
+        f"{args.replicas} replicas committed in {b['committed_s']:.2f}s, "
+        f"Running in {b['running_s']:.2f}s",
+        flush=True,
+    )
+    report(b)  # the coordinator's RSS peak "during the burst" is read now
+    hold: dict[str, float] = {}
+    if args.hold_replicas > args.replicas:
+        more = (args.hold_replicas - args.replicas) // args.per_workload
+        names = [f"hold-{i:04d}" for i in range(more)]
+        base = (await ledger_totals(c))[1]
+        hold = await burst(c, names, args.per_workload, args.appliers, base)
+        print(f"holding {args.hold_replicas} replicas", flush=True)
+    report({"hold": hold, "held": (await ledger_totals(c))[1]})
+
+
+def _drive_main(conn: Any, *params: Any) -> None:
+    configure_logging("WARNING")
+    asyncio.run(drive(conn.send, *params))
+    conn.close()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = await start_temporal()
     rss = RssSampler(os.getpid())
@@ -155,8 +221,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="cl-bench-") as d:
             cluster = LocalCluster(
-                env.client, Path(d), cluster=f"b-{uuid.uuid4().hex[:6]}", heartbeat_ttl=60.0
-            )
+                env.client, Path(d), cluster=f"b-{uuid.uuid4().hex[:6]}", heartbeat_ttl=60.0,
+                # As `cloudless-coordinator` runs (this process stands in for it).
+                coordinator_options={"gc_policy": GcPolicy()},
+            )  # fmt: skip
             await cluster.start()
             liveness = getattr(cluster.coordinator, "liveness", None)
             if liveness is not None:
@@ -196,26 +264,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.5)
                 enroll_s = time.monotonic() - t_enroll
                 print(f"{args.nodes} hollow nodes Ready in {enroll_s:.1f}s", flush=True)
-                base = (await ledger_totals(c))[1]
-                count = args.replicas // args.per_workload
-                b = await burst(
-                    c, [f"burst-{i:04d}" for i in range(count)], args.per_workload,
-                    args.appliers, base,
-                )  # fmt: skip
-                print(
-                    f"{args.replicas} replicas committed in {b['committed_s']:.2f}s, "
-                    f"Running in {b['running_s']:.2f}s",
-                    flush=True,
+                # The load generator is a client in its own process; the RSS peak
+                # during the burst is the sample taken when it reports the burst done.
+                ctx = mp.get_context("spawn")
+                mine, theirs = ctx.Pipe(duplex=False)
+                target = cluster.client.service_client.config.target_host
+                driver = ctx.Process(
+                    target=_drive_main,
+                    args=(theirs, target, cluster.client.namespace, d, cluster.cluster, args),
                 )
+                driver.start()
+                with GcTimer() as gc_burst:
+                    b = await asyncio.to_thread(mine.recv)
                 peak_burst = rss.peak
-                hold: dict[str, float] = {}
-                if args.hold_replicas > args.replicas:
-                    more = (args.hold_replicas - args.replicas) // args.per_workload
-                    names = [f"hold-{i:04d}" for i in range(more)]
-                    base = (await ledger_totals(c))[1]
-                    hold = await burst(c, names, args.per_workload, args.appliers, base)
-                    print(f"holding {args.hold_replicas} replicas", flush=True)
-                held = (await ledger_totals(c))[1]
+                end = await asyncio.to_thread(mine.recv)
+                hold, held = end["hold"], end["held"]
+                await asyncio.to_thread(driver.join)
                 await asyncio.sleep(5)  # let the tail of the work settle before sampling
                 rss.sample()
                 ledger = getattr(cluster.coordinator, "ledger_activities", None)
@@ -243,6 +307,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if hold
                     else None,
                     "peak_rss_mib": round(rss.peak / 2**20),
+                    "gc_seconds_burst": [round(x, 2) for x in gc_burst.seconds],
+                    "gc_collections_burst": gc_burst.count,
                     "index_resyncs": ledger.scheduler.resyncs if ledger is not None else None,
                     "ledger_batches": ledger.writer.batches if ledger is not None else None,
                 }
@@ -265,10 +331,11 @@ NOTES = (
     "runs in the benchmark's own process, with the Temporal dev server (in-memory, separate "
     "process) on the same 2 cores, which other jobs shared. Committed = allocated in the "
     "ledger (polled every 0.1 s); sustained = rate between 10 % and 90 % of the burst; "
-    "Running = every replica reported Running by its node. RSS: psutil on the "
-    "benchmark/coordinator process, sampled every 0.5 s (it includes the benchmark "
-    "driver's clients). Before this work (per-replica run_replica activities, sandbox "
-    "re-imports per workflow run, one fleet process) 1,000 nodes / 10,000 replicas "
+    "Running = every replica reported Running by its node. The load generator (applies, "
+    "waits, ledger polling) is a client in its own process. RSS: psutil on the "
+    "coordinator's process, sampled every 0.5 s. Before this work (per-replica "
+    "run_replica activities, sandbox re-imports per workflow run, one fleet process) "
+    "1,000 nodes / 10,000 replicas "
     "committed at 241 replica/s (41.5 s), all Running after 81 s, enrollment 6.9 node/s."
 )
 

@@ -37,6 +37,7 @@ from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
 from cloudless.codec import transit_codec
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
+from cloudless.gcpolicy import GcPolicy
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
 from cloudless.naming import cluster_workflow_id, task_queue
@@ -217,6 +218,9 @@ class Coordinator:
     codec: PayloadCodec | None = None
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
+    #: The process's garbage-collector policy (``cloudless.gcpolicy``); the process entry
+    #: point sets it, in-process test clusters leave the interpreter's defaults alone.
+    gc_policy: GcPolicy | None = None
 
     async def start(self) -> None:
         pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
@@ -264,6 +268,8 @@ class Coordinator:
             workflow_runner=workflow_runner(),
         )
         self._tasks.append(asyncio.create_task(worker.run(), name="temporal-worker"))
+        if self.gc_policy is not None:
+            self._tasks.append(asyncio.create_task(self.gc_policy.run(), name="gc-policy"))
         self._worker = worker
         self.ledger_activities = ledger  # its scheduler soft state, for benchmarks and tests
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
@@ -507,6 +513,7 @@ async def _run(
         rotation_batch_size=secrets.rotation_batch_size,
         rotation_batch_interval=secrets.rotation_batch_interval,
         rotation_settle_seconds=secrets.rotation_settle_seconds,
+        gc_policy=GcPolicy(),
     )
     await coordinator.start()
     await stop_on_signals().wait()
