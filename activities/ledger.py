@@ -52,7 +52,7 @@ from cloudless.model import (
     UpsertNodeInput,
 )
 from cloudless.naming import cluster_workflow_id, node_workflow_id, task_queue, workload_workflow_id
-from cloudless.spec import parse_workload
+from cloudless.spec import Workload, parse_workload
 from policies import scheduler as sched
 
 if TYPE_CHECKING:
@@ -120,7 +120,17 @@ class LedgerActivities:
         self._client = client
         self._cluster = cluster
         self.scheduler = SchedulerState(lambda: self.snapshot(cluster))
+        self.scheduler.poll_version = self._ledger_version
         self.writer = LedgerWriter(self._ledger)
+
+    async def _ledger_version(self) -> int:
+        from workflows.cluster import ClusterWorkflow
+
+        return await self._ledger().query(ClusterWorkflow.version)
+
+    def _request(self, workload: Workload, count: int) -> sched.PlacementRequest:
+        """The scheduler request for ``count`` replicas, weighed by the cluster's settings."""
+        return placement_request(workload, count, base_weights=self.scheduler.config.weights)
 
     def _ledger(self, cluster: str | None = None) -> WorkflowHandle[ClusterWorkflow, None]:
         from workflows.cluster import ClusterWorkflow
@@ -191,7 +201,7 @@ class LedgerActivities:
         self, request: sched.PlacementRequest, index: sched.NodeIndex, replica_ids: list[str],
         req_resources: Resources, seed: int, allow_preemption: bool,
     ) -> tuple[sched.Decision, _Plan]:  # fmt: skip
-        decision = sched.schedule(request, index, rng_seed=seed)
+        decision = sched.schedule(request, index, config=self.scheduler.config, rng_seed=seed)
         key = request.workload_key
         plan = _Plan([], [], [], {})
         for rid, pick in zip(replica_ids, decision.picks, strict=False):
@@ -248,7 +258,7 @@ class LedgerActivities:
             found = sched.plan_preemption(one, idx, running)
             if found is None:
                 # Earlier evictions may have left room: place there without evicting more.
-                again = sched.schedule(one, idx, top_k=0)
+                again = sched.schedule(one, idx, config=self.scheduler.config, top_k=0)
                 if not again.picks:
                     break
                 node_id = again.picks[0].node_id
@@ -292,7 +302,7 @@ class LedgerActivities:
             index = await self.scheduler.current()
             version = self.scheduler.version
             request = (
-                placement_request(workload, len(remaining))
+                self._request(workload, len(remaining))
                 if workload is not None
                 else dataclasses.replace(_legacy_request(req), count=len(remaining))
             )
@@ -388,9 +398,9 @@ class LedgerActivities:
         """Dry run: decide for the manifest's replicas on the current index, commit nothing."""
         w = parse_workload(inp.manifest)
         index = await self.scheduler.current()
-        request = placement_request(w, w.spec.replicas)
+        request = self._request(w, w.spec.replicas)
         ids = [f"replica-{i + 1}" for i in range(w.spec.replicas)]
-        decision = sched.schedule(request, index, top_k=inp.top_k)
+        decision = sched.schedule(request, index, config=self.scheduler.config, top_k=inp.top_k)
         lines = sched.format_decision(decision)
         if decision.unplaced:
             _, plan = self._decide(

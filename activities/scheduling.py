@@ -30,6 +30,7 @@ from cloudless.model import (
     CommitPlanResult,
     LedgerNode,
     LedgerWorkload,
+    SchedulerSettings,
     UpsertNodeResult,
 )
 from cloudless.model import Resources as ModelResources
@@ -43,6 +44,10 @@ from policies.scheduler.request import SampleSize, TaintEffect
 #: A gap in the versions this process has seen is tolerated this long (a concurrent write
 #: of this process may still be reporting back) before the index counts as behind.
 GAP_GRACE_SECONDS = 1.0
+#: How often a deciding coordinator asks the ledger for its version (one cheap query, in
+#: the background), so writes it did not make itself (another coordinator's plans, a
+#: scheduler settings change) reach its index within about this long plus the grace.
+VERSION_POLL_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- translation
@@ -106,10 +111,27 @@ def _workload_affinity(a: SpecWorkloadAffinity | None) -> sched.WorkloadAffinity
     )
 
 
+def scheduler_config(settings: SchedulerSettings) -> sched.SchedulerConfig:
+    """The pure scheduler's configuration from the cluster's ledger-kept settings."""
+    return sched.SchedulerConfig(
+        weights=sched.Weights(**{**sched.Weights().as_dict(), **settings.weights}),
+        sample_min=settings.sample_min,
+        sample_percent=settings.sample_percent,
+        top_k=settings.top_k,
+    )
+
+
 def placement_request(
-    w: Workload, count: int, *, sample_size: SampleSize = "auto"
+    w: Workload,
+    count: int,
+    *,
+    sample_size: SampleSize = "auto",
+    base_weights: sched.Weights | None = None,
 ) -> sched.PlacementRequest:
-    """The scheduler's view of ``count`` replicas of the workload (pure translation)."""
+    """The scheduler's view of ``count`` replicas of the workload (pure translation).
+
+    The workload's own ``placement.weights`` override ``base_weights`` (the cluster's) factor
+    by factor; without its own weights the request leaves them to the cluster config."""
     spec = w.spec
     p = spec.placement
     node_affinity = sched.NodeAffinity()
@@ -130,7 +152,7 @@ def placement_request(
     weights = None
     if p.weights is not None:
         given = {k: v for k, v in p.weights.model_dump(by_alias=False).items() if v is not None}
-        weights = sched.Weights(**{**sched.Weights().as_dict(), **given})
+        weights = sched.Weights(**{**(base_weights or sched.Weights()).as_dict(), **given})
     locality = sched.Locality()
     if p.locality is not None:
         locality = sched.Locality(
@@ -144,6 +166,8 @@ def placement_request(
             cpu_millis=spec.resources.cpu_millis,
             memory_bytes=spec.resources.memory_bytes,
             storage_bytes=spec.resources.storage_bytes,
+            gpu=spec.resources.gpus,
+            bandwidth_bps=spec.resources.bandwidth,
         ),
         workload_key=w.key,
         workload_labels=dict(w.metadata.labels),
@@ -181,7 +205,11 @@ def workload_meta(w: Workload) -> LedgerWorkload:
         labels=dict(w.metadata.labels),
         priority=w.spec.effective_priority,
         resources=ModelResources(
-            cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, storage_bytes=r.storage_bytes
+            cpu_millis=r.cpu_millis,
+            memory_bytes=r.memory_bytes,
+            storage_bytes=r.storage_bytes,
+            gpu=r.gpus,
+            bandwidth_bps=r.bandwidth,
         ),
     )
 
@@ -221,6 +249,13 @@ class SchedulerState:
         self._lock = asyncio.Lock()
         self._inflight: dict[str, Tentative] = {}
         self.resyncs = 0
+        self.settings = SchedulerSettings()
+        self.config = sched.SchedulerConfig()
+        self._latest = -1  # the newest ledger version a poll reported
+        self._ahead_since: float | None = None
+        self._polled_at = -VERSION_POLL_SECONDS
+        self._poll: asyncio.Task[None] | None = None
+        self.poll_version: Callable[[], Awaitable[int]] | None = None
 
     # --- loading -----------------------------------------------------------------------
 
@@ -232,12 +267,43 @@ class SchedulerState:
         """Whether the index must be reloaded before the next decision."""
         if self._stale or self.index is None:
             return True
-        return self._gap_since is not None and time.monotonic() - self._gap_since > (
-            GAP_GRACE_SECONDS
-        )
+        now = time.monotonic()
+        since = self._ahead_since
+        if since is not None and self.version < self._latest and now - since > GAP_GRACE_SECONDS:
+            return True
+        return self._gap_since is not None and now - self._gap_since > GAP_GRACE_SECONDS
+
+    def _maybe_poll(self) -> None:
+        """Start a background version check if the last one is old enough."""
+        if self.poll_version is None or (self._poll is not None and not self._poll.done()):
+            return
+        now = time.monotonic()
+        if now - self._polled_at < VERSION_POLL_SECONDS:
+            return
+        self._polled_at = now
+        self._poll = asyncio.create_task(self._check_version(self.poll_version))
+
+    async def _check_version(self, poll: Callable[[], Awaitable[int]]) -> None:
+        try:
+            latest = await poll()
+        except Exception:  # a busy ledger: the next decision polls again
+            return
+        self.note_version(latest)
+
+    def note_version(self, latest: int) -> None:
+        """The ledger is at ``latest``: if the index is behind that and this process's own
+        writes in flight do not catch it up within the grace, the index is reloaded."""
+        if latest > self._latest:
+            self._latest = latest
+        if self.version < self._latest:
+            if self._ahead_since is None:
+                self._ahead_since = time.monotonic()
+        else:
+            self._ahead_since = None
 
     async def current(self) -> sched.NodeIndex:
         """The index, reloaded from the ledger first if it is stale or behind."""
+        self._maybe_poll()
         if self.behind:
             async with self._lock:
                 if self.behind:
@@ -264,8 +330,12 @@ class SchedulerState:
         self.workloads = dict(snap.workloads)
         self.addresses = {n.node_id: n.address for n in snap.nodes}
         self.version = self.loaded_at = snap.version
+        self.settings = snap.scheduler
+        self.config = scheduler_config(snap.scheduler)
         self._seen.clear()
         self._gap_since = None
+        self._ahead_since = None
+        self._latest = max(self._latest, snap.version)
         self._stale = False
         self.resyncs += 1
         for t in self._inflight.values():
@@ -282,6 +352,8 @@ class SchedulerState:
             self.version += 1
             self._seen.discard(self.version)
         self._gap_since = (self._gap_since or time.monotonic()) if self._seen else None
+        if self.version >= self._latest:
+            self._ahead_since = None
         return True
 
     # --- node records ----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from cloudless.model import (
     NodeState,
     NodeStatus,
     ScaleInput,
+    SchedulerSettings,
     WaitInput,
     WaitNodeInput,
     WorkloadPhase,
@@ -248,6 +249,31 @@ class CloudlessClient:
                     "for it? (`cloudlessctl dev up` starts one)"
                 ) from err
             raise
+
+    async def scheduler_settings(self) -> SchedulerSettings:
+        """The cluster's scheduler settings, as the ledger keeps them."""
+        handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
+        try:
+            found: SchedulerSettings = await handle.query(
+                "scheduler_settings", result_type=SchedulerSettings, rpc_timeout=RPC_TIMEOUT
+            )
+            return found
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFoundError(
+                    f"cluster {self.cluster!r} has no ledger yet; is a coordinator running "
+                    "for it? (`cloudlessctl dev up` starts one)"
+                ) from err
+            raise
+
+    async def set_scheduler_settings(self, new: SchedulerSettings) -> int:
+        """Replace the cluster's scheduler settings; returns the ledger version that holds
+        them (every coordinator reloads its index, and with it the settings, within ~3 s)."""
+        handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
+        version: int = await handle.execute_update(
+            "set_scheduler_settings", new, result_type=int, rpc_timeout=RPC_TIMEOUT
+        )
+        return version
 
     async def wait_node(
         self, node_id: str, states: Sequence[NodeState] = (), timeout: float = 30.0

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import operator
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Model(BaseModel):
@@ -261,6 +262,65 @@ class LedgerWorkload(_Model):
     replicas: int = 0  # placed in total; the entry goes when this reaches 0
 
 
+#: Score factors a cluster may weigh (the scheduler's ``Weights`` fields; kept here too
+#: because ``cloudless`` imports nothing of ``policies``; a unit test keeps them equal).
+SCORE_FACTORS = (
+    "locality",
+    "reliability",
+    "cost",
+    "utilization",
+    "network",
+    "node_affinity",
+    "workload_affinity",
+    "topology_spread",
+    "taint_toleration",
+)
+#: Their defaults (CLD-REQ-021 for the first five), as the scheduler's ``Weights`` has them.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "locality": 0.3,
+    "reliability": 0.25,
+    "cost": 0.15,
+    "utilization": 0.2,
+    "network": 0.1,
+    "node_affinity": 0.2,
+    "workload_affinity": 0.2,
+    "topology_spread": 0.2,
+    "taint_toleration": 0.1,
+}
+
+
+class SchedulerSettings(_Model):
+    """The cluster's scheduler configuration, kept in the ledger so that every coordinator
+    decides with the same settings (and a restarted one with the same as before).
+
+    ``weights`` overrides the default factor weights by name (a workload's own
+    ``placement.weights`` override these in turn); the automatic sample scores
+    ``max(sample_min, sample_percent % of the feasible nodes)``; ``top_k`` candidates are
+    kept per decision for ``describe`` and ``explain``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    sample_min: int = Field(100, ge=1, le=1_000_000)
+    sample_percent: float = Field(5.0, gt=0, le=100)
+    top_k: int = Field(3, ge=0, le=20)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_factors(cls, weights: dict[str, float]) -> dict[str, float]:
+        for name, value in weights.items():
+            if name not in SCORE_FACTORS:
+                raise ValueError(
+                    f"unknown score factor {name!r}; the factors are {', '.join(SCORE_FACTORS)}"
+                )
+            if not math.isfinite(value) or not 0 <= value <= 100:
+                raise ValueError(f"weight {name} must be between 0 and 100, got {value}")
+        if weights and not any(weights.get(f, 1.0) > 0 for f in SCORE_FACTORS):
+            raise ValueError("at least one score factor needs a weight above 0")
+        return dict(sorted(weights.items()))
+
+
 class ClusterSnapshot(_Model):
     """The ledger's nodes and placed workloads at ``version``.
 
@@ -274,6 +334,7 @@ class ClusterSnapshot(_Model):
     version: int
     nodes: list[LedgerNode]
     workloads: dict[str, LedgerWorkload] = Field(default_factory=dict)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +346,7 @@ class ClusterSnapshot(_Model):
                 "version": data["version"],
                 "nodes": nodes,
                 "workloads": workloads,
+                "scheduler": data.get("scheduler") or {},
             }
         return data
 
@@ -295,6 +357,7 @@ class CompactSnapshot(_Model):
     cluster: str
     version: int
     columns: dict[str, Any]
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     def expand(self) -> ClusterSnapshot:
         return ClusterSnapshot.model_validate(self.model_dump())

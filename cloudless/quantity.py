@@ -1,4 +1,4 @@
-"""Resource quantities: CPU in millicores, memory and storage in bytes.
+"""Resource quantities: CPU in millicores, memory and storage in bytes, bandwidth in bits/s.
 
 Manifests write quantities the way Kubernetes users expect (``100m``, ``0.5``, ``32Mi``,
 ``1G``); everything past the manifest boundary works with plain integers so that the
@@ -19,8 +19,10 @@ __all__ = [
     "BINARY_SUFFIXES",
     "DECIMAL_SUFFIXES",
     "QuantityError",
+    "format_bandwidth",
     "format_bytes",
     "format_cpu",
+    "parse_bandwidth",
     "parse_bytes",
     "parse_cpu",
 ]
@@ -54,11 +56,15 @@ _PRECISION = 200
 
 _CPU_EXAMPLE = "use a CPU quantity like 100m (0.1 core), 0.5 or 2"
 _BYTES_EXAMPLE = "use a byte quantity like 64Mi, 1Gi, 512M or a plain number of bytes"
+_BANDWIDTH_EXAMPLE = "use a bandwidth like 500Kbps, 10Mbps, 1Gbps or a plain number of bits/s"
 
 # A non-negative decimal number without sign or exponent, then an optional unit suffix.
 _NUMBER = r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _CPU_RE = re.compile(rf"^{_NUMBER}(?P<suffix>m?)$")
 _BYTES_RE = re.compile(rf"^{_NUMBER}(?P<suffix>[KMGTPE]i|[kKMGTPE])?$")
+_BANDWIDTH_RE = re.compile(rf"^{_NUMBER}(?P<suffix>[kKMGT]?bps|[kKMGT])?$")
+#: Bandwidth units, largest first (decimal, as network links are sold).
+_BANDWIDTH_UNITS: dict[str, int] = {"T": 1000**4, "G": 1000**3, "M": 1000**2, "K": 1000}
 
 
 def _describe(value: object) -> str:
@@ -112,12 +118,18 @@ def _explain_mismatch(text: str, pattern: re.Pattern[str]) -> str:
         return "exponent notation is not supported"
     if text.startswith("+"):
         return "a leading '+' is not allowed"
+    if pattern is _BANDWIDTH_RE and "/" in text:
+        return "write bits per second as bps, e.g. 10Mbps rather than 10Mb/s"
     parts = re.match(rf"^{_NUMBER}(?P<space>\s*)(?P<unit>[A-Za-z]+)$", text)
     if parts is None:
         return "it is not a number with an optional unit suffix"
     number, unit = parts.group("number"), parts.group("unit")
     if pattern.match(number + unit):
         return "remove the space between the number and the unit"
+    if pattern is _BANDWIDTH_RE:
+        if unit.lower().endswith(("bit/s", "b/s", "bit")) or unit.endswith("Bps"):
+            return f"write bits per second as bps, e.g. {number}Mbps (bytes/s are not accepted)"
+        return f"unknown bandwidth unit {unit!r}; use bps, Kbps, Mbps, Gbps or Tbps"
     if pattern is _CPU_RE:
         if unit in {"M", "mc", "milli", "millicores"}:
             return f"millicores are written with a lower-case m, e.g. {number}m"
@@ -229,3 +241,36 @@ def format_bytes(n: int) -> str:
         if suffix != "K" and n % factor == 0:
             return f"{n // factor}{suffix}"
     return str(n)
+
+
+def parse_bandwidth(value: str | int | float) -> int:
+    """Parse a network bandwidth into whole bits per second.
+
+    Units are decimal, as links are sold: ``"10Mbps"`` (or ``"10M"``) is 10,000,000 bits/s,
+    ``"1.5Gbps"`` 1,500,000,000; a bare number is bits/s. Bytes per second are refused
+    rather than guessed, because ``MBps`` versus ``Mbps`` is a factor of eight.
+    """
+    kind = "bandwidth"
+    number = _number_to_decimal(kind, value, _BANDWIDTH_EXAMPLE)
+    suffix = ""
+    if number is None:
+        number, suffix = _split(kind, str(value), _BANDWIDTH_RE, _BANDWIDTH_EXAMPLE)
+    prefix = suffix.removesuffix("bps").upper()
+    multiplier = _BANDWIDTH_UNITS.get(prefix, 1)
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        total = number * multiplier
+    if total != total.to_integral_value():
+        raise _reject(kind, value, "it is not a whole number of bits/s", _BANDWIDTH_EXAMPLE)
+    return int(total)
+
+
+def format_bandwidth(bps: int) -> str:
+    """Render bits/s with the largest decimal unit that divides them exactly (``"10Mbps"``);
+    parses back to the same value with :func:`parse_bandwidth`."""
+    if bps < 0:
+        raise ValueError(f"bandwidth must not be negative, got {bps}")
+    for prefix, factor in _BANDWIDTH_UNITS.items():
+        if bps and bps % factor == 0:
+            return f"{bps // factor}{prefix}bps"
+    return f"{bps}bps"

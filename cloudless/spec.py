@@ -69,7 +69,15 @@ from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cloudless.errors import CloudlessError
-from cloudless.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu
+from cloudless.quantity import (
+    QuantityError,
+    format_bandwidth,
+    format_bytes,
+    format_cpu,
+    parse_bandwidth,
+    parse_bytes,
+    parse_cpu,
+)
 
 __all__ = [
     "API_VERSION",
@@ -129,6 +137,8 @@ DEFAULT_MEMORY_BYTES: Final = 64 * 1024**2
 MIN_MEMORY_BYTES: Final = 6 * 1024**2
 MAX_MEMORY_BYTES: Final = 16 * 1024**4
 MAX_STORAGE_BYTES: Final = 1024**5
+MAX_GPUS: Final = 64
+MAX_BANDWIDTH_BPS: Final = 400 * 1000**3  # a 400G link
 MAX_ID: Final = 2**31 - 1
 MAX_FILE_MODE: Final = 0o777
 #: Container paths the agent uses to deliver secrets (env file, shell); mounts may not go there.
@@ -1195,6 +1205,12 @@ class ResourceRequirements(_Model):
     storage_bytes: int = Field(
         0, validation_alias="storage", serialization_alias="storage", examples=["1Gi"]
     )
+    #: Whole GPUs; unset (the usual case) means none and keeps older specs' hashes.
+    gpu: int | None = Field(None, validation_alias="gpu", serialization_alias="gpu", examples=[1])
+    #: Egress bandwidth reserved on the node, bits/s (``10Mbps`` in manifests).
+    bandwidth_bps: int | None = Field(
+        None, validation_alias="bandwidth", serialization_alias="bandwidth", examples=["10Mbps"]
+    )
 
     @field_validator("cpu_millis", mode="before")
     @classmethod
@@ -1219,6 +1235,45 @@ class ResourceRequirements(_Model):
             value, parse_bytes, format_bytes, "storage", 0, MAX_STORAGE_BYTES,
             "use a quantity like 0, 512Mi or 10Gi",
         )  # fmt: skip
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _parse_gpu(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _problem(
+                f"must be a whole number of GPUs, got {_show(value)}",
+                "write an integer such as 1 (GPUs are not shared between replicas)",
+            )
+        if not 0 <= value <= MAX_GPUS:
+            raise _problem(
+                f"must be between 0 and {MAX_GPUS}, got {value}", f"request 0 to {MAX_GPUS} GPUs"
+            )
+        return value
+
+    @field_validator("bandwidth_bps", mode="before")
+    @classmethod
+    def _parse_bandwidth(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        return _parse_quantity(
+            value, parse_bandwidth, format_bandwidth, "bandwidth", 0, MAX_BANDWIDTH_BPS,
+            "use a bandwidth like 500Kbps, 10Mbps or 1Gbps",
+        )  # fmt: skip
+
+    @field_serializer("bandwidth_bps")
+    def _dump_bandwidth(self, value: int | None) -> str | None:
+        return None if value is None else format_bandwidth(value)
+
+    @property
+    def gpus(self) -> int:
+        return self.gpu or 0
+
+    @property
+    def bandwidth(self) -> int:
+        """Requested bits/s (0 when unset)."""
+        return self.bandwidth_bps or 0
 
     @field_serializer("cpu_millis")
     def _dump_cpu(self, value: int) -> str:

@@ -68,6 +68,8 @@ def view_of(manifest: dict[str, Any]) -> WorkloadView:
             cpu_millis=spec.resources.cpu_millis,
             memory_bytes=spec.resources.memory_bytes,
             storage_bytes=spec.resources.storage_bytes,
+            gpu=spec.resources.gpus,
+            bandwidth_bps=spec.resources.bandwidth,
         ),
         node_selector=dict(spec.placement.node_selector),
         zones=list(spec.placement.zones),

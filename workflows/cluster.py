@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         NodeState,
         NodeTaint,
         Resources,
+        SchedulerSettings,
         UpsertNodeInput,
         UpsertNodeResult,
         WaitNodeInput,
@@ -162,6 +163,7 @@ class Ledger:
         self.pending: dict[str, Resources] = {
             k: Resources.model_validate(r) for k, r in carried.get("pending", {}).items()
         }
+        self.scheduler = SchedulerSettings.model_validate(carried.get("scheduler") or {})
 
     def export(self) -> dict[str, Any]:
         """Compact carried state: nodes and workloads as columns, plans as replica -> node."""
@@ -170,6 +172,7 @@ class Ledger:
             "columns": encode_ledger(list(self.nodes.values()), self.workloads),
             "plans": [(pid, p.export()) for pid, p in self.plans.items()],
             "pending": {k: _dump(r) for k, r in self.pending.items()},
+            "scheduler": _dump(self.scheduler),
         }
 
     def snapshot(self, cluster: str) -> CompactSnapshot:
@@ -178,7 +181,15 @@ class Ledger:
             cluster=cluster,
             version=self.version,
             columns=encode_ledger(list(self.nodes.values()), self.workloads),
+            scheduler=self.scheduler,
         )
+
+    def set_scheduler(self, settings: SchedulerSettings) -> int:
+        """Replace the cluster's scheduler settings; a new version, so every coordinator's
+        index (which carries them) is reloaded."""
+        self.scheduler = settings
+        self.version += 1
+        return self.version
 
     # ------------------------------------------------------------------ nodes
 
@@ -380,6 +391,15 @@ class ClusterWorkflow:
         """Workloads with replicas allocated on the node: who to tell when it is lost."""
         node = self._ledger.nodes.get(node_id)
         return sorted(node.workloads) if node else []
+
+    @workflow.query
+    def scheduler_settings(self) -> SchedulerSettings:
+        return self._ledger.scheduler
+
+    @workflow.update
+    def set_scheduler_settings(self, settings: SchedulerSettings) -> int:
+        """Replace the scheduler settings (validated by their model before they get here)."""
+        return self._ledger.set_scheduler(settings)
 
     # ------------------------------------------------------------------ nodes
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -32,6 +33,7 @@ from cloudless.client import CloudlessClient
 from cloudless.codec import transit_codec
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
+from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
 from cloudless.spec import ManifestError, load_manifest_file, load_manifests
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
@@ -263,6 +265,100 @@ def explain(
         console.print(f"[bold]{key}[/bold] (ledger version {result.ledger_version})")
         for line in result.lines:
             console.print("  " + line, markup=False, highlight=False)
+
+
+# ----------------------------------------------------------------------------- scheduler
+
+scheduler_app = typer.Typer(
+    no_args_is_help=True, help="The cluster's scheduler settings (score weights, sampling)."
+)
+app.add_typer(scheduler_app, name="scheduler")
+
+
+@scheduler_app.command("show")
+def scheduler_show(output: OutputOpt = Output.TABLE) -> None:
+    """Show the score weights and sampling bound every coordinator of the cluster uses."""
+    current = run(lambda c: c.scheduler_settings())
+    if output != Output.TABLE:
+        emit_data(current.model_dump(mode="json"), output)
+        return
+    weights = {**DEFAULT_WEIGHTS, **current.weights}
+    for factor in SCORE_FACTORS:
+        mark = "" if factor not in current.weights else "  (set)"
+        console.print(f"weight {factor:<18} {weights[factor]:g}{mark}")
+    console.print(
+        f"sample             max({current.sample_min}, {current.sample_percent:g}% of "
+        "feasible nodes)"
+    )
+    console.print(f"top candidates     {current.top_k}")
+
+
+def _weight_overrides(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise fail(
+                f"--weight {item!r}: expected FACTOR=NUMBER, e.g. --weight reliability=0.4"
+            ) from None
+    return out
+
+
+@scheduler_app.command("set")
+def scheduler_set(
+    weight: Annotated[
+        list[str] | None,
+        typer.Option("--weight", "-w", help="FACTOR=NUMBER (repeatable), e.g. reliability=0.4."),
+    ] = None,
+    unset_weight: Annotated[
+        list[str] | None,
+        typer.Option("--unset-weight", help="Back to the default weight for FACTOR."),
+    ] = None,
+    sample_min: Annotated[
+        int | None, typer.Option(help="Always score at least this many feasible nodes.")
+    ] = None,
+    sample_percent: Annotated[
+        float | None, typer.Option(help="Score this percentage of feasible nodes (0-100].")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Candidates kept per decision.")] = None,
+    reset: Annotated[bool, typer.Option(help="Start from the defaults.")] = False,
+) -> None:
+    """Change the scheduler settings (merged into the current ones); every coordinator
+    picks them up within a few seconds. Workloads' own placement.weights still win."""
+    overrides = _weight_overrides(weight or [])
+
+    async def go(c: CloudlessClient) -> tuple[SchedulerSettings, int]:
+        current = SchedulerSettings() if reset else await c.scheduler_settings()
+        data = current.model_dump()
+        data["weights"] = {
+            k: v
+            for k, v in {**data["weights"], **overrides}.items()
+            if k not in (unset_weight or [])
+        }
+        for key, value in (
+            ("sample_min", sample_min), ("sample_percent", sample_percent), ("top_k", top_k)
+        ):  # fmt: skip
+            if value is not None:
+                data[key] = value
+        try:
+            new = SchedulerSettings.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors()
+            )
+            raise CloudlessError(f"invalid scheduler settings: {problems}") from None
+        return new, await c.set_scheduler_settings(new)
+
+    new, version = run(go)
+    console.print(
+        f"scheduler settings updated (ledger version {version}): "
+        f"{new.model_dump_json(exclude_defaults=True) or '{}'}"
+    )
 
 
 # ----------------------------------------------------------------------------- delete/scale

@@ -14,11 +14,22 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio.testing import ActivityEnvironment
 from typer.testing import CliRunner
 
+from activities.ledger import LedgerActivities
+from activities.scheduling import workload_meta
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
-from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
+from cloudless.model import (
+    Allocation,
+    CommitPlanInput,
+    PlacementRequest,
+    ReplicaPhase,
+    SchedulerSettings,
+    WorkloadPhase,
+    WorkloadStatus,
+)
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
 from tests.conftest import unique
@@ -255,3 +266,156 @@ async def test_a_joining_node_wakes_pending_replicas_and_its_labels_are_facts(
     for n in (name, other):
         await client.delete("default", n)
     await dev_cluster.stop_agent(node)
+
+
+async def test_gpu_and_bandwidth_requests_are_scheduled_and_accounted(
+    client: CloudlessClient, dev_cluster: LocalCluster
+) -> None:
+    """A workload asking for GPUs and egress bandwidth lands only where a node advertises
+    enough of both; the ledger accounts them, and the replica that does not fit says why."""
+    node = unique("gpu-node")
+    await dev_cluster.add_agent(
+        node,
+        zone="gpu-1",
+        cpu="2",
+        memory="1Gi",
+        runtimes=["exec"],
+        labels={"cloudless.dev/gpu": "2", "cloudless.dev/bandwidth-mbps": "100"},
+    )
+    name = unique("trainer")
+    wants = sleeper(name, 2, cpu="100m")
+    manifest = wants.to_manifest()
+    manifest["spec"]["resources"].update({"gpu": 1, "bandwidth": "60Mbps"})
+    out = await client.apply(parse_workload(manifest), wait=True, timeout=30)
+    assert out.status is not None
+    placed = await running(client, name, 1, 30)
+    on_node = [r for r in placed.replicas if r.phase == ReplicaPhase.RUNNING]
+    assert [r.node_id for r in on_node] == [node]
+    (waiting,) = [r for r in placed.replicas if r.phase == ReplicaPhase.PENDING]
+    # The three plain nodes have no GPU; the GPU node's 100 Mbps hold one replica's 60.
+    assert "3 insufficient gpu" in waiting.message, waiting.message
+    assert "1 insufficient bandwidth" in waiting.message, waiting.message
+    entry = next(n for n in (await client.snapshot()).nodes if n.node_id == node)
+    assert (entry.capacity.gpu, entry.capacity.bandwidth_bps) == (2, 100_000_000)
+    assert (entry.allocated.gpu, entry.allocated.bandwidth_bps) == (1, 60_000_000)
+    await client.delete("default", name)
+    entry = next(n for n in (await client.snapshot()).nodes if n.node_id == node)
+    assert (entry.allocated.gpu, entry.allocated.bandwidth_bps) == (0, 0)
+    await dev_cluster.stop_agent(node)
+
+
+async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
+    client: CloudlessClient, dev_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`cloudlessctl scheduler set` stores settings in the ledger; the coordinator picks
+    them up without a restart (its index polls the ledger version) and decides with them;
+    invalid settings are refused with the reason and change nothing."""
+    address = dev_cluster.client.service_client.config.target_host
+    base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
+    base += ["--state-dir", str(dev_cluster.root)]
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, [*base, *args])
+
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(sleeper(unique("probe"), 1).to_manifest()))
+
+    async def explained_until(wanted: str) -> str:
+        deadline = time.monotonic() + 20
+        while True:
+            out = await asyncio.to_thread(cli, "explain", "-f", str(path))
+            assert out.exit_code == 0, out.output
+            if wanted in out.output or time.monotonic() > deadline:
+                return str(out.output)
+            await asyncio.sleep(0.5)
+
+    before = await explained_until("weights:")
+    assert "reliability 0.25" in before and "cost 0.15" in before, before
+    try:
+        bad = await asyncio.to_thread(cli, "scheduler", "set", "--weight", "relability=1")
+        assert bad.exit_code == 1
+        assert "unknown score factor 'relability'" in bad.output, bad.output
+        bad = await asyncio.to_thread(cli, "scheduler", "set", "--sample-percent", "0")
+        assert bad.exit_code == 1 and "sample_percent" in bad.output, bad.output
+        assert await client.scheduler_settings() == SchedulerSettings()
+
+        done = await asyncio.to_thread(
+            cli, "scheduler", "set", "-w", "reliability=0.9", "-w", "cost=0",
+            "--sample-min", "1", "--sample-percent", "1",
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        stored = await client.scheduler_settings()
+        assert stored.weights == {"cost": 0.0, "reliability": 0.9} and stored.sample_min == 1
+        after = await explained_until("reliability 0.9")
+        assert "reliability 0.9" in after and "cost" not in after.split("weights:")[1].split(
+            "\n"
+        )[0], after
+        assert "1 scored" in after, after  # max(1, 1% of 3 feasible) nodes scored
+        shown = await asyncio.to_thread(cli, "scheduler", "show")
+        assert shown.exit_code == 0 and "reliability" in shown.output and "(set)" in shown.output
+        # A workload's own weights still override the cluster's, factor by factor.
+        own = sleeper(unique("own"), 1, placement={"weights": {"reliability": 0.1}})
+        path.write_text(yaml.safe_dump(own.to_manifest()))
+        mine = await explained_until("reliability 0.1")
+        assert "reliability 0.1" in mine and "cost" not in mine.split("weights:")[1].split(
+            "\n"
+        )[0], mine
+    finally:
+        reset = await asyncio.to_thread(cli, "scheduler", "set", "--reset")
+        assert reset.exit_code == 0, reset.output
+    assert await client.scheduler_settings() == SchedulerSettings()
+
+
+async def test_a_plan_decided_on_a_stale_index_is_rejected_and_retried_fresh(
+    client: CloudlessClient, dev_cluster: LocalCluster
+) -> None:
+    """Two coordinators: a second scheduler state (its own LedgerActivities, as another
+    coordinator process holds) loads the index, then the cluster's coordinator fills
+    zone-b behind its back. The second one's spread decision still sees zone-b empty and
+    picks it; the ledger's validator rejects the plan, the index re-syncs, and the retry
+    lands on zone-a. Nothing is ever over-committed."""
+    other = LedgerActivities(dev_cluster.client, dev_cluster.cluster)
+    other.scheduler.poll_version = None  # only the rejection may tell it about the change
+    await other.scheduler.current()
+    loads = other.scheduler.resyncs
+    zone_b = next(n for n in dev_cluster.agents if n.startswith("zone-b-"))
+    filler = unique("filler")
+    await client.apply(sleeper(filler, 1, cpu="3500m", placement={"zones": ["zone-b"]}), wait=True)
+    await running(client, filler, 1, 30)
+
+    late = sleeper(unique("late"), 1, cpu="1", strategy="spread")
+    late_key = f"default/{late.metadata.name}"
+    stale = other.scheduler.index
+    assert stale is not None and stale.free(zone_b).cpu_millis == 4000  # it believes so
+    result = await ActivityEnvironment().run(
+        other.place_replicas,
+        PlacementRequest(
+            cluster=dev_cluster.cluster,
+            workload=late_key,
+            plan_id=unique("plan"),
+            replica_ids=["late-1"],
+            resources=workload_meta(late).resources,
+            manifest=late.to_manifest(),
+            allow_preemption=False,
+        ),
+    )
+    (placed,) = result.placements
+    assert placed.node_id.startswith("zone-a-"), result
+    assert other.scheduler.resyncs == loads + 1  # exactly one rejection, then a fresh index
+    snap = await client.snapshot()
+    for node in snap.nodes:
+        assert node.allocated.fits_within(node.capacity), node
+    # Release what the out-of-band plan took, the way a workload's release would.
+    await ActivityEnvironment().run(
+        other.commit_plan,
+        CommitPlanInput(
+            plan_id=unique("release"),
+            releases=[
+                Allocation(
+                    replica_id="late-1", workload=late_key, node_id=placed.node_id,
+                    resources=workload_meta(late).resources,
+                )
+            ],
+        ),
+    )  # fmt: skip
+    await client.delete("default", filler)

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from cloudless.quantity import (
     QuantityError,
+    format_bandwidth,
     format_bytes,
     format_cpu,
+    parse_bandwidth,
     parse_bytes,
     parse_cpu,
 )
@@ -178,3 +180,43 @@ def test_bytes_round_trip(size: int) -> None:
 def test_bytes_suffix_is_exact_multiplication(number: int, suffix: str) -> None:
     factor = {"Ki": KI, "Mi": MI, "Gi": GI, "M": 10**6, "G": 10**9}[suffix]
     assert parse_bytes(f"{number}{suffix}") == number * factor
+
+
+@pytest.mark.parametrize(
+    ("value", "bps"),
+    [
+        ("10Mbps", 10**7),
+        ("10M", 10**7),
+        ("1.5Gbps", 15 * 10**8),
+        ("500kbps", 500_000),
+        ("500Kbps", 500_000),
+        ("2Tbps", 2 * 10**12),
+        ("64bps", 64),
+        (100, 100),
+        ("0", 0),
+    ],
+)
+def test_parse_bandwidth_accepts(value: str | int, bps: int) -> None:
+    assert parse_bandwidth(value) == bps
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("10MBps", "bytes/s are not accepted"),
+        ("10Mb/s", "rather than 10Mb/s"),
+        ("10 Mbps", "remove the space"),
+        ("10Xbps", "unknown bandwidth unit"),
+        ("0.5bps", "whole number of bits/s"),
+        ("-1Mbps", "negative"),
+        ("1e9", "exponent"),
+    ],
+)
+def test_parse_bandwidth_rejects(value: str, reason: str) -> None:
+    with pytest.raises(QuantityError, match=reason):
+        parse_bandwidth(value)
+
+
+@given(st.integers(min_value=0, max_value=10**15))
+def test_bandwidth_round_trip(bps: int) -> None:
+    assert parse_bandwidth(format_bandwidth(bps)) == bps

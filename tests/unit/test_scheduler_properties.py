@@ -52,6 +52,7 @@ from policies.scheduler import (
     Toleration,
     WorkloadAffinity,
     WorkloadAffinityTerm,
+    first_failure,
     schedule,
 )
 from policies.scheduler.testing import GI, MI
@@ -303,7 +304,8 @@ class Reference:
         self.specs = {n: index.node(n) for n in index}
         self.used = {n: list(s.allocated.as_tuple()) for n, s in self.specs.items()}
         self.replicas = {n: Counter(index.node_workloads(n)) for n in self.specs}
-        self.labels = {k: dict(index.workload_labels(k)) for k in WORKLOADS}
+        keys = set(WORKLOADS) | {k for c in self.replicas.values() for k in c}
+        self.labels = {k: dict(index.workload_labels(k)) for k in keys}
 
     def place(self, node_id: str) -> None:
         for d, x in enumerate(self.request.resources.as_tuple()):
@@ -646,3 +648,28 @@ def test_snapshot_survives_vocabulary_growth_in_the_live_index() -> None:
     assert schedule(request, snap).node_ids == ("a", "a")
     assert schedule(request, live).node_ids == ("b", "b")
     assert len(snap) == 2 and len(live) == 72
+
+
+def test_sampled_decisions_at_5k_nodes_stay_near_the_full_scan() -> None:
+    """The quality bound the default sample keeps on a realistic fleet (the benchmark's
+    5,000 heterogeneous nodes, full policy): every sampled pick is feasible, and its score
+    is close to the full scan's best: mean gap under 3 points of 100, 95th percentile
+    under 8, never above 15 (measured: about 1.4 / 4.0 / 5.7)."""
+    from bench.scheduler_decision import build_cluster, full_policy
+
+    index, _, workloads = build_cluster(5000)
+    regions = sorted({index.node(i).region for i in list(index)[:200]})
+    gaps = []
+    for seed in range(120):
+        request = full_policy(workloads[seed % 50], regions)
+        decision = schedule(request, index, rng_seed=seed, compare_full_scan=True, top_k=0)
+        assert decision.scored_nodes < decision.feasible_nodes  # it did sample
+        # (The reference model is too slow for 5,000 nodes; the scheduler's filters are
+        # checked against it on small clusters above.)
+        (pick,) = decision.node_ids
+        assert first_failure(request, index, pick) is None
+        assert decision.score_gap is not None
+        gaps.append(decision.score_gap)
+    assert float(np.mean(gaps)) < 3.0, gaps
+    assert float(np.percentile(gaps, 95)) < 8.0, gaps
+    assert max(gaps) < 15.0, gaps

@@ -7,9 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from activities.scheduling import SchedulerState, node_spec, placement_request
+import pytest
+from pydantic import ValidationError
+
+from activities.scheduling import SchedulerState, node_spec, placement_request, scheduler_config
 from cloudless import nodefacts
 from cloudless.model import (
+    DEFAULT_WEIGHTS,
+    SCORE_FACTORS,
     Allocation,
     ClusterSnapshot,
     CommitPlanInput,
@@ -19,6 +24,7 @@ from cloudless.model import (
     NodeRecord,
     NodeState,
     Resources,
+    SchedulerSettings,
     UpsertNodeInput,
 )
 from cloudless.spec import parse_workload
@@ -228,3 +234,68 @@ def test_node_spec_from_ledger_node() -> None:
     n = LedgerNode(node_id="x", state=NodeState.CORDONED, churn=3, uptime_ratio=0.5)
     spec = node_spec(n)
     assert spec.state == "Cordoned" and spec.churn == 3.0 and spec.uptime_ratio == 0.5
+
+
+def test_a_polled_ledger_version_ahead_of_the_index_makes_it_behind() -> None:
+    """Writes this process did not make (another coordinator's plan, a settings change)
+    are noticed by the version poll; this process's own writes in flight are not."""
+    ledger = ledger_with_nodes()
+    state = state_for(ledger)
+    asyncio.run(state.current())
+    base = state.version
+    state.note_version(base)
+    assert not state.behind
+    # The ledger is one ahead: maybe our own commit still reporting back.
+    state.note_version(base + 1)
+    assert not state.behind
+    t = state.reserve(CommitPlanInput(plan_id="p", allocations=[alloc("r1", "a", 100)]))
+    state.committed(t, CommitPlanResult(version=base + 1, applied=True, allocations=[]))
+    assert state.version == base + 1 and not state.behind
+    assert state._ahead_since is None  # caught up: nothing to reload
+    # Someone else wrote base + 2 and nothing of ours fills it in within the grace.
+    state.note_version(base + 2)
+    assert not state.behind
+    state._ahead_since = 0.0
+    assert state.behind
+    ledger.version = base + 2
+    asyncio.run(state.current())
+    assert state.version == base + 2 and not state.behind
+
+
+def test_scheduler_settings_live_in_the_ledger_and_reach_the_index() -> None:
+    ledger = ledger_with_nodes()
+    settings = SchedulerSettings(weights={"cost": 0.0, "reliability": 0.9}, sample_min=7)
+    version = ledger.set_scheduler(settings)
+    carried = Ledger(ledger.export())  # continue-as-new keeps them
+    assert carried.scheduler == settings and carried.version == version
+    state = state_for(carried)
+    asyncio.run(state.current())
+    assert state.settings == settings and state.config.sample_min == 7
+    assert state.config.weights.reliability == 0.9 and state.config.weights.cost == 0.0
+    assert state.config.weights.locality == sched.Weights().locality
+
+
+def test_workload_weights_override_the_clusters_factor_by_factor() -> None:
+    cluster = scheduler_config(SchedulerSettings(weights={"cost": 0.0, "reliability": 0.9}))
+    w = parse_workload(manifest(weights={"reliability": 0.1}))
+    request = placement_request(w, 1, base_weights=cluster.weights)
+    assert request.weights is not None
+    assert (request.weights.reliability, request.weights.cost) == (0.1, 0.0)
+    # Without weights of its own, a request leaves them to the cluster's config.
+    assert placement_request(parse_workload(manifest()), 1).weights is None
+
+
+def test_settings_factors_are_the_schedulers() -> None:
+    assert sched.Weights().as_dict() == DEFAULT_WEIGHTS
+    assert tuple(DEFAULT_WEIGHTS) == SCORE_FACTORS == sched.FACTORS
+
+
+def test_invalid_settings_name_the_problem() -> None:
+    with pytest.raises(ValidationError, match="unknown score factor 'costs'"):
+        SchedulerSettings(weights={"costs": 1.0})
+    with pytest.raises(ValidationError, match="between 0 and 100"):
+        SchedulerSettings(weights={"cost": float("nan")})
+    with pytest.raises(ValidationError, match="at least one score factor"):
+        SchedulerSettings(weights=dict.fromkeys(SCORE_FACTORS, 0.0))
+    with pytest.raises(ValidationError, match="sample_percent"):
+        SchedulerSettings(sample_percent=0)

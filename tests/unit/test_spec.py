@@ -238,6 +238,9 @@ def test_to_manifest_is_canonical() -> None:
         ("spec.resources.memory", "1Gi", lambda w: w.spec.resources.memory_bytes == 1024**3),
         ("spec.resources.memory", "512M", lambda w: w.spec.resources.memory_bytes == 512 * 10**6),
         ("spec.resources.storage", "1Pi", lambda w: w.spec.resources.storage_bytes == 1024**5),
+        ("spec.resources.gpu", 2, lambda w: w.spec.resources.gpus == 2),
+        ("spec.resources.bandwidth", "10Mbps", lambda w: w.spec.resources.bandwidth == 10**7),
+        ("spec.resources.bandwidth", "1.5G", lambda w: w.spec.resources.bandwidth == 15 * 10**8),
         ("spec.replicas", 0, lambda w: w.spec.replicas == 0),
         ("spec.replicas", 1000, lambda w: w.spec.replicas == 1000),
         ("spec.runtime", "exec", None),
@@ -402,6 +405,12 @@ REJECTIONS: list[tuple[str, str, object, str, str]] = [
     ("memory-unit", f"{RES}.memory", "32MB", "", "32Mi"),
     ("memory-exp", f"{RES}.memory", "1e9", "", "exponent"),
     ("storage-huge", f"{RES}.storage", "2Pi", "", "at most 1Pi"),
+    ("gpu-str", f"{RES}.gpu", "two", "", "whole number of GPUs"),
+    ("gpu-bool", f"{RES}.gpu", True, "", "whole number of GPUs"),
+    ("gpu-huge", f"{RES}.gpu", 65, "", "between 0 and 64"),
+    ("bandwidth-bytes", f"{RES}.bandwidth", "10MBps", "", "bytes/s are not accepted"),
+    ("bandwidth-slash", f"{RES}.bandwidth", "10Mb/s", "", "10Mbps"),
+    ("bandwidth-huge", f"{RES}.bandwidth", "1Tbps", "", "at most 400Gbps"),
     ("resources-int-name", f"{RES}.cpu_millis", 100, "", "unknown field"),
     ("selector", "spec.placement.nodeSelector", {"disk": "s s"}, ".disk", "63"),
     ("zone-bad", "spec.placement.zones", ["Zone_A"], "[0]", "DNS-1123"),
@@ -726,6 +735,15 @@ def manifests(draw: st.DrawFn) -> Manifest:
             "cpu": draw(cpu_texts(millis)),
             "memory": draw(st.integers(6, 4096).map(lambda n: f"{n}Mi")),
             "storage": draw(st.integers(0, 10**12)),
+            **draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "gpu": st.integers(0, 64),
+                        "bandwidth": st.integers(0, 4 * 10**11),
+                    },
+                )
+            ),
         },
         "placement": {
             "nodeSelector": draw(labels),
