@@ -17,6 +17,18 @@ def task_queue(cluster: str) -> str:
     return f"cloudless-{cluster}"
 
 
+def ledger_task_queue(cluster: str) -> str:
+    """The ``cluster/<name>`` ledger's own task queue.
+
+    The ledger is the one serialization point of placement: every plan and node change of
+    the cluster is an Update on it. On its own queue, served by a worker that runs nothing
+    else, its tasks never wait behind the thousands of node and workload workflows, and
+    those can never push it out of a workflow cache (which would cost a full replay of its
+    history, plan payloads and all, before the next Update).
+    """
+    return f"cloudless-{cluster}-ledger"
+
+
 SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
 SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")
 SA_NODE = SearchAttributeKey.for_keyword_list("CloudlessNode")

@@ -24,7 +24,7 @@ import typer
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.converter import PayloadCodec
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.agent_client import AgentClientPool
@@ -40,7 +40,7 @@ from cloudless.errors import CloudlessError
 from cloudless.gcpolicy import GcPolicy
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
-from cloudless.naming import cluster_workflow_id, task_queue
+from cloudless.naming import cluster_workflow_id, ledger_task_queue, task_queue
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -170,6 +170,11 @@ def _start_codec_server(
 PASSTHROUGH = ("workflows", "activities", "cloudless", "policies")
 
 
+#: Concurrent long polls of the main worker (see where they are used).
+WORKFLOW_TASK_POLLS = 16
+ACTIVITY_TASK_POLLS = 16
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
     """The sandbox with our packages passed through.
 
@@ -199,6 +204,7 @@ class Coordinator:
     heartbeat_interval: float = 1.0
     liveness: LivenessMonitor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _workers: list[Worker] = field(default_factory=list)
     _server: grpc.aio.Server | None = None
     _pool: AgentClientPool | None = None
     gateway_port: int = 0
@@ -233,7 +239,7 @@ class Coordinator:
             ClusterWorkflow.run,
             ClusterWorkflowInput(cluster=self.cluster),
             id=cluster_workflow_id(self.cluster),
-            task_queue=task_queue(self.cluster),
+            task_queue=ledger_task_queue(self.cluster),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         self._pool = AgentClientPool(pki.material)
@@ -265,12 +271,34 @@ class Coordinator:
                 *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,
+            # The SDK's default of 5 workflow-task polls leaves ONE for the non-sticky
+            # queue, where every new workflow's first task (each apply's update-with-start)
+            # arrives: a burst of applies then starts ~12 workflows a second however idle
+            # the process is. More polls, half of them non-sticky; activities likewise.
+            workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(WORKFLOW_TASK_POLLS),
+            nonsticky_to_sticky_poll_ratio=0.5,
+            activity_task_poller_behavior=PollerBehaviorSimpleMaximum(ACTIVITY_TASK_POLLS),
             workflow_runner=workflow_runner(),
         )
         self._tasks.append(asyncio.create_task(worker.run(), name="temporal-worker"))
+        # The ledger alone, on its own queue (see cloudless.naming.ledger_task_queue); the
+        # main worker still knows the workflow, for a ledger started on the shared queue
+        # before this split, until its next continue-as-new moves it.
+        ledger_worker = Worker(
+            self.client,
+            task_queue=ledger_task_queue(self.cluster),
+            workflows=[ClusterWorkflow],
+            max_cached_workflows=8,
+            max_concurrent_workflow_tasks=4,
+            workflow_runner=workflow_runner(),
+        )
+        self._tasks.append(asyncio.create_task(ledger_worker.run(), name="ledger-worker"))
+        self._workers = [worker, ledger_worker]
+        # Load the scheduler's node index now, so the first placement does not wait for a
+        # snapshot of the whole cluster; from here on it follows this process's writes.
+        self._tasks.append(asyncio.create_task(self._warm_index(ledger), name="warm-index"))
         if self.gc_policy is not None:
             self._tasks.append(asyncio.create_task(self.gc_policy.run(), name="gc-policy"))
-        self._worker = worker
         self.ledger_activities = ledger  # its scheduler soft state, for benchmarks and tests
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
         self.liveness = LivenessMonitor(
@@ -311,6 +339,13 @@ class Coordinator:
             agent_gateway=self.agent_listen,
             task_queue=task_queue(self.cluster),
         )
+
+    @staticmethod
+    async def _warm_index(ledger: LedgerActivities) -> None:
+        try:
+            await ledger.scheduler.current()
+        except Exception as err:  # the first placement loads it instead
+            log.warning("scheduler.index_not_warmed", error=str(err))
 
     async def _start_secrets(self) -> SecretsRuntime | None:
         if self.transit is None:
@@ -353,7 +388,7 @@ class Coordinator:
         if self.liveness is not None:
             await self.liveness.stop()
         if self._tasks:
-            await self._worker.shutdown()
+            await asyncio.gather(*(w.shutdown() for w in self._workers))
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         decode_ledger,
         encode_ledger,
     )
+    from cloudless.naming import ledger_task_queue
 
 #: Plans remembered (with where their replicas went) so a retried commit returns the
 #: original outcome; retries arrive within seconds, long before this many newer plans
@@ -340,7 +341,9 @@ class ClusterWorkflow:
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
-            ClusterWorkflowInput(cluster=self._cluster, carried=self._export())
+            ClusterWorkflowInput(cluster=self._cluster, carried=self._export()),
+            # A ledger started before it had its own queue moves there now.
+            task_queue=ledger_task_queue(self._cluster),
         )
 
     def _export(self) -> dict[str, object]:
