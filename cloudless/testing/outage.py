@@ -89,6 +89,8 @@ class OutageReport:
     before: dict[str, str] = field(default_factory=dict)
     #: container id of ``web`` before and after its agent restarted
     web_container: tuple[str, str] = ("", "")
+    #: when ``web``'s agent was killed and when its restart was serving (probe time base)
+    web_agent_down: tuple[float, float] = (0.0, 0.0)
     #: the agent's view of ``crashy`` after the kill: (restarts, phase, restart reason)
     crashy_restart: tuple[int, str, str] = (0, "", "")
     seconds_to_crashy_restart: float = 0.0
@@ -165,6 +167,10 @@ class Prober:
         self.probes: list[Probe] = []
         self._origin = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since probing started: the time base of :attr:`Probe.at`."""
+        return time.monotonic() - self._origin
 
     def start(self) -> None:
         self._origin = time.monotonic()
@@ -367,13 +373,14 @@ async def run_outage(
         assert (await http_get(web_port)).ok and (await http_get(crashy_port)).ok
 
         prober.start()
-        stack.kill9("coordinator", ports.gateway)
+        # Blocking steps run in threads, so the probes keep their pace throughout.
+        await asyncio.to_thread(stack.kill9, "coordinator", ports.gateway)
         began = time.monotonic()
         progress(f"coordinator killed; outage of {outage:.0f}s begins")
 
         # A replica crashes: the agent restarts it by itself (restartPolicy Always).
         crashy_id = report.before[CRASHY]
-        stack.kill_container(crashy_id)
+        await asyncio.to_thread(stack.kill_container, crashy_id)
         killed = time.monotonic()
 
         async def restarted() -> Any:
@@ -388,7 +395,7 @@ async def run_outage(
 
         # A run-once replica dies: the agent leaves it down and holds the exit to report.
         oneshot_id = report.before[ONESHOT]
-        stack.kill_container(oneshot_id)
+        await asyncio.to_thread(stack.kill_container, oneshot_id)
 
         async def gave_up() -> Any:
             r = await stack.agent_view(HOMES[ONESHOT], oneshot_id)
@@ -400,8 +407,10 @@ async def run_outage(
         # The web replica's own agent dies and comes back: it adopts the container.
         home = HOMES[WEB]
         before = await stack.agent_view(home, report.before[WEB])
-        stack.kill9(f"agent/{home.name}", stack.agent_port(home))
+        down = prober.elapsed()
+        await asyncio.to_thread(stack.kill9, f"agent/{home.name}", stack.agent_port(home))
         await stack.restart_agent(home)
+        report.web_agent_down = (down, prober.elapsed())
         after = await stack.agent_view(home, report.before[WEB])
         report.web_container = (before.runtime_id, after.runtime_id if after else "")
         progress("web's agent restarted without a coordinator")

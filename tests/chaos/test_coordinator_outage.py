@@ -30,6 +30,10 @@ async def test_replicas_serve_through_a_coordinator_outage_and_agents_reconcile(
     assert len(report.probes) >= OUTAGE / 0.2 * 0.8, len(report.probes)
     assert report.failed_probes == [], report.failed_probes[:5]
 
+    # ... including while the web replica's own agent was dead and restarting.
+    down, up = report.web_agent_down
+    assert [p for p in report.probes if down <= p.at <= up and p.ok], report.web_agent_down
+
     # The agent adopted the running container instead of starting another one.
     before, after = report.web_container
     assert before and after == before, report.web_container

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 from typer.testing import CliRunner, Result
 
 from agent.runtime.exec import ExecDriver
@@ -27,10 +28,12 @@ from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.model import ReplicaPhase, WorkloadStatus
+from cloudless.naming import workload_workflow_id
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from tests.conftest import unique
+from workflows.workload import WorkloadWorkflow
 
 pytestmark = pytest.mark.temporal
 
@@ -212,4 +215,12 @@ async def test_drain_on_a_full_cluster_keeps_max_unavailable_and_waits_for_room(
 
     back = await asyncio.to_thread(cli, "node", "uncordon", target)
     assert back.exit_code == 0 and "(state Ready)" in back.output
+
+    # The history (patch markers included; their ids are encrypted) replays deterministically.
+    handle = c.temporal.get_workflow_handle(workload_workflow_id("default", name))
+    history = await handle.fetch_history()
+    replayer = Replayer(
+        workflows=[WorkloadWorkflow], data_converter=full_cluster.client.data_converter
+    )
+    await replayer.replay_workflow(history)
     await c.delete("default", name)
