@@ -511,6 +511,34 @@ NonEmptyStr = Annotated[str, AfterValidator(_check_non_empty)]
 PortNumber = Annotated[StrictInt, AfterValidator(_between(1, 65535, 8080))]
 Replicas = Annotated[StrictInt, AfterValidator(_between(0, MAX_REPLICAS, 3))]
 MinAvailable = Annotated[StrictInt, AfterValidator(_between(0, MAX_REPLICAS, 1))]
+_PERCENT_RE: Final = re.compile(r"^(?:0|[1-9][0-9]?|100)%$")
+
+
+def _check_max_unavailable(value: object) -> object:
+    """A replica count (0-1000) or a whole percentage of the desired replicas ("25%").
+
+    Kept as written: the percentage is resolved against the replica count at the moment a
+    replica is retired (``policies.disruption``), so scaling does not need a new manifest.
+    """
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        return _between(0, MAX_REPLICAS, 1)(value)
+    elif isinstance(value, str):
+        if _PERCENT_RE.match(value):
+            return value
+        if value.isdigit():
+            fix = f'write {int(value)} without quotes for a count, or "{int(value)}%"'
+        else:
+            fix = 'use a whole percentage from "0%" to "100%", e.g. "25%", or a number like 1'
+        raise _problem(f"must be a whole percentage from 0% to 100%, got {_show(value)}", fix)
+    raise _problem(
+        f"must be a whole number of replicas or a percentage, got {_show(value)}",
+        'use a number like 1 or a percentage in quotes like "25%"',
+    )
+
+
+MaxUnavailable = Annotated[int | str, BeforeValidator(_check_max_unavailable)]
 LinuxId = Annotated[StrictInt, AfterValidator(_between(0, MAX_ID, 1000))]
 
 
@@ -1778,6 +1806,10 @@ class WorkloadSpec(_Model):
     restart_policy: RestartPolicy = Field("Always", examples=["Always"])
     strategy: PlacementStrategy = Field("binpack", examples=["binpack"])
     min_available: MinAvailable | None = Field(None, examples=[1])
+    #: How many replicas may be unavailable at once while replicas are retired without a
+    #: ready replacement (a drain or rollout on a full cluster): a count or "25%" of
+    #: ``replicas`` (rounded down). Unset: no limit beyond ``min_available``.
+    max_unavailable: MaxUnavailable | None = Field(None, examples=[1, "25%"])
     container: ContainerSpec = Field(examples=[{"image": "cloudless/busybox:latest"}])
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, examples=[{"cpu": "100m", "memory": "64Mi"}]

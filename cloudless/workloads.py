@@ -18,7 +18,7 @@ from cloudless.model import Resources
 from cloudless.spec import ContainerSpec, Probe, Workload, parse_workload
 
 #: Spec fields that change how many replicas run or where, not what each replica is.
-_NOT_IN_TEMPLATE = ("replicas", "minAvailable", "strategy")
+_NOT_IN_TEMPLATE = ("replicas", "minAvailable", "maxUnavailable", "strategy")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class WorkloadView:
     name: str
     replicas: int
     min_available: int
+    #: As written in the spec (a count or "25%"); ``policies.disruption`` resolves it.
+    max_unavailable: int | str | None
     runtime: str
     strategy: str
     resources: Resources
@@ -62,6 +64,7 @@ def view_of(manifest: dict[str, Any]) -> WorkloadView:
         name=w.metadata.name,
         replicas=spec.replicas,
         min_available=spec.min_available or 0,
+        max_unavailable=spec.max_unavailable,
         runtime=spec.runtime,
         strategy=spec.strategy,
         resources=Resources(

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from cloudless.naming import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.workloads import WorkloadView, check_supported, scaled_manifest, view_of
+    from policies.disruption import resolve_max_unavailable, retire_budget
 
 MAX_HISTORY_EVENTS = 8_000
 MIN_BACKOFF = 1.0
@@ -68,6 +69,9 @@ BATCHED_STARTS = "run-replicas-batch"
 #: Patch: a clean exit under restartPolicy Never/OnFailure completes a replica (kept, its
 #: allocation released, never replaced) instead of failing it at start or leaving it Stopped.
 COMPLETIONS = "completed-replicas"
+#: Patch: retiring replicas without a ready replacement honours maxUnavailable as well as
+#: minAvailable, and counts ready replicas (not merely Running ones) as available.
+DISRUPTION_BUDGET = "disruption-budget"
 #: The batch retries each replica itself; a retry of the whole batch is for a lost worker.
 _BATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -192,11 +196,9 @@ class WorkloadWorkflow:
         if pending:
             unplaced = await self._place(pending)
             if unplaced and outdated:
-                # No room to surge: make room by retiring old replicas, but never below
-                # minAvailable running replicas; then retry.
-                running = sum(1 for r in self._replicas if r.phase == ReplicaPhase.RUNNING)
-                budget = max(0, running - view.min_available)
-                retire = outdated[: min(len(unplaced), budget)]
+                # No room to surge: make room by retiring old replicas, within the
+                # disruption budget (minAvailable, maxUnavailable); then retry.
+                retire = self._retirement(outdated, len(unplaced))
                 if retire:
                     await self._remove(retire)
                     outdated = [r for r in outdated if r not in retire]
@@ -221,6 +223,26 @@ class WorkloadWorkflow:
         else:
             self._backoff = 0.0
             self._message = ""
+
+    def _retirement(self, outdated: list[ReplicaRecord], room: int) -> list[ReplicaRecord]:
+        """Old replicas to stop before their replacements run, to free room for ``room``
+        unplaced ones. Only a full cluster gets here; the disruption budget
+        (``policies.disruption``) bounds how many *serving* replicas go. Old replicas that
+        serve nothing (not ready) cost no availability, so they go first."""
+        view = self._view
+        if not workflow.patched(DISRUPTION_BUDGET):
+            # Before maxUnavailable: Running replicas counted, minAvailable only.
+            running = sum(1 for r in self._replicas if r.phase == ReplicaPhase.RUNNING)
+            return outdated[: min(room, max(0, running - view.min_available))]
+        budget = retire_budget(
+            desired=view.replicas,
+            available=sum(1 for r in self._replicas if self._is_ready(r)),
+            min_available=view.min_available,
+            max_unavailable=resolve_max_unavailable(view.max_unavailable, view.replicas),
+        )
+        idle = [r for r in outdated if not self._is_ready(r) and not self._is_done(r)]
+        serving = [r for r in outdated if self._is_ready(r)]
+        return (idle + serving[:budget])[:room]
 
     async def _place(self, pending: list[ReplicaRecord]) -> list[ReplicaRecord]:
         view = self._view

@@ -442,8 +442,9 @@ def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
 
 @node_app.command("drain")
 def node_drain(name: str, reason: ReasonOpt = "") -> None:
-    """Move every replica elsewhere (replacements first, honouring minAvailable), then
-    mark the node Drained. Waits until the node is empty."""
+    """Move every replica elsewhere (replacements first; on a full cluster within each
+    workload's minAvailable/maxUnavailable), then mark the node Drained. Waits until the
+    node is empty."""
     _admin(name, "drain", reason, "drained")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from agent.runtime.exec import ExecDriver
@@ -31,6 +32,7 @@ from cloudless.devstack import (
     wait_until,
 )
 from cloudless.model import NodeState
+from cloudless.naming import workload_workflow_id
 from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
@@ -66,11 +68,15 @@ def record_pid(state: Path, role: str, pid: int) -> None:
     path.write_text(json.dumps(data))
 
 
-async def running(state: Path, workload_name: str) -> dict[str, list[str]]:
-    """replica id -> nodes whose agent reports it Running."""
+async def running(
+    state: Path, workload_name: str, skip: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """replica id -> nodes whose agent reports it Running (``skip``: agents that are down)."""
     material = TLSMaterial.load(state / "coordinator")
     out: dict[str, list[str]] = {}
     for a in DEV_AGENTS:
+        if a.name in skip:
+            continue
         address = f"127.0.0.1:{a.port + PORTS.agent_offset}"
         async with secure_channel(address, a.name, material.ca_pem, material) as ch:
             listed = await agent_pb2_grpc.AgentServiceStub(ch).ListReplicas(
@@ -80,6 +86,50 @@ async def running(state: Path, workload_name: str) -> dict[str, list[str]]:
             if r.phase == "Running":
                 out.setdefault(r.replica_id, []).append(a.name)
     return out
+
+
+#: Activities that place or start replicas: what "rescheduling in flight" means.
+PLACING = frozenset({"place_replicas", "run_replicas", "run_replica"})
+_CLOSED = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity_task_canceled_event_attributes",
+}
+
+
+async def open_activities(
+    temporal: Client, workflow_id: str, after_signal: str | None = None
+) -> tuple[list[str], list[str]]:
+    """(open, completed) activity types in a workflow's history, counting only those
+    scheduled after the first ``after_signal`` (if given). Read from the Temporal server,
+    not from a worker, so it works while the coordinator is dead and shows exactly what
+    was in flight when it died."""
+    history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+    counting = after_signal is None
+    scheduled: dict[int, str] = {}
+    completed: list[str] = []
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            name = e.workflow_execution_signaled_event_attributes.signal_name
+            counting = counting or name == after_signal
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and counting:
+            scheduled[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+        elif e.event_type in _CLOSED:
+            attrs = getattr(e, _CLOSED[e.event_type])
+            kind = scheduled.pop(attrs.scheduled_event_id, None)
+            if kind and e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                completed.append(kind)
+    return sorted(scheduled.values()), completed
+
+
+def ledger_matches(snapshot: Any, placed: dict[str, str], key: str, cpu_millis: int) -> None:
+    """The ledger's per-node allocations are exactly the replicas the workload places."""
+    for node in snapshot.nodes:
+        here = sum(1 for n in placed.values() if n == node.node_id)
+        assert node.workloads.get(key, 0) == here, (node.node_id, node.workloads, here)
+        assert node.allocated.cpu_millis == here * cpu_millis, (node.node_id, node.allocated)
+        assert node.replicas == here, (node.node_id, node.replicas)
 
 
 async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Path) -> None:
@@ -92,6 +142,10 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         name = "crashy"
         outcome = await client.apply(sleeper(name, 12), wait=False)
         kill9(state, "coordinator")  # mid-placement: the reconcile has just begun
+        # The history as the coordinator left it: the replicas had not been started.
+        wid = workload_workflow_id("default", name)
+        _open, done = await open_activities(client.temporal, wid)
+        assert "run_replicas" not in done, done  # killed before the workload settled
         pid = await asyncio.to_thread(spawn_coordinator, state, CLUSTER, PORTS)
         record_pid(state, "coordinator", pid)
 
@@ -128,9 +182,11 @@ async def restart_coordinator(state: Path) -> None:
     record_pid(state, "coordinator", pid)
 
 
-async def _settled_away(client: CloudlessClient, name: str, node: str, want: int) -> Any:
+async def _settled_away(
+    client: CloudlessClient, name: str, node: str, want: int, timeout: float = 120
+) -> Any:
     """The workload once ``want`` replicas are ready and none is on ``node``."""
-    deadline = asyncio.get_running_loop().time() + 120
+    deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status = await client.workload_status("default", name)
         if status.ready == want and all(r.node_id != node for r in status.replicas):
@@ -139,7 +195,7 @@ async def _settled_away(client: CloudlessClient, name: str, node: str, want: int
         await asyncio.sleep(0.25)  # polled: no event to await across a coordinator restart
 
 
-async def test_kill9_coordinator_mid_drain_and_mid_rescheduling(tmp_path: Path) -> None:
+async def test_kill9_coordinator_mid_drain(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     name = "drainy"
     try:
@@ -167,27 +223,74 @@ async def test_kill9_coordinator_mid_drain_and_mid_rescheduling(tmp_path: Path) 
         assert all(len(nodes) == 1 for nodes in live.values()), live
         assert set(live) == {r.replica_id for r in status.replicas}
 
-        # Mid-rescheduling: an agent dies, and so does the coordinator right after.
-        await client.node_admin("zone-b-1", "uncordon")
-        edge = next(a for a in DEV_AGENTS if a.name == "edge-1")
-        on_edge = {r.replica_id for r in status.replicas if r.node_id == edge.name}
+        await client.delete("default", name)
+        assert await running(state, name) == {}
+    finally:
+        await asyncio.to_thread(stop_processes, state)
+        for a in DEV_AGENTS:
+            d = state / "agents" / a.name
+            if (d / "replicas").exists():
+                drv = ExecDriver(a.name, d)
+                for s in await drv.list():
+                    await drv.stop(s.replica_id, 1.0)
+
+
+@pytest.mark.timeout(480)
+async def test_kill9_coordinator_mid_rescheduling(tmp_path: Path) -> None:
+    """An agent dies; once its node is Offline and the workload is placing or starting the
+    replacements, the coordinator is killed too. Temporal retries what was in flight once
+    its timeout expires (up to 2 minutes for a start), and the end state is exact."""
+    state = tmp_path / "stack"
+    name, cpu = "resched", 50  # sleeper's default request: 50m
+    try:
+        await asyncio.to_thread(start_processes, state, CLUSTER, ports=PORTS, runtimes=("exec",))
+        client = CloudlessClient(await connect_stack(state), CLUSTER)
+        for a in DEV_AGENTS:
+            assert await client.wait_node(a.name, timeout=60) is not None
+        outcome = await client.apply(sleeper(name, 9), wait=True, timeout=60)
+        assert outcome.status is not None and outcome.status.ready == 9
+        placed_on = [r.node_id for r in outcome.status.replicas]
+        # The node with the most replicas dies: they need a real move.
+        edge = max(DEV_AGENTS, key=lambda a: placed_on.count(a.name))
+        on_edge = {r.replica_id for r in outcome.status.replicas if r.node_id == edge.name}
+        assert on_edge, outcome.status.replicas
+
         kill9(state, f"agent/{edge.name}")
+        # Wait, through Temporal's history, for the node to be declared Offline (its
+        # workloads get ``replicas_lost``) and for a placement or start to be in flight.
+        wid = workload_workflow_id("default", name)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not PLACING & set((await open_activities(client.temporal, wid, "replicas_lost"))[0]):
+            assert asyncio.get_running_loop().time() < deadline, "no rescheduling seen"
+            await asyncio.sleep(0.01)  # polled: history changes are not pushed to clients
         kill9(state, "coordinator")
+        in_flight, _done = await open_activities(client.temporal, wid, "replicas_lost")
+        assert PLACING & set(in_flight), in_flight  # the kill landed mid-rescheduling
         record_pid(
             state, "coordinator", await asyncio.to_thread(spawn_coordinator, state, CLUSTER, PORTS)
         )
-        status = await _settled_away(client, name, edge.name, 9)
+
+        status = await _settled_away(client, name, edge.name, 9, timeout=300)
+        assert len(status.replicas) == 9, status.replicas
         assert not on_edge & {r.replica_id for r in status.replicas}  # replaced, not reused
-        # The agent returns: whatever was moved away is stopped, nothing runs twice.
+        live = await running(state, name, skip=(edge.name,))
+        assert all(len(nodes) == 1 for nodes in live.values()), live  # nothing doubled
+        placed = {r.replica_id: r.node_id for r in status.replicas}
+        assert {rid: nodes[0] for rid, nodes in live.items()} == placed  # nothing lost
+        ledger_matches(await client.snapshot(), placed, f"default/{name}", cpu)
+
+        # The agent returns: the copies that were replaced are stopped before it is Ready.
         proc, ready = await asyncio.to_thread(
             _spawn_agent, state, CLUSTER, PORTS, edge, ("exec",), None
         )
         record_pid(state, f"agent/{edge.name}", proc.pid)
-        await asyncio.to_thread(wait_until, ready.exists, "edge-1 to restart", 60, proc)
+        await asyncio.to_thread(wait_until, ready.exists, f"{edge.name} to restart", 60, proc)
         assert await client.wait_node(edge.name, [NodeState.READY], timeout=60) is not None
         live = await running(state, name)
-        assert all(len(nodes) == 1 for nodes in live.values()), live
-        assert set(live) == {r.replica_id for r in status.replicas}
+        assert {rid: nodes for rid, nodes in live.items()} == {
+            rid: [node] for rid, node in placed.items()
+        }  # exactly one process per replica id, where the workload placed it
+        ledger_matches(await client.snapshot(), placed, f"default/{name}", cpu)
         await client.delete("default", name)
         assert await running(state, name) == {}
     finally:

@@ -58,6 +58,7 @@ def full() -> Manifest:
             "restartPolicy": "Always",
             "strategy": "binpack",
             "minAvailable": 1,
+            "maxUnavailable": "25%",
             "container": {
                 "image": "cloudless/busybox:latest",
                 "command": ["httpd"],
@@ -175,6 +176,7 @@ def test_defaults() -> None:
         "binpack",
     )
     assert spec.min_available is None
+    assert spec.max_unavailable is None
     assert spec.resources == ResourceRequirements(cpu="100m", memory="64Mi", storage="0")
     assert (spec.resources.cpu_millis, spec.resources.memory_bytes) == (100, 64 * MI)
     assert spec.resources.storage_bytes == 0
@@ -206,6 +208,7 @@ def test_snake_and_camel_spellings_are_equivalent() -> None:
     snake["api_version"] = snake.pop("apiVersion")
     snake["spec"]["restart_policy"] = snake["spec"].pop("restartPolicy")
     snake["spec"]["min_available"] = snake["spec"].pop("minAvailable")
+    snake["spec"]["max_unavailable"] = snake["spec"].pop("maxUnavailable")
     snake["spec"]["container"]["working_dir"] = snake["spec"]["container"].pop("workingDir")
     port = snake["spec"]["container"]["ports"][0]
     port["container_port"] = port.pop("containerPort")
@@ -222,6 +225,7 @@ def test_to_manifest_is_canonical() -> None:
     manifest = parse_workload(full()).to_manifest()
     spec = manifest["spec"]
     assert "restartPolicy" in spec and "minAvailable" in spec
+    assert spec["maxUnavailable"] == "25%"
     assert spec["container"]["ports"][0]["containerPort"] == 8080
     assert spec["resources"] == {"cpu": "100m", "memory": "32Mi", "storage": "0"}
     security = spec["security_context"]
@@ -269,6 +273,12 @@ def test_to_manifest_is_canonical() -> None:
         ("spec.container.env", [{"name": "EMPTY", "value": ""}], None),
         ("spec.security_context.linux.selinux_options.level", "s0-s0:c0.c1023", None),
         ("spec.minAvailable", 1, lambda w: w.spec.min_available == 1),
+        ("spec.maxUnavailable", 0, lambda w: w.spec.max_unavailable == 0),
+        ("spec.maxUnavailable", 1000, lambda w: w.spec.max_unavailable == 1000),
+        ("spec.maxUnavailable", "0%", lambda w: w.spec.max_unavailable == "0%"),
+        ("spec.maxUnavailable", "25%", lambda w: w.spec.max_unavailable == "25%"),
+        ("spec.maxUnavailable", "100%", lambda w: w.spec.max_unavailable == "100%"),
+        ("spec.max_unavailable", 2, lambda w: w.spec.max_unavailable == 2),
     ],
 )
 def test_accepts(path: str, value: object, check: Callable[[Workload], bool] | None) -> None:
@@ -354,6 +364,15 @@ REJECTIONS: list[tuple[str, str, object, str, str]] = [
     ("strategy", "spec.strategy", "random", "", "binpack, spread"),
     ("min-available-neg", "spec.minAvailable", -1, "", "between"),
     ("min-available-high", "spec.minAvailable", 2, "", "must not exceed"),
+    ("max-unavailable-neg", "spec.maxUnavailable", -1, "", "between 0 and 1000"),
+    ("max-unavailable-high", "spec.maxUnavailable", 1001, "", "between 0 and 1000"),
+    ("max-unavailable-bool", "spec.maxUnavailable", True, "", '"25%"'),
+    ("max-unavailable-float", "spec.maxUnavailable", 0.5, "", "whole number of replicas"),
+    ("max-unavailable-pct-high", "spec.maxUnavailable", "150%", "", "0% to 100%"),
+    ("max-unavailable-pct-frac", "spec.maxUnavailable", "12.5%", "", "whole percentage"),
+    ("max-unavailable-pct-space", "spec.maxUnavailable", "25 %", "", "e.g. \"25%\""),
+    ("max-unavailable-digits", "spec.maxUnavailable", "2", "", "without quotes"),
+    ("max-unavailable-snake", "spec.max_unavailable", "x", "", "percentage"),
     ("container-missing", BOX, ..., "", "required"),
     ("container-str", BOX, "busybox", "", "mapping"),
     ("image-missing", f"{BOX}.image", ..., "", "runtime is docker"),
@@ -753,6 +772,10 @@ def manifests(draw: st.DrawFn) -> Manifest:
     }
     if draw(st.booleans()):
         spec["minAvailable"] = draw(st.integers(0, replicas))
+    if draw(st.booleans()):
+        spec["maxUnavailable"] = draw(
+            st.integers(0, 1000) | st.integers(0, 100).map(lambda n: f"{n}%")
+        )
     return {
         "apiVersion": "cloudless.dev/v1",
         "kind": "Workload",
@@ -813,3 +836,24 @@ def test_spec_hash_changes_with_the_spec(manifest: Manifest, replicas: int) -> N
     changed = parse_workload(put(manifest, "spec.replicas", replicas))
     assert changed.spec_hash() != original.spec_hash()
     assert changed.key == original.key
+
+
+def test_max_unavailable_is_not_part_of_the_template() -> None:
+    """Changing the disruption budget changes the spec (a new generation) but no replica:
+    it is about how replicas are replaced, not what one is."""
+    from cloudless.workloads import template_hash
+
+    base = parse_workload(minimal())
+    with_budget = parse_workload(put(minimal(), "spec.maxUnavailable", "25%"))
+    assert with_budget.spec_hash() != base.spec_hash()
+    assert template_hash(with_budget) == template_hash(base)
+
+
+@FAST
+@given(st.integers(0, 1000) | st.integers(0, 100).map(lambda n: f"{n}%"))
+def test_max_unavailable_round_trips_as_written(value: int | str) -> None:
+    camel = parse_workload(put(minimal(), "spec.maxUnavailable", value))
+    snake = parse_workload(put(minimal(), "spec.max_unavailable", value))
+    assert camel == snake and camel.spec.max_unavailable == value
+    assert camel.to_manifest()["spec"]["maxUnavailable"] == value
+    assert parse_workload(camel.to_manifest()) == camel
