@@ -16,12 +16,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import hvac
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio.testing import WorkflowEnvironment
 
 from cloudless import tls
@@ -248,6 +253,82 @@ async def test_only_admins_manage_and_nodes_need_a_placed_replica(
     real_ca = CertificateAuthority.load(cluster.coordinator_dir).cert_pem
     async with SecretsClient(cluster.agent_gateway, tls.TLSMaterial(key, cert, real_ca)) as mallory:
         await expect(grpc.StatusCode.UNAVAILABLE, mallory.list_secrets())
+
+
+def _forged_client(cluster: LocalCluster, uri: str | None) -> SecretsClient:
+    """A client whose certificate the cluster CA signed but which names ``uri`` (another
+    cluster's identity) or no Cloudless identity at all (``None``). Our CA refuses to
+    issue either; a CA shared by several clusters (an enterprise CA) would not."""
+    ca = CertificateAuthority.load(cluster.coordinator_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName("intruder")]
+    if uri is not None:
+        sans.append(x509.UniformResourceIdentifier(uri))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")]))
+        .issuer_name(ca._cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca._key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    material = tls.TLSMaterial(key_pem, cert.public_bytes(serialization.Encoding.PEM), ca.cert_pem)
+    return SecretsClient(cluster.agent_gateway, material)
+
+
+async def test_every_denial_is_audited_with_actor_source_and_reason(
+    admin: SecretsClient, cluster: LocalCluster
+) -> None:
+    ns = f"deny-{uuid.uuid4().hex[:6]}"
+    await admin.create(ns, "db", {"K": PASSWORD}, ["app"])
+    token = (await admin.token(ns, "db", "app")).token
+    foreign = "cloudless://other-cluster/admin/mallory"
+    async with _forged_client(cluster, foreign) as mallory:
+        await expect(grpc.StatusCode.UNAUTHENTICATED, mallory.list_secrets(ns))
+        msg = await expect(grpc.StatusCode.UNAUTHENTICATED, mallory.get(ns, "db", token))
+        assert "not one of cluster other-cluster" in msg
+    async with _forged_client(cluster, None) as nobody:
+        await expect(grpc.StatusCode.UNAUTHENTICATED, nobody.get(ns, "db", token))
+    node_id = Identity(cluster=cluster.cluster, role="node", name="n-deny")
+    async with _client_for(cluster, node_id) as node:
+        await expect(grpc.StatusCode.PERMISSION_DENIED, node.update(ns, "db", {"K": b"x"}))
+        await expect(
+            grpc.StatusCode.PERMISSION_DENIED,
+            node.audit(secrets_pb2.GetSecretAuditLogRequest(namespace=ns)),
+        )
+    # The denials answered only after they were fsynced: read the files, not a cache.
+    denied = {
+        (e.operation, e.actor): e
+        for e in await admin.audit(
+            secrets_pb2.GetSecretAuditLogRequest(namespace=ns, outcome="DENIED")
+        )
+    }
+    assert set(denied) == {
+        ("LIST", foreign),
+        ("ACCESS", foreign),
+        ("ACCESS", "anonymous"),
+        ("UPDATE", node_id.uri()),
+        ("AUDIT", node_id.uri()),
+    }
+    assert "not one of cluster other-cluster" in denied["ACCESS", foreign].reason
+    assert "names no Cloudless identity" in denied["ACCESS", "anonymous"].reason
+    assert "needs an admin certificate" in denied["UPDATE", node_id.uri()].reason
+    for e in denied.values():
+        assert e.source.startswith("ipv4:127.0.0.1:"), e.source
+        assert e.name in ("db", "") and e.namespace == ns
+    raw = b"".join(p.read_bytes() for p in (cluster.coordinator_dir / "audit").iterdir())
+    assert token.encode() not in raw and PASSWORD not in raw
 
 
 async def test_list_and_audit_log(admin: SecretsClient, cluster: LocalCluster) -> None:
