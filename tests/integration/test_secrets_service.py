@@ -37,6 +37,7 @@ from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.testing.cluster import LocalCluster
 from cloudless.transit.testing import transit_server
+from workers import secrets as secrets_worker
 from workers.secrets import SecretsServicer
 
 pytestmark = [pytest.mark.temporal]
@@ -393,13 +394,18 @@ async def test_no_value_in_temporal_history_logs_or_on_disk(
 
 
 async def test_rotation_rewraps_every_data_key_while_reads_continue(
-    admin: SecretsClient, cluster: LocalCluster, transit: Any
+    admin: SecretsClient, cluster: LocalCluster, transit: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = [name() for _ in range(12)]
     for n in names:
         await admin.create("rot", n, {"K": n.encode()}, ["app"])
     tokens = {n: (await admin.token("rot", n, "app")).token for n in names}
     before = await admin.key_info()
+    # Every read during the rotation misses the coordinator's record cache: it queries the
+    # secret's workflow, so it sees each rewrapped key as it lands and unwraps it through
+    # transit (a warm cache would serve the pre-rotation record throughout).
+    monkeypatch.setattr(secrets_worker, "RECORD_TTL", 0.0)
+    servicer: SecretsServicer = cluster.coordinator.secrets_runtime.servicer  # type: ignore[attr-defined]
     errors: list[BaseException] = []
     reads = 0
     stop = asyncio.Event()
@@ -430,6 +436,9 @@ async def test_rotation_rewraps_every_data_key_while_reads_continue(
     assert after.last_rotation.state == "Done"
     for meta in await admin.list_secrets("rot"):
         assert meta.key_version == progress.target_version
+    # Reads during the rotation unwrapped rewrapped (new-version) data keys through transit.
+    rewrapped = {w for w in servicer._data_keys if w.startswith(f"vault:v{after.latest_version}:")}
+    assert len(rewrapped) >= len(names)
     # Reads work on a cold cache (keys unwrapped by transit under the new version).
     async with (
         second_service(cluster) as address,
