@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,6 +127,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._fd = -1
         self._fd_day = ""
+        self._day_cache = (0.0, _day(0.0))  # (start of a UTC day, its name)
         self._dirty = False
         self._stop = threading.Event()
         self._interval = fsync_interval
@@ -204,12 +205,23 @@ class AuditLog:
             os.close(fd)
 
     def append(self, entry: AuditEntry) -> None:
-        line = json.dumps(asdict(entry), separators=(",", ":")).encode() + b"\n"
+        # ``__dict__``, not ``asdict``: the fields are flat, and asdict's deep copy was
+        # most of the ~30 µs an ACCESS record cost on the GetSecret hot path.
+        line = json.dumps(entry.__dict__, separators=(",", ":")).encode() + b"\n"
         with self._lock:
-            fd = self._segment_fd(_day(entry.time))
+            fd = self._segment_fd(self._day_of(entry.time))
             os.write(fd, line)
             self._written += 1
             self._dirty = True
+
+    def _day_of(self, moment: float) -> str:
+        """``_day(moment)``, formatted once per UTC day instead of once per record."""
+        start, name = self._day_cache
+        if not start <= moment < start + 86_400:
+            start = moment - moment % 86_400
+            name = _day(start)
+            self._day_cache = (start, name)
+        return name
 
     def _segment_fd(self, day: str) -> int:
         if day != self._fd_day:
