@@ -127,10 +127,9 @@ def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity
     cached (bounded, oldest evicted first). This skips only the re-parsing: the TLS
     handshake still verified this connection's chain and validity before any RPC ran.
     """
-    pems: list[bytes] = context.auth_context().get("x509_pem_cert") or []
-    if not pems:
+    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    if pem is None:
         return None
-    pem = pems[0]
     try:
         return _identities[pem]
     except KeyError:
