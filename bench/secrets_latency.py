@@ -12,7 +12,8 @@ after a warm-up:
   (an agent cache miss); ``get cold``: coordinator caches dropped before every call
   (Temporal query + transit unwrap); ``get handler``: the warm path without gRPC.
 - ``get agent cache hit``: the agent-side SecretStore answering from memory.
-- throughput: ``--procs`` client processes issuing GetSecret for ``--seconds``.
+- throughput: ``--procs`` client processes issuing GetSecret for ``--seconds``, and the
+  same load against a no-op GetSecret (the ceiling of the gRPC stack on this machine).
 
 Baseline in the same run: a no-op GetSecret on an identical gRPC+mTLS server, the floor
 any RPC pays on this machine (``ratio_p50_vs_baseline``).
@@ -187,43 +188,19 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
 
-            ctx = multiprocessing.get_context("spawn")
-            queue = ctx.Queue()
-            procs = [
-                ctx.Process(
-                    target=load_worker,
-                    args=(
-                        cluster.agent_gateway,
-                        str(cluster.root / "admin"),
-                        token,
-                        args.seconds,
-                        queue,
-                    ),
-                )
-                for _ in range(args.procs)
-            ]
-            for p in procs:
-                p.start()
-            total = 0
-            for _ in procs:
-                total += await asyncio.to_thread(queue.get)
-            for p in procs:
-                p.join()
-            rate = total / args.seconds
+            admin_dir = str(cluster.root / "admin")
+            total = await throughput(cluster.agent_gateway, admin_dir, token, args)
             results.append(
-                {
-                    "metric": "GetSecret throughput (warm), coordinator requests/s",
-                    "unit": "req/s",
-                    "p50": round(rate, 1),
-                    "p95": round(rate, 1),
-                    "p99": round(rate, 1),
-                    "n": total,
-                    "parameters": {
-                        "procs": args.procs,
-                        "in_flight": 16 * args.procs,
-                        "seconds": args.seconds,
-                    },
-                }
+                rate_row("GetSecret throughput (warm), coordinator requests/s", total, args)
+            )
+            # The ceiling: the same load against a no-op GetSecret on the same stack.
+            base_server, base_addr = await noop_server(
+                tls.TLSMaterial.load(cluster.coordinator_dir)
+            )
+            floor_total = await throughput(base_addr, admin_dir, token, args)
+            await base_server.stop(None)
+            results.append(
+                rate_row("baseline: no-op GetSecret throughput, requests/s", floor_total, args)
             )
             await admin.close()
             await cluster.close()
@@ -240,6 +217,38 @@ async def main(args: argparse.Namespace) -> None:
         ),
     )
     print(f"wrote {path}")
+
+
+async def throughput(address: str, admin_dir: str, token: str, args: argparse.Namespace) -> int:
+    """GetSecret calls answered by ``address`` in ``args.seconds`` from ``args.procs``
+    client processes (16 in flight each)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=load_worker, args=(address, admin_dir, token, args.seconds, queue))
+        for _ in range(args.procs)
+    ]
+    for p in procs:
+        p.start()
+    total = 0
+    for _ in procs:
+        total += await asyncio.to_thread(queue.get)
+    for p in procs:
+        p.join()
+    return total
+
+
+def rate_row(metric: str, total: int, args: argparse.Namespace) -> dict[str, Any]:
+    rate = round(total / args.seconds, 1)
+    return {
+        "metric": metric,
+        "unit": "req/s",
+        "p50": rate,
+        "p95": rate,
+        "p99": rate,
+        "n": total,
+        "parameters": {"procs": args.procs, "in_flight": 16 * args.procs, "seconds": args.seconds},
+    }
 
 
 async def agent_cache(cluster: LocalCluster, n: int) -> tuple[list[float], list[float]]:

@@ -36,7 +36,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from cloudless.errors import CloudlessError
+from cloudless.errors import CloudlessError, ConfigError
 from cloudless.transit.client import TransitSettings, transit_mount, transit_settings
 
 #: The transit key that wraps every payload data key.
@@ -63,6 +63,11 @@ NO_TRANSIT_HINT = (
     f"payload is encrypted with transit key {PAYLOAD_KEY}; this process has no transit "
     "access: set VAULT_ADDR/VAULT_TOKEN (or --state-dir to the dev stack's state directory)"
 )
+
+
+#: The explicit, loudly named opt-out from payload encryption (tests that say so only).
+ENV_INSECURE_PLAINTEXT = "CLOUDLESS_INSECURE_PLAINTEXT_PAYLOADS"
+INSECURE_PLAINTEXT_FLAG = "--insecure-plaintext-payloads"
 
 
 class PayloadCodecError(CloudlessError):
@@ -351,3 +356,38 @@ def codec_for(settings: TransitSettings | None, **options: Any) -> TransitPayloa
     if settings is None:
         return None
     return TransitPayloadCodec(TransitDataKeySource(settings.client()), **options)
+
+
+def insecure_plaintext_requested() -> bool:
+    """Whether ``CLOUDLESS_INSECURE_PLAINTEXT_PAYLOADS`` asks for the opt-out (1/true/yes)."""
+    return os.environ.get(ENV_INSECURE_PLAINTEXT, "").strip().lower() in ("1", "true", "yes")
+
+
+def missing_codec_error(who: str) -> ConfigError:
+    """Why ``who`` refuses to talk to Temporal without a codec, and the ways out."""
+    return ConfigError(
+        f"{who} refuses to run without the payload codec: no transit is configured, so "
+        "workflow inputs, results and failure messages would reach Temporal in plaintext. "
+        "Set VAULT_ADDR and VAULT_TOKEN (Vault, OpenBao or cloudless-transit), or run "
+        "cloudless-transit under the state directory (--state-dir, so that "
+        "<state-dir>/transit/root-token and address exist; `cloudlessctl dev up` does this). "
+        f"Only for throwaway test clusters: {INSECURE_PLAINTEXT_FLAG} "
+        f"({ENV_INSECURE_PLAINTEXT}=1)"
+    )
+
+
+def require_codec(
+    codec: PayloadCodec | None, *, who: str, insecure_plaintext: bool = False
+) -> PayloadCodec | None:
+    """Fail closed: ``codec``, or None only when the caller explicitly opted out.
+
+    Security is not optional: a process that silently wrote plaintext because transit was
+    not configured would put every manifest and secret's metadata into Temporal's
+    database, backups and UI. The opt-out exists for tests that run without transit and
+    say so; it is logged loudly by the caller.
+    """
+    if codec is not None:
+        return codec
+    if insecure_plaintext:
+        return None
+    raise missing_codec_error(who)

@@ -7,7 +7,6 @@ peer is authenticated by name, not by whichever address it happens to have today
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +114,31 @@ def secure_channel(
     )
 
 
+#: Peer certificates (PEM bytes as TLS reported them) -> their identity; None: none.
+_identities: dict[bytes, Identity | None] = {}
+IDENTITY_CACHE_SIZE = 4096
+
+
 def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
-    """The cluster identity of the peer's verified client certificate, if it sent one."""
-    auth = context.auth_context()
-    pems: Iterable[bytes] = auth.get("x509_pem_cert", [])
-    for pem in pems:
-        try:
-            return identity_from_cert(pem)
-        except PKIError:
-            return None
-    return None
+    """The cluster identity of the peer's verified client certificate, if it sent one.
+
+    Every RPC asks, and parsing the certificate costs about 20 µs, a noticeable share of
+    a warm GetSecret. The identity is a pure function of the certificate's bytes, so it is
+    cached (bounded, oldest evicted first). This skips only the re-parsing: the TLS
+    handshake still verified this connection's chain and validity before any RPC ran.
+    """
+    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    if pem is None:
+        return None
+    try:
+        return _identities[pem]
+    except KeyError:
+        pass
+    try:
+        identity: Identity | None = identity_from_cert(pem)
+    except PKIError:
+        identity = None
+    if len(_identities) >= IDENTITY_CACHE_SIZE:
+        del _identities[next(iter(_identities))]
+    _identities[pem] = identity
+    return identity

@@ -34,7 +34,12 @@ from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
-from cloudless.codec import transit_codec
+from cloudless.codec import (
+    ENV_INSECURE_PLAINTEXT,
+    INSECURE_PLAINTEXT_FLAG,
+    require_codec,
+    transit_codec,
+)
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.gcpolicy import GcPolicy
@@ -221,7 +226,10 @@ class Coordinator:
     audit: AuditLog | None = None
     secrets_runtime: SecretsRuntime | None = None
     #: The client's payload codec; with ``codec_server`` the UI can decode through us.
+    #: Required: without it ``start`` refuses, unless ``insecure_plaintext_payloads``.
     codec: PayloadCodec | None = None
+    #: The explicit opt-out from payload encryption, for tests that run without transit.
+    insecure_plaintext_payloads: bool = False
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
     #: The process's garbage-collector policy (``cloudless.gcpolicy``); the process entry
@@ -229,6 +237,7 @@ class Coordinator:
     gc_policy: GcPolicy | None = None
 
     async def start(self) -> None:
+        self._check_codec()
         pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
         if self.codec is not None and self.codec_server is not None:
             self._codec_http = _start_codec_server(
@@ -346,6 +355,18 @@ class Coordinator:
             await ledger.scheduler.current()
         except Exception as err:  # the first placement loads it instead
             log.warning("scheduler.index_not_warmed", error=str(err))
+
+    def _check_codec(self) -> None:
+        """Fail closed before anything is written: no codec, no start (unless opted out)."""
+        require_codec(
+            self.codec, who="the coordinator", insecure_plaintext=self.insecure_plaintext_payloads
+        )
+        if self.codec is None:
+            log.warning(
+                "coordinator.INSECURE_PLAINTEXT_PAYLOADS",
+                detail="payload encryption is off: workflow payloads reach Temporal in "
+                "plaintext; never run a real cluster like this",
+            )
 
     async def _start_secrets(self) -> SecretsRuntime | None:
         if self.transit is None:
@@ -471,6 +492,14 @@ def main_command(
             help="Quiet time with nothing left to rewrap before old key versions are disabled.",
         ),
     ] = 30.0,
+    insecure_plaintext_payloads: Annotated[
+        bool,
+        typer.Option(
+            INSECURE_PLAINTEXT_FLAG,
+            envvar=ENV_INSECURE_PLAINTEXT,
+            help="Run WITHOUT payload encryption (plaintext in Temporal). Tests only.",
+        ),
+    ] = False,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
@@ -502,6 +531,7 @@ def main_command(
                     rotation_batch_interval=rotation_batch_interval,
                     rotation_settle_seconds=rotation_settle_seconds,
                 ),
+                insecure_plaintext_payloads,
             )
         )
     except CloudlessError as err:
@@ -520,12 +550,16 @@ async def _run(
     suspect_grace: float = 1.0,
     codec_server: CodecServerConfig | None = None,
     secrets: SecretsSettings | None = None,
+    insecure_plaintext_payloads: bool = False,
 ) -> None:
     secrets = secrets or SecretsSettings()
     transit = transit_settings(state_dir)
-    codec = transit_codec(state_dir)  # on whenever transit is configured
-    if codec is None:
-        log.warning("coordinator.payloads_unencrypted", hint="set VAULT_ADDR and VAULT_TOKEN")
+    # Refuse before connecting: nothing may reach Temporal without the codec.
+    codec = require_codec(
+        transit_codec(state_dir),
+        who="cloudless-coordinator",
+        insecure_plaintext=insecure_plaintext_payloads,
+    )
     try:
         client = await connect(address, namespace, wait=10, codec=codec)
     except RuntimeError as err:
@@ -541,6 +575,7 @@ async def _run(
         heartbeat_ttl=heartbeat_ttl,
         suspect_grace=suspect_grace,
         codec=codec,
+        insecure_plaintext_payloads=insecure_plaintext_payloads,
         codec_server=codec_server,
         transit=transit.client() if transit else None,
         key_rotation_interval=secrets.rotation_interval,

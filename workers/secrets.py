@@ -6,7 +6,8 @@ only. The hot read path (GetSecret with a warm cache) touches neither Temporal n
 transit: records, unwrapped data keys and decrypted values are cached in this process's
 memory, invalidated by local writes and bounded by a short TTL for writes made through
 another coordinator. Every operation and denial is written to the audit log before the
-RPC answers. See docs/design/secrets.md.
+RPC answers; mutations and denials are also fsynced first (group commit, see
+cloudless/secrets/audit.py). See docs/design/secrets.md.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ MAX_DATA_BYTES = 1 << 20  # 1 MiB of values per secret, as Kubernetes
 MAX_AUDIENCES = 32
 DATA_KEY_CACHE = 10_000
 RPC_TIMEOUT = timedelta(seconds=15)
+#: The audit actor of a caller whose certificate names no Cloudless identity.
+ANONYMOUS = "anonymous"
 
 _CODE_BY_TYPE = {
     "NotFound": grpc.StatusCode.NOT_FOUND,
@@ -202,39 +205,51 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _caller(self, context: Context) -> Identity:
+    async def _caller(self, context: Context, op: str, **fields: Any) -> Identity:
+        """The caller's certificate identity, or an audited UNAUTHENTICATED refusal.
+
+        The TLS handshake already proved the certificate chains to the cluster CA; what is
+        left is that it names an identity of *this* cluster (one CA may sign for several).
+        A refusal is audited like any other: the actor is what the certificate claimed,
+        or ``anonymous`` when it claimed no Cloudless identity.
+        """
         identity = tls.peer_identity(context)
-        if identity is None or identity.cluster != self._cluster:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"a client certificate of cluster {self._cluster} is required",
-            )
-            raise AssertionError("unreachable")
-        return identity
+        if identity is not None and identity.cluster == self._cluster:
+            return identity
+        required = f"a client certificate of cluster {self._cluster} is required"
+        if identity is None:
+            actor = ANONYMOUS
+            reason = f"{required}; the caller's certificate names no Cloudless identity"
+        else:
+            actor = identity.uri()
+            reason = f"{required}, not one of cluster {identity.cluster}"
+        await self._deny(context, op, actor, grpc.StatusCode.UNAUTHENTICATED, reason, **fields)
+        raise AssertionError("unreachable")
 
     async def _deny(
         self,
         context: Context,
         op: str,
-        caller: Identity | None,
+        caller: Identity | str,
         code: grpc.StatusCode,
         reason: str,
         **fields: Any,
     ) -> None:
+        """Audit the refusal (durably, before answering), log it, abort the RPC.
+
+        ``caller`` is the verified identity, or the actor string of an unauthenticated one.
+        ``reason`` and ``fields`` never hold a value or a token (token ids only).
+        """
         outcome = (
             "FAILED"
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
             else "DENIED"
         )
-        self._audit.record(
-            op,
-            outcome,
-            caller.uri() if caller else "",
-            source=context.peer(),
-            reason=reason,
-            **fields,
+        actor = caller.uri() if isinstance(caller, Identity) else caller
+        await self._audit.commit(op, outcome, actor, source=context.peer(), reason=reason, **fields)
+        log.info(
+            "secrets.refused", operation=op, code=code.name, actor=actor, reason=reason, **fields
         )
-        log.info("secrets.refused", operation=op, code=code.name, reason=reason, **fields)
         await context.abort(code, reason)
 
     async def _guard(
@@ -396,7 +411,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.CreateSecretRequest, context: Context
     ) -> secrets_pb2.CreateSecretResponse:
         op, ns, name = "CREATE", request.namespace, request.name
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name)
         await self._require_admin(context, op, caller, namespace=ns, name=name)
         await self._check_ref(context, op, caller, ns, name)
         audiences = list(request.audiences)
@@ -408,7 +423,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             context, op, caller, self._create(caller, request, audiences), namespace=ns, name=name
         )
         self._changed(ns, name)
-        self._audit.record(
+        await self._audit.commit(
             op, "ALLOWED", caller.uri(), source=context.peer(), namespace=ns, name=name, version=1
         )
         return secrets_pb2.CreateSecretResponse(metadata=_metadata(record))
@@ -454,7 +469,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.GetSecretRequest, context: Context
     ) -> secrets_pb2.GetSecretResponse:
         op, ns, name = "ACCESS", request.namespace, request.name
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name)
         response = await self._guard(
             context, op, caller, self._get(caller, request, context.peer()), namespace=ns, name=name
         )
@@ -513,7 +528,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.UpdateSecretRequest, context: Context
     ) -> secrets_pb2.UpdateSecretResponse:
         op, ns, name = "UPDATE", request.namespace, request.name
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name)
         await self._require_admin(context, op, caller, namespace=ns, name=name)
         await self._check_ref(context, op, caller, ns, name)
         problems = _data_problems(request.data)
@@ -522,7 +537,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             context, op, caller, self._update(request), namespace=ns, name=name
         )
         self._changed(ns, name)
-        self._audit.record(
+        await self._audit.commit(
             op,
             "ALLOWED",
             caller.uri(),
@@ -566,7 +581,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.DeleteSecretRequest, context: Context
     ) -> secrets_pb2.DeleteSecretResponse:
         op, ns, name = "DELETE", request.namespace, request.name
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name)
         await self._require_admin(context, op, caller, namespace=ns, name=name)
         await self._check_ref(context, op, caller, ns, name)
         await self._guard(
@@ -582,7 +597,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             name=name,
         )
         self._changed(ns, name)
-        self._audit.record(
+        await self._audit.commit(
             op, "ALLOWED", caller.uri(), source=context.peer(), namespace=ns, name=name
         )
         return secrets_pb2.DeleteSecretResponse(deleted=True)
@@ -591,7 +606,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.ListSecretsRequest, context: Context
     ) -> secrets_pb2.ListSecretsResponse:
         op, ns = "LIST", request.namespace
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns)
         await self._require_admin(context, op, caller, namespace=ns)
         if ns and not is_dns_label(ns):
             await self._deny(
@@ -622,7 +637,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.GenerateAccessTokenRequest, context: Context
     ) -> secrets_pb2.GenerateAccessTokenResponse:
         op, ns, name = "GENERATE_TOKEN", request.namespace, request.name
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name)
         await self._check_ref(context, op, caller, ns, name)
         claims, token = await self._guard(
             context, op, caller, self._mint(caller, request), namespace=ns, name=name
@@ -706,7 +721,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.RevokeAccessTokenRequest, context: Context
     ) -> secrets_pb2.RevokeAccessTokenResponse:
         op, ns, name, jti = "REVOKE", request.namespace, request.name, request.token_id
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=ns, name=name, token_id=jti)
         await self._require_admin(context, op, caller, namespace=ns, name=name, token_id=jti)
         await self._check_ref(context, op, caller, ns, name)
         if not jti or len(jti) > 128:
@@ -734,7 +749,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         )
         self._leases.pop(jti, None)
         self._entries.pop(f"{ns}/{name}", None)
-        self._audit.record(
+        await self._audit.commit(
             op,
             "ALLOWED",
             caller.uri(),
@@ -749,7 +764,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.GetSecretAuditLogRequest, context: Context
     ) -> secrets_pb2.GetSecretAuditLogResponse:
         op = "AUDIT"
-        caller = await self._caller(context)
+        caller = await self._caller(context, op, namespace=request.namespace)
         await self._require_admin(context, op, caller, namespace=request.namespace)
         q = AuditQuery(
             namespace=request.namespace,
@@ -772,7 +787,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.GetMasterKeyInfoRequest, context: Context
     ) -> secrets_pb2.GetMasterKeyInfoResponse:
         op = "KEY_INFO"
-        caller = await self._caller(context)
+        caller = await self._caller(context, op)
         await self._require_admin(context, op, caller)
         info = await self._guard(context, op, caller, asyncio.to_thread(self._master.ensure))
         response = secrets_pb2.GetMasterKeyInfoResponse(
@@ -791,7 +806,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self, request: secrets_pb2.RotateMasterKeyRequest, context: Context
     ) -> secrets_pb2.RotateMasterKeyResponse:
         op = "ROTATE"
-        caller = await self._caller(context)
+        caller = await self._caller(context, op)
         await self._require_admin(context, op, caller)
         if self._rotation is None:
             await self._deny(
@@ -804,7 +819,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             raise AssertionError("unreachable")
         progress = await self._guard(context, op, caller, self._rotation.rotate(wait=request.wait))
         self._entries.clear()  # records now carry rewrapped keys
-        self._audit.record(
+        await self._audit.commit(
             op,
             "ALLOWED",
             caller.uri(),

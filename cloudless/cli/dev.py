@@ -9,7 +9,7 @@ from pathlib import Path
 from cloudless import devstack
 from cloudless.cli.output import console, workloads_table
 from cloudless.client import CloudlessClient
-from cloudless.codec import codec_for
+from cloudless.codec import codec_for, require_codec
 from cloudless.errors import CloudlessError
 from cloudless.model import NodeState
 from cloudless.spec import ManifestError, load_manifest_file
@@ -80,7 +80,9 @@ def dev_up(
 
     async def apply() -> None:
         # The stack's own transit, even if the shell points VAULT_* at another one.
-        codec = codec_for(embedded_transit_settings(state_dir))
+        codec = require_codec(
+            codec_for(embedded_transit_settings(state_dir)), who="cloudlessctl dev up"
+        )
         temporal = await connect(f"127.0.0.1:{state.ports['temporal']}", codec=codec)
         client = CloudlessClient(temporal, cluster)
         for agent in devstack.DEV_AGENTS:

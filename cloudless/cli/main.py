@@ -30,7 +30,12 @@ from cloudless.cli.output import (
 from cloudless.cli.secrets import app as secrets_app
 from cloudless.cli.settings import settings
 from cloudless.client import CloudlessClient
-from cloudless.codec import transit_codec
+from cloudless.codec import (
+    ENV_INSECURE_PLAINTEXT,
+    INSECURE_PLAINTEXT_FLAG,
+    require_codec,
+    transit_codec,
+)
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
@@ -77,11 +82,20 @@ def _global(
     state_dir: Annotated[
         Path, typer.Option(envvar=config.ENV_STATE_DIR, help="Local state directory.")
     ] = Path(".cloudless"),
+    insecure_plaintext_payloads: Annotated[
+        bool,
+        typer.Option(
+            INSECURE_PLAINTEXT_FLAG,
+            envvar=ENV_INSECURE_PLAINTEXT,
+            help="Talk to Temporal WITHOUT payload encryption (plaintext). Tests only.",
+        ),
+    ] = False,
 ) -> None:
     settings.temporal_address = temporal_address
     settings.temporal_namespace = temporal_namespace
     settings.cluster = cluster
     settings.state_dir = state_dir.resolve()
+    settings.insecure_plaintext_payloads = insecure_plaintext_payloads
 
 
 def fail(message: str) -> typer.Exit:
@@ -94,7 +108,12 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
     """Connect, run ``fn`` and turn every expected failure into a one-line error."""
 
     async def go() -> T:
-        codec = transit_codec(settings.state_dir)  # encrypt whenever transit is configured
+        # Fail closed: without transit nothing is sent, unless explicitly opted out.
+        codec = require_codec(
+            transit_codec(settings.state_dir),
+            who="cloudlessctl",
+            insecure_plaintext=settings.insecure_plaintext_payloads,
+        )
         try:
             temporal = await connect(
                 settings.temporal_address, settings.temporal_namespace, codec=codec

@@ -17,6 +17,8 @@ class Settings:
     temporal_namespace: str = config.DEFAULT_TEMPORAL_NAMESPACE
     cluster: str = config.DEFAULT_CLUSTER
     state_dir: Path = Path(".cloudless")
+    #: ``--insecure-plaintext-payloads``: talk to Temporal without the payload codec.
+    insecure_plaintext_payloads: bool = False
 
 
 settings = Settings()

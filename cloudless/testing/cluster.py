@@ -89,7 +89,8 @@ class LocalCluster:
     With ``encrypt_payloads`` (the default) payloads are encrypted by the transit codec
     (through ``transit`` if given, else an in-thread ``cloudless-transit``): ``client`` is
     replaced at start by one sharing the given client's connection but encrypting, as
-    every Cloudless process does once transit is configured.
+    every Cloudless process does once transit is configured. ``encrypt_payloads=False``
+    is the coordinator's explicit plaintext opt-out (``--insecure-plaintext-payloads``).
     """
 
     client: Client
@@ -129,6 +130,7 @@ class LocalCluster:
             suspect_grace=self.suspect_grace,
             transit=self.transit,
             codec=self.codec,
+            insecure_plaintext_payloads=not self.encrypt_payloads,
             **self.coordinator_options,
         )
         await coordinator.start()
@@ -162,6 +164,7 @@ class LocalCluster:
             suspect_grace=self.suspect_grace,
             transit=self.transit,
             codec=self.codec,
+            insecure_plaintext_payloads=not self.encrypt_payloads,
             **self.coordinator_options,
         )
         await coordinator.start()

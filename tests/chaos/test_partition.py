@@ -82,6 +82,9 @@ async def test_partitioned_agent_replicas_move_and_come_back_clean(
         "CLOUDLESS_TEMPORAL_ADDRESS": f"127.0.0.1:{tport}",
         "CLOUDLESS_CLUSTER": cluster,
         "CLOUDLESS_STATE_DIR": str(tmp_path),
+        # This test is about partitions, not payload encryption: it runs without transit
+        # and says so (the coordinator refuses to start otherwise).
+        "CLOUDLESS_INSECURE_PLAINTEXT_PAYLOADS": "1",
     }
     try:
         procs.append(spawn(

@@ -268,6 +268,8 @@ async def test_cli_get_describe_and_errors(
     deleted = await asyncio.to_thread(cli, "delete", "workload", name)
     assert deleted.exit_code == 0 and "deleted" in deleted.output
     unreachable = await asyncio.to_thread(
-        CliRunner().invoke, app, ["--temporal-address", "127.0.0.1:1", "get", "nodes"]
+        CliRunner().invoke,
+        app,
+        ["--temporal-address", "127.0.0.1:1", "--state-dir", str(dev_cluster.root), "get", "nodes"],
     )
     assert unreachable.exit_code == 1 and "cannot reach Temporal" in unreachable.output

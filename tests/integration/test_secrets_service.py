@@ -16,12 +16,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import hvac
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio.testing import WorkflowEnvironment
 
 from cloudless import tls
@@ -32,6 +37,7 @@ from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.testing.cluster import LocalCluster
 from cloudless.transit.testing import transit_server
+from workers import secrets as secrets_worker
 from workers.secrets import SecretsServicer
 
 pytestmark = [pytest.mark.temporal]
@@ -250,6 +256,82 @@ async def test_only_admins_manage_and_nodes_need_a_placed_replica(
         await expect(grpc.StatusCode.UNAVAILABLE, mallory.list_secrets())
 
 
+def _forged_client(cluster: LocalCluster, uri: str | None) -> SecretsClient:
+    """A client whose certificate the cluster CA signed but which names ``uri`` (another
+    cluster's identity) or no Cloudless identity at all (``None``). Our CA refuses to
+    issue either; a CA shared by several clusters (an enterprise CA) would not."""
+    ca = CertificateAuthority.load(cluster.coordinator_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName("intruder")]
+    if uri is not None:
+        sans.append(x509.UniformResourceIdentifier(uri))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")]))
+        .issuer_name(ca._cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca._key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    material = tls.TLSMaterial(key_pem, cert.public_bytes(serialization.Encoding.PEM), ca.cert_pem)
+    return SecretsClient(cluster.agent_gateway, material)
+
+
+async def test_every_denial_is_audited_with_actor_source_and_reason(
+    admin: SecretsClient, cluster: LocalCluster
+) -> None:
+    ns = f"deny-{uuid.uuid4().hex[:6]}"
+    await admin.create(ns, "db", {"K": PASSWORD}, ["app"])
+    token = (await admin.token(ns, "db", "app")).token
+    foreign = "cloudless://other-cluster/admin/mallory"
+    async with _forged_client(cluster, foreign) as mallory:
+        await expect(grpc.StatusCode.UNAUTHENTICATED, mallory.list_secrets(ns))
+        msg = await expect(grpc.StatusCode.UNAUTHENTICATED, mallory.get(ns, "db", token))
+        assert "not one of cluster other-cluster" in msg
+    async with _forged_client(cluster, None) as nobody:
+        await expect(grpc.StatusCode.UNAUTHENTICATED, nobody.get(ns, "db", token))
+    node_id = Identity(cluster=cluster.cluster, role="node", name="n-deny")
+    async with _client_for(cluster, node_id) as node:
+        await expect(grpc.StatusCode.PERMISSION_DENIED, node.update(ns, "db", {"K": b"x"}))
+        await expect(
+            grpc.StatusCode.PERMISSION_DENIED,
+            node.audit(secrets_pb2.GetSecretAuditLogRequest(namespace=ns)),
+        )
+    # The denials answered only after they were fsynced: read the files, not a cache.
+    denied = {
+        (e.operation, e.actor): e
+        for e in await admin.audit(
+            secrets_pb2.GetSecretAuditLogRequest(namespace=ns, outcome="DENIED")
+        )
+    }
+    assert set(denied) == {
+        ("LIST", foreign),
+        ("ACCESS", foreign),
+        ("ACCESS", "anonymous"),
+        ("UPDATE", node_id.uri()),
+        ("AUDIT", node_id.uri()),
+    }
+    assert "not one of cluster other-cluster" in denied["ACCESS", foreign].reason
+    assert "names no Cloudless identity" in denied["ACCESS", "anonymous"].reason
+    assert "needs an admin certificate" in denied["UPDATE", node_id.uri()].reason
+    for e in denied.values():
+        assert e.source.startswith("ipv4:127.0.0.1:"), e.source
+        assert e.name in ("db", "") and e.namespace == ns
+    raw = b"".join(p.read_bytes() for p in (cluster.coordinator_dir / "audit").iterdir())
+    assert token.encode() not in raw and PASSWORD not in raw
+
+
 async def test_list_and_audit_log(admin: SecretsClient, cluster: LocalCluster) -> None:
     ns = f"audit-{uuid.uuid4().hex[:6]}"
     await admin.create(ns, "one", {"K": PASSWORD}, ["a"])
@@ -312,13 +394,18 @@ async def test_no_value_in_temporal_history_logs_or_on_disk(
 
 
 async def test_rotation_rewraps_every_data_key_while_reads_continue(
-    admin: SecretsClient, cluster: LocalCluster, transit: Any
+    admin: SecretsClient, cluster: LocalCluster, transit: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = [name() for _ in range(12)]
     for n in names:
         await admin.create("rot", n, {"K": n.encode()}, ["app"])
     tokens = {n: (await admin.token("rot", n, "app")).token for n in names}
     before = await admin.key_info()
+    # Every read during the rotation misses the coordinator's record cache: it queries the
+    # secret's workflow, so it sees each rewrapped key as it lands and unwraps it through
+    # transit (a warm cache would serve the pre-rotation record throughout).
+    monkeypatch.setattr(secrets_worker, "RECORD_TTL", 0.0)
+    servicer: SecretsServicer = cluster.coordinator.secrets_runtime.servicer  # type: ignore[attr-defined]
     errors: list[BaseException] = []
     reads = 0
     stop = asyncio.Event()
@@ -349,6 +436,9 @@ async def test_rotation_rewraps_every_data_key_while_reads_continue(
     assert after.last_rotation.state == "Done"
     for meta in await admin.list_secrets("rot"):
         assert meta.key_version == progress.target_version
+    # Reads during the rotation unwrapped rewrapped (new-version) data keys through transit.
+    rewrapped = {w for w in servicer._data_keys if w.startswith(f"vault:v{after.latest_version}:")}
+    assert len(rewrapped) >= len(names)
     # Reads work on a cold cache (keys unwrapped by transit under the new version).
     async with (
         second_service(cluster) as address,
@@ -426,3 +516,30 @@ async def test_cli_secrets_commands(cluster: LocalCluster, tmp_path: Path) -> No
     assert "cloudless-secrets" in out
     out, _ = await cli(cluster, "delete", ref)
     assert "deleted" in out
+
+
+async def test_cli_secrets_rotate(cluster: LocalCluster) -> None:
+    ref = f"rotcli/{name()}"
+    await cli(cluster, "create", ref, "--data", "K=before-rotation", "--audience", "app")
+    out, _ = await cli(cluster, "key-info", "-o", "json")
+    before = json.loads(out)["latest_version"]
+
+    out, _ = await cli(cluster, "rotate", "--wait")
+    wf = f"key-rotation/{cluster.cluster}"
+    assert out.startswith(f"rotation {wf}: Done, target version {before + 1}, "), out
+    assert "data keys rewrapped" in out
+
+    out, _ = await cli(cluster, "rotate", "--wait", "-o", "json")
+    progress = json.loads(out)
+    assert progress["workflow_id"] == wf and progress["state"] == "Done"
+    assert progress["target_version"] == before + 2
+    assert int(progress["rewrapped"]) >= 1  # at least the secret above (int64: a string)
+
+    out, _ = await cli(cluster, "key-info", "-o", "json")
+    info = json.loads(out)
+    assert info["latest_version"] == info["min_decryption_version"] == before + 2
+    assert info["last_rotation"]["state"] == "Done"
+    out, _ = await cli(cluster, "list", "-n", "rotcli", "-o", "json")
+    assert {m["key_version"] for m in json.loads(out)} == {before + 2}
+    out, _ = await cli(cluster, "get", ref, "--key", "K")
+    assert out == "before-rotation"

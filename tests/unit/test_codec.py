@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
+from typer.testing import CliRunner
 
+from cloudless.cli.main import app as cli_app
 from cloudless.codec import (
     ENCODING,
+    ENV_INSECURE_PLAINTEXT,
     FORMAT_V1,
     META_ENCODING,
     META_FORMAT,
@@ -25,6 +28,7 @@ from cloudless.codec import (
     PayloadCodecError,
     TransitPayloadCodec,
     data_converter,
+    require_codec,
     transit_codec,
 )
 from cloudless.errors import ConfigError
@@ -227,3 +231,41 @@ def test_transit_settings_env_first_then_state_dir(
     monkeypatch.delenv("VAULT_TOKEN")
     with pytest.raises(ConfigError, match="VAULT_TOKEN is not"):
         transit_settings(tmp_path)
+
+
+# ----------------------------------------------------------------- fail closed
+
+
+@pytest.fixture
+def no_transit(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("VAULT_ADDR", "VAULT_TOKEN", ENV_INSECURE_PLAINTEXT):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_require_codec_fails_closed_with_the_fix() -> None:
+    codec = TransitPayloadCodec(MemoryKeys())
+    assert require_codec(codec, who="x") is codec
+    assert require_codec(codec, who="x", insecure_plaintext=True) is codec
+    with pytest.raises(ConfigError) as err:
+        require_codec(None, who="cloudless-coordinator")
+    message = str(err.value)
+    assert message.startswith("cloudless-coordinator refuses to run without the payload codec")
+    assert "VAULT_ADDR and VAULT_TOKEN" in message and "cloudless-transit" in message
+    assert "--insecure-plaintext-payloads" in message and ENV_INSECURE_PLAINTEXT in message
+    assert require_codec(None, who="x", insecure_plaintext=True) is None
+
+
+def test_cli_refuses_temporal_without_a_codec(tmp_path: Path, no_transit: None) -> None:
+    # Temporal is unreachable on purpose: the refusal must come before any connection.
+    base = ["--state-dir", str(tmp_path), "--temporal-address", "127.0.0.1:1"]
+    refused = CliRunner().invoke(cli_app, [*base, "get", "nodes"])
+    assert refused.exit_code == 1
+    assert "cloudlessctl refuses to run without the payload codec" in refused.output
+    assert "cannot reach Temporal" not in refused.output
+    # The opt-out (flag or environment) gets past the check to the connection attempt.
+    flagged = CliRunner().invoke(cli_app, ["--insecure-plaintext-payloads", *base, "get", "nodes"])
+    assert flagged.exit_code == 1 and "cannot reach Temporal" in flagged.output
+    via_env = CliRunner().invoke(
+        cli_app, [*base, "get", "nodes"], env={ENV_INSECURE_PLAINTEXT: "1"}
+    )
+    assert via_env.exit_code == 1 and "cannot reach Temporal" in via_env.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -162,6 +163,66 @@ def test_audit_survives_a_torn_last_line(tmp_path: Path) -> None:
     with segment.open("ab") as f:
         f.write(b'{"time": 1, "oper')
     assert len(log.query(AuditQuery())) == 1
+
+
+class FsyncCounter:
+    """Counts real fsyncs (and what each covered) while passing them to the OS."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, log: AuditLog) -> None:
+        self.covered: list[int] = []
+        self.fail = False
+        real = os.fsync
+
+        def counting(fd: int) -> None:
+            if self.fail:
+                raise OSError(5, "Input/output error")
+            self.covered.append(log._written)  # lines written when this fsync started
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", counting)
+
+
+async def test_audit_commit_is_on_disk_before_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path, coordinator="c1")
+    fsyncs = FsyncCounter(monkeypatch, log)
+    await log.commit("CREATE", "ALLOWED", "a", namespace="p", name="x")
+    await log.commit("ACCESS", "DENIED", "anonymous", reason="no certificate")
+    # Each commit waited for an fsync that started after its own line was written.
+    assert fsyncs.covered == [1, 2]
+    log.record("ACCESS", "ALLOWED", "a")  # rides the next commit
+    await log.commit("DELETE", "ALLOWED", "a")
+    assert fsyncs.covered == [1, 2, 4]
+    log.close()
+    assert log.query(AuditQuery(limit=1))[0].operation == "DELETE"
+
+
+async def test_audit_concurrent_commits_share_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path, coordinator="c1")
+    fsyncs = FsyncCounter(monkeypatch, log)
+    await asyncio.gather(*(log.commit("CREATE", "ALLOWED", f"a{i}") for i in range(200)))
+    # Group commit: the first round covers the first writer, the next one everybody else.
+    assert len(fsyncs.covered) <= 2 and fsyncs.covered[-1] == 200
+    assert log._synced == 200
+    log.close()
+    assert len(log.query(AuditQuery())) == 200
+
+
+async def test_audit_commit_fails_loudly_when_fsync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path, coordinator="c1")
+    fsyncs = FsyncCounter(monkeypatch, log)
+    fsyncs.fail = True
+    with pytest.raises(OSError, match="Input/output error"):
+        await log.commit("CREATE", "ALLOWED", "a")
+    fsyncs.fail = False
+    await log.commit("UPDATE", "ALLOWED", "a")  # the next commit covers both lines
+    assert fsyncs.covered == [2] and log._synced == 2
+    log.close()
 
 
 def test_audit_query_validation() -> None:
