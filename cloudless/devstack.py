@@ -164,8 +164,11 @@ def start_processes(
     agents: tuple[DevAgent, ...] = DEV_AGENTS,
     runtimes: tuple[str, ...] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    listen_host: str = "127.0.0.1",
+    coordinator_args: tuple[str, ...] = (),
 ) -> DevState:
-    """Start Temporal, the coordinator and the agents; idempotent if they already run."""
+    """Start Temporal, the coordinator and the agents; idempotent if they already run.
+    ``listen_host`` and ``coordinator_args`` are passed to :func:`spawn_coordinator`."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     existing = load_state(state_dir)
     if existing and all(alive(p) for p in existing.pids.values()):
@@ -194,7 +197,9 @@ def start_processes(
     pids["temporal"] = spawn_temporal(state_dir, ports)
     _save(state_dir, pids, ports)
     progress("starting the coordinator")
-    pids["coordinator"] = spawn_coordinator(state_dir, cluster, ports)
+    pids["coordinator"] = spawn_coordinator(
+        state_dir, cluster, ports, listen_host=listen_host, extra_args=coordinator_args
+    )
     _save(state_dir, pids, ports)
     coord_dir = state_dir / "coordinator"
     signer = TokenSigner.load(coord_dir)
@@ -276,18 +281,28 @@ def _transit_env(state_dir: Path) -> dict[str, str]:
     return {"VAULT_ADDR": settings.addr, "VAULT_TOKEN": settings.token}
 
 
-def spawn_coordinator(state_dir: Path, cluster: str, ports: DevPorts) -> int:
+def spawn_coordinator(
+    state_dir: Path,
+    cluster: str,
+    ports: DevPorts,
+    *,
+    listen_host: str = "127.0.0.1",
+    extra_args: tuple[str, ...] = (),
+) -> int:
     """Start a coordinator (payload codec on, endpoint for the UI); returns once its
-    gateway ports and codec endpoint listen."""
+    gateway ports and codec endpoint listen. ``listen_host``: where both gateway
+    listeners bind (``0.0.0.0`` for agents in other network namespaces); ``extra_args``:
+    more coordinator flags (e.g. ``--heartbeat-ttl``)."""
     log = state_dir / "logs" / "coordinator.log"
     proc = _spawn(
         [
             sys.executable, "-m", "workers.coordinator",
-            "--gateway-listen", f"127.0.0.1:{ports.gateway}",
-            "--agent-listen", f"127.0.0.1:{ports.gateway + 1}",
+            "--gateway-listen", f"{listen_host}:{ports.gateway}",
+            "--agent-listen", f"{listen_host}:{ports.gateway + 1}",
             "--codec-listen", f"127.0.0.1:{ports.codec}",
             "--codec-allow-origin", f"http://127.0.0.1:{ports.ui}",
             "--codec-allow-origin", f"http://localhost:{ports.ui}",
+            *extra_args,
         ],
         log,
         {**_env(state_dir, cluster, ports), **_transit_env(state_dir)},
@@ -309,17 +324,26 @@ def _spawn_agent(
     a: DevAgent,
     runtimes: tuple[str, ...] | None,
     token: str | None,
+    *,
+    host: str = "127.0.0.1",
+    gateway_host: str = "127.0.0.1",
+    netns: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start an agent (enrolling with ``token`` if given); ``host``: the address it
+    serves on, ``gateway_host``: where it finds the coordinator, ``netns``: a network
+    namespace to run it in (``ip netns exec``, which execs: the pid is the agent's)."""
     agent_dir = state_dir / "agents" / a.name
     ready = agent_dir / "ready"
     ready.unlink(missing_ok=True)
     args = [
         sys.executable, "-m", "agent.main",
         "--name", a.name, "--zone", a.zone, "--cpu", a.cpu, "--memory", a.memory,
-        "--listen", f"127.0.0.1:{a.port + ports.agent_offset}",
-        "--gateway", f"127.0.0.1:{ports.gateway}",
+        "--listen", f"{host}:{a.port + ports.agent_offset}",
+        "--gateway", f"{gateway_host}:{ports.gateway}",
         "--state-dir", str(agent_dir), "--ready-file", str(ready),
     ]  # fmt: skip
+    if netns:
+        args = ["ip", "netns", "exec", netns, *args]
     for label in a.labels:
         args += ["--label", label]
     for rt in runtimes or ():
