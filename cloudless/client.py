@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from temporalio.client import (
     Client,
@@ -59,6 +59,7 @@ from cloudless.workloads import check_supported, view_of
 
 WORKLOAD_WORKFLOW = "WorkloadWorkflow"
 #: How long a query or a quick update may take before we say no coordinator is answering.
+T = TypeVar("T")
 RPC_TIMEOUT_SECONDS = 15.0
 RPC_TIMEOUT = timedelta(seconds=RPC_TIMEOUT_SECONDS)
 
@@ -235,28 +236,11 @@ class CloudlessClient:
             raise _update_error(err) from err
         return await handle.result() if wait else None
 
-    async def snapshot(self) -> ClusterSnapshot:
+    async def _query_ledger(self, query: str, result_type: type[T]) -> T:
+        """Query ``cluster/<name>``; a missing ledger is a NotFoundError saying why."""
         handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
         try:
-            snap: ClusterSnapshot = await handle.query(
-                "snapshot", result_type=ClusterSnapshot, rpc_timeout=RPC_TIMEOUT
-            )
-            return snap
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise NotFoundError(
-                    f"cluster {self.cluster!r} has no ledger yet; is a coordinator running "
-                    "for it? (`cloudlessctl dev up` starts one)"
-                ) from err
-            raise
-
-    async def scheduler_settings(self) -> SchedulerSettings:
-        """The cluster's scheduler settings, as the ledger keeps them."""
-        handle = self.temporal.get_workflow_handle(cluster_workflow_id(self.cluster))
-        try:
-            found: SchedulerSettings = await handle.query(
-                "scheduler_settings", result_type=SchedulerSettings, rpc_timeout=RPC_TIMEOUT
-            )
+            found: T = await handle.query(query, result_type=result_type, rpc_timeout=RPC_TIMEOUT)
             return found
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
@@ -265,6 +249,13 @@ class CloudlessClient:
                     "for it? (`cloudlessctl dev up` starts one)"
                 ) from err
             raise
+
+    async def snapshot(self) -> ClusterSnapshot:
+        return await self._query_ledger("snapshot", ClusterSnapshot)
+
+    async def scheduler_settings(self) -> SchedulerSettings:
+        """The cluster's scheduler settings, as the ledger keeps them."""
+        return await self._query_ledger("scheduler_settings", SchedulerSettings)
 
     async def set_scheduler_settings(self, new: SchedulerSettings) -> int:
         """Replace the cluster's scheduler settings; returns the ledger version that holds

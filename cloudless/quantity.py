@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation, localcontext
 
 __all__ = [
@@ -198,17 +199,30 @@ def parse_bytes(value: str | int | float) -> int:
     they come out to a whole number of bytes (``"1.5Gi"``), because a fractional byte cannot be
     allocated.
     """
-    kind = "byte"
-    number = _number_to_decimal(kind, value, _BYTES_EXAMPLE)
+    return _parse_whole(
+        "byte", "bytes", value, _BYTES_RE, _BYTES_EXAMPLE,
+        lambda suffix: BINARY_SUFFIXES.get(suffix) or DECIMAL_SUFFIXES.get(suffix) or 1,
+    )  # fmt: skip
+
+
+def _parse_whole(
+    kind: str,
+    unit: str,
+    value: str | int | float,
+    pattern: re.Pattern[str],
+    example: str,
+    multiplier: Callable[[str], int],
+) -> int:
+    """A number times its suffix's multiplier, which must come out whole (no rounding)."""
+    number = _number_to_decimal(kind, value, example)
     suffix = ""
     if number is None:
-        number, suffix = _split(kind, str(value), _BYTES_RE, _BYTES_EXAMPLE)
-    multiplier = BINARY_SUFFIXES.get(suffix) or DECIMAL_SUFFIXES.get(suffix) or 1
+        number, suffix = _split(kind, str(value), pattern, example)
     with localcontext() as ctx:
         ctx.prec = _PRECISION
-        total = number * multiplier
+        total = number * multiplier(suffix)
     if total != total.to_integral_value():
-        raise _reject(kind, value, "it is not a whole number of bytes", _BYTES_EXAMPLE)
+        raise _reject(kind, value, f"it is not a whole number of {unit}", example)
     return int(total)
 
 
@@ -250,19 +264,10 @@ def parse_bandwidth(value: str | int | float) -> int:
     ``"1.5Gbps"`` 1,500,000,000; a bare number is bits/s. Bytes per second are refused
     rather than guessed, because ``MBps`` versus ``Mbps`` is a factor of eight.
     """
-    kind = "bandwidth"
-    number = _number_to_decimal(kind, value, _BANDWIDTH_EXAMPLE)
-    suffix = ""
-    if number is None:
-        number, suffix = _split(kind, str(value), _BANDWIDTH_RE, _BANDWIDTH_EXAMPLE)
-    prefix = suffix.removesuffix("bps").upper()
-    multiplier = _BANDWIDTH_UNITS.get(prefix, 1)
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        total = number * multiplier
-    if total != total.to_integral_value():
-        raise _reject(kind, value, "it is not a whole number of bits/s", _BANDWIDTH_EXAMPLE)
-    return int(total)
+    return _parse_whole(
+        "bandwidth", "bits/s", value, _BANDWIDTH_RE, _BANDWIDTH_EXAMPLE,
+        lambda suffix: _BANDWIDTH_UNITS.get(suffix.removesuffix("bps").upper(), 1),
+    )  # fmt: skip
 
 
 def format_bandwidth(bps: int) -> str:
