@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from cloudless.model import (
@@ -114,7 +114,7 @@ def _workload_affinity(a: SpecWorkloadAffinity | None) -> sched.WorkloadAffinity
 def scheduler_config(settings: SchedulerSettings) -> sched.SchedulerConfig:
     """The pure scheduler's configuration from the cluster's ledger-kept settings."""
     return sched.SchedulerConfig(
-        weights=sched.Weights(**{**sched.Weights().as_dict(), **settings.weights}),
+        weights=sched.Weights(**settings.weights),
         sample_min=settings.sample_min,
         sample_percent=settings.sample_percent,
         top_k=settings.top_k,
@@ -152,7 +152,7 @@ def placement_request(
     weights = None
     if p.weights is not None:
         given = {k: v for k, v in p.weights.model_dump(by_alias=False).items() if v is not None}
-        weights = sched.Weights(**{**(base_weights or sched.Weights()).as_dict(), **given})
+        weights = replace(base_weights or sched.Weights(), **given)
     locality = sched.Locality()
     if p.locality is not None:
         locality = sched.Locality(

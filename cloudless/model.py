@@ -262,20 +262,9 @@ class LedgerWorkload(_Model):
     replicas: int = 0  # placed in total; the entry goes when this reaches 0
 
 
-#: Score factors a cluster may weigh (the scheduler's ``Weights`` fields; kept here too
-#: because ``cloudless`` imports nothing of ``policies``; a unit test keeps them equal).
-SCORE_FACTORS = (
-    "locality",
-    "reliability",
-    "cost",
-    "utilization",
-    "network",
-    "node_affinity",
-    "workload_affinity",
-    "topology_spread",
-    "taint_toleration",
-)
-#: Their defaults (CLD-REQ-021 for the first five), as the scheduler's ``Weights`` has them.
+#: The score factors a cluster may weigh, with their defaults (CLD-REQ-021 for the first
+#: five): the scheduler's ``Weights``, repeated here because ``cloudless`` imports nothing
+#: of ``policies`` (a unit test keeps the two equal).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "locality": 0.3,
     "reliability": 0.25,
@@ -287,6 +276,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "topology_spread": 0.2,
     "taint_toleration": 0.1,
 }
+SCORE_FACTORS = tuple(DEFAULT_WEIGHTS)
 
 
 class SchedulerSettings(_Model):

@@ -22,10 +22,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
 from cloudless.naming import SEARCH_ATTRIBUTES
 from cloudless.pki import CertificateAuthority
 from cloudless.quantity import parse_bytes, parse_cpu
+from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.tokens import TokenSigner
 from cloudless.transit.client import ADDRESS_FILE, TRANSIT_SUBDIR, transit_client
 from cloudless.transit.testing import transit_server
@@ -305,3 +307,19 @@ class LocalCluster:
         if self.coordinator is not None:
             await self.coordinator.stop()  # type: ignore[attr-defined]
         self._resources.close()
+
+
+async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:
+    """replica id -> nodes whose agent reports it Running: what actually runs, asked of
+    every agent over mTLS (a replica listed by two nodes runs twice)."""
+    material = TLSMaterial.load(cluster.coordinator_dir)
+    out: dict[str, list[str]] = {}
+    for name, handle in list(cluster.agents.items()):  # an agent may join meanwhile
+        async with secure_channel(handle.address, name, material.ca_pem, material) as ch:
+            listed = await agent_pb2_grpc.AgentServiceStub(ch).ListReplicas(
+                agent_pb2.ListReplicasRequest(workload=workload), timeout=10
+            )
+        for r in listed.replicas:
+            if r.phase == "Running":
+                out.setdefault(r.replica_id, []).append(name)
+    return out

@@ -61,6 +61,17 @@ def kill9(state: Path, role: str) -> None:
     wait_until(lambda: not port_open(port), f"the killed {role} to release :{port}", 30)
 
 
+async def tear_down(state: Path) -> None:
+    """Stop the stack's processes, then any replica process an agent left running."""
+    await asyncio.to_thread(stop_processes, state)
+    for a in DEV_AGENTS:
+        d = state / "agents" / a.name
+        if (d / "replicas").exists():
+            drv = ExecDriver(a.name, d)
+            for s in await drv.list():
+                await drv.stop(s.replica_id, 1.0)
+
+
 def record_pid(state: Path, role: str, pid: int) -> None:
     path = state / DEV_FILE
     data = json.loads(path.read_text())
@@ -168,13 +179,7 @@ async def test_kill9_coordinator_mid_placement_and_temporal_restart(tmp_path: Pa
         await client.delete("default", name)
         assert await running(state, name) == {}
     finally:
-        await asyncio.to_thread(stop_processes, state)
-        for a in DEV_AGENTS:
-            d = state / "agents" / a.name
-            if (d / "replicas").exists():
-                drv = ExecDriver(a.name, d)
-                for s in await drv.list():
-                    await drv.stop(s.replica_id, 1.0)
+        await tear_down(state)
 
 
 async def restart_coordinator(state: Path) -> None:
@@ -226,13 +231,7 @@ async def test_kill9_coordinator_mid_drain(tmp_path: Path) -> None:
         await client.delete("default", name)
         assert await running(state, name) == {}
     finally:
-        await asyncio.to_thread(stop_processes, state)
-        for a in DEV_AGENTS:
-            d = state / "agents" / a.name
-            if (d / "replicas").exists():
-                drv = ExecDriver(a.name, d)
-                for s in await drv.list():
-                    await drv.stop(s.replica_id, 1.0)
+        await tear_down(state)
 
 
 @pytest.mark.timeout(480)
@@ -294,10 +293,4 @@ async def test_kill9_coordinator_mid_rescheduling(tmp_path: Path) -> None:
         await client.delete("default", name)
         assert await running(state, name) == {}
     finally:
-        await asyncio.to_thread(stop_processes, state)
-        for a in DEV_AGENTS:
-            d = state / "agents" / a.name
-            if (d / "replicas").exists():
-                drv = ExecDriver(a.name, d)
-                for s in await drv.list():
-                    await drv.stop(s.replica_id, 1.0)
+        await tear_down(state)

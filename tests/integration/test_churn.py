@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeAdminInput, NodeState, NodeStatus, ReplicaPhase
 from cloudless.naming import node_workflow_id
 from cloudless.spec import parse_workload
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
-from cloudless.tls import TLSMaterial, secure_channel
 from tests.conftest import unique
 
 pytestmark = pytest.mark.temporal
@@ -52,21 +50,6 @@ async def churn_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[Loca
                 driver = ExecDriver(name, Path(d) / "agents" / name)
                 for s in await driver.list():
                     await driver.stop(s.replica_id, 1.0)
-
-
-async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:
-    """replica id -> nodes whose agent reports it Running (what actually runs)."""
-    material = TLSMaterial.load(cluster.coordinator_dir)
-    out: dict[str, list[str]] = {}
-    for name, handle in cluster.agents.items():
-        async with secure_channel(handle.address, name, material.ca_pem, material) as ch:
-            listed = await agent_pb2_grpc.AgentServiceStub(ch).ListReplicas(
-                agent_pb2.ListReplicasRequest(workload=workload), timeout=10
-            )
-        for r in listed.replicas:
-            if r.phase == "Running":
-                out.setdefault(r.replica_id, []).append(name)
-    return out
 
 
 async def test_killed_agent_replicas_move_and_return_is_reconciled(

@@ -24,14 +24,12 @@ from temporalio.worker import Replayer
 from typer.testing import CliRunner, Result
 
 from agent.runtime.exec import ExecDriver
-from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.model import ReplicaPhase, WorkloadStatus
 from cloudless.naming import workload_workflow_id
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
-from cloudless.tls import TLSMaterial, secure_channel
 from tests.conftest import unique
 from workflows.workload import WorkloadWorkflow
 
@@ -97,21 +95,6 @@ async def test_cli_cordon_uncordon_list_describe(full_cluster: LocalCluster) -> 
     assert await node_state(cli, name) == "Ready"
     missing = await asyncio.to_thread(cli, "node", "describe", "no-such-node")
     assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
-
-
-async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:
-    """replica id -> nodes whose agent reports it Running: what actually runs."""
-    material = TLSMaterial.load(cluster.coordinator_dir)
-    out: dict[str, list[str]] = {}
-    for name, handle in list(cluster.agents.items()):  # an agent may join meanwhile
-        async with secure_channel(handle.address, name, material.ca_pem, material) as ch:
-            listed = await agent_pb2_grpc.AgentServiceStub(ch).ListReplicas(
-                agent_pb2.ListReplicasRequest(workload=workload), timeout=10
-            )
-        for r in listed.replicas:
-            if r.phase == "Running":
-                out.setdefault(r.replica_id, []).append(name)
-    return out
 
 
 class RunningFloor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def sleeper(name: str, replicas: int = 1, cpu: str = "250m", **spec: Any) -> Wor
 @pytest.fixture
 def client(dev_cluster: LocalCluster) -> CloudlessClient:
     return CloudlessClient(dev_cluster.client, dev_cluster.cluster)
+
+
+def cli_for(cluster: LocalCluster) -> Callable[..., Any]:
+    """``cloudlessctl`` run in-process against the cluster (sync: call it in a thread)."""
+    address = cluster.client.service_client.config.target_host
+    base = ["--temporal-address", address, "--cluster", cluster.cluster]
+    base += ["--state-dir", str(cluster.root)]  # where the CLI finds transit (the codec)
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, [*base, *args])
+
+    return cli
 
 
 def edge_of(cluster: LocalCluster) -> str:
@@ -167,12 +180,7 @@ async def test_describe_and_explain_show_scores(
     for r in status.replicas:
         assert r.score is not None and r.candidates and r.candidates[0].node_id == r.node_id
         assert {"reliability", "utilization"} <= set(r.candidates[0].factors)
-    address = dev_cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
-    base += ["--state-dir", str(dev_cluster.root)]  # where the CLI finds transit (the codec)
-
-    def cli(*args: str) -> Any:
-        return CliRunner().invoke(app, [*base, *args])
+    cli = cli_for(dev_cluster)
 
     described = await asyncio.to_thread(cli, "describe", "workload", name)
     assert described.exit_code == 0, described.output
@@ -310,12 +318,7 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
     """`cloudlessctl scheduler set` stores settings in the ledger; the coordinator picks
     them up without a restart (its index polls the ledger version) and decides with them;
     invalid settings are refused with the reason and change nothing."""
-    address = dev_cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
-    base += ["--state-dir", str(dev_cluster.root)]
-
-    def cli(*args: str) -> Any:
-        return CliRunner().invoke(app, [*base, *args])
+    cli = cli_for(dev_cluster)
 
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(sleeper(unique("probe"), 1).to_manifest()))
