@@ -1,6 +1,6 @@
 """Failed-replica rescheduling with real processes and a real network partition.
 
-Stack (the dev stack's own launchers, ``cloudless.devstack``): ``cloudless-transit``, the
+Stack (the dev stack's own launchers, ``cloudless.cli.devstack``): ``cloudless-transit``, the
 Temporal dev server (SQLite file), one coordinator process with the product's default
 liveness settings (unless ``--ttl``/``--grace`` are given), and agents as separate
 ``python -m agent.main`` processes with the exec runtime (replicas are ``sleep``
@@ -57,9 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agent  # noqa: F401  (its __init__ applies cloudless.grpc_tuning before grpc loads)
 from bench.common import print_table, summarize, write_results
-from cloudless.client import CloudlessClient
-from cloudless.codec import codec_for
-from cloudless.devstack import (
+from cloudless.cli.devstack import (
     DEV_FILE,
     DevAgent,
     DevPorts,
@@ -69,6 +67,8 @@ from cloudless.devstack import (
     stop_processes,
     wait_until,
 )
+from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for
 from cloudless.model import NodeState, NodeStatus
 from cloudless.naming import node_workflow_id
 from cloudless.pki import CertificateAuthority

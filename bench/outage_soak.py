@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, summarize, write_results
-from cloudless.devstack import DevPorts
+from cloudless.cli.devstack import DevPorts
 from cloudless.testing.outage import CRASHY, ONESHOT, WEB, OutageReport, run_outage
 
 

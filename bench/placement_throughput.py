@@ -48,12 +48,12 @@ from temporalio.service import RPCError
 from bench.common import RESULTS, summarize, write_results
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for, data_converter
-from cloudless.gcpolicy import GcPolicy
 from cloudless.logs import configure_logging
 from cloudless.naming import cluster_workflow_id
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, start_temporal
 from cloudless.transit.client import embedded_transit_settings
+from workers.gcpolicy import GcPolicy
 
 
 def workload(name: str, replicas: int) -> Any:

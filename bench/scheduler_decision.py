@@ -12,8 +12,8 @@ Measured (after warm-up; each sample is one ``schedule()`` call on a fresh reque
 - single-replica decision P50/P95/P99 per size, default sampling and full scan;
 - a 100-replica batch at 5k nodes;
 - the sample's score gap: full-scan best minus the sampled pick, in score points (0..100);
-- baseline in the same run: ``policies.placement.place`` (the current plain-Python loop
-  over node objects, with a simpler policy) at 5k nodes, as the ratio's denominator;
+- baseline in the same run: ``bench.naive_placer.place`` (the plain-Python loop the scheduler
+  replaced, over node objects, with a simpler policy) at 5k nodes, as the ratio's denominator;
 - index upkeep: allocate+release and ``snapshot()`` at the largest size.
 
     python bench/scheduler_decision.py [--sizes 1000,5000,20000,50000] [--runs 500]
@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import naive_placer as placement
 from bench.common import print_table, summarize, write_results
-from policies import placement
 from policies.scheduler import (
     LabelSelector,
     Locality,
@@ -422,7 +422,7 @@ def main() -> int:
             "(In, Gt), self anti-affinity (node), zone spread DoNotSchedule, region spread "
             "ScheduleAnyway, preferred node/workload (anti-)affinity, locality, five weighted "
             "factors. Sampled = default bound max(100, 5% of feasible). Gap = full-scan best "
-            "minus sampled pick, score points 0..100. Baseline = policies.placement.place "
+            "minus sampled pick, score points 0..100. Baseline = bench.naive_placer.place "
             "(plain Python loop, simpler policy)."
         ),
     )

@@ -51,7 +51,7 @@ from cloudless.logs import configure_logging
 from cloudless.pki import Identity
 from cloudless.secrets.client import SecretsClient
 from cloudless.testing.cluster import LocalCluster, start_temporal
-from cloudless.transit.testing import transit_server
+from cloudless.testing.transit import transit_server
 
 US = 1e6
 

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.common import print_table, summarize, write_results
 from cloudless.logs import configure_logging
-from cloudless.transit.keyring import Keyring
-from cloudless.transit.testing import transit_server
+from cloudless.testing.transit import transit_server
+from transit.keyring import Keyring
 
 US = 1e6
 

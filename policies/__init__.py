@@ -1,11 +1,7 @@
-"""Pure decision logic: placement and (later) admission. Imports nothing of Cloudless' I/O."""
+"""Pure decision logic: no I/O, no clock, no randomness of its own.
 
-from policies.placement import (
-    Demand,
-    NodeView,
-    PlacementDecision,
-    PlacementRequest,
-    place,
-)
-
-__all__ = ["Demand", "NodeView", "PlacementDecision", "PlacementRequest", "place"]
+Imports only the kernel's vocabulary module, so every concept is defined once. Subpackages
+and modules: :mod:`policies.scheduler` (filters, scores, plans, preemption, explain),
+:mod:`policies.disruption` (budgets), :mod:`policies.liveness` and
+:mod:`policies.membership` (heartbeat tables and flap damping).
+"""

@@ -42,7 +42,6 @@ from cloudless.codec import (
 )
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
-from cloudless.gcpolicy import GcPolicy
 from cloudless.logs import configure_logging
 from cloudless.model import ClusterWorkflowInput
 from cloudless.naming import cluster_workflow_id, ledger_task_queue, task_queue
@@ -71,6 +70,7 @@ from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
+from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
 from workers.secrets import SecretsRuntime, ensure_rotation_schedule
 from workflows import ALL_WORKFLOWS
@@ -232,7 +232,7 @@ class Coordinator:
     insecure_plaintext_payloads: bool = False
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
-    #: The process's garbage-collector policy (``cloudless.gcpolicy``); the process entry
+    #: The process's garbage-collector policy (``workers.gcpolicy``); the process entry
     #: point sets it, in-process test clusters leave the interpreter's defaults alone.
     gc_policy: GcPolicy | None = None
 

@@ -21,7 +21,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.api import agent_pb2, gateway_pb2
-from cloudless.liveness import Health, LivenessTable, Transition
 from cloudless.model import (
     ClusterSnapshot,
     EnrollSignal,
@@ -32,6 +31,7 @@ from cloudless.model import (
     ReplicaReadiness,
 )
 from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_workflow_id
+from policies.liveness import Health, LivenessTable, Transition
 
 log = structlog.get_logger("cloudless.liveness")
 

@@ -24,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
-    from cloudless.membership import FLAP_WINDOW, accepts, flap_hold, recent
     from cloudless.model import (
         EnrollSignal,
         LivenessSignal,
@@ -39,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         UpsertNodeInput,
     )
     from cloudless.naming import SA_NODE, SA_PHASE
+    from policies.membership import FLAP_WINDOW, accepts, flap_hold, recent
 
 #: Transitions kept for ``describe node``; older ones live in earlier runs' history.
 MAX_TRANSITIONS = 50

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from cloudless import devstack
+from cloudless.cli import devstack
 from cloudless.cli.output import console, workloads_table
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for, require_codec

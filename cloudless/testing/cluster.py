@@ -20,17 +20,22 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
+from agent.main import serve
 from cloudless.api import agent_pb2, agent_pb2_grpc
+from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
+from cloudless.model import NodeState
 from cloudless.naming import SEARCH_ATTRIBUTES
 from cloudless.pki import CertificateAuthority
 from cloudless.quantity import parse_bytes, parse_cpu
+from cloudless.testing.transit import transit_server
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.tokens import TokenSigner
 from cloudless.transit.client import ADDRESS_FILE, TRANSIT_SUBDIR, transit_client
-from cloudless.transit.testing import transit_server
+from workers.coordinator import Coordinator
 
 #: Where test listeners live: below Linux's ephemeral range (32768-60999 by default) and
 #: below the hollow fleet's sequences (``hollow.PORT_BASE``).
@@ -116,8 +121,6 @@ class LocalCluster:
     _resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     async def start(self) -> None:
-        from workers.coordinator import Coordinator
-
         self.gateway = f"127.0.0.1:{free_port()}"
         self.agent_gateway = f"127.0.0.1:{free_port()}"
         if self.encrypt_payloads:
@@ -144,10 +147,6 @@ class LocalCluster:
         """Start another coordinator against the same Temporal, CA and task queue, on its
         own gateway ports: what running several coordinator replicas looks like. Returns
         the ``workers.coordinator.Coordinator`` (``gateway_listen``, ``agent_listen``)."""
-        from temporalio.runtime import Runtime, TelemetryConfig
-
-        from workers.coordinator import Coordinator
-
         # Its own connection and runtime, as a separate process would have: one runtime
         # refuses two workers on the same task queue.
         client = await Client.connect(
@@ -247,8 +246,6 @@ class LocalCluster:
 
     async def _launch(self, name: str, token: str | None, wait_ready: bool) -> AgentHandle:
         """Run ``serve`` for the recorded spec; return once it serves (or raise its error)."""
-        from agent.main import serve
-
         spec = self._specs[name]
         ready, stop = asyncio.Event(), asyncio.Event()
         started: list[Any] = []
@@ -285,9 +282,6 @@ class LocalCluster:
 
     async def wait_node_ready(self, name: str, timeout: float = 30.0) -> None:
         """Await the ledger listing the node as Ready (enrollment finishes asynchronously)."""
-        from cloudless.client import CloudlessClient
-        from cloudless.model import NodeState
-
         c = CloudlessClient(self.client, self.cluster)
         node = await c.wait_node(name, [NodeState.READY], timeout)
         if node is None or node.state != NodeState.READY:

@@ -15,26 +15,36 @@ phones, laptops, PCs (some with a GPU), VPSes (some offering gVisor) and gateway
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import random
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cloudless import nodefacts
-from cloudless.testing.cluster import free_port
+import grpc
+from temporalio.client import Client
 
-if TYPE_CHECKING:
-    from temporalio.client import Client
-
-    from agent.heartbeat import HeartbeatClient
-    from agent.runtime.base import ReplicaSpec, ReplicaStatus
-    from cloudless.testing.cluster import LocalCluster
+from agent.enroll import NodeFacts, enroll
+from agent.heartbeat import HeartbeatClient
+from agent.runtime.base import ReplicaPhase, ReplicaSpec, ReplicaStatus
+from agent.server import AgentServicer
+from cloudless import nodefacts, tls
+from cloudless.api import agent_pb2_grpc, gateway_pb2
+from cloudless.client import CloudlessClient
+from cloudless.errors import EnrollmentError
+from cloudless.logs import configure_logging
+from cloudless.model import NodeState
+from cloudless.pki import CertificateAuthority
+from cloudless.testing.cluster import LocalCluster, free_port
+from cloudless.tls import server_credentials
+from cloudless.tokens import TokenSigner
 
 GIB = 2**30
 PORT_BASE = 20_000
@@ -113,8 +123,6 @@ class HollowDriver:
         return True
 
     async def run(self, spec: ReplicaSpec) -> ReplicaStatus:
-        from agent.runtime.base import ReplicaPhase, ReplicaStatus
-
         status = ReplicaStatus(
             replica_id=spec.replica_id,
             namespace=spec.namespace,
@@ -221,16 +229,6 @@ class HollowFleet:
                 return port
 
     async def _launch(self, spec: HollowSpec) -> None:
-        import grpc
-
-        from agent.enroll import NodeFacts, enroll
-        from agent.heartbeat import HeartbeatClient
-        from agent.server import AgentServicer
-        from cloudless import tls
-        from cloudless.api import agent_pb2_grpc, gateway_pb2
-        from cloudless.errors import EnrollmentError
-        from cloudless.tls import server_credentials
-
         address = f"127.0.0.1:{self._port()}"
         drivers = {"docker": HollowDriver("docker"), "exec": HollowDriver("exec")}
         node = HollowNode(spec=spec, address=address, drivers=drivers)
@@ -299,9 +297,6 @@ class HollowFleet:
 
 async def wait_ready(client: Client, cluster: str, names: set[str], timeout: float) -> None:
     """Until the ledger lists every one of ``names`` as Ready."""
-    from cloudless.client import CloudlessClient
-    from cloudless.model import NodeState
-
     c = CloudlessClient(client, cluster)
     deadline = time.monotonic() + timeout
     while True:
@@ -323,13 +318,6 @@ def main() -> None:
     (``--shard`` splits one fleet over several processes, so it can use more cores); prints
     ``enrolled <n> <seconds>`` once every node enrolled, then runs until stdin closes.
     """
-    import argparse
-    import sys
-
-    from cloudless.logs import configure_logging
-    from cloudless.pki import CertificateAuthority
-    from cloudless.tokens import TokenSigner
-
     parser = argparse.ArgumentParser()
     for flag in ("--gateway", "--agent-gateway", "--coordinator-dir", "--cluster", "--root"):
         parser.add_argument(flag, required=True)

@@ -34,9 +34,7 @@ from typing import Any
 from temporalio.client import Client
 
 from cloudless.api import agent_pb2, agent_pb2_grpc
-from cloudless.client import CloudlessClient
-from cloudless.codec import codec_for
-from cloudless.devstack import (
+from cloudless.cli.devstack import (
     DEV_AGENTS,
     DEV_FILE,
     DevAgent,
@@ -48,6 +46,8 @@ from cloudless.devstack import (
     stop_processes,
     wait_until,
 )
+from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for
 from cloudless.images import BUSYBOX_TAG, build_busybox_image
 from cloudless.model import NodeState, ReplicaPhase, WorkloadStatus
 from cloudless.spec import Workload, parse_workload

@@ -1,10 +1,8 @@
-"""Transit: Vault-compatible encryption as a service for Cloudless.
+"""The transit *client*: how every Cloudless process reaches a Vault-compatible transit API.
 
-Cloudless code never calls the keyring directly; it talks to a transit server through
-``hvac`` (see :func:`cloudless.transit.client.transit_client`), so the embedded
-``cloudless-transit`` server (:mod:`cloudless.transit.server`, keyring in
-:mod:`cloudless.transit.keyring`) and a real Vault or OpenBao are interchangeable.
-Design notes: ``docs/design/transit.md``.
+Cloudless talks to transit only through ``hvac`` (see :func:`transit_client`), so the
+embedded ``cloudless-transit`` server (the top-level :mod:`transit` package) and a real
+Vault or OpenBao are interchangeable. Design notes: ``docs/design/transit.md``.
 """
 
 from __future__ import annotations

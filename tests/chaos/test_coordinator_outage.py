@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudless.devstack import DevPorts
+from cloudless.cli.devstack import DevPorts
 from cloudless.model import NodeState
 from cloudless.testing.outage import CRASHY, ONESHOT, WEB, run_outage
 

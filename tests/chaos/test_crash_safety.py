@@ -17,9 +17,7 @@ from temporalio.client import Client
 
 from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
-from cloudless.client import CloudlessClient
-from cloudless.codec import codec_for
-from cloudless.devstack import (
+from cloudless.cli.devstack import (
     DEV_AGENTS,
     DEV_FILE,
     DevPorts,
@@ -31,6 +29,8 @@ from cloudless.devstack import (
     stop_processes,
     wait_until,
 )
+from cloudless.client import CloudlessClient
+from cloudless.codec import codec_for
 from cloudless.model import NodeState
 from cloudless.naming import workload_workflow_id
 from cloudless.temporal import connect

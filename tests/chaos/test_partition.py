@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.exec import ExecDriver
+from cloudless.cli.devstack import port_open, temporal_binary, wait_until
 from cloudless.client import CloudlessClient
-from cloudless.devstack import port_open, temporal_binary, wait_until
 from cloudless.model import NodeState
 from cloudless.pki import CertificateAuthority
 from cloudless.temporal import connect

@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from cloudless.codec import codec_for
-from cloudless.devstack import (
+from cloudless.cli.devstack import (
     DevPorts,
     port_open,
     spawn_coordinator,
@@ -37,6 +36,7 @@ from cloudless.devstack import (
     spawn_transit,
     wait_until,
 )
+from cloudless.codec import codec_for
 from cloudless.naming import rotation_workflow_id
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.temporal import connect

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.runtime.base import LABEL_MANAGED, LABEL_NODE
-from cloudless.devstack import DEV_AGENTS
+from cloudless.cli.devstack import DEV_AGENTS
 
 pytestmark = [pytest.mark.docker, pytest.mark.temporal]
 

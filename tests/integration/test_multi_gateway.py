@@ -16,10 +16,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
-from cloudless.liveness import Health
 from cloudless.model import NodeState, ReplicaPhase
 from cloudless.testing.cluster import LocalCluster, free_port
 from cloudless.testing.workloads import sleeper
+from policies.liveness import Health
 from tests.conftest import unique
 from workers.coordinator import Coordinator
 

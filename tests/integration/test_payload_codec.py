@@ -36,9 +36,9 @@ from cloudless.codec import (
     data_converter,
 )
 from cloudless.testing.cluster import temporal_binary
+from cloudless.testing.transit import transit_server
 from cloudless.transit.client import transit_client
-from cloudless.transit.server import TransitServer
-from cloudless.transit.testing import transit_server
+from transit.server import TransitServer
 from workers.codec_server import CodecServer
 from workers.codec_server import load_or_create_token as codec_token
 

@@ -19,8 +19,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.cli.devstack import port_open, wait_until
 from cloudless.codec import ENCODING, ENV_INSECURE_PLAINTEXT, META_ENCODING
-from cloudless.devstack import port_open, wait_until
 from cloudless.errors import ConfigError
 from cloudless.naming import cluster_workflow_id
 from cloudless.testing.cluster import free_port

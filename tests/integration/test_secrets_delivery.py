@@ -28,7 +28,7 @@ from cloudless.images import BUSYBOX_TAG
 from cloudless.secrets.client import SecretsClient
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster
-from cloudless.transit.testing import transit_server
+from cloudless.testing.transit import transit_server
 from tests.conftest import removing_containers
 
 pytestmark = [pytest.mark.temporal, pytest.mark.docker]

@@ -36,7 +36,7 @@ from cloudless.pki import CertificateAuthority, Identity
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.testing.cluster import LocalCluster
-from cloudless.transit.testing import transit_server
+from cloudless.testing.transit import transit_server
 from workers import secrets as secrets_worker
 from workers.secrets import SecretsServicer
 

@@ -33,9 +33,10 @@ from cryptography.x509.oid import NameOID
 
 from cloudless.errors import ConfigError
 from cloudless.testing.cluster import free_port
+from cloudless.testing.transit import running_transit, transit_server
 from cloudless.transit.client import transit_client
-from cloudless.transit.keyring import MIN_AUTO_ROTATE_SECONDS, Keyring, SealError
-from cloudless.transit.server import (
+from transit.keyring import MIN_AUTO_ROTATE_SECONDS, Keyring, SealError
+from transit.server import (
     KEYRING_FILE,
     SEAL_KEY_FILE,
     TOKEN_FILE,
@@ -43,7 +44,6 @@ from cloudless.transit.server import (
     open_state,
     tls_context,
 )
-from cloudless.transit.testing import running_transit, transit_server
 
 
 def b64(data: bytes) -> str:
@@ -537,7 +537,7 @@ def test_wrong_seal_key_refuses_to_start(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cloudless.transit.server",
+            "transit.server",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -634,7 +634,7 @@ def test_cli_refuses_plaintext_on_a_public_address(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cloudless.transit.server",
+            "transit.server",
             "--listen",
             "0.0.0.0:0",
             "--data-dir",
@@ -657,7 +657,7 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cloudless.transit.server",
+            "transit.server",
             "--listen",
             f"127.0.0.1:{port}",
             "--data-dir",

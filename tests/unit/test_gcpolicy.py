@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloudless.gcpolicy import GcPolicy
+from workers.gcpolicy import GcPolicy
 
 
 @pytest.fixture(autouse=True)

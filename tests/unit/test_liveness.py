@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudless.liveness import Health, LivenessTable
+from policies.liveness import Health, LivenessTable
 
 
 def table(**kw: float) -> LivenessTable:

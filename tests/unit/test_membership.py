@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.enroll import load_agent_gateways, split_addresses
-from cloudless.liveness import Health, LivenessTable
-from cloudless.membership import DAMP_MAX, FLAP_WINDOW, accepts, flap_hold
+from policies.liveness import Health, LivenessTable
+from policies.membership import DAMP_MAX, FLAP_WINDOW, accepts, flap_hold
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -11,7 +11,6 @@ import dataclasses
 
 import pytest
 
-from policies import placement
 from policies.scheduler import (
     INSUFFICIENT_BANDWIDTH,
     INSUFFICIENT_CPU,
@@ -405,25 +404,27 @@ def test_summary_counts_each_node_once_most_frequent_first() -> None:
     assert decision.unplaced == 1
 
 
-def test_summary_matches_the_current_placement_format() -> None:
+def test_summary_format() -> None:
     counts = {INSUFFICIENT_MEMORY: 3, SELECTOR_MISMATCH: 2, NOT_READY: 2}
-    from collections import Counter
-
-    assert summarize(7, counts) == placement.summarize(7, Counter(counts))
+    assert summarize(7, counts) == (
+        "0/7 nodes are available: 3 insufficient memory, 2 node not ready, "
+        "2 node selector mismatch"
+    )
     assert summarize(0, {}) == "0/0 nodes are available"
 
 
-def test_reason_strings_shared_with_placement_are_unchanged() -> None:
+def test_reason_strings_are_stable() -> None:
+    """Users and scripts read these strings; a rename is a visible change."""
     assert (NOT_READY, RUNTIME_MISSING, ZONE_MISMATCH, SELECTOR_MISMATCH) == (
-        placement.NOT_READY,
-        placement.RUNTIME_MISSING,
-        placement.ZONE_MISMATCH,
-        placement.SELECTOR_MISMATCH,
+        "node not ready",
+        "runtime unavailable",
+        "zone mismatch",
+        "node selector mismatch",
     )
     assert (INSUFFICIENT_CPU, INSUFFICIENT_MEMORY, INSUFFICIENT_STORAGE) == (
-        placement.INSUFFICIENT_CPU,
-        placement.INSUFFICIENT_MEMORY,
-        placement.INSUFFICIENT_STORAGE,
+        "insufficient cpu",
+        "insufficient memory",
+        "insufficient storage",
     )
     assert len(set(REASONS)) == len(REASONS) == 16
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloudless.transit.keyring import (
+from transit.keyring import (
     KEY_TYPES,
     MIN_AUTO_ROTATE_SECONDS,
     KeyNotFoundError,

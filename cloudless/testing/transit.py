@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cloudless.transit.keyring import Clock
-from cloudless.transit.server import DEFAULT_MOUNT, TransitServer, open_state
+from transit.keyring import Clock
+from transit.server import DEFAULT_MOUNT, TransitServer, open_state
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Every Cloudless process talks to transit through ``hvac``; this server speaks th
 Vault's HTTP API that ``hvac.Client(...).secrets.transit`` uses, with Vault's paths, envelope,
 status codes and error messages, so pointing ``VAULT_ADDR``/``VAULT_TOKEN`` at a real Vault
 or OpenBao works unchanged. The keyring model and its crypto live in
-:mod:`cloudless.transit.keyring`; this module is only HTTP, auth and process wiring.
+:mod:`transit.keyring`; this module is only HTTP, auth and process wiring.
 
 The standard library's threading HTTP server is enough here: requests are tiny, crypto
 takes microseconds, and it keeps the trusted code small. Nothing in this module logs a
@@ -44,7 +44,7 @@ from cloudless.config import state_dir
 from cloudless.errors import CloudlessError, ConfigError, PKIError
 from cloudless.pki import read_private_file, write_private_file, write_public_file
 from cloudless.transit.client import ADDRESS_FILE
-from cloudless.transit.keyring import (
+from transit.keyring import (
     DEFAULT_KEY_TYPE,
     Clock,
     Encrypted,

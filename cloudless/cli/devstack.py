@@ -239,7 +239,7 @@ def spawn_transit(state_dir: Path, ports: DevPorts) -> int:
     # seal key from elsewhere would not be where the coordinator and the CLI look.
     proc = _spawn(
         [
-            sys.executable, "-m", "cloudless.transit.server",
+            sys.executable, "-m", "transit.server",
             "--listen", f"127.0.0.1:{ports.transit}", "--data-dir", str(data_dir),
             "--seal-key-file", str(data_dir / "seal.key"),
             "--token-file", str(data_dir / ROOT_TOKEN_FILE),
@@ -420,22 +420,19 @@ def remove_dev_containers(node_names: tuple[str, ...]) -> int:
 
 
 def stop_exec_replicas(state_dir: Path, node_names: tuple[str, ...]) -> int:
-    """Stop process replicas the dev agents started with the exec runtime."""
-    import asyncio
+    """Stop process replicas the dev agents started with the exec runtime.
 
-    from agent.runtime.exec import ExecDriver
-
-    async def go() -> int:
-        count = 0
-        for name in node_names:
-            agent_dir = state_dir / "agents" / name
-            if not (agent_dir / "replicas").exists():
-                continue
-            driver = ExecDriver(name, agent_dir)
-            for status in await driver.list():
-                await driver.stop(status.replica_id, 5.0)
-                count += 1
-            await driver.close()
-        return count
-
-    return asyncio.run(go())
+    Runs ``python -m agent.cleanup`` as a process: the CLI never imports the agent.
+    """
+    if not node_names:
+        return 0
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cleanup", "--state-dir", str(state_dir), *node_names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"stopping exec replicas failed: {done.stderr.strip()[-500:]}")
+    return int(done.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
-"""Placement: choose nodes for a batch of replicas. Pure logic, no I/O.
+"""The plain-Python placement loop the columnar scheduler replaced: kept as the baseline
+that `bench/scheduler_decision.py` measures against in the same run (never used by the product).
 
 The pipeline mirrors the ones in Nomad and the Kubernetes scheduler framework:
 
