@@ -7,82 +7,32 @@ sandbox, serialized by Temporal's pydantic data converter.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
-import operator
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The vocabulary's names are re-exported: payload models and their words travel together.
+from cloudless.vocabulary import DEFAULT_WEIGHTS as DEFAULT_WEIGHTS
+from cloudless.vocabulary import RESOURCE_FIELDS as RESOURCE_FIELDS
+from cloudless.vocabulary import RESOURCE_NAMES as RESOURCE_NAMES
+from cloudless.vocabulary import SCORE_FACTORS as SCORE_FACTORS
+from cloudless.vocabulary import AdminAction as AdminAction
+from cloudless.vocabulary import AdminState as AdminState
+from cloudless.vocabulary import NodeHealth as NodeHealth
+from cloudless.vocabulary import NodeState as NodeState
+from cloudless.vocabulary import ReplicaPhase as ReplicaPhase
+from cloudless.vocabulary import Resources as Resources
+from cloudless.vocabulary import WorkloadPhase as WorkloadPhase
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=False)
 
 
-class Resources(_Model):
-    """An amount of node resources; used for capacity, requests and allocations.
-
-    ``gpu`` and ``bandwidth_bps`` default to 0, so a node that does not advertise them
-    simply has none and a replica that does not ask for them never needs them.
-    """
-
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    storage_bytes: int = 0
-    gpu: int = 0
-    bandwidth_bps: int = 0
-
-    def _zip(self, other: Resources, op: Callable[[int, int], int]) -> Resources:
-        return Resources(**{f: op(getattr(self, f), getattr(other, f)) for f in RESOURCE_FIELDS})
-
-    def __add__(self, other: Resources) -> Resources:
-        return self._zip(other, operator.add)
-
-    def __sub__(self, other: Resources) -> Resources:
-        return self._zip(other, operator.sub)
-
-    def scaled(self, n: int) -> Resources:
-        return Resources(**{f: getattr(self, f) * n for f in RESOURCE_FIELDS})
-
-    def clamped(self) -> Resources:
-        """Every dimension at least 0 (a double release must not drive totals negative)."""
-        return Resources(**{f: max(0, getattr(self, f)) for f in RESOURCE_FIELDS})
-
-    def fits_within(self, other: Resources) -> bool:
-        """Whether every dimension of ``self`` is at most the same dimension of ``other``."""
-        return all(getattr(self, f) <= getattr(other, f) for f in RESOURCE_FIELDS)
-
-    def over(self, capacity: Resources) -> list[str]:
-        """Names of the dimensions where ``self`` exceeds ``capacity``."""
-        return [
-            name
-            for f, name in zip(RESOURCE_FIELDS, RESOURCE_NAMES, strict=True)
-            if getattr(self, f) > getattr(capacity, f)
-        ]
-
-
-#: Resource dimensions in the scheduler's order, and the names messages use for them.
-RESOURCE_FIELDS = ("cpu_millis", "memory_bytes", "storage_bytes", "gpu", "bandwidth_bps")
-RESOURCE_NAMES = ("cpu", "memory", "storage", "gpu", "bandwidth")
-
-
 # --------------------------------------------------------------------------- nodes
-
-
-class NodeState(enum.StrEnum):
-    """The node state machine kept by ``node/<id>``."""
-
-    JOINING = "Joining"
-    READY = "Ready"
-    SUSPECT = "Suspect"
-    OFFLINE = "Offline"
-    DRAINING = "Draining"
-    DRAINED = "Drained"
-    CORDONED = "Cordoned"
-    LEFT = "Left"
 
 
 class NodeRecord(_Model):
@@ -114,8 +64,8 @@ class NodeStatus(_Model):
 
     record: NodeRecord
     state: NodeState
-    health: str = "Ready"
-    admin: str = ""
+    health: NodeHealth = NodeHealth.READY
+    admin: AdminState = AdminState.NONE
     transitions: list[NodeTransition] = Field(default_factory=list)
     #: Times the node went Suspect or Offline recently; drives damping and reliability.
     churn: list[datetime] = Field(default_factory=list)
@@ -136,7 +86,7 @@ class NodeStatus(_Model):
 class LivenessSignal(_Model):
     """A health change observed by a gateway's liveness table."""
 
-    health: str  # Ready | Suspect | Offline
+    health: NodeHealth
     reason: str
     at: datetime
     gateway: str
@@ -147,7 +97,7 @@ class LivenessSignal(_Model):
 
 
 class NodeAdminInput(_Model):
-    action: str  # cordon | uncordon | drain
+    action: AdminAction
     reason: str = ""
 
 
@@ -165,7 +115,7 @@ class ReplicaExited(_Model):
 
     replica_id: str
     node_id: str
-    phase: str  # Failed | Stopped
+    phase: ReplicaPhase  # Failed | Stopped
     exit_code: int | None = None
     message: str = ""
 
@@ -260,23 +210,6 @@ class LedgerWorkload(_Model):
     priority: int = 0
     resources: Resources = Field(default_factory=Resources)
     replicas: int = 0  # placed in total; the entry goes when this reaches 0
-
-
-#: The score factors a cluster may weigh, with their defaults (CLD-REQ-021 for the first
-#: five): the scheduler's ``Weights``, repeated here because ``cloudless`` imports nothing
-#: of ``policies`` (a unit test keeps the two equal).
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "locality": 0.3,
-    "reliability": 0.25,
-    "cost": 0.15,
-    "utilization": 0.2,
-    "network": 0.1,
-    "node_affinity": 0.2,
-    "workload_affinity": 0.2,
-    "topology_spread": 0.2,
-    "taint_toleration": 0.1,
-}
-SCORE_FACTORS = tuple(DEFAULT_WEIGHTS)
 
 
 class SchedulerSettings(_Model):
@@ -624,16 +557,6 @@ class SignCertificateResult(_Model):
 # --------------------------------------------------------------------------- workloads
 
 
-class ReplicaPhase(enum.StrEnum):
-    PENDING = "Pending"
-    STARTING = "Starting"
-    RUNNING = "Running"
-    FAILED = "Failed"
-    STOPPED = "Stopped"
-    #: Exited 0 under restartPolicy Never/OnFailure: done, never replaced (workload only).
-    COMPLETED = "Completed"
-
-
 class CandidateScore(_Model):
     """One scored node from a placement decision: total 0..100 and each factor 0..1."""
 
@@ -668,17 +591,6 @@ class ReplicaRecord(_Model):
     epoch: int = 0
     #: Its allocation went back to the ledger while the record stays (a Completed replica).
     released: bool = False
-
-
-class WorkloadPhase(enum.StrEnum):
-    PROGRESSING = "Progressing"
-    AVAILABLE = "Available"
-    #: Every desired replica ran to completion (exit 0, restartPolicy Never/OnFailure).
-    COMPLETED = "Completed"
-    DEGRADED = "Degraded"
-    PENDING = "Pending"
-    DELETING = "Deleting"
-    DELETED = "Deleted"
 
 
 class WorkloadStatus(_Model):

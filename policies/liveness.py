@@ -19,17 +19,15 @@ node costs one heap operation per TTL rather than one per beat.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import math
 import random
 from dataclasses import dataclass, field
 
+from cloudless.vocabulary import NodeHealth
 
-class Health(enum.StrEnum):
-    READY = "Ready"
-    SUSPECT = "Suspect"
-    OFFLINE = "Offline"
+#: Heartbeat health: the vocabulary's node health (this table never reports Joining).
+Health = NodeHealth
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ workflow only wires it to Updates and queries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +87,7 @@ class _CachedPlan:
     def export(self) -> dict[str, Any]:
         groups: dict[str, dict[str, Any]] = {}
         for a in self.allocations:
-            res = _dump(a.resources)
+            res = a.resources.nonzero()
             key = f"{a.workload}|{sorted(res.items())}"
             group = groups.setdefault(key, {"w": a.workload, "r": res, "a": []})
             group["a"].append([a.replica_id, a.node_id])
@@ -99,7 +100,7 @@ class _CachedPlan:
                 replica_id=rid,
                 node_id=nid,
                 workload=g["w"],
-                resources=Resources.model_validate(g["r"]),
+                resources=Resources(**g["r"]),
             )
             for g in data["g"]
             for rid, nid in g["a"]
@@ -112,8 +113,8 @@ def ledger_node(inp: UpsertNodeInput, current: LedgerNode | None) -> LedgerNode:
     allocations already on it kept."""
     rec = inp.record
     advert = nodefacts.parse(rec.labels)
-    capacity = rec.capacity.model_copy(
-        update={"gpu": advert.gpu, "bandwidth_bps": advert.bandwidth_bps}
+    capacity = dataclasses.replace(
+        rec.capacity, gpu=advert.gpu, bandwidth_bps=advert.bandwidth_bps
     )
     return LedgerNode(
         node_id=rec.node_id,
@@ -162,7 +163,7 @@ class Ledger:
         )
         self._plan_allocations = sum(len(p.allocations) for p in self.plans.values())
         self.pending: dict[str, Resources] = {
-            k: Resources.model_validate(r) for k, r in carried.get("pending", {}).items()
+            k: Resources(**r) for k, r in carried.get("pending", {}).items()
         }
         self.scheduler = SchedulerSettings.model_validate(carried.get("scheduler") or {})
 
@@ -172,7 +173,7 @@ class Ledger:
             "version": self.version,
             "columns": encode_ledger(list(self.nodes.values()), self.workloads),
             "plans": [(pid, p.export()) for pid, p in self.plans.items()],
-            "pending": {k: _dump(r) for k, r in self.pending.items()},
+            "pending": {k: r.nonzero() for k, r in self.pending.items()},
             "scheduler": _dump(self.scheduler),
         }
 

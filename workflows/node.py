@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         UpsertNodeInput,
     )
     from cloudless.naming import SA_NODE, SA_PHASE
+    from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
     from policies.membership import FLAP_WINDOW, accepts, flap_hold, recent
 
 #: Transitions kept for ``describe node``; older ones live in earlier runs' history.
@@ -56,12 +57,12 @@ _FAST = RetryPolicy(
     backoff_coefficient=1.5,
     maximum_interval=timedelta(seconds=5),
 )
-_ADMIN_ACTIONS = ("cordon", "uncordon", "drain")
+_ADMIN_ACTIONS = tuple(AdminAction)
 
 
 @dataclass
 class _Event:
-    kind: str  # enroll | liveness | admin | facts
+    kind: NodeEventKind
     record: NodeRecord | None = None
     liveness: LivenessSignal | None = None
     admin: NodeAdminInput | None = None
@@ -78,7 +79,7 @@ class NodeWorkflow:
         self._seq = 0
         self._done = 0
         if inp.record is not None:
-            self._events.append(_Event("enroll", record=inp.record))
+            self._events.append(_Event(NodeEventKind.ENROLL, record=inp.record))
 
     # ------------------------------------------------------------------ main loop
 
@@ -90,13 +91,13 @@ class NodeWorkflow:
             )
             while self._events:
                 event = self._events.pop(0)
-                if event.kind == "enroll" and event.record is not None:
+                if event.kind == NodeEventKind.ENROLL and event.record is not None:
                     await self._on_enroll(event.record)
-                elif event.kind == "liveness" and event.liveness is not None:
+                elif event.kind == NodeEventKind.LIVENESS and event.liveness is not None:
                     await self._on_liveness(event.liveness)
-                elif event.kind == "admin" and event.admin is not None:
+                elif event.kind == NodeEventKind.ADMIN and event.admin is not None:
                     await self._on_admin(event.admin)
-                elif event.kind == "facts" and event.record is not None:
+                elif event.kind == NodeEventKind.FACTS and event.record is not None:
                     await self._on_facts(event.record)
                 self._done = max(self._done, event.seq)
             if self._should_continue_as_new():
@@ -119,7 +120,9 @@ class NodeWorkflow:
         # Joining is recorded first so the UI shows the node the moment it enrolls; it is
         # Ready only once the coordinator has reached the agent over mTLS.
         fresh = self._status is None  # never Ready, so the ledger placed nothing here
-        self._set(record=record, health="Joining", reason="enrolled with a bootstrap token")
+        self._set(
+            record=record, health=NodeHealth.JOINING, reason="enrolled with a bootstrap token"
+        )
         await self._publish()
         try:
             runtimes = await workflow.execute_activity_method(
@@ -136,13 +139,13 @@ class NodeWorkflow:
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._set(health="Offline", reason=f"agent unreachable: {reason}")
+            self._set(health=NodeHealth.OFFLINE, reason=f"agent unreachable: {reason}")
             await self._publish()
             return
         self._set(record=record.model_copy(update={"runtimes": runtimes}))
         if not await self._reconcile_replicas(fresh=fresh):
             return
-        self._set(health="Ready", reason="agent reached over mTLS")
+        self._set(health=NodeHealth.READY, reason="agent reached over mTLS")
         await self._publish()
 
     def _accepts(self, sig: LivenessSignal) -> bool:
@@ -164,29 +167,29 @@ class NodeWorkflow:
 
     async def _on_liveness(self, sig: LivenessSignal) -> None:
         status = self._status
-        if status is None or status.health == "Joining":
+        if status is None or status.health == NodeHealth.JOINING:
             return  # not enrolled yet (or still probing): enrollment decides
         if not self._accepts(sig):
             return  # a gateway (or an older stream) the node has already moved off
         if sig.epoch > status.stream_epoch:
             self._own(sig)  # news of a newer stream, wherever it lives
         if sig.health == status.health:
-            if sig.health == "Ready":
+            if sig.health == NodeHealth.READY:
                 self._own(sig)
             return
-        if sig.health == "Ready":
+        if sig.health == NodeHealth.READY:
             if await self._damped():
                 return
-            if status.health == "Offline" and not await self._reconcile_replicas():
+            if status.health == NodeHealth.OFFLINE and not await self._reconcile_replicas():
                 return
             self._own(sig)
             status.planned_since = None  # a planned restart came back: neither churn nor downtime
-            self._set(health="Ready", reason=sig.reason)
+            self._set(health=NodeHealth.READY, reason=sig.reason)
             await self._publish()
             return
-        was_healthy = status.health == "Ready"
-        planned = was_healthy and sig.graceful and sig.health == "Suspect"
-        if sig.health == "Offline" and status.planned_since is not None:
+        was_healthy = status.health == NodeHealth.READY
+        planned = was_healthy and sig.graceful and sig.health == NodeHealth.SUSPECT
+        if sig.health == NodeHealth.OFFLINE and status.planned_since is not None:
             # The restart took longer than the TTL: an outage after all, from when it left.
             status.down_since = status.planned_since
             status.churn = [*status.churn, status.planned_since][-MAX_CHURN_KEPT:]
@@ -197,7 +200,7 @@ class NodeWorkflow:
         elif was_healthy:  # one episode per departure from Ready (Suspect then Offline is one)
             status.churn = [*status.churn, workflow.now()][-MAX_CHURN_KEPT:]
         await self._publish()
-        if sig.health == "Offline":
+        if sig.health == NodeHealth.OFFLINE:
             await self._notify_workloads(f"node {status.record.node_id} offline: {sig.reason}")
 
     async def _on_facts(self, fresh: NodeRecord) -> None:
@@ -223,14 +226,14 @@ class NodeWorkflow:
     async def _on_admin(self, cmd: NodeAdminInput) -> None:
         status = self._status
         assert status is not None
-        if cmd.action == "cordon":
-            self._set(admin="Cordoned", reason=cmd.reason or "cordoned by an operator")
+        if cmd.action == AdminAction.CORDON:
+            self._set(admin=AdminState.CORDONED, reason=cmd.reason or "cordoned by an operator")
             await self._publish()
-        elif cmd.action == "uncordon":
-            self._set(admin="", reason=cmd.reason or "uncordoned by an operator")
+        elif cmd.action == AdminAction.UNCORDON:
+            self._set(admin=AdminState.NONE, reason=cmd.reason or "uncordoned by an operator")
             await self._publish()
-        elif cmd.action == "drain":
-            self._set(admin="Draining", reason=cmd.reason or "drain requested")
+        elif cmd.action == AdminAction.DRAIN:
+            self._set(admin=AdminState.DRAINING, reason=cmd.reason or "drain requested")
             await self._publish()
             await self._notify_workloads(f"node {status.record.node_id} is draining", evacuate=True)
             await workflow.execute_activity_method(
@@ -240,7 +243,7 @@ class NodeWorkflow:
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=_FAST,
             )
-            self._set(admin="Drained", reason="every replica moved elsewhere")
+            self._set(admin=AdminState.DRAINED, reason="every replica moved elsewhere")
             await self._publish()
 
     async def _damped(self) -> bool:
@@ -262,7 +265,9 @@ class NodeWorkflow:
             try:  # histories from before the patch: exactly the old condition
                 await workflow.wait_condition(
                     lambda: any(
-                        e.kind == "liveness" and e.liveness and e.liveness.health != "Ready"
+                        e.kind == NodeEventKind.LIVENESS
+                        and e.liveness
+                        and e.liveness.health != NodeHealth.READY
                         for e in self._events
                     ),
                     timeout=hold,
@@ -291,20 +296,20 @@ class NodeWorkflow:
     def _relapsed(self) -> bool:
         """An accepted Suspect/Offline is queued: the node failed again during a hold."""
         return any(
-            e.kind == "liveness"
+            e.kind == NodeEventKind.LIVENESS
             and e.liveness is not None
-            and e.liveness.health != "Ready"
+            and e.liveness.health != NodeHealth.READY
             and self._accepts(e.liveness)
             for e in self._events
         )
 
     def _admin_queued(self) -> bool:
-        return any(e.kind == "admin" for e in self._events)
+        return any(e.kind == NodeEventKind.ADMIN for e in self._events)
 
     async def _apply_queued_admin(self) -> None:
         """Apply queued admin events in order, ahead of the other queued events."""
         while self._admin_queued():
-            event = next(e for e in self._events if e.kind == "admin")
+            event = next(e for e in self._events if e.kind == NodeEventKind.ADMIN)
             self._events.remove(event)
             if event.admin is not None:
                 await self._on_admin(event.admin)
@@ -337,7 +342,7 @@ class NodeWorkflow:
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._set(health="Offline", reason=f"could not reconcile replicas: {reason}")
+            self._set(health=NodeHealth.OFFLINE, reason=f"could not reconcile replicas: {reason}")
             await self._publish()
             return False
         return True
@@ -360,8 +365,8 @@ class NodeWorkflow:
         self,
         *,
         record: NodeRecord | None = None,
-        health: str | None = None,
-        admin: str | None = None,
+        health: NodeHealth | None = None,
+        admin: AdminState | None = None,
         reason: str = "",
     ) -> None:
         now = workflow.now()
@@ -369,15 +374,15 @@ class NodeWorkflow:
         if status is None:
             assert record is not None
             status = NodeStatus(
-                record=record, state=NodeState.JOINING, health="Joining", first_seen=now
+                record=record, state=NodeState.JOINING, health=NodeHealth.JOINING, first_seen=now
             )
             self._status = status
         if record is not None:
             status.record = record
         if health is not None and health != status.health:
-            if health in ("Suspect", "Offline") and status.down_since is None:
+            if health in (NodeHealth.SUSPECT, NodeHealth.OFFLINE) and status.down_since is None:
                 status.down_since = now
-            if health == "Ready" and status.down_since is not None:
+            if health == NodeHealth.READY and status.down_since is not None:
                 status.offline_seconds += (now - status.down_since).total_seconds()
                 status.down_since = None
             status.health = health
@@ -396,7 +401,7 @@ class NodeWorkflow:
 
     @staticmethod
     def _effective(status: NodeStatus) -> NodeState:
-        if status.health in ("Joining", "Offline", "Suspect"):
+        if status.health in (NodeHealth.JOINING, NodeHealth.OFFLINE, NodeHealth.SUSPECT):
             return NodeState(status.health)
         if status.admin:
             return NodeState(status.admin)
@@ -441,20 +446,20 @@ class NodeWorkflow:
 
     @workflow.signal(name="enroll")
     def enroll(self, sig: EnrollSignal) -> None:
-        self._enqueue(_Event("enroll", record=sig.record))
+        self._enqueue(_Event(NodeEventKind.ENROLL, record=sig.record))
 
     @workflow.signal(name="facts")
     def facts(self, sig: EnrollSignal) -> None:
-        self._enqueue(_Event("facts", record=sig.record))
+        self._enqueue(_Event(NodeEventKind.FACTS, record=sig.record))
 
     @workflow.signal(name="liveness")
     def liveness(self, sig: LivenessSignal) -> None:
-        self._enqueue(_Event("liveness", liveness=sig))
+        self._enqueue(_Event(NodeEventKind.LIVENESS, liveness=sig))
 
     @workflow.update
     async def admin(self, cmd: NodeAdminInput) -> NodeStatus:
         """Cordon, uncordon or drain; returns once applied (a drain once the node is empty)."""
-        seq = self._enqueue(_Event("admin", admin=cmd))
+        seq = self._enqueue(_Event(NodeEventKind.ADMIN, admin=cmd))
         await workflow.wait_condition(lambda: self._done >= seq)
         assert self._status is not None
         return self._status

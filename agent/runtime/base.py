@@ -8,12 +8,12 @@ list what actually runs and reconcile it against what it was told.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from cloudless.errors import RuntimeDriverError
+from cloudless.vocabulary import ReplicaPhase as ReplicaPhase  # drivers report these phases
 
 #: Label keys put on every container/process a driver starts.
 LABEL_MANAGED = "dev.cloudless.managed"
@@ -25,14 +25,6 @@ LABEL_GENERATION = "dev.cloudless.generation"
 LABEL_SPEC_HASH = "dev.cloudless.spec-hash"
 
 
-class ReplicaPhase(enum.StrEnum):
-    """Lifecycle phase of a replica as a driver observes it."""
-
-    PENDING = "Pending"
-    STARTING = "Starting"
-    RUNNING = "Running"
-    FAILED = "Failed"
-    STOPPED = "Stopped"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Pure decision logic like the rest of :mod:`policies`: it reads a :class:`NodeInd
 See ``docs/design/scheduler.md`` for the pipeline, the columns and the measurements.
 """
 
+from cloudless.vocabulary import Resources
 from policies.scheduler.decide import (
     DEFAULT_CONFIG,
     Decision,
@@ -46,7 +47,6 @@ from policies.scheduler.request import (
     NodeSelectorTerm,
     PlacementRequest,
     PreferredNodeTerm,
-    Resources,
     SchedulerConfig,
     SpreadConstraint,
     Strategy,

@@ -35,24 +35,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from policies.scheduler.request import (
-    RESOURCE_FIELDS,
-    LabelSelector,
-    Resources,
-    Taint,
-)
+from cloudless.vocabulary import RESOURCE_FIELDS, NodeState, Resources
+from policies.scheduler.request import LabelSelector, Taint
 
-READY = "Ready"
-#: Node states of the ``node/<id>`` state machine; only Ready accepts new replicas.
-NODE_STATES: tuple[str, ...] = (
-    "Joining",
-    READY,
-    "Suspect",
-    "Offline",
-    "Draining",
-    "Cordoned",
-    "Left",
-)
+READY = NodeState.READY.value
+#: Node states of the ``node/<id>`` state machine (the vocabulary's); only Ready accepts
+#: new replicas.
+NODE_STATES: tuple[str, ...] = tuple(s.value for s in NodeState)
 N_RESOURCES = len(RESOURCE_FIELDS)
 CPU, MEMORY, STORAGE, GPU, BANDWIDTH = range(N_RESOURCES)
 #: The runtime bitmask is one int64; 63 distinct runtimes and classes are plenty.
@@ -196,6 +185,8 @@ class NodeSpec:
     def __post_init__(self) -> None:
         if not self.node_id:
             raise ValueError("node_id must not be empty")
+        self.capacity.check_non_negative()
+        self.allocated.check_non_negative()
         if not 0.0 <= self.uptime_ratio <= 1.0:
             raise ValueError(f"uptime_ratio must be in 0..1, got {self.uptime_ratio}")
         for name in ("churn", "cost_per_core_hour", "latency_ms"):

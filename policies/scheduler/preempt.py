@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloudless.vocabulary import Resources
 from policies.scheduler.decide import DEFAULT_CONFIG
 from policies.scheduler.filters import (
     CAPACITY_FILTERS,
@@ -31,7 +32,7 @@ from policies.scheduler.filters import (
 )
 from policies.scheduler.index import NodeIndex
 from policies.scheduler.prepare import Accounting, prepare
-from policies.scheduler.request import PlacementRequest, Resources, SchedulerConfig
+from policies.scheduler.request import PlacementRequest, SchedulerConfig
 
 
 @dataclass(frozen=True)

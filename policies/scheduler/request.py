@@ -14,6 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeAlias
 
+from cloudless.vocabulary import (
+    DEFAULT_WEIGHTS,
+    SCORE_FACTORS,
+    Resources,
+)
+
 Strategy: TypeAlias = Literal["binpack", "spread", "zone-spread"]
 TopologyKey: TypeAlias = Literal["node", "zone", "region"]
 Operator: TypeAlias = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
@@ -23,51 +29,6 @@ SampleSize: TypeAlias = int | Literal["auto"] | None
 
 STRATEGIES: tuple[Strategy, ...] = ("binpack", "spread", "zone-spread")
 TOPOLOGY_KEYS: tuple[TopologyKey, ...] = ("node", "zone", "region")
-
-#: Resource dimensions, in the order of the index's capacity/allocated rows.
-RESOURCE_FIELDS: tuple[str, ...] = (
-    "cpu_millis",
-    "memory_bytes",
-    "storage_bytes",
-    "gpu",
-    "bandwidth_bps",
-)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """An amount of every schedulable dimension; used for capacity, usage and demand."""
-
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    storage_bytes: int = 0
-    gpu: int = 0
-    bandwidth_bps: int = 0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) < 0:
-                raise ValueError(f"{f.name} must be >= 0, got {getattr(self, f.name)}")
-
-    def as_tuple(self) -> tuple[int, ...]:
-        return (
-            self.cpu_millis,
-            self.memory_bytes,
-            self.storage_bytes,
-            self.gpu,
-            self.bandwidth_bps,
-        )
-
-    @classmethod
-    def of(cls, values: tuple[int, ...] | list[int]) -> Resources:
-        return cls(*(int(v) for v in values))
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources.of([a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)])
-
-    def fits_in(self, free: Resources) -> bool:
-        return all(a <= b for a, b in zip(self.as_tuple(), free.as_tuple(), strict=True))
-
 
 @dataclass(frozen=True)
 class Taint:
@@ -252,15 +213,15 @@ class Weights:
     no preferred terms) does not dilute the others.
     """
 
-    locality: float = 0.3
-    reliability: float = 0.25
-    cost: float = 0.15
-    utilization: float = 0.2
-    network: float = 0.1
-    node_affinity: float = 0.2
-    workload_affinity: float = 0.2
-    topology_spread: float = 0.2
-    taint_toleration: float = 0.1
+    locality: float = DEFAULT_WEIGHTS["locality"]
+    reliability: float = DEFAULT_WEIGHTS["reliability"]
+    cost: float = DEFAULT_WEIGHTS["cost"]
+    utilization: float = DEFAULT_WEIGHTS["utilization"]
+    network: float = DEFAULT_WEIGHTS["network"]
+    node_affinity: float = DEFAULT_WEIGHTS["node_affinity"]
+    workload_affinity: float = DEFAULT_WEIGHTS["workload_affinity"]
+    topology_spread: float = DEFAULT_WEIGHTS["topology_spread"]
+    taint_toleration: float = DEFAULT_WEIGHTS["taint_toleration"]
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -272,8 +233,10 @@ class Weights:
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
 
-#: Factor names in display order; every one is a field of :class:`Weights`.
-FACTORS: tuple[str, ...] = tuple(f.name for f in fields(Weights))
+#: Factor names in display order (the vocabulary's); every one is a field of :class:`Weights`.
+FACTORS: tuple[str, ...] = SCORE_FACTORS
+if tuple(f.name for f in fields(Weights)) != FACTORS:  # pragma: no cover - a typo guard
+    raise ImportError("Weights' fields must be cloudless.vocabulary.SCORE_FACTORS, in order")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from cloudless.vocabulary import Resources
 from policies.scheduler.index import READY, NodeIndex, NodeSpec
-from policies.scheduler.request import Resources, Taint
+from policies.scheduler.request import Taint
 
 MI = 1024**2
 GI = 1024**3
