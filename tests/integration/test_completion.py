@@ -24,6 +24,7 @@ from cloudless.model import ReplicaPhase, WorkloadPhase
 from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.visibility import visible_workflow_ids
 from tests.conftest import unique
 from workflows.workload import WorkloadWorkflow
 
@@ -103,12 +104,7 @@ async def test_replicas_that_exit_zero_complete_the_workload(
     assert all(key not in n.workloads for n in snap.nodes)
 
     query = f'CloudlessWorkload = "{name}" AND CloudlessPhase = "Completed"'
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:  # visibility is eventually consistent
-        found = [wf.id async for wf in c.temporal.list_workflows(query)]
-        if found or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.3)
+    found = await visible_workflow_ids(c.temporal, query)
     assert found == [workload_workflow_id("default", name)]
 
     listed = await cli(cluster, "get", "workloads")

@@ -20,6 +20,7 @@ from cloudless.model import Allocation, CommitPlanInput, ReplicaPhase, Resources
 from cloudless.naming import cluster_workflow_id, workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.visibility import visible_workflow_ids
 from tests.conftest import unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.temporal]
@@ -191,12 +192,9 @@ async def test_ledger_rejects_overcommit(
 async def test_search_attributes_make_workloads_filterable(client: CloudlessClient) -> None:
     name = unique("sa")
     await client.apply(manifest(name, replicas=1), wait=True, timeout=90)
-    found = [
-        wf.id
-        async for wf in client.temporal.list_workflows(
-            f'CloudlessWorkload = "{name}" AND CloudlessPhase = "Available"'
-        )
-    ]
+    found = await visible_workflow_ids(
+        client.temporal, f'CloudlessWorkload = "{name}" AND CloudlessPhase = "Available"'
+    )
     assert found == [workload_workflow_id("default", name)]
     await client.delete("default", name)
 
