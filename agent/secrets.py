@@ -27,6 +27,7 @@ import structlog
 
 from agent.enroll import GATEWAY_SERVER_NAME
 from agent.runtime.base import ReplicaSpec, ResolvedSecrets, SecretMount, SecretVolume
+from agent.runtime.registry import capabilities
 from agent.secretfs import SecretDeliveryError, SecretFiles, projected_files
 from cloudless.api import secrets_pb2, secrets_pb2_grpc
 from cloudless.tls import TLSMaterial, secure_channel
@@ -327,7 +328,7 @@ class SecretDelivery:
             fetched = await self._fetch(_sources(spec))
             env = _env_values(spec, fetched)
             env_file = None
-            if env and runtime == "docker":
+            if env and capabilities(runtime).secret_env_as_file:
                 env_file = str(await asyncio.to_thread(self.files.write_env, spec.replica_id, env))
             mounts = await self._write_volumes(spec, fetched)
             self._projected[spec.replica_id] = spec.without_secret_values()

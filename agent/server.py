@@ -28,6 +28,7 @@ from agent.runtime.base import (
     SecretKeyRef,
     SecretVolume,
 )
+from agent.runtime.registry import capabilities, registered
 from agent.secretfs import SecretDeliveryError
 from agent.secrets import SecretDelivery
 from agent.supervisor import Supervisor
@@ -103,8 +104,9 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
             problems.append(f"port {p.container_port}->{p.host_port} out of range 1..65535")
         if p.protocol not in ("TCP", "UDP"):
             problems.append(f"port protocol {p.protocol!r} must be TCP or UDP")
-    if spec.runtime == "docker" and not spec.image:
-        problems.append("image is required for the docker runtime")
+    # An unregistered runtime is refused later, as unavailable on this node.
+    if spec.runtime in registered() and capabilities(spec.runtime).needs_image and not spec.image:
+        problems.append(f"image is required for the {spec.runtime} runtime")
     problems.extend(_secret_problems(spec))
     problems.extend(_probe_problems(spec))
     return problems

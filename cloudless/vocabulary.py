@@ -70,6 +70,18 @@ class NodeEventKind(enum.StrEnum):
 # --------------------------------------------------------------------------- replicas
 
 
+class RuntimeName(enum.StrEnum):
+    """The runtime drivers an agent may offer (``agent.runtime.registry`` registers one
+    driver per name; a manifest's ``runtime`` is one of these)."""
+
+    DOCKER = "docker"
+    EXEC = "exec"
+
+
+#: Every runtime name, in the agents' order of preference.
+RUNTIMES: tuple[str, ...] = tuple(r.value for r in RuntimeName)
+
+
 class ReplicaPhase(enum.StrEnum):
     """A replica's lifecycle phase, as a runtime driver observes it and as its workload
     tracks it."""
@@ -204,6 +216,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "RESOURCE_FIELDS",
     "RESOURCE_NAMES",
+    "RUNTIMES",
     "SCORE_FACTORS",
     "AdminAction",
     "AdminState",
@@ -212,5 +225,6 @@ __all__ = [
     "NodeState",
     "ReplicaPhase",
     "Resources",
+    "RuntimeName",
     "WorkloadPhase",
 ]

@@ -1,7 +1,9 @@
 """Runtime drivers: how an agent turns a replica spec into a container or a process.
 
-``exec`` works on every POSIX device; ``docker`` is offered only when an engine answers,
-so an agent advertises exactly the runtimes it can honour.
+Every driver implements :class:`~agent.runtime.base.RuntimeDriver` and registers by name
+with its capabilities in :mod:`agent.runtime.registry`. ``exec`` works on every POSIX
+device; ``docker`` is offered only when an engine answers, so an agent advertises exactly
+the runtimes it can honour.
 """
 
 from __future__ import annotations
@@ -11,9 +13,39 @@ from pathlib import Path
 from agent.runtime.base import RuntimeDriver
 from agent.runtime.docker import DEFAULT_SECRET_SHELL, DockerDriver
 from agent.runtime.exec import ExecDriver
+from agent.runtime.registry import (
+    DriverCapabilities,
+    DriverContext,
+    capabilities,
+    register,
+    registered,
+)
+from agent.runtime.registry import detect_drivers as _detect
+from cloudless.vocabulary import RuntimeName
 
-__all__ = ["DockerDriver", "ExecDriver", "build_drivers", "detect_drivers"]
+__all__ = [
+    "DockerDriver",
+    "DriverCapabilities",
+    "DriverContext",
+    "ExecDriver",
+    "capabilities",
+    "detect_drivers",
+    "register",
+    "registered",
+]
 
+register(
+    RuntimeName.EXEC,
+    lambda ctx: ExecDriver(ctx.node_id, ctx.state_dir),
+    DriverCapabilities(needs_image=False, secret_env_as_file=False),
+)
+register(
+    RuntimeName.DOCKER,
+    lambda ctx: DockerDriver(
+        ctx.node_id, base_url=ctx.docker_base_url, secret_shell=ctx.secret_shell
+    ),
+    DriverCapabilities(needs_image=True, secret_env_as_file=True),
+)
 
 async def detect_drivers(
     node_id: str,
@@ -22,20 +54,5 @@ async def detect_drivers(
     *,
     secret_shell: Path = DEFAULT_SECRET_SHELL,
 ) -> dict[str, RuntimeDriver]:
-    """The drivers usable on this node, keyed by name.
-
-    ``exec`` is always included; ``docker`` only if its engine answers a ping now (an
-    engine that appears later needs an agent restart, which keeps the advertised runtime
-    set stable for the scheduler).
-    """
-    drivers: dict[str, RuntimeDriver] = {"exec": ExecDriver(node_id, Path(state_dir))}
-    docker = DockerDriver(node_id, base_url=docker_base_url, secret_shell=secret_shell)
-    if await docker.available():
-        drivers["docker"] = docker
-    else:
-        await docker.close()
-    return drivers
-
-
-#: Same as :func:`detect_drivers` (a coroutine: probing the engine is I/O).
-build_drivers = detect_drivers
+    """The registered drivers usable on this node, keyed by name (see the registry)."""
+    return await _detect(DriverContext(node_id, Path(state_dir), docker_base_url, secret_shell))
