@@ -1,72 +1,47 @@
 """Stable names: workflow ids users find in the Temporal UI, task queues, search attributes.
 
-Pure definitions (no I/O) so workflows, activities and the CLI agree on them.
+They are defined with the entity contracts (:mod:`cloudless.contracts`); this module keeps
+the flat names for the code that imports them from here. New code imports the contracts.
 """
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from cloudless.contracts import enrollment, ledger, node, rotation, secret, workload
+from cloudless.contracts.names import (
+    SA_KEY_VERSION,
+    SA_NAMESPACE,
+    SA_NODE,
+    SA_PHASE,
+    SA_WORKLOAD,
+    SEARCH_ATTRIBUTES,
+    ledger_task_queue,
+    task_queue,
+)
 
+cluster_workflow_id = ledger.workflow_id
+node_workflow_id = node.workflow_id
+workload_workflow_id = workload.workflow_id
+workload_key = workload.key
+enrollment_workflow_id = enrollment.workflow_id
+secret_workflow_id = secret.workflow_id
+rotation_workflow_id = rotation.workflow_id
+rotation_schedule_id = rotation.schedule_id
 
-def task_queue(cluster: str) -> str:
-    """The task queue a cluster's coordinators poll for workflows and activities.
-
-    One queue per cluster lets several clusters share a Temporal namespace without a
-    worker of one cluster ever running another cluster's activities.
-    """
-    return f"cloudless-{cluster}"
-
-
-def ledger_task_queue(cluster: str) -> str:
-    """The ``cluster/<name>`` ledger's own task queue.
-
-    The ledger is the one serialization point of placement: every plan and node change of
-    the cluster is an Update on it. On its own queue, served by a worker that runs nothing
-    else, its tasks never wait behind the thousands of node and workload workflows, and
-    those can never push it out of a workflow cache (which would cost a full replay of its
-    history, plan payloads and all, before the next Update).
-    """
-    return f"cloudless-{cluster}-ledger"
-
-
-SA_NAMESPACE = SearchAttributeKey.for_keyword("CloudlessNamespace")
-SA_WORKLOAD = SearchAttributeKey.for_keyword("CloudlessWorkload")
-SA_NODE = SearchAttributeKey.for_keyword_list("CloudlessNode")
-SA_PHASE = SearchAttributeKey.for_keyword("CloudlessPhase")
-#: Master-key version wrapping a secret's data key: rotation finds what to rewrap with it.
-SA_KEY_VERSION = SearchAttributeKey.for_int("CloudlessKeyVersion")
-
-#: Every custom search attribute, registered at bootstrap so the UI can filter on them.
-SEARCH_ATTRIBUTES = (SA_NAMESPACE, SA_WORKLOAD, SA_NODE, SA_PHASE, SA_KEY_VERSION)
-
-
-def cluster_workflow_id(cluster: str) -> str:
-    return f"cluster/{cluster}"
-
-
-def node_workflow_id(node_id: str) -> str:
-    return f"node/{node_id}"
-
-
-def workload_workflow_id(namespace: str, name: str) -> str:
-    return f"workload/{namespace}/{name}"
-
-
-def enrollment_workflow_id(jti: str) -> str:
-    return f"enrollment/{jti}"
-
-
-def workload_key(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}"
-
-
-def secret_workflow_id(namespace: str, name: str) -> str:
-    return f"secret/{namespace}/{name}"
-
-
-def rotation_workflow_id(cluster: str) -> str:
-    return f"key-rotation/{cluster}"
-
-
-def rotation_schedule_id(cluster: str) -> str:
-    return f"key-rotation/{cluster}"
+__all__ = [
+    "SA_KEY_VERSION",
+    "SA_NAMESPACE",
+    "SA_NODE",
+    "SA_PHASE",
+    "SA_WORKLOAD",
+    "SEARCH_ATTRIBUTES",
+    "cluster_workflow_id",
+    "enrollment_workflow_id",
+    "ledger_task_queue",
+    "node_workflow_id",
+    "rotation_schedule_id",
+    "rotation_workflow_id",
+    "secret_workflow_id",
+    "task_queue",
+    "workload_key",
+    "workload_workflow_id",
+]

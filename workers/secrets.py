@@ -68,12 +68,13 @@ from cloudless.secrets.model import (
     RotationProgress,
     SecretRecord,
     SecretView,
+    SecretWorkflowInput,
     UpdateSecretInput,
 )
 from cloudless.spec import audience_problem, is_dns_subdomain, is_secret_key
 from cloudless.workloads import secret_references
 from workflows.rotation import KeyRotationWorkflow
-from workflows.secret import SecretWorkflow, SecretWorkflowInput
+from workflows.secret import SecretWorkflow
 
 log = structlog.get_logger("cloudless.secrets")
 

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cloudless import nodefacts
+    from cloudless.contracts import ledger
     from cloudless.model import (
         RESOURCE_FIELDS,
         RESOURCE_NAMES,
@@ -51,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
         decode_ledger,
         encode_ledger,
     )
-    from cloudless.naming import ledger_task_queue
 
 #: Plans remembered (with where their replicas went) so a retried commit returns the
 #: original outcome; retries arrive within seconds, long before this many newer plans
@@ -320,7 +320,7 @@ class Ledger:
 # cluster), its bookkeeping is the plain, deterministic `Ledger` class (no clock but
 # workflow.now(), no randomness, no I/O), and the sandbox's per-activation overhead made its
 # tasks, replays and continue-as-new exports many times slower under load.
-@workflow.defn(name="ClusterWorkflow", sandboxed=False)
+@workflow.defn(name=ledger.WORKFLOW.name, sandboxed=False)
 class ClusterWorkflow:
     @workflow.init
     def __init__(self, inp: ClusterWorkflowInput) -> None:
@@ -344,7 +344,7 @@ class ClusterWorkflow:
         workflow.continue_as_new(
             ClusterWorkflowInput(cluster=self._cluster, carried=self._export()),
             # A ledger started before it had its own queue moves there now.
-            task_queue=ledger_task_queue(self._cluster),
+            task_queue=ledger.WORKFLOW.task_queue(self._cluster),
         )
 
     def _export(self) -> dict[str, object]:
@@ -356,12 +356,12 @@ class ClusterWorkflow:
 
     # ------------------------------------------------------------------ queries
 
-    @workflow.query
+    @workflow.query(name=ledger.SNAPSHOT.name)
     def snapshot(self) -> CompactSnapshot:
         """Columnar on the wire; clients asking for a ClusterSnapshot get it expanded."""
         return self._ledger.snapshot(self._cluster)
 
-    @workflow.query
+    @workflow.query(name=ledger.TOTALS.name)
     def totals(self) -> tuple[int, int, int]:
         """(version, Ready nodes, replicas allocated): cheap to poll, unlike the snapshot,
         which at 5,000 nodes is a megabyte to encode."""
@@ -369,12 +369,12 @@ class ClusterWorkflow:
         ready = sum(1 for n in nodes if n.state == NodeState.READY)
         return self._ledger.version, ready, sum(n.replicas for n in nodes)
 
-    @workflow.query
+    @workflow.query(name=ledger.VERSION.name)
     def version(self) -> int:
         """The ledger version alone: lets a scheduler check whether its index is current."""
         return self._ledger.version
 
-    @workflow.update
+    @workflow.update(name=ledger.WAIT_NODE.name)
     async def wait_node(self, inp: WaitNodeInput) -> LedgerNode | None:
         """The node once it reaches one of the states, or its current entry on timeout.
 
@@ -390,31 +390,31 @@ class ClusterWorkflow:
             await workflow.wait_condition(reached, timeout=timedelta(seconds=inp.timeout_seconds))
         return nodes.get(inp.node_id)
 
-    @workflow.query
+    @workflow.query(name=ledger.NODE_WORKLOADS.name)
     def node_workloads(self, node_id: str) -> list[str]:
         """Workloads with replicas allocated on the node: who to tell when it is lost."""
         node = self._ledger.nodes.get(node_id)
         return sorted(node.workloads) if node else []
 
-    @workflow.query
+    @workflow.query(name=ledger.SCHEDULER_SETTINGS.name)
     def scheduler_settings(self) -> SchedulerSettings:
         return self._ledger.scheduler
 
-    @workflow.update
+    @workflow.update(name=ledger.SET_SCHEDULER_SETTINGS.name)
     def set_scheduler_settings(self, settings: SchedulerSettings) -> int:
         """Replace the scheduler settings (validated by their model before they get here)."""
         return self._ledger.set_scheduler(settings)
 
     # ------------------------------------------------------------------ nodes
 
-    @workflow.update
+    @workflow.update(name=ledger.UPSERT_NODE.name)
     def upsert_node(self, inp: UpsertNodeInput) -> UpsertNodeResult:
         """Record a node's facts and state; allocations already on it are kept."""
         return self._ledger.upsert_node(inp)
 
     # ------------------------------------------------------------------ plans
 
-    @workflow.update
+    @workflow.update(name=ledger.COMMIT_PLAN.name)
     def commit_plan(self, plan: CommitPlanInput) -> CommitPlanResult:
         return self._ledger.commit(plan)
 
@@ -422,7 +422,7 @@ class ClusterWorkflow:
     def _validate_plan(self, plan: CommitPlanInput) -> None:
         self._ledger.validate(plan)
 
-    @workflow.update
+    @workflow.update(name=ledger.APPLY_BATCH.name)
     def apply_batch(self, batch: LedgerBatch) -> LedgerBatchResult:
         """Apply a coordinator's queued writes in order, each with its own outcome.
 
@@ -461,7 +461,7 @@ class ClusterWorkflow:
 
     # ------------------------------------------------------------------ enrollment tokens
 
-    @workflow.update
+    @workflow.update(name=ledger.CONSUME_TOKEN.name)
     def consume_token(self, inp: ConsumeTokenInput) -> None:
         self._record_token(inp)
 

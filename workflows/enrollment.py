@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
     from activities.pki import PKIActivities
+    from cloudless.contracts import enrollment
     from cloudless.model import (
         ConsumeTokenInput,
         EnrollmentInput,
@@ -36,7 +37,7 @@ def binding_error(inp: EnrollmentInput) -> str | None:
     )
 
 
-@workflow.defn(name="EnrollmentWorkflow")
+@workflow.defn(name=enrollment.WORKFLOW.name)
 class EnrollmentWorkflow:
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentResult:

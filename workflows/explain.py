@@ -14,10 +14,11 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
+    from cloudless.contracts import explain
     from cloudless.model import ExplainInput, ExplainResult
 
 
-@workflow.defn(name="ExplainPlacementWorkflow")
+@workflow.defn(name=explain.WORKFLOW.name)
 class ExplainPlacementWorkflow:
     @workflow.run
     async def run(self, inp: ExplainInput) -> ExplainResult:

@@ -18,7 +18,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from cloudless.naming import SA_PHASE
+    from cloudless.contracts import rotation
+    from cloudless.contracts.names import SA_PHASE
     from cloudless.secrets.model import (
         FinalizeInput,
         KeyVersions,
@@ -37,12 +38,12 @@ _SHORT = timedelta(seconds=30)
 EMPTY_ROUNDS = 2
 
 
-@workflow.defn(name="KeyRotationWorkflow")
+@workflow.defn(name=rotation.WORKFLOW.name)
 class KeyRotationWorkflow:
     def __init__(self) -> None:
         self._progress = RotationProgress()
 
-    @workflow.query
+    @workflow.query(name=rotation.PROGRESS.name)
     def progress(self) -> RotationProgress:
         return self._progress
 

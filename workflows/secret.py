@@ -15,9 +15,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
-
-    from cloudless.naming import SA_KEY_VERSION, SA_NAMESPACE, SA_PHASE
+    from cloudless.contracts import secret
+    from cloudless.contracts.names import SA_KEY_VERSION, SA_NAMESPACE, SA_PHASE
     from cloudless.secrets.model import (
         CreateSecretInput,
         DeleteSecretInput,
@@ -28,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         SecretRecord,
         SecretState,
         SecretView,
+        SecretWorkflowInput,
         TokenUses,
         UpdateSecretInput,
     )
@@ -39,16 +39,12 @@ TOKEN_GRACE = 300.0
 MAX_HISTORY_EVENTS = 5_000
 
 
-class SecretWorkflowInput(BaseModel):
-    carried: SecretState | None = None
-
-
 def _error(kind: str, message: str) -> ApplicationError:
     """Refusals the service maps to gRPC codes by ``type``; never retried."""
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
-@workflow.defn(name="SecretWorkflow")
+@workflow.defn(name=secret.WORKFLOW.name)
 class SecretWorkflow:
     @workflow.init
     def __init__(self, inp: SecretWorkflowInput) -> None:
@@ -115,7 +111,7 @@ class SecretWorkflow:
 
     # ------------------------------------------------------------------ queries
 
-    @workflow.query
+    @workflow.query(name=secret.VIEW.name)
     def view(self) -> SecretView | None:
         if self._state is None or self._gone:
             return None
@@ -123,7 +119,7 @@ class SecretWorkflow:
 
     # ------------------------------------------------------------------ updates
 
-    @workflow.update
+    @workflow.update(name=secret.CREATE.name)
     def create(self, inp: CreateSecretInput) -> SecretRecord:
         self._state = SecretState(record=inp.record)
         self._publish()
@@ -141,7 +137,7 @@ class SecretWorkflow:
                 "use update, or delete it first",
             )
 
-    @workflow.update
+    @workflow.update(name=secret.UPDATE.name)
     def update(self, inp: UpdateSecretInput) -> SecretRecord:
         state = self._current()
         rec = state.record
@@ -171,7 +167,7 @@ class SecretWorkflow:
                 f"not {inp.expected_version}; re-read and retry",
             )
 
-    @workflow.update
+    @workflow.update(name=secret.DELETE.name)
     def delete(self, inp: DeleteSecretInput) -> bool:
         self._current()
         self._gone = True
@@ -182,7 +178,7 @@ class SecretWorkflow:
     def _check_delete(self, inp: DeleteSecretInput) -> None:
         self._current()
 
-    @workflow.update
+    @workflow.update(name=secret.RESERVE_USES.name)
     def reserve_uses(self, inp: ReserveUsesInput) -> int:
         """Grant up to ``want`` more uses of a use-limited token; 0 once exhausted."""
         state = self._current()
@@ -202,7 +198,7 @@ class SecretWorkflow:
         if inp.max_uses <= 0 or inp.want <= 0:
             raise _error("InvalidArgument", "reserve_uses needs max_uses > 0 and want > 0")
 
-    @workflow.update
+    @workflow.update(name=secret.REVOKE.name)
     def revoke(self, inp: RevokeInput) -> bool:
         state = self._current()
         self._prune()
@@ -214,7 +210,7 @@ class SecretWorkflow:
     def _check_revoke(self, inp: RevokeInput) -> None:
         self._current()
 
-    @workflow.update
+    @workflow.update(name=secret.REWRAP.name)
     def rewrap(self, inp: RewrapInput) -> RewrapResult:
         """Swap in a data key rewrapped under a newer master-key version.
 

@@ -43,6 +43,12 @@ class SecretState(_Model):
     revoked: dict[str, float] = Field(default_factory=dict)  # jti -> token expiry
 
 
+class SecretWorkflowInput(_Model):
+    """Run input of ``secret/<ns>/<name>``: empty at first, the state across continue-as-new."""
+
+    carried: SecretState | None = None
+
+
 class SecretView(_Model):
     """Query result: the record plus the revocation list (for the service's cache)."""
 
