@@ -43,6 +43,7 @@ from cloudless.spec import ManifestError, load_manifest_file, load_manifests
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
+from cloudless.vocabulary import AdminAction
 
 T = TypeVar("T")
 
@@ -438,7 +439,7 @@ def node_describe(name: str, output: OutputOpt = Output.TABLE) -> None:
     describe_node(name, output)
 
 
-def _admin(name: str, action: str, reason: str, done: str) -> None:
+def _admin(name: str, action: AdminAction, reason: str, done: str) -> None:
     # A drain can legitimately take long; the CLI waits, and Ctrl-C leaves it running.
     status = run(lambda c: c.node_admin(name, action, reason))
     console.print(f"node/{name} {done} (state {status.state.value})")
@@ -450,13 +451,13 @@ ReasonOpt = Annotated[str, typer.Option(help="Why; recorded in the node's transi
 @node_app.command("cordon")
 def node_cordon(name: str, reason: ReasonOpt = "") -> None:
     """Stop new placements on a node; what runs there keeps running."""
-    _admin(name, "cordon", reason, "cordoned")
+    _admin(name, AdminAction.CORDON, reason, "cordoned")
 
 
 @node_app.command("uncordon")
 def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
     """Accept new placements on a node again."""
-    _admin(name, "uncordon", reason, "uncordoned")
+    _admin(name, AdminAction.UNCORDON, reason, "uncordoned")
 
 
 @node_app.command("drain")
@@ -464,7 +465,7 @@ def node_drain(name: str, reason: ReasonOpt = "") -> None:
     """Move every replica elsewhere (replacements first; on a full cluster within each
     workload's minAvailable/maxUnavailable), then mark the node Drained. Waits until the
     node is empty."""
-    _admin(name, "drain", reason, "drained")
+    _admin(name, AdminAction.DRAIN, reason, "drained")
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -29,6 +29,15 @@ def workflow_id(namespace: str, name: str) -> str:
     return f"workload/{namespace}/{name}"
 
 
+def split_workflow_id(workflow_id: str) -> tuple[str, str] | None:
+    """(namespace, name) of a ``workload/<namespace>/<name>`` id; None for another id."""
+    kind, _, rest = workflow_id.partition("/")
+    namespace, _, name = rest.partition("/")
+    if kind != "workload" or not namespace or not name:
+        return None
+    return namespace, name
+
+
 def key(namespace: str, name: str) -> str:
     """``<namespace>/<name>``: how the ledger and the scheduler name a workload."""
     return f"{namespace}/{name}"
@@ -171,5 +180,6 @@ __all__ = [
     "WorkloadHandle",
     "key",
     "split_key",
+    "split_workflow_id",
     "workflow_id",
 ]

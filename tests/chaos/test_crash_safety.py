@@ -37,6 +37,7 @@ from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.transit.client import embedded_transit_settings
+from cloudless.vocabulary import AdminAction
 
 pytestmark = pytest.mark.temporal
 
@@ -212,7 +213,7 @@ async def test_kill9_coordinator_mid_drain(tmp_path: Path) -> None:
         await client.wait("default", name, outcome.generation, 60, all_ready=True)
 
         # Mid-drain: the drain is under way when the coordinator dies.
-        drain = asyncio.create_task(client.node_admin("zone-b-1", "drain", timeout=180))
+        drain = asyncio.create_task(client.node_admin("zone-b-1", AdminAction.DRAIN, timeout=180))
         deadline = asyncio.get_running_loop().time() + 30
         while (await client.describe_node("zone-b-1")).status.state != NodeState.DRAINING:  # type: ignore[union-attr]
             assert asyncio.get_running_loop().time() < deadline

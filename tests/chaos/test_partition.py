@@ -25,6 +25,7 @@ from cloudless.pki import CertificateAuthority
 from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
 from cloudless.tokens import TokenSigner
+from cloudless.vocabulary import AdminAction
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.temporal
@@ -119,13 +120,14 @@ async def test_partitioned_agent_replicas_move_and_come_back_clean(
             node = await client.wait_node(name, [NodeState.READY], timeout=60)
             assert node is not None and node.state == NodeState.READY, (name, node)
 
-        await client.node_admin("home-1", "cordon")  # everything lands on the island first
+        # Everything lands on the island first.
+        await client.node_admin("home-1", AdminAction.CORDON)
         outcome = await client.apply(
             sleeper("isle", 3, placement={"zones": ["island"]}), wait=True, timeout=60
         )
         assert outcome.status is not None
         assert {r.node_id for r in outcome.status.replicas} == {"island-1"}
-        await client.node_admin("home-1", "uncordon")
+        await client.node_admin("home-1", AdminAction.UNCORDON)
 
         sh("ip", "link", "set", host_if, "down")  # the partition: silence, no RST
         node = await client.wait_node("island-1", [NodeState.OFFLINE], timeout=30)

@@ -19,6 +19,7 @@ from cloudless.client import CloudlessClient
 from cloudless.model import NodeState, NodeStatus
 from cloudless.naming import node_workflow_id
 from cloudless.testing.cluster import LocalCluster
+from cloudless.vocabulary import AdminAction
 from workflows.node import NodeWorkflow
 
 pytestmark = pytest.mark.temporal
@@ -96,14 +97,14 @@ async def test_crashes_damp_and_admin_updates_apply_during_the_hold(
         status = await status_of(c, name)
     assert len(status.churn) == 3
     held_until = status.held_until
-    cordoned = await c.node_admin(name, "cordon", timeout=5)  # not queued behind the hold
+    cordoned = await c.node_admin(name, AdminAction.CORDON, timeout=5)  # not queued behind the hold
     assert datetime.now(UTC) < held_until
     assert cordoned.admin == "Cordoned" and cordoned.state == NodeState.OFFLINE
     node = await c.wait_node(name, [NodeState.CORDONED], timeout=20)
     assert node is not None and node.state == NodeState.CORDONED
     assert datetime.now(UTC) >= held_until  # Ready (hence Cordoned) only after the hold
     assert node.churn == 3 and node.uptime_ratio < 1.0  # reliability inputs dropped
-    back = await c.node_admin(name, "uncordon", timeout=10)
+    back = await c.node_admin(name, AdminAction.UNCORDON, timeout=10)
     assert back.state == NodeState.READY and back.held_until is None
     history = await c.temporal.get_workflow_handle(node_workflow_id(name)).fetch_history()
     replayer = Replayer(workflows=[NodeWorkflow], data_converter=cluster.client.data_converter)
