@@ -12,13 +12,12 @@ import asyncio
 import dataclasses
 import zlib
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.ledger_writer import LedgerWriter
 from activities.scheduling import (
@@ -27,22 +26,27 @@ from activities.scheduling import (
     resources,
     workload_meta,
 )
+from cloudless.contracts import (
+    LedgerHandle,
+    NodeHandle,
+    Signal,
+    WorkloadHandle,
+    signal_unless_gone,
+    workload,
+)
 from cloudless.model import (
     Allocation,
     AwaitCapacityInput,
     CandidateScore,
     CapacityAvailable,
-    ClusterSnapshot,
     CommitPlanInput,
     CommitPlanResult,
     ConsumeTokenInput,
-    EnrollSignal,
     ExplainInput,
     ExplainResult,
     LedgerOp,
     LedgerWorkload,
     NodeRecord,
-    NodeWorkflowInput,
     Placement,
     PlacementRequest,
     PlacementResult,
@@ -51,12 +55,10 @@ from cloudless.model import (
     Resources,
     UpsertNodeInput,
 )
-from cloudless.naming import cluster_workflow_id, node_workflow_id, task_queue, workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from policies import scheduler as sched
 
-if TYPE_CHECKING:
-    from workflows.cluster import ClusterWorkflow
+I = TypeVar("I")  # noqa: E741  (a message's input type)
 
 
 class PlanRejected(Exception):
@@ -119,31 +121,14 @@ class LedgerActivities:
     def __init__(self, client: Client, cluster: str) -> None:
         self._client = client
         self._cluster = cluster
-        self.scheduler = SchedulerState(lambda: self.snapshot(cluster))
-        self.scheduler.poll_version = self._ledger_version
-        self.writer = LedgerWriter(self._ledger)
-
-    async def _ledger_version(self) -> int:
-        from workflows.cluster import ClusterWorkflow
-
-        return await self._ledger().query(ClusterWorkflow.version)
+        self.ledger = LedgerHandle(client, cluster)
+        self.scheduler = SchedulerState(self.ledger.snapshot)
+        self.scheduler.poll_version = self.ledger.version
+        self.writer = LedgerWriter(lambda: self.ledger)
 
     def _request(self, workload: Workload, count: int) -> sched.PlacementRequest:
         """The scheduler request for ``count`` replicas, weighed by the cluster's settings."""
         return placement_request(workload, count, base_weights=self.scheduler.config.weights)
-
-    def _ledger(self, cluster: str | None = None) -> WorkflowHandle[ClusterWorkflow, None]:
-        from workflows.cluster import ClusterWorkflow
-
-        return self._client.get_workflow_handle_for(
-            ClusterWorkflow.run, cluster_workflow_id(cluster or self._cluster)
-        )
-
-    async def snapshot(self, cluster: str) -> ClusterSnapshot:
-        from workflows.cluster import ClusterWorkflow
-
-        compact = await self._ledger(cluster).query(ClusterWorkflow.snapshot)
-        return compact.expand()
 
     async def commit(self, plan: CommitPlanInput) -> CommitPlanResult:
         """Commit through the batched writer; raises :class:`PlanRejected` as the ledger's
@@ -165,32 +150,27 @@ class LedgerActivities:
         )
         return bool(result.registered)
 
-    async def _signal_workload(self, key: str, signal: str, arg: object) -> None:
+    async def _signal_workload(self, key: str, signal: Signal[I], arg: I) -> None:
         """Signal a workload, retrying briefly; never fails the caller.
 
         The write that prompted the signal is committed already, and a failed activity
         would be retried against the ledger's plan cache, which does not signal again. A
-        lost wake-up costs the workload its retry backoff; a lost eviction is logged.
+        lost wake-up costs the workload its retry backoff; a lost eviction is logged. A
+        deleted workload needs no wake-up or eviction.
         """
-        namespace, name = key.split("/", 1)
-        handle = self._client.get_workflow_handle(workload_workflow_id(namespace, name))
-        for attempt in range(SIGNAL_ATTEMPTS):
-            try:
-                await handle.signal(signal, arg)
-                return
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    return  # a deleted workload needs no wake-up or eviction
-                if attempt == SIGNAL_ATTEMPTS - 1:
-                    activity.logger.warning("could not signal %s to %s: %s", signal, key, err)
-                    return
-                await asyncio.sleep(0.1 * 2**attempt)
+        handle = WorkloadHandle.of(self._client, key).handle
+        try:
+            await signal_unless_gone(handle, signal, arg, attempts=SIGNAL_ATTEMPTS)
+        except RPCError as err:
+            activity.logger.warning("could not signal %s to %s: %s", signal.name, key, err)
 
     async def _wake(self, keys: list[str], reason: str) -> None:
         """Tell pending workloads that room may have appeared (instead of them polling)."""
         await asyncio.gather(
             *(
-                self._signal_workload(k, "capacity_available", CapacityAvailable(reason=reason))
+                self._signal_workload(
+                    k, workload.CAPACITY_AVAILABLE, CapacityAvailable(reason=reason)
+                )
                 for k in keys
             )
         )
@@ -379,7 +359,7 @@ class LedgerActivities:
             *(
                 self._signal_workload(
                     p.workload,
-                    "replicas_preempted",
+                    workload.REPLICAS_PREEMPTED,
                     ReplicasPreempted(
                         node_id=p.node_id,
                         count=p.count,
@@ -462,14 +442,4 @@ class LedgerActivities:
     @activity.defn(name="register_node")
     async def register_node(self, record: NodeRecord) -> None:
         """Start ``node/<id>`` or, for a node enrolling again, signal the running one."""
-        from workflows.node import NodeWorkflow
-
-        await self._client.start_workflow(
-            NodeWorkflow.run,
-            NodeWorkflowInput(cluster=self._cluster),
-            id=node_workflow_id(record.node_id),
-            task_queue=task_queue(self._cluster),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="enroll",
-            start_signal_args=[EnrollSignal(record=record)],
-        )
+        await NodeHandle(self._client, record.node_id).enroll(self._cluster, record)

@@ -14,14 +14,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from cloudless.contracts import LedgerHandle
 from cloudless.model import LedgerBatch, LedgerOp, LedgerOpResult
-
-if TYPE_CHECKING:
-    from temporalio.client import WorkflowHandle
-
-    from workflows.cluster import ClusterWorkflow
 
 #: Bounds per Update: the ops, and the allocations in them (≈ 150 bytes each on the wire,
 #: well under Temporal's 2 MB payload limit).
@@ -36,7 +31,7 @@ def _weight(op: LedgerOp) -> int:
 
 
 class LedgerWriter:
-    def __init__(self, handle: Callable[[], WorkflowHandle[ClusterWorkflow, None]]) -> None:
+    def __init__(self, handle: Callable[[], LedgerHandle]) -> None:
         self._handle = handle
         self._queue: list[tuple[LedgerOp, asyncio.Future[LedgerOpResult]]] = []
         self._pump: asyncio.Task[None] | None = None
@@ -63,17 +58,13 @@ class LedgerWriter:
         return taken
 
     async def _run(self) -> None:
-        from workflows.cluster import ClusterWorkflow
-
         while self._queue:
             batch = [(op, f) for op, f in self._take() if not f.cancelled()]
             if not batch:
                 continue
             try:
-                result = await self._handle().execute_update(
-                    ClusterWorkflow.apply_batch,
-                    LedgerBatch(ops=[op for op, _ in batch]),
-                    id=f"batch-{uuid.uuid4()}",
+                result = await self._handle().apply_batch(
+                    LedgerBatch(ops=[op for op, _ in batch]), id=f"batch-{uuid.uuid4()}"
                 )
             except Exception as err:  # every writer in the batch sees the failure
                 for _, f in batch:

@@ -9,11 +9,12 @@ from collections import defaultdict
 import grpc
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.agent_client import AgentClientPool
 from activities.agents import translate_rpc_error
 from cloudless.api import agent_pb2
+from cloudless.contracts import LedgerHandle, WorkloadHandle, gone, signal_unless_gone, workload
 from cloudless.model import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
@@ -21,9 +22,7 @@ from cloudless.model import (
     ReplicaPhase,
     ReplicasLost,
     WorkloadPhase,
-    WorkloadStatus,
 )
-from cloudless.naming import cluster_workflow_id, workload_workflow_id
 
 
 class MembershipActivities:
@@ -31,25 +30,17 @@ class MembershipActivities:
         self._client = client
         self._pool = pool
         self._cluster = cluster
+        self._ledger = LedgerHandle(client, cluster)
 
-    async def _signal(self, workload: str, signal: ReplicasLost) -> bool:
-        namespace, name = workload.split("/", 1)
-        handle = self._client.get_workflow_handle(workload_workflow_id(namespace, name))
-        try:
-            await handle.signal("replicas_lost", signal)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return False  # deleted meanwhile: nothing to reschedule
-            raise
-        return True
+    async def _signal(self, key: str, signal: ReplicasLost) -> bool:
+        """Tell the workload; False if it was deleted meanwhile (nothing to reschedule)."""
+        handle = WorkloadHandle.of(self._client, key).handle
+        return await signal_unless_gone(handle, workload.REPLICAS_LOST, signal)
 
     @activity.defn(name="notify_workloads")
     async def notify_workloads(self, inp: NotifyWorkloadsInput) -> list[str]:
         """Signal every workload with replicas on the node; returns the ones told."""
-        ledger = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
-        workloads: list[str] = await ledger.query(
-            "node_workloads", inp.node_id, result_type=list[str]
-        )
+        workloads = await self._ledger.node_workloads(inp.node_id)
         told = []
         for key in workloads:
             sig = ReplicasLost(node_id=inp.node_id, reason=inp.reason, evacuate=inp.evacuate)
@@ -65,25 +56,20 @@ class MembershipActivities:
         Polls the ledger (a cheap query) while heartbeating; a drain takes as long as its
         workloads need to place replacements, so there is no event to await here.
         """
-        ledger = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
         while True:
-            left: list[str] = await ledger.query("node_workloads", node_id, result_type=list[str])
+            left = await self._ledger.node_workloads(node_id)
             if not left:
                 return
             activity.heartbeat(left)
             await asyncio.sleep(0.5)
 
-    async def _assigned(
-        self, workload: str, node_id: str
-    ) -> tuple[dict[str, int], set[str]] | None:
+    async def _assigned(self, key: str, node_id: str) -> tuple[dict[str, int], set[str]] | None:
         """Replica ids the workload places on the node (with their placement epochs), and
         those of them it believes Running; None if the workload is gone."""
-        namespace, name = workload.split("/", 1)
-        handle = self._client.get_workflow_handle(workload_workflow_id(namespace, name))
         try:
-            status: WorkloadStatus = await handle.query("status", result_type=WorkloadStatus)
+            status = await WorkloadHandle.of(self._client, key).status()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if gone(err):
                 return None
             raise
         if status.phase in (WorkloadPhase.DELETED,):
@@ -107,19 +93,14 @@ class MembershipActivities:
         running: dict[str, set[str]] = defaultdict(set)
         epochs = {r.replica_id: r.epoch for r in listed.replicas}
         for r in listed.replicas:
-            running[f"{r.namespace}/{r.workload}"].add(r.replica_id)
-        ledger = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
-        placed_here: list[str] = (
-            []
-            if inp.fresh
-            else await ledger.query("node_workloads", inp.node_id, result_type=list[str])
-        )
+            running[workload.key(r.namespace, r.workload)].add(r.replica_id)
+        placed_here = [] if inp.fresh else await self._ledger.node_workloads(inp.node_id)
         result = ReconcileNodeResult(kept=0)
-        for workload in sorted(set(running) | set(placed_here)):
-            found = await self._assigned(workload, inp.node_id)
+        for key in sorted(set(running) | set(placed_here)):
+            found = await self._assigned(key, inp.node_id)
             placed, believed_running = found if found else ({}, set())
             assigned = set(placed)
-            have = running.get(workload, set())
+            have = running.get(key, set())
             # A run older than the placement the control plane recorded (the replica was
             # placed again meanwhile) is stale too; 0 means "unknown" (older software).
             older = {rid for rid in have & assigned if 0 < epochs[rid] < placed[rid]}
@@ -137,14 +118,14 @@ class MembershipActivities:
             # Only replicas believed Running: one still starting may not exist here yet.
             missing = sorted(believed_running - have)
             if missing:
-                result.missing[workload] = missing
+                result.missing[key] = missing
                 await self._signal(
-                    workload,
+                    key,
                     ReplicasLost(
                         node_id=inp.node_id,
                         reason=f"not running on {inp.node_id} when it reconnected",
                         replica_ids=missing,
                     ),
                 )
-            activity.heartbeat(workload)
+            activity.heartbeat(key)
         return result

@@ -12,9 +12,9 @@ import asyncio
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from cloudless.naming import secret_workflow_id, task_queue
+from cloudless.contracts import SecretHandle, gone, secret
 from cloudless.secrets.masterkey import MasterKey
 from cloudless.secrets.model import (
     FinalizeInput,
@@ -22,25 +22,14 @@ from cloudless.secrets.model import (
     RewrapBatchInput,
     RewrapBatchResult,
     RewrapInput,
-    RewrapResult,
     RotateKeyInput,
     SecretRef,
     SecretsBelowInput,
     SecretView,
 )
-from workflows.secret import SecretWorkflow
 
 #: Secret workflows updated at once while rewrapping one batch.
 REWRAP_CONCURRENCY = 16
-
-
-def secrets_query(cluster: str, extra: str = "") -> str:
-    """Visibility query for a cluster's live secret workflows."""
-    query = (
-        "WorkflowType = 'SecretWorkflow' AND ExecutionStatus = 'Running' "
-        f"AND TaskQueue = '{task_queue(cluster)}'"
-    )
-    return f"{query} AND {extra}" if extra else query
 
 
 class SecretActivities:
@@ -67,10 +56,12 @@ class SecretActivities:
     @activity.defn(name="secrets_below")
     async def secrets_below(self, inp: SecretsBelowInput) -> list[SecretRef]:
         """Live secrets whose data key is wrapped under an older master-key version."""
-        query = secrets_query(self._cluster, f"CloudlessKeyVersion < {int(inp.target_version)}")
+        query = secret.live_secrets_query(
+            self._cluster, f"CloudlessKeyVersion < {int(inp.target_version)}"
+        )
         found: list[SecretRef] = []
         async for wf in self._client.list_workflows(query, limit=inp.limit):
-            _, namespace, name = wf.id.split("/", 2)
+            namespace, name = secret.split_workflow_id(wf.id)
             found.append(SecretRef(namespace=namespace, name=name))
         return found
 
@@ -97,29 +88,26 @@ class SecretActivities:
         return RewrapBatchResult(rewrapped=count, skipped=len(inp.secrets) - count)
 
     async def _view(self, ref: SecretRef) -> SecretView | None:
-        handle = self._client.get_workflow_handle(secret_workflow_id(ref.namespace, ref.name))
         try:
-            view: SecretView | None = await handle.query(SecretWorkflow.view)
+            return await SecretHandle(self._client, ref.namespace, ref.name).view()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if gone(err):
                 return None
             raise
-        return view
 
     async def _swap(self, view: SecretView, wrapped: str, version: int) -> bool:
         rec = view.record
-        handle = self._client.get_workflow_handle(secret_workflow_id(rec.namespace, rec.name))
+        handle = SecretHandle(self._client, rec.namespace, rec.name)
         try:
-            result: RewrapResult = await handle.execute_update(
-                SecretWorkflow.rewrap,
+            result = await handle.rewrap(
                 RewrapInput(
                     expected_wrapped_key=rec.wrapped_key, wrapped_key=wrapped, key_version=version
-                ),
+                )
             )
         except WorkflowUpdateFailedError:
             return False  # deleted meanwhile (the validator refused)
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if gone(err):
                 return False  # deleted and completed meanwhile
             raise
         return result.applied

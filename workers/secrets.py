@@ -41,9 +41,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.secrets import SecretActivities, secrets_query
+from activities.secrets import SecretActivities
 from cloudless import tls
 from cloudless.api import secrets_pb2, secrets_pb2_grpc
+from cloudless.contracts import secret
 from cloudless.errors import SecretError
 from cloudless.model import WorkloadStatus
 from cloudless.naming import (
@@ -623,9 +624,8 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         return secrets_pb2.ListSecretsResponse(secrets=[_metadata(r) for r in records])
 
     async def _list(self, namespace: str) -> list[SecretRecord]:
-        query = secrets_query(
-            self._cluster, f"CloudlessNamespace = '{namespace}'" if namespace else ""
-        )
+        by_namespace = [f"CloudlessNamespace = '{namespace}'"] if namespace else []
+        query = secret.live_secrets_query(self._cluster, *by_namespace)
         out = []
         async for wf in self._client.list_workflows(query):
             memo = await wf.memo()

@@ -4,7 +4,6 @@ results come back to each writer in order, and a failed Update fails every write
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from activities.ledger_writer import MAX_ALLOCATIONS, LedgerWriter
 from cloudless.model import (
@@ -18,12 +17,12 @@ from cloudless.model import (
     Resources,
     UpsertNodeInput,
 )
-from workflows.cluster import Ledger
+from workflows.cluster import ClusterWorkflow, Ledger
 
 
 class FakeHandle:
-    """Applies batches to a real :class:`Ledger` (as the workflow would), slowly, and
-    records how many Updates were in flight at once."""
+    """A LedgerHandle that applies batches to a real :class:`Ledger` (as the workflow
+    would), slowly, and records how many Updates were in flight at once."""
 
     def __init__(self, fail: bool = False) -> None:
         self.ledger = Ledger()
@@ -32,9 +31,7 @@ class FakeHandle:
         self.max_in_flight = 0
         self.fail = fail
 
-    async def execute_update(self, _update: Any, batch: LedgerBatch, id: str) -> LedgerBatchResult:
-        from workflows.cluster import ClusterWorkflow
-
+    async def apply_batch(self, batch: LedgerBatch, id: str) -> LedgerBatchResult:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         await asyncio.sleep(0.01)
