@@ -69,8 +69,7 @@ from cloudless.cli.devstack import (
 )
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for
-from cloudless.model import NodeState, NodeStatus
-from cloudless.naming import node_workflow_id
+from cloudless.model import NodeState
 from cloudless.pki import CertificateAuthority
 from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
@@ -170,9 +169,8 @@ async def ready_node(c: CloudlessClient, name: str, timeout: float = 120) -> Non
 
 async def offline_reason(c: CloudlessClient, name: str) -> str:
     """The reason of the node's latest Offline transition (the coordinator's words)."""
-    status: NodeStatus = await c.temporal.get_workflow_handle(node_workflow_id(name)).query(
-        "describe", result_type=NodeStatus
-    )
+    status = await c.node(name).describe()
+    assert status is not None
     offline = [t for t in status.transitions if t.state == NodeState.OFFLINE]
     return offline[-1].reason if offline else ""
 

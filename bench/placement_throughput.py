@@ -49,7 +49,6 @@ from bench.common import RESULTS, summarize, write_results
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for, data_converter
 from cloudless.logs import configure_logging
-from cloudless.naming import cluster_workflow_id
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, start_temporal
 from cloudless.transit.client import embedded_transit_settings
@@ -73,10 +72,9 @@ def workload(name: str, replicas: int) -> Any:
 
 async def ledger_totals(c: CloudlessClient) -> tuple[int, int]:
     """(Ready nodes, replicas allocated) from the ledger's cheap ``totals`` query."""
-    handle = c.temporal.get_workflow_handle(cluster_workflow_id(c.cluster))
     while True:
         try:
-            _, ready, replicas = await handle.query("totals", result_type=tuple[int, int, int])
+            _, ready, replicas = await c.ledger.totals()
             return ready, replicas
         except (RPCError, WorkflowQueryFailedError):  # busy ledger, or its task is retried
             await asyncio.sleep(0.1)

@@ -22,7 +22,6 @@ import hvac
 import structlog
 import typer
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.converter import PayloadCodec
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -40,11 +39,11 @@ from cloudless.codec import (
     require_codec,
     transit_codec,
 )
+from cloudless.contracts import LedgerHandle
+from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
-from cloudless.model import ClusterWorkflowInput
-from cloudless.naming import cluster_workflow_id, ledger_task_queue, task_queue
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -244,13 +243,7 @@ class Coordinator:
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
             )
         await ensure_search_attributes(self.client)
-        await self.client.start_workflow(
-            ClusterWorkflow.run,
-            ClusterWorkflowInput(cluster=self.cluster),
-            id=cluster_workflow_id(self.cluster),
-            task_queue=ledger_task_queue(self.cluster),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
+        await LedgerHandle(self.client, self.cluster).start()
         self._pool = AgentClientPool(pki.material)
         bootstrap_admin(self.state_dir, pki.ca, self.cluster)
         secrets = self.secrets_runtime = await self._start_secrets()

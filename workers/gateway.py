@@ -15,20 +15,18 @@ from datetime import timedelta
 import grpc
 import structlog
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from cloudless import nodefacts
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
+from cloudless.contracts import enrollment
 from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
-from cloudless.naming import enrollment_workflow_id, task_queue
 from cloudless.pki import check_csr, is_dns_label
 from cloudless.spec import label_problems
 from cloudless.tls import peer_identity
 from cloudless.tokens import TokenVerifier
 from workers.liveness import LivenessMonitor
-from workflows.enrollment import EnrollmentWorkflow
 
 log = structlog.get_logger("cloudless.gateway")
 
@@ -233,15 +231,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             record=record,
         )
         try:
-            result = await self._client.execute_workflow(
-                EnrollmentWorkflow.run,
-                inp,
-                id=enrollment_workflow_id(claims.jti),
-                task_queue=task_queue(self._cluster),
-                # A failed attempt (say, a transient fault) may be retried with the same
-                # token; the ledger's consume_token is what makes a token single-use.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                execution_timeout=timedelta(minutes=2),
+            result = await enrollment.enroll(
+                self._client, inp, execution_timeout=timedelta(minutes=2)
             )
         except WorkflowAlreadyStartedError:
             reason = (

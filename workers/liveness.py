@@ -14,15 +14,16 @@ import itertools
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from cloudless.api import agent_pb2, gateway_pb2
+from cloudless.contracts import LedgerHandle, NodeHandle, Signal, signal_unless_gone, workload
+from cloudless.contracts import node as node_contract
 from cloudless.model import (
-    ClusterSnapshot,
     EnrollSignal,
     LivenessSignal,
     NodeRecord,
@@ -30,7 +31,6 @@ from cloudless.model import (
     ReplicaExited,
     ReplicaReadiness,
 )
-from cloudless.naming import cluster_workflow_id, node_workflow_id, workload_workflow_id
 from policies.liveness import Health, LivenessTable, Transition
 
 log = structlog.get_logger("cloudless.liveness")
@@ -41,6 +41,10 @@ SWEEP_INTERVAL = 0.1
 PUBLISHERS = 16
 #: A changed not-ready reason (same readiness) is signalled at most this often per replica.
 READINESS_MESSAGE_INTERVAL = 10.0
+
+I = TypeVar("I")  # noqa: E741  (a signal's input type)
+#: A replica event for a workload: (its workflow id, the signal, its input).
+ReplicaEvent = tuple[str, Signal[Any], ReplicaExited | ReplicaReadiness]
 
 
 class LivenessMonitor:
@@ -71,9 +75,7 @@ class LivenessMonitor:
         self.reports: dict[str, gateway_pb2.HeartbeatRequest] = {}
         self.beats = 0
         #: Per-workload replica events (exits, readiness), delivered in order by one task.
-        self._exits: asyncio.Queue[tuple[str, str, ReplicaExited | ReplicaReadiness]] = (
-            asyncio.Queue()
-        )
+        self._exits: asyncio.Queue[ReplicaEvent] = asyncio.Queue()
         self._reported: set[tuple[str, str]] = set()
         #: node -> replica -> (ready, message, when it was signalled): the last readiness
         #: each workload was told, so only changes are signalled. Rebuilt from each beat,
@@ -82,9 +84,8 @@ class LivenessMonitor:
 
     async def start(self) -> None:
         """Adopt the nodes the ledger lists as healthy, then start sweeping and publishing."""
-        handle = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
         with contextlib.suppress(RPCError):
-            snap: ClusterSnapshot = await handle.query("snapshot", result_type=ClusterSnapshot)
+            snap = await LedgerHandle(self._client, self._cluster).snapshot()
             known = {
                 n.node_id: _HEALTH_OF.get(n.state, Health.READY)
                 for n in snap.nodes
@@ -143,8 +144,8 @@ class LivenessMonitor:
                 self._reported.add((node_id, r.replica_id))
                 self._exits.put_nowait(
                     (
-                        workload_workflow_id(r.namespace, r.workload),
-                        "replica_exited",
+                        workload.workflow_id(r.namespace, r.workload),
+                        workload.REPLICA_EXITED,
                         ReplicaExited(
                             replica_id=r.replica_id,
                             node_id=node_id,
@@ -185,8 +186,8 @@ class LivenessMonitor:
                 return last
         self._exits.put_nowait(
             (
-                workload_workflow_id(r.namespace, r.workload),
-                "replica_readiness",
+                workload.workflow_id(r.namespace, r.workload),
+                workload.REPLICA_READINESS,
                 ReplicaReadiness(
                     replica_id=r.replica_id, node_id=node_id, ready=r.ready, message=message
                 ),
@@ -218,13 +219,13 @@ class LivenessMonitor:
 
     async def _publish_exits(self) -> None:
         while True:
-            workflow_id, name, event = await self._exits.get()
+            workflow_id, signal, event = await self._exits.get()
             if isinstance(event, ReplicaExited):
                 log.info("replica.exited", replica=event.replica_id, phase=event.phase)
             else:
                 log.info("replica.readiness", replica=event.replica_id, ready=event.ready)
-            handle = self._client.get_workflow_handle(workflow_id)
-            await _signal_once(handle, name, event, workflow_id)
+            handle = workload.WORKFLOW.handle(self._client, workflow_id)
+            await _deliver(handle, signal, event, workflow_id)
 
     def _outbox(self, node_id: str) -> asyncio.Queue[Transition | NodeRecord]:
         """The queue of the publisher that owns ``node_id`` (so its changes stay ordered)."""
@@ -239,38 +240,34 @@ class LivenessMonitor:
         while True:
             t = await queue.get()
             if isinstance(t, NodeRecord):
-                handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
-                await _signal_once(handle, "facts", EnrollSignal(record=t), t.node_id)
+                handle = NodeHandle(self._client, t.node_id).handle
+                await _deliver(handle, node_contract.FACTS, EnrollSignal(record=t), t.node_id)
                 continue
             log.info("node.health", node=t.node_id, health=t.health.value, reason=t.reason)
             signal = LivenessSignal(
-                health=t.health.value,
+                health=t.health,
                 reason=t.reason,
                 at=datetime.now(UTC),
                 gateway=self.gateway_id,
                 graceful=t.graceful,
                 epoch=t.epoch,
             )
-            handle = self._client.get_workflow_handle(node_workflow_id(t.node_id))
+            handle = NodeHandle(self._client, t.node_id).handle
             # Retried until delivered: a dropped transition would leave the state wrong.
             # A node never registered (a stray certificate) has no workflow to update.
-            await _signal_once(handle, "liveness", signal, t.node_id)
+            await _deliver(handle, node_contract.LIVENESS, signal, t.node_id)
 
 
-async def _signal_once(handle: Any, name: str, arg: Any, what: str) -> None:
+async def _deliver(handle: WorkflowHandle[Any, Any], signal: Signal[I], arg: I, what: str) -> None:
     """Deliver a signal, retrying transient faults; a missing workflow is not an error."""
-    attempt = 0
-    while True:
-        try:
-            await handle.signal(name, arg)
-            return
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                log.warning("signal.no_workflow", target=what)
-                return
-            log.warning("signal.failed", target=what, error=str(err))
-            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-            attempt += 1
+
+    def failed(err: RPCError) -> None:
+        log.warning("signal.failed", target=what, error=str(err))
+
+    if not await signal_unless_gone(
+        handle, signal, arg, attempts=None, delay=0.2, max_delay=5.0, on_retry=failed
+    ):
+        log.warning("signal.no_workflow", target=what)
 
 
 _HEALTH_OF = {

@@ -25,7 +25,6 @@ import structlog
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
@@ -34,27 +33,24 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
-    WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.secrets import SecretActivities
 from cloudless import tls
 from cloudless.api import secrets_pb2, secrets_pb2_grpc
-from cloudless.contracts import secret
-from cloudless.errors import SecretError
-from cloudless.model import WorkloadStatus
-from cloudless.naming import (
-    cluster_workflow_id,
-    rotation_schedule_id,
-    rotation_workflow_id,
-    secret_workflow_id,
-    task_queue,
-    workload_workflow_id,
+from cloudless.contracts import (
+    LedgerHandle,
+    RotationHandle,
+    SecretHandle,
+    WorkloadHandle,
+    gone,
+    rotation,
+    secret,
 )
+from cloudless.errors import SecretError
 from cloudless.pki import Identity, is_dns_label
 from cloudless.secrets.access import MAX_TTL, AccessClaims, AccessTokens
 from cloudless.secrets.audit import AuditLog, AuditQuery, query_problem
@@ -69,13 +65,10 @@ from cloudless.secrets.model import (
     RotationProgress,
     SecretRecord,
     SecretView,
-    SecretWorkflowInput,
     UpdateSecretInput,
 )
 from cloudless.spec import audience_problem, is_dns_subdomain, is_secret_key
 from cloudless.workloads import secret_references
-from workflows.rotation import KeyRotationWorkflow
-from workflows.secret import SecretWorkflow
 
 log = structlog.get_logger("cloudless.secrets")
 
@@ -329,8 +322,8 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         if self.on_change is not None:
             self.on_change(key)
 
-    def _handle(self, namespace: str, name: str) -> Any:
-        return self._client.get_workflow_handle(secret_workflow_id(namespace, name))
+    def _handle(self, namespace: str, name: str) -> SecretHandle:
+        return SecretHandle(self._client, namespace, name)
 
     # ------------------------------------------------------------------ state access
 
@@ -341,11 +334,9 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         if entry is not None and not fresh and now - entry.loaded_at < RECORD_TTL:
             return entry
         try:
-            view = await self._handle(namespace, name).query(
-                SecretWorkflow.view, rpc_timeout=RPC_TIMEOUT
-            )
+            view = await self._handle(namespace, name).view(rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if gone(err):
                 view = None
             else:
                 raise
@@ -388,8 +379,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         lease = self._leases.setdefault(claims.token_id, _Lease())
         async with lease.lock:
             if lease.remaining <= 0:
-                granted: int = await self._handle(claims.namespace, claims.name).execute_update(
-                    SecretWorkflow.reserve_uses,
+                granted = await self._handle(claims.namespace, claims.name).reserve_uses(
                     ReserveUsesInput(
                         token_id=claims.token_id,
                         max_uses=claims.max_uses,
@@ -450,22 +440,9 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             wrapped_key=wrapped,
             key_version=key_version,
         )
-        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-            SecretWorkflow.run,
-            SecretWorkflowInput(),
-            id=secret_workflow_id(ns, name),
-            task_queue=task_queue(self._cluster),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            static_summary=f"secret {ns}/{name}",
+        return await self._handle(ns, name).create(
+            CreateSecretInput(record=record), cluster=self._cluster, rpc_timeout=RPC_TIMEOUT
         )
-        result: SecretRecord = await self._client.execute_update_with_start_workflow(
-            SecretWorkflow.create,
-            CreateSecretInput(record=record),
-            start_workflow_operation=start,
-            rpc_timeout=RPC_TIMEOUT,
-        )
-        return result
 
     async def GetSecret(
         self, request: secrets_pb2.GetSecretRequest, context: Context
@@ -565,8 +542,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
                 "FAILED_PRECONDITION",
             )
         ciphertext, wrapped, key_version = await self._sealed(ns, name, expected + 1, request.data)
-        record: SecretRecord = await self._handle(ns, name).execute_update(
-            SecretWorkflow.update,
+        return await self._handle(ns, name).update(
             UpdateSecretInput(
                 expected_version=expected,
                 ciphertext=ciphertext,
@@ -577,7 +553,6 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             ),
             rpc_timeout=RPC_TIMEOUT,
         )
-        return record
 
     async def DeleteSecret(
         self, request: secrets_pb2.DeleteSecretRequest, context: Context
@@ -590,8 +565,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             context,
             op,
             caller,
-            self._handle(ns, name).execute_update(
-                SecretWorkflow.delete,
+            self._handle(ns, name).delete(
                 DeleteSecretInput(actor=caller.uri()),
                 rpc_timeout=RPC_TIMEOUT,
             ),
@@ -700,17 +674,14 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         now = self._clock()
         if cached is not None and now - cached[0] < NODE_AUTHZ_TTL:
             return cached[1]
-        ledger = self._client.get_workflow_handle(cluster_workflow_id(self._cluster))
-        workloads: list[str] = await ledger.query(
-            "node_workloads", node_id, result_type=list[str], rpc_timeout=RPC_TIMEOUT
-        )
+        ledger = LedgerHandle(self._client, self._cluster)
+        workloads = await ledger.node_workloads(node_id, rpc_timeout=RPC_TIMEOUT)
         refs: set[tuple[str, str, str]] = set()
         for key in workloads:
-            namespace, name = key.split("/", 1)
             try:
-                status = await self._client.get_workflow_handle(
-                    workload_workflow_id(namespace, name)
-                ).query("status", result_type=WorkloadStatus, rpc_timeout=RPC_TIMEOUT)
+                status = await WorkloadHandle.of(self._client, key).status(
+                    rpc_timeout=RPC_TIMEOUT
+                )
             except RPCError:
                 continue
             refs |= secret_references(status.manifest)
@@ -739,8 +710,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
             context,
             op,
             caller,
-            self._handle(ns, name).execute_update(
-                SecretWorkflow.revoke,
+            self._handle(ns, name).revoke(
                 RevokeInput(token_id=jti, expires_at=self._clock() + MAX_TTL),
                 rpc_timeout=RPC_TIMEOUT,
             ),
@@ -840,24 +810,13 @@ class RotationControl:
         self._plan = plan
 
     async def rotate(self, *, wait: bool) -> secrets_pb2.RotationProgress:
-        wf_id = rotation_workflow_id(self._cluster)
-        handle = await self._client.start_workflow(
-            KeyRotationWorkflow.run,
-            self._plan,
-            id=wf_id,
-            task_queue=task_queue(self._cluster),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        )
-        progress: RotationProgress
-        if wait:
-            progress = await handle.result()
-        else:
-            progress = await handle.query(KeyRotationWorkflow.progress)
-        return _progress_proto(wf_id, progress)
+        handle = RotationHandle(self._client, self._cluster)
+        await handle.start(self._plan)
+        progress = await handle.result() if wait else await handle.progress()
+        return _progress_proto(handle.id, progress)
 
     async def describe(self, out: secrets_pb2.GetMasterKeyInfoResponse) -> None:
-        schedule = self._client.get_schedule_handle(rotation_schedule_id(self._cluster))
+        schedule = self._client.get_schedule_handle(rotation.schedule_id(self._cluster))
         try:
             desc = await schedule.describe()
         except RPCError as err:
@@ -871,10 +830,9 @@ class RotationControl:
             upcoming = desc.info.next_action_times
             if upcoming:
                 out.next_rotation_at = upcoming[0].timestamp()
-        query = (
-            f"WorkflowType = 'KeyRotationWorkflow' AND TaskQueue = '{task_queue(self._cluster)}'"
-        )
-        async for wf in self._client.list_workflows(query, limit=1):
+        async for wf in self._client.list_workflows(
+            rotation.rotations_query(self._cluster), limit=1
+        ):
             memo = await wf.memo()
             raw = memo.get("progress")
             if isinstance(raw, dict):
@@ -932,12 +890,7 @@ class SecretsRuntime:
 async def ensure_rotation_schedule(client: Client, plan: RotationInput, every: timedelta) -> None:
     """Create the master-key rotation Schedule, or bring its interval up to date."""
     cluster = plan.cluster
-    action = ScheduleActionStartWorkflow(
-        KeyRotationWorkflow.run,
-        plan,
-        id=rotation_workflow_id(cluster),
-        task_queue=task_queue(cluster),
-    )
+    action = rotation.schedule_action(plan)
     spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
     schedule = Schedule(
         action=action,
@@ -945,7 +898,7 @@ async def ensure_rotation_schedule(client: Client, plan: RotationInput, every: t
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
         state=ScheduleState(note="rotate the secrets master key and rewrap every data key"),
     )
-    schedule_id = rotation_schedule_id(cluster)
+    schedule_id = rotation.schedule_id(cluster)
     try:
         await client.create_schedule(schedule_id, schedule)
         log.info("secrets.rotation_schedule_created", every=str(every))

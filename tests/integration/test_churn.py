@@ -15,11 +15,11 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from cloudless.client import CloudlessClient
-from cloudless.model import NodeAdminInput, NodeState, NodeStatus, ReplicaPhase
-from cloudless.naming import node_workflow_id
+from cloudless.model import NodeAdminInput, NodeState, ReplicaPhase
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
+from cloudless.vocabulary import AdminAction
 from tests.conftest import unique
 
 pytestmark = pytest.mark.temporal
@@ -92,20 +92,16 @@ async def test_cordon_stops_placements_and_drain_moves_replicas(
     outcome = await c.apply(sleeper(name, 3, minAvailable=2), wait=True, timeout=60)
     assert outcome.status is not None and outcome.status.ready == 3
     target = outcome.status.replicas[0].node_id
-    handle = c.temporal.get_workflow_handle(node_workflow_id(target))
+    handle = c.node(target)
 
-    cordoned: NodeStatus = await handle.execute_update(
-        "admin", NodeAdminInput(action="cordon"), result_type=NodeStatus
-    )
+    cordoned = await handle.admin(NodeAdminInput(action=AdminAction.CORDON))
     assert cordoned.state == NodeState.CORDONED
     scaled = await c.scale("default", name, 6)
     s6 = await c.wait("default", name, scaled.generation, 30, all_ready=True)
     before = sum(1 for r in outcome.status.replicas if r.node_id == target)
     assert sum(1 for r in s6.replicas if r.node_id == target) == before  # none added
 
-    drained: NodeStatus = await handle.execute_update(
-        "admin", NodeAdminInput(action="drain"), result_type=NodeStatus
-    )
+    drained = await handle.admin(NodeAdminInput(action=AdminAction.DRAIN))
     assert drained.state == NodeState.DRAINED
     after = await c.wait("default", name, scaled.generation, 30, all_ready=True)
     assert after.ready == 6 and all(r.node_id != target for r in after.replicas)
@@ -113,9 +109,7 @@ async def test_cordon_stops_placements_and_drain_moves_replicas(
     running = await running_on_agents(churn_cluster, name)
     assert target not in {n for nodes in running.values() for n in nodes}
 
-    back: NodeStatus = await handle.execute_update(
-        "admin", NodeAdminInput(action="uncordon"), result_type=NodeStatus
-    )
+    back = await handle.admin(NodeAdminInput(action=AdminAction.UNCORDON))
     assert back.state == NodeState.READY
     await c.delete("default", name)
 

@@ -14,8 +14,6 @@ from temporalio.testing import WorkflowEnvironment
 from agent.enroll import NodeFacts, enroll
 from cloudless.client import CloudlessClient
 from cloudless.errors import EnrollmentError
-from cloudless.model import NodeStatus
-from cloudless.naming import node_workflow_id
 from cloudless.pki import CertificateAuthority, identity_from_cert, verify_issued_by
 from cloudless.testing.cluster import LocalCluster
 from cloudless.tls import TLSMaterial
@@ -76,9 +74,8 @@ async def test_unreachable_agent_is_not_marked_ready(
     c = CloudlessClient(coordinator.client, coordinator.cluster)
     node = await c.wait_node(name, timeout=20)  # published by the node workflow
     assert node is not None and node.state.value == "Joining"
-    status = await c.temporal.get_workflow_handle(node_workflow_id(name)).query(
-        "describe", result_type=NodeStatus
-    )
+    status = await c.node(name).describe()
+    assert status is not None
     assert [t.state.value for t in status.transitions] == ["Joining"]
 
 

@@ -17,7 +17,7 @@ from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.errors import NotFoundError
 from cloudless.model import Allocation, CommitPlanInput, ReplicaPhase, Resources, WorkloadPhase
-from cloudless.naming import cluster_workflow_id, workload_workflow_id
+from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.visibility import visible_workflow_ids
@@ -170,7 +170,6 @@ async def test_ledger_rejects_overcommit(
     client: CloudlessClient, dev_cluster: LocalCluster
 ) -> None:
     edge = next(n for n in dev_cluster.agents if n.startswith("edge-"))
-    handle = client.temporal.get_workflow_handle(cluster_workflow_id(dev_cluster.cluster))
     plan = CommitPlanInput(
         plan_id=unique("plan"),
         allocations=[
@@ -183,7 +182,7 @@ async def test_ledger_rejects_overcommit(
         ],
     )
     with pytest.raises(WorkflowUpdateFailedError) as info:
-        await handle.execute_update("commit_plan", plan)
+        await client.ledger.commit_plan(plan)
     assert "over-committed on cpu" in str(info.value.cause)
     snap = await client.snapshot()
     assert next(n for n in snap.nodes if n.node_id == edge).allocated.cpu_millis == 0

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from agent.runtime.docker import container_name
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
+from cloudless.contracts.workload import REPLICA_READINESS
 from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
 from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
@@ -145,7 +146,7 @@ async def test_ready_count_follows_readiness_probes(
     handle = cluster.client.get_workflow_handle(workload_workflow_id("default", name))
     history = await handle.fetch_history()
     assert any(
-        e.workflow_execution_signaled_event_attributes.signal_name == "replica_readiness"
+        e.workflow_execution_signaled_event_attributes.signal_name == REPLICA_READINESS.name
         for e in history.events
     )
     replayer = Replayer(workflows=[WorkloadWorkflow], data_converter=cluster.client.data_converter)

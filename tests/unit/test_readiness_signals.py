@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from cloudless.api import agent_pb2, gateway_pb2
+from cloudless.contracts import workload
 from cloudless.model import ReplicaExited, ReplicaReadiness
 from workers import liveness
 from workers.liveness import LivenessMonitor
@@ -31,8 +32,8 @@ def beat(monitor: LivenessMonitor, *replicas: Any) -> list[tuple[str, Any]]:
     monitor.beat("n1", gateway_pb2.HeartbeatRequest(seq=1, replicas=list(replicas)))
     out = []
     while not monitor._exits.empty():
-        _wf, name, event = monitor._exits.get_nowait()
-        out.append((name, event))
+        _wf, signal, event = monitor._exits.get_nowait()
+        out.append((signal.name, event))
     return out
 
 
@@ -45,7 +46,7 @@ def test_gated_replica_signals_its_first_state_then_only_changes(monitor: Livene
     waiting = replica("r1", False, "waiting for the first probe")
     assert beat(monitor, waiting) == [
         (
-            "replica_readiness",
+            workload.REPLICA_READINESS.name,
             ReplicaReadiness(
                 replica_id="r1", node_id="n1", ready=False, message="waiting for the first probe"
             ),
@@ -53,7 +54,7 @@ def test_gated_replica_signals_its_first_state_then_only_changes(monitor: Livene
     ]
     assert beat(monitor, waiting) == []  # unchanged: nothing
     [(name, event)] = beat(monitor, replica("r1", True))
-    assert name == "replica_readiness" and event.ready and event.message == ""
+    assert name == workload.REPLICA_READINESS.name and event.ready and event.message == ""
     assert beat(monitor, replica("r1", True)) == []
 
 
@@ -83,7 +84,7 @@ def test_old_agents_and_terminal_replicas(monitor: LivenessMonitor) -> None:
     # An agent that predates readiness sends neither ready nor a reason: no signal.
     assert beat(monitor, replica("r1", False, gated=False)) == []
     events = beat(monitor, replica("r2", False, "x", terminal=True, phase="Failed"))
-    assert [name for name, _ in events] == ["replica_exited"]
+    assert [name for name, _ in events] == [workload.REPLICA_EXITED.name]
     assert isinstance(events[0][1], ReplicaExited)
 
 
