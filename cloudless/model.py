@@ -662,12 +662,7 @@ class PlacementRequest(_Model):
     plan_id: str
     replica_ids: list[str]
     resources: Resources
-    manifest: dict[str, Any] = Field(default_factory=dict)
-    # Used only when ``manifest`` is empty (inputs recorded before the scheduler core).
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    zones: list[str] = Field(default_factory=list)
-    runtime: str = "docker"
-    strategy: str = "binpack"
+    manifest: dict[str, Any]
     #: Evict lower-priority replicas to make room for ones that fit nowhere.
     allow_preemption: bool = True
 

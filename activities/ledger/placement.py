@@ -1,9 +1,9 @@
-"""Activities that read and write the ``cluster/<name>`` ledger and node entities.
+"""Placement: decide on the coordinator's node index, commit through the ledger.
 
-Workflows cannot query or update other workflows, so these activities do it with the
-Temporal client on their behalf. Placement runs here too: the scheduler decides on the
-coordinator's long-lived node index (:mod:`activities.scheduling`), which would be far too
-large to pass through workflow history, and commits through the ledger.
+The scheduler (:mod:`policies.scheduler`) decides on the index the coordinator keeps in
+memory (:mod:`activities.scheduling`); the decision becomes one ledger plan, which the
+ledger's validator accepts or rejects (then the index re-syncs and the placement
+decides again). Replicas that fit nowhere may take the room of lower-priority ones.
 """
 
 from __future__ import annotations
@@ -12,70 +12,33 @@ import asyncio
 import dataclasses
 import zlib
 from collections import Counter
-from typing import TypeVar
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
 
-from activities.ledger_writer import LedgerWriter
-from activities.scheduling import (
-    SchedulerState,
-    placement_request,
-    resources,
-    workload_meta,
-)
-from cloudless.contracts import (
-    LedgerHandle,
-    NodeHandle,
-    Signal,
-    WorkloadHandle,
-    signal_unless_gone,
-    workload,
-)
+from activities.ledger.base import LedgerBase, PlanRejected
+from activities.scheduling import placement_request, resources, workload_meta
+from cloudless.contracts import workload
 from cloudless.model import (
     Allocation,
-    AwaitCapacityInput,
     CandidateScore,
-    CapacityAvailable,
     CommitPlanInput,
-    CommitPlanResult,
-    ConsumeTokenInput,
     ExplainInput,
     ExplainResult,
-    LedgerOp,
-    LedgerWorkload,
-    NodeRecord,
     Placement,
     PlacementRequest,
     PlacementResult,
     Preemption,
     ReplicasPreempted,
     Resources,
-    UpsertNodeInput,
 )
 from cloudless.spec import Workload, parse_workload
 from policies import scheduler as sched
 
-I = TypeVar("I")  # noqa: E741  (a message's input type)
-
-
-class PlanRejected(Exception):
-    """The ledger refused a plan (it would over-commit a node, or a node is not Ready)."""
-
-
 #: How many decisions a placement tries before giving up on contention.
 MAX_PLAN_ATTEMPTS = 8
-#: Tries of a wake-up or eviction signal before giving up on it.
-SIGNAL_ATTEMPTS = 5
 #: Replicas one decision may make room for by preemption (each is one eviction plan).
 MAX_PREEMPTIONS = 16
-
-
-def _cause_type(err: WorkflowUpdateFailedError) -> str | None:
-    cause = err.cause
-    return cause.type if isinstance(cause, ApplicationError) else None
 
 
 def _candidates(pick: sched.Pick) -> list[CandidateScore]:
@@ -91,19 +54,6 @@ def _candidates(pick: sched.Pick) -> list[CandidateScore]:
     ]
 
 
-def _legacy_request(req: PlacementRequest) -> sched.PlacementRequest:
-    """Inputs recorded before workflows sent the manifest carry only the old fields."""
-    return sched.PlacementRequest(
-        count=len(req.replica_ids),
-        resources=resources(req.resources),
-        workload_key=req.workload,
-        runtime=req.runtime,
-        node_selector=dict(req.node_selector),
-        zones=frozenset(req.zones),
-        strategy="spread" if req.strategy == "spread" else "binpack",
-    )
-
-
 @dataclasses.dataclass
 class _Plan:
     """One decision turned into ledger terms."""
@@ -114,66 +64,10 @@ class _Plan:
     candidates: dict[str, sched.Pick]
 
 
-class LedgerActivities:
-    """Bound to one Temporal client and cluster by the coordinator worker; holds the
-    coordinator's scheduler soft state."""
-
-    def __init__(self, client: Client, cluster: str) -> None:
-        self._client = client
-        self._cluster = cluster
-        self.ledger = LedgerHandle(client, cluster)
-        self.scheduler = SchedulerState(self.ledger.snapshot)
-        self.scheduler.poll_version = self.ledger.version
-        self.writer = LedgerWriter(lambda: self.ledger)
-
-    def _request(self, workload: Workload, count: int) -> sched.PlacementRequest:
+class PlacementActivities(LedgerBase):
+    def _request(self, spec: Workload, count: int) -> sched.PlacementRequest:
         """The scheduler request for ``count`` replicas, weighed by the cluster's settings."""
-        return placement_request(workload, count, base_weights=self.scheduler.config.weights)
-
-    async def commit(self, plan: CommitPlanInput) -> CommitPlanResult:
-        """Commit through the batched writer; raises :class:`PlanRejected` as the ledger's
-        validator would (the ledger deduplicates retried plans by ``plan_id``)."""
-        result = await self.writer.submit(LedgerOp(commit=plan))
-        if result.error_type == "PlanRejected":
-            raise PlanRejected(result.error)
-        if result.error_type or result.commit is None:
-            raise ApplicationError(result.error, type=result.error_type or "LedgerError")
-        if result.commit.applied:  # apply_batch does not echo a freshly applied plan
-            return result.commit.model_copy(update={"allocations": plan.allocations})
-        return result.commit
-
-    async def _await_capacity(self, workload: str, res: Resources, version: int) -> bool:
-        result = await self.writer.submit(
-            LedgerOp(
-                await_capacity=AwaitCapacityInput(workload=workload, resources=res, version=version)
-            )
-        )
-        return bool(result.registered)
-
-    async def _signal_workload(self, key: str, signal: Signal[I], arg: I) -> None:
-        """Signal a workload, retrying briefly; never fails the caller.
-
-        The write that prompted the signal is committed already, and a failed activity
-        would be retried against the ledger's plan cache, which does not signal again. A
-        lost wake-up costs the workload its retry backoff; a lost eviction is logged. A
-        deleted workload needs no wake-up or eviction.
-        """
-        handle = WorkloadHandle.of(self._client, key).handle
-        try:
-            await signal_unless_gone(handle, signal, arg, attempts=SIGNAL_ATTEMPTS)
-        except RPCError as err:
-            activity.logger.warning("could not signal %s to %s: %s", signal.name, key, err)
-
-    async def _wake(self, keys: list[str], reason: str) -> None:
-        """Tell pending workloads that room may have appeared (instead of them polling)."""
-        await asyncio.gather(
-            *(
-                self._signal_workload(
-                    k, workload.CAPACITY_AVAILABLE, CapacityAvailable(reason=reason)
-                )
-                for k in keys
-            )
-        )
+        return placement_request(spec, count, base_weights=self.scheduler.config.weights)
 
     # ------------------------------------------------------------------ decisions
 
@@ -270,8 +164,8 @@ class LedgerActivities:
         """Decide on the node index, commit through the ledger, re-sync and retry on a
         conflicting plan; replicas that fit nowhere are registered as pending so the
         ledger's next release or new node wakes the workload."""
-        workload = parse_workload(req.manifest) if req.manifest else None
-        meta = workload_meta(workload) if workload else LedgerWorkload(resources=req.resources)
+        spec = parse_workload(req.manifest)
+        meta = workload_meta(spec)
         remaining = list(req.replica_ids)
         placements: list[Placement] = []
         preemptions: list[Preemption] = []
@@ -281,11 +175,7 @@ class LedgerActivities:
         for attempt in range(MAX_PLAN_ATTEMPTS):
             index = await self.scheduler.current()
             version = self.scheduler.version
-            request = (
-                self._request(workload, len(remaining))
-                if workload is not None
-                else dataclasses.replace(_legacy_request(req), count=len(remaining))
-            )
+            request = self._request(spec, len(remaining))
             decision, plan = self._decide(
                 request, index, remaining, req.resources, seed + attempt, req.allow_preemption
             )
@@ -407,39 +297,3 @@ class LedgerActivities:
             reason=decision.reason,
             ledger_version=self.scheduler.version,
         )
-
-    @activity.defn(name="commit_plan")
-    async def commit_plan(self, plan: CommitPlanInput) -> CommitPlanResult:
-        try:
-            result = await self.commit(plan)
-        except PlanRejected as err:
-            raise ApplicationError(str(err), type="PlanRejected", non_retryable=True) from err
-        self.scheduler.plan_committed(plan, result)
-        if result.woken:
-            await self._wake(result.woken, "replicas were released")
-        return result
-
-    @activity.defn(name="publish_node")
-    async def publish_node(self, inp: UpsertNodeInput) -> None:
-        done = await self.writer.submit(LedgerOp(upsert=inp))
-        if done.upsert is None:
-            raise ApplicationError(done.error or "node upsert failed", type=done.error_type)
-        result = done.upsert
-        self.scheduler.node_changed(result)
-        if result.woken:
-            await self._wake(result.woken, f"node {inp.record.node_id} is {inp.state.value}")
-
-    @activity.defn(name="consume_enrollment_token")
-    async def consume_enrollment_token(self, inp: ConsumeTokenInput) -> None:
-        """Record the token's single use through the batched writer (an enrollment burst
-        would otherwise exceed the ledger's 10 in-flight Updates); a retry is a no-op."""
-        done = await self.writer.submit(LedgerOp(consume_token=inp))
-        if done.error_type in ("TokenReused", "NodeAlreadyEnrolled"):
-            raise ApplicationError(done.error, type=done.error_type, non_retryable=True)
-        if not done.consumed:
-            raise ApplicationError(done.error or "token not recorded", type=done.error_type)
-
-    @activity.defn(name="register_node")
-    async def register_node(self, record: NodeRecord) -> None:
-        """Start ``node/<id>`` or, for a node enrolling again, signal the running one."""
-        await NodeHandle(self._client, record.node_id).enroll(self._cluster, record)

@@ -1,0 +1,32 @@
+"""Ledger writes the workflows ask for: release (or commit) a plan, publish a node's state."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger.base import LedgerBase, PlanRejected
+from cloudless.model import CommitPlanInput, CommitPlanResult, LedgerOp, UpsertNodeInput
+
+
+class LedgerWriteActivities(LedgerBase):
+    @activity.defn(name="commit_plan")
+    async def commit_plan(self, plan: CommitPlanInput) -> CommitPlanResult:
+        try:
+            result = await self.commit(plan)
+        except PlanRejected as err:
+            raise ApplicationError(str(err), type="PlanRejected", non_retryable=True) from err
+        self.scheduler.plan_committed(plan, result)
+        if result.woken:
+            await self._wake(result.woken, "replicas were released")
+        return result
+
+    @activity.defn(name="publish_node")
+    async def publish_node(self, inp: UpsertNodeInput) -> None:
+        done = await self.writer.submit(LedgerOp(upsert=inp))
+        if done.upsert is None:
+            raise ApplicationError(done.error or "node upsert failed", type=done.error_type)
+        result = done.upsert
+        self.scheduler.node_changed(result)
+        if result.woken:
+            await self._wake(result.woken, f"node {inp.record.node_id} is {inp.state.value}")
