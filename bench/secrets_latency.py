@@ -169,8 +169,8 @@ async def main(args: argparse.Namespace) -> None:
             )
 
             def drop_caches() -> None:
-                servicer._entries.clear()
-                servicer._data_keys.clear()
+                servicer.store.entries.clear()
+                servicer.store.data_keys.clear()
 
             async def cold_get(i: int) -> object:
                 drop_caches()

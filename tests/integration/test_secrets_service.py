@@ -37,8 +37,8 @@ from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.transit import transit_server
-from workers import secrets as secrets_worker
 from workers.secrets import SecretsServicer
+from workers.secrets import store as secrets_store
 
 pytestmark = [pytest.mark.temporal]
 
@@ -404,7 +404,7 @@ async def test_rotation_rewraps_every_data_key_while_reads_continue(
     # Every read during the rotation misses the coordinator's record cache: it queries the
     # secret's workflow, so it sees each rewrapped key as it lands and unwraps it through
     # transit (a warm cache would serve the pre-rotation record throughout).
-    monkeypatch.setattr(secrets_worker, "RECORD_TTL", 0.0)
+    monkeypatch.setattr(secrets_store, "RECORD_TTL", 0.0)
     servicer: SecretsServicer = cluster.coordinator.secrets_runtime.servicer  # type: ignore[attr-defined]
     errors: list[BaseException] = []
     reads = 0
@@ -437,7 +437,8 @@ async def test_rotation_rewraps_every_data_key_while_reads_continue(
     for meta in await admin.list_secrets("rot"):
         assert meta.key_version == progress.target_version
     # Reads during the rotation unwrapped rewrapped (new-version) data keys through transit.
-    rewrapped = {w for w in servicer._data_keys if w.startswith(f"vault:v{after.latest_version}:")}
+    new_prefix = f"vault:v{after.latest_version}:"
+    rewrapped = {w for w in servicer.store.data_keys if w.startswith(new_prefix)}
     assert len(rewrapped) >= len(names)
     # Reads work on a cold cache (keys unwrapped by transit under the new version).
     async with (
