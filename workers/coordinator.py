@@ -72,8 +72,7 @@ from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
 from workers.secrets import SecretsRuntime, ensure_rotation_schedule
-from workflows import ALL_WORKFLOWS
-from workflows.cluster import ClusterWorkflow
+from workflows import LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
 log = structlog.get_logger("cloudless.coordinator")
 
@@ -254,7 +253,7 @@ class Coordinator:
         worker = Worker(
             self.client,
             task_queue=task_queue(self.cluster),
-            workflows=list(ALL_WORKFLOWS),
+            workflows=list(SHARED_QUEUE_WORKFLOWS),
             activities=[
                 ledger.place_replicas,
                 ledger.explain_placement,
@@ -283,13 +282,11 @@ class Coordinator:
             workflow_runner=workflow_runner(),
         )
         self._tasks.append(asyncio.create_task(worker.run(), name="temporal-worker"))
-        # The ledger alone, on its own queue (see cloudless.naming.ledger_task_queue); the
-        # main worker still knows the workflow, for a ledger started on the shared queue
-        # before this split, until its next continue-as-new moves it.
+        # The ledger alone, on its own queue (see cloudless.contracts.names.ledger_task_queue).
         ledger_worker = Worker(
             self.client,
             task_queue=ledger_task_queue(self.cluster),
-            workflows=[ClusterWorkflow],
+            workflows=list(LEDGER_WORKFLOWS),
             max_cached_workflows=8,
             max_concurrent_workflow_tasks=4,
             workflow_runner=workflow_runner(),

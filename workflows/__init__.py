@@ -11,8 +11,10 @@ from workflows.rotation import KeyRotationWorkflow
 from workflows.secret import SecretWorkflow
 from workflows.workload import WorkloadWorkflow
 
-ALL_WORKFLOWS = (
-    ClusterWorkflow,
+#: On the ledger's own task queue (cloudless.contracts.names.ledger_task_queue).
+LEDGER_WORKFLOWS = (ClusterWorkflow,)
+#: On the cluster's shared task queue (cloudless.contracts.names.task_queue).
+SHARED_QUEUE_WORKFLOWS = (
     EnrollmentWorkflow,
     NodeWorkflow,
     WorkloadWorkflow,
@@ -20,9 +22,13 @@ ALL_WORKFLOWS = (
     KeyRotationWorkflow,
     ExplainPlacementWorkflow,
 )
+#: Every workflow a coordinator registers.
+ALL_WORKFLOWS = LEDGER_WORKFLOWS + SHARED_QUEUE_WORKFLOWS
 
 __all__ = [
     "ALL_WORKFLOWS",
+    "LEDGER_WORKFLOWS",
+    "SHARED_QUEUE_WORKFLOWS",
     "ClusterWorkflow",
     "EnrollmentWorkflow",
     "ExplainPlacementWorkflow",

@@ -343,7 +343,6 @@ class ClusterWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             ClusterWorkflowInput(cluster=self._cluster, carried=self._export()),
-            # A ledger started before it had its own queue moves there now.
             task_queue=ledger.WORKFLOW.task_queue(self._cluster),
         )
 

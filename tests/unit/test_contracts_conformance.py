@@ -15,7 +15,8 @@ import pytest
 from temporalio.workflow import _Definition
 
 from cloudless.contracts import WORKFLOW_TYPES, Query, Signal, Update, WorkflowType
-from workflows import ALL_WORKFLOWS
+from cloudless.contracts.names import ledger_task_queue, task_queue
+from workflows import ALL_WORKFLOWS, LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
 
 def _definition(cls: type) -> _Definition:
@@ -53,6 +54,15 @@ WORKFLOWS = pytest.mark.parametrize("cls", ALL_WORKFLOWS, ids=lambda c: c.__name
 def test_every_registered_workflow_has_a_contract_and_every_contract_a_workflow() -> None:
     registered = {_definition(cls).name for cls in ALL_WORKFLOWS}
     assert registered == set(WORKFLOW_TYPES)
+
+
+def test_workers_register_each_workflow_on_the_queue_its_contract_names() -> None:
+    assert set(ALL_WORKFLOWS) == set(LEDGER_WORKFLOWS) | set(SHARED_QUEUE_WORKFLOWS)
+    assert not set(LEDGER_WORKFLOWS) & set(SHARED_QUEUE_WORKFLOWS)
+    for ledger_cls in LEDGER_WORKFLOWS:
+        assert _contract(ledger_cls).task_queue("c") == ledger_task_queue("c"), ledger_cls
+    for shared_cls in SHARED_QUEUE_WORKFLOWS:
+        assert _contract(shared_cls).task_queue("c") == task_queue("c"), shared_cls
 
 
 @WORKFLOWS
