@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
 __all__ = ["BUSYBOX_TAG", "build_busybox_image"]
 
 #: Default tag of the test image.
@@ -43,6 +41,8 @@ def build_busybox_image(
     Raises:
         FileNotFoundError: No busybox binary on this machine.
     """
+    import docker.errors  # here: importing the docker SDK costs ~0.1 s of every CLI start
+
     try:
         return str(client.images.get(tag).id)
     except docker.errors.ImageNotFound:

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 from cloudless.cli import devstack
-from cloudless.cli.output import console, workloads_table
+from cloudless.cli.output import console, fail, nodes_table, workloads_table
+from cloudless.cli.settings import Settings
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for, require_codec
 from cloudless.errors import CloudlessError
+from cloudless.images import BUSYBOX_TAG, build_busybox_image
 from cloudless.model import NodeState
 from cloudless.spec import ManifestError, load_manifest_file
 from cloudless.temporal import connect
@@ -34,8 +36,6 @@ def docker_available() -> bool:
 def _build_image() -> None:
     import docker
 
-    from cloudless.images import BUSYBOX_TAG, build_busybox_image
-
     client = docker.from_env(version="auto")
     try:
         build_busybox_image(client)
@@ -45,12 +45,10 @@ def _build_image() -> None:
 
 
 def dev_up(
-    settings: object, example: Path | None, runtime: str | None, port_offset: int = 0
+    settings: Settings, example: Path | None, runtime: str | None, port_offset: int = 0
 ) -> None:
-    from cloudless.cli.main import fail
-
-    state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
-    cluster: str = settings.cluster  # type: ignore[attr-defined]
+    state_dir = settings.state_dir
+    cluster = settings.cluster
     if runtime not in (None, "docker", "exec"):
         raise fail(f"--runtime {runtime!r} is not a runtime; use docker or exec")
     use_docker = docker_available() if runtime in (None, "docker") else False
@@ -93,8 +91,6 @@ def dev_up(
                     f"{state_dir / 'logs' / f'agent-{agent.name}.log'}"
                 )
         console.print()
-        from cloudless.cli.output import nodes_table
-
         console.print(nodes_table(await client.list_nodes()))
         for w in workloads:
             outcome = await client.apply(w, wait=True, timeout=120)
@@ -131,8 +127,8 @@ def dev_up(
     )
 
 
-def dev_down(settings: object, purge: bool) -> None:
-    state_dir: Path = settings.state_dir  # type: ignore[attr-defined]
+def dev_down(settings: Settings, purge: bool) -> None:
+    state_dir = settings.state_dir
     stopped = devstack.stop_processes(state_dir)
     names = tuple(a.name for a in devstack.DEV_AGENTS)
     removed = devstack.remove_dev_containers(names)

@@ -18,10 +18,12 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless import config
+from cloudless.cli import dev
 from cloudless.cli.output import (
     Output,
     console,
     emit_data,
+    fail,
     nodes_table,
     print_node,
     print_workload,
@@ -97,12 +99,6 @@ def _global(
     settings.cluster = cluster
     settings.state_dir = state_dir.resolve()
     settings.insecure_plaintext_payloads = insecure_plaintext_payloads
-
-
-def fail(message: str) -> typer.Exit:
-    """Print a one-line (or, for manifests, one-line-per-problem) reason; exit 1."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(1)
 
 
 def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
@@ -526,9 +522,7 @@ def dev_up(
     ] = 0,
 ) -> None:
     """Start Temporal, the coordinator and three agents, then apply the example workload."""
-    from cloudless.cli.dev import dev_up as up
-
-    up(settings, example, runtime, port_offset)
+    dev.dev_up(settings, example, runtime, port_offset)
 
 
 @dev_app.command("down")
@@ -536,9 +530,7 @@ def dev_down(
     purge: Annotated[bool, typer.Option(help="Also delete the state directory.")] = False,
 ) -> None:
     """Stop everything `dev up` started and remove the dev replicas."""
-    from cloudless.cli.dev import dev_down as down
-
-    down(settings, purge)
+    dev.dev_down(settings, purge)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,12 @@ from cloudless.workloads import readiness_gated
 
 #: Piped output is for scripts and logs: never truncate columns to an assumed 80.
 console = Console() if sys.stdout.isatty() else Console(width=250)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line (or, for manifests, one-line-per-problem) reason; exit 1."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
 
 
 def approx_bytes(n: int) -> str:

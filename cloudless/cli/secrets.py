@@ -20,7 +20,7 @@ from rich.table import Table
 
 from cloudless import config
 from cloudless.api import secrets_pb2
-from cloudless.cli.output import Output, console, emit_data
+from cloudless.cli.output import Output, console, emit_data, fail
 from cloudless.cli.settings import settings
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
@@ -65,11 +65,6 @@ def _options(
     where.admin_dir = admin_dir
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(1)
-
-
 def _run(fn: Callable[[SecretsClient], Awaitable[T]]) -> T:
     directory = where.admin_dir or config.admin_dir(settings.state_dir)
 
@@ -80,13 +75,13 @@ def _run(fn: Callable[[SecretsClient], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except CloudlessError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err)) from err
 
 
 def _ref(ref: str) -> tuple[str, str]:
     namespace, slash, name = ref.partition("/")
     if not slash or not namespace or not name or "/" in name:
-        raise _fail(f"{ref!r} must be <namespace>/<name>, e.g. production/postgres-creds")
+        raise fail(f"{ref!r} must be <namespace>/<name>, e.g. production/postgres-creds")
     return namespace, name
 
 
@@ -95,14 +90,14 @@ def _data(items: list[str] | None) -> dict[str, bytes]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--data {item.split('=')[0]!r}... must look like KEY=VALUE or KEY=@file")
+            raise fail(f"--data {item.split('=')[0]!r}... must look like KEY=VALUE or KEY=@file")
         if key in data:
-            raise _fail(f"--data key {key!r} is given twice")
+            raise fail(f"--data key {key!r} is given twice")
         if value.startswith("@"):
             try:
                 data[key] = Path(value[1:]).read_bytes()
             except OSError as err:
-                raise _fail(f"--data {key}=@{value[1:]}: {err.strerror}") from err
+                raise fail(f"--data {key}=@{value[1:]}: {err.strerror}") from err
         else:
             data[key] = value.encode()
     return data
@@ -114,7 +109,7 @@ def _seconds(text: str | None, what: str) -> float:
     try:
         return parse_duration(text).total_seconds()
     except ValueError as err:
-        raise _fail(f"{what}: {err}") from err
+        raise fail(f"{what}: {err}") from err
 
 
 def _when(ts: float) -> str:
@@ -170,9 +165,9 @@ def create(
     namespace, name = _ref(ref)
     values = _data(data)
     if not values:
-        raise _fail("give at least one --data KEY=VALUE")
+        raise fail("give at least one --data KEY=VALUE")
     if not audience:
-        raise _fail("give at least one --audience (who may read the secret)")
+        raise fail("give at least one --audience (who may read the secret)")
     lifetime = _seconds(ttl, "--ttl")
     meta = _run(
         lambda c: c.create(
@@ -220,7 +215,7 @@ def get(
     got = _run(read)
     if key is not None:
         if key not in got.data:
-            raise _fail(
+            raise fail(
                 f"secret {namespace}/{name} has no key {key!r} (keys: {', '.join(got.data)})"
             )
         sys.stdout.buffer.write(got.data[key])
@@ -246,7 +241,7 @@ def update(
     namespace, name = _ref(ref)
     values = _data(data)
     if not values:
-        raise _fail("give at least one --data KEY=VALUE")
+        raise fail("give at least one --data KEY=VALUE")
     meta = _run(lambda c: c.update(namespace, name, values, expected_version))
     print(f"secret {namespace}/{name} updated (version {meta.version})")
 

@@ -16,7 +16,7 @@ from policies.scheduler.decide import (
     sample_bound,
     schedule,
 )
-from policies.scheduler.explain import format_candidates, format_decision, summarize
+from policies.scheduler.explain import format_candidates, format_decision
 from policies.scheduler.filters import (
     INSUFFICIENT_BANDWIDTH,
     INSUFFICIENT_CPU,
@@ -35,6 +35,7 @@ from policies.scheduler.filters import (
     WORKLOAD_AFFINITY_MISMATCH,
     WORKLOAD_ANTI_AFFINITY_CONFLICT,
     ZONE_MISMATCH,
+    summarize,
 )
 from policies.scheduler.index import READY, Columns, NodeIndex, NodeSpec
 from policies.scheduler.preempt import PreemptionPlan, RunningReplica, plan_preemption

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from policies.scheduler.explain import summarize
 from policies.scheduler.filters import (
     CAPACITY_FILTERS,
     DOMAIN_FILTERS,
@@ -32,6 +31,7 @@ from policies.scheduler.filters import (
     passes,
     run_dynamic_filters,
     run_static_filters,
+    summarize,
 )
 from policies.scheduler.index import FloatArray, IntArray, NodeIndex
 from policies.scheduler.prepare import Accounting, Prepared, prepare

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from policies.scheduler.filters import summarize
+
 if TYPE_CHECKING:
     from policies.scheduler.decide import Decision, ScoredNode
 
@@ -24,17 +26,6 @@ FACTOR_LABELS: Mapping[str, str] = {
     "topology_spread": "sprd",
     "taint_toleration": "taint",
 }
-
-
-def summarize(total: int, reasons: Mapping[str, int]) -> str:
-    """``0/5 nodes are available: 3 insufficient memory, 2 node selector mismatch``.
-
-    Same format as :func:`policies.placement.summarize`: most frequent reason first, then
-    alphabetical, so the text is stable for equal counts.
-    """
-    items = sorted(((r, n) for r, n in reasons.items() if n), key=lambda i: (-i[1], i[0]))
-    parts = ", ".join(f"{n} {reason}" for reason, n in items)
-    return f"0/{total} nodes are available" + (f": {parts}" if parts else "")
 
 
 def format_decision(decision: Decision, *, candidates: bool = True) -> list[str]:

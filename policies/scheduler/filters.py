@@ -11,7 +11,7 @@ group the cheapest come first, and a filter that does not apply returns ``None``
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -55,6 +55,17 @@ DynamicFilter = Callable[[Accounting, IntArray | None], BoolArray | None]
 
 
 # --- static filters: over every node slot -------------------------------------------------
+
+
+def summarize(total: int, reasons: Mapping[str, int]) -> str:
+    """``0/5 nodes are available: 3 insufficient memory, 2 node selector mismatch``.
+
+    Same format as the baseline placer's (bench/naive_placer.py): most frequent reason
+    first, then alphabetical, so the text is stable for equal counts.
+    """
+    items = sorted(((r, n) for r, n in reasons.items() if n), key=lambda i: (-i[1], i[0]))
+    parts = ", ".join(f"{n} {reason}" for reason, n in items)
+    return f"0/{total} nodes are available" + (f": {parts}" if parts else "")
 
 
 def node_ready(prep: Prepared) -> BoolArray:
