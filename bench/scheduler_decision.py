@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import naive_placer as placement
 from bench.common import print_table, summarize, write_results
+from cloudless.vocabulary import NodeState
 from policies.scheduler import (
     LabelSelector,
     Locality,
@@ -134,7 +135,7 @@ KINDS: list[
         (1, 10),
     ),
 ]
-STATES = ["Ready"] * 97 + ["Suspect", "Draining", "Cordoned"]
+STATES = [NodeState.READY] * 97 + [NodeState.SUSPECT, NodeState.DRAINING, NodeState.CORDONED]
 
 
 def build_cluster(n: int, seed: int = 1) -> tuple[NodeIndex, list[placement.NodeView], list[str]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from cloudless.vocabulary import NodeHealth
+
 #: Flap damping: this many unplanned departures within the window hold the node back.
 FLAP_WINDOW = timedelta(minutes=10)
 FLAP_THRESHOLD = 3
@@ -40,7 +42,7 @@ def accepts(
     *,
     owner: str,
     owner_epoch: int,
-    sig_health: str,
+    sig_health: NodeHealth,
     sig_gateway: str,
     sig_epoch: int,
 ) -> bool:
@@ -59,6 +61,6 @@ def accepts(
     """
     if sig_epoch and owner_epoch:
         return sig_epoch >= owner_epoch
-    if sig_health == "Ready":
+    if sig_health == NodeHealth.READY:
         return True
     return not owner or sig_gateway == owner

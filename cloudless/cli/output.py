@@ -172,7 +172,7 @@ def print_workload(w: WorkloadStatus) -> None:
     console.print(f"[bold]Workflow:[/bold]   workload/{w.namespace}/{w.name}")
     console.print()
     console.print(replicas_table(w))
-    explained = [r for r in w.replicas if r.candidates or (r.phase.value == "Pending")]
+    explained = [r for r in w.replicas if r.candidates or (r.phase == ReplicaPhase.PENDING)]
     if explained:
         console.print()
         console.print("[bold]Placement:[/bold] (top candidates; * = chosen, factors 0..1)")

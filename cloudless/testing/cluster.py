@@ -27,7 +27,7 @@ from agent.main import serve
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
-from cloudless.model import NodeState
+from cloudless.model import NodeState, ReplicaPhase
 from cloudless.naming import SEARCH_ATTRIBUTES
 from cloudless.pki import CertificateAuthority
 from cloudless.quantity import parse_bytes, parse_cpu
@@ -314,6 +314,6 @@ async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, l
                 agent_pb2.ListReplicasRequest(workload=workload), timeout=10
             )
         for r in listed.replicas:
-            if r.phase == "Running":
+            if r.phase == ReplicaPhase.RUNNING:
                 out.setdefault(r.replica_id, []).append(name)
     return out

@@ -285,7 +285,7 @@ class OutageStack:
         out: dict[str, list[str]] = {}
         for a in DEV_AGENTS:
             for r in await self.list_replicas(a):
-                if r.phase == "Running":
+                if r.phase == ReplicaPhase.RUNNING:
                     out.setdefault(r.replica_id, []).append(a.name)
         return out
 
@@ -385,7 +385,7 @@ async def run_outage(
 
         async def restarted() -> Any:
             r = await stack.agent_view(HOMES[CRASHY], crashy_id)
-            ok = r is not None and r.restarts >= 1 and r.phase == "Running"
+            ok = r is not None and r.restarts >= 1 and r.phase == ReplicaPhase.RUNNING
             return r if ok and (await http_get(crashy_port)).ok else None
 
         r = await eventually(restarted, "the agent to restart crashy", 60)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.enroll import load_agent_gateways, split_addresses
+from cloudless.vocabulary import NodeHealth
 from policies.liveness import Health, LivenessTable
 from policies.membership import DAMP_MAX, FLAP_WINDOW, accepts, flap_hold
 
@@ -50,7 +51,7 @@ def sig(health: str, gateway: str, epoch: int, owner: str = "a", owner_epoch: in
     return accepts(
         owner=owner,
         owner_epoch=owner_epoch,
-        sig_health=health,
+        sig_health=NodeHealth(health),
         sig_gateway=gateway,
         sig_epoch=epoch,
     )
