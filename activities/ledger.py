@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger_writer import LedgerWriter
-from activities.scheduling import (
+from activities.scheduler_index import (
     SchedulerState,
     placement_request,
     resources,

@@ -1,5 +1,5 @@
 """The coordinator's scheduler soft state and the manifest -> PlacementRequest translation
-(``activities/scheduling.py``), and the node facts advertised through labels
+(``activities/scheduler_index.py``), and the node facts advertised through labels
 (``cloudless/nodefacts.py``). No Temporal: snapshots and commit results are built here."""
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from activities.scheduling import SchedulerState, node_spec, placement_request, scheduler_config
+from activities.scheduler_index import (
+    SchedulerState,
+    node_spec,
+    placement_request,
+    scheduler_config,
+)
 from cloudless import nodefacts
 from cloudless.model import (
     DEFAULT_WEIGHTS,
