@@ -21,12 +21,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger_writer import LedgerWriter
-from activities.scheduling import (
-    SchedulerState,
-    placement_request,
-    resources,
-    workload_meta,
-)
+from activities.scheduler_index import SchedulerState
+from activities.scheduler_inputs import placement_request, resources, workload_meta
 from cloudless.model import (
     Allocation,
     AwaitCapacityInput,
