@@ -37,7 +37,7 @@ from temporalio.converter import PayloadCodec
 from cloudless.codec import CODEC_TOKEN_FILE, PayloadCodecError
 from cloudless.errors import ConfigError, PKIError
 from cloudless.pki import read_private_file, write_private_file
-from transit.server import is_loopback, tls_context
+from cloudless.http import is_loopback, tls_context
 
 log = structlog.get_logger("cloudless.codec_server")
 
