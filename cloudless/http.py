@@ -269,7 +269,7 @@ class Listener:
         Every request goes to ``handler`` (the server does its own routing).
         ``render_error`` shapes the refusals aiohttp makes itself; ``idle_timeout`` closes
         keep-alive connections idle that long; ``any_method`` accepts extension methods
-        such as ``LIST``. A response sent before the request body was read closes the
+        such as ``LIST``. A response sent before the request body arrived closes the
         connection instead of reading the rest of the body to keep it.
         """
         loop = asyncio.get_running_loop()
@@ -278,8 +278,17 @@ class Listener:
         except OSError as err:
             raise ListenError(f"cannot resolve listen address {self.host!r}: {err}") from err
         host = str(infos[0][4][0])
+
+        async def serve(request: web.BaseRequest) -> web.StreamResponse:
+            response = await handler(request)
+            if request.body_exists and not request.content.is_eof():
+                # Answered before the body was read: the connection closes (it is not
+                # drained), and the response says so.
+                response.force_close()
+            return response
+
         server = _Server(
-            handler,
+            serve,
             render_error=render_error,
             any_method=any_method,
             keepalive_timeout=idle_timeout,
