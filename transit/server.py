@@ -16,7 +16,6 @@ Nothing in this module logs a token, a plaintext, a ciphertext or a request body
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -34,10 +33,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import structlog
+import typer
 from aiohttp import web
 
 from cloudless import __version__
@@ -837,60 +837,6 @@ def open_state(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="cloudless-transit",
-        description="Vault-compatible transit server (embedded default). Point hvac, Vault "
-        "clients and Cloudless at it with VAULT_ADDR and VAULT_TOKEN.",
-    )
-    parser.add_argument(
-        "--listen",
-        default=env(ENV_LISTEN, DEFAULT_LISTEN),
-        help=f"host:port to bind (default {DEFAULT_LISTEN}; ${ENV_LISTEN}). Without TLS only "
-        "loopback addresses are allowed",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(env(ENV_DATA_DIR) or state_dir() / "transit"),
-        help=f"directory of the sealed keyring (default .cloudless/transit; ${ENV_DATA_DIR})",
-    )
-    parser.add_argument(
-        "--seal-key-file",
-        type=Path,
-        default=env(ENV_SEAL_KEY_FILE),
-        help="32-byte seal key (raw or base64); created 0600 if absent. Default: "
-        f"DATA_DIR/{SEAL_KEY_FILE}; in production keep it elsewhere (${ENV_SEAL_KEY_FILE})",
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=env(ENV_TOKEN_FILE),
-        help=f"root token file, created 0600 if absent (default DATA_DIR/{TOKEN_FILE}); "
-        f"${ENV_TOKEN} overrides it",
-    )
-    parser.add_argument(
-        "--mount",
-        default=env(ENV_MOUNT, DEFAULT_MOUNT),
-        help=f"transit mount path under /v1/ (default {DEFAULT_MOUNT}; ${ENV_MOUNT})",
-    )
-    parser.add_argument("--tls-cert", type=Path, default=env(ENV_TLS_CERT), help="PEM certificate")
-    parser.add_argument("--tls-key", type=Path, default=env(ENV_TLS_KEY), help="PEM private key")
-    parser.add_argument(
-        "--insecure-allow-plaintext",
-        action="store_true",
-        help="allow plain HTTP on a non-loopback address (only behind a TLS proxy/private link)",
-    )
-    parser.add_argument(
-        "--rotate-check-interval",
-        type=float,
-        default=ROTATE_CHECK_SECONDS,
-        help="seconds between auto_rotate_period checks (default 60)",
-    )
-    return parser
-
-
 async def serve(server: TransitServer, state: State, data_dir: Path) -> None:
     """Serve until SIGINT/SIGTERM, advertising the URL in ``data_dir`` meanwhile."""
     stop = asyncio.Event()
@@ -920,22 +866,86 @@ async def serve(server: TransitServer, state: State, data_dir: Path) -> None:
             address_file.unlink()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``cloudless-transit``; serves until SIGINT/SIGTERM."""
-    args = build_parser().parse_args(argv)
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _option(*names: str, envvar: str | None = None, help: str) -> Any:
+    """A flag whose help text already says its default and environment variable."""
+    return typer.Option(*names, envvar=envvar, help=help, show_default=False, show_envvar=False)
+
+
+@app.command()
+def main_command(
+    listen: Annotated[
+        str,
+        _option(
+            envvar=ENV_LISTEN,
+            help=f"host:port to bind (default {DEFAULT_LISTEN}; ${ENV_LISTEN}). Without TLS "
+            "only loopback addresses are allowed",
+        ),
+    ] = DEFAULT_LISTEN,
+    data_dir: Annotated[
+        Path | None,
+        _option(
+            envvar=ENV_DATA_DIR,
+            help=f"directory of the sealed keyring (default .cloudless/transit; ${ENV_DATA_DIR})",
+        ),
+    ] = None,
+    seal_key_file: Annotated[
+        Path | None,
+        _option(
+            envvar=ENV_SEAL_KEY_FILE,
+            help="32-byte seal key (raw or base64); created 0600 if absent. Default: "
+            f"DATA_DIR/{SEAL_KEY_FILE}; in production keep it elsewhere (${ENV_SEAL_KEY_FILE})",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        _option(
+            envvar=ENV_TOKEN_FILE,
+            help=f"root token file, created 0600 if absent (default DATA_DIR/{TOKEN_FILE}); "
+            f"${ENV_TOKEN} overrides it",
+        ),
+    ] = None,
+    mount: Annotated[
+        str,
+        _option(
+            envvar=ENV_MOUNT,
+            help=f"transit mount path under /v1/ (default {DEFAULT_MOUNT}; ${ENV_MOUNT})",
+        ),
+    ] = DEFAULT_MOUNT,
+    tls_cert: Annotated[Path | None, _option(envvar=ENV_TLS_CERT, help="PEM certificate")] = None,
+    tls_key: Annotated[Path | None, _option(envvar=ENV_TLS_KEY, help="PEM private key")] = None,
+    insecure_allow_plaintext: Annotated[
+        bool,
+        _option(
+            "--insecure-allow-plaintext",
+            help="allow plain HTTP on a non-loopback address (only behind a TLS proxy/private "
+            "link)",
+        ),
+    ] = False,
+    rotate_check_interval: Annotated[
+        float, _option(help="seconds between auto_rotate_period checks (default 60)")
+    ] = ROTATE_CHECK_SECONDS,
+) -> None:
+    """Vault-compatible transit server (embedded default). Point hvac, Vault clients and
+    Cloudless at it with VAULT_ADDR and VAULT_TOKEN.
+
+    Serves until SIGINT or SIGTERM.
+    """
     configure_logging()
+    data_dir = data_dir or state_dir() / "transit"
     try:
-        host, port = parse_listen(args.listen)
-        if (args.tls_cert is None) != (args.tls_key is None):
+        host, port = parse_listen(listen)
+        if (tls_cert is None) != (tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         # Before touching any file: a refused start must leave no trace.
-        tls = args.tls_cert is not None
-        check_listen(host, tls=tls, allow_plaintext=args.insecure_allow_plaintext)
-        context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        check_listen(host, tls=tls_cert is not None, allow_plaintext=insecure_allow_plaintext)
+        context = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
         state = open_state(
-            args.data_dir,
-            seal_key_file=args.seal_key_file,
-            token_file=args.token_file,
+            data_dir,
+            seal_key_file=seal_key_file,
+            token_file=token_file,
             token=os.environ.get(ENV_TOKEN) or None,
         )
         server = TransitServer(
@@ -943,17 +953,21 @@ def main(argv: list[str] | None = None) -> int:
             state.token,
             host=host,
             port=port,
-            mount=args.mount,
+            mount=mount,
             ssl_context=context,
-            allow_plaintext=args.insecure_allow_plaintext,
-            rotate_interval=args.rotate_check_interval,
+            allow_plaintext=insecure_allow_plaintext,
+            rotate_interval=rotate_check_interval,
         )
-        asyncio.run(serve(server, state, args.data_dir))
+        asyncio.run(serve(server, state, data_dir))
     except (CloudlessError, OSError) as err:
         print(f"cloudless-transit: {err}", file=sys.stderr)
-        return 1
-    return 0
+        raise typer.Exit(1) from err
+
+
+def main() -> None:
+    """Entry point of ``cloudless-transit``."""
+    app(prog_name="cloudless-transit")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
