@@ -35,6 +35,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from cloudless.durations import DurationError, parse_seconds
 from cloudless.errors import CloudlessError, PKIError
 from cloudless.pki import read_private_file, write_private_file
 
@@ -130,49 +131,26 @@ def check_key_name(name: str) -> str:
     return name
 
 
-_GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
-_GO_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
-
 def parse_vault_duration(value: object, field_name: str = "auto_rotate_period") -> int:
     """Whole seconds from a Vault duration: ``3600``, ``"3600"``, ``"720h"`` or ``"1h30m"``.
 
     Vault accepts Go duration strings (plus ``d`` for days) and bare seconds; both forms
-    must work here so that configuration is portable between the two servers.
+    must work here so that configuration is portable between the two servers. The grammar
+    is :mod:`cloudless.durations`'; this adds Vault's field-naming errors and its rounding
+    (down, to whole seconds).
     """
-    if isinstance(value, bool):
-        raise TransitError(f'invalid value for field "{field_name}": expected a duration')
-    if isinstance(value, int):
-        seconds: float = value
-    elif isinstance(value, float) and math.isfinite(value):
-        seconds = value
-    elif isinstance(value, str):
-        text = value.strip()
-        negative = text.startswith("-")
-        body = text.lstrip("+-")
-        if re.fullmatch(r"[0-9]+", body):
-            seconds = int(body)
-        elif body and not _GO_DURATION.sub("", body):
-            seconds = sum(float(n) * _GO_UNITS[u] for n, u in _GO_DURATION.findall(body))
-        else:
-            raise TransitError(
-                f'invalid value for field "{field_name}": {value!r} is not a duration; '
-                'use seconds or a form like "720h", "1h30m" or "30d"'
-            )
-        if negative:
-            seconds = -seconds
-    else:
-        raise TransitError(f'invalid value for field "{field_name}": expected a duration')
+    expected = TransitError(f'invalid value for field "{field_name}": expected a duration')
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise expected
+    try:
+        seconds = parse_seconds(value)
+    except DurationError:
+        if not isinstance(value, str):
+            raise expected from None
+        raise TransitError(
+            f'invalid value for field "{field_name}": {value!r} is not a duration; '
+            'use seconds or a form like "720h", "1h30m" or "30d"'
+        ) from None
     return math.floor(seconds)
 
 
