@@ -23,6 +23,8 @@ import re
 from datetime import timedelta
 from fractions import Fraction
 
+from cloudless.errors import CloudlessError
+
 __all__ = ["UNITS", "DurationError", "format_duration", "parse_duration", "parse_seconds"]
 
 #: Seconds per unit; ``us``, ``µs`` (micro sign) and ``μs`` (Greek mu) are all Go's.
@@ -43,8 +45,12 @@ _WHOLE_SECONDS = re.compile(r"[0-9]+")
 _EXAMPLES = "90s, 30m, 1h, 1h30m or 90d"
 
 
-class DurationError(ValueError):
-    """The value is not a duration; the message says what is accepted."""
+class DurationError(CloudlessError, ValueError):
+    """The value is not a duration; the message says what is accepted.
+
+    A ``ValueError`` for code that validates input, and a :class:`CloudlessError` so a
+    command line reports a bad duration flag in one line rather than a traceback.
+    """
 
 
 def parse_seconds(value: str | int | float, *, whole_seconds: bool = True) -> Fraction:
