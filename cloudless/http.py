@@ -401,9 +401,13 @@ async def read_body(request: web.BaseRequest, rules: BodyRules) -> bytes:
         return b""
     if length > rules.max_bytes:
         raise RequestRefused(413, rules.too_large, close=True)
+    content = request.content
     try:
-        async with asyncio.timeout(rules.read_timeout):
-            data = await request.content.readexactly(length)
+        if content.is_eof():  # all of it has arrived (small bodies): no timer to arm
+            data = await content.readexactly(length)
+        else:
+            async with asyncio.timeout(rules.read_timeout):
+                data = await content.readexactly(length)
     except asyncio.IncompleteReadError:
         raise RequestRefused(400, rules.incomplete, close=True) from None
     except (OSError, TimeoutError, web.RequestPayloadError):
