@@ -14,8 +14,10 @@ once:
   of an oversized or chunked body (:class:`BodyRules`, :func:`read_body`,
   :func:`read_json_object`), and one refusal type (:class:`RequestRefused`) that each
   server renders in its own JSON error shape;
-- how a server runs: :class:`Listener` binds an aiohttp runner to one resolved address,
-  optionally with TLS, on the running loop, and stops it with a bounded grace period.
+- how a server runs: :class:`Listener` serves a server's request handler with aiohttp's
+  low-level server on one resolved address, optionally with TLS, on the running loop
+  (idle keep-alive timeout, an unread body closes the connection, malformed requests in
+  the server's error shape), and stops it with a bounded grace period.
 
 aiohttp owns the protocol: request parsing, keep-alive, TLS, flow control and response
 framing. Each server keeps only its own semantics (routes, auth rules, error shapes).
