@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -21,7 +22,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    # Nearest rank is ceil(q/100 * n); q * n is computed first so that e.g. 99 * 100 / 100
+    # is exactly 99 (round(x + 0.5) rounded halves to even: p99 of 100 samples was the max).
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) / 100)))
     return ordered[rank - 1]
 
 

@@ -1,7 +1,8 @@
 """Transit latency and throughput through hvac over loopback HTTP, against raw AES-GCM.
 
-Stack: ``cloudless-transit`` in this process (a thread, the production server on a free
-127.0.0.1 port with a sealed keyring in a temp dir), driven by ``hvac.Client`` exactly as
+Stack: ``cloudless-transit`` in this process (the production aiohttp server on its own
+event loop in a helper thread, on a free 127.0.0.1 port with a sealed keyring in a temp
+dir), driven by ``hvac.Client`` exactly as
 Cloudless code drives it: keep-alive HTTP/1.1, JSON, base64. Measured sequentially:
 encrypt, decrypt and datakey (plaintext, 256 bits), each ``--n`` requests after a warm-up;
 then throughput with ``--threads`` client threads (one hvac client each) encrypting
@@ -200,8 +201,9 @@ def main() -> None:
     path = write_results(
         "transit_latency",
         results,
-        notes="cloudless-transit in this process (ThreadingHTTPServer, loopback, no TLS), "
-        "driven by hvac with keep-alive. Client and server share this process's GIL, so the "
+        notes="cloudless-transit in this process (aiohttp on its own event loop in a helper "
+        "thread, loopback, no TLS), driven by hvac with keep-alive. Client and server share "
+        "this process's GIL, so the "
         "8-thread throughput is bounded by one core's worth of Python for both sides: a floor "
         "for a separate server process. The bare http.client row shows how much of the hvac "
         "latency is client-side (requests) rather than server work.",

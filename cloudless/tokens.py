@@ -6,8 +6,10 @@ gateway from the token alone (kubeadm's discovery-hash idea, with the whole cert
 hash). Only EdDSA/Ed25519 is accepted: one algorithm, no key-confusion attacks (``none``,
 HS256 keyed with the public key), and tiny, fast signatures.
 
-Verification is purely cryptographic and time based. Single use (``jti``) is enforced
-durably by the enrollment workflow, not here.
+Verification is purely cryptographic and time based, and PyJWT does the standard part
+of it (signature, required claims, audience, expiry and not-before with a leeway); this
+module adds the Cloudless claims and words every refusal for the person holding the token.
+Single use (``jti``) is enforced durably by the enrollment workflow, not here.
 """
 
 from __future__ import annotations
@@ -81,6 +83,18 @@ def _human(delta: timedelta) -> str:
     return f"{int(delta.total_seconds())}s"
 
 
+def _expired(expires_at: datetime, now: datetime) -> str:
+    ago = _human(max(now - expires_at, timedelta(0)))
+    return f"token expired at {_iso(expires_at)} ({ago} ago); {_FIX}"
+
+
+def _not_yet_valid(not_before: datetime, now: datetime) -> str:
+    return (
+        f"token is not valid until {_iso(not_before)} "
+        f"(in {_human(max(not_before - now, timedelta(0)))}); check the clock on this machine"
+    )
+
+
 def _check_labels(labels: object, where: str) -> dict[str, str]:
     if not isinstance(labels, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -142,12 +156,15 @@ class EnrollmentClaims:
         return binding_error(self.node_name, self.labels, node_name, labels)
 
     def expiry_error(self, now: datetime, *, leeway: timedelta = timedelta(0)) -> str | None:
-        """Why the token is expired at ``now`` (allowing ``leeway`` of clock skew), or None."""
+        """Why the token is expired at ``now`` (allowing ``leeway`` of clock skew), or None.
+
+        Pure, for deterministic callers (the enrollment workflow) and explicit instants;
+        :meth:`TokenVerifier.verify` at the clock leaves the check to PyJWT.
+        """
         now = _utc(now)
         if now < self.expires_at + leeway:
             return None
-        ago = _human(now - self.expires_at)
-        return f"token expired at {_iso(self.expires_at)} ({ago} ago); {_FIX}"
+        return _expired(self.expires_at, now)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (ISO-8601 timestamps) for workflow inputs and history."""
@@ -389,7 +406,19 @@ class TokenVerifier:
         self._leeway = leeway
 
     def verify(self, token: str | bytes, *, now: datetime | None = None) -> EnrollmentClaims:
-        """Return the claims of a valid token; :class:`EnrollmentError` saying why otherwise."""
+        """Return the claims of a valid token; :class:`EnrollmentError` saying why otherwise.
+
+        PyJWT checks the signature (Ed25519 only), that every required claim is present,
+        the audience, and, at the clock, ``exp``/``nbf``/``iat`` with this verifier's
+        leeway; this method then checks the Cloudless claims (cluster, lifetime, types).
+        A refusal keeps this module's wording whichever check made it. A token with several
+        faults is refused for the first PyJWT finds.
+
+        ``now`` evaluates the token at that instant instead of the clock (tests, replays).
+        PyJWT cannot be given an instant (jpadilla/pyjwt#921), so for an explicit ``now``
+        its time checks are off and the same rule is applied by :class:`EnrollmentClaims`,
+        in the pure form the enrollment workflow relies on too.
+        """
         text = _split(token)
         try:
             header = jwt.get_unverified_header(text)
@@ -400,38 +429,67 @@ class TokenVerifier:
             raise EnrollmentError(
                 f"token uses algorithm {alg!r}; only {ALGORITHM} (Ed25519) tokens are accepted"
             )
-        try:
-            raw = jwt.PyJWS().decode(text, self._key, algorithms=[ALGORITHM])
-        except jwt.InvalidSignatureError:
-            raise EnrollmentError(
-                "token signature does not verify against this cluster's enrollment key "
-                "(forged, altered, or minted for another cluster)"
-            ) from None
-        except jwt.PyJWTError as exc:
-            raise EnrollmentError(f"malformed token: {exc}") from None
-        claims, not_before = self._claims(_json_object(raw))
-
+        at_clock = now is None
         moment = _utc(now or datetime.now(UTC))
-        if moment + self._leeway < not_before:
-            raise EnrollmentError(
-                f"token is not valid until {_iso(not_before)} "
-                f"(in {_human(not_before - moment)}); check the clock on this machine"
+        try:
+            payload = jwt.decode(
+                text,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                leeway=self._leeway,
+                options={
+                    "require": list(_REQUIRED),
+                    "verify_exp": at_clock,
+                    "verify_nbf": at_clock,
+                    "verify_iat": at_clock,
+                },
             )
-        error = claims.expiry_error(moment, leeway=self._leeway)
-        if error is not None:
-            raise EnrollmentError(error)
+        except jwt.PyJWTError as exc:
+            raise self._refusal(text, exc, moment) from None
+        claims, not_before = self._claims(payload)
+        if not at_clock:
+            if moment + self._leeway < not_before:
+                raise EnrollmentError(_not_yet_valid(not_before, moment))
+            error = claims.expiry_error(moment, leeway=self._leeway)
+            if error is not None:
+                raise EnrollmentError(error)
         return claims
 
-    def _claims(self, payload: dict[str, Any]) -> tuple[EnrollmentClaims, datetime]:
-        """Validate claims except time; returns the claims and when the token becomes valid."""
-        missing = [name for name in _REQUIRED if name not in payload]
-        if missing:
-            raise EnrollmentError(f"token is missing required claim(s): {', '.join(missing)}")
-        audience = payload["aud"]
-        if audience != AUDIENCE and not (isinstance(audience, list) and AUDIENCE in audience):
-            raise EnrollmentError(
-                f"token audience is {audience!r}, not {AUDIENCE!r}; it is not an enrollment token"
+    def _refusal(self, text: str, exc: jwt.PyJWTError, moment: datetime) -> EnrollmentError:
+        """Say why PyJWT refused ``text``, in this module's words."""
+        if isinstance(exc, jwt.InvalidSignatureError):
+            return EnrollmentError(
+                "token signature does not verify against this cluster's enrollment key "
+                "(forged, altered, or minted for another cluster)"
             )
+        try:
+            # Claims are checked after the signature: if it verifies, the payload is
+            # authentic and worth explaining; if not, the token is malformed.
+            raw = jwt.PyJWS().decode(text, self._key, algorithms=[ALGORITHM])
+        except jwt.PyJWTError:
+            return EnrollmentError(f"malformed token: {exc}")
+        payload = _json_object(raw)
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            # PyJWT names the first; list them all, so one new token fixes everything.
+            missing = [name for name in _REQUIRED if payload.get(name) is None]
+            return EnrollmentError(f"token is missing required claim(s): {', '.join(missing)}")
+        if isinstance(exc, jwt.InvalidAudienceError):
+            return EnrollmentError(
+                f"token audience is {payload['aud']!r}, not {AUDIENCE!r}; "
+                "it is not an enrollment token"
+            )
+        # A malformed claim explains a time error better (exp: true reads as 1970).
+        claims, not_before = self._claims(payload)
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return EnrollmentError(_expired(claims.expires_at, moment))
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            return EnrollmentError(_not_yet_valid(not_before, moment))
+        return EnrollmentError(f"malformed token: {exc}")
+
+    def _claims(self, payload: dict[str, Any]) -> tuple[EnrollmentClaims, datetime]:
+        """Check the Cloudless claims of a payload PyJWT accepted (or explains a refusal
+        of); returns the claims and when the token becomes valid."""
         if payload["cluster"] != self._cluster:
             raise EnrollmentError(
                 f"token is for cluster {payload['cluster']!r}, not {self._cluster!r}"

@@ -78,7 +78,7 @@ class RuntimeName(enum.StrEnum):
     EXEC = "exec"
 
 
-#: Every runtime name, in the agents' order of preference.
+#: Every runtime name.
 RUNTIMES: tuple[str, ...] = tuple(r.value for r in RuntimeName)
 
 

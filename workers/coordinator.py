@@ -157,13 +157,13 @@ class SecretsSettings:
     rotation_settle_seconds: float = 30.0
 
 
-def _start_codec_server(
+async def _start_codec_server(
     settings: CodecServerConfig, codec: PayloadCodec, directory: Path
 ) -> CodecServer | None:
     """The UI's codec endpoint; a taken port is not fatal (another coordinator on this
     host may already serve it), a refused configuration is."""
     try:
-        return CodecServer.from_config(settings, codec, directory).start()
+        return await CodecServer.from_config(settings, codec, directory).start()
     except ListenError as err:
         log.warning("coordinator.codec_endpoint_not_started", reason=str(err))
         return None
@@ -238,7 +238,7 @@ class Coordinator:
         self._check_codec()
         pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
         if self.codec is not None and self.codec_server is not None:
-            self._codec_http = _start_codec_server(
+            self._codec_http = await _start_codec_server(
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
             )
         await ensure_search_attributes(self.client)
@@ -391,7 +391,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         if self._codec_http is not None:
-            self._codec_http.stop()
+            await self._codec_http.stop()
         if self._server is not None:
             await self._server.stop(grace=2)
         if self._agent_server is not None:

@@ -2,7 +2,7 @@
 
 Workflows cannot query or update other workflows, so these activities do it with the
 Temporal client on their behalf. Placement runs here too: the scheduler decides on the
-coordinator's long-lived node index (:mod:`activities.scheduling`), which would be far too
+coordinator's long-lived node index (:mod:`activities.scheduler_index`), which would be far too
 large to pass through workflow history, and commits through the ledger.
 
 One module per concern, all sharing :class:`~activities.ledger.base.LedgerBase` (the

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.ledger_writer import LedgerWriter
-from activities.scheduling import SchedulerState
+from activities.scheduler_index import SchedulerState
 from cloudless.contracts import (
     LedgerHandle,
     Signal,

@@ -1,7 +1,7 @@
 """Placement: decide on the coordinator's node index, commit through the ledger.
 
 The scheduler (:mod:`policies.scheduler`) decides on the index the coordinator keeps in
-memory (:mod:`activities.scheduling`); the decision becomes one ledger plan, which the
+memory (:mod:`activities.scheduler_index`); the decision becomes one ledger plan, which the
 ledger's validator accepts or rejects (then the index re-syncs and the placement
 decides again). Replicas that fit nowhere may take the room of lower-priority ones.
 """
@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ledger.base import LedgerBase, PlanRejected
-from activities.scheduling import placement_request, resources, workload_meta
+from activities.scheduler_inputs import placement_request, resources, workload_meta
 from cloudless.contracts import workload
 from cloudless.model import (
     Allocation,

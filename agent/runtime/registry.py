@@ -51,14 +51,14 @@ _REGISTRY: dict[str, Registration] = {}
 
 
 def register(name: str, factory: DriverFactory, capabilities: DriverCapabilities) -> None:
-    """Make a driver available under ``name`` (registration order is preference order)."""
+    """Make a driver available under ``name`` (agents list their drivers in registration order)."""
     if name in _REGISTRY:
         raise ValueError(f"runtime driver {name!r} is registered twice")
     _REGISTRY[name] = Registration(name, factory, capabilities)
 
 
 def registered() -> tuple[str, ...]:
-    """Every registered runtime name, in preference order."""
+    """Every registered runtime name, in registration order."""
     return tuple(_REGISTRY)
 
 

@@ -299,7 +299,9 @@ def revoke(ref: RefArg, token_id: Annotated[str, typer.Argument(help="The token'
 
 @app.command("audit")
 def audit(
-    ref: Annotated[str | None, typer.Argument(help="<namespace>[/<name>]; all if omitted.")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(help="<namespace> or <namespace>/<name>; all if omitted.")
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Only the last, e.g. 1h, 7d.")] = None,
     operation: Annotated[str, typer.Option(help="CREATE, ACCESS, UPDATE, ...")] = "",
     outcome: Annotated[str, typer.Option(help="ALLOWED, DENIED or FAILED.")] = "",

@@ -4,6 +4,7 @@ and a restarted agent still knows what it was asked to run."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from agent.runtime.base import ReplicaPhase, ReplicaSpec
 from agent.runtime.exec import ExecDriver
-from agent.supervisor import Supervisor
+from agent.supervisor import BACKOFF_MAX, Supervisor
 
 
 def spec(rid: str, node: str, script: str) -> ReplicaSpec:
@@ -80,28 +81,51 @@ async def test_restart_policy(tmp_path: Path, policy: str, exit_code: int, resta
             await driver.stop(st.replica_id, 1.0)
 
 
+async def _exited(driver: ExecDriver, rid: str) -> None:
+    """Wait (real time) until the replica's process is seen to have exited."""
+    deadline = time.monotonic() + 10
+    while any(
+        s.replica_id == rid and s.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING)
+        for s in await driver.list()
+    ):
+        assert time.monotonic() < deadline, "the crashing replica never exited"
+        await asyncio.sleep(0.01)  # process exit has no event to await through the driver
+
+
 async def test_backoff_and_retry_cap(tmp_path: Path) -> None:
     driver = ExecDriver("auto-cap", tmp_path, settle_seconds=0.05)
     sup = Supervisor(tmp_path, {"exec": driver})
     s = spec("default-auto-crash", "auto-cap", "exit 1")
     sup.want("exec", "Always", s)
-    now = time.monotonic()
+    # The fake clock starts on a whole second and every instant is computed from the tick
+    # number, not accumulated: all of it, and the supervisor's deadlines (now + 1, 2, 4 ...
+    # 60 s), is exact in binary floating point, so no tick is early or late by an ulp.
+    start, step = float(math.ceil(time.monotonic())), 2.0
+
+    async def tick(now: float) -> int:
+        before = sup.restarts(s.replica_id)
+        await sup.tick(now)
+        if sup.restarts(s.replica_id) != before:
+            # However slow `exit 1` is on a loaded machine, the next tick sees the crash.
+            await _exited(driver, s.replica_id)
+        return sup.restarts(s.replica_id)
+
     try:
-        await sup.tick(now)  # first crash: restarted at once
-        assert sup.restarts(s.replica_id) == 1
-        await sup.tick(now + 0.5)  # crashed again: now it backs off (1 s)
-        assert sup.restarts(s.replica_id) == 1
-        gaps = []
-        last, count = now, 1
-        for _ in range(400):  # the supervisor's 1 s ticks, on a fake clock in 2 s steps
-            now += 2.0
-            await sup.tick(now)
-            if sup.restarts(s.replica_id) != count:
-                count = sup.restarts(s.replica_id)
-                gaps.append(now - last)
-                last = now
+        assert await tick(start) == 1  # first crash: restarted at once
+        assert await tick(start + 0.5) == 1  # crashed again: now it backs off (1 s)
+        gaps: list[int] = []  # between restarts, in ticks: integers, compared exactly
+        last, count = 0, 1
+        for k in range(1, 401):  # the supervisor's 1 s ticks, on a fake clock in 2 s steps
+            if (restarts := await tick(start + k * step)) != count:
+                count = restarts
+                gaps.append(k - last)
+                last = k
         assert count == 9  # the 10th consecutive crash gives up (retry cap)
-        assert gaps == sorted(gaps) and gaps[-1] >= 32  # exponential backoff
+        # Exponential backoff: the gaps grow, then stay at the cap (60 s, rounded up to
+        # the tick after the crash was seen).
+        assert gaps == sorted(gaps) and gaps[-1] * step >= 32, gaps
+        assert len(set(gaps[:-1])) == len(gaps) - 1 and gaps[-1] == gaps[-2], gaps
+        assert gaps[-1] * step <= BACKOFF_MAX + 2 * step, gaps
     finally:
         for st in await driver.list():
             await driver.stop(st.replica_id, 1.0)

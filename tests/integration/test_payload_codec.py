@@ -94,12 +94,9 @@ async def codec_endpoint(
 ) -> AsyncIterator[tuple[str, str]]:
     """The coordinator's endpoint with a codec of its own, so decoding goes via transit."""
     token = codec_token(tmp_path_factory.mktemp("codec"))
-    server = CodecServer(
-        new_codec(transit), token, asyncio.get_running_loop(), listen="127.0.0.1:0"
-    )
-    server.start()
+    server = await CodecServer(new_codec(transit), token, listen="127.0.0.1:0").start()
     yield server.url, token
-    server.stop()
+    await server.stop()
 
 
 @pytest.fixture(scope="module")

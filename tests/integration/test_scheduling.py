@@ -19,7 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from typer.testing import CliRunner
 
 from activities.ledger import LedgerActivities
-from activities.scheduling import workload_meta
+from activities.scheduler_inputs import workload_meta
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.model import (

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from cloudless.errors import ConfigError
 from cloudless.testing.cluster import free_port
-from cloudless.testing.transit import running_transit, transit_server
+from cloudless.testing.transit import running_transit, serve_in_thread, transit_server
 from cloudless.transit.client import transit_client
 from transit.keyring import MIN_AUTO_ROTATE_SECONDS, Keyring, SealError
 from transit.server import (
@@ -437,7 +437,8 @@ def test_http_errors_have_vaults_shape(server: TransitServer, client: Any) -> No
 
 def test_body_limit(tmp_path: Path) -> None:
     state = open_state(tmp_path)
-    with TransitServer(state.keyring, state.token, port=0, max_body_bytes=1024) as small:
+    small_server = TransitServer(state.keyring, state.token, port=0, max_body_bytes=1024)
+    with serve_in_thread(small_server) as small:
         c = hvac.Client(url=small.url, token=small.token)
         with pytest.raises(hvac.exceptions.VaultError) as err:
             c.secrets.transit.encrypt_data("k", plaintext=b64(os.urandom(2048)))
@@ -618,7 +619,8 @@ def test_tls_and_the_loopback_rule(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape("refusing to listen on '0.0.0.0' without TLS")):
         TransitServer(state.keyring, state.token, host="0.0.0.0", port=0)
     context = tls_context(cert, key)
-    with TransitServer(state.keyring, state.token, port=0, ssl_context=context) as s:
+    tls_server = TransitServer(state.keyring, state.token, port=0, ssl_context=context)
+    with serve_in_thread(tls_server) as s:
         assert s.url.startswith("https://127.0.0.1:")
         c = hvac.Client(url=s.url, token=s.token, verify=str(cert))
         assert c.is_authenticated()

@@ -65,10 +65,9 @@ class Endpoint:
 async def endpoint(tmp_path: Path) -> AsyncIterator[Endpoint]:
     token = load_or_create_token(tmp_path)
     codec = TransitPayloadCodec(MemoryKeys())
-    server = CodecServer(codec, token, asyncio.get_running_loop(), listen="127.0.0.1:0")
-    server.start()
+    server = await CodecServer(codec, token, listen="127.0.0.1:0").start()
     yield Endpoint(server, token)
-    server.stop()
+    await server.stop()
 
 
 def plain(data: bytes) -> Payload:

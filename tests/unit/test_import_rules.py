@@ -18,11 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The packages lint-imports checks.
 PACKAGES = ("cloudless", "workflows", "activities", "workers", "agent", "policies", "transit")
 
-#: Known function-local imports awaiting their owner's change, as (path, imported module):
-#: transit/ is reworked on another branch. Remove the entry with that change; nothing may
-#: be added here.
-PENDING = frozenset({("transit/server.py", "cloudless.logs")})
-
 
 def _sources() -> Iterator[Path]:
     for package in PACKAGES:
@@ -59,12 +54,11 @@ def test_no_function_local_import_of_a_cloudless_module() -> None:
     problems = []
     for path in _sources():
         rel = path.relative_to(ROOT).as_posix()
-        for line, module in local_imports(path.read_text()):
-            if (rel, module) not in PENDING:
-                problems.append(
-                    f"{rel}:{line}: imports {module} inside a function; import it at module "
-                    "level (lint-imports then checks it) or break the cycle it hides"
-                )
+        problems += [
+            f"{rel}:{line}: imports {module} inside a function; import it at module level "
+            "(lint-imports then checks it) or break the cycle it hides"
+            for line, module in local_imports(path.read_text())
+        ]
     assert not problems, "\n".join(problems)
 
 

@@ -1,6 +1,7 @@
-"""The coordinator's scheduler soft state and the manifest -> PlacementRequest translation
-(``activities/scheduling.py``), and the node facts advertised through labels
-(``cloudless/nodefacts.py``). No Temporal: snapshots and commit results are built here."""
+"""The coordinator's scheduler soft state (``activities/scheduler_index.py``), the
+manifest -> PlacementRequest translation (``activities/scheduler_inputs.py``), and the node
+facts advertised through labels (``cloudless/nodefacts.py``). No Temporal: snapshots and
+commit results are built here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from activities.scheduling import SchedulerState, node_spec, placement_request, scheduler_config
+from activities.scheduler_index import SchedulerState
+from activities.scheduler_inputs import node_spec, placement_request, scheduler_config
 from cloudless import nodefacts
 from cloudless.model import (
     DEFAULT_WEIGHTS,

@@ -182,6 +182,46 @@ def test_leeway_absorbs_small_skew(
         strict.verify(token, now=NOW + timedelta(seconds=60))
 
 
+def test_time_at_the_clock_is_checked_by_pyjwt(
+    signer: TokenSigner, verifier: TokenVerifier, ca_pem: str
+) -> None:
+    """Without ``now`` the checks run in jwt.decode (leeway 30 s); the words are ours."""
+    real = datetime.now(UTC)
+    early, _ = signer.mint(cluster="prod", ca_pem=ca_pem, now=real + timedelta(minutes=5))
+    with pytest.raises(EnrollmentError, match=r"not valid until .* check the clock"):
+        verifier.verify(early)
+    skewed, claims = signer.mint(cluster="prod", ca_pem=ca_pem, now=real + timedelta(seconds=10))
+    assert verifier.verify(skewed) == claims  # 10 s ahead of us: within the leeway
+    late, claims = signer.mint(
+        cluster="prod", ca_pem=ca_pem, ttl=timedelta(minutes=1), now=real - timedelta(seconds=70)
+    )
+    assert verifier.verify(late) == claims  # expired 10 s ago: within the leeway
+    strict = TokenVerifier(signer.public_key_pem(), "prod", leeway=timedelta(0))
+    with pytest.raises(EnrollmentError, match=r"token expired at .* \(\d+s ago\); mint a new"):
+        strict.verify(late)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"aud": "something-else"}, "token audience is 'something-else', not 'cloudless-enroll'"),
+        ({"exp": None, "ca": None}, r"missing required claim\(s\): exp, ca$"),
+        ({"exp": True}, "claim 'exp' must be an integer timestamp"),
+        ({"nbf": "soon"}, "claim 'nbf' must be an integer timestamp"),
+        ({"cluster": "staging"}, "cluster 'staging', not 'prod'"),
+    ],
+)
+def test_bad_claims_at_the_clock_keep_their_words(
+    keys: Path, verifier: TokenVerifier, ca_pem: str, overrides: dict[str, Any], reason: str
+) -> None:
+    iat = int(datetime.now(UTC).timestamp())
+    payload = _payload(ca_pem, iat=iat, nbf=iat, exp=iat + 600)
+    payload.update(overrides)
+    token = _sign_raw(keys, {k: v for k, v in payload.items() if v is not None})
+    with pytest.raises(EnrollmentError, match=reason):
+        verifier.verify(token)
+
+
 def test_expiry_error_is_pure(signer: TokenSigner, ca_pem: str) -> None:
     _, claims = signer.mint(cluster="prod", ca_pem=ca_pem, ttl=timedelta(hours=1), now=NOW)
     assert claims.expiry_error(NOW) is None

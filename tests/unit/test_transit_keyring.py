@@ -477,3 +477,39 @@ def test_failed_write_rolls_back(tmp_path: Path, seal_key: bytes) -> None:
     with pytest.raises(Exception, match="cannot write"):
         ring.create_key("k")
     assert ring.list_keys() == []  # memory never runs ahead of disk
+
+
+class _SlowStore(SealedFile):
+    """A store whose save blocks until released: a slow fsync, held still for the test."""
+
+    def __init__(self, path: Path, seal_key: bytes) -> None:
+        super().__init__(path, seal_key)
+        self.saving = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, state: dict[str, object]) -> None:
+        self.saving.set()
+        assert self.release.wait(10)
+        super().save(state)
+
+
+def test_readers_do_not_wait_for_a_writers_disk_write(tmp_path: Path, seal_key: bytes) -> None:
+    store = _SlowStore(tmp_path / "keyring.sealed", seal_key)
+    ring = Keyring(store)
+    store.release.set()
+    ring.create_key("k")
+    old = ring.encrypt("k", b"x", upsert_type=None).ciphertext
+    store.release.clear()
+    store.saving.clear()
+    writer = threading.Thread(target=ring.rotate_key, args=("k",))
+    writer.start()
+    assert store.saving.wait(10)
+    # The rotation is on its way to disk: readers neither block nor see version 2 yet.
+    assert ring.read_key("k")["latest_version"] == 1
+    assert ring.encrypt("k", b"y", upsert_type=None).key_version == 1
+    assert ring.decrypt("k", old) == b"x"
+    assert ring.list_keys() == ["k"] and "k" in ring and "other" not in ring
+    store.release.set()
+    writer.join(10)
+    assert ring.read_key("k")["latest_version"] == 2
+    assert ring.encrypt("k", b"z", upsert_type=None).key_version == 2

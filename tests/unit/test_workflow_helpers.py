@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from cloudless.model import EnrollmentInput, NodeRecord
 from cloudless.spec import parse_workload
 from cloudless.tokens import EnrollmentClaims
-from cloudless.workloads import check_supported, scaled_manifest, template_hash, view_of
+from cloudless.workloads import (
+    check_supported,
+    replica_spec_proto,
+    scaled_manifest,
+    template_hash,
+    view_of,
+)
 from workflows.enrollment import binding_error
 
 Manifest = dict[str, Any]
@@ -190,10 +196,24 @@ def test_scaled_manifest_always_yields_a_valid_manifest(
 
 
 # --------------------------------------------------------------------------- check_supported
+# check_supported refuses what parses but cannot be delivered, rather than ignore it (it
+# refuses nothing at the moment). Accepted thus means: it does not raise, and the replicas'
+# wire spec (what agents run) carries what was accepted.
+
+
+def wire_env(m: Manifest) -> tuple[dict[str, str], list[tuple[str, str, str, str, str]]]:
+    """A replica's plain env and secret env references, as its agent receives them."""
+    spec = replica_spec_proto(m, replica_id="hello-1", generation=1, spec_hash="h")
+    refs = [
+        (e.name, e.ref.namespace, e.ref.name, e.ref.key, e.ref.audience) for e in spec.secret_env
+    ]
+    return dict(spec.env), refs
 
 
 def test_check_supported_accepts_plain_values() -> None:
-    check_supported(view_of(manifest()))
+    m = manifest()
+    check_supported(view_of(m))
+    assert wire_env(m) == ({"GREETING": "hello"}, [])
 
 
 def test_check_supported_accepts_secret_refs() -> None:
@@ -201,6 +221,9 @@ def test_check_supported_accepts_secret_refs() -> None:
     m = manifest()
     container(m)["env"] += [secret_env("DB_PASSWORD"), {"name": "A", "value": "b"}]
     check_supported(view_of(m))
+    env, refs = wire_env(m)
+    assert env == {"GREETING": "hello", "A": "b"}  # a reference is never sent as a value
+    assert refs == [("DB_PASSWORD", "production", "postgres-creds", "DB_PASSWORD", "backend-api")]
 
 
 # --------------------------------------------------------------------------- binding_error
