@@ -47,8 +47,6 @@ MAX_HISTORY_EVENTS = 5_000
 #: How long a freshly enrolled agent has to become reachable before it is marked Offline.
 PROBE_DEADLINE = timedelta(minutes=2)
 MAX_CHURN_KEPT = 50
-#: Patch: admin updates queued while a flapping node is held are applied during the hold.
-ADMIN_DURING_HOLD = "admin-during-flap-hold"
 #: Churn episodes this recent lower the node's reliability score.
 CHURN_WINDOW = timedelta(hours=1)
 
@@ -261,20 +259,6 @@ class NodeWorkflow:
             return False
         n = recent(status.churn, now, FLAP_WINDOW)
         self._set(reason=f"flapping ({n} failures in {FLAP_WINDOW}); held {hold}")
-        if not workflow.patched(ADMIN_DURING_HOLD):
-            try:  # histories from before the patch: exactly the old condition
-                await workflow.wait_condition(
-                    lambda: any(
-                        e.kind == NodeEventKind.LIVENESS
-                        and e.liveness
-                        and e.liveness.health != NodeHealth.READY
-                        for e in self._events
-                    ),
-                    timeout=hold,
-                )
-            except TimeoutError:
-                return False
-            return True
         status.held_until = now + hold
         try:
             while True:

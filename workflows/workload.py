@@ -65,13 +65,6 @@ _AGENT_RETRY = RetryPolicy(
 #: Replica starts per ``run_replicas`` activity (≈ 200 bytes each plus one manifest, far
 #: below the 2 MB payload limit); larger workloads start in several concurrent batches.
 RUN_BATCH = 500
-BATCHED_STARTS = "run-replicas-batch"
-#: Patch: a clean exit under restartPolicy Never/OnFailure completes a replica (kept, its
-#: allocation released, never replaced) instead of failing it at start or leaving it Stopped.
-COMPLETIONS = "completed-replicas"
-#: Patch: retiring replicas without a ready replacement honours maxUnavailable as well as
-#: minAvailable, and counts ready replicas (not merely Running ones) as available.
-DISRUPTION_BUDGET = "disruption-budget"
 #: The batch retries each replica itself; a retry of the whole batch is for a lost worker.
 _BATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -205,11 +198,9 @@ class WorkloadWorkflow:
                     self._dirty = True
         # 4. Start everything placed but not yet running, concurrently.
         starting = [r for r in current if r.phase == ReplicaPhase.STARTING]
-        if starting and workflow.patched(BATCHED_STARTS):
+        if starting:
             chunks = [starting[i : i + RUN_BATCH] for i in range(0, len(starting), RUN_BATCH)]
             await asyncio.gather(*(self._start_batch(c) for c in chunks))
-        elif starting:
-            await asyncio.gather(*(self._start(r) for r in starting))
         # Completed replicas keep their record but give their room back.
         done = [r for r in self._replicas if self._is_done(r) and not r.released]
         if done:
@@ -230,10 +221,6 @@ class WorkloadWorkflow:
         (``policies.disruption``) bounds how many *serving* replicas go. Old replicas that
         serve nothing (not ready) cost no availability, so they go first."""
         view = self._view
-        if not workflow.patched(DISRUPTION_BUDGET):
-            # Before maxUnavailable: Running replicas counted, minAvailable only.
-            running = sum(1 for r in self._replicas if r.phase == ReplicaPhase.RUNNING)
-            return outdated[: min(room, max(0, running - view.min_available))]
         budget = retire_budget(
             desired=view.replicas,
             available=sum(1 for r in self._replicas if self._is_ready(r)),
@@ -280,7 +267,8 @@ class WorkloadWorkflow:
             )
         return unplaced
 
-    def _run_input(self, r: ReplicaRecord, manifest: dict[str, Any]) -> RunReplicaInput:
+    def _run_input(self, r: ReplicaRecord) -> RunReplicaInput:
+        """One replica of a ``run_replicas`` batch (the manifest travels once, in the batch)."""
         view = self._view
         return RunReplicaInput(
             node_id=r.node_id,
@@ -290,7 +278,7 @@ class WorkloadWorkflow:
             replica_id=r.replica_id,
             generation=r.generation,
             spec_hash=r.spec_hash,
-            manifest=manifest,
+            manifest={},
             epoch=r.epoch,
         )
 
@@ -301,7 +289,7 @@ class WorkloadWorkflow:
             res = await workflow.execute_activity_method(
                 AgentActivities.run_replicas,
                 RunReplicasInput(
-                    manifest=self._manifest, replicas=[self._run_input(r, {}) for r in chunk]
+                    manifest=self._manifest, replicas=[self._run_input(r) for r in chunk]
                 ),
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=120),
@@ -321,22 +309,6 @@ class WorkloadWorkflow:
             else:
                 self._start_failed(r, o.error if o is not None else "no start outcome")
 
-    async def _start(self, r: ReplicaRecord) -> None:
-        """Before ``BATCHED_STARTS``: one activity per replica (kept for replay)."""
-        try:
-            res = await workflow.execute_activity_method(
-                AgentActivities.run_replica,
-                self._run_input(r, self._manifest),
-                start_to_close_timeout=timedelta(seconds=120),
-                retry_policy=_AGENT_RETRY,
-            )
-        except ActivityError as err:
-            cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(err)
-            self._start_failed(r, message)
-            return
-        self._started(r, res)
-
     def _start_failed(self, r: ReplicaRecord, message: str) -> None:
         if r.lost or r.preempted:
             return
@@ -350,11 +322,7 @@ class WorkloadWorkflow:
             return
         r.phase, r.message = res.phase, res.message
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
-        if (
-            res.phase == ReplicaPhase.STOPPED
-            and self._completes()
-            and workflow.patched(COMPLETIONS)
-        ):
+        if res.phase == ReplicaPhase.STOPPED and self._completes():
             r.phase, r.message = ReplicaPhase.COMPLETED, "completed (exit code 0)"
         elif res.phase != ReplicaPhase.RUNNING:
             r.phase = ReplicaPhase.FAILED
@@ -582,10 +550,7 @@ class WorkloadWorkflow:
                 self._message = f"replica {r.replica_id} failed on {r.node_id}{code}"
                 self._dirty = True
             elif r.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
-                if not workflow.patched(COMPLETIONS):  # histories from before completions
-                    if r.phase == ReplicaPhase.RUNNING:
-                        r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
-                elif self._completes():  # done: keep the record, release its room
+                if self._completes():  # done: keep the record, release its room
                     r.phase, r.message = ReplicaPhase.COMPLETED, f"completed{code}"
                     self._dirty = True
                 else:  # restartPolicy Always wants it running: replace it
