@@ -72,6 +72,10 @@ class NodeWorkflow:
     @workflow.init
     def __init__(self, inp: NodeWorkflowInput) -> None:
         self._cluster = inp.cluster
+        self._max_history_events = inp.max_history_events or MAX_HISTORY_EVENTS
+        # The node's one state object: its record, health, admin state, gateway, churn and
+        # transitions. It is also what ``describe`` returns, and all that continue-as-new
+        # carries: the event queue is empty then, and its counters restart with it.
         self._status: NodeStatus | None = inp.carried
         self._events: list[_Event] = []
         self._seq = 0
@@ -102,14 +106,18 @@ class NodeWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._events:
                     workflow.continue_as_new(
-                        NodeWorkflowInput(cluster=self._cluster, carried=self._status)
+                        NodeWorkflowInput(
+                            cluster=self._cluster,
+                            carried=self._status,
+                            max_history_events=inp.max_history_events,
+                        )
                     )
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+            or info.get_current_history_length() > self._max_history_events
         )
 
     # ------------------------------------------------------------------ events
