@@ -45,7 +45,10 @@ def record(node_id: str) -> NodeRecord:
     )
 
 
-async def enrolled(client: Client, queue: str, node_id: str, max_history_events: int = 0) -> Handle:
+async def enrolled(
+    client: Client, queue: str, fake: StandIns, node_id: str, max_history_events: int = 0
+) -> Handle:
+    """Start ``node/<id>`` with its enrollment; return once Ready has been published."""
     handle = await client.start_workflow(
         NodeWorkflow.run,
         NodeWorkflowInput(
@@ -55,6 +58,7 @@ async def enrolled(client: Client, queue: str, node_id: str, max_history_events:
         task_queue=queue,
     )
     await state_is(client, handle.id, NodeState.READY)
+    await eventually(lambda: published(fake)[-1:] == [NodeState.READY])  # set, then published
     return handle
 
 
@@ -81,7 +85,7 @@ async def test_enroll_probes_reconciles_then_ready(temporal_env: WorkflowEnviron
     client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
     node_id = unique("n")
     async with worker(client, queue, [NodeWorkflow], fake):
-        handle = await enrolled(client, queue, node_id)
+        handle = await enrolled(client, queue, fake, node_id)
         assert [name for name, _ in fake.calls] == [
             "publish_node",
             "probe_agent",
@@ -113,12 +117,13 @@ async def test_liveness_suspect_offline_notifies_workloads_and_reconciles_on_ret
     client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
     node_id = unique("n")
     async with worker(client, queue, [NodeWorkflow], fake):
-        handle = await enrolled(client, queue, node_id)
+        handle = await enrolled(client, queue, fake, node_id)
         fake.calls.clear()
 
         await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed beats"))
         await state_is(client, handle.id, NodeState.SUSPECT)
-        assert published(fake) == [NodeState.SUSPECT] and not fake.named("notify_workloads")
+        await eventually(lambda: published(fake) == [NodeState.SUSPECT])
+        assert not fake.named("notify_workloads")
 
         await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.OFFLINE, "silent"))
         status = await state_is(client, handle.id, NodeState.OFFLINE)
@@ -130,6 +135,7 @@ async def test_liveness_suspect_offline_notifies_workloads_and_reconciles_on_ret
 
         await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
         status = await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: len(published(fake)) == 3)
         # Stale replicas are stopped before the node is Ready again.
         assert [name for name, _ in fake.calls][-2:] == ["reconcile_node", "publish_node"]
         assert fake.named("reconcile_node")[0].fresh is False
@@ -143,7 +149,7 @@ async def test_cordon_drain_uncordon(temporal_env: WorkflowEnvironment) -> None:
     client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
     node_id = unique("n")
     async with worker(client, queue, [NodeWorkflow], fake):
-        handle = await enrolled(client, queue, node_id)
+        handle = await enrolled(client, queue, fake, node_id)
         fake.calls.clear()
 
         cordoned = await handle.execute_update(
@@ -184,7 +190,7 @@ async def test_state_survives_continue_as_new(temporal_env: WorkflowEnvironment)
     client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
     node_id = unique("n")
     async with worker(client, queue, [NodeWorkflow], fake):
-        handle = await enrolled(client, queue, node_id, max_history_events=10)
+        handle = await enrolled(client, queue, fake, node_id, max_history_events=10)
         latest = client.get_workflow_handle_for(NodeWorkflow.run, handle.id)
 
         async def new_run() -> bool:
