@@ -156,6 +156,9 @@ class NodeWorkflowInput(_Model):
     cluster: str
     record: NodeRecord | None = None
     carried: NodeStatus | None = None  # state carried across continue-as-new
+    #: Continue as new past this many history events (0: the workflow's threshold). Tests
+    #: set it low to exercise continue-as-new; it is passed on to the next run.
+    max_history_events: int = 0
 
 
 class EnrollSignal(_Model):
@@ -613,8 +616,7 @@ class WorkloadStatus(_Model):
     message: str = ""
     replicas: list[ReplicaRecord] = Field(default_factory=list)
     manifest: dict[str, Any] = Field(default_factory=dict)
-    #: The workload's placement counter (highest epoch handed out), carried across
-    #: continue-as-new so epochs only grow.
+    #: The workload's placement counter (highest epoch handed out).
     epoch: int = 0
 
     @property
@@ -627,9 +629,11 @@ class WorkloadStatus(_Model):
 class WorkloadWorkflowInput(_Model):
     cluster: str
     manifest: dict[str, Any]
-    carried: WorkloadStatus | None = None
-    next_replica_seq: int = 0
-    placement_backoff_seconds: float = 0.0
+    #: Everything the previous run kept (continue-as-new); None for a new workload.
+    state: WorkloadState | None = None
+    #: Continue as new past this many history events (0: the workflow's threshold). Tests
+    #: set it low to exercise continue-as-new; it is passed on to the next run.
+    max_history_events: int = 0
 
 
 class ApplyInput(_Model):
@@ -654,6 +658,29 @@ class WaitInput(_Model):
     timeout_seconds: float = 120.0
     all_ready: bool = False  # every desired replica Running
     avoid_node: str = ""  # and none of them on this node (e.g. after it was lost)
+
+
+class WorkloadState(_Model):
+    """All of ``workload/<ns>/<name>``'s durable state, carried whole across continue-as-new.
+
+    The ``status`` query is derived from it; nothing else outlives a run.
+    """
+
+    manifest: dict[str, Any]
+    #: Revision counter: 1 at the first apply, +1 on every apply/scale that changes the spec.
+    generation: int = 1
+    replicas: list[ReplicaRecord] = Field(default_factory=list)  # oldest first
+    message: str = ""
+    #: Retry delay for Pending/Failed replicas (``policies.reconcile``); 0: none.
+    backoff_seconds: float = 0.0
+    #: Placement counter: the highest epoch handed out; only grows.
+    epoch: int = 0
+    #: An ``apply`` was received (the next one is not the workload's creation).
+    applied: bool = False
+    #: A ``delete`` was accepted: tear down and finish.
+    deleting: bool = False
+    #: Recent preempting plans (``replicas_preempted``), so a repeated signal evicts nothing.
+    preempted_by: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- activities

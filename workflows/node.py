@@ -47,8 +47,6 @@ MAX_HISTORY_EVENTS = 5_000
 #: How long a freshly enrolled agent has to become reachable before it is marked Offline.
 PROBE_DEADLINE = timedelta(minutes=2)
 MAX_CHURN_KEPT = 50
-#: Patch: admin updates queued while a flapping node is held are applied during the hold.
-ADMIN_DURING_HOLD = "admin-during-flap-hold"
 #: Churn episodes this recent lower the node's reliability score.
 CHURN_WINDOW = timedelta(hours=1)
 
@@ -74,6 +72,10 @@ class NodeWorkflow:
     @workflow.init
     def __init__(self, inp: NodeWorkflowInput) -> None:
         self._cluster = inp.cluster
+        self._max_history_events = inp.max_history_events or MAX_HISTORY_EVENTS
+        # The node's one state object: its record, health, admin state, gateway, churn and
+        # transitions. It is also what ``describe`` returns, and all that continue-as-new
+        # carries: the event queue is empty then, and its counters restart with it.
         self._status: NodeStatus | None = inp.carried
         self._events: list[_Event] = []
         self._seq = 0
@@ -104,14 +106,18 @@ class NodeWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._events:
                     workflow.continue_as_new(
-                        NodeWorkflowInput(cluster=self._cluster, carried=self._status)
+                        NodeWorkflowInput(
+                            cluster=self._cluster,
+                            carried=self._status,
+                            max_history_events=inp.max_history_events,
+                        )
                     )
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+            or info.get_current_history_length() > self._max_history_events
         )
 
     # ------------------------------------------------------------------ events
@@ -261,20 +267,6 @@ class NodeWorkflow:
             return False
         n = recent(status.churn, now, FLAP_WINDOW)
         self._set(reason=f"flapping ({n} failures in {FLAP_WINDOW}); held {hold}")
-        if not workflow.patched(ADMIN_DURING_HOLD):
-            try:  # histories from before the patch: exactly the old condition
-                await workflow.wait_condition(
-                    lambda: any(
-                        e.kind == NodeEventKind.LIVENESS
-                        and e.liveness
-                        and e.liveness.health != NodeHealth.READY
-                        for e in self._events
-                    ),
-                    timeout=hold,
-                )
-            except TimeoutError:
-                return False
-            return True
         status.held_until = now + hold
         try:
             while True:

@@ -1,10 +1,14 @@
 """``workload/<namespace>/<name>``: a workload's desired spec, its replicas and where they run.
 
-The workflow reconciles toward the spec. Handlers (apply, scale, delete) only change the
-desired state and mark the workflow dirty; the main loop is the one place that acts, so
-no two reconciliations ever interleave. Placement is proposed by an activity and
-committed through the ``cluster/<name>`` ledger; containers are started and stopped on
-the agents by activities over gRPC/mTLS.
+The workflow reconciles toward the spec. Handlers (apply, scale, delete, signals) only
+change the state and mark the workflow dirty; the main loop is the one place that acts, so
+no two reconciliations ever interleave. What to do is decided by the pure reconciler,
+:mod:`policies.reconcile`, stage by stage; this module only executes its actions:
+placement is proposed by an activity and committed through the ``cluster/<name>`` ledger,
+containers are started and stopped on the agents by activities over gRPC/mTLS.
+
+All durable state is one :class:`~cloudless.model.WorkloadState`, carried whole across
+continue-as-new; the ``status`` query is derived from it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextlib
 import string
 from datetime import timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -42,17 +46,38 @@ with workflow.unsafe.imports_passed_through():
         ScaleInput,
         StopReplicaInput,
         WaitInput,
-        WorkloadPhase,
+        WorkloadState,
         WorkloadStatus,
         WorkloadWorkflowInput,
     )
     from cloudless.naming import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.workloads import WorkloadView, check_supported, scaled_manifest, view_of
-    from policies.disruption import resolve_max_unavailable, retire_budget
+    from policies.disruption import resolve_max_unavailable
+    from policies.reconcile import (
+        Action,
+        Create,
+        Desired,
+        Place,
+        Release,
+        RemoveFailed,
+        RemoveOutdated,
+        Retire,
+        ScaleDown,
+        Settle,
+        Stage,
+        Start,
+        exit_outcome,
+        fully_ready,
+        is_current,
+        is_done,
+        is_ready,
+        preemption_victims,
+        reconcile,
+        start_outcome,
+        summarize,
+    )
 
 MAX_HISTORY_EVENTS = 8_000
-MIN_BACKOFF = 1.0
-MAX_BACKOFF = 60.0
 MAX_PREEMPTIONS_KEPT = 64
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -65,13 +90,6 @@ _AGENT_RETRY = RetryPolicy(
 #: Replica starts per ``run_replicas`` activity (≈ 200 bytes each plus one manifest, far
 #: below the 2 MB payload limit); larger workloads start in several concurrent batches.
 RUN_BATCH = 500
-BATCHED_STARTS = "run-replicas-batch"
-#: Patch: a clean exit under restartPolicy Never/OnFailure completes a replica (kept, its
-#: allocation released, never replaced) instead of failing it at start or leaving it Stopped.
-COMPLETIONS = "completed-replicas"
-#: Patch: retiring replicas without a ready replacement honours maxUnavailable as well as
-#: minAvailable, and counts ready replicas (not merely Running ones) as available.
-DISRUPTION_BUDGET = "disruption-budget"
 #: The batch retries each replica itself; a retry of the whole batch is for a lost worker.
 _BATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -84,42 +102,47 @@ _LEDGER_RETRY = RetryPolicy(
 )
 
 
+def desired_of(view: WorkloadView) -> Desired:
+    """What the reconciler needs of a manifest (derived once per applied spec)."""
+    return Desired(
+        replicas=view.replicas,
+        template_hash=view.template_hash,
+        min_available=view.min_available,
+        max_unavailable=resolve_max_unavailable(view.max_unavailable, view.replicas),
+        readiness_gated=view.readiness_gated,
+        completes=view.workload.spec.restart_policy != "Always",
+    )
+
+
 @workflow.defn(name="WorkloadWorkflow")
 class WorkloadWorkflow:
     @workflow.init
     def __init__(self, inp: WorkloadWorkflowInput) -> None:
         self._cluster = inp.cluster
-        carried = inp.carried
-        self._manifest = carried.manifest if carried else inp.manifest
-        self._view: WorkloadView = view_of(self._manifest)
-        self._generation = carried.generation if carried else 1
-        self._replicas: list[ReplicaRecord] = list(carried.replicas) if carried else []
-        self._message = carried.message if carried else ""
-        self._backoff = inp.placement_backoff_seconds
+        self._max_history_events = inp.max_history_events or MAX_HISTORY_EVENTS
+        self._state = inp.state if inp.state is not None else WorkloadState(manifest=inp.manifest)
+        self._view: WorkloadView = view_of(self._state.manifest)
+        self._desired = desired_of(self._view)
+        # Not state: a new run reconciles first, and the rest is bookkeeping of this run.
         self._dirty = True
-        self._deleting = False
         self._reconciling = False
         self._reconciled_generation = 0
         self._search_attributes: tuple[str, tuple[str, ...]] | None = None
-        self._applied = carried is not None
-        self._preempted_by: list[str] = []  # recent preempting plans, for idempotent signals
-        # Placement epochs only grow, also across continue-as-new.
-        self._epoch = max([carried.epoch if carried else 0, *(r.epoch for r in self._replicas)])
 
     # ------------------------------------------------------------------ main loop
 
     @workflow.run
     async def run(self, inp: WorkloadWorkflowInput) -> WorkloadStatus:
         while True:
-            timeout = timedelta(seconds=self._backoff) if self._backoff else None
+            backoff = self._state.backoff_seconds
             try:
                 await workflow.wait_condition(
-                    lambda: self._dirty or self._deleting or self._should_continue_as_new(),
-                    timeout=timeout,
+                    lambda: self._dirty or self._state.deleting or self._should_continue_as_new(),
+                    timeout=timedelta(seconds=backoff) if backoff else None,
                 )
             except TimeoutError:
                 self._dirty = True  # retry pending or failed replicas after the backoff
-            if self._deleting:
+            if self._state.deleting:
                 await self._teardown()
                 return self.status()
             if self._dirty:
@@ -129,123 +152,74 @@ class WorkloadWorkflow:
                     await self._reconcile()
                 finally:
                     self._reconciling = False
-                    self._reconciled_generation = self._generation
+                    self._reconciled_generation = self._state.generation
                 self._publish_search_attributes()
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     WorkloadWorkflowInput(
                         cluster=self._cluster,
-                        manifest=self._manifest,
-                        carried=self.status(),
-                        placement_backoff_seconds=self._backoff,
+                        manifest=self._state.manifest,
+                        state=self._state,
+                        max_history_events=inp.max_history_events,
                     )
                 )
-
-    def _is_ready(self, r: ReplicaRecord) -> bool:
-        """Running and, as far as its agent reported, passing its probes. Without a report
-        yet, a replica with a readiness/startup probe is not ready; one without is."""
-        if r.phase != ReplicaPhase.RUNNING:
-            return False
-        return r.ready if r.ready is not None else not self._view.readiness_gated
-
-    def _is_done(self, r: ReplicaRecord) -> bool:
-        """Ran to completion: counts toward the desired replicas but is not ready."""
-        return r.phase == ReplicaPhase.COMPLETED
-
-    def _is_current(self, r: ReplicaRecord) -> bool:
-        """Up to date and staying: matches the template and is not being evicted."""
-        return r.spec_hash == self._view.template_hash and not r.evicting
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return not self._reconciling and (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+            or info.get_current_history_length() > self._max_history_events
         )
 
     async def _reconcile(self) -> None:
-        view = self._view
-        # 1. Failed replicas free their place; replacements are created below.
-        failed = [r for r in self._replicas if r.phase == ReplicaPhase.FAILED]
-        if failed:
-            await self._remove(failed)
-        current = [r for r in self._replicas if self._is_current(r)]
-        outdated = [r for r in self._replicas if not self._is_current(r)]
-        # 2. Scale down: unplaced replicas go first, then the newest.
-        excess = len(current) - view.replicas
-        if excess > 0:
-            age = {r.replica_id: i for i, r in enumerate(self._replicas)}
-            ordered = sorted(
-                current, key=lambda r: (r.phase != ReplicaPhase.PENDING, -age[r.replica_id])
+        """One pass: each stage is decided on the records as they are when it begins."""
+        for stage in Stage:
+            actions = reconcile(
+                stage, self._desired, self._state.replicas, backoff=self._state.backoff_seconds
             )
-            victims = ordered[:excess]
-            await self._remove(victims)
-            current = [r for r in current if r not in victims]
-        # 3. Scale up: new records, placed in one batch through the ledger.
-        for _ in range(view.replicas - len(current)):
-            record = ReplicaRecord(
-                replica_id=self._new_replica_id(),
-                generation=self._generation,
-                spec_hash=view.template_hash,
-                resources=view.resources,
-            )
-            self._replicas.append(record)
-            current.append(record)
-        pending = [r for r in current if r.phase == ReplicaPhase.PENDING]
-        if pending:
-            unplaced = await self._place(pending)
-            if unplaced and outdated:
-                # No room to surge: make room by retiring old replicas, within the
-                # disruption budget (minAvailable, maxUnavailable); then retry.
-                retire = self._retirement(outdated, len(unplaced))
-                if retire:
-                    await self._remove(retire)
-                    outdated = [r for r in outdated if r not in retire]
-                    self._dirty = True
-        # 4. Start everything placed but not yet running, concurrently.
-        starting = [r for r in current if r.phase == ReplicaPhase.STARTING]
-        if starting and workflow.patched(BATCHED_STARTS):
-            chunks = [starting[i : i + RUN_BATCH] for i in range(0, len(starting), RUN_BATCH)]
-            await asyncio.gather(*(self._start_batch(c) for c in chunks))
-        elif starting:
-            await asyncio.gather(*(self._start(r) for r in starting))
-        # Completed replicas keep their record but give their room back.
-        done = [r for r in self._replicas if self._is_done(r) and not r.released]
-        if done:
-            await self._release(done)
-        # 5. Old-spec replicas go once the new spec is fully up (or done).
-        if outdated and all(self._is_ready(r) or self._is_done(r) for r in current):
-            await self._remove(outdated)
-        unhealthy = any(r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED) for r in current)
-        if unhealthy:
-            self._backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, self._backoff * 2))
-        else:
-            self._backoff = 0.0
-            self._message = ""
+            for action in actions:
+                await self._execute(action)
 
-    def _retirement(self, outdated: list[ReplicaRecord], room: int) -> list[ReplicaRecord]:
-        """Old replicas to stop before their replacements run, to free room for ``room``
-        unplaced ones. Only a full cluster gets here; the disruption budget
-        (``policies.disruption``) bounds how many *serving* replicas go. Old replicas that
-        serve nothing (not ready) cost no availability, so they go first."""
-        view = self._view
-        if not workflow.patched(DISRUPTION_BUDGET):
-            # Before maxUnavailable: Running replicas counted, minAvailable only.
-            running = sum(1 for r in self._replicas if r.phase == ReplicaPhase.RUNNING)
-            return outdated[: min(room, max(0, running - view.min_available))]
-        budget = retire_budget(
-            desired=view.replicas,
-            available=sum(1 for r in self._replicas if self._is_ready(r)),
-            min_available=view.min_available,
-            max_unavailable=resolve_max_unavailable(view.max_unavailable, view.replicas),
-        )
-        idle = [r for r in outdated if not self._is_ready(r) and not self._is_done(r)]
-        serving = [r for r in outdated if self._is_ready(r)]
-        return (idle + serving[:budget])[:room]
+    async def _execute(self, action: Action) -> None:
+        match action:
+            case RemoveFailed(ids) | ScaleDown(ids) | RemoveOutdated(ids):
+                await self._remove(self._records(ids))
+            case Retire(ids):
+                await self._remove(self._records(ids))
+                self._dirty = True  # the room is for the pending replicas: place them now
+            case Create(count):
+                for _ in range(count):
+                    self._state.replicas.append(
+                        ReplicaRecord(
+                            replica_id=self._new_replica_id(),
+                            generation=self._state.generation,
+                            spec_hash=self._view.template_hash,
+                            resources=self._view.resources,
+                        )
+                    )
+            case Place(ids):
+                await self._place(self._records(ids))
+            case Start(ids):
+                starting = self._records(ids)
+                chunks = [starting[i : i + RUN_BATCH] for i in range(0, len(starting), RUN_BATCH)]
+                await asyncio.gather(*(self._start_batch(c) for c in chunks))
+            case Release(ids):
+                await self._release(self._records(ids))
+            case Settle(backoff, clear_message):
+                self._state.backoff_seconds = backoff
+                if clear_message:
+                    self._state.message = ""
+            case _:
+                assert_never(action)
 
-    async def _place(self, pending: list[ReplicaRecord]) -> list[ReplicaRecord]:
-        view = self._view
+    def _records(self, ids: tuple[str, ...]) -> list[ReplicaRecord]:
+        """The records of ``ids``, in that order (those removed meanwhile are skipped)."""
+        by_id = {r.replica_id: r for r in self._state.replicas}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def _place(self, pending: list[ReplicaRecord]) -> None:
+        view, state = self._view, self._state
         result = await workflow.execute_activity_method(
             LedgerActivities.place_replicas,
             PlacementRequest(
@@ -254,33 +228,33 @@ class WorkloadWorkflow:
                 plan_id=str(workflow.uuid4()),
                 replica_ids=[r.replica_id for r in pending],
                 resources=view.resources,
-                manifest=self._manifest,
+                manifest=state.manifest,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_LEDGER_RETRY,
         )
         by_id = {p.replica_id: p for p in result.placements}
-        unplaced = []
+        unplaced = 0
         for r in pending:
             p = by_id.get(r.replica_id)
             if p is None:
                 r.message = result.reason
-                unplaced.append(r)
+                unplaced += 1
             else:
                 r.node_id, r.address = p.node_id, p.address
                 r.phase, r.message = ReplicaPhase.STARTING, ""
-                self._epoch += 1
-                r.epoch = self._epoch
+                state.epoch += 1
+                r.epoch = state.epoch
                 r.score, r.candidates = p.score, list(p.candidates)
         if unplaced:
-            self._message = f"{len(unplaced)} replica(s) pending: {result.reason}"
+            state.message = f"{unplaced} replica(s) pending: {result.reason}"
         for pre in result.preemptions:
             workflow.logger.info(
                 "preempted %d replica(s) of %s on %s", pre.count, pre.workload, pre.node_id
             )
-        return unplaced
 
-    def _run_input(self, r: ReplicaRecord, manifest: dict[str, Any]) -> RunReplicaInput:
+    def _run_input(self, r: ReplicaRecord) -> RunReplicaInput:
+        """One replica of a ``run_replicas`` batch (the manifest travels once, in the batch)."""
         view = self._view
         return RunReplicaInput(
             node_id=r.node_id,
@@ -290,7 +264,7 @@ class WorkloadWorkflow:
             replica_id=r.replica_id,
             generation=r.generation,
             spec_hash=r.spec_hash,
-            manifest=manifest,
+            manifest={},
             epoch=r.epoch,
         )
 
@@ -301,7 +275,7 @@ class WorkloadWorkflow:
             res = await workflow.execute_activity_method(
                 AgentActivities.run_replicas,
                 RunReplicasInput(
-                    manifest=self._manifest, replicas=[self._run_input(r, {}) for r in chunk]
+                    manifest=self._state.manifest, replicas=[self._run_input(r) for r in chunk]
                 ),
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=120),
@@ -321,44 +295,25 @@ class WorkloadWorkflow:
             else:
                 self._start_failed(r, o.error if o is not None else "no start outcome")
 
-    async def _start(self, r: ReplicaRecord) -> None:
-        """Before ``BATCHED_STARTS``: one activity per replica (kept for replay)."""
-        try:
-            res = await workflow.execute_activity_method(
-                AgentActivities.run_replica,
-                self._run_input(r, self._manifest),
-                start_to_close_timeout=timedelta(seconds=120),
-                retry_policy=_AGENT_RETRY,
-            )
-        except ActivityError as err:
-            cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(err)
-            self._start_failed(r, message)
-            return
-        self._started(r, res)
-
     def _start_failed(self, r: ReplicaRecord, message: str) -> None:
         if r.lost or r.preempted:
             return
         r.phase, r.message = ReplicaPhase.FAILED, message
-        self._message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
+        self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
 
     def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
-        if r.lost or r.preempted or self._is_done(r):
+        if r.lost or r.preempted or is_done(r):
             # The node was lost (or the room preempted) while the start was in flight, or
             # the replica already ran to completion (its exit outran the start's answer).
             return
         r.phase, r.message = res.phase, res.message
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
-        if (
-            res.phase == ReplicaPhase.STOPPED
-            and self._completes()
-            and workflow.patched(COMPLETIONS)
-        ):
-            r.phase, r.message = ReplicaPhase.COMPLETED, "completed (exit code 0)"
-        elif res.phase != ReplicaPhase.RUNNING:
-            r.phase = ReplicaPhase.FAILED
-            self._message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
+        phase = start_outcome(self._desired, res.phase)
+        if phase == ReplicaPhase.COMPLETED:
+            r.phase, r.message = phase, "completed (exit code 0)"
+        elif phase == ReplicaPhase.FAILED:
+            r.phase = phase
+            self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
 
     async def _remove(self, victims: list[ReplicaRecord]) -> None:
         """Stop the replicas on their agents, then release their allocations in one plan.
@@ -370,32 +325,17 @@ class WorkloadWorkflow:
         await asyncio.gather(*(self._stop(r) for r in placed if not r.lost))
         placed = [r for r in placed if not r.preempted and not r.released]
         if placed:
-            await workflow.execute_activity_method(
-                LedgerActivities.commit_plan,
-                CommitPlanInput(
-                    plan_id=str(workflow.uuid4()),
-                    releases=[
-                        Allocation(
-                            replica_id=r.replica_id,
-                            workload=self._view.key,
-                            node_id=r.node_id,
-                            resources=r.resources,
-                        )
-                        for r in placed
-                    ],
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_LEDGER_RETRY,
-            )
+            await self._commit_releases(placed)
         gone = {r.replica_id for r in victims}
-        self._replicas = [r for r in self._replicas if r.replica_id not in gone]
-
-    def _completes(self) -> bool:
-        """Whether a clean exit is the end of a replica (restartPolicy Never/OnFailure)."""
-        return self._view.workload.spec.restart_policy != "Always"
+        self._state.replicas = [r for r in self._state.replicas if r.replica_id not in gone]
 
     async def _release(self, done: list[ReplicaRecord]) -> None:
         """Give completed replicas' allocations back to the ledger, once each."""
+        await self._commit_releases(done)
+        for r in done:
+            r.released = True
+
+    async def _commit_releases(self, replicas: list[ReplicaRecord]) -> None:
         await workflow.execute_activity_method(
             LedgerActivities.commit_plan,
             CommitPlanInput(
@@ -407,14 +347,12 @@ class WorkloadWorkflow:
                         node_id=r.node_id,
                         resources=r.resources,
                     )
-                    for r in done
+                    for r in replicas
                 ],
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_LEDGER_RETRY,
         )
-        for r in done:
-            r.released = True
 
     async def _stop(self, r: ReplicaRecord) -> None:
         try:
@@ -434,12 +372,12 @@ class WorkloadWorkflow:
 
     async def _teardown(self) -> None:
         self._reconciling = True
-        await self._remove(list(self._replicas))
+        await self._remove(list(self._state.replicas))
         self._reconciling = False
         self._publish_search_attributes()
 
     def _new_replica_id(self) -> str:
-        taken = {r.replica_id for r in self._replicas}
+        taken = {r.replica_id for r in self._state.replicas}
         rand = workflow.random()
         while True:
             suffix = "".join(rand.choice(_ALPHABET) for _ in range(5))
@@ -449,7 +387,7 @@ class WorkloadWorkflow:
 
     def _publish_search_attributes(self) -> None:
         phase = self.status().phase.value
-        nodes = tuple(sorted({r.node_id for r in self._replicas if r.node_id}))
+        nodes = tuple(sorted({r.node_id for r in self._state.replicas if r.node_id}))
         if self._search_attributes == (phase, nodes):
             return
         self._search_attributes = (phase, nodes)
@@ -469,23 +407,24 @@ class WorkloadWorkflow:
         return self._set_manifest(inp.manifest)
 
     def _set_manifest(self, manifest: dict[str, Any]) -> ApplyResult:
+        state = self._state
         view = view_of(manifest)
-        first, self._applied = not self._applied, True
+        first, state.applied = not state.applied, True
         if view.spec_hash == self._view.spec_hash:
             return ApplyResult(
-                generation=self._generation,
+                generation=state.generation,
                 changed=False,
                 spec_hash=view.spec_hash,
-                created=first and self._generation == 1,
+                created=first and state.generation == 1,
             )
-        self._manifest, self._view = manifest, view
-        self._generation += 1
+        state.manifest, self._view, self._desired = manifest, view, desired_of(view)
+        state.generation += 1
         self._dirty = True
-        return ApplyResult(generation=self._generation, changed=True, spec_hash=view.spec_hash)
+        return ApplyResult(generation=state.generation, changed=True, spec_hash=view.spec_hash)
 
     @apply.validator
     def _validate_apply(self, inp: ApplyInput) -> None:
-        if self._deleting:
+        if self._state.deleting:
             raise ApplicationError(
                 f"workload {self._view.key} is being deleted; wait for the delete to finish "
                 "and apply again",
@@ -504,65 +443,63 @@ class WorkloadWorkflow:
 
     @workflow.update
     def scale(self, inp: ScaleInput) -> ApplyResult:
-        return self._set_manifest(scaled_manifest(self._manifest, inp.replicas))
+        return self._set_manifest(scaled_manifest(self._state.manifest, inp.replicas))
 
     @scale.validator
     def _validate_scale(self, inp: ScaleInput) -> None:
-        if self._deleting:
+        if self._state.deleting:
             raise ApplicationError(
                 f"workload {self._view.key} is being deleted", type="WorkloadDeleting"
             )
         try:
-            view_of(scaled_manifest(self._manifest, inp.replicas))
+            view_of(scaled_manifest(self._state.manifest, inp.replicas))
         except CloudlessError as err:
             raise ApplicationError(str(err), type="InvalidSpec") from err
 
     @workflow.signal
     def replicas_lost(self, sig: ReplicasLost) -> None:
         """A node went away (replace its replicas) or is draining (move them, surge first)."""
-        for r in self._replicas:
+        for r in self._state.replicas:
             if r.node_id != sig.node_id or (
                 sig.replica_ids and r.replica_id not in sig.replica_ids
             ):
                 continue
-            if self._is_done(r):
+            if is_done(r):
                 continue  # finished: nothing is lost, nothing to move
             if sig.evacuate:
                 r.evicting = True
             else:
                 r.lost, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
-        self._message = sig.reason
-        self._backoff = 0.0  # replace at once; backoff is for replicas failing to start
+        self._state.message = sig.reason
+        self._state.backoff_seconds = 0.0  # replace at once; backoff is for failing starts
         self._dirty = True
 
     @workflow.signal
     def capacity_available(self, sig: CapacityAvailable) -> None:
         """The ledger saw room appear (a release, a node Ready): place pending replicas now
         instead of waiting out the retry backoff."""
-        if any(r.phase == ReplicaPhase.PENDING for r in self._replicas):
-            self._backoff = 0.0
+        if any(r.phase == ReplicaPhase.PENDING for r in self._state.replicas):
+            self._state.backoff_seconds = 0.0
             self._dirty = True
 
     @workflow.signal
     def replicas_preempted(self, sig: ReplicasPreempted) -> None:
         """A higher-priority replica took ``count`` of our places on a node; the ledger has
-        released them already. Stop that many replicas there and place replacements."""
-        if sig.plan_id and sig.plan_id in self._preempted_by:
+        released them already. Stop that many replicas there and place replacements.
+
+        Idempotent per preempting plan, also across continue-as-new (``preempted_by`` is
+        part of the carried state)."""
+        state = self._state
+        if sig.plan_id and sig.plan_id in state.preempted_by:
             return
         if sig.plan_id:
-            self._preempted_by = [*self._preempted_by, sig.plan_id][-MAX_PREEMPTIONS_KEPT:]
-        age = {r.replica_id: i for i, r in enumerate(self._replicas)}
-        here = [
-            r
-            for r in self._replicas
-            if r.node_id == sig.node_id and not r.preempted and not self._is_done(r)
-        ]
-        # Prefer replicas that are not serving yet, then the newest.
-        here.sort(key=lambda r: (r.phase == ReplicaPhase.RUNNING, -age[r.replica_id]))
-        for r in here[: sig.count]:
-            r.preempted, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
-        self._message = sig.reason
-        self._backoff = 0.0
+            state.preempted_by = [*state.preempted_by, sig.plan_id][-MAX_PREEMPTIONS_KEPT:]
+        victims = set(preemption_victims(state.replicas, sig.node_id, sig.count))
+        for r in state.replicas:
+            if r.replica_id in victims:
+                r.preempted, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
+        state.message = sig.reason
+        state.backoff_seconds = 0.0
         self._dirty = True
 
     @workflow.signal
@@ -570,27 +507,21 @@ class WorkloadWorkflow:
         """The agent gave up on a replica. A failure is replaced (with the workload's
         backoff); a clean exit under restartPolicy Never/OnFailure completes it: the record
         stays, its room is released, and it is never replaced."""
-        for r in self._replicas:
+        for r in self._state.replicas:
             if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
                 continue
+            phase = exit_outcome(self._desired, r.phase, sig.phase)
+            if phase is None:
+                continue
             code = "" if sig.exit_code is None else f" (exit code {sig.exit_code})"
-            if sig.phase == ReplicaPhase.FAILED.value:
-                r.phase, r.message = (
-                    ReplicaPhase.FAILED,
-                    f"exited{code}: {sig.message}".rstrip(": "),
-                )
-                self._message = f"replica {r.replica_id} failed on {r.node_id}{code}"
-                self._dirty = True
-            elif r.phase in (ReplicaPhase.RUNNING, ReplicaPhase.STARTING):
-                if not workflow.patched(COMPLETIONS):  # histories from before completions
-                    if r.phase == ReplicaPhase.RUNNING:
-                        r.phase, r.message = ReplicaPhase.STOPPED, f"completed{code}"
-                elif self._completes():  # done: keep the record, release its room
-                    r.phase, r.message = ReplicaPhase.COMPLETED, f"completed{code}"
-                    self._dirty = True
-                else:  # restartPolicy Always wants it running: replace it
-                    r.phase, r.message = ReplicaPhase.FAILED, f"exited{code}"
-                    self._dirty = True
+            if sig.phase == ReplicaPhase.FAILED:
+                r.phase, r.message = phase, f"exited{code}: {sig.message}".rstrip(": ")
+                self._state.message = f"replica {r.replica_id} failed on {r.node_id}{code}"
+            elif phase == ReplicaPhase.COMPLETED:  # done: keep the record, release its room
+                r.phase, r.message = phase, f"completed{code}"
+            else:  # restartPolicy Always wants it running: replace it
+                r.phase, r.message = phase, f"exited{code}"
+            self._dirty = True
 
     @workflow.signal
     def replica_readiness(self, sig: ReplicaReadiness) -> None:
@@ -599,18 +530,19 @@ class WorkloadWorkflow:
         Becoming ready may complete a rolling update (old replicas go once the new ones are
         ready), so that case reconciles again.
         """
-        for r in self._replicas:
+        replicas = self._state.replicas
+        for r in replicas:
             if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
                 continue
-            became_ready = sig.ready and not self._is_ready(r)
+            became_ready = sig.ready and not is_ready(self._desired, r)
             r.ready, r.ready_message = sig.ready, sig.message
-            if became_ready and any(not self._is_current(o) for o in self._replicas):
+            if became_ready and any(not is_current(self._desired, o) for o in replicas):
                 self._dirty = True
 
     @workflow.update
     def delete(self) -> int:
-        self._deleting = True
-        return self._generation
+        self._state.deleting = True
+        return self._state.generation
 
     @workflow.update
     async def wait_settled(self, inp: WaitInput) -> WorkloadStatus:
@@ -624,43 +556,28 @@ class WorkloadWorkflow:
     def _settled(self, inp: WaitInput) -> bool:
         if self._reconciled_generation < inp.generation or self._dirty or self._reconciling:
             return False
-        if inp.all_ready:
-            current = [r for r in self._replicas if self._is_current(r)]
-            if len(self._replicas) != self._view.replicas or any(
-                not self._is_ready(r) and not self._is_done(r) for r in current
-            ):
-                return False
-        return not (inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._replicas))
+        if inp.all_ready and not fully_ready(self._desired, self._state.replicas):
+            return False
+        return not (
+            inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._state.replicas)
+        )
 
     @workflow.query
     def status(self) -> WorkloadStatus:
-        view = self._view
-        current = [r for r in self._replicas if self._is_current(r)]
-        ready = sum(1 for r in current if self._is_ready(r))
-        done = sum(1 for r in current if self._is_done(r))
-        complete = len(self._replicas) == view.replicas
-        if self._deleting:
-            phase = WorkloadPhase.DELETING if self._replicas else WorkloadPhase.DELETED
-        elif complete and done == view.replicas > 0:
-            phase = WorkloadPhase.COMPLETED
-        elif complete and ready + done == view.replicas:
-            phase = WorkloadPhase.AVAILABLE
-        elif any(r.phase == ReplicaPhase.FAILED for r in current):
-            phase = WorkloadPhase.DEGRADED
-        elif current and all(r.phase == ReplicaPhase.PENDING for r in current) and not self._dirty:
-            phase = WorkloadPhase.PENDING
-        else:
-            phase = WorkloadPhase.PROGRESSING
+        view, state = self._view, self._state
+        summary = summarize(
+            self._desired, state.replicas, deleting=state.deleting, dirty=self._dirty
+        )
         return WorkloadStatus(
             namespace=view.namespace,
             name=view.name,
-            generation=self._generation,
+            generation=state.generation,
             spec_hash=view.spec_hash,
             desired=view.replicas,
-            ready=ready,
-            phase=phase,
-            message=self._message,
-            replicas=list(self._replicas),
-            manifest=self._manifest,
-            epoch=self._epoch,
+            ready=summary.ready,
+            phase=summary.phase,
+            message=state.message,
+            replicas=list(state.replicas),
+            manifest=state.manifest,
+            epoch=state.epoch,
         )

@@ -1,0 +1,183 @@
+"""Stand-in activities for ``workload/`` and ``node/``, registered under the real names.
+
+As in Temporal's samples: the real workflow class runs on a real server, on a fresh task
+queue, and every activity it calls is replaced by a stand-in that records the call and
+answers from a tiny in-memory cluster. Used by ``test_workload_workflow.py``,
+``test_node_workflow.py`` and the history recorder (``tests/histories/record.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from cloudless.model import (
+    CommitPlanInput,
+    CommitPlanResult,
+    NodeRecord,
+    NotifyWorkloadsInput,
+    Placement,
+    PlacementRequest,
+    PlacementResult,
+    ReconcileNodeInput,
+    ReconcileNodeResult,
+    ReplicaPhase,
+    RunReplicaOutcome,
+    RunReplicaResult,
+    RunReplicasInput,
+    RunReplicasResult,
+    StopReplicaInput,
+    StopReplicaResult,
+    UpsertNodeInput,
+)
+from workers.coordinator import workflow_runner
+
+
+@dataclass
+class StandIns:
+    """A small cluster: ``slots`` replicas fit on each node; nodes in ``down`` take none.
+
+    Placement spreads (fewest replicas first, then node id), so tests know where replicas
+    go. ``calls`` records every activity call, in order, as (activity name, input).
+    """
+
+    slots: dict[str, int] = field(default_factory=lambda: {"n1": 2, "n2": 2})
+    down: set[str] = field(default_factory=set)
+    #: replica id -> node, as the ledger would hold it.
+    allocated: dict[str, str] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    #: What an agent answers to a start (Stopped: it exited at once with code 0).
+    start_phase: ReplicaPhase = ReplicaPhase.RUNNING
+    #: ``wait_node_empty`` returns once this is set (set from the start).
+    node_empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.node_empty.set()
+
+    def named(self, name: str) -> list[Any]:
+        """Inputs of every call to activity ``name``, in order."""
+        return [arg for n, arg in self.calls if n == name]
+
+    def on(self, node_id: str) -> list[str]:
+        return sorted(r for r, n in self.allocated.items() if n == node_id)
+
+    # ------------------------------------------------------------------ workload/
+
+    @activity.defn(name="place_replicas")
+    async def place_replicas(self, req: PlacementRequest) -> PlacementResult:
+        self.calls.append(("place_replicas", req))
+        placements, unplaced = [], []
+        for rid in req.replica_ids:
+            free = [
+                n for n, cap in self.slots.items() if n not in self.down and len(self.on(n)) < cap
+            ]
+            if not free:
+                unplaced.append(rid)
+                continue
+            node = min(free, key=lambda n: (len(self.on(n)), n))
+            self.allocated[rid] = node
+            placements.append(Placement(replica_id=rid, node_id=node, address=f"{node}:7443"))
+        reason = f"0/{len(self.slots)} nodes are available: no room" if unplaced else ""
+        return PlacementResult(placements=placements, unplaced=unplaced, reason=reason)
+
+    @activity.defn(name="commit_plan")
+    async def commit_plan(self, plan: CommitPlanInput) -> CommitPlanResult:
+        self.calls.append(("commit_plan", plan))
+        for a in plan.releases:
+            self.allocated.pop(a.replica_id, None)
+        return CommitPlanResult(version=len(self.calls), applied=True)
+
+    @activity.defn(name="run_replicas")
+    async def run_replicas(self, batch: RunReplicasInput) -> RunReplicasResult:
+        self.calls.append(("run_replicas", batch))
+        return RunReplicasResult(
+            outcomes=[
+                RunReplicaOutcome(
+                    replica_id=r.replica_id,
+                    result=RunReplicaResult(
+                        phase=self.start_phase, runtime_id=f"rt-{r.replica_id}"
+                    ),
+                )
+                for r in batch.replicas
+            ]
+        )
+
+    @activity.defn(name="stop_replica")
+    async def stop_replica(self, inp: StopReplicaInput) -> StopReplicaResult:
+        self.calls.append(("stop_replica", inp))
+        return StopReplicaResult(found=True)
+
+    # ------------------------------------------------------------------ node/
+
+    @activity.defn(name="publish_node")
+    async def publish_node(self, inp: UpsertNodeInput) -> None:
+        self.calls.append(("publish_node", inp))
+
+    @activity.defn(name="probe_agent")
+    async def probe_agent(self, record: NodeRecord) -> list[str]:
+        self.calls.append(("probe_agent", record))
+        return ["exec"]
+
+    @activity.defn(name="reconcile_node")
+    async def reconcile_node(self, inp: ReconcileNodeInput) -> ReconcileNodeResult:
+        self.calls.append(("reconcile_node", inp))
+        return ReconcileNodeResult(kept=len(self.on(inp.node_id)))
+
+    @activity.defn(name="notify_workloads")
+    async def notify_workloads(self, inp: NotifyWorkloadsInput) -> list[str]:
+        self.calls.append(("notify_workloads", inp))
+        return []
+
+    @activity.defn(name="wait_node_empty")
+    async def wait_node_empty(self, node_id: str) -> None:
+        self.calls.append(("wait_node_empty", node_id))
+        await self.node_empty.wait()
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            self.place_replicas,
+            self.commit_plan,
+            self.run_replicas,
+            self.stop_replica,
+            self.publish_node,
+            self.probe_agent,
+            self.reconcile_node,
+            self.notify_workloads,
+            self.wait_node_empty,
+        ]
+
+
+def fresh_queue(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def worker(client: Client, task_queue: str, workflows: Sequence[type], fake: StandIns) -> Worker:
+    """The real workflow classes with the stand-ins, in the coordinator's sandbox."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=fake.activities(),
+        workflow_runner=workflow_runner(),
+    )
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        got = check()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        assert loop.time() < deadline, f"timed out waiting for {check}"
+        await asyncio.sleep(0.05)

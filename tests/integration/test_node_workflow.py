@@ -1,0 +1,206 @@
+"""``node/<id>`` on the real Temporal dev server, with stand-in activities.
+
+The real ``NodeWorkflow`` runs on a fresh task queue; ``probe_agent``, ``reconcile_node``,
+``publish_node``, ``notify_workloads`` and ``wait_node_empty`` are stand-ins registered
+under the real names that record every call (``standins.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from cloudless.model import (
+    EnrollSignal,
+    LivenessSignal,
+    NodeAdminInput,
+    NodeRecord,
+    NodeStatus,
+    NodeWorkflowInput,
+    NotifyWorkloadsInput,
+    ReconcileNodeInput,
+    Resources,
+    UpsertNodeInput,
+)
+from cloudless.vocabulary import AdminAction, AdminState, NodeHealth, NodeState
+from tests.conftest import unique
+from tests.integration.standins import StandIns, eventually, fresh_queue, worker
+from workflows.node import NodeWorkflow
+
+pytestmark = pytest.mark.temporal
+
+Handle = WorkflowHandle[NodeWorkflow, None]
+
+
+def record(node_id: str) -> NodeRecord:
+    return NodeRecord(
+        node_id=node_id,
+        zone="zone-a",
+        capacity=Resources(cpu_millis=2000, memory_bytes=2 << 30),
+        address="127.0.0.1:7443",
+    )
+
+
+async def enrolled(
+    client: Client, queue: str, fake: StandIns, node_id: str, max_history_events: int = 0
+) -> Handle:
+    """Start ``node/<id>`` with its enrollment; return once Ready has been published."""
+    handle = await client.start_workflow(
+        NodeWorkflow.run,
+        NodeWorkflowInput(
+            cluster="test", record=record(node_id), max_history_events=max_history_events
+        ),
+        id=f"node/{node_id}",
+        task_queue=queue,
+    )
+    await state_is(client, handle.id, NodeState.READY)
+    await eventually(lambda: published(fake)[-1:] == [NodeState.READY])  # set, then published
+    return handle
+
+
+async def state_is(client: Client, workflow_id: str, state: NodeState) -> NodeStatus:
+    async def check() -> NodeStatus | None:
+        status = await client.get_workflow_handle(workflow_id).query(NodeWorkflow.describe)
+        return status if status is not None and status.state == state else None
+
+    result: NodeStatus = await eventually(check)
+    return result
+
+
+def published(fake: StandIns) -> list[NodeState]:
+    return [p.state for p in fake.named("publish_node")]
+
+
+def liveness(health: NodeHealth, reason: str = "") -> LivenessSignal:
+    return LivenessSignal(
+        health=health, reason=reason or health.value, at=datetime.now(UTC), gateway="gw-1"
+    )
+
+
+async def test_enroll_probes_reconciles_then_ready(temporal_env: WorkflowEnvironment) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "probe_agent",
+            "reconcile_node",
+            "publish_node",
+        ]
+        assert published(fake) == [NodeState.JOINING, NodeState.READY]
+        (reconciled,) = fake.named("reconcile_node")
+        assert reconciled == ReconcileNodeInput(
+            node_id=node_id, address="127.0.0.1:7443", cluster="test", fresh=True
+        )
+        status = await handle.query(NodeWorkflow.describe)
+        assert status is not None and status.record.runtimes == ["exec"]  # from the probe
+        assert [t.state for t in status.transitions] == [NodeState.JOINING, NodeState.READY]
+        ready: UpsertNodeInput = fake.named("publish_node")[-1]
+        assert ready.record.runtimes == ["exec"] and ready.uptime_ratio == 1.0
+
+        # Enrolling again (an agent restarted with fresh facts) is not a first enrollment.
+        await handle.signal(NodeWorkflow.enroll, EnrollSignal(record=record(node_id)))
+        await eventually(lambda: len(fake.named("reconcile_node")) == 2)
+        assert fake.named("reconcile_node")[1].fresh is False
+        await state_is(client, handle.id, NodeState.READY)
+        await handle.terminate()
+
+
+async def test_liveness_suspect_offline_notifies_workloads_and_reconciles_on_return(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        fake.calls.clear()
+
+        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed beats"))
+        await state_is(client, handle.id, NodeState.SUSPECT)
+        await eventually(lambda: published(fake) == [NodeState.SUSPECT])
+        assert not fake.named("notify_workloads")
+
+        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.OFFLINE, "silent"))
+        status = await state_is(client, handle.id, NodeState.OFFLINE)
+        await eventually(lambda: fake.named("notify_workloads"))
+        assert fake.named("notify_workloads") == [
+            NotifyWorkloadsInput(node_id=node_id, reason=f"node {node_id} offline: silent")
+        ]
+        assert len(status.churn) == 1  # Suspect then Offline is one episode
+
+        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
+        status = await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: len(published(fake)) == 3)
+        # Stale replicas are stopped before the node is Ready again.
+        assert [name for name, _ in fake.calls][-2:] == ["reconcile_node", "publish_node"]
+        assert fake.named("reconcile_node")[0].fresh is False
+        assert status.gateway == "gw-1" and status.down_since is None
+        assert status.offline_seconds > 0
+        assert published(fake) == [NodeState.SUSPECT, NodeState.OFFLINE, NodeState.READY]
+        await handle.terminate()
+
+
+async def test_cordon_drain_uncordon(temporal_env: WorkflowEnvironment) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        fake.calls.clear()
+
+        cordoned = await handle.execute_update(
+            NodeWorkflow.admin, NodeAdminInput(action=AdminAction.CORDON)
+        )
+        assert cordoned.state == NodeState.CORDONED and cordoned.admin == AdminState.CORDONED
+        assert published(fake) == [NodeState.CORDONED]
+
+        # A drain returns only once the ledger lists nothing on the node.
+        fake.node_empty.clear()
+        drain = asyncio.create_task(
+            handle.execute_update(NodeWorkflow.admin, NodeAdminInput(action=AdminAction.DRAIN))
+        )
+        await eventually(lambda: fake.named("wait_node_empty"))
+        status = await handle.query(NodeWorkflow.describe)
+        assert status is not None and status.state == NodeState.DRAINING
+        assert fake.named("notify_workloads") == [
+            NotifyWorkloadsInput(
+                node_id=node_id, reason=f"node {node_id} is draining", evacuate=True
+            )
+        ]
+        await asyncio.sleep(0.3)
+        assert not drain.done()
+        fake.node_empty.set()
+        drained = await drain
+        assert drained.state == NodeState.DRAINED
+        assert published(fake) == [NodeState.CORDONED, NodeState.DRAINING, NodeState.DRAINED]
+
+        back = await handle.execute_update(
+            NodeWorkflow.admin, NodeAdminInput(action=AdminAction.UNCORDON)
+        )
+        assert back.state == NodeState.READY and back.admin == AdminState.NONE
+        assert published(fake)[-1] == NodeState.READY
+        await handle.terminate()
+
+
+async def test_state_survives_continue_as_new(temporal_env: WorkflowEnvironment) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id, max_history_events=10)
+        latest = client.get_workflow_handle_for(NodeWorkflow.run, handle.id)
+
+        async def new_run() -> bool:
+            return (await latest.describe()).run_id != handle.run_id
+
+        await eventually(new_run)
+        await latest.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT))
+        await latest.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY))
+        status = await state_is(client, handle.id, NodeState.READY)
+        assert len(status.churn) == 1 and status.first_seen is not None
+        states = [t.state for t in status.transitions]
+        assert states == [NodeState.JOINING, NodeState.READY, NodeState.SUSPECT, NodeState.READY]
+        await latest.terminate()
