@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
+    from cloudless.contracts import node as node_contract
     from cloudless.model import (
         EnrollSignal,
         LivenessSignal,
@@ -67,7 +68,7 @@ class _Event:
     seq: int = 0
 
 
-@workflow.defn(name="NodeWorkflow")
+@workflow.defn(name=node_contract.WORKFLOW.name)
 class NodeWorkflow:
     @workflow.init
     def __init__(self, inp: NodeWorkflowInput) -> None:
@@ -436,19 +437,19 @@ class NodeWorkflow:
         self._events.append(event)
         return self._seq
 
-    @workflow.signal(name="enroll")
+    @workflow.signal(name=node_contract.ENROLL.name)
     def enroll(self, sig: EnrollSignal) -> None:
         self._enqueue(_Event(NodeEventKind.ENROLL, record=sig.record))
 
-    @workflow.signal(name="facts")
+    @workflow.signal(name=node_contract.FACTS.name)
     def facts(self, sig: EnrollSignal) -> None:
         self._enqueue(_Event(NodeEventKind.FACTS, record=sig.record))
 
-    @workflow.signal(name="liveness")
+    @workflow.signal(name=node_contract.LIVENESS.name)
     def liveness(self, sig: LivenessSignal) -> None:
         self._enqueue(_Event(NodeEventKind.LIVENESS, liveness=sig))
 
-    @workflow.update
+    @workflow.update(name=node_contract.ADMIN.name)
     async def admin(self, cmd: NodeAdminInput) -> NodeStatus:
         """Cordon, uncordon or drain; returns once applied (a drain once the node is empty)."""
         seq = self._enqueue(_Event(NodeEventKind.ADMIN, admin=cmd))
@@ -465,6 +466,6 @@ class NodeWorkflow:
         if self._status is None:
             raise ApplicationError("the node has not finished enrolling yet")
 
-    @workflow.query
+    @workflow.query(name=node_contract.DESCRIBE.name)
     def describe(self) -> NodeStatus | None:
         return self._status

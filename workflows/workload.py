@@ -26,6 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
+    from cloudless.contracts import workload as workload_contract
     from cloudless.errors import CloudlessError
     from cloudless.model import (
         Allocation,
@@ -114,7 +115,7 @@ def desired_of(view: WorkloadView) -> Desired:
     )
 
 
-@workflow.defn(name="WorkloadWorkflow")
+@workflow.defn(name=workload_contract.WORKFLOW.name)
 class WorkloadWorkflow:
     @workflow.init
     def __init__(self, inp: WorkloadWorkflowInput) -> None:
@@ -402,7 +403,7 @@ class WorkloadWorkflow:
 
     # ------------------------------------------------------------------ handlers
 
-    @workflow.update
+    @workflow.update(name=workload_contract.APPLY.name)
     def apply(self, inp: ApplyInput) -> ApplyResult:
         return self._set_manifest(inp.manifest)
 
@@ -441,7 +442,7 @@ class WorkloadWorkflow:
                 type="InvalidSpec",
             )
 
-    @workflow.update
+    @workflow.update(name=workload_contract.SCALE.name)
     def scale(self, inp: ScaleInput) -> ApplyResult:
         return self._set_manifest(scaled_manifest(self._state.manifest, inp.replicas))
 
@@ -456,7 +457,7 @@ class WorkloadWorkflow:
         except CloudlessError as err:
             raise ApplicationError(str(err), type="InvalidSpec") from err
 
-    @workflow.signal
+    @workflow.signal(name=workload_contract.REPLICAS_LOST.name)
     def replicas_lost(self, sig: ReplicasLost) -> None:
         """A node went away (replace its replicas) or is draining (move them, surge first)."""
         for r in self._state.replicas:
@@ -474,7 +475,7 @@ class WorkloadWorkflow:
         self._state.backoff_seconds = 0.0  # replace at once; backoff is for failing starts
         self._dirty = True
 
-    @workflow.signal
+    @workflow.signal(name=workload_contract.CAPACITY_AVAILABLE.name)
     def capacity_available(self, sig: CapacityAvailable) -> None:
         """The ledger saw room appear (a release, a node Ready): place pending replicas now
         instead of waiting out the retry backoff."""
@@ -482,7 +483,7 @@ class WorkloadWorkflow:
             self._state.backoff_seconds = 0.0
             self._dirty = True
 
-    @workflow.signal
+    @workflow.signal(name=workload_contract.REPLICAS_PREEMPTED.name)
     def replicas_preempted(self, sig: ReplicasPreempted) -> None:
         """A higher-priority replica took ``count`` of our places on a node; the ledger has
         released them already. Stop that many replicas there and place replacements.
@@ -502,7 +503,7 @@ class WorkloadWorkflow:
         state.backoff_seconds = 0.0
         self._dirty = True
 
-    @workflow.signal
+    @workflow.signal(name=workload_contract.REPLICA_EXITED.name)
     def replica_exited(self, sig: ReplicaExited) -> None:
         """The agent gave up on a replica. A failure is replaced (with the workload's
         backoff); a clean exit under restartPolicy Never/OnFailure completes it: the record
@@ -523,7 +524,7 @@ class WorkloadWorkflow:
                 r.phase, r.message = phase, f"exited{code}"
             self._dirty = True
 
-    @workflow.signal
+    @workflow.signal(name=workload_contract.REPLICA_READINESS.name)
     def replica_readiness(self, sig: ReplicaReadiness) -> None:
         """Its agent's probes changed a replica's readiness (sent only on change).
 
@@ -539,12 +540,12 @@ class WorkloadWorkflow:
             if became_ready and any(not is_current(self._desired, o) for o in replicas):
                 self._dirty = True
 
-    @workflow.update
+    @workflow.update(name=workload_contract.DELETE.name)
     def delete(self) -> int:
         self._state.deleting = True
         return self._state.generation
 
-    @workflow.update
+    @workflow.update(name=workload_contract.WAIT_SETTLED.name)
     async def wait_settled(self, inp: WaitInput) -> WorkloadStatus:
         """Return once the given generation has been fully reconciled (or on timeout)."""
         with contextlib.suppress(TimeoutError):
@@ -562,7 +563,7 @@ class WorkloadWorkflow:
             inp.avoid_node and any(r.node_id == inp.avoid_node for r in self._state.replicas)
         )
 
-    @workflow.query
+    @workflow.query(name=workload_contract.STATUS.name)
     def status(self) -> WorkloadStatus:
         view, state = self._view, self._state
         summary = summarize(

@@ -35,6 +35,8 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from cloudless.contracts import node as nd
+from cloudless.contracts import workload as wl
 from cloudless.model import (
     ApplyInput,
     CapacityAvailable,
@@ -101,7 +103,7 @@ async def start_workload(
     await client.execute_update_with_start_workflow(
         WorkloadWorkflow.apply, ApplyInput(manifest=m), start_workflow_operation=start
     )
-    return client.get_workflow_handle_for(WorkloadWorkflow.run, workflow_id)  # the latest run
+    return client.get_workflow_handle(workflow_id)  # the latest run
 
 
 async def until(
@@ -109,7 +111,7 @@ async def until(
     ok: Callable[[WorkloadStatus], bool],
 ) -> WorkloadStatus:
     async def check() -> WorkloadStatus | None:
-        status = await handle.query(WorkloadWorkflow.status)
+        status = await wl.STATUS.query(handle)
         return status if ok(status) else None
 
     result: WorkloadStatus = await eventually(check, timeout=60)
@@ -125,23 +127,21 @@ async def apply_scale_delete(client: Client, queue: str, fake: StandIns) -> list
     appearing, scale down, delete."""
     m = manifest(f"web-{suffix()}", 3)
     handle = await start_workload(client, queue, m)
-    await handle.execute_update(
-        WorkloadWorkflow.wait_settled, WaitInput(generation=1, timeout_seconds=30, all_ready=True)
+    await wl.WAIT_SETTLED.execute(
+        handle, WaitInput(generation=1, timeout_seconds=30, all_ready=True)
     )
-    await handle.execute_update(WorkloadWorkflow.apply, ApplyInput(manifest=m))  # unchanged
-    up = await handle.execute_update(WorkloadWorkflow.scale, ScaleInput(replicas=5))
-    await handle.execute_update(
-        WorkloadWorkflow.wait_settled, WaitInput(generation=up.generation, timeout_seconds=30)
-    )
+    await wl.APPLY.execute(handle, ApplyInput(manifest=m))  # unchanged
+    up = await wl.SCALE.execute(handle, ScaleInput(replicas=5))
+    await wl.WAIT_SETTLED.execute(handle, WaitInput(generation=up.generation, timeout_seconds=30))
     fake.slots["n3"] = 2
-    await handle.signal(WorkloadWorkflow.capacity_available, CapacityAvailable(reason="n3 Ready"))
+    await wl.CAPACITY_AVAILABLE.send(handle, CapacityAvailable(reason="n3 Ready"))
     await until(handle, lambda s: available(s) and s.desired == 5)
-    down = await handle.execute_update(WorkloadWorkflow.scale, ScaleInput(replicas=2))
-    await handle.execute_update(
-        WorkloadWorkflow.wait_settled,
+    down = await wl.SCALE.execute(handle, ScaleInput(replicas=2))
+    await wl.WAIT_SETTLED.execute(
+        handle,
         WaitInput(generation=down.generation, timeout_seconds=30, all_ready=True),
     )
-    await handle.execute_update(WorkloadWorkflow.delete)
+    await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]
 
@@ -155,19 +155,19 @@ async def rollout_on_a_full_cluster(client: Client, queue: str, fake: StandIns) 
     await until(handle, available)
     changed = manifest(name, 2, minAvailable=1)
     changed["spec"]["container"]["env"] = [{"name": "VERSION", "value": "2"}]
-    result = await handle.execute_update(WorkloadWorkflow.apply, ApplyInput(manifest=changed))
+    result = await wl.APPLY.execute(handle, ApplyInput(manifest=changed))
     status = await until(
         handle,
         lambda s: available(s) and all(r.generation == result.generation for r in s.replicas),
     )
     for r in status.replicas:
-        await handle.signal(
-            WorkloadWorkflow.replica_readiness,
+        await wl.REPLICA_READINESS.send(
+            handle,
             ReplicaReadiness(replica_id=r.replica_id, node_id=r.node_id, ready=True),
         )
     failed = status.replicas[0]
-    await handle.signal(
-        WorkloadWorkflow.replica_exited,
+    await wl.REPLICA_EXITED.send(
+        handle,
         ReplicaExited(
             replica_id=failed.replica_id,
             node_id=failed.node_id,
@@ -180,7 +180,7 @@ async def rollout_on_a_full_cluster(client: Client, queue: str, fake: StandIns) 
         handle,
         lambda s: available(s) and failed.replica_id not in {r.replica_id for r in s.replicas},
     )
-    await handle.execute_update(WorkloadWorkflow.delete)
+    await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]
 
@@ -194,27 +194,25 @@ async def lost_preempted_drained(client: Client, queue: str, fake: StandIns) -> 
     )
     status = await until(handle, available)
     fake.down.add("n1")
-    await handle.signal(
-        WorkloadWorkflow.replicas_lost, ReplicasLost(node_id="n1", reason="node n1 offline")
-    )
+    await wl.REPLICAS_LOST.send(handle, ReplicasLost(node_id="n1", reason="node n1 offline"))
     status = await until(
         handle, lambda s: available(s) and all(r.node_id != "n1" for r in s.replicas)
     )
     preempt = ReplicasPreempted(node_id="n2", count=1, reason="preempted", plan_id="plan-1")
     victim = [r.replica_id for r in status.replicas if r.node_id == "n2"][-1]
-    await handle.signal(WorkloadWorkflow.replicas_preempted, preempt)
+    await wl.REPLICAS_PREEMPTED.send(handle, preempt)
     status = await until(
         handle, lambda s: available(s) and victim not in {r.replica_id for r in s.replicas}
     )
-    await handle.signal(WorkloadWorkflow.replicas_preempted, preempt)  # repeated: ignored
+    await wl.REPLICAS_PREEMPTED.send(handle, preempt)  # repeated: ignored
     fake.down.discard("n1")
     fake.down.add("n3")
-    await handle.signal(
-        WorkloadWorkflow.replicas_lost,
+    await wl.REPLICAS_LOST.send(
+        handle,
         ReplicasLost(node_id="n3", reason="node n3 is draining", evacuate=True),
     )
     await until(handle, lambda s: available(s) and all(r.node_id != "n3" for r in s.replicas))
-    await handle.execute_update(WorkloadWorkflow.delete)
+    await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]
 
@@ -227,11 +225,11 @@ async def completion(client: Client, queue: str, fake: StandIns) -> list[str]:
     handle = await start_workload(client, queue, m)
     await until(handle, lambda s: s.phase == WorkloadPhase.COMPLETED and not fake.allocated)
     fake.start_phase = ReplicaPhase.RUNNING
-    up = await handle.execute_update(WorkloadWorkflow.scale, ScaleInput(replicas=3))
+    up = await wl.SCALE.execute(handle, ScaleInput(replicas=3))
     status = await until(handle, lambda s: s.generation == up.generation and available(s))
     (running,) = [r for r in status.replicas if r.phase == ReplicaPhase.RUNNING]
-    await handle.signal(
-        WorkloadWorkflow.replica_exited,
+    await wl.REPLICA_EXITED.send(
+        handle,
         ReplicaExited(
             replica_id=running.replica_id,
             node_id=running.node_id,
@@ -240,7 +238,7 @@ async def completion(client: Client, queue: str, fake: StandIns) -> list[str]:
         ),
     )
     await until(handle, lambda s: s.phase == WorkloadPhase.COMPLETED and not fake.allocated)
-    await handle.execute_update(WorkloadWorkflow.delete)
+    await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]
 
@@ -298,7 +296,7 @@ async def start_node(
 
 async def node_state(handle: WorkflowHandle[NodeWorkflow, None], state: NodeState) -> NodeStatus:
     async def check() -> NodeStatus | None:
-        status = await handle.query(NodeWorkflow.describe)
+        status = await nd.DESCRIBE.query(handle)
         return status if status is not None and status.state == state else None
 
     result: NodeStatus = await eventually(check, timeout=60)
@@ -310,19 +308,17 @@ async def node_lifecycle(client: Client, queue: str, fake: StandIns) -> list[str
     cordon, drain, uncordon, a second enrollment."""
     node_id = f"node-{suffix()}"
     handle = await start_node(client, queue, node_id)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed heartbeats"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "missed heartbeats"))
     await node_state(handle, NodeState.SUSPECT)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.OFFLINE, "silent"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE, "silent"))
     await node_state(handle, NodeState.OFFLINE)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "stream open"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "stream open"))
     await node_state(handle, NodeState.READY)
-    await handle.signal(
-        NodeWorkflow.facts, EnrollSignal(record=record_of(node_id, "10.0.0.9:7443"))
-    )
+    await nd.FACTS.send(handle, EnrollSignal(record=record_of(node_id, "10.0.0.9:7443")))
     await eventually(lambda: len(fake.named("publish_node")) >= 6)
     for action in (AdminAction.CORDON, AdminAction.DRAIN, AdminAction.UNCORDON):
-        await handle.execute_update(NodeWorkflow.admin, NodeAdminInput(action=action))
-    await handle.signal(NodeWorkflow.enroll, EnrollSignal(record=record_of(node_id)))
+        await nd.ADMIN.execute(handle, NodeAdminInput(action=action))
+    await nd.ENROLL.send(handle, EnrollSignal(record=record_of(node_id)))
     await eventually(lambda: len(fake.named("reconcile_node")) >= 3)
     await node_state(handle, NodeState.READY)
     await quiesce(handle)
@@ -336,20 +332,20 @@ async def node_flap_hold(client: Client, queue: str, fake: StandIns) -> list[str
     node_id = f"flap-{suffix()}"
     handle = await start_node(client, queue, node_id)
     for _ in range(2):
-        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed"))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "missed"))
         await node_state(handle, NodeState.SUSPECT)
-        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "back"))
         await node_state(handle, NodeState.READY)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "missed"))
     await node_state(handle, NodeState.SUSPECT)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "back"))
 
     async def held() -> bool:
-        status = await handle.query(NodeWorkflow.describe)
+        status = await nd.DESCRIBE.query(handle)
         return status is not None and status.held_until is not None
 
     await eventually(held)
-    await handle.execute_update(NodeWorkflow.admin, NodeAdminInput(action=AdminAction.CORDON))
+    await nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.CORDON))
     await node_state(handle, NodeState.CORDONED)  # once the hold is over
     await quiesce(handle)
     await handle.terminate("recorded")
@@ -360,11 +356,11 @@ async def node_continue_as_new(client: Client, queue: str, fake: StandIns) -> li
     """Continue-as-new after every busy stretch: the node's status is carried."""
     node_id = f"can-{suffix()}"
     handle = await start_node(client, queue, node_id, max_history_events=10)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "missed"))
     await node_state(handle, NodeState.SUSPECT)
-    await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "back"))
     await node_state(handle, NodeState.READY)
-    await handle.execute_update(NodeWorkflow.admin, NodeAdminInput(action=AdminAction.CORDON))
+    await nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.CORDON))
     await quiesce(handle)
     await handle.terminate("recorded")
     return [handle.id]

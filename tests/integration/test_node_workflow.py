@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.contracts import node as nd
 from cloudless.model import (
     EnrollSignal,
     LivenessSignal,
@@ -64,7 +65,7 @@ async def enrolled(
 
 async def state_is(client: Client, workflow_id: str, state: NodeState) -> NodeStatus:
     async def check() -> NodeStatus | None:
-        status = await client.get_workflow_handle(workflow_id).query(NodeWorkflow.describe)
+        status = await nd.DESCRIBE.query(client.get_workflow_handle(workflow_id))
         return status if status is not None and status.state == state else None
 
     result: NodeStatus = await eventually(check)
@@ -97,14 +98,14 @@ async def test_enroll_probes_reconciles_then_ready(temporal_env: WorkflowEnviron
         assert reconciled == ReconcileNodeInput(
             node_id=node_id, address="127.0.0.1:7443", cluster="test", fresh=True
         )
-        status = await handle.query(NodeWorkflow.describe)
+        status = await nd.DESCRIBE.query(handle)
         assert status is not None and status.record.runtimes == ["exec"]  # from the probe
         assert [t.state for t in status.transitions] == [NodeState.JOINING, NodeState.READY]
         ready: UpsertNodeInput = fake.named("publish_node")[-1]
         assert ready.record.runtimes == ["exec"] and ready.uptime_ratio == 1.0
 
         # Enrolling again (an agent restarted with fresh facts) is not a first enrollment.
-        await handle.signal(NodeWorkflow.enroll, EnrollSignal(record=record(node_id)))
+        await nd.ENROLL.send(handle, EnrollSignal(record=record(node_id)))
         await eventually(lambda: len(fake.named("reconcile_node")) == 2)
         assert fake.named("reconcile_node")[1].fresh is False
         await state_is(client, handle.id, NodeState.READY)
@@ -120,12 +121,12 @@ async def test_liveness_suspect_offline_notifies_workloads_and_reconciles_on_ret
         handle = await enrolled(client, queue, fake, node_id)
         fake.calls.clear()
 
-        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT, "missed beats"))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "missed beats"))
         await state_is(client, handle.id, NodeState.SUSPECT)
         await eventually(lambda: published(fake) == [NodeState.SUSPECT])
         assert not fake.named("notify_workloads")
 
-        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.OFFLINE, "silent"))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE, "silent"))
         status = await state_is(client, handle.id, NodeState.OFFLINE)
         await eventually(lambda: fake.named("notify_workloads"))
         assert fake.named("notify_workloads") == [
@@ -133,7 +134,7 @@ async def test_liveness_suspect_offline_notifies_workloads_and_reconciles_on_ret
         ]
         assert len(status.churn) == 1  # Suspect then Offline is one episode
 
-        await handle.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY, "back"))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "back"))
         status = await state_is(client, handle.id, NodeState.READY)
         await eventually(lambda: len(published(fake)) == 3)
         # Stale replicas are stopped before the node is Ready again.
@@ -152,19 +153,17 @@ async def test_cordon_drain_uncordon(temporal_env: WorkflowEnvironment) -> None:
         handle = await enrolled(client, queue, fake, node_id)
         fake.calls.clear()
 
-        cordoned = await handle.execute_update(
-            NodeWorkflow.admin, NodeAdminInput(action=AdminAction.CORDON)
-        )
+        cordoned = await nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.CORDON))
         assert cordoned.state == NodeState.CORDONED and cordoned.admin == AdminState.CORDONED
         assert published(fake) == [NodeState.CORDONED]
 
         # A drain returns only once the ledger lists nothing on the node.
         fake.node_empty.clear()
         drain = asyncio.create_task(
-            handle.execute_update(NodeWorkflow.admin, NodeAdminInput(action=AdminAction.DRAIN))
+            nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.DRAIN))
         )
         await eventually(lambda: fake.named("wait_node_empty"))
-        status = await handle.query(NodeWorkflow.describe)
+        status = await nd.DESCRIBE.query(handle)
         assert status is not None and status.state == NodeState.DRAINING
         assert fake.named("notify_workloads") == [
             NotifyWorkloadsInput(
@@ -178,9 +177,7 @@ async def test_cordon_drain_uncordon(temporal_env: WorkflowEnvironment) -> None:
         assert drained.state == NodeState.DRAINED
         assert published(fake) == [NodeState.CORDONED, NodeState.DRAINING, NodeState.DRAINED]
 
-        back = await handle.execute_update(
-            NodeWorkflow.admin, NodeAdminInput(action=AdminAction.UNCORDON)
-        )
+        back = await nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.UNCORDON))
         assert back.state == NodeState.READY and back.admin == AdminState.NONE
         assert published(fake)[-1] == NodeState.READY
         await handle.terminate()
@@ -191,14 +188,14 @@ async def test_state_survives_continue_as_new(temporal_env: WorkflowEnvironment)
     node_id = unique("n")
     async with worker(client, queue, [NodeWorkflow], fake):
         handle = await enrolled(client, queue, fake, node_id, max_history_events=10)
-        latest = client.get_workflow_handle_for(NodeWorkflow.run, handle.id)
+        latest = client.get_workflow_handle(handle.id)  # its latest run
 
         async def new_run() -> bool:
             return (await latest.describe()).run_id != handle.run_id
 
         await eventually(new_run)
-        await latest.signal(NodeWorkflow.liveness, liveness(NodeHealth.SUSPECT))
-        await latest.signal(NodeWorkflow.liveness, liveness(NodeHealth.READY))
+        await nd.LIVENESS.send(latest, liveness(NodeHealth.SUSPECT))
+        await nd.LIVENESS.send(latest, liveness(NodeHealth.READY))
         status = await state_is(client, handle.id, NodeState.READY)
         assert len(status.churn) == 1 and status.first_seen is not None
         states = [t.state for t in status.transitions]

@@ -16,6 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.contracts import workload as wl
 from cloudless.model import (
     ReplicaPhase,
     ReplicasLost,
@@ -69,7 +70,7 @@ async def until(
     """The status of the workflow's latest run, once ``ok`` holds for it."""
 
     async def check() -> WorkloadStatus | None:
-        status = await client.get_workflow_handle(workflow_id).query(WorkloadWorkflow.status)
+        status = await wl.STATUS.query(client.get_workflow_handle(workflow_id))
         return status if ok(status) else None
 
     result: WorkloadStatus = await eventually(check)
@@ -77,8 +78,8 @@ async def until(
 
 
 async def settled(handle: Handle, generation: int, all_ready: bool = True) -> WorkloadStatus:
-    return await handle.execute_update(
-        WorkloadWorkflow.wait_settled,
+    return await wl.WAIT_SETTLED.execute(
+        handle,
         WaitInput(generation=generation, timeout_seconds=20, all_ready=all_ready),
     )
 
@@ -99,7 +100,7 @@ async def test_apply_places_starts_and_becomes_available(temporal_env: WorkflowE
         assert [r.epoch for r in batch.replicas] == [1, 2, 3] and status.epoch == 3
         assert not fake.named("stop_replica") and not fake.named("commit_plan")
         assert {r.replica_id: r.node_id for r in status.replicas} == fake.allocated
-        await handle.execute_update(WorkloadWorkflow.delete)
+        await wl.DELETE.execute(handle)
         assert (await handle.result()).phase == WorkloadPhase.DELETED
 
 
@@ -108,14 +109,14 @@ async def test_scale_down_removes_pending_then_newest(temporal_env: WorkflowEnvi
     async with worker(client, queue, [WorkloadWorkflow], fake):
         handle = await start(client, queue, manifest(unique("web"), 3))
         first = [r.replica_id for r in (await settled(handle, 1)).replicas]
-        up = await handle.execute_update(WorkloadWorkflow.scale, ScaleInput(replicas=5))
+        up = await wl.SCALE.execute(handle, ScaleInput(replicas=5))
         status = await settled(handle, up.generation, all_ready=False)
         phases = [r.phase for r in status.replicas]
         assert phases == [ReplicaPhase.RUNNING] * 4 + [ReplicaPhase.PENDING], status
         assert "pending" in status.message and "no room" in status.replicas[4].message
         added = [r.replica_id for r in status.replicas[3:]]
 
-        down = await handle.execute_update(WorkloadWorkflow.scale, ScaleInput(replicas=2))
+        down = await wl.SCALE.execute(handle, ScaleInput(replicas=2))
         status = await settled(handle, down.generation)
         # The pending replica goes first, then the newest running ones; the oldest stay.
         assert [r.replica_id for r in status.replicas] == first[:2]
@@ -125,7 +126,7 @@ async def test_scale_down_removes_pending_then_newest(temporal_env: WorkflowEnvi
         released = [a.replica_id for p in fake.named("commit_plan") for a in p.releases]
         assert sorted(released) == sorted(stopped)
         assert sorted(fake.allocated) == sorted(first[:2])
-        await handle.execute_update(WorkloadWorkflow.delete)
+        await wl.DELETE.execute(handle)
         await handle.result()
 
 
@@ -139,9 +140,7 @@ async def test_lost_replicas_are_replaced_without_a_stop(temporal_env: WorkflowE
         lost = status.replicas[0].replica_id
 
         fake.down.add("n1")
-        await handle.signal(
-            WorkloadWorkflow.replicas_lost, ReplicasLost(node_id="n1", reason="node n1 offline")
-        )
+        await wl.REPLICAS_LOST.send(handle, ReplicasLost(node_id="n1", reason="node n1 offline"))
 
         status = await until(
             client,
@@ -156,7 +155,7 @@ async def test_lost_replicas_are_replaced_without_a_stop(temporal_env: WorkflowE
         released = [a.replica_id for p in fake.named("commit_plan") for a in p.releases]
         assert released == [lost]
         assert len(fake.named("place_replicas")) == 2
-        await handle.execute_update(WorkloadWorkflow.delete)
+        await wl.DELETE.execute(handle)
         await handle.result()
 
 
@@ -180,7 +179,7 @@ async def test_repeated_preemption_after_continue_as_new_evicts_nothing_more(
         # A low threshold: each run continues as new after its first busy reconcile, while an
         # idle run (a handful of events) stays.
         handle = await start(client, queue, manifest(unique("web"), 2), max_history_events=12)
-        latest = client.get_workflow_handle_for(WorkloadWorkflow.run, handle.id)  # latest run
+        latest = client.get_workflow_handle(handle.id, result_type=WorkloadStatus)  # latest run
 
         async def next_run(after: str) -> str | None:
             run = (await latest.describe()).run_id
@@ -192,7 +191,7 @@ async def test_repeated_preemption_after_continue_as_new_evicts_nothing_more(
         assert len(on_n1) == 1
 
         preempt = ReplicasPreempted(node_id="n1", count=1, reason="preempted", plan_id="plan-7")
-        await latest.signal(WorkloadWorkflow.replicas_preempted, preempt)
+        await wl.REPLICAS_PREEMPTED.send(latest, preempt)
         status = await until(
             client,
             handle.id,
@@ -214,14 +213,14 @@ async def test_repeated_preemption_after_continue_as_new_evicts_nothing_more(
         await eventually(carried)
 
         # The same signal again, in the new run: nothing is evicted.
-        await latest.signal(WorkloadWorkflow.replicas_preempted, preempt)
-        after = await latest.query(WorkloadWorkflow.status)  # the query follows the signal
+        await wl.REPLICAS_PREEMPTED.send(latest, preempt)
+        after = await wl.STATUS.query(latest)  # the query follows the signal
         assert [r.replica_id for r in after.replicas] == [r.replica_id for r in status.replicas]
         assert all(r.phase == ReplicaPhase.RUNNING for r in after.replicas)
         assert len(fake.named("stop_replica")) == 1 and len(fake.named("place_replicas")) == 2
         assert (await latest.describe()).run_id == run  # still idle: no reconcile happened
 
-        await latest.execute_update(WorkloadWorkflow.delete)
+        await wl.DELETE.execute(latest)
         final = await latest.result()
         assert final.phase == WorkloadPhase.DELETED
 
@@ -231,7 +230,7 @@ async def test_delete_stops_and_releases_everything(temporal_env: WorkflowEnviro
     async with worker(client, queue, [WorkloadWorkflow], fake):
         handle = await start(client, queue, manifest(unique("web"), 3))
         ids = {r.replica_id for r in (await settled(handle, 1)).replicas}
-        generation = await handle.execute_update(WorkloadWorkflow.delete)
+        generation = await wl.DELETE.execute(handle)
         assert generation == 1
         final = await handle.result()
         assert final.phase == WorkloadPhase.DELETED and not final.replicas

@@ -54,19 +54,6 @@ DECORATORS = frozenset({"update", "signal", "query", "defn"})
 #: The contract descriptors: constructing one with a literal name belongs in the contracts.
 DESCRIPTORS = frozenset({"Update", "Query", "Signal", "WorkflowType"})
 
-#: Known literals awaiting their owner's edit, as (path, line text): workflows/node.py and
-#: workflows/workload.py are being reworked on another branch, which will name these
-#: through cloudless.contracts.node / .workload (the conformance test already holds them
-#: to the contract). Remove each entry with that change; nothing may be added here.
-PENDING = frozenset(
-    {
-        ("workflows/node.py", '@workflow.defn(name="NodeWorkflow")'),
-        ("workflows/node.py", '@workflow.signal(name="enroll")'),
-        ("workflows/node.py", '@workflow.signal(name="facts")'),
-        ("workflows/node.py", '@workflow.signal(name="liveness")'),
-        ("workflows/workload.py", '@workflow.defn(name="WorkloadWorkflow")'),
-    }
-)
 
 
 def _files() -> Iterator[Path]:
@@ -131,11 +118,9 @@ def test_no_message_name_is_a_literal_outside_the_contracts() -> None:
     problems = []
     for path in _files():
         source = path.read_text()
-        lines = source.splitlines()
         rel = path.relative_to(ROOT).as_posix()
         for line, why in violations(source):
-            if (rel, lines[line - 1].strip()) not in PENDING:
-                problems.append(f"{rel}:{line}: {why}; name it through cloudless.contracts")
+            problems.append(f"{rel}:{line}: {why}; name it through cloudless.contracts")
     assert not problems, "\n".join(problems)
 
 
