@@ -42,8 +42,8 @@ def translate_rpc_error(err: grpc.aio.AioRpcError, node_id: str) -> Exception:
     return ApplicationError(message, type="AgentUnavailable")
 
 
-#: RPCs one ``run_replicas`` batch has in flight at once, and tries per replica (as the
-#: per-replica activity's retry policy: 5 attempts, backoff 0.2 s doubling to 5 s).
+#: RPCs one ``run_replicas`` batch has in flight at once, and tries per replica (5
+#: attempts, backoff 0.2 s doubling to 5 s).
 BATCH_CONCURRENCY = 64
 BATCH_ATTEMPTS = 5
 #: Seconds between progress heartbeats of a batch (its heartbeat timeout is far longer).
@@ -55,25 +55,14 @@ class AgentActivities:
         self._pool = pool
         self._timeout = rpc_timeout
 
-    @activity.defn(name="run_replica")
-    async def run_replica(self, inp: RunReplicaInput) -> RunReplicaResult:
-        spec = replica_spec_proto(
-            inp.manifest,
-            replica_id=inp.replica_id,
-            generation=inp.generation,
-            spec_hash=inp.spec_hash,
-            epoch=inp.epoch,
-        )
-        return await self._run(inp.node_id, inp.address, spec)
-
     @activity.defn(name="run_replicas")
     async def run_replicas(self, batch: RunReplicasInput) -> RunReplicasResult:
         """Start a workload's placed replicas in one activity, each with its own retries.
 
         Why: one activity per replica cost the workflow three history events, a workflow
         task and an activity task per replica; for a 100-replica workload that work
-        competed with later placements for the coordinator's CPU. Here the manifest is
-        parsed once, RPCs run concurrently (bounded), transient failures are retried per
+        competed with later placements for the coordinator's CPU. Here the wire spec is
+        built once, RPCs run concurrently (bounded), transient failures are retried per
         replica with backoff, and a replica that cannot start is reported in its outcome
         instead of failing the batch. Progress is heartbeated.
         """

@@ -91,12 +91,11 @@ class CloudlessClient:
         self, workload: Workload, *, wait: bool = False, timeout: float = 120.0
     ) -> ApplyOutcome:
         """Create or update ``workload/<ns>/<name>`` atomically (update-with-start)."""
-        manifest = workload.to_manifest()
-        view = view_of(manifest)
+        view = view_of(workload)
         check_supported(view)
         try:
             result = await self.workload(view.namespace, view.name).apply(
-                ApplyInput(manifest=manifest), cluster=self.cluster, rpc_timeout=RPC_TIMEOUT
+                ApplyInput(manifest=workload), cluster=self.cluster, rpc_timeout=RPC_TIMEOUT
             )
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
@@ -227,11 +226,10 @@ class CloudlessClient:
     async def explain(self, workload: Workload, top_k: int = 3) -> ExplainResult:
         """Dry-run placement of the workload's replicas on the current cluster (the
         coordinator decides on its node index; nothing is committed)."""
-        view_of(workload.to_manifest())
         try:
             return await explain.explain(
                 self.temporal,
-                ExplainInput(cluster=self.cluster, manifest=workload.to_manifest(), top_k=top_k),
+                ExplainInput(cluster=self.cluster, manifest=workload, top_k=top_k),
                 workload.key,
                 execution_timeout=timedelta(seconds=60),
                 rpc_timeout=RPC_TIMEOUT,

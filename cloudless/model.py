@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The vocabulary's names are re-exported: payload models and their words travel together.
+from cloudless.spec import Workload
 from cloudless.vocabulary import DEFAULT_WEIGHTS as DEFAULT_WEIGHTS
 from cloudless.vocabulary import RESOURCE_FIELDS as RESOURCE_FIELDS
 from cloudless.vocabulary import RESOURCE_NAMES as RESOURCE_NAMES
@@ -615,7 +616,8 @@ class WorkloadStatus(_Model):
     phase: WorkloadPhase
     message: str = ""
     replicas: list[ReplicaRecord] = Field(default_factory=list)
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    #: What was applied (None only for a status made before the first apply).
+    manifest: Workload | None = None
     #: The workload's placement counter (highest epoch handed out).
     epoch: int = 0
 
@@ -628,7 +630,7 @@ class WorkloadStatus(_Model):
 
 class WorkloadWorkflowInput(_Model):
     cluster: str
-    manifest: dict[str, Any]
+    manifest: Workload
     #: Everything the previous run kept (continue-as-new); None for a new workload.
     state: WorkloadState | None = None
     #: Continue as new past this many history events (0: the workflow's threshold). Tests
@@ -637,7 +639,7 @@ class WorkloadWorkflowInput(_Model):
 
 
 class ApplyInput(_Model):
-    manifest: dict[str, Any]
+    manifest: Workload
 
 
 class ApplyResult(_Model):
@@ -666,7 +668,7 @@ class WorkloadState(_Model):
     The ``status`` query is derived from it; nothing else outlives a run.
     """
 
-    manifest: dict[str, Any]
+    manifest: Workload
     #: Revision counter: 1 at the first apply, +1 on every apply/scale that changes the spec.
     generation: int = 1
     replicas: list[ReplicaRecord] = Field(default_factory=list)  # oldest first
@@ -698,7 +700,7 @@ class PlacementRequest(_Model):
     plan_id: str
     replica_ids: list[str]
     resources: Resources
-    manifest: dict[str, Any]
+    manifest: Workload
     #: Evict lower-priority replicas to make room for ones that fit nowhere.
     allow_preemption: bool = True
 
@@ -731,7 +733,7 @@ class ExplainInput(_Model):
     """Dry-run placement of ``manifest`` (its ``spec.replicas``) on the current cluster."""
 
     cluster: str
-    manifest: dict[str, Any]
+    manifest: Workload
     top_k: int = 3
 
 
@@ -744,6 +746,8 @@ class ExplainResult(_Model):
 
 
 class RunReplicaInput(_Model):
+    """One replica of a :class:`RunReplicasInput` batch and where it goes."""
+
     node_id: str
     address: str
     namespace: str
@@ -751,8 +755,7 @@ class RunReplicaInput(_Model):
     replica_id: str
     generation: int
     spec_hash: str
-    manifest: dict[str, Any]
-    epoch: int = 0  # 0: sent by a workflow that predates epochs
+    epoch: int = 0  # the placement's epoch; agents refuse older ones
 
 
 class RunReplicaResult(_Model):
@@ -765,10 +768,9 @@ class RunReplicaResult(_Model):
 class RunReplicasInput(_Model):
     """Start many replicas of one workload in one activity (see ``run_replicas``).
 
-    The manifest travels once; each item is a :class:`RunReplicaInput` whose own
-    ``manifest`` is left empty."""
+    The workload travels once; each item says where one of its replicas goes."""
 
-    manifest: dict[str, Any]
+    manifest: Workload
     replicas: list[RunReplicaInput]
 
 

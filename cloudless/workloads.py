@@ -1,17 +1,17 @@
 """Derived, deterministic facts about a workload manifest, shared by workflows and activities.
 
-A workflow keeps the manifest as plain data (it is what users applied) and asks this
-module for what it needs: placement inputs, the replica template hash that decides
-whether running replicas are up to date, and the wire spec the agents receive.
+The manifest is parsed once, where it enters (``cloudlessctl``, the client library), and
+travels as the frozen, validated :class:`~cloudless.spec.Workload` to the workflow and the
+activities. This module derives what they need from it: placement inputs, the replica
+template hash that decides whether running replicas are up to date, and the wire spec the
+agents receive.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from cloudless.api import agent_pb2
 from cloudless.model import Resources
@@ -54,9 +54,9 @@ def template_hash(workload: Workload) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def view_of(manifest: dict[str, Any]) -> WorkloadView:
-    """Parse a manifest (raises ManifestError) and derive what the control plane needs."""
-    w = parse_workload(manifest)
+def view_of(w: Workload) -> WorkloadView:
+    """Derive what the control plane needs from a validated workload (parsed once, by the
+    client; it travels as the model through Temporal)."""
     spec = w.spec
     return WorkloadView(
         workload=w,
@@ -92,19 +92,18 @@ def check_supported(view: WorkloadView) -> None:
     del view
 
 
-def scaled_manifest(manifest: dict[str, Any], replicas: int) -> dict[str, Any]:
-    """The manifest with a new replica count.
+def scaled(w: Workload, replicas: int) -> Workload:
+    """The workload with a new replica count, validated again (raises ManifestError).
 
     An explicit scale is the user's intent, so ``minAvailable`` is lowered with it when it
     would exceed the new count (a disruption budget cannot demand more than exists).
     """
-    out = copy.deepcopy(manifest)
-    spec = out.setdefault("spec", {})
+    manifest = w.to_manifest()
+    spec = manifest["spec"]
     spec["replicas"] = replicas
-    for key in ("minAvailable", "min_available"):
-        if isinstance(spec.get(key), int) and spec[key] > replicas >= 0:
-            spec[key] = replicas
-    return out
+    if isinstance(spec.get("minAvailable"), int) and spec["minAvailable"] > replicas >= 0:
+        spec["minAvailable"] = replicas
+    return parse_workload(manifest)
 
 
 def _secret_env(w: Workload) -> list[agent_pb2.SecretEnvVar]:
@@ -184,15 +183,15 @@ def readiness_gated(w: Workload) -> bool:
 
 
 def replica_spec_proto(
-    manifest: dict[str, Any],
+    w: Workload,
     *,
     replica_id: str,
     generation: int,
     spec_hash: str,
     epoch: int = 0,
 ) -> agent_pb2.ReplicaSpec:
-    """The wire spec an agent receives for one replica of this manifest."""
-    w = parse_workload(manifest)
+    """The wire spec an agent receives for one replica of this workload: the one place
+    where the manifest model becomes what agents run."""
     c = w.spec.container
     return agent_pb2.ReplicaSpec(
         replica_id=replica_id,
@@ -224,12 +223,11 @@ def replica_spec_proto(
     )
 
 
-def secret_references(manifest: dict[str, Any]) -> set[tuple[str, str, str]]:
+def secret_references(w: Workload) -> set[tuple[str, str, str]]:
     """(namespace, name, audience) of every secret a workload's replicas read.
 
     What the SecretsService lets a node mint tokens for while it runs such a replica.
     """
-    w = parse_workload(manifest)
     refs = {
         (r.namespace, r.name, r.audience)
         for e in w.spec.container.env

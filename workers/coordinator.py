@@ -261,7 +261,6 @@ class Coordinator:
                 ledger.publish_node,
                 ledger.consume_enrollment_token,
                 ledger.register_node,
-                agents.run_replica,
                 agents.run_replicas,
                 agents.stop_replica,
                 agents.probe_agent,

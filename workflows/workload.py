@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import string
 from datetime import timedelta
-from typing import Any, assert_never
+from typing import assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -52,7 +52,8 @@ with workflow.unsafe.imports_passed_through():
         WorkloadWorkflowInput,
     )
     from cloudless.naming import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
-    from cloudless.workloads import WorkloadView, check_supported, scaled_manifest, view_of
+    from cloudless.spec import Workload
+    from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable
     from policies.reconcile import (
         Action,
@@ -407,7 +408,7 @@ class WorkloadWorkflow:
     def apply(self, inp: ApplyInput) -> ApplyResult:
         return self._set_manifest(inp.manifest)
 
-    def _set_manifest(self, manifest: dict[str, Any]) -> ApplyResult:
+    def _set_manifest(self, manifest: Workload) -> ApplyResult:
         state = self._state
         view = view_of(manifest)
         first, state.applied = not state.applied, True
@@ -444,7 +445,7 @@ class WorkloadWorkflow:
 
     @workflow.update(name=workload_contract.SCALE.name)
     def scale(self, inp: ScaleInput) -> ApplyResult:
-        return self._set_manifest(scaled_manifest(self._state.manifest, inp.replicas))
+        return self._set_manifest(scaled(self._state.manifest, inp.replicas))
 
     @scale.validator
     def _validate_scale(self, inp: ScaleInput) -> None:
@@ -453,7 +454,7 @@ class WorkloadWorkflow:
                 f"workload {self._view.key} is being deleted", type="WorkloadDeleting"
             )
         try:
-            view_of(scaled_manifest(self._state.manifest, inp.replicas))
+            scaled(self._state.manifest, inp.replicas)
         except CloudlessError as err:
             raise ApplicationError(str(err), type="InvalidSpec") from err
 

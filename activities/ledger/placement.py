@@ -32,7 +32,7 @@ from cloudless.model import (
     ReplicasPreempted,
     Resources,
 )
-from cloudless.spec import Workload, parse_workload
+from cloudless.spec import Workload
 from policies import scheduler as sched
 
 #: How many decisions a placement tries before giving up on contention.
@@ -164,7 +164,7 @@ class PlacementActivities(LedgerBase):
         """Decide on the node index, commit through the ledger, re-sync and retry on a
         conflicting plan; replicas that fit nowhere are registered as pending so the
         ledger's next release or new node wakes the workload."""
-        spec = parse_workload(req.manifest)
+        spec = req.manifest
         meta = workload_meta(spec)
         remaining = list(req.replica_ids)
         placements: list[Placement] = []
@@ -266,7 +266,7 @@ class PlacementActivities(LedgerBase):
     @activity.defn(name="explain_placement")
     async def explain_placement(self, inp: ExplainInput) -> ExplainResult:
         """Dry run: decide for the manifest's replicas on the current index, commit nothing."""
-        w = parse_workload(inp.manifest)
+        w = inp.manifest
         index = await self.scheduler.current()
         request = self._request(w, w.spec.replicas)
         ids = [f"replica-{i + 1}" for i in range(w.spec.replicas)]

@@ -14,10 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudless.client import NodeDetails
-from cloudless.errors import CloudlessError
 from cloudless.model import CandidateScore, LedgerNode, ReplicaPhase, ReplicaRecord, WorkloadStatus
 from cloudless.quantity import format_bytes, format_cpu
-from cloudless.spec import parse_workload
 from cloudless.workloads import readiness_gated
 
 #: Piped output is for scripts and logs: never truncate columns to an assumed 80.
@@ -74,10 +72,7 @@ def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
 
 def _gated(w: WorkloadStatus) -> bool:
     """Whether the workload's replicas are ready only once a probe passed."""
-    try:
-        return bool(w.manifest) and readiness_gated(parse_workload(w.manifest))
-    except CloudlessError:
-        return False
+    return w.manifest is not None and readiness_gated(w.manifest)
 
 
 def replica_readiness(r: ReplicaRecord, gated: bool) -> tuple[str, str]:

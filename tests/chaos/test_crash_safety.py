@@ -101,7 +101,7 @@ async def running(
 
 
 #: Activities that place or start replicas: what "rescheduling in flight" means.
-PLACING = frozenset({"place_replicas", "run_replicas", "run_replica"})
+PLACING = frozenset({"place_replicas", "run_replicas"})
 _CLOSED = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
     EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",

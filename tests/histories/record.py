@@ -289,7 +289,7 @@ async def start_node(
         id=f"node/{node_id}",
         task_queue=queue,
     )
-    latest = client.get_workflow_handle_for(NodeWorkflow.run, handle.id)
+    latest = client.get_workflow_handle(handle.id)  # its latest run
     await node_state(latest, NodeState.READY)
     return latest
 

@@ -76,8 +76,8 @@ async def test_epochs_are_numbered_refused_when_stale_and_reconciled(
 ) -> None:
     client = CloudlessClient(cluster.client, cluster.cluster)
     name = unique("ep")
-    manifest = sleeper(name, 2)
-    outcome = await client.apply(parse_workload(manifest), wait=True, timeout=60)
+    manifest = parse_workload(sleeper(name, 2))
+    outcome = await client.apply(manifest, wait=True, timeout=60)
     status = outcome.status
     assert status is not None and status.ready == 2
     epochs = sorted(r.epoch for r in status.replicas)

@@ -206,11 +206,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_wire_spec_resolves_named_ports() -> None:
     [w] = load_manifests(YAML)
-    view = view_of(w.to_manifest())
+    view = view_of(w)
     assert view.readiness_gated
-    wire = replica_spec_proto(
-        w.to_manifest(), replica_id="default-web-a", generation=1, spec_hash="h", epoch=3
-    )
+    wire = replica_spec_proto(w, replica_id="default-web-a", generation=1, spec_hash="h", epoch=3)
     assert wire.epoch == 3
     assert list(wire.liveness_probe.exec.command) == ["cat", "/tmp/healthy"]
     assert wire.liveness_probe.period_seconds == 5
@@ -222,9 +220,11 @@ def test_wire_spec_resolves_named_ports() -> None:
     assert wire.readiness_probe.success_threshold == 2
     assert wire.startup_probe.tcp_socket.port == 8080
     assert wire.startup_probe.failure_threshold == 30
-    plain = replica_spec_proto(minimal(), replica_id="default-a", generation=1, spec_hash="h")
+    plain = replica_spec_proto(
+        parse_workload(minimal()), replica_id="default-a", generation=1, spec_hash="h"
+    )
     assert not plain.HasField("liveness_probe") and not plain.HasField("readiness_probe")
-    assert not view_of(minimal()).readiness_gated
+    assert not view_of(parse_workload(minimal())).readiness_gated
 
 
 def test_yaml_errors_render_one_line_each() -> None:
@@ -238,7 +238,5 @@ def test_the_probes_example_is_valid() -> None:
     [w] = load_manifest_file(Path(__file__).resolve().parents[2] / "examples" / "web-probes.yaml")
     c = w.spec.container
     assert c.startup_probe and c.readiness_probe and c.liveness_probe
-    wire = replica_spec_proto(
-        w.to_manifest(), replica_id="default-web-probes-a", generation=1, spec_hash="h"
-    )
+    wire = replica_spec_proto(w, replica_id="default-web-probes-a", generation=1, spec_hash="h")
     assert wire.startup_probe.tcp_socket.port == 8080

@@ -163,7 +163,7 @@ def test_mount_of_an_undeclared_volume_lists_what_is_declared() -> None:
 
 
 def test_replica_spec_carries_references_never_values() -> None:
-    manifest = load_manifests(YAML)[0].to_manifest()
+    manifest = load_manifests(YAML)[0]
     check_supported(view_of(manifest))  # secret references are deliverable now
     spec = replica_spec_proto(manifest, replica_id="api-1", generation=1, spec_hash="h")
     assert dict(spec.env) == {}
@@ -190,7 +190,7 @@ def test_replica_spec_carries_references_never_values() -> None:
 
 def test_unmounted_volumes_are_not_sent() -> None:
     m = put(with_volume(), MOUNTS, [])
-    spec = replica_spec_proto(m, replica_id="r", generation=1, spec_hash="h")
+    spec = replica_spec_proto(parse_workload(m), replica_id="r", generation=1, spec_hash="h")
     assert list(spec.secret_volumes) == []
 
 

@@ -6,7 +6,6 @@ they are given; these tests call them directly, without Temporal.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudless.model import EnrollmentInput, NodeRecord
-from cloudless.spec import parse_workload
+from cloudless.spec import ManifestError, parse_workload
 from cloudless.tokens import EnrollmentClaims
 from cloudless.workloads import (
     check_supported,
     replica_spec_proto,
-    scaled_manifest,
+    scaled,
     template_hash,
     view_of,
 )
@@ -110,7 +109,7 @@ NEW_TEMPLATE: dict[str, Edit] = {
 
 
 def hash_of(m: Manifest) -> str:
-    return view_of(m).template_hash
+    return view_of(parse_workload(m)).template_hash
 
 
 @pytest.mark.parametrize("edit", SAME_TEMPLATE.values(), ids=SAME_TEMPLATE.keys())
@@ -124,14 +123,15 @@ def test_template_hash_follows_what_a_replica_is(edit: Edit) -> None:
 
 
 def test_template_hash_is_not_the_spec_hash() -> None:
-    before, after = view_of(manifest()), view_of(edited(SAME_TEMPLATE["more replicas"]))
+    before = view_of(parse_workload(manifest()))
+    after = view_of(parse_workload(edited(SAME_TEMPLATE["more replicas"])))
     assert before.spec_hash != after.spec_hash
     assert before.template_hash == after.template_hash
     assert template_hash(parse_workload(manifest())) == before.template_hash
     assert len(before.template_hash) == 16 and int(before.template_hash, 16) >= 0
 
 
-# --------------------------------------------------------------------------- scaled_manifest
+# --------------------------------------------------------------------------- scaled
 
 
 @pytest.mark.parametrize(
@@ -139,41 +139,26 @@ def test_template_hash_is_not_the_spec_hash() -> None:
     [(5, 2), (2, 2), (1, 1), (0, 0)],
     ids=["up", "down to the budget", "below the budget", "to zero"],
 )
-def test_scaled_manifest_sets_replicas_and_caps_min_available(
-    replicas: int, min_available: int
-) -> None:
-    original = manifest()
-    pristine = copy.deepcopy(original)
-    out = scaled_manifest(original, replicas)
-    assert original == pristine
-    assert spec(out)["replicas"] == replicas
-    assert spec(out)["minAvailable"] == min_available
+def test_scaled_sets_replicas_and_caps_min_available(replicas: int, min_available: int) -> None:
+    original = parse_workload(manifest())
+    out = scaled(original, replicas)
+    assert original == parse_workload(manifest())  # the input is a frozen model
+    assert out.spec.replicas == replicas
+    assert out.spec.min_available == min_available
     view = view_of(out)
     assert view.replicas == replicas
-    assert view.template_hash == hash_of(pristine)
+    assert view.template_hash == hash_of(manifest())
 
 
-def test_scaled_manifest_caps_the_snake_case_spelling_too() -> None:
-    m = edited(SAME_TEMPLATE["min_available spelling"])
-    out = scaled_manifest(m, 1)
-    assert spec(out)["min_available"] == 1
-    assert spec(m)["min_available"] == 2
-    assert view_of(out).workload.spec.min_available == 1
+def test_scaled_without_a_budget_adds_none() -> None:
+    out = scaled(parse_workload(edited(SAME_TEMPLATE["minAvailable removed"])), 1)
+    assert out.spec.min_available is None
+    assert "minAvailable" not in out.to_manifest()["spec"]
 
 
-def test_scaled_manifest_without_a_budget_adds_none() -> None:
-    m = edited(SAME_TEMPLATE["minAvailable removed"])
-    out = scaled_manifest(m, 1)
-    assert "minAvailable" not in spec(out) and "min_available" not in spec(out)
-    assert scaled_manifest({}, 2) == {"spec": {"replicas": 2}}
-
-
-def test_scaled_manifest_shares_no_nested_objects_with_its_input() -> None:
-    m = manifest()
-    out = scaled_manifest(m, 4)
-    container(out)["env"].append({"name": "X", "value": "y"})
-    spec(out)["resources"]["cpu"] = "1"
-    assert m == manifest()
+def test_scaled_refuses_an_invalid_count() -> None:
+    with pytest.raises(ManifestError, match="replicas"):
+        scaled(parse_workload(manifest()), -1)
 
 
 @settings(max_examples=60, deadline=None)
@@ -182,15 +167,12 @@ def test_scaled_manifest_shares_no_nested_objects_with_its_input() -> None:
     min_available=st.integers(0, 1000),
     target=st.integers(0, 1000),
 )
-def test_scaled_manifest_always_yields_a_valid_manifest(
+def test_scaled_always_yields_a_valid_workload(
     replicas: int, min_available: int, target: int
 ) -> None:
     m = manifest()
     spec(m).update(replicas=max(replicas, min_available), minAvailable=min_available)
-    pristine = copy.deepcopy(m)
-    out = scaled_manifest(m, target)
-    assert m == pristine
-    parsed = view_of(out).workload.spec
+    parsed = scaled(parse_workload(m), target).spec
     assert parsed.replicas == target
     assert parsed.min_available == min(min_available, target)
 
@@ -203,7 +185,7 @@ def test_scaled_manifest_always_yields_a_valid_manifest(
 
 def wire_env(m: Manifest) -> tuple[dict[str, str], list[tuple[str, str, str, str, str]]]:
     """A replica's plain env and secret env references, as its agent receives them."""
-    spec = replica_spec_proto(m, replica_id="hello-1", generation=1, spec_hash="h")
+    spec = replica_spec_proto(parse_workload(m), replica_id="hello-1", generation=1, spec_hash="h")
     refs = [
         (e.name, e.ref.namespace, e.ref.name, e.ref.key, e.ref.audience) for e in spec.secret_env
     ]
@@ -212,7 +194,7 @@ def wire_env(m: Manifest) -> tuple[dict[str, str], list[tuple[str, str, str, str
 
 def test_check_supported_accepts_plain_values() -> None:
     m = manifest()
-    check_supported(view_of(m))
+    check_supported(view_of(parse_workload(m)))
     assert wire_env(m) == ({"GREETING": "hello"}, [])
 
 
@@ -220,7 +202,7 @@ def test_check_supported_accepts_secret_refs() -> None:
     # Agents fetch and inject secrets now (docs/design/secrets.md), so apply accepts them.
     m = manifest()
     container(m)["env"] += [secret_env("DB_PASSWORD"), {"name": "A", "value": "b"}]
-    check_supported(view_of(m))
+    check_supported(view_of(parse_workload(m)))
     env, refs = wire_env(m)
     assert env == {"GREETING": "hello", "A": "b"}  # a reference is never sent as a value
     assert refs == [("DB_PASSWORD", "production", "postgres-creds", "DB_PASSWORD", "backend-api")]

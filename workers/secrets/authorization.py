@@ -63,7 +63,8 @@ class MintAuthorization:
                 status = await WorkloadHandle.of(self._client, key).status(rpc_timeout=RPC_TIMEOUT)
             except RPCError:
                 continue
-            refs |= secret_references(status.manifest)
+            if status.manifest is not None:
+                refs |= secret_references(status.manifest)
         result = frozenset(refs)
         self._node_refs[node_id] = (now, result)
         return result
