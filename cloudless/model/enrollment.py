@@ -1,0 +1,42 @@
+"""``enrollment/<jti>``: a verified enrollment request and the certificate it yields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from cloudless.model._base import _Model
+from cloudless.model.nodes import NodeRecord
+
+
+class EnrollmentInput(_Model):
+    """Verified token claims plus the agent's request; the raw token never enters history."""
+
+    cluster: str
+    jti: str
+    token_expires_at: datetime
+    bound_node_name: str | None = None
+    bound_labels: dict[str, str] = Field(default_factory=dict)
+    csr_pem: str
+    record: NodeRecord
+
+
+class EnrollmentResult(_Model):
+    node_id: str
+    certificate_pem: str
+    ca_pem: str
+    cluster: str
+
+
+class SignCertificateInput(_Model):
+    cluster: str
+    node_id: str
+    csr_pem: str
+    dns_names: list[str] = Field(default_factory=list)
+
+
+class SignCertificateResult(_Model):
+    certificate_pem: str
+    ca_pem: str
+    not_after: datetime

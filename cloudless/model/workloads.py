@@ -1,0 +1,174 @@
+"""``workload/<ns>/<name>``: its state, status, updates and the signals it receives."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from cloudless.model._base import _Model
+from cloudless.spec import Workload
+from cloudless.vocabulary import (
+    ReplicaPhase,
+    Resources,
+    WorkloadPhase,
+)
+
+
+class ReplicasLost(_Model):
+    """Signal to a workload: its replicas on ``node_id`` are gone (node Offline or drained)."""
+
+    node_id: str
+    reason: str
+    evacuate: bool = False  # drain: replace first, then stop (keeps minAvailable)
+    replica_ids: list[str] = Field(default_factory=list)  # empty: every replica on the node
+
+
+class ReplicaExited(_Model):
+    """Signal to a workload: a replica exited and its agent will not restart it."""
+
+    replica_id: str
+    node_id: str
+    phase: ReplicaPhase  # Failed | Stopped
+    exit_code: int | None = None
+    message: str = ""
+
+
+class ReplicaReadiness(_Model):
+    """Signal to a workload: a replica's readiness (its probes' verdict) changed."""
+
+    replica_id: str
+    node_id: str
+    ready: bool
+    message: str = ""  # why it is not ready, e.g. the readiness probe's last failure
+
+
+class CapacityAvailable(_Model):
+    """Signal to a pending workload: room may have appeared; place the pending replicas."""
+
+    reason: str = ""
+
+
+class ReplicasPreempted(_Model):
+    """Signal to a workload: the ledger already released ``count`` of its replicas on
+    ``node_id`` for a higher-priority one; stop them and place replacements elsewhere."""
+
+    node_id: str
+    count: int
+    reason: str
+    plan_id: str = ""  # the preempting plan: a repeated signal evicts nothing more
+
+
+class CandidateScore(_Model):
+    """One scored node from a placement decision: total 0..100 and each factor 0..1."""
+
+    node_id: str
+    score: float
+    factors: dict[str, float] = Field(default_factory=dict)
+
+
+class ReplicaRecord(_Model):
+    """One replica as the workload workflow tracks it."""
+
+    replica_id: str
+    generation: int
+    spec_hash: str
+    phase: ReplicaPhase = ReplicaPhase.PENDING
+    node_id: str = ""
+    address: str = ""
+    message: str = ""
+    runtime_id: str = ""
+    started_at: datetime | None = None
+    resources: Resources = Field(default_factory=Resources)
+    lost: bool = False  # its node went away: released without a stop (the node reconciles)
+    evicting: bool = False  # being moved off a draining node: replaced first, then stopped
+    preempted: bool = False  # released by the ledger for a higher-priority replica: stop only
+    score: float | None = None  # placement score 0..100
+    candidates: list[CandidateScore] = Field(default_factory=list)  # chosen first
+    #: Last readiness its agent reported (None: no report yet); see ``replica_readiness``.
+    ready: bool | None = None
+    ready_message: str = ""
+    #: Placement epoch: the workload's counter when this record was last placed. Agents
+    #: refuse older RunReplicas; a returning node stops runs older than this.
+    epoch: int = 0
+    #: Its allocation went back to the ledger while the record stays (a Completed replica).
+    released: bool = False
+
+
+class WorkloadStatus(_Model):
+    namespace: str
+    name: str
+    generation: int
+    spec_hash: str
+    desired: int
+    ready: int
+    phase: WorkloadPhase
+    message: str = ""
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+    #: What was applied (None only for a status made before the first apply).
+    manifest: Workload | None = None
+    #: The workload's placement counter (highest epoch handed out).
+    epoch: int = 0
+
+    @property
+    def satisfied(self) -> int:
+        """Replicas that need nothing more: ready, or run to completion."""
+        done = sum(1 for r in self.replicas if r.phase == ReplicaPhase.COMPLETED)
+        return self.ready + done
+
+
+class WorkloadWorkflowInput(_Model):
+    cluster: str
+    manifest: Workload
+    #: Everything the previous run kept (continue-as-new); None for a new workload.
+    state: WorkloadState | None = None
+    #: Continue as new past this many history events (0: the workflow's threshold). Tests
+    #: set it low to exercise continue-as-new; it is passed on to the next run.
+    max_history_events: int = 0
+
+
+class ApplyInput(_Model):
+    manifest: Workload
+
+
+class ApplyResult(_Model):
+    generation: int
+    changed: bool
+    spec_hash: str
+    created: bool = False  # the first apply of a new workload (its start manifest)
+
+
+class ScaleInput(_Model):
+    replicas: int
+
+
+class WaitInput(_Model):
+    """Wait until ``generation`` is reconciled and, optionally, stronger conditions hold."""
+
+    generation: int
+    timeout_seconds: float = 120.0
+    all_ready: bool = False  # every desired replica Running
+    avoid_node: str = ""  # and none of them on this node (e.g. after it was lost)
+
+
+class WorkloadState(_Model):
+    """All of ``workload/<ns>/<name>``'s durable state, carried whole across continue-as-new.
+
+    The ``status`` query is derived from it; nothing else outlives a run.
+    """
+
+    manifest: Workload
+    #: Revision counter: 1 at the first apply, +1 on every apply/scale that changes the spec.
+    generation: int = 1
+    replicas: list[ReplicaRecord] = Field(default_factory=list)  # oldest first
+    message: str = ""
+    #: Retry delay for Pending/Failed replicas (``policies.reconcile``); 0: none.
+    backoff_seconds: float = 0.0
+    #: Placement counter: the highest epoch handed out; only grows.
+    epoch: int = 0
+    #: An ``apply`` was received (the next one is not the workload's creation).
+    applied: bool = False
+    #: A ``delete`` was accepted: tear down and finish.
+    deleting: bool = False
+    #: Recent preempting plans (``replicas_preempted``), so a repeated signal evicts nothing.
+    preempted_by: list[str] = Field(default_factory=list)
