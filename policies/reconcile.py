@@ -300,16 +300,25 @@ def scale_down_victims(
 ) -> tuple[str, ...]:
     """The ``excess`` current replicas to remove when there are too many.
 
-    Replicas that serve nothing (Pending: unplaced; Failed: lost or crashed during this
-    pass) go first, then the newest: the oldest have proven themselves. One scan, no sort:
-    the records are in creation order.
+    Cheapest to lose first: replicas that serve nothing (Pending: unplaced; Failed: lost
+    with their node or crashed during this pass), then those not serving yet (Starting, or
+    Running but not ready), then ready (or completed) ones; the newest first within each
+    tier, as the oldest have proven themselves. One scan, no sort: records are in creation
+    order.
     """
-    unserving: list[str] = []
-    serving: list[str] = []
+    tiers: tuple[list[str], list[str], list[str]] = ([], [], [])
     for r in replicas:
         if is_current(desired, r):
-            (unserving if r.phase in _UNSERVING else serving).append(r.replica_id)
-    return tuple((unserving[::-1] + serving[::-1])[: max(0, excess)])
+            tiers[scale_down_tier(desired, r)].append(r.replica_id)
+    order = [rid for tier in tiers for rid in reversed(tier)]
+    return tuple(order[: max(0, excess)])
+
+
+def scale_down_tier(desired: Desired, r: Replica) -> int:
+    """0: serves nothing (Pending, Failed); 1: not serving yet; 2: ready or done."""
+    if r.phase in _UNSERVING:
+        return 0
+    return 2 if is_ready(desired, r) or is_done(r) else 1
 
 
 _UNSERVING = (ReplicaPhase.PENDING, ReplicaPhase.FAILED)

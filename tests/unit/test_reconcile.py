@@ -39,6 +39,7 @@ from policies.reconcile import (
     preemption_victims,
     reconcile,
     retirement,
+    scale_down_tier,
     scale_down_victims,
     start_outcome,
     summarize,
@@ -422,7 +423,7 @@ def test_never_retires_below_min_available_without_a_ready_replacement(
 
 @settings(max_examples=300, deadline=None)
 @given(desireds, records())
-def test_scale_down_prefers_pending_and_failed_then_the_newest(
+def test_scale_down_prefers_unserving_then_unready_then_the_newest(
     desired: Desired, replicas: list[Rec]
 ) -> None:
     current = [r for r in replicas if is_current(desired, r)]
@@ -434,14 +435,27 @@ def test_scale_down_prefers_pending_and_failed_then_the_newest(
         return
     assert reconcile(Stage.SCALE, desired, replicas) == [ScaleDown(victims)]
     order = {r.replica_id: i for i, r in enumerate(replicas)}
-    unserving = {r.replica_id for r in current if r.phase in (P.PENDING, P.FAILED)}
+    tier = {r.replica_id: scale_down_tier(desired, r) for r in current}
     kept = [r.replica_id for r in current if r.replica_id not in victims]
     for v in victims:
         for k in kept:
-            if (v in unserving) == (k in unserving):
+            if tier[v] == tier[k]:
                 assert order[v] > order[k]  # the newer goes
             else:
-                assert v in unserving  # an unserving replica goes before a serving one
+                assert tier[v] < tier[k]  # the less useful goes first
+
+
+def test_scale_down_tiers() -> None:
+    desired = Desired(replicas=1, template_hash=NEW, readiness_gated=True)
+    pending, failed = Rec("p", P.PENDING), Rec("f", P.FAILED)
+    starting, unready = Rec("s", P.STARTING), Rec("u", P.RUNNING, ready=False)
+    ready, done = Rec("r", P.RUNNING, ready=True), Rec("d", P.COMPLETED)
+    tiers = [
+        scale_down_tier(desired, r) for r in (pending, failed, starting, unready, ready, done)
+    ]
+    assert tiers == [0, 0, 1, 1, 2, 2]
+    # Oldest first in the records; the unready newcomer goes before the ready veteran.
+    assert scale_down_victims(desired, [ready, unready], 1) == ("u",)
 
 
 @settings(max_examples=200, deadline=None)
