@@ -14,7 +14,7 @@ from temporalio.converter import PayloadCodec
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.codec import NoTransitCodec, data_converter
-from cloudless.naming import SEARCH_ATTRIBUTES
+from cloudless.contracts.names import SEARCH_ATTRIBUTES
 
 
 async def connect(

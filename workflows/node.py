@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
     from cloudless.contracts import node as node_contract
+    from cloudless.contracts.names import SA_NODE, SA_PHASE
     from cloudless.model import (
         EnrollSignal,
         LivenessSignal,
@@ -38,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         ReconcileNodeInput,
         UpsertNodeInput,
     )
-    from cloudless.naming import SA_NODE, SA_PHASE
     from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
     from policies.membership import FLAP_WINDOW, accepts, flap_hold, recent
 

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from cloudless.contracts import workload as workload_contract
+    from cloudless.contracts.names import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.errors import CloudlessError
     from cloudless.model import (
         Allocation,
@@ -51,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
         WorkloadWorkflowInput,
     )
-    from cloudless.naming import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.spec import Workload
     from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable

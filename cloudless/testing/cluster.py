@@ -27,8 +27,8 @@ from agent.main import serve
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
+from cloudless.contracts.names import SEARCH_ATTRIBUTES
 from cloudless.model import NodeState, ReplicaPhase
-from cloudless.naming import SEARCH_ATTRIBUTES
 from cloudless.pki import CertificateAuthority
 from cloudless.quantity import parse_bytes, parse_cpu
 from cloudless.testing.transit import transit_server

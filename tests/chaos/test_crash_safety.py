@@ -31,8 +31,8 @@ from cloudless.cli.devstack import (
 )
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for
+from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import NodeState
-from cloudless.naming import workload_workflow_id
 from cloudless.temporal import connect
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel

@@ -37,7 +37,7 @@ from cloudless.cli.devstack import (
     wait_until,
 )
 from cloudless.codec import codec_for
-from cloudless.naming import rotation_workflow_id
+from cloudless.contracts.rotation import workflow_id as rotation_workflow_id
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.temporal import connect
 from cloudless.transit.client import embedded_transit_settings

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
+from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase
-from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.visibility import visible_workflow_ids

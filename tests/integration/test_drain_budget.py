@@ -26,8 +26,8 @@ from typer.testing import CliRunner, Result
 from agent.runtime.exec import ExecDriver
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
+from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadStatus
-from cloudless.naming import workload_workflow_id
 from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from tests.conftest import unique

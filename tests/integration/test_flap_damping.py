@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from cloudless.client import CloudlessClient
+from cloudless.contracts.node import workflow_id as node_workflow_id
 from cloudless.model import NodeState, NodeStatus
-from cloudless.naming import node_workflow_id
 from cloudless.testing.cluster import LocalCluster
 from cloudless.vocabulary import AdminAction
 from workflows.node import NodeWorkflow

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from agent.runtime.base import LABEL_MANAGED, LABEL_NODE, LABEL_REPLICA, LABEL_WORKLOAD
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
+from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.errors import NotFoundError
 from cloudless.model import Allocation, CommitPlanInput, ReplicaPhase, Resources, WorkloadPhase
-from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.visibility import visible_workflow_ids

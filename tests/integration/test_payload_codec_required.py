@@ -21,8 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from cloudless.cli.devstack import port_open, wait_until
 from cloudless.codec import ENCODING, ENV_INSECURE_PLAINTEXT, META_ENCODING
+from cloudless.contracts.ledger import workflow_id as cluster_workflow_id
 from cloudless.errors import ConfigError
-from cloudless.naming import cluster_workflow_id
 from cloudless.testing.cluster import free_port
 from workers.coordinator import Coordinator
 

@@ -20,8 +20,8 @@ from agent.runtime.docker import container_name
 from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import REPLICA_READINESS
+from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
-from cloudless.naming import workload_workflow_id
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
 from tests.conftest import removing_containers, unique

@@ -31,7 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from cloudless import tls
 from cloudless.api import secrets_pb2, secrets_pb2_grpc
-from cloudless.naming import secret_workflow_id
+from cloudless.contracts.secret import workflow_id as secret_workflow_id
 from cloudless.pki import CertificateAuthority, Identity
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient

@@ -11,7 +11,6 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cloudless import naming
 from cloudless.contracts import (
     WORKFLOW_TYPES,
     LedgerHandle,
@@ -165,9 +164,6 @@ def test_id_schemes_and_queues_are_the_documented_ones() -> None:
     assert rotation.workflow_id("c") == rotation.schedule_id("c") == "key-rotation/c"
     assert ledger.WORKFLOW.task_queue("c") == "cloudless-c-ledger"
     assert workload.WORKFLOW.task_queue("c") == names.task_queue("c") == "cloudless-c"
-    # The flat names stay importable from cloudless.naming.
-    assert naming.workload_workflow_id("ns", "w") == workload.workflow_id("ns", "w")
-    assert naming.SEARCH_ATTRIBUTES == names.SEARCH_ATTRIBUTES
 
 
 def test_visibility_queries() -> None:
