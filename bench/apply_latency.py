@@ -53,8 +53,14 @@ async def bench_apply(c: CloudlessClient, runtime: str, replicas: int, runs: int
         name = f"b{replicas}-{runtime[:2]}-{uuid.uuid4().hex[:6]}"
         t0 = time.perf_counter()
         outcome = await c.apply(workload(name, replicas, runtime), wait=True, timeout=300)
-        elapsed = time.perf_counter() - t0
         status = outcome.status
+        deadline = time.monotonic() + 60
+        # Settled means every replica Running and ready: apply's wait covers the reconcile
+        # pass, and an agent's readiness report may still be on its way (issue 10 item 12).
+        while status is not None and status.ready < replicas and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            status = await c.workload_status("default", name)
+        elapsed = time.perf_counter() - t0
         assert status is not None and status.ready == replicas, status
         if i:
             samples.append(elapsed)
