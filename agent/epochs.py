@@ -75,7 +75,8 @@ class EpochStore:
     def accept(self, replica_id: str, epoch: int) -> Refusal | None:
         """Record ``epoch`` for a RunReplica; a :class:`Refusal` instead if it is stale.
 
-        Epoch 0 comes from a control plane that predates epochs: accepted, never recorded.
+        Epoch 0 means none was given (a direct RPC, not a placement): accepted, never
+        recorded.
         The same epoch again is accepted (retries must stay idempotent) unless it was
         stopped.
         """

@@ -50,9 +50,8 @@ def accepts(
 
     A node's stream lives on one gateway at a time, and each gateway signals from its own
     queue, so signals about an old stream can arrive after those about a newer one. The
-    agent stamps every stream with an epoch that only grows; 0 means unknown (an agent
-    that predates epochs, or a gateway that adopted the node after a restart and has not
-    seen a stream of it yet).
+    agent stamps every stream with an epoch that only grows; 0 means unknown (a gateway
+    that adopted the node after a restart and has not seen a stream of it yet).
 
     - Both epochs known: the newer stream wins. A signal about an older stream is stale;
       one about the current or a newer stream is accepted from whichever gateway holds it.
