@@ -366,6 +366,43 @@ async def node_continue_as_new(client: Client, queue: str, fake: StandIns) -> li
     return [handle.id]
 
 
+async def node_ready_paths(client: Client, queue: str, fake: StandIns) -> list[str]:
+    """Every way back to Ready: from a (graceful) Suspect; from Offline through a Suspect
+    (a stream that closes after the node was written off); from Offline while the agent
+    cannot be dialled (the reconcile fails); from a re-enrollment whose probe fails."""
+    node_id = f"paths-{suffix()}"
+    handle = await start_node(client, queue, node_id)
+
+    graceful = liveness(NodeHealth.SUSPECT, "agent closed its stream (restarting)")
+    await nd.LIVENESS.send(handle, graceful.model_copy(update={"graceful": True}))
+    await node_state(handle, NodeState.SUSPECT)
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+    await node_state(handle, NodeState.READY)
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE, "no heartbeat for 10.0s"))
+    await node_state(handle, NodeState.OFFLINE)
+    await nd.LIVENESS.send(handle, graceful.model_copy(update={"graceful": True}))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+    await node_state(handle, NodeState.READY)
+    await quiesce(handle)
+
+    fake.unreachable.add(node_id)
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE, "did not reconnect within 1s"))
+    await node_state(handle, NodeState.OFFLINE)
+    published = len(fake.named("publish_node"))
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+    # The reconcile fails: Offline again ("could not reconcile replicas"), published.
+    await eventually(lambda: len(fake.named("publish_node")) > published)
+    await nd.ENROLL.send(handle, EnrollSignal(record=record_of(node_id)))
+    await node_state(handle, NodeState.JOINING)
+    await node_state(handle, NodeState.OFFLINE)  # the probe failed
+    fake.unreachable.clear()
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+    await node_state(handle, NodeState.READY)
+    await quiesce(handle)
+    await handle.terminate("recorded")
+    return [handle.id]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "workload-apply-scale-delete": apply_scale_delete,
     "workload-rollout-full-cluster": rollout_on_a_full_cluster,
@@ -374,6 +411,7 @@ SCENARIOS: dict[str, Scenario] = {
     "node-lifecycle": node_lifecycle,
     "node-flap-hold": node_flap_hold,
     "node-continue-as-new": node_continue_as_new,
+    "node-ready-paths": node_ready_paths,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from cloudless.model import (
@@ -57,6 +58,9 @@ class StandIns:
     start_phase: ReplicaPhase = ReplicaPhase.RUNNING
     #: ``wait_node_empty`` returns once this is set (set from the start).
     node_empty: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Nodes whose agent cannot be dialled: ``probe_agent`` and ``reconcile_node`` fail
+    #: at once (non-retryable, so a test need not wait out the 2-minute deadline).
+    unreachable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.node_empty.set()
@@ -123,12 +127,22 @@ class StandIns:
     @activity.defn(name="probe_agent")
     async def probe_agent(self, record: NodeRecord) -> list[str]:
         self.calls.append(("probe_agent", record))
+        self._dial(record.node_id)
         return ["exec"]
 
     @activity.defn(name="reconcile_node")
     async def reconcile_node(self, inp: ReconcileNodeInput) -> ReconcileNodeResult:
         self.calls.append(("reconcile_node", inp))
+        self._dial(inp.node_id)
         return ReconcileNodeResult(kept=len(self.on(inp.node_id)))
+
+    def _dial(self, node_id: str) -> None:
+        if node_id in self.unreachable:
+            raise ApplicationError(
+                f"agent {node_id}: unreachable (stand-in)",
+                type="AgentUnavailable",
+                non_retryable=True,
+            )
 
     @activity.defn(name="notify_workloads")
     async def notify_workloads(self, inp: NotifyWorkloadsInput) -> list[str]:
