@@ -1,13 +1,15 @@
 """Pure membership decisions ``node/<id>`` applies to liveness signals.
 
 Kept out of the workflow so they are unit-tested without Temporal, and deterministic by
-construction (the clock is passed in): which signals a node accepts when its stream moves
+construction (the clock is passed in): how a node's health moves and what each move costs
+(reconcile first, notify after), which signals a node accepts when its stream moves
 between gateways, and how long a flapping node is held back before it is Ready again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cloudless.vocabulary import NodeHealth
@@ -63,3 +65,49 @@ def accepts(
     if sig_health == NodeHealth.READY:
         return True
     return not owner or sig_gateway == owner
+
+
+@dataclass(frozen=True)
+class HealthStep:
+    """How ``node/<id>`` moves to a new health: reconcile, then record, then notify."""
+
+    health: NodeHealth
+    #: Before recording ``health``: make the agent run exactly what the control plane
+    #: places on the node (``reconcile_node`` stops everything else). If that fails, the
+    #: node is not Ready: it is Offline (``next_health(current, OFFLINE)``).
+    reconcile: bool = False
+    #: After recording ``health``: tell every workload with replicas on the node, which
+    #: replaces them elsewhere (their copies here may keep running until a reconcile).
+    notify: bool = False
+
+
+def next_health(current: NodeHealth, observed: NodeHealth) -> HealthStep | None:
+    """The step from ``current`` when ``observed`` is reported, or None (nothing changes).
+
+    ``observed`` is what a gateway's liveness table saw (a signal), or what the workflow
+    found out itself: the enrollment probe reached the agent (Ready) or did not (Offline),
+    a reconcile failed (Offline).
+
+    - **Every edge into Ready reconciles first**, wherever the node comes from. Joining: a
+      device may run replicas from a previous life. Offline: its replicas were replaced
+      elsewhere. Suspect: while it was away, workloads may have been deleted, scaled down or
+      updated, and a stop that could not reach the agent was given up (the replica was
+      released in the ledger but may still run); an agent that restarted may have come
+      back with anything. Only a reconcile makes "Ready" mean "runs exactly what the
+      ledger assigns it", so no transition skips it.
+    - **Entering Offline notifies**: the node's replicas are written off and replaced.
+    - **Offline is left only for Ready.** A Suspect reported for an Offline node (its old
+      stream closing after it was written off, a late signal) changes nothing: the node's
+      replicas were replaced, which "Suspect" (left alone, coming back) would hide.
+    - **Joining is left only by the enrollment probe** (Ready or Offline); a liveness
+      Suspect meanwhile changes nothing.
+    """
+    if observed == current:
+        return None
+    if observed == NodeHealth.READY:
+        return HealthStep(NodeHealth.READY, reconcile=True)
+    if observed == NodeHealth.OFFLINE:
+        return HealthStep(NodeHealth.OFFLINE, notify=True)
+    if observed == NodeHealth.SUSPECT and current == NodeHealth.READY:
+        return HealthStep(NodeHealth.SUSPECT)
+    return None  # Suspect while Offline or Joining; Joining is entered by enrollment only
