@@ -40,7 +40,14 @@ with workflow.unsafe.imports_passed_through():
         UpsertNodeInput,
     )
     from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
-    from policies.membership import FLAP_WINDOW, accepts, flap_hold, recent
+    from policies.membership import (
+        FLAP_WINDOW,
+        HealthStep,
+        accepts,
+        flap_hold,
+        next_health,
+        recent,
+    )
 
 #: Transitions kept for ``describe node``; older ones live in earlier runs' history.
 MAX_TRANSITIONS = 50
@@ -57,6 +64,19 @@ _FAST = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
 )
 _ADMIN_ACTIONS = tuple(AdminAction)
+#: Patch (issue #10): health moves by ``policies.membership.next_health``. Every way into
+#: Ready reconciles (Suspect did not), an Offline node ignores Suspect, and every way into
+#: Offline tells the workloads (a failed reconcile or re-enrollment probe did not).
+EVERY_READY_RECONCILES = "every-ready-reconciles"
+
+
+def _legacy_step(current: NodeHealth, observed: NodeHealth) -> HealthStep | None:
+    """How a liveness signal moved the node before ``EVERY_READY_RECONCILES``."""
+    if observed == current:
+        return None
+    if observed == NodeHealth.READY:
+        return HealthStep(NodeHealth.READY, reconcile=current == NodeHealth.OFFLINE)
+    return HealthStep(observed, notify=observed == NodeHealth.OFFLINE)
 
 
 @dataclass
@@ -146,8 +166,7 @@ class NodeWorkflow:
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._set(health=NodeHealth.OFFLINE, reason=f"agent unreachable: {reason}")
-            await self._publish()
+            await self._unreachable(f"agent unreachable: {reason}")
             return
         self._set(record=record.model_copy(update={"runtimes": runtimes}))
         if not await self._reconcile_replicas(fresh=fresh):
@@ -184,10 +203,15 @@ class NodeWorkflow:
             if sig.health == NodeHealth.READY:
                 self._own(sig)
             return
-        if sig.health == NodeHealth.READY:
+        step = self._step(status.health, sig.health)
+        if step is None:
+            return  # e.g. a Suspect for a node already written off: it stays Offline
+        if step.health == NodeHealth.READY:
             if await self._damped():
                 return
-            if status.health == NodeHealth.OFFLINE and not await self._reconcile_replicas():
+            # Whatever it comes back from, the node may run replicas that were moved,
+            # removed or replaced meanwhile: they are stopped before it is Ready.
+            if step.reconcile and not await self._reconcile_replicas():
                 return
             self._own(sig)
             status.planned_since = None  # a planned restart came back: neither churn nor downtime
@@ -195,20 +219,53 @@ class NodeWorkflow:
             await self._publish()
             return
         was_healthy = status.health == NodeHealth.READY
-        planned = was_healthy and sig.graceful and sig.health == NodeHealth.SUSPECT
-        if sig.health == NodeHealth.OFFLINE and status.planned_since is not None:
-            # The restart took longer than the TTL: an outage after all, from when it left.
-            status.down_since = status.planned_since
-            status.churn = [*status.churn, status.planned_since][-MAX_CHURN_KEPT:]
-            status.planned_since = None
-        self._set(health=sig.health, reason=sig.reason)
+        planned = was_healthy and sig.graceful and step.health == NodeHealth.SUSPECT
+        if step.health == NodeHealth.OFFLINE:
+            self._planned_restart_failed()
+        self._set(health=step.health, reason=sig.reason)
         if planned:
             status.planned_since, status.down_since = status.down_since, None
         elif was_healthy:  # one episode per departure from Ready (Suspect then Offline is one)
             status.churn = [*status.churn, workflow.now()][-MAX_CHURN_KEPT:]
         await self._publish()
-        if sig.health == NodeHealth.OFFLINE:
+        if step.notify:
             await self._notify_workloads(f"node {status.record.node_id} offline: {sig.reason}")
+
+    def _step(self, current: NodeHealth, observed: NodeHealth) -> HealthStep | None:
+        """``next_health``, or the old rule while replaying a history from before it."""
+        step = next_health(current, observed)
+        legacy = _legacy_step(current, observed)
+        if step != legacy and not workflow.patched(EVERY_READY_RECONCILES):
+            return legacy
+        return step
+
+    def _planned_restart_failed(self) -> None:
+        """Going Offline during a planned restart: it was an outage after all, from when
+        the agent left (one churn episode, downtime counted from then)."""
+        status = self._status
+        assert status is not None
+        if status.planned_since is not None:
+            status.down_since = status.planned_since
+            status.churn = [*status.churn, status.planned_since][-MAX_CHURN_KEPT:]
+            status.planned_since = None
+
+    async def _unreachable(self, reason: str) -> None:
+        """The agent could not be dialled (probe or reconcile): the node is Offline, and
+        if it was not already, its workloads replace what it runs.
+
+        A node whose stale replicas may still run must never be Ready, or a replica could
+        run twice; one that cannot be commanded cannot keep its replicas either.
+        """
+        status = self._status
+        assert status is not None
+        step = next_health(status.health, NodeHealth.OFFLINE)
+        notify = step is not None and step.notify and workflow.patched(EVERY_READY_RECONCILES)
+        if notify:
+            self._planned_restart_failed()
+        self._set(health=NodeHealth.OFFLINE, reason=reason)
+        await self._publish()
+        if notify:
+            await self._notify_workloads(f"node {status.record.node_id} offline: {reason}")
 
     async def _on_facts(self, fresh: NodeRecord) -> None:
         """A reconnecting agent reports what it offers now (address, capacity, labels)."""
@@ -311,8 +368,7 @@ class NodeWorkflow:
     async def _reconcile_replicas(self, fresh: bool = False) -> bool:
         """Stop what the node runs but should not, before it is Ready again.
 
-        False (and the node is left Offline) if that cannot be done: a node whose stale
-        replicas may still run must never be Ready, or a replica could run twice.
+        False (and the node is Offline) if that cannot be done: see ``_unreachable``.
         """
         assert self._status is not None
         record = self._status.record
@@ -335,8 +391,7 @@ class NodeWorkflow:
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._set(health=NodeHealth.OFFLINE, reason=f"could not reconcile replicas: {reason}")
-            await self._publish()
+            await self._unreachable(f"could not reconcile replicas: {reason}")
             return False
         return True
 

@@ -201,3 +201,92 @@ async def test_state_survives_continue_as_new(temporal_env: WorkflowEnvironment)
         states = [t.state for t in status.transitions]
         assert states == [NodeState.JOINING, NodeState.READY, NodeState.SUSPECT, NodeState.READY]
         await latest.terminate()
+
+
+async def test_every_way_back_to_ready_reconciles_first(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """Issue #10: a node that comes back from Suspect (a graceful restart, a blip) or from
+    Offline through a Suspect (its old stream closed after it was written off) may run
+    replicas the control plane has moved meanwhile; it is reconciled before it is Ready."""
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        fake.calls.clear()
+
+        restarting = liveness(NodeHealth.SUSPECT, "agent closed its stream (restarting)")
+        await nd.LIVENESS.send(handle, restarting.model_copy(update={"graceful": True}))
+        await state_is(client, handle.id, NodeState.SUSPECT)
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+        await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: published(fake) == [NodeState.SUSPECT, NodeState.READY])
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "reconcile_node",
+            "publish_node",
+        ]
+        fake.calls.clear()
+
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE, "no heartbeat for 10.0s"))
+        await state_is(client, handle.id, NodeState.OFFLINE)
+        await nd.LIVENESS.send(handle, restarting.model_copy(update={"graceful": True}))
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+        status = await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: published(fake) == [NodeState.OFFLINE, NodeState.READY])
+        # Written off stays written off: the Suspect changes nothing, the Ready reconciles.
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "notify_workloads",
+            "reconcile_node",
+            "publish_node",
+        ]
+        assert [t.state for t in status.transitions][-2:] == [NodeState.OFFLINE, NodeState.READY]
+        await handle.terminate()
+
+
+async def test_a_node_that_cannot_be_reconciled_is_offline_and_its_replicas_replaced(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A Ready signal proves the agent can reach us, not that we can reach it: if the
+    reconcile (or a re-enrollment's probe) fails, the node is Offline, and its workloads
+    are told, whichever state it came from."""
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        fake.calls.clear()
+        fake.unreachable.add(node_id)
+
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "heartbeat stream broke"))
+        await state_is(client, handle.id, NodeState.SUSPECT)
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+        status = await state_is(client, handle.id, NodeState.OFFLINE)
+        assert status.transitions[-1].reason.startswith("could not reconcile replicas: agent")
+        await eventually(lambda: fake.named("notify_workloads"))
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "reconcile_node",
+            "publish_node",
+            "notify_workloads",
+        ]
+        fake.calls.clear()
+
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+        await eventually(lambda: fake.named("reconcile_node"))
+        await nd.ENROLL.send(handle, EnrollSignal(record=record(node_id)))
+        await state_is(client, handle.id, NodeState.JOINING)
+        status = await state_is(client, handle.id, NodeState.OFFLINE)
+        assert status.transitions[-1].reason.startswith("agent unreachable")
+        await eventually(lambda: len(fake.named("notify_workloads")) == 1)
+        # Already Offline: a failed reconcile notifies nobody again; the failed probe of a
+        # re-enrollment does (the node was Joining, its replicas still placed there).
+        assert [name for name, _ in fake.calls] == [
+            "reconcile_node",
+            "publish_node",
+            "publish_node",  # Joining
+            "probe_agent",
+            "publish_node",
+            "notify_workloads",
+        ]
+        await handle.terminate()
