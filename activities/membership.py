@@ -19,10 +19,10 @@ from cloudless.model import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
-    ReplicaPhase,
     ReplicasLost,
     WorkloadPhase,
 )
+from policies.membership import PlacedHere, placed_here
 
 
 class MembershipActivities:
@@ -63,9 +63,9 @@ class MembershipActivities:
             activity.heartbeat(left)
             await asyncio.sleep(0.5)
 
-    async def _assigned(self, key: str, node_id: str) -> tuple[dict[str, int], set[str]] | None:
-        """Replica ids the workload places on the node (with their placement epochs), and
-        those of them it believes Running; None if the workload is gone."""
+    async def _assigned(self, key: str, node_id: str) -> PlacedHere | None:
+        """What the workload places on the node (``policies.membership.placed_here``);
+        None if the workload is gone."""
         try:
             status = await WorkloadHandle.of(self._client, key).status()
         except RPCError as err:
@@ -74,11 +74,7 @@ class MembershipActivities:
             raise
         if status.phase in (WorkloadPhase.DELETED,):
             return None
-        here = [r for r in status.replicas if r.node_id == node_id]
-        return (
-            {r.replica_id: r.epoch for r in here},
-            {r.replica_id for r in here if r.phase == ReplicaPhase.RUNNING},
-        )
+        return placed_here(status.replicas, node_id)
 
     @activity.defn(name="reconcile_node")
     async def reconcile_node(self, inp: ReconcileNodeInput) -> ReconcileNodeResult:
@@ -94,11 +90,11 @@ class MembershipActivities:
         epochs = {r.replica_id: r.epoch for r in listed.replicas}
         for r in listed.replicas:
             running[workload.key(r.namespace, r.workload)].add(r.replica_id)
-        placed_here = [] if inp.fresh else await self._ledger.node_workloads(inp.node_id)
+        in_ledger = [] if inp.fresh else await self._ledger.node_workloads(inp.node_id)
         result = ReconcileNodeResult(kept=0)
-        for key in sorted(set(running) | set(placed_here)):
-            found = await self._assigned(key, inp.node_id)
-            placed, believed_running = found if found else ({}, set())
+        for key in sorted(set(running) | set(in_ledger)):
+            found = await self._assigned(key, inp.node_id) or PlacedHere({}, frozenset())
+            placed, believed_running = found.epochs, found.running
             assigned = set(placed)
             have = running.get(key, set())
             # A run older than the placement the control plane recorded (the replica was

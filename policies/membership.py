@@ -8,11 +8,12 @@ between gateways, and how long a flapping node is held back before it is Ready a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from cloudless.vocabulary import NodeHealth
+from cloudless.vocabulary import NodeHealth, ReplicaPhase
 
 #: Flap damping: this many unplanned departures within the window hold the node back.
 FLAP_WINDOW = timedelta(minutes=10)
@@ -111,3 +112,46 @@ def next_health(current: NodeHealth, observed: NodeHealth) -> HealthStep | None:
     if observed == NodeHealth.SUSPECT and current == NodeHealth.READY:
         return HealthStep(NodeHealth.SUSPECT)
     return None  # Suspect while Offline or Joining; Joining is entered by enrollment only
+
+
+class PlacedReplica(Protocol):
+    """What a node's reconcile reads of a workload's replica record."""
+
+    @property
+    def replica_id(self) -> str: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def phase(self) -> ReplicaPhase: ...
+    @property
+    def epoch(self) -> int: ...  # placement epoch (0: unknown)
+    @property
+    def lost(self) -> bool: ...  # its node was written off: released, being replaced
+    @property
+    def preempted(self) -> bool: ...  # its room was given to another replica: to be stopped
+
+
+@dataclass(frozen=True)
+class PlacedHere:
+    """What one workload places on a node, as its reconcile must enforce it."""
+
+    #: Replica id -> placement epoch: may run there (a run of an older epoch may not).
+    epochs: dict[str, int]
+    #: Those the workload believes Running: if the agent lacks one, it is replaced.
+    running: frozenset[str]
+
+
+def placed_here(replicas: Iterable[PlacedReplica], node_id: str) -> PlacedHere:
+    """The replicas a workload places on ``node_id``, from its records.
+
+    A record that names the node is not enough: a *lost* replica (the node was written
+    off; the workload releases it without a stop and places a replacement) and a
+    *preempted* one (the ledger gave its room away) stay in the records until the
+    workload's next pass removes them. A node reconciled in that window would otherwise
+    keep them running for good, next to their replacements and outside the ledger.
+    """
+    here = [r for r in replicas if r.node_id == node_id and not (r.lost or r.preempted)]
+    return PlacedHere(
+        epochs={r.replica_id: r.epoch for r in here},
+        running=frozenset(r.replica_id for r in here if r.phase == ReplicaPhase.RUNNING),
+    )

@@ -1,4 +1,5 @@
-"""Pure membership decisions of ``node/<id>``: flap damping and stream ownership."""
+"""Pure membership decisions of ``node/<id>``: flap damping, stream ownership and what a
+workload places on a node (the health steps are in ``test_node_health.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from agent.enroll import load_agent_gateways, split_addresses
-from cloudless.vocabulary import NodeHealth
+from cloudless.model import ReplicaRecord
+from cloudless.vocabulary import NodeHealth, ReplicaPhase
 from policies.liveness import Health, LivenessTable
-from policies.membership import DAMP_MAX, FLAP_WINDOW, accepts, flap_hold
+from policies.membership import DAMP_MAX, FLAP_WINDOW, PlacedHere, accepts, flap_hold, placed_here
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -95,3 +97,30 @@ def test_gateway_lists_from_flags_and_node_json(tmp_path: Path) -> None:
     node.write_text(json.dumps({"agent_gateway": "a:7444", "agent_gateways": ["a:7444", "b:7444"]}))
     assert load_agent_gateways(tmp_path) == ["a:7444", "b:7444"]
     assert load_agent_gateways(tmp_path / "missing") == []
+
+
+def replica(rid: str, node: str, **fields: object) -> ReplicaRecord:
+    return ReplicaRecord(
+        replica_id=rid,
+        generation=1,
+        spec_hash="h",
+        node_id=node,
+        **fields,
+    )
+
+
+def test_placed_here_is_what_the_workload_still_wants_on_the_node() -> None:
+    """A lost or preempted record still names the node until the workload's next pass
+    removes it; a node reconciled meanwhile must stop it, not keep it (issue #10)."""
+    records = [
+        replica("a", "n1", phase=ReplicaPhase.RUNNING, epoch=3),
+        replica("b", "n1", phase=ReplicaPhase.STARTING, epoch=4),
+        replica("c", "n1", phase=ReplicaPhase.FAILED, lost=True, epoch=1),
+        replica("d", "n1", phase=ReplicaPhase.FAILED, preempted=True, epoch=2),
+        replica("e", "n2", phase=ReplicaPhase.RUNNING, epoch=5),
+        replica("f", "n1", phase=ReplicaPhase.RUNNING, evicting=True, epoch=6),
+    ]
+    here = placed_here(records, "n1")
+    assert here.epochs == {"a": 3, "b": 4, "f": 6}  # a drain's victim stays until replaced
+    assert here.running == {"a", "f"}  # "b" may simply not have started yet
+    assert placed_here(records, "n3") == PlacedHere({}, frozenset())
