@@ -243,6 +243,19 @@ async def completion(client: Client, queue: str, fake: StandIns) -> list[str]:
     return [handle.id]
 
 
+async def stop_given_up(client: Client, queue: str, fake: StandIns) -> list[str]:
+    """Stops that cannot reach the agent are given up (the replica is released): on a
+    scale-down and on the delete."""
+    handle = await start_workload(client, queue, manifest(f"unstop-{suffix()}", 2))
+    await until(handle, lambda s: available(s) and s.ready == 2)
+    fake.unstoppable.update(fake.slots)
+    down = await wl.SCALE.execute(handle, ScaleInput(replicas=1))
+    await until(handle, lambda s: s.generation == down.generation and len(s.replicas) == 1)
+    await wl.DELETE.execute(handle)
+    await handle.result()
+    return [handle.id]
+
+
 async def quiesce(handle: WorkflowHandle[NodeWorkflow, None]) -> None:
     """Wait until the latest run has finished its workflow tasks (a run just continued as
     new has not had one yet), so that terminating it cuts nothing short."""
@@ -408,6 +421,7 @@ SCENARIOS: dict[str, Scenario] = {
     "workload-rollout-full-cluster": rollout_on_a_full_cluster,
     "workload-lost-preempted-drained": lost_preempted_drained,
     "workload-completion": completion,
+    "workload-stop-given-up": stop_given_up,
     "node-lifecycle": node_lifecycle,
     "node-flap-hold": node_flap_hold,
     "node-continue-as-new": node_continue_as_new,

@@ -61,6 +61,8 @@ class StandIns:
     #: Nodes whose agent cannot be dialled: ``probe_agent`` and ``reconcile_node`` fail
     #: at once (non-retryable, so a test need not wait out the 2-minute deadline).
     unreachable: set[str] = field(default_factory=set)
+    #: Nodes where ``stop_replica`` fails at once (non-retryable): the stop is given up.
+    unstoppable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.node_empty.set()
@@ -116,6 +118,12 @@ class StandIns:
     @activity.defn(name="stop_replica")
     async def stop_replica(self, inp: StopReplicaInput) -> StopReplicaResult:
         self.calls.append(("stop_replica", inp))
+        if inp.node_id in self.unstoppable:
+            raise ApplicationError(
+                f"agent {inp.node_id}: unreachable (stand-in)",
+                type="AgentUnavailable",
+                non_retryable=True,
+            )
         return StopReplicaResult(found=True)
 
     # ------------------------------------------------------------------ node/
