@@ -1,5 +1,5 @@
-"""Activities for membership changes: tell workloads a node is lost, and reconcile a
-returning node's replicas against what the control plane wants there."""
+"""Activities for membership changes: tell workloads a node is lost, reconcile a node's
+replicas against what the control plane wants there, and ask a node to do so."""
 
 from __future__ import annotations
 
@@ -14,11 +14,20 @@ from temporalio.service import RPCError
 from activities.agent_client import AgentClientPool
 from activities.agents import translate_rpc_error
 from cloudless.api import agent_pb2
-from cloudless.contracts import LedgerHandle, WorkloadHandle, gone, signal_unless_gone, workload
+from cloudless.contracts import (
+    LedgerHandle,
+    NodeHandle,
+    WorkloadHandle,
+    gone,
+    signal_unless_gone,
+    workload,
+)
+from cloudless.contracts import node as node_contract
 from cloudless.model import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
+    ReconcileRequest,
     ReplicasLost,
     WorkloadPhase,
 )
@@ -48,6 +57,13 @@ class MembershipActivities:
                 told.append(key)
             activity.heartbeat(key)
         return told
+
+    @activity.defn(name="request_reconcile")
+    async def request_reconcile(self, req: ReconcileRequest) -> bool:
+        """Ask ``node/<id>`` to reconcile (a workload gave up stopping replicas there);
+        False if the node is gone."""
+        handle = NodeHandle(self._client, req.node_id).handle
+        return await signal_unless_gone(handle, node_contract.RECONCILE, req)
 
     @activity.defn(name="wait_node_empty")
     async def wait_node_empty(self, node_id: str) -> None:

@@ -65,6 +65,7 @@ class NodeEventKind(enum.StrEnum):
     LIVENESS = "liveness"
     ADMIN = "admin"
     FACTS = "facts"
+    RECONCILE = "reconcile"
 
 
 # --------------------------------------------------------------------------- replicas

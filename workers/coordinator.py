@@ -267,6 +267,7 @@ class Coordinator:
                 certs.sign_node_certificate,
                 membership.notify_workloads,
                 membership.reconcile_node,
+                membership.request_reconcile,
                 membership.wait_node_empty,
                 *(secrets.activities() if secrets else ()),
             ],

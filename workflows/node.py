@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         NodeWorkflowInput,
         NotifyWorkloadsInput,
         ReconcileNodeInput,
+        ReconcileRequest,
         UpsertNodeInput,
     )
     from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
@@ -85,6 +86,7 @@ class _Event:
     record: NodeRecord | None = None
     liveness: LivenessSignal | None = None
     admin: NodeAdminInput | None = None
+    reconcile: ReconcileRequest | None = None
     seq: int = 0
 
 
@@ -122,6 +124,8 @@ class NodeWorkflow:
                     await self._on_admin(event.admin)
                 elif event.kind == NodeEventKind.FACTS and event.record is not None:
                     await self._on_facts(event.record)
+                elif event.kind == NodeEventKind.RECONCILE and event.reconcile is not None:
+                    await self._on_reconcile(event.reconcile)
                 self._done = max(self._done, event.seq)
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -286,6 +290,17 @@ class NodeWorkflow:
             ),
         ][-MAX_TRANSITIONS:]
         await self._publish()
+
+    async def _on_reconcile(self, req: ReconcileRequest) -> None:
+        """A workload gave up stopping replicas here: the node may run them, released,
+        while it stays Ready (a one-way partition; an agent restart whose break no gateway
+        reported). Reconcile now; if the agent cannot be reached, the node is Offline.
+        A node that is not Ready reconciles on its way back anyway."""
+        status = self._status
+        if status is None or status.health != NodeHealth.READY:
+            return
+        workflow.logger.info("reconciling %s: %s", status.record.node_id, req.reason)
+        await self._reconcile_replicas()
 
     async def _on_admin(self, cmd: NodeAdminInput) -> None:
         status = self._status
@@ -503,6 +518,12 @@ class NodeWorkflow:
     @workflow.signal(name=node_contract.LIVENESS.name)
     def liveness(self, sig: LivenessSignal) -> None:
         self._enqueue(_Event(NodeEventKind.LIVENESS, liveness=sig))
+
+    @workflow.signal(name=node_contract.RECONCILE.name)
+    def reconcile(self, req: ReconcileRequest) -> None:
+        # One queued reconcile serves every request that arrives before it runs.
+        if not any(e.kind == NodeEventKind.RECONCILE for e in self._events):
+            self._enqueue(_Event(NodeEventKind.RECONCILE, reconcile=req))
 
     @workflow.update(name=node_contract.ADMIN.name)
     async def admin(self, cmd: NodeAdminInput) -> NodeStatus:

@@ -26,6 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
+    from activities.membership import MembershipActivities
     from cloudless.contracts import workload as workload_contract
     from cloudless.contracts.names import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.errors import CloudlessError
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         CapacityAvailable,
         CommitPlanInput,
         PlacementRequest,
+        ReconcileRequest,
         ReplicaExited,
         ReplicaPhase,
         ReplicaReadiness,
@@ -80,6 +82,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 MAX_HISTORY_EVENTS = 8_000
+#: Patch (issue #10): a stop given up on an unreachable agent asks its node to reconcile,
+#: so the released replica is stopped even if the node never leaves Ready.
+GIVEN_UP_STOPS_RECONCILE = "given-up-stops-reconcile"
+#: Replica ids a reconcile request names (for the node's log; the reconcile finds them all).
+MAX_IDS_REPORTED = 20
 MAX_PREEMPTIONS_KEPT = 64
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -324,7 +331,9 @@ class WorkloadWorkflow:
         those are is read only after the stops, since a preemption may arrive meanwhile.
         """
         placed = [r for r in victims if r.node_id]
-        await asyncio.gather(*(self._stop(r) for r in placed if not r.lost))
+        stopping = [r for r in placed if not r.lost]
+        reached = await asyncio.gather(*(self._stop(r) for r in stopping))
+        await self._given_up([r for r, ok in zip(stopping, reached, strict=True) if not ok])
         placed = [r for r in placed if not r.preempted and not r.released]
         if placed:
             await self._commit_releases(placed)
@@ -356,7 +365,8 @@ class WorkloadWorkflow:
             retry_policy=_LEDGER_RETRY,
         )
 
-    async def _stop(self, r: ReplicaRecord) -> None:
+    async def _stop(self, r: ReplicaRecord) -> bool:
+        """Stop the replica on its agent; False if that was given up (it may still run)."""
         try:
             await workflow.execute_activity_method(
                 AgentActivities.stop_replica,
@@ -367,10 +377,35 @@ class WorkloadWorkflow:
                 retry_policy=_AGENT_RETRY,
             )
         except ActivityError as err:
-            # An unreachable agent must not wedge a delete; the agent reconciles stale
-            # replicas against the control plane when it comes back.
+            # An unreachable agent must not wedge a delete; its node reconciles instead
+            # (``_given_up``): at once if it is Ready, else on its way back to Ready.
             workflow.logger.warning("could not stop %s on %s: %s", r.replica_id, r.node_id, err)
+            r.phase = ReplicaPhase.STOPPED
+            return False
         r.phase = ReplicaPhase.STOPPED
+        return True
+
+    async def _given_up(self, unstopped: list[ReplicaRecord]) -> None:
+        """Ask each node whose stops were given up to reconcile: it stops them now if it is
+        Ready (a one-way partition, an agent restart the gateways never reported), or on
+        its way back to Ready. Without it they would run on, released, outside the ledger.
+        """
+        by_node: dict[str, list[str]] = {}
+        for r in unstopped:
+            by_node.setdefault(r.node_id, []).append(r.replica_id)
+        if not by_node or not workflow.patched(GIVEN_UP_STOPS_RECONCILE):
+            return
+        for node_id, ids in sorted(by_node.items()):
+            await workflow.execute_activity_method(
+                MembershipActivities.request_reconcile,
+                ReconcileRequest(
+                    node_id=node_id,
+                    reason=f"{self._view.key} gave up stopping {len(ids)} replica(s) there",
+                    replica_ids=ids[:MAX_IDS_REPORTED],
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_LEDGER_RETRY,
+            )
 
     async def _teardown(self) -> None:
         self._reconciling = True

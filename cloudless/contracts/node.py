@@ -17,6 +17,7 @@ from cloudless.model import (
     NodeRecord,
     NodeStatus,
     NodeWorkflowInput,
+    ReconcileRequest,
 )
 
 
@@ -30,6 +31,8 @@ ENROLL: Signal[EnrollSignal] = Signal("enroll", EnrollSignal)
 FACTS: Signal[EnrollSignal] = Signal("facts", EnrollSignal)
 #: A gateway's liveness table saw the node's health change.
 LIVENESS: Signal[LivenessSignal] = Signal("liveness", LivenessSignal)
+#: A workload gave up stopping replicas here: reconcile now if Ready (else on return).
+RECONCILE: Signal[ReconcileRequest] = Signal("reconcile", ReconcileRequest)
 #: Cordon, uncordon or drain; returns once applied (a drain once the node is empty).
 ADMIN: Update[NodeAdminInput, NodeStatus] = Update("admin", NodeAdminInput, NodeStatus)
 #: The record, state and recent transitions (None until enrollment started).
@@ -40,7 +43,7 @@ WORKFLOW: WorkflowType[NodeWorkflowInput, None] = WorkflowType(
     NodeWorkflowInput,
     None,
     task_queue=task_queue,
-    messages=(ENROLL, FACTS, LIVENESS, ADMIN, DESCRIBE),
+    messages=(ENROLL, FACTS, LIVENESS, RECONCILE, ADMIN, DESCRIBE),
 )
 
 

@@ -66,6 +66,7 @@ from cloudless.model.nodes import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
+    ReconcileRequest,
 )
 from cloudless.model.placement import (
     ExplainInput,
@@ -151,6 +152,7 @@ __all__ = [
     "Preemption",
     "ReconcileNodeInput",
     "ReconcileNodeResult",
+    "ReconcileRequest",
     "ReplicaExited",
     "ReplicaPhase",
     "ReplicaReadiness",

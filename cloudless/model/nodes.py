@@ -99,6 +99,15 @@ class ReconcileNodeResult(_Model):
     stale_epochs: list[str] = Field(default_factory=list)
 
 
+class ReconcileRequest(_Model):
+    """Stops of these replicas on the node were given up (the agent could not be reached):
+    the node reconciles now if it is Ready, or on its way back to Ready anyway."""
+
+    node_id: str
+    reason: str
+    replica_ids: list[str] = Field(default_factory=list)
+
+
 class NotifyWorkloadsInput(_Model):
     node_id: str
     reason: str

@@ -15,7 +15,9 @@ what actually runs (``docker ps``, the process table) with the workload and the 
   rolling update (exec);
 - (d) killed (SIGKILL) until Offline and restarted: ``test_crash_safety.py``
   (``test_kill9_coordinator_mid_rescheduling``);
-- (e) a first enrollment on a device with containers from a previous life (docker).
+- (e) a first enrollment on a device with containers from a previous life (docker);
+- (f) of the same class: a stop given up while the node stays Ready (a one-way partition
+  made with iptables), which asks the node to reconcile (exec).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -311,15 +314,15 @@ def docker_sleeper(name: str) -> Workload:
     )
 
 
-def exec_sleeper(name: str, version: str = "1") -> Workload:
-    """One ``sleep`` process (exec runtime); another ``version`` is a rolling update."""
+def exec_sleeper(name: str, version: str = "1", replicas: int = 1) -> Workload:
+    """``sleep`` processes (exec runtime); another ``version`` is a rolling update."""
     return parse_workload(
         {
             "apiVersion": "cloudless.dev/v1",
             "kind": "Workload",
             "metadata": {"name": name},
             "spec": {
-                "replicas": 1,
+                "replicas": replicas,
                 "runtime": "exec",
                 "container": {
                     "command": ["sleep"],
@@ -361,6 +364,43 @@ def reset_connection(local: int, remote: int) -> None:
     done = subprocess.run(["ss", "-K", "-t", query], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         unavailable(f"ss -K failed (kernel without SOCK_DESTROY?): {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def unreachable(listen: str) -> Iterator[None]:
+    """Reject every connection to ``listen`` (the agent's port) with a reset, while the
+    agent's own connections out (its heartbeats) keep flowing: a one-way partition."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        unavailable("a one-way partition needs root and iptables")
+    host, port = listen.rsplit(":", 1)
+    rule = ["INPUT", "-p", "tcp", "-d", host, "--dport", port]
+    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
+    done = subprocess.run(["iptables", "-I", *rule], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        unavailable(f"iptables refused the rule: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], capture_output=True, check=False)
+
+
+async def polled(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+    """Poll ``check`` until it holds: for what has no event to await (a workflow's
+    history, the process table)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def activities_scheduled(h: Harness, workflow_id: str, kind: str) -> int:
+    history = await h.client.temporal.get_workflow_handle(workflow_id).fetch_history()
+    return sum(
+        1
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == kind
+    )
 
 
 # ------------------------------------------------------------------ the paths
@@ -495,3 +535,39 @@ async def test_e_first_enrollment_with_containers_from_a_previous_life(
         assert h.containers(f"gone-{h.suffix}") == {}
         await h.client.delete("default", name, wait=True)
         assert h.containers(name) == {}
+
+
+async def test_f_a_stop_given_up_while_the_node_stays_ready(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """(f) Not a way into Ready, but the same class: the coordinator cannot reach the
+    agent while its heartbeats keep arriving (a one-way partition), so the node never
+    leaves Ready. A scale-down's stop is given up and the replica released; the workload
+    asks the node to reconcile, which retries until the agent is reachable again and
+    stops the replica there, the node Ready throughout."""
+    async with harness(temporal_env, None, ttl=10.0, grace=1.0) as h:
+        away = await h.add("away", "exec")
+        name = f"oneway-{h.suffix}"
+        await h.apply_on(exec_sleeper(name, replicas=2), away)
+        node_workflow = f"node/{away.name}"
+        reconciles = await activities_scheduled(h, node_workflow, "reconcile_node")
+
+        with unreachable(away.listen):
+            outcome = await h.client.scale("default", name, 1)
+            status = await h.client.wait("default", name, outcome.generation, 60)
+            assert len(status.replicas) == 1
+            assert len(h.processes()) == 2  # the stop was given up: it still runs
+
+            async def reconciling() -> bool:  # the node's reconcile is under way, failing
+                return await activities_scheduled(h, node_workflow, "reconcile_node") > reconciles
+
+            await polled(reconciling, "the node to reconcile")
+
+        async def stopped() -> bool:  # its next retry reaches the agent
+            return len(h.processes()) == 1
+
+        await polled(stopped, "the given-up replica to be stopped")
+        await h.runs_exactly_what_is_placed(name, h.processes())
+        assert await h.states(away) == [NodeState.JOINING, NodeState.READY]
+        await h.client.delete("default", name, wait=True)
+        assert h.processes() == {}

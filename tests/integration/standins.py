@@ -29,6 +29,7 @@ from cloudless.model import (
     PlacementResult,
     ReconcileNodeInput,
     ReconcileNodeResult,
+    ReconcileRequest,
     ReplicaPhase,
     RunReplicaOutcome,
     RunReplicaResult,
@@ -157,6 +158,11 @@ class StandIns:
         self.calls.append(("notify_workloads", inp))
         return []
 
+    @activity.defn(name="request_reconcile")
+    async def request_reconcile(self, req: ReconcileRequest) -> bool:
+        self.calls.append(("request_reconcile", req))
+        return True
+
     @activity.defn(name="wait_node_empty")
     async def wait_node_empty(self, node_id: str) -> None:
         self.calls.append(("wait_node_empty", node_id))
@@ -172,6 +178,7 @@ class StandIns:
             self.probe_agent,
             self.reconcile_node,
             self.notify_workloads,
+            self.request_reconcile,
             self.wait_node_empty,
         ]
 

@@ -24,6 +24,7 @@ from cloudless.model import (
     NodeWorkflowInput,
     NotifyWorkloadsInput,
     ReconcileNodeInput,
+    ReconcileRequest,
     Resources,
     UpsertNodeInput,
 )
@@ -289,4 +290,46 @@ async def test_a_node_that_cannot_be_reconciled_is_offline_and_its_replicas_repl
             "publish_node",
             "notify_workloads",
         ]
+        await handle.terminate()
+
+
+async def test_a_reconcile_request_reconciles_a_ready_node_now(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A workload gave up stopping replicas here: a Ready node reconciles at once (and is
+    Offline if its agent cannot be reached); a node that is not Ready waits for its way
+    back, which reconciles anyway."""
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    request = ReconcileRequest(node_id=node_id, reason="default/web gave up stopping 1")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        fake.calls.clear()
+
+        await nd.RECONCILE.send(handle, request)
+        await eventually(lambda: fake.named("reconcile_node"))
+        assert fake.named("reconcile_node") == [
+            ReconcileNodeInput(node_id=node_id, address="127.0.0.1:7443", cluster="test")
+        ]
+        fake.calls.clear()
+
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "heartbeat stream broke"))
+        await state_is(client, handle.id, NodeState.SUSPECT)
+        await nd.RECONCILE.send(handle, request)
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+        await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: published(fake) == [NodeState.SUSPECT, NodeState.READY])
+        # Once, on the way back: the request while Suspect did not reconcile by itself.
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "reconcile_node",
+            "publish_node",
+        ]
+        fake.calls.clear()
+
+        fake.unreachable.add(node_id)
+        await nd.RECONCILE.send(handle, request)
+        status = await state_is(client, handle.id, NodeState.OFFLINE)
+        assert status.transitions[-1].reason.startswith("could not reconcile replicas")
+        await eventually(lambda: fake.named("notify_workloads"))
         await handle.terminate()

@@ -239,3 +239,29 @@ async def test_delete_stops_and_releases_everything(temporal_env: WorkflowEnviro
         assert all(s.epoch > 0 and s.node_id for s in stops)
         released = {a.replica_id for p in fake.named("commit_plan") for a in p.releases}
         assert released == ids and not fake.allocated
+
+
+async def test_a_stop_given_up_asks_its_node_to_reconcile(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A stop that cannot reach the agent is given up so that nothing wedges, and the
+    replica is released: its node is asked to reconcile, or the replica could run on,
+    outside the ledger, on a node that never leaves Ready (issue #10)."""
+    client, queue, fake = temporal_env.client, fresh_queue("wl"), StandIns()
+    async with worker(client, queue, [WorkloadWorkflow], fake):
+        handle = await start(client, queue, manifest(unique("web"), 3))
+        status = await settled(handle, 1)
+        on = {r.replica_id: r.node_id for r in status.replicas}
+        fake.unstoppable.add("n1")
+
+        down = await wl.SCALE.execute(handle, ScaleInput(replicas=0))
+        status = await settled(handle, down.generation)
+        assert not status.replicas and not fake.allocated  # released all the same
+        unstopped = sorted(rid for rid, node in on.items() if node == "n1")
+        assert [(r.node_id, sorted(r.replica_ids)) for r in fake.named("request_reconcile")] == [
+            ("n1", unstopped)
+        ]
+        (request,) = fake.named("request_reconcile")
+        assert request.reason == f"default/{status.name} gave up stopping 2 replica(s) there"
+        await wl.DELETE.execute(handle)
+        await handle.result()
