@@ -225,6 +225,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             cluster=self._cluster,
             jti=claims.jti,
             token_expires_at=claims.expires_at,
+            token_issued_at=claims.issued_at,
             bound_node_name=claims.node_name,
             bound_labels=dict(claims.labels),
             csr_pem=request.csr_pem.decode("ascii", errors="replace"),

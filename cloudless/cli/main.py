@@ -469,7 +469,13 @@ def node_drain(name: str, reason: ReasonOpt = "") -> None:
 
 @token_app.command("create")
 def token_create(
-    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h (max 24h).")] = "1h",
+    ttl: Annotated[
+        str,
+        typer.Option(
+            help="Lifetime, e.g. 30m, 1h (1s to 24h). Refused from expiry plus a clock-skew "
+            "leeway of 5s, or of the lifetime itself if shorter."
+        ),
+    ] = "1h",
     node: Annotated[str | None, typer.Option(help="Bind the token to this node name.")] = None,
     label: Annotated[
         list[str] | None, typer.Option(help="Require this node label key=value (repeatable).")

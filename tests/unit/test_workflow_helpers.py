@@ -24,7 +24,7 @@ from cloudless.workloads import (
     template_hash,
     view_of,
 )
-from workflows.enrollment import binding_error
+from workflows.enrollment import binding_error, expiry_error
 
 Manifest = dict[str, Any]
 Edit = Callable[[Manifest], None]
@@ -319,3 +319,24 @@ def test_binding_agrees_with_the_gateway_check(
     )
     inp = enrollment(node, labels, bound_name=bound_name, bound_labels=bound_labels)
     assert binding_error(inp) == claims.binding_error(node, labels)
+
+
+# --------------------------------------------------------------------------- expiry_error
+
+
+def test_workflow_expiry_leeway_is_capped_at_the_token_lifetime() -> None:
+    """Issue 10: the workflow re-checked expiry with a flat 30 s leeway, so a 1 s token that
+    passed the gateway still enrolled half a minute later. It now applies the gateway's rule."""
+    short = enrollment().model_copy(
+        update={"token_issued_at": NOW, "token_expires_at": NOW + timedelta(seconds=1)}
+    )
+    assert expiry_error(short, NOW + timedelta(milliseconds=1999)) is None
+    for late in (2, 3, 20):
+        message = expiry_error(short, NOW + timedelta(seconds=late))
+        assert message is not None and "token expired at 2025-01-01T00:00:01Z" in message
+    hour = enrollment().model_copy(update={"token_issued_at": NOW})
+    assert expiry_error(hour, NOW + timedelta(hours=1, seconds=4)) is None
+    assert expiry_error(hour, NOW + timedelta(hours=1, seconds=5)) is not None
+    # An input without the issue time (from an older gateway) gets no leeway at all.
+    assert expiry_error(enrollment(), NOW + timedelta(hours=1)) is not None
+    assert expiry_error(enrollment(), NOW + timedelta(minutes=59)) is None
