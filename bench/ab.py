@@ -4,7 +4,8 @@ A change that claims to cost nothing (a refactor) is measured against the tree b
 ``--base`` and ``--after`` are two checkouts (``git worktree add --detach DIR REV``), and the
 script runs ``bench/<script>.py ARGS`` in each, alternating base/after for ``--rounds``
 rounds, so drift of the machine (other jobs, thermal, page cache) hits both sides alike.
-Each run's own results file is kept under ``--keep`` (``<side>_<round>.json``).
+Each run writes its results into its own directory (``CLOUDLESS_BENCH_RESULTS``, so neither
+tree's ``bench/results`` changes) and is kept under ``--keep`` (``<side>_<round>.json``).
 
 The summary (``bench/results/ab_<name>.json``) has, per metric both sides report: the
 after side's percentiles (median over rounds), ``n`` (samples over all rounds), the ratio
@@ -44,7 +45,8 @@ def run_rounds(
     for round_ in range(1, rounds + 1):
         for side in SIDES:
             tree = trees[side]
-            env = {**os.environ, "PYTHONPATH": str(tree)}
+            results = keep / f"{side}_{round_}.d"  # its own results dir: no tree is written
+            env = {**os.environ, "PYTHONPATH": str(tree), "CLOUDLESS_BENCH_RESULTS": str(results)}
             log = keep / f"{side}_{round_}.log"
             with log.open("w") as out:
                 subprocess.run(
@@ -55,9 +57,7 @@ def run_rounds(
                     stderr=subprocess.STDOUT,
                     check=True,
                 )
-            shutil.copy(
-                tree / "bench" / "results" / f"{script}.json", keep / f"{side}_{round_}.json"
-            )
+            shutil.copy(results / f"{script}.json", keep / f"{side}_{round_}.json")
             print(f"round {round_}: {side} done ({log})", flush=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,9 +23,13 @@ and, in the results file, every round's own ratio (the spread).
 
 
 def main() -> int:
-    files = sorted(RESULTS.glob("*.json"))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON files' dir")
+    parser.add_argument("--out", type=Path, default=DOC, help="the page to write")
+    args = parser.parse_args()
+    files = sorted(args.results.glob("*.json"))
     if not files:
-        print("no results in bench/results/", file=sys.stderr)
+        print(f"no results in {args.results}/", file=sys.stderr)
         return 1
     out = [HEADER]
     for path in files:
@@ -45,8 +50,8 @@ def main() -> int:
                 f"| {r['metric']} | {r['unit']} | {r['p50']:.3f} | {r['p95']:.3f} | "
                 f"{r['p99']:.3f} | {r['n']} | {f'{ratio}x' if ratio else ''} |\n"
             )
-    DOC.write_text("".join(out))
-    print(f"wrote {DOC}")
+    args.out.write_text("".join(out))
+    print(f"wrote {args.out}")
     return 0
 
 
