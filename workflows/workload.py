@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
         WorkloadWorkflowInput,
     )
-    from cloudless.spec import Workload
+    from cloudless.spec import Workload, check_limits
     from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable
     from policies.reconcile import (
@@ -434,6 +434,7 @@ class WorkloadWorkflow:
             )
         try:
             view = view_of(inp.manifest)
+            check_limits(inp.manifest, f"workload {view.key}")
             check_supported(view)
         except CloudlessError as err:
             raise ApplicationError(str(err), type="InvalidSpec") from err

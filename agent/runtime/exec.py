@@ -29,7 +29,7 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,7 +46,7 @@ from agent.runtime.base import (
 )
 from cloudless.errors import RuntimeDriverError
 
-__all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver"]
+__all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver", "exec_refusal", "process_environment"]
 
 #: Status note for replicas whose CPU/memory limits this runtime cannot enforce.
 LIMITS_NOT_ENFORCED = "limits not enforced by exec runtime"
@@ -135,6 +135,37 @@ def _secret_environment(spec: ReplicaSpec) -> dict[str, str]:
     env = {secret_volume_env_name(m.volume_name): m.host_dir for m in resolved.mounts}
     env.update(resolved.env)
     return env
+
+
+def process_environment(spec: ReplicaSpec) -> dict[str, str]:
+    """The environment an exec replica starts with: PATH, the spec's env, its secrets."""
+    return {
+        "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
+        **spec.env,
+        **_secret_environment(spec),
+    }
+
+
+def exec_refusal(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """Why exec(2) (through CPython's subprocess) would refuse ``argv`` and ``env``, else None.
+
+    These are the checks CPython makes before it forks (``os.fsencode``, no NUL byte, no
+    '=' in an environment name); made up front, a bad spec is a clear driver error rather
+    than a ValueError from deep inside asyncio.
+    """
+    entries: list[tuple[str, object, str]] = [("argv", i, arg) for i, arg in enumerate(argv)]
+    for name, value in env.items():
+        if not name or "=" in name:
+            return f"environment variable name {name!r} is empty or contains '='"
+        entries += [("environment name", name, name), ("environment value of", name, value)]
+    for what, where, text in entries:
+        try:
+            encoded = os.fsencode(text)
+        except UnicodeEncodeError:
+            return f"{what} {where!r} cannot be encoded for the operating system"
+        if b"\0" in encoded:
+            return f"{what} {where!r} contains a NUL byte"
+    return None
 
 
 def _replica_ids(root: Path) -> list[str]:
@@ -414,11 +445,10 @@ class ExecDriver:
         return work, log.open("ab")
 
     async def _spawn(self, spec: ReplicaSpec, argv: list[str]) -> ReplicaStatus:
-        env = {
-            "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
-            **spec.env,
-            **_secret_environment(spec),
-        }
+        env = process_environment(spec)
+        refusal = exec_refusal(argv, env)
+        if refusal is not None:  # before any file is touched: nothing half-made remains
+            raise RuntimeDriverError(f"exec: cannot start replica {spec.replica_id}: {refusal}")
         try:
             work, log = await asyncio.to_thread(self._prepare, spec.replica_id)
         except OSError as error:

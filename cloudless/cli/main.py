@@ -41,7 +41,7 @@ from cloudless.codec import (
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
-from cloudless.spec import ManifestError, load_manifest_file, load_manifests
+from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
@@ -155,7 +155,7 @@ def apply(
     """Create or update the workloads in a manifest."""
     try:
         workloads = (
-            load_manifests(sys.stdin.read(), "<stdin>")
+            load_manifest_stream(sys.stdin.buffer, "<stdin>")
             if filename == "-"
             else load_manifest_file(filename)
         )
