@@ -136,6 +136,8 @@ def _text_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
             problems.append(f"env var name {name!r} must be a C identifier")
         if (problem := text_problem(value)) is not None:
             problems.append(f"env var {name!r} {problem}")
+    if spec.working_dir and (problem := path_problem(spec.working_dir)) is not None:
+        problems.append(f"working_dir {spec.working_dir!r} {problem}")
     problems.extend(label_problems(dict(spec.labels)))
     return problems
 
@@ -269,6 +271,7 @@ def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec
         image=spec.image,
         command=tuple(spec.command),
         args=tuple(spec.args),
+        working_dir=spec.working_dir,
         env=dict(spec.env),
         ports=tuple(
             PortMapping(p.container_port, p.protocol or "TCP", p.host_port or None)

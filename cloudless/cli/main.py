@@ -46,6 +46,7 @@ from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
 from cloudless.vocabulary import AdminAction
+from cloudless.workloads import unsupported_issues
 
 T = TypeVar("T")
 
@@ -161,6 +162,10 @@ def apply(
         )
     except ManifestError as err:
         raise fail(str(err)) from err
+    # All or nothing: a setting no runtime would enforce in any document stops the lot.
+    refused = [issue for n, w in enumerate(workloads) for issue in unsupported_issues(w, n)]
+    if refused:
+        raise fail(str(ManifestError(refused, "<stdin>" if filename == "-" else filename)))
 
     async def go(c: CloudlessClient) -> list[Any]:
         return [await c.apply(w, wait=wait, timeout=timeout) for w in workloads]

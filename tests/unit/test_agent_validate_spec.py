@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.runtime.exec import exec_refusal
-from agent.server import validate_spec
+from agent.server import replica_from_proto, validate_spec
 from cloudless.api import agent_pb2
 
 
@@ -34,13 +34,15 @@ def http_probe(path: str = "/", name: str = "X-A", value: str = "1") -> agent_pb
     return agent_pb2.Probe(http_get=agent_pb2.HTTPGetAction(path=path, port=8080, headers=[header]))
 
 
-def test_a_plain_spec_passes() -> None:
+def test_a_plain_spec_passes_and_keeps_its_working_dir() -> None:
     spec = wire(
+        working_dir="/srv/app",
         args=["set -e\n\techo 'grüße'"],
         env={"PEM": "-----BEGIN-----\nAA==\n"},
         readiness_probe=http_probe(value="a\tb"),
     )
     assert validate_spec(spec) == []
+    assert replica_from_proto(spec, "n1").working_dir == "/srv/app"
 
 
 # (row id, fields, text expected among the problems)
@@ -54,6 +56,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("image-digest", {"image": "busybox@md5:" + "0" * 32}, "sha256"),
     ("label-key", {"labels": {"app\n": "web"}}, "label"),
     ("label-value", {"labels": {"app": "a b"}}, "label"),
+    ("working-dir-relative", {"working_dir": "srv"}, "working_dir 'srv' must be an absolute"),
+    ("working-dir-control", {"working_dir": "/srv\n"}, "control characters"),
     ("replica-id-newline", {"replica_id": "web-1\n"}, "replica_id"),
     ("namespace-upper", {"namespace": "Prod"}, "DNS-1123"),
     ("workload-empty", {"workload": ""}, "DNS-1123"),
