@@ -33,7 +33,7 @@ from cloudless.model import (
     WaitInput,
     WorkloadStatus,
 )
-from cloudless.spec import Workload
+from cloudless.spec import Workload, check_limits
 from cloudless.vocabulary import AdminAction, NodeState, WorkloadPhase
 from cloudless.workloads import check_supported, view_of
 
@@ -90,8 +90,13 @@ class CloudlessClient:
     async def apply(
         self, workload: Workload, *, wait: bool = False, timeout: float = 120.0
     ) -> ApplyOutcome:
-        """Create or update ``workload/<ns>/<name>`` atomically (update-with-start)."""
+        """Create or update ``workload/<ns>/<name>`` atomically (update-with-start).
+
+        Refused before anything is sent (:class:`~cloudless.spec.ManifestError`) if the
+        workload exceeds a manifest limit or asks for a setting its runtime does not enforce.
+        """
         view = view_of(workload)
+        check_limits(workload, f"workload {view.key}")
         check_supported(view)
         try:
             result = await self.workload(view.namespace, view.name).apply(

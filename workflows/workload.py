@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
         WorkloadWorkflowInput,
     )
-    from cloudless.spec import Workload
+    from cloudless.spec import Workload, check_limits
     from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable
     from policies.reconcile import (
@@ -116,6 +116,22 @@ def desired_of(view: WorkloadView) -> Desired:
     )
 
 
+#: workflow.patched id of the checks of a new run's start manifest.
+_PATCH_START_CHECKS = "start-manifest-checks"
+
+
+def _refusal(manifest: Workload) -> str | None:
+    """Why an apply of ``manifest`` is refused (over a limit, or asking for a setting its
+    runtime does not enforce), else None; the same checks the client library makes."""
+    try:
+        view = view_of(manifest)
+        check_limits(manifest, f"workload {view.key}")
+        check_supported(view)
+    except CloudlessError as err:
+        return str(err)
+    return None
+
+
 @workflow.defn(name=workload_contract.WORKFLOW.name)
 class WorkloadWorkflow:
     @workflow.init
@@ -135,6 +151,15 @@ class WorkloadWorkflow:
 
     @workflow.run
     async def run(self, inp: WorkloadWorkflowInput) -> WorkloadStatus:
+        # A client that skipped the checks may start this workflow with a manifest whose
+        # apply the validator then refuses (update-with-start starts it all the same): run
+        # nothing of it. (Patched: histories from before the check replay without it.)
+        if inp.state is None and workflow.patched(_PATCH_START_CHECKS):
+            refusal = _refusal(self._state.manifest)
+            if refusal is not None:
+                workflow.logger.warning("refused the start manifest: %s", refusal)
+                self._dirty = False
+                return self.status()
         while True:
             backoff = self._state.backoff_seconds
             try:
@@ -432,11 +457,10 @@ class WorkloadWorkflow:
                 "and apply again",
                 type="WorkloadDeleting",
             )
-        try:
-            view = view_of(inp.manifest)
-            check_supported(view)
-        except CloudlessError as err:
-            raise ApplicationError(str(err), type="InvalidSpec") from err
+        refusal = _refusal(inp.manifest)
+        if refusal is not None:
+            raise ApplicationError(refusal, type="InvalidSpec")
+        view = view_of(inp.manifest)
         if view.key != self._view.key:
             raise ApplicationError(
                 f"manifest names {view.key}, but this workflow manages {self._view.key}",

@@ -41,11 +41,12 @@ from cloudless.codec import (
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
-from cloudless.spec import ManifestError, load_manifest_file, load_manifests
+from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
 from cloudless.vocabulary import AdminAction
+from cloudless.workloads import unsupported_issues
 
 T = TypeVar("T")
 
@@ -155,12 +156,16 @@ def apply(
     """Create or update the workloads in a manifest."""
     try:
         workloads = (
-            load_manifests(sys.stdin.read(), "<stdin>")
+            load_manifest_stream(sys.stdin.buffer, "<stdin>")
             if filename == "-"
             else load_manifest_file(filename)
         )
     except ManifestError as err:
         raise fail(str(err)) from err
+    # All or nothing: a setting no runtime would enforce in any document stops the lot.
+    refused = [issue for n, w in enumerate(workloads) for issue in unsupported_issues(w, n)]
+    if refused:
+        raise fail(str(ManifestError(refused, "<stdin>" if filename == "-" else filename)))
 
     async def go(c: CloudlessClient) -> list[Any]:
         return [await c.apply(w, wait=wait, timeout=timeout) for w in workloads]
