@@ -15,12 +15,17 @@ once:
   :func:`read_json_object`), and one refusal type (:class:`RequestRefused`) that each
   server renders in its own JSON error shape;
 - how a server runs: :class:`Listener` serves a server's request handler with aiohttp's
-  low-level server on one resolved address, optionally with TLS, on the running loop
-  (idle keep-alive timeout, an unread body closes the connection, malformed requests in
-  the server's error shape), and stops it with a bounded grace period.
+  low-level server on one resolved address, optionally with TLS, on the running loop (an
+  unread body closes the connection, malformed requests in the server's error shape), and
+  stops it with a bounded grace period;
+- what a client may hold: :class:`ConnectionLimits`, enforced per listener: connections
+  per client address and in total, counted from the TCP accept, and deadlines for a
+  request head, a body and an idle keep-alive connection. A server marks requests that
+  showed its credentials (:func:`authenticated`); the others' connections give way first.
 
-aiohttp owns the protocol: request parsing, keep-alive, TLS, flow control and response
-framing. Each server keeps only its own semantics (routes, auth rules, error shapes).
+aiohttp owns the protocol: request parsing, keep-alive, flow control and response framing.
+The listener starts TLS on each connection itself, once it is counted in. Each server
+keeps only its own semantics (routes, auth rules, error shapes).
 """
 
 from __future__ import annotations
@@ -215,13 +220,11 @@ class _Alarm:
 
     def __init__(self, event: str, interval: float = 10.0) -> None:
         self.event = event
-        self.total = 0
         self._interval = interval
         self._count = 0
         self._last = -interval
 
     def __call__(self, peer: str, **fields: object) -> None:
-        self.total += 1
         self._count += 1
         now = time.monotonic()
         if now - self._last < self._interval:

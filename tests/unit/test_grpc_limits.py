@@ -83,7 +83,7 @@ def test_options_say_what_the_limits_say() -> None:
 async def test_connections_over_the_cap_are_closed_at_once_and_silent_ones_in_time(
     streams: list[asyncio.StreamWriter],
 ) -> None:
-    server, port = await _serve(GrpcLimits(max_connections=3, handshake_timeout=1.0))
+    server, port = await _serve(GrpcLimits(max_connections=3, handshake_timeout=3.0))
     try:
         readers = []
         for _ in range(5):
@@ -91,11 +91,12 @@ async def test_connections_over_the_cap_are_closed_at_once_and_silent_ones_in_ti
             readers.append(reader)
             streams.append(writer)
         started = time.monotonic()
-        # The last two are over the cap: closed at accept, before the deadline of the rest.
-        assert await _closed(readers[3], 0.8) and await _closed(readers[4], 0.8)
-        # The three held never sent an HTTP/2 preface: closed at the handshake deadline.
-        assert all([await _closed(r, 3) for r in readers[:3]])
-        assert 0.9 < time.monotonic() - started < 2.5
+        # The last two are over the cap: closed at accept, long before the deadline.
+        assert await _closed(readers[3], 2) and await _closed(readers[4], 2)
+        # The three held never sent an HTTP/2 preface: closed at the handshake deadline
+        # (with slack for a loaded machine).
+        assert all([await _closed(r, 6) for r in readers[:3]])
+        assert 2.9 < time.monotonic() - started < 3.0 + 2.0
         # And the slots are free again.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await _call(channel) == b"hi"

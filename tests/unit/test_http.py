@@ -158,6 +158,8 @@ async def test_a_taken_port_is_a_listen_error(listener: Listener) -> None:
 # (the kernel hands connections over in order), closes are awaited as EOF, with a bound.
 
 GOOD = "good-token"
+#: Seconds a deadline may be seen late on a loaded (shared) machine.
+SLACK = 2.0
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -325,7 +327,7 @@ async def test_a_request_head_is_due_within_the_header_timeout() -> None:
         finally:
             dripping.cancel()
         assert await _closed(silent, 2) and await _closed(stranger, 2)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 0.5 + SLACK
         # The authenticated client gets the idle timeout instead, and is still served.
         assert await _ask(known, token=GOOD) == b"HTTP/1.1 200 OK ok"
         assert served.connections == 1
@@ -339,7 +341,7 @@ async def test_an_authenticated_connection_idles_for_the_idle_timeout() -> None:
         assert await _ask(known, token=GOOD) == b"HTTP/1.1 200 OK ok"
         started = time.monotonic()
         assert await _closed(known, 3)
-        assert 0.8 < time.monotonic() - started < 1.8
+        assert 0.8 < time.monotonic() - started < 1.0 + SLACK
         assert served.connections == 0
 
 
@@ -366,6 +368,6 @@ async def test_tls_handshakes_are_counted_and_timed_out_like_request_heads(
             assert await _closed(silent[3], 2)
             started = time.monotonic()
             assert all([await _closed(s, 2) for s in silent[4:]])  # the handshake deadline
-            assert time.monotonic() - started < 1.5
+            assert time.monotonic() - started < 1.0 + SLACK
             assert await _ask(client, token=GOOD) == b"HTTP/1.1 200 OK ok"
             assert served.connections == 1
