@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +43,7 @@ from cloudless.contracts import LedgerHandle
 from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
+from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
 from cloudless.pki import (
     CertificateAuthority,
@@ -51,7 +52,7 @@ from cloudless.pki import (
     write_private_file,
     write_public_file,
 )
-from cloudless.process import stop_on_signals
+from cloudless.process import raise_open_files_limit, stop_on_signals
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
@@ -60,13 +61,16 @@ from cloudless.temporal import connect, ensure_search_attributes
 from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
+    DEFAULT_GRPC_LIMITS,
     GATEWAY_SERVER_NAME,
     KEY_FILE,
+    GrpcLimits,
     TLSMaterial,
     server_credentials,
 )
 from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
+from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
@@ -79,6 +83,9 @@ log = structlog.get_logger("cloudless.coordinator")
 #: Re-issue the coordinator's own certificate when it has less than this left.
 RENEW_BEFORE = timedelta(days=7)
 COORDINATOR_CERT_VALIDITY = timedelta(days=90)
+#: Seconds an enrollment connection lives at most (its RPCs then get GrpcLimits.age_grace,
+#: longer than an enrollment's own two-minute limit, to finish).
+GATEWAY_MAX_CONNECTION_AGE = 600.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,11 @@ class Coordinator:
     heartbeat_ttl: float = 10.0
     suspect_grace: float = 1.0
     heartbeat_interval: float = 1.0
+    #: Bounds of the gateway's and the agent listener's connections.
+    grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS
+    #: Seconds an enrollment connection lives at most: that listener takes connections
+    #: without a client certificate (see docs/design/enrollment-and-pki.md, "Floods").
+    gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE
     liveness: LivenessMonitor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _workers: list[Worker] = field(default_factory=list)
@@ -310,7 +322,7 @@ class Coordinator:
         await self.liveness.start()
         # Two listeners: enrollment needs no client certificate (the token authenticates
         # it); everything else requires one, which gRPC cannot make optional per method.
-        agent_server = tls.server()
+        agent_server = tls.server(self.grpc_limits)
         self.agent_port = agent_server.add_secure_port(
             self.agent_listen, server_credentials(pki.material, require_client_auth=True)
         )
@@ -323,7 +335,7 @@ class Coordinator:
             secrets_pb2_grpc.add_SecretsServiceServicer_to_server(secrets.servicer, agent_server)
         await agent_server.start()
         self._agent_server = agent_server
-        server = tls.server()
+        server = tls.server(replace(self.grpc_limits, max_age=self.gateway_max_age))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self.gateway_port = server.add_secure_port(
             self.gateway_listen, server_credentials(pki.material, require_client_auth=False)
@@ -449,6 +461,78 @@ def main_command(
     codec_insecure_allow_plaintext: Annotated[
         bool, typer.Option(help="Plain HTTP on a non-loopback address (behind a TLS proxy).")
     ] = False,
+    codec_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_MAX_CONNECTIONS",
+            min=1,
+            help="Connections the codec endpoint holds at most.",
+        ),
+    ] = CODEC_LIMITS.max_connections,
+    codec_max_connections_per_peer: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_MAX_CONNECTIONS_PER_PEER",
+            min=1,
+            help="Codec endpoint connections per client address.",
+        ),
+    ] = CODEC_LIMITS.max_per_peer,
+    codec_header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_HEADER_TIMEOUT",
+            help="Seconds to send a request head (or TLS handshake) to codec.",
+        ),
+    ] = CODEC_LIMITS.header_timeout,
+    codec_body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_BODY_TIMEOUT",
+            help="Seconds to send a request body to the codec endpoint.",
+        ),
+    ] = CODEC_LIMITS.body_timeout,
+    codec_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_IDLE_TIMEOUT",
+            help="Seconds a kept-alive codec connection may stay silent.",
+        ),
+    ] = CODEC_LIMITS.idle_timeout,
+    grpc_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_GRPC_MAX_CONNECTIONS",
+            min=1,
+            help="Connections each gRPC listener holds at most.",
+        ),
+    ] = DEFAULT_GRPC_LIMITS.max_connections,
+    grpc_max_streams: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_GRPC_MAX_STREAMS", min=1, help="Concurrent RPCs per gRPC connection."
+        ),
+    ] = DEFAULT_GRPC_LIMITS.max_streams,
+    grpc_handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_GRPC_HANDSHAKE_TIMEOUT",
+            help="Seconds a gRPC connection has to finish its TLS handshake.",
+        ),
+    ] = DEFAULT_GRPC_LIMITS.handshake_timeout,
+    grpc_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_GRPC_IDLE_TIMEOUT",
+            help="Seconds a gRPC connection without an RPC stays open.",
+        ),
+    ] = DEFAULT_GRPC_LIMITS.idle_timeout,
+    gateway_max_connection_age: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_GATEWAY_MAX_CONNECTION_AGE",
+            help="Seconds an enrollment (--gateway-listen) connection lives at most.",
+        ),
+    ] = GATEWAY_MAX_CONNECTION_AGE,
     key_rotation_interval: Annotated[
         str,
         typer.Option(
@@ -492,16 +576,32 @@ def main_command(
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
-    codec_server = None
-    if codec_listen:
-        codec_server = CodecServerConfig(
-            codec_listen,
-            tuple(codec_allow_origin or CodecServerConfig.origins),
-            codec_tls_cert,
-            codec_tls_key,
-            codec_insecure_allow_plaintext,
-        )
+    raise_open_files_limit()  # before any listener sizes its cap from it
     try:
+        grpc_limits = GrpcLimits(
+            max_connections=grpc_max_connections,
+            max_streams=grpc_max_streams,
+            handshake_timeout=grpc_handshake_timeout,
+            idle_timeout=grpc_idle_timeout,
+        )
+        # Checked here, with the other limits, rather than when the gateway starts.
+        replace(grpc_limits, max_age=gateway_max_connection_age)
+        codec_server = None
+        if codec_listen:
+            codec_server = CodecServerConfig(
+                codec_listen,
+                tuple(codec_allow_origin or CodecServerConfig.origins),
+                codec_tls_cert,
+                codec_tls_key,
+                codec_insecure_allow_plaintext,
+                ConnectionLimits(
+                    max_connections=codec_max_connections,
+                    max_per_peer=codec_max_connections_per_peer,
+                    header_timeout=codec_header_timeout,
+                    body_timeout=codec_body_timeout,
+                    idle_timeout=codec_idle_timeout,
+                ),
+            )
         asyncio.run(
             _run(
                 temporal_address,
@@ -521,6 +621,8 @@ def main_command(
                     rotation_settle_seconds=rotation_settle_seconds,
                 ),
                 insecure_plaintext_payloads,
+                grpc_limits,
+                gateway_max_connection_age,
             )
         )
     except CloudlessError as err:
@@ -540,6 +642,8 @@ async def _run(
     codec_server: CodecServerConfig | None = None,
     secrets: SecretsSettings | None = None,
     insecure_plaintext_payloads: bool = False,
+    grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
+    gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE,
 ) -> None:
     secrets = secrets or SecretsSettings()
     transit = transit_settings(state_dir)
@@ -563,6 +667,8 @@ async def _run(
         agent_listen=agent_listen,
         heartbeat_ttl=heartbeat_ttl,
         suspect_grace=suspect_grace,
+        grpc_limits=grpc_limits,
+        gateway_max_age=gateway_max_age,
         codec=codec,
         insecure_plaintext_payloads=insecure_plaintext_payloads,
         codec_server=codec_server,
