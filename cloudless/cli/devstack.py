@@ -566,20 +566,26 @@ def remove_dev_containers(node_names: tuple[str, ...]) -> int:
     """Remove the containers the dev agents started (they outlive agents by design)."""
     try:
         import docker
+        import docker.errors
 
         client = docker.from_env(version="auto")
         client.ping()
     except Exception:  # no engine: nothing to clean
         return 0
     removed = 0
-    for name in node_names:
-        for c in client.containers.list(
-            all=True,
-            filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]},
-        ):
-            c.remove(force=True)
-            removed += 1
-    client.close()
+    try:
+        for name in node_names:
+            for c in client.containers.list(
+                all=True,
+                filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]},
+            ):
+                try:
+                    c.remove(force=True)
+                except docker.errors.NotFound:
+                    continue  # gone since the listing (its agent stopped it): nothing to do
+                removed += 1
+    finally:
+        client.close()
     return removed
 
 

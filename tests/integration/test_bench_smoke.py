@@ -33,6 +33,7 @@ SMOKE: dict[str, list[str]] = {
         *("--appliers", "2", "--fleets", "1"),
     ],
     "outage_soak": ["--outage", "5"],
+    "flood": ["--n", "20", "--rounds", "1", "--idle", "50"],
     "churn_latency": [
         *("--trials", "1", "--partition-trials", "1", "--pool", "2", "--replicas", "2"),
     ],
