@@ -30,6 +30,12 @@ from agent.supervisor import Supervisor
 from cloudless import config, tls
 from cloudless.api import agent_pb2_grpc, gateway_pb2
 from cloudless.errors import CloudlessError
+from cloudless.grpc_options import (
+    GrpcHandshakeTimeout,
+    GrpcIdleTimeout,
+    GrpcMaxConnections,
+    GrpcMaxStreams,
+)
 from cloudless.logs import configure_logging
 from cloudless.process import raise_open_files_limit, stop_on_signals
 from cloudless.quantity import parse_bytes, parse_cpu
@@ -250,34 +256,10 @@ def main_command(
         ),
     ] = DEFAULT_SECRET_SHELL,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
-    grpc_max_connections: Annotated[
-        int,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_MAX_CONNECTIONS",
-            min=1,
-            help="Connections the AgentService listener holds at most.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.max_connections,
-    grpc_max_streams: Annotated[
-        int,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_MAX_STREAMS", min=1, help="Concurrent RPCs per gRPC connection."
-        ),
-    ] = DEFAULT_GRPC_LIMITS.max_streams,
-    grpc_handshake_timeout: Annotated[
-        float,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_HANDSHAKE_TIMEOUT",
-            help="Seconds a connection has to finish its TLS handshake.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.handshake_timeout,
-    grpc_idle_timeout: Annotated[
-        float,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_IDLE_TIMEOUT",
-            help="Seconds a connection without an RPC stays open.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.idle_timeout,
+    grpc_max_connections: GrpcMaxConnections = DEFAULT_GRPC_LIMITS.max_connections,
+    grpc_max_streams: GrpcMaxStreams = DEFAULT_GRPC_LIMITS.max_streams,
+    grpc_handshake_timeout: GrpcHandshakeTimeout = DEFAULT_GRPC_LIMITS.handshake_timeout,
+    grpc_idle_timeout: GrpcIdleTimeout = DEFAULT_GRPC_LIMITS.idle_timeout,
 ) -> None:
     """Enroll (first start) and serve the node agent."""
     configure_logging()

@@ -43,6 +43,12 @@ from cloudless.contracts import LedgerHandle
 from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
+from cloudless.grpc_options import (
+    GrpcHandshakeTimeout,
+    GrpcIdleTimeout,
+    GrpcMaxConnections,
+    GrpcMaxStreams,
+)
 from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
 from cloudless.pki import (
@@ -498,34 +504,10 @@ def main_command(
             help="Seconds a kept-alive codec connection may stay silent.",
         ),
     ] = CODEC_LIMITS.idle_timeout,
-    grpc_max_connections: Annotated[
-        int,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_MAX_CONNECTIONS",
-            min=1,
-            help="Connections each gRPC listener holds at most.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.max_connections,
-    grpc_max_streams: Annotated[
-        int,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_MAX_STREAMS", min=1, help="Concurrent RPCs per gRPC connection."
-        ),
-    ] = DEFAULT_GRPC_LIMITS.max_streams,
-    grpc_handshake_timeout: Annotated[
-        float,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_HANDSHAKE_TIMEOUT",
-            help="Seconds a gRPC connection has to finish its TLS handshake.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.handshake_timeout,
-    grpc_idle_timeout: Annotated[
-        float,
-        typer.Option(
-            envvar="CLOUDLESS_GRPC_IDLE_TIMEOUT",
-            help="Seconds a gRPC connection without an RPC stays open.",
-        ),
-    ] = DEFAULT_GRPC_LIMITS.idle_timeout,
+    grpc_max_connections: GrpcMaxConnections = DEFAULT_GRPC_LIMITS.max_connections,
+    grpc_max_streams: GrpcMaxStreams = DEFAULT_GRPC_LIMITS.max_streams,
+    grpc_handshake_timeout: GrpcHandshakeTimeout = DEFAULT_GRPC_LIMITS.handshake_timeout,
+    grpc_idle_timeout: GrpcIdleTimeout = DEFAULT_GRPC_LIMITS.idle_timeout,
     gateway_max_connection_age: Annotated[
         float,
         typer.Option(
