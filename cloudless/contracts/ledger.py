@@ -25,6 +25,7 @@ from cloudless.model import (
     LedgerBatch,
     LedgerBatchResult,
     LedgerNode,
+    RevokedCertificate,
     SchedulerSettings,
     UpsertNodeInput,
     UpsertNodeResult,
@@ -47,6 +48,10 @@ VERSION: Query[None, int] = Query("version", None, int)
 NODE_WORKLOADS: Query[str, list[str]] = Query("node_workloads", str, list[str])
 SCHEDULER_SETTINGS: Query[None, SchedulerSettings] = Query(
     "scheduler_settings", None, SchedulerSettings
+)
+#: Certificates of removed nodes, until they expire: what every gateway refuses.
+REVOKED_CERTIFICATES: Query[None, list[RevokedCertificate]] = Query(
+    "revoked_certificates", None, list[RevokedCertificate]
 )
 #: The node once it reaches one of the states, or its current entry on timeout.
 WAIT_NODE: Update[WaitNodeInput, LedgerNode | None] = Update(
@@ -81,6 +86,7 @@ WORKFLOW: WorkflowType[ClusterWorkflowInput, None] = WorkflowType(
         VERSION,
         NODE_WORKLOADS,
         SCHEDULER_SETTINGS,
+        REVOKED_CERTIFICATES,
         WAIT_NODE,
         SET_SCHEDULER_SETTINGS,
         UPSERT_NODE,
@@ -124,6 +130,11 @@ class LedgerHandle:
     ) -> list[str]:
         return await NODE_WORKLOADS.query(self.handle, node_id, rpc_timeout=rpc_timeout)
 
+    async def revoked_certificates(
+        self, *, rpc_timeout: timedelta | None = None
+    ) -> list[RevokedCertificate]:
+        return await REVOKED_CERTIFICATES.query(self.handle, rpc_timeout=rpc_timeout)
+
     async def scheduler_settings(
         self, *, rpc_timeout: timedelta | None = None
     ) -> SchedulerSettings:
@@ -166,6 +177,7 @@ __all__ = [
     "COMMIT_PLAN",
     "CONSUME_TOKEN",
     "NODE_WORKLOADS",
+    "REVOKED_CERTIFICATES",
     "SCHEDULER_SETTINGS",
     "SET_SCHEDULER_SETTINGS",
     "SNAPSHOT",
