@@ -15,7 +15,15 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailed
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cloudless.contracts import LedgerHandle, NodeHandle, WorkloadHandle, explain, gone, names
+from cloudless.contracts import (
+    LedgerHandle,
+    NodeHandle,
+    WorkloadHandle,
+    explain,
+    gone,
+    names,
+    reaper,
+)
 from cloudless.contracts.workload import WORKFLOW as WORKLOAD_WORKFLOW
 from cloudless.contracts.workload import split_workflow_id
 from cloudless.errors import CloudlessError, NotFoundError
@@ -28,6 +36,8 @@ from cloudless.model import (
     LedgerNode,
     NodeAdminInput,
     NodeStatus,
+    ReaperInput,
+    ReapReport,
     ScaleInput,
     SchedulerSettings,
     WaitInput,
@@ -237,6 +247,18 @@ class CloudlessClient:
         except WorkflowFailureError as err:
             cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
             raise CloudlessError(f"explain failed: {getattr(cause, 'message', cause)}") from err
+
+    async def reap(self, grace_seconds: float = 60.0) -> ReapReport:
+        """Run the reaper now: release the reservations whose workflow run is over and stop
+        the replicas no workload places where they run (started at least
+        ``grace_seconds`` ago). Returns what it did."""
+        try:
+            return await reaper.run_now(
+                self.temporal, ReaperInput(cluster=self.cluster, grace_seconds=grace_seconds)
+            )
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+            raise CloudlessError(f"reaper failed: {getattr(cause, 'message', cause)}") from err
 
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)

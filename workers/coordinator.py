@@ -31,6 +31,7 @@ from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
+from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
 from cloudless.codec import (
@@ -44,6 +45,7 @@ from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.logs import configure_logging
+from cloudless.model import ReaperInput
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -71,6 +73,7 @@ from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
+from workers.reaper import ensure_reaper_schedule
 from workers.secrets import SecretsRuntime, ensure_rotation_schedule
 from workflows import LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
@@ -157,6 +160,12 @@ class SecretsSettings:
     rotation_settle_seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class ReaperSettings:
+    interval: timedelta = timedelta(minutes=1)
+    grace: float = 60.0
+
+
 async def _start_codec_server(
     settings: CodecServerConfig, codec: PayloadCodec, directory: Path
 ) -> CodecServer | None:
@@ -233,6 +242,11 @@ class Coordinator:
     #: The process's garbage-collector policy (``workers.gcpolicy``); the process entry
     #: point sets it, in-process test clusters leave the interpreter's defaults alone.
     gc_policy: GcPolicy | None = None
+    #: How often the reaper Schedule runs (None: this coordinator leaves the Schedule as
+    #: it is, or absent; tests run the reaper on demand instead).
+    reap_interval: timedelta | None = timedelta(minutes=1)
+    #: Replicas an agent started less than this long ago are not stopped by the reaper.
+    reap_grace: float = 60.0
 
     async def start(self) -> None:
         self._check_codec()
@@ -250,6 +264,7 @@ class Coordinator:
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
+        reaper = ReaperActivities(self.client, self._pool, self.cluster, ledger)
         worker = Worker(
             self.client,
             task_queue=task_queue(self.cluster),
@@ -258,6 +273,7 @@ class Coordinator:
                 ledger.place_replicas,
                 ledger.explain_placement,
                 ledger.commit_plan,
+                ledger.claim_workload,
                 ledger.publish_node,
                 ledger.consume_enrollment_token,
                 ledger.register_node,
@@ -268,6 +284,8 @@ class Coordinator:
                 membership.notify_workloads,
                 membership.reconcile_node,
                 membership.wait_node_empty,
+                reaper.reap_workloads,
+                reaper.reap_orphans,
                 *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,
@@ -330,6 +348,12 @@ class Coordinator:
         )
         await server.start()
         self._server = server
+        if self.reap_interval is not None:
+            await ensure_reaper_schedule(
+                self.client,
+                ReaperInput(cluster=self.cluster, grace_seconds=self.reap_grace),
+                self.reap_interval,
+            )
         log.info(
             "coordinator.started",
             cluster=self.cluster,
@@ -481,6 +505,22 @@ def main_command(
             help="Quiet time with nothing left to rewrap before old key versions are disabled.",
         ),
     ] = 30.0,
+    reap_interval: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_INTERVAL",
+            help="How often the reaper Schedule releases reservations nobody owns and stops "
+            "replicas no workload places (e.g. 1m, 30s).",
+        ),
+    ] = "1m",
+    reap_grace: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_GRACE",
+            help="Replicas an agent started less than this long ago are left to the next "
+            "reaper run (e.g. 60s).",
+        ),
+    ] = "60s",
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -521,6 +561,10 @@ def main_command(
                     rotation_settle_seconds=rotation_settle_seconds,
                 ),
                 insecure_plaintext_payloads,
+                ReaperSettings(
+                    interval=parse_duration(reap_interval),
+                    grace=parse_duration(reap_grace).total_seconds(),
+                ),
             )
         )
     except CloudlessError as err:
@@ -540,8 +584,10 @@ async def _run(
     codec_server: CodecServerConfig | None = None,
     secrets: SecretsSettings | None = None,
     insecure_plaintext_payloads: bool = False,
+    reaper: ReaperSettings | None = None,
 ) -> None:
     secrets = secrets or SecretsSettings()
+    reaper = reaper or ReaperSettings()
     transit = transit_settings(state_dir)
     # Refuse before connecting: nothing may reach Temporal without the codec.
     codec = require_codec(
@@ -573,6 +619,8 @@ async def _run(
         rotation_batch_interval=secrets.rotation_batch_interval,
         rotation_settle_seconds=secrets.rotation_settle_seconds,
         gc_policy=GcPolicy(),
+        reap_interval=reaper.interval,
+        reap_grace=reaper.grace,
     )
     await coordinator.start()
     await stop_on_signals().wait()

@@ -600,6 +600,11 @@ class ClusterWorkflow:
         node = self._ledger.nodes.get(node_id)
         return sorted(node.workloads) if node else []
 
+    @workflow.query(name=ledger.WORKLOAD_OWNERS.name)
+    def workload_owners(self) -> dict[str, int]:
+        """Every workload the ledger holds reservations for, with their owner token."""
+        return {key: meta.owner for key, meta in self._ledger.workloads.items()}
+
     @workflow.query(name=ledger.REVOKED_CERTIFICATES.name)
     def revoked_certificates(self) -> list[RevokedCertificate]:
         """Certificates of removed nodes that have not expired yet: what gateways refuse."""

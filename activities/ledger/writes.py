@@ -1,4 +1,5 @@
-"""Ledger writes the workflows ask for: release (or commit) a plan, publish a node's state."""
+"""Ledger writes the workflows ask for: release (or commit) a plan, publish a node's state,
+claim a workload for a workflow's first run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ledger.base import LedgerBase, PlanRejected
-from cloudless.model import CommitPlanInput, CommitPlanResult, LedgerOp, UpsertNodeInput
+from cloudless.model import (
+    ClaimWorkloadInput,
+    ClaimWorkloadResult,
+    CommitPlanInput,
+    CommitPlanResult,
+    LedgerOp,
+    UpsertNodeInput,
+)
 
 
 class LedgerWriteActivities(LedgerBase):
@@ -30,3 +38,23 @@ class LedgerWriteActivities(LedgerBase):
         self.scheduler.node_changed(result)
         if result.woken:
             await self._wake(result.woken, f"node {inp.record.node_id} is {inp.state.value}")
+
+    @activity.defn(name="claim_workload")
+    async def claim_workload(self, inp: ClaimWorkloadInput) -> ClaimWorkloadResult:
+        """A workload workflow's first run claims its workload: what earlier runs of it
+        left in the ledger is released, and the run gets its owner token. A retry claims
+        again, which is harmless: the run has placed nothing yet."""
+        done = await self.writer.submit(LedgerOp(claim=inp))
+        if done.claimed is None:
+            raise ApplicationError(done.error or "claim failed", type=done.error_type)
+        result = done.claimed
+        self.scheduler.wrote(result.owner, changed_nodes=bool(result.released))
+        if result.released:
+            activity.logger.info(
+                "released %d replica(s) of %s left by earlier runs",
+                sum(result.released.values()),
+                inp.workload,
+            )
+        if result.woken:
+            await self._wake(result.woken, f"earlier runs of {inp.workload} released room")
+        return result

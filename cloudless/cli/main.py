@@ -377,6 +377,44 @@ def scheduler_set(
     )
 
 
+# ----------------------------------------------------------------------------- reaper
+
+
+@app.command("reap")
+def reap(
+    grace: Annotated[
+        str, typer.Option(help="Leave replicas an agent started less than this long ago.")
+    ] = "60s",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Run the reaper now (it also runs on a Schedule): release reservations whose
+    workload workflow is over and stop replicas no workload places where they run."""
+    try:
+        seconds = parse_duration(grace).total_seconds()
+    except ValueError as err:
+        raise fail(f"--grace: {err}") from None
+    report = run(lambda c: c.reap(seconds))
+    if output != Output.TABLE:
+        emit_data(report.model_dump(mode="json"), output)
+        return
+    w, o = report.workloads, report.orphans
+    console.print(
+        f"checked {w.checked} of {w.held} workload(s) holding reservations; "
+        f"released {len(w.reaped)}"
+    )
+    for r in w.reaped:
+        console.print(
+            f"  {r.workload}: {sum(r.replicas.values())} replica(s) on "
+            f"{', '.join(sorted(r.replicas)) or 'no node'} ({r.reason})",
+            markup=False,
+        )
+    console.print(f"asked {o.nodes} Ready node(s); stopped {len(o.stopped)} replica(s)")
+    for s in o.stopped:
+        console.print(f"  {s.node_id}: {s.replica_id} of {s.workload} ({s.reason})", markup=False)
+    for node_id, error in sorted(o.errors.items()):
+        console.print(f"  {node_id}: not asked: {error}", markup=False)
+
+
 # ----------------------------------------------------------------------------- delete/scale
 
 

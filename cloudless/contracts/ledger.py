@@ -49,6 +49,8 @@ NODE_WORKLOADS: Query[str, list[str]] = Query("node_workloads", str, list[str])
 SCHEDULER_SETTINGS: Query[None, SchedulerSettings] = Query(
     "scheduler_settings", None, SchedulerSettings
 )
+#: Workload key -> the owner token its reservations carry: what the reaper judges.
+WORKLOAD_OWNERS: Query[None, dict[str, int]] = Query("workload_owners", None, dict[str, int])
 #: Certificates of removed nodes, until they expire: what every gateway refuses.
 REVOKED_CERTIFICATES: Query[None, list[RevokedCertificate]] = Query(
     "revoked_certificates", None, list[RevokedCertificate]
@@ -87,6 +89,7 @@ WORKFLOW: WorkflowType[ClusterWorkflowInput, None] = WorkflowType(
         NODE_WORKLOADS,
         SCHEDULER_SETTINGS,
         REVOKED_CERTIFICATES,
+        WORKLOAD_OWNERS,
         WAIT_NODE,
         SET_SCHEDULER_SETTINGS,
         UPSERT_NODE,
@@ -129,6 +132,9 @@ class LedgerHandle:
         self, node_id: str, *, rpc_timeout: timedelta | None = None
     ) -> list[str]:
         return await NODE_WORKLOADS.query(self.handle, node_id, rpc_timeout=rpc_timeout)
+
+    async def workload_owners(self, *, rpc_timeout: timedelta | None = None) -> dict[str, int]:
+        return await WORKLOAD_OWNERS.query(self.handle, rpc_timeout=rpc_timeout)
 
     async def revoked_certificates(
         self, *, rpc_timeout: timedelta | None = None
@@ -186,6 +192,7 @@ __all__ = [
     "VERSION",
     "WAIT_NODE",
     "WORKFLOW",
+    "WORKLOAD_OWNERS",
     "LedgerHandle",
     "workflow_id",
 ]

@@ -10,6 +10,7 @@ sandbox, serialized by Temporal's pydantic data converter. One module per entity
 - :mod:`~cloudless.model.workloads`: ``workload/<ns>/<name>`` (state, status, signals)
 - :mod:`~cloudless.model.placement`: placement and explain activities
 - :mod:`~cloudless.model.agents`: replica start/stop activities
+- :mod:`~cloudless.model.reaper`: ``reaper/<cluster>`` (reservations and replicas nobody owns)
 
 The vocabulary's names (:mod:`cloudless.vocabulary`) are re-exported: payload models and
 their words travel together.
@@ -81,6 +82,16 @@ from cloudless.model.placement import (
     PlacementRequest,
     PlacementResult,
     Preemption,
+)
+from cloudless.model.reaper import (
+    ReapedWorkload,
+    ReaperInput,
+    ReapOrphansInput,
+    ReapOrphansResult,
+    ReapReport,
+    ReapWorkloadsInput,
+    ReapWorkloadsResult,
+    StoppedReplica,
 )
 from cloudless.model.workloads import (
     ApplyInput,
@@ -158,8 +169,15 @@ __all__ = [
     "PlacementRequest",
     "PlacementResult",
     "Preemption",
+    "ReapOrphansInput",
+    "ReapOrphansResult",
+    "ReapReport",
     "ReapWorkloadInput",
     "ReapWorkloadResult",
+    "ReapWorkloadsInput",
+    "ReapWorkloadsResult",
+    "ReapedWorkload",
+    "ReaperInput",
     "ReconcileNodeInput",
     "ReconcileNodeResult",
     "RemoveNodeInput",
@@ -183,6 +201,7 @@ __all__ = [
     "SignCertificateResult",
     "StopReplicaInput",
     "StopReplicaResult",
+    "StoppedReplica",
     "UpsertNodeInput",
     "UpsertNodeResult",
     "WaitInput",

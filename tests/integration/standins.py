@@ -19,6 +19,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from cloudless.model import (
+    ClaimWorkloadInput,
+    ClaimWorkloadResult,
     CommitPlanInput,
     CommitPlanResult,
     NodeRecord,
@@ -94,6 +96,11 @@ class StandIns:
             self.allocated.pop(a.replica_id, None)
         return CommitPlanResult(version=len(self.calls), applied=True)
 
+    @activity.defn(name="claim_workload")
+    async def claim_workload(self, inp: ClaimWorkloadInput) -> ClaimWorkloadResult:
+        self.calls.append(("claim_workload", inp))
+        return ClaimWorkloadResult(owner=len(self.calls))
+
     @activity.defn(name="run_replicas")
     async def run_replicas(self, batch: RunReplicasInput) -> RunReplicasResult:
         self.calls.append(("run_replicas", batch))
@@ -144,6 +151,7 @@ class StandIns:
         return [
             self.place_replicas,
             self.commit_plan,
+            self.claim_workload,
             self.run_replicas,
             self.stop_replica,
             self.publish_node,
