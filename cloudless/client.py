@@ -276,6 +276,15 @@ class CloudlessClient:
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
 
+    async def remove_node(
+        self, node_id: str, reason: str = "", timeout: float = 600.0
+    ) -> NodeStatus:
+        """Retire a node for good: its workloads replace its replicas elsewhere (nothing
+        running elsewhere is stopped), what it held in the ledger is freed, whatever its
+        agent still runs is stopped if it can be reached, and its certificate is revoked.
+        The name may enroll again with a new token. Returns the node's final status."""
+        return await self.node_admin(node_id, AdminAction.REMOVE, reason, timeout)
+
     async def describe_node(self, node_id: str) -> NodeDetails:
         nodes = {n.node_id: n for n in (await self.snapshot()).nodes}
         if node_id not in nodes:

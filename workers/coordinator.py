@@ -54,6 +54,7 @@ from cloudless.pki import (
     write_public_file,
 )
 from cloudless.process import stop_on_signals
+from cloudless.revocation import RevocationList
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
@@ -239,6 +240,8 @@ class Coordinator:
     insecure_plaintext_payloads: bool = False
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
+    #: Certificates of removed nodes, refused by the gateway and SecretsService.
+    revocations: RevocationList | None = None
     #: The process's garbage-collector policy (``workers.gcpolicy``); the process entry
     #: point sets it, in-process test clusters leave the interpreter's defaults alone.
     gc_policy: GcPolicy | None = None
@@ -256,11 +259,14 @@ class Coordinator:
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
             )
         await ensure_search_attributes(self.client)
-        await LedgerHandle(self.client, self.cluster).start()
+        ledger_handle = LedgerHandle(self.client, self.cluster)
+        await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
         bootstrap_admin(self.state_dir, pki.ca, self.cluster)
-        secrets = self.secrets_runtime = await self._start_secrets()
+        revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
+        secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
+        ledger.revocations = revocations
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
@@ -284,6 +290,9 @@ class Coordinator:
                 membership.notify_workloads,
                 membership.reconcile_node,
                 membership.wait_node_empty,
+                membership.wait_node_released,
+                membership.retire_node,
+                ledger.remove_node,
                 reaper.reap_workloads,
                 reaper.reap_orphans,
                 *(secrets.activities() if secrets else ()),
@@ -332,8 +341,15 @@ class Coordinator:
         self.agent_port = agent_server.add_secure_port(
             self.agent_listen, server_credentials(pki.material, require_client_auth=True)
         )
+        # Loaded before the listeners open: a removed node is refused from the first call.
+        await revocations.start()
         servicer = GatewayServicer(
-            self.client, self.cluster, verifier, self.liveness, agent_port=self.agent_port
+            self.client,
+            self.cluster,
+            verifier,
+            self.liveness,
+            agent_port=self.agent_port,
+            revocations=revocations,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
         if secrets is not None:
@@ -381,7 +397,7 @@ class Coordinator:
                 "plaintext; never run a real cluster like this",
             )
 
-    async def _start_secrets(self) -> SecretsRuntime | None:
+    async def _start_secrets(self, revocations: RevocationList) -> SecretsRuntime | None:
         if self.transit is None:
             log.warning("coordinator.secrets_disabled", hint="configure transit (VAULT_ADDR)")
             return None
@@ -408,6 +424,7 @@ class Coordinator:
             AccessTokens(load_or_create_key(directory), self.cluster),
             self.audit,
             rotation_plan=plan,
+            revocations=revocations,
         )
         await ensure_rotation_schedule(self.client, plan, self.key_rotation_interval)
         return runtime
@@ -421,6 +438,8 @@ class Coordinator:
             await self._agent_server.stop(grace=2)
         if self.liveness is not None:
             await self.liveness.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self._tasks:
             await asyncio.gather(*(w.shutdown() for w in self._workers))
             for task in self._tasks:

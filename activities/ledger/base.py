@@ -29,6 +29,7 @@ from cloudless.model import (
     LedgerOp,
     Resources,
 )
+from cloudless.revocation import RevocationList
 
 I = TypeVar("I")  # noqa: E741  (a message's input type)
 
@@ -51,6 +52,9 @@ class LedgerBase:
         self.scheduler = SchedulerState(self.ledger.snapshot)
         self.scheduler.poll_version = self.ledger.version
         self.writer = LedgerWriter(lambda: self.ledger)
+        #: This process's list of revoked certificates: a node removed through it is
+        #: refused here at once (the others reload it from the ledger within seconds).
+        self.revocations: RevocationList | None = None
 
     async def commit(self, plan: CommitPlanInput) -> CommitPlanResult:
         """Commit through the batched writer; raises :class:`PlanRejected` as the ledger's

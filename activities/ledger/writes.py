@@ -1,5 +1,5 @@
 """Ledger writes the workflows ask for: release (or commit) a plan, publish a node's state,
-claim a workload for a workflow's first run."""
+claim a workload for a workflow's first run, remove a node for good."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from cloudless.model import (
     CommitPlanInput,
     CommitPlanResult,
     LedgerOp,
+    RemoveNodeInput,
+    RemoveNodeResult,
     UpsertNodeInput,
 )
 
@@ -58,3 +60,22 @@ class LedgerWriteActivities(LedgerBase):
         if result.woken:
             await self._wake(result.woken, f"earlier runs of {inp.workload} released room")
         return result
+
+    @activity.defn(name="remove_node")
+    async def remove_node(self, inp: RemoveNodeInput) -> RemoveNodeResult:
+        """Forget a removed node in the ledger: what it still held is freed and its
+        certificate is revoked (refused by this coordinator at once, by the others within
+        their refresh interval). A retry finds the node gone and revokes again: harmless."""
+        done = await self.writer.submit(LedgerOp(remove_node=inp))
+        if done.removed is None:
+            raise ApplicationError(done.error or "node removal failed", type=done.error_type)
+        if done.removed.revoked and self.revocations is not None:
+            self.revocations.add(inp.certificate_serial, inp.node_id)
+        self.scheduler.mark_stale()  # the node left the ledger: the index reloads
+        activity.logger.info(
+            "removed node %s (released %d replica(s), certificate %s)",
+            inp.node_id,
+            sum(done.removed.released.values()),
+            "revoked" if done.removed.revoked else "not revoked: serial unknown or expired",
+        )
+        return done.removed

@@ -494,6 +494,30 @@ def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
     _admin(name, AdminAction.UNCORDON, reason, "uncordoned")
 
 
+@node_app.command("remove")
+def node_remove(
+    name: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Confirm: the removal cannot be undone.")
+    ] = False,
+    reason: ReasonOpt = "",
+) -> None:
+    """Retire a node for good (one that will never come back, or was enrolled by mistake):
+    its replicas are replaced on other nodes (nothing running elsewhere is stopped), its
+    reservations are freed, its agent's replicas are stopped if it can be reached, and its
+    certificate is revoked. The name can enroll again with a new token."""
+    if not yes:
+        raise fail(
+            f"removing node {name} cannot be undone (its certificate is revoked); "
+            f"run `cloudlessctl node remove {name} --yes` to confirm"
+        )
+    status = run(lambda c: c.remove_node(name, reason))
+    console.print(
+        f"node/{name} removed (state {status.state.value}); its certificate is revoked",
+        markup=False,
+    )
+
+
 @node_app.command("drain")
 def node_drain(name: str, reason: ReasonOpt = "") -> None:
     """Move every replica elsewhere (replacements first; on a full cluster within each

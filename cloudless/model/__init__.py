@@ -74,6 +74,7 @@ from cloudless.model.nodes import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
+    RetireNodeInput,
 )
 from cloudless.model.placement import (
     ExplainInput,
@@ -189,6 +190,7 @@ __all__ = [
     "ReplicasLost",
     "ReplicasPreempted",
     "Resources",
+    "RetireNodeInput",
     "RevokedCertificate",
     "RunReplicaInput",
     "RunReplicaOutcome",

@@ -30,7 +30,10 @@ from cloudless.model import (
     PlacementResult,
     ReconcileNodeInput,
     ReconcileNodeResult,
+    RemoveNodeInput,
+    RemoveNodeResult,
     ReplicaPhase,
+    RetireNodeInput,
     RunReplicaOutcome,
     RunReplicaResult,
     RunReplicasInput,
@@ -147,6 +150,21 @@ class StandIns:
         self.calls.append(("wait_node_empty", node_id))
         await self.node_empty.wait()
 
+    @activity.defn(name="wait_node_released")
+    async def wait_node_released(self, node_id: str) -> list[str]:
+        self.calls.append(("wait_node_released", node_id))
+        return []
+
+    @activity.defn(name="retire_node")
+    async def retire_node(self, inp: RetireNodeInput) -> list[str]:
+        self.calls.append(("retire_node", inp))
+        return self.on(inp.node_id)
+
+    @activity.defn(name="remove_node")
+    async def remove_node(self, inp: RemoveNodeInput) -> RemoveNodeResult:
+        self.calls.append(("remove_node", inp))
+        return RemoveNodeResult(removed=True, revoked=bool(inp.certificate_serial))
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.place_replicas,
@@ -159,6 +177,9 @@ class StandIns:
             self.reconcile_node,
             self.notify_workloads,
             self.wait_node_empty,
+            self.wait_node_released,
+            self.retire_node,
+            self.remove_node,
         ]
 
 
