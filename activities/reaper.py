@@ -178,8 +178,10 @@ class ReaperActivities:
             self._inspected[node_id] = time.monotonic()
             stub = await self._pool.stub(node_id, ready[node_id])
             try:
+                # wait_for_ready: a channel still backing off from the agent's last outage
+                # (the node is Ready again) connects instead of failing at once.
                 reply = await stub.ListReplicas(
-                    agent_pb2.ListReplicasRequest(), timeout=LIST_TIMEOUT
+                    agent_pb2.ListReplicasRequest(), timeout=LIST_TIMEOUT, wait_for_ready=True
                 )
             except grpc.aio.AioRpcError as err:
                 result.errors[node_id] = str(translate_rpc_error(err, node_id))
