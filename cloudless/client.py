@@ -277,7 +277,7 @@ class CloudlessClient:
             raise _update_error(err) from err
 
     async def remove_node(
-        self, node_id: str, reason: str = "", timeout: float = 600.0
+        self, node_id: str, reason: str = "", timeout: float = 3600.0
     ) -> NodeStatus:
         """Retire a node for good: its workloads replace its replicas elsewhere (nothing
         running elsewhere is stopped), what it held in the ledger is freed, whatever its
