@@ -258,6 +258,8 @@ class SchedulerState:
             self.cancel(t)  # the snapshot loaded meanwhile holds it already
             return
         self.workloads.update(t.workloads)
+        if result.taken_over:
+            self.mark_stale()  # an older owner's reservations went, which the index holds
 
     def wrote(self, version: int, *, changed_nodes: bool) -> None:
         """This process made a ledger write other than a plan or a node record (a claim, a
@@ -272,6 +274,9 @@ class SchedulerState:
     def plan_committed(self, plan: CommitPlanInput, result: CommitPlanResult) -> None:
         """Apply a plan committed without a reservation (releases from ``commit_plan``)."""
         if self.index is None or not result.applied or not self._saw(result.version):
+            return
+        if result.taken_over:
+            self.mark_stale()
             return
         try:
             self._apply(plan.releases, sign=-1)

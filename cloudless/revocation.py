@@ -54,6 +54,10 @@ class RevocationList:
     def serials(self) -> frozenset[str]:
         return frozenset(self._serials)
 
+    def __bool__(self) -> bool:
+        """Whether anything is revoked: callers skip the certificate lookup when not."""
+        return bool(self._serials)
+
     def add(self, serial: str, node_id: str) -> None:
         """A removal made through this process: refused from now on."""
         if serial:

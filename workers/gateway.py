@@ -156,10 +156,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.invalidations = invalidations or InvalidationFeed()
         self._revocations = revocations
 
-    def _revoked(self, context: grpc.aio.ServicerContext[object, object]) -> str | None:
-        """Why the peer's certificate is refused, if it was revoked (its node removed)."""
-        pem = peer_certificate_pem(context)
-        if self._revocations is None or pem is None:
+    def _revoked(self, pem: bytes | None) -> str | None:
+        """Why the peer's certificate is refused, if it was revoked (its node removed).
+        Called on every beat: with nothing revoked it costs one truth test."""
+        if not self._revocations or pem is None:
             return None
         node_id = self._revocations.revoked(pem)
         if node_id is None:
@@ -184,7 +184,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 f"{self._cluster!r} is required",
             )
             return
-        if (refused := self._revoked(context)) is not None:
+        pem = peer_certificate_pem(context)
+        if (refused := self._revoked(pem)) is not None:
             log.warning("heartbeat.refused", node=ident.name, reason="certificate revoked")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             return
@@ -196,7 +197,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         cursor = self.invalidations.head
         try:
             async for beat in request_iterator:
-                if (refused := self._revoked(context)) is not None:
+                if (refused := self._revoked(pem)) is not None:
                     # Removed while its stream was open: cut it off.
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
                 if not token:

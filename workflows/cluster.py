@@ -273,9 +273,8 @@ class Ledger:
         """Raise :class:`PlanRejected` unless the plan keeps every node within capacity."""
         if plan.plan_id in self.plans:
             return  # a retry of a committed plan: accepted, the handler answers from cache
-        stale = sorted(
-            {a.workload for a in plan.allocations} & set(self._owner_check(plan)["stale"])
-        )
+        owners = self._owner_check(plan)
+        stale = sorted({a.workload for a in plan.allocations} & set(owners["stale"]))
         if stale:
             raise StaleOwner(
                 f"plan refused: {', '.join(stale)} now belongs to a newer run of the "
@@ -284,7 +283,7 @@ class Ledger:
                 non_retryable=True,
             )
         delta: dict[str, Resources] = {}
-        for key in self._owner_check(plan)["takeover"]:
+        for key in owners["takeover"]:
             for node_id, amount in self.held.get(key, {}).items():
                 delta[node_id] = delta.get(node_id, Resources()) - amount
         for a in plan.releases:
@@ -360,7 +359,11 @@ class Ledger:
             self._plan_allocations -= len(old.allocations)
         woken = self._wake(freed_nodes) if freed_nodes else []
         return CommitPlanResult(
-            version=self.version, applied=True, allocations=plan.allocations, woken=woken
+            version=self.version,
+            applied=True,
+            allocations=plan.allocations,
+            woken=woken,
+            taken_over=owners["takeover"],
         )
 
     def _owner_check(self, plan: CommitPlanInput) -> dict[str, list[str]]:

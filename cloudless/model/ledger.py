@@ -304,6 +304,9 @@ class CommitPlanResult(_Model):
     allocations: list[Allocation] = Field(default_factory=list)  # as originally committed
     #: Pending workloads this plan may have made room for; the caller wakes them.
     woken: list[str] = Field(default_factory=list)
+    #: Workloads whose older owner's reservations this plan released first (a takeover):
+    #: a scheduler index that did not see them go reloads.
+    taken_over: list[str] = Field(default_factory=list)
 
 
 class UpsertNodeInput(_Model):

@@ -124,7 +124,14 @@ def test_a_newer_run_takes_over_what_an_older_one_committed_after_the_claim() ->
     place(ledger, "late", old, alloc("o1", "a", 800))
     assert ledger.workloads["ns/w"].owner == old
     # The new run's plan would not fit beside it, but the takeover makes the room.
-    place(ledger, "p1", new, alloc("n1", "a", 600))
+    plan = CommitPlanInput(
+        plan_id="p1",
+        allocations=[alloc("n1", "a", 600)],
+        workloads={"ns/w": LedgerWorkload(resources=res(600))},
+        owners={"ns/w": new},
+    )
+    ledger.validate(plan)
+    assert ledger.commit(plan).taken_over == ["ns/w"]
     assert cpu(ledger, "a") == 600 and ledger.workloads["ns/w"].owner == new
     assert ledger.nodes["a"].workloads == {"ns/w": 1}
 

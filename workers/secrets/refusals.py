@@ -58,8 +58,10 @@ class Refusals:
         or ``anonymous`` when it claimed no Cloudless identity.
         """
         identity = tls.peer_identity(context)
-        pem = tls.peer_certificate_pem(context)
-        revoked = self._revocations.revoked(pem) if self._revocations and pem else None
+        revoked = None
+        if self._revocations:  # something is revoked: look at this certificate
+            pem = tls.peer_certificate_pem(context)
+            revoked = self._revocations.revoked(pem) if pem else None
         if identity is not None and revoked is not None:
             reason = f"the certificate of node {revoked!r} was revoked when the node was removed"
             await self.deny(
