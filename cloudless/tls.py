@@ -196,6 +196,12 @@ _identities: dict[bytes, Identity | None] = {}
 IDENTITY_CACHE_SIZE = 4096
 
 
+def peer_certificate_pem(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:
+    """The peer's client certificate (PEM, as TLS verified it), if it sent one."""
+    pem: bytes | None = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    return pem
+
+
 def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
     """The cluster identity of the peer's verified client certificate, if it sent one.
 
@@ -204,7 +210,7 @@ def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity
     cached (bounded, oldest evicted first). This skips only the re-parsing: the TLS
     handshake still verified this connection's chain and validity before any RPC ran.
     """
-    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    pem = peer_certificate_pem(context)
     if pem is None:
         return None
     try:

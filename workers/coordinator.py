@@ -31,6 +31,7 @@ from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
+from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
 from cloudless.codec import (
@@ -51,6 +52,7 @@ from cloudless.grpc_options import (
 )
 from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
+from cloudless.model import ReaperInput
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -59,6 +61,7 @@ from cloudless.pki import (
     write_public_file,
 )
 from cloudless.process import raise_open_files_limit, stop_on_signals
+from cloudless.revocation import RevocationList
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
@@ -81,6 +84,7 @@ from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
+from workers.reaper import ensure_reaper_schedule
 from workers.secrets import SecretsRuntime, ensure_rotation_schedule
 from workflows import LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
@@ -170,6 +174,12 @@ class SecretsSettings:
     rotation_settle_seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class ReaperSettings:
+    interval: timedelta = timedelta(minutes=1)
+    grace: float = 60.0
+
+
 async def _start_codec_server(
     settings: CodecServerConfig, codec: PayloadCodec, directory: Path
 ) -> CodecServer | None:
@@ -248,9 +258,16 @@ class Coordinator:
     insecure_plaintext_payloads: bool = False
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
+    #: Certificates of removed nodes, refused by the gateway and SecretsService.
+    revocations: RevocationList | None = None
     #: The process's garbage-collector policy (``workers.gcpolicy``); the process entry
     #: point sets it, in-process test clusters leave the interpreter's defaults alone.
     gc_policy: GcPolicy | None = None
+    #: How often the reaper Schedule runs (None: this coordinator leaves the Schedule as
+    #: it is, or absent; tests run the reaper on demand instead).
+    reap_interval: timedelta | None = timedelta(minutes=1)
+    #: Replicas an agent started less than this long ago are not stopped by the reaper.
+    reap_grace: float = 60.0
 
     async def start(self) -> None:
         self._check_codec()
@@ -260,14 +277,18 @@ class Coordinator:
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
             )
         await ensure_search_attributes(self.client)
-        await LedgerHandle(self.client, self.cluster).start()
+        ledger_handle = LedgerHandle(self.client, self.cluster)
+        await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
         bootstrap_admin(self.state_dir, pki.ca, self.cluster)
-        secrets = self.secrets_runtime = await self._start_secrets()
+        revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
+        secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
+        ledger.revocations = revocations
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
+        reaper = ReaperActivities(self.client, self._pool, self.cluster, ledger)
         worker = Worker(
             self.client,
             task_queue=task_queue(self.cluster),
@@ -276,6 +297,7 @@ class Coordinator:
                 ledger.place_replicas,
                 ledger.explain_placement,
                 ledger.commit_plan,
+                ledger.claim_workload,
                 ledger.publish_node,
                 ledger.consume_enrollment_token,
                 ledger.register_node,
@@ -286,6 +308,11 @@ class Coordinator:
                 membership.notify_workloads,
                 membership.reconcile_node,
                 membership.wait_node_empty,
+                membership.wait_node_released,
+                membership.retire_node,
+                ledger.remove_node,
+                reaper.reap_workloads,
+                reaper.reap_orphans,
                 *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,
@@ -332,8 +359,15 @@ class Coordinator:
         self.agent_port = agent_server.add_secure_port(
             self.agent_listen, server_credentials(pki.material, require_client_auth=True)
         )
+        # Loaded before the listeners open: a removed node is refused from the first call.
+        await revocations.start()
         servicer = GatewayServicer(
-            self.client, self.cluster, verifier, self.liveness, agent_port=self.agent_port
+            self.client,
+            self.cluster,
+            verifier,
+            self.liveness,
+            agent_port=self.agent_port,
+            revocations=revocations,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
         if secrets is not None:
@@ -348,6 +382,12 @@ class Coordinator:
         )
         await server.start()
         self._server = server
+        if self.reap_interval is not None:
+            await ensure_reaper_schedule(
+                self.client,
+                ReaperInput(cluster=self.cluster, grace_seconds=self.reap_grace),
+                self.reap_interval,
+            )
         log.info(
             "coordinator.started",
             cluster=self.cluster,
@@ -375,7 +415,7 @@ class Coordinator:
                 "plaintext; never run a real cluster like this",
             )
 
-    async def _start_secrets(self) -> SecretsRuntime | None:
+    async def _start_secrets(self, revocations: RevocationList) -> SecretsRuntime | None:
         if self.transit is None:
             log.warning("coordinator.secrets_disabled", hint="configure transit (VAULT_ADDR)")
             return None
@@ -402,6 +442,7 @@ class Coordinator:
             AccessTokens(load_or_create_key(directory), self.cluster),
             self.audit,
             rotation_plan=plan,
+            revocations=revocations,
         )
         await ensure_rotation_schedule(self.client, plan, self.key_rotation_interval)
         return runtime
@@ -415,6 +456,8 @@ class Coordinator:
             await self._agent_server.stop(grace=2)
         if self.liveness is not None:
             await self.liveness.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self._tasks:
             await asyncio.gather(*(w.shutdown() for w in self._workers))
             for task in self._tasks:
@@ -547,6 +590,22 @@ def main_command(
             help="Quiet time with nothing left to rewrap before old key versions are disabled.",
         ),
     ] = 30.0,
+    reap_interval: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_INTERVAL",
+            help="How often the reaper Schedule releases reservations nobody owns and stops "
+            "replicas no workload places (e.g. 1m, 30s).",
+        ),
+    ] = "1m",
+    reap_grace: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_GRACE",
+            help="Replicas an agent started less than this long ago are left to the next "
+            "reaper run (e.g. 60s).",
+        ),
+    ] = "60s",
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -605,6 +664,10 @@ def main_command(
                 insecure_plaintext_payloads,
                 grpc_limits,
                 gateway_max_connection_age,
+                ReaperSettings(
+                    interval=parse_duration(reap_interval),
+                    grace=parse_duration(reap_grace).total_seconds(),
+                ),
             )
         )
     except CloudlessError as err:
@@ -626,8 +689,10 @@ async def _run(
     insecure_plaintext_payloads: bool = False,
     grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
     gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE,
+    reaper: ReaperSettings | None = None,
 ) -> None:
     secrets = secrets or SecretsSettings()
+    reaper = reaper or ReaperSettings()
     transit = transit_settings(state_dir)
     # Refuse before connecting: nothing may reach Temporal without the codec.
     codec = require_codec(
@@ -661,6 +726,8 @@ async def _run(
         rotation_batch_interval=secrets.rotation_batch_interval,
         rotation_settle_seconds=secrets.rotation_settle_seconds,
         gc_policy=GcPolicy(),
+        reap_interval=reaper.interval,
+        reap_grace=reaper.grace,
     )
     await coordinator.start()
     await stop_on_signals().wait()

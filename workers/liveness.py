@@ -284,6 +284,7 @@ _HEALTH_OF = {
     NodeState.SUSPECT: Health.SUSPECT,
     NodeState.OFFLINE: Health.OFFLINE,
     NodeState.LEFT: Health.OFFLINE,
+    NodeState.REMOVED: Health.OFFLINE,
 }
 
 __all__ = ["Health", "LivenessMonitor"]

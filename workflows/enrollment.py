@@ -87,7 +87,11 @@ class EnrollmentWorkflow:
             retry_policy=_RETRY,
         )
         record = inp.record.model_copy(
-            update={"certificate_not_after": signed.not_after, "enrolled_at": now}
+            update={
+                "certificate_not_after": signed.not_after,
+                "certificate_serial": signed.serial,
+                "enrolled_at": now,
+            }
         )
         await workflow.execute_activity_method(
             LedgerActivities.register_node,

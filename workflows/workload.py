@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ApplyInput,
         ApplyResult,
         CapacityAvailable,
+        ClaimWorkloadInput,
         CommitPlanInput,
         PlacementRequest,
         ReplicaExited,
@@ -81,6 +82,9 @@ with workflow.unsafe.imports_passed_through():
 
 MAX_HISTORY_EVENTS = 8_000
 MAX_PREEMPTIONS_KEPT = 64
+#: ``workflow.patched`` id of the claim a first run makes before anything else (runs
+#: started before it never claimed: their plans carry no owner).
+CLAIM_PATCH = "claim-workload"
 _ALPHABET = string.ascii_lowercase + string.digits
 
 _AGENT_RETRY = RetryPolicy(
@@ -160,6 +164,8 @@ class WorkloadWorkflow:
                 workflow.logger.warning("refused the start manifest: %s", refusal)
                 self._dirty = False
                 return self.status()
+        if inp.state is None and workflow.patched(CLAIM_PATCH):
+            await self._claim()
         while True:
             backoff = self._state.backoff_seconds
             try:
@@ -198,6 +204,22 @@ class WorkloadWorkflow:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() > self._max_history_events
         )
+
+    async def _claim(self) -> None:
+        """Claim the workload in the ledger before placing anything (first run only).
+
+        No earlier run of this workflow id is running (Temporal runs one at a time), so
+        whatever the ledger still holds for the workload was left by runs that are over
+        (terminated, failed, deleted before they released it): the claim releases it,
+        and the owner token it returns makes the ledger refuse their late plans.
+        """
+        result = await workflow.execute_activity_method(
+            LedgerActivities.claim_workload,
+            ClaimWorkloadInput(workload=self._view.key),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_LEDGER_RETRY,
+        )
+        self._state.owner = result.owner
 
     async def _reconcile(self) -> None:
         """One pass: each stage is decided on the records as they are when it begins."""
@@ -256,6 +278,7 @@ class WorkloadWorkflow:
                 replica_ids=[r.replica_id for r in pending],
                 resources=view.resources,
                 manifest=state.manifest,
+                owner=state.owner,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_LEDGER_RETRY,
@@ -376,6 +399,7 @@ class WorkloadWorkflow:
                     )
                     for r in replicas
                 ],
+                owners={self._view.key: self._state.owner} if self._state.owner else {},
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_LEDGER_RETRY,
@@ -606,4 +630,5 @@ class WorkloadWorkflow:
             replicas=list(state.replicas),
             manifest=state.manifest,
             epoch=state.epoch,
+            owner=state.owner,
         )

@@ -382,6 +382,44 @@ def scheduler_set(
     )
 
 
+# ----------------------------------------------------------------------------- reaper
+
+
+@app.command("reap")
+def reap(
+    grace: Annotated[
+        str, typer.Option(help="Leave replicas an agent started less than this long ago.")
+    ] = "60s",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Run the reaper now (it also runs on a Schedule): release reservations whose
+    workload workflow is over and stop replicas no workload places where they run."""
+    try:
+        seconds = parse_duration(grace).total_seconds()
+    except ValueError as err:
+        raise fail(f"--grace: {err}") from None
+    report = run(lambda c: c.reap(seconds))
+    if output != Output.TABLE:
+        emit_data(report.model_dump(mode="json"), output)
+        return
+    w, o = report.workloads, report.orphans
+    console.print(
+        f"checked {w.checked} of {w.held} workload(s) holding reservations; "
+        f"released {len(w.reaped)}"
+    )
+    for r in w.reaped:
+        console.print(
+            f"  {r.workload}: {sum(r.replicas.values())} replica(s) on "
+            f"{', '.join(sorted(r.replicas)) or 'no node'} ({r.reason})",
+            markup=False,
+        )
+    console.print(f"asked {o.nodes} Ready node(s); stopped {len(o.stopped)} replica(s)")
+    for s in o.stopped:
+        console.print(f"  {s.node_id}: {s.replica_id} of {s.workload} ({s.reason})", markup=False)
+    for node_id, error in sorted(o.errors.items()):
+        console.print(f"  {node_id}: not asked: {error}", markup=False)
+
+
 # ----------------------------------------------------------------------------- delete/scale
 
 
@@ -459,6 +497,30 @@ def node_cordon(name: str, reason: ReasonOpt = "") -> None:
 def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
     """Accept new placements on a node again."""
     _admin(name, AdminAction.UNCORDON, reason, "uncordoned")
+
+
+@node_app.command("remove")
+def node_remove(
+    name: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Confirm: the removal cannot be undone.")
+    ] = False,
+    reason: ReasonOpt = "",
+) -> None:
+    """Retire a node for good (one that will never come back, or was enrolled by mistake):
+    its replicas are replaced on other nodes (nothing running elsewhere is stopped), its
+    reservations are freed, its agent's replicas are stopped if it can be reached, and its
+    certificate is revoked. The name can enroll again with a new token."""
+    if not yes:
+        raise fail(
+            f"removing node {name} cannot be undone (its certificate is revoked); "
+            f"run `cloudlessctl node remove {name} --yes` to confirm"
+        )
+    status = run(lambda c: c.remove_node(name, reason))
+    console.print(
+        f"node/{name} removed (state {status.state.value}); its certificate is revoked",
+        markup=False,
+    )
 
 
 @node_app.command("drain")

@@ -43,3 +43,4 @@ class SignCertificateResult(_Model):
     certificate_pem: str
     ca_pem: str
     not_after: datetime
+    serial: str = ""  # hex (cloudless.pki.cert_serial): what removing the node revokes

@@ -27,6 +27,8 @@ class NodeRecord(_Model):
     runtimes: list[str] = Field(default_factory=list)
     agent_version: str = ""
     certificate_not_after: datetime | None = None
+    #: The node certificate's serial (hex): what ``node remove`` revokes.
+    certificate_serial: str = ""
     enrolled_at: datetime | None = None
 
 
@@ -97,6 +99,13 @@ class ReconcileNodeResult(_Model):
     missing: dict[str, list[str]] = Field(default_factory=dict)  # workload -> replica ids
     #: Stopped because they ran an older placement epoch than the control plane recorded.
     stale_epochs: list[str] = Field(default_factory=list)
+
+
+class RetireNodeInput(_Model):
+    """Stop whatever a removed node's agent still runs (its replicas were replaced)."""
+
+    node_id: str
+    address: str
 
 
 class NotifyWorkloadsInput(_Model):
