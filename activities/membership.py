@@ -1,5 +1,6 @@
 """Activities for membership changes: tell workloads a node is lost, reconcile a node's
-replicas against what the control plane wants there, and ask a node to do so."""
+replicas against what the control plane wants there, ask a node to do so, and retire a
+removed node."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import defaultdict
 
 import grpc
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from activities.agent_client import AgentClientPool
@@ -23,12 +24,14 @@ from cloudless.contracts import (
     workload,
 )
 from cloudless.contracts import node as node_contract
+from cloudless.contracts.names import task_queue
 from cloudless.model import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
     ReconcileRequest,
     ReplicasLost,
+    RetireNodeInput,
     WorkloadPhase,
 )
 from policies.membership import PlacedHere, placed_here
@@ -78,6 +81,55 @@ class MembershipActivities:
                 return
             activity.heartbeat(left)
             await asyncio.sleep(0.5)
+
+    async def _running(self, key: str) -> bool:
+        """Whether the workload's workflow runs (for this cluster): it can still release."""
+        try:
+            desc = await WorkloadHandle.of(self._client, key).handle.describe()
+        except RPCError as err:
+            if gone(err):
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING and desc.task_queue == task_queue(
+            self._cluster
+        )
+
+    @activity.defn(name="wait_node_released")
+    async def wait_node_released(self, node_id: str) -> list[str]:
+        """Return once no running workload holds reservations on the node any more (they
+        were told it was removed and release as they replace). Returns the workloads still
+        listed there, whose workflows are over: the node's removal frees what they held."""
+        while True:
+            left = await self._ledger.node_workloads(node_id)
+            live = [key for key in left if await self._running(key)]
+            if not live:
+                return left
+            activity.heartbeat(live)
+            await asyncio.sleep(0.5)
+
+    @activity.defn(name="retire_node")
+    async def retire_node(self, inp: RetireNodeInput) -> list[str]:
+        """Stop everything a removed node's agent still runs, if it can be reached: its
+        workloads have replaced those replicas elsewhere. Returns the replicas stopped."""
+        stub = await self._pool.stub(inp.node_id, inp.address)
+        try:
+            listed = await stub.ListReplicas(agent_pb2.ListReplicasRequest(), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            raise translate_rpc_error(err, inp.node_id) from err
+        stopped = []
+        for r in listed.replicas:
+            try:
+                await stub.StopReplica(
+                    agent_pb2.StopReplicaRequest(
+                        replica_id=r.replica_id, grace_seconds=10, epoch=r.epoch
+                    ),
+                    timeout=40,
+                )
+            except grpc.aio.AioRpcError as err:
+                raise translate_rpc_error(err, inp.node_id) from err
+            stopped.append(r.replica_id)
+            activity.heartbeat(len(stopped))
+        return stopped
 
     async def _assigned(self, key: str, node_id: str) -> PlacedHere | None:
         """What the workload places on the node (``policies.membership.placed_here``);

@@ -9,7 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from cloudless.errors import PKIError
 from cloudless.model import SignCertificateInput, SignCertificateResult
-from cloudless.pki import CertificateAuthority, Identity, cert_not_after
+from cloudless.pki import CertificateAuthority, Identity, cert_not_after, cert_serial
 
 NODE_CERT_VALIDITY = timedelta(days=30)
 
@@ -36,4 +36,5 @@ class PKIActivities:
             certificate_pem=cert.decode(),
             ca_pem=self._ca.cert_pem.decode(),
             not_after=cert_not_after(cert),
+            serial=cert_serial(cert),
         )

@@ -258,10 +258,25 @@ class SchedulerState:
             self.cancel(t)  # the snapshot loaded meanwhile holds it already
             return
         self.workloads.update(t.workloads)
+        if result.taken_over:
+            self.mark_stale()  # an older owner's reservations went, which the index holds
+
+    def wrote(self, version: int, *, changed_nodes: bool) -> None:
+        """This process made a ledger write other than a plan or a node record (a claim, a
+        reap, a node removal) at ``version``. If it released reservations, which the index
+        cannot replay, the index reloads before the next decision; otherwise the version
+        is only accounted for, so no gap makes the index reload for nothing."""
+        if changed_nodes:
+            self.mark_stale()
+        elif self.index is not None:
+            self._saw(version)
 
     def plan_committed(self, plan: CommitPlanInput, result: CommitPlanResult) -> None:
         """Apply a plan committed without a reservation (releases from ``commit_plan``)."""
         if self.index is None or not result.applied or not self._saw(result.version):
+            return
+        if result.taken_over:
+            self.mark_stale()
             return
         try:
             self._apply(plan.releases, sign=-1)

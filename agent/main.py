@@ -30,10 +30,16 @@ from agent.supervisor import Supervisor
 from cloudless import config, tls
 from cloudless.api import agent_pb2_grpc, gateway_pb2
 from cloudless.errors import CloudlessError
+from cloudless.grpc_options import (
+    GrpcHandshakeTimeout,
+    GrpcIdleTimeout,
+    GrpcMaxConnections,
+    GrpcMaxStreams,
+)
 from cloudless.logs import configure_logging
-from cloudless.process import stop_on_signals
+from cloudless.process import raise_open_files_limit, stop_on_signals
 from cloudless.quantity import parse_bytes, parse_cpu
-from cloudless.tls import TLSMaterial, server_credentials
+from cloudless.tls import DEFAULT_GRPC_LIMITS, GrpcLimits, TLSMaterial, server_credentials
 
 log = structlog.get_logger("cloudless.agent")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -72,6 +78,7 @@ async def serve(
     on_started: Callable[[HeartbeatClient], None] | None = None,
     secrets_dir: Path = DEFAULT_SECRETS_ROOT,
     secret_shell: Path = DEFAULT_SECRET_SHELL,
+    grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
 ) -> None:
     """Run the agent until ``stop`` is set (or forever).
 
@@ -123,7 +130,7 @@ async def serve(
     supervisor = Supervisor(state_dir, drivers, prepare=secrets.prepare)
     supervisor.load()
     await _adopt_secret_files(secrets, supervisor, drivers)
-    server = tls.server()
+    server = tls.server(grpc_limits)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(identity.name, identity.cluster, drivers, supervisor, secrets), server
     )
@@ -249,10 +256,21 @@ def main_command(
         ),
     ] = DEFAULT_SECRET_SHELL,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    grpc_max_connections: GrpcMaxConnections = DEFAULT_GRPC_LIMITS.max_connections,
+    grpc_max_streams: GrpcMaxStreams = DEFAULT_GRPC_LIMITS.max_streams,
+    grpc_handshake_timeout: GrpcHandshakeTimeout = DEFAULT_GRPC_LIMITS.handshake_timeout,
+    grpc_idle_timeout: GrpcIdleTimeout = DEFAULT_GRPC_LIMITS.idle_timeout,
 ) -> None:
     """Enroll (first start) and serve the node agent."""
     configure_logging()
+    raise_open_files_limit()  # before the listener sizes its cap from it
     try:
+        grpc_limits = GrpcLimits(
+            max_connections=grpc_max_connections,
+            max_streams=grpc_max_streams,
+            handshake_timeout=grpc_handshake_timeout,
+            idle_timeout=grpc_idle_timeout,
+        )
         if token_file is not None:
             token = token_file.read_text().strip()
         root = state_dir or config.agent_dir(config.state_dir(), name)
@@ -277,6 +295,7 @@ def main_command(
                 ready_file=ready_file,
                 secrets_dir=secrets_dir,
                 secret_shell=secret_shell,
+                grpc_limits=grpc_limits,
             )
         )
     except (CloudlessError, ValueError) as err:

@@ -34,13 +34,18 @@ from agent.secrets import SecretDelivery
 from agent.supervisor import Supervisor
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.errors import RuntimeDriverError
+from cloudless.spec import image_problem, label_problems, path_problem, text_problem
 from cloudless.tls import peer_identity
 
 log = structlog.get_logger("cloudless.agent")
 
-_REPLICA_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# fullmatch only: re.match with "$" would also accept a trailing newline.
+_REPLICA_ID = re.compile(r"[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VOLUME_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_LABEL = _VOLUME_NAME
+_HTTP_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Where the docker runtime puts its secret-delivery files inside containers.
 _RESERVED_MOUNT_DIR = "/.cloudless"
 MAX_CPU_MILLIS = 1024 * 1000
@@ -91,10 +96,12 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
     """Problems with an incoming replica spec; the control plane validated it too, but
     an agent never trusts its input."""
     problems = []
-    if not _REPLICA_ID.match(spec.replica_id):
+    if not _REPLICA_ID.fullmatch(spec.replica_id):
         problems.append(f"replica_id {spec.replica_id!r} must be lowercase [a-z0-9.-]")
-    if not spec.namespace or not spec.workload:
-        problems.append("namespace and workload are required")
+    if not _DNS_LABEL.fullmatch(spec.namespace) or not _DNS_LABEL.fullmatch(spec.workload):
+        problems.append(
+            f"namespace {spec.namespace!r} and workload {spec.workload!r} must be DNS-1123 labels"
+        )
     if not 0 <= spec.cpu_millis <= MAX_CPU_MILLIS:
         problems.append(f"cpu_millis {spec.cpu_millis} out of range 0..{MAX_CPU_MILLIS}")
     if not 0 <= spec.memory_bytes <= MAX_MEMORY_BYTES:
@@ -107,14 +114,41 @@ def validate_spec(spec: agent_pb2.ReplicaSpec) -> list[str]:
     # An unregistered runtime is refused later, as unavailable on this node.
     if spec.runtime in registered() and capabilities(spec.runtime).needs_image and not spec.image:
         problems.append(f"image is required for the {spec.runtime} runtime")
+    problems.extend(_text_problems(spec))
     problems.extend(_secret_problems(spec))
     problems.extend(_probe_problems(spec))
     return problems
 
 
+def _text_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
+    """What the manifest refuses and a runtime cannot take: a NUL in an argument or the
+    environment, a malformed image reference, env name or label (the same rules as
+    ``cloudless.spec``: a coordinator that skipped them must not wedge a start)."""
+    problems = []
+    if spec.image and (problem := image_problem(spec.image)) is not None:
+        problems.append(f"image {spec.image!r} {problem}")
+    for field in ("command", "args"):
+        for index, arg in enumerate(getattr(spec, field)):
+            if (problem := text_problem(arg)) is not None:
+                problems.append(f"{field}[{index}] {problem}")
+    for name, value in spec.env.items():
+        if not _ENV_NAME.fullmatch(name):
+            problems.append(f"env var name {name!r} must be a C identifier")
+        if (problem := text_problem(value)) is not None:
+            problems.append(f"env var {name!r} {problem}")
+    if spec.working_dir and (problem := path_problem(spec.working_dir)) is not None:
+        problems.append(f"working_dir {spec.working_dir!r} {problem}")
+    problems.extend(label_problems(dict(spec.labels)))
+    return problems
+
+
 def _relative_file(path: str) -> bool:
     parts = path.split("/")
-    return bool(path) and "\x00" not in path and not any(p in ("", ".", "..") for p in parts)
+    return (
+        bool(path)
+        and _CONTROL.search(path) is None
+        and not any(p in ("", ".", "..") for p in parts)
+    )
 
 
 def _secret_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
@@ -122,19 +156,26 @@ def _secret_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
     problems = []
     for var in spec.secret_env:
         ref = var.ref
-        if not _ENV_NAME.match(var.name):
+        if not _ENV_NAME.fullmatch(var.name):
             problems.append(f"secret env var name {var.name!r} must be a C identifier")
         if not (ref.namespace and ref.name and ref.key and ref.audience):
             problems.append(f"secret env var {var.name}: namespace, name, key, audience required")
     for volume in spec.secret_volumes:
         where = f"secret volume {volume.volume_name!r}"
-        if not _VOLUME_NAME.match(volume.volume_name):
+        if not _VOLUME_NAME.fullmatch(volume.volume_name):
             problems.append(f"{where}: name must be a DNS-1123 label")
         if not (volume.namespace and volume.name and volume.audience):
             problems.append(f"{where}: namespace, name and audience are required")
         mount = volume.mount_path
-        if not mount.startswith("/") or posixpath.normpath(mount) != mount or mount == "/":
-            problems.append(f"{where}: mount path {mount!r} must be a normalized absolute path")
+        if (
+            path_problem(mount) is not None
+            or posixpath.normpath(mount) != mount
+            or mount == "/"
+        ):
+            problems.append(
+                f"{where}: mount path {mount!r} must be a normalized absolute path without "
+                "control characters"
+            )
         elif mount == _RESERVED_MOUNT_DIR or mount.startswith(_RESERVED_MOUNT_DIR + "/"):
             problems.append(f"{where}: mount path {mount!r} is reserved for the agent")
         for file in volume.files:
@@ -161,13 +202,26 @@ def _probe_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
             problems.append(f"{kind}: needs one of exec, http_get, tcp_socket")
         elif handler == "exec" and not probe.exec.command:
             problems.append(f"{kind}: exec needs a command")
+        elif handler == "exec" and any(text_problem(arg) for arg in probe.exec.command):
+            problems.append(f"{kind}: exec command arguments must not contain a NUL character")
         elif handler == "http_get" and (
             not 1 <= probe.http_get.port <= 65535
             or probe.http_get.scheme not in ("", "HTTP", "HTTPS")
             or not probe.http_get.path.startswith("/")
-            or any(c in probe.http_get.path for c in "\r\n ")
+            or " " in probe.http_get.path
+            or _CONTROL.search(probe.http_get.path) is not None
         ):
-            problems.append(f"{kind}: http_get needs a port 1..65535, HTTP(S) and a /path")
+            problems.append(
+                f"{kind}: http_get needs a port 1..65535, HTTP(S) and a /path without spaces "
+                "or control characters"
+            )
+        elif handler == "http_get" and any(
+            not _HTTP_HEADER_NAME.fullmatch(h.name) or _CONTROL.search(h.value.replace("\t", ""))
+            for h in probe.http_get.headers
+        ):
+            problems.append(
+                f"{kind}: http_get headers need token names and values without control characters"
+            )
         elif handler == "tcp_socket" and not 1 <= probe.tcp_socket.port <= 65535:
             problems.append(f"{kind}: tcp_socket port out of range 1..65535")
         durations = (probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds)
@@ -217,6 +271,7 @@ def replica_from_proto(spec: agent_pb2.ReplicaSpec, node_id: str) -> ReplicaSpec
         image=spec.image,
         command=tuple(spec.command),
         args=tuple(spec.args),
+        working_dir=spec.working_dir,
         env=dict(spec.env),
         ports=tuple(
             PortMapping(p.container_port, p.protocol or "TCP", p.host_port or None)

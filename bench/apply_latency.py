@@ -2,8 +2,10 @@
 
 Stack: the real Temporal dev server (separate process); coordinator worker, TLS gateway
 and three agents shaped like the dev cluster (2 CPU/2 GiB, 4/4, 1/1) in this process,
-talking gRPC over mTLS on loopback. Each run applies a fresh workload and waits until
-every replica is Running (``wait_settled``), then deletes it (not timed).
+talking gRPC over mTLS on loopback. Each run applies a fresh workload with ``--wait`` and is
+timed until the answer: settled, every replica Running and ready (a replica without probes is
+ready once Running). ``answers_before_all_ready`` counts answers that were not (it should be
+0; such a run waits until they are, untimed). Then it deletes the workload (not timed).
 
 Baseline, measured in the same run: starting the same replica directly through the
 runtime driver (no control plane), so ``ratio`` shows what the control plane adds.
@@ -47,25 +49,34 @@ def workload(name: str, replicas: int, runtime: str) -> Any:
     return sleeper(name, replicas, cpu="100m", memory="32Mi", **spec)
 
 
-async def bench_apply(c: CloudlessClient, runtime: str, replicas: int, runs: int) -> list[float]:
-    samples = []
+async def bench_apply(
+    c: CloudlessClient, runtime: str, replicas: int, runs: int
+) -> tuple[list[float], int]:
+    """Time ``apply --wait`` until its answer; also count answers that came back with fewer
+    than every replica Running and ready (settled means all ready: it should be 0)."""
+    samples, early = [], 0
     for i in range(runs + 1):  # the first run warms caches and is discarded
         name = f"b{replicas}-{runtime[:2]}-{uuid.uuid4().hex[:6]}"
         t0 = time.perf_counter()
         outcome = await c.apply(workload(name, replicas, runtime), wait=True, timeout=300)
-        status = outcome.status
-        deadline = time.monotonic() + 60
-        # Settled means every replica Running and ready: apply's wait covers the reconcile
-        # pass, and an agent's readiness report may still be on its way (issue 10 item 12).
-        while status is not None and status.ready < replicas and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            status = await c.workload_status("default", name)
         elapsed = time.perf_counter() - t0
-        assert status is not None and status.ready == replicas, status
+        status = outcome.status
+        if status is None or status.ready < replicas:
+            early += 1
+            print(f"  apply answered before all were ready: {status}", file=sys.stderr)
+            await settle(c, name, replicas)  # the run goes on; the count reports it
         if i:
             samples.append(elapsed)
         await c.delete("default", name)
-    return samples
+    return samples, early
+
+
+async def settle(c: CloudlessClient, name: str, replicas: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (await c.workload_status("default", name)).ready < replicas:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: not all {replicas} replicas ready after {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 async def bench_direct(runtime: str, runs: int, root: Path) -> list[float]:
@@ -132,12 +143,17 @@ async def main() -> None:
                 )
                 results.append(base)
                 for replicas in (1, 30):
-                    samples = await bench_apply(c, runtime, replicas, args.runs)
+                    samples, early = await bench_apply(c, runtime, replicas, args.runs)
                     r = summarize(
                         f"apply -> all Running, {replicas} replica(s) ({runtime})",
                         "s",
                         samples,
-                        {"runtime": runtime, "replicas": replicas, "agents": 3},
+                        {
+                            "runtime": runtime,
+                            "replicas": replicas,
+                            "agents": 3,
+                            "answers_before_all_ready": early,
+                        },
                     )
                     if replicas == 1:
                         r["ratio_p50_vs_baseline"] = round(r["p50"] / base["p50"], 2)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -58,10 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import agent  # noqa: F401  (its __init__ applies cloudless.grpc_tuning before grpc loads)
 from bench.common import print_table, summarize, write_results
 from cloudless.cli.devstack import (
-    DEV_FILE,
     DevAgent,
     DevPorts,
     _spawn_agent,
+    record_process,
     start_processes,
     stop_exec_replicas,
     stop_processes,
@@ -111,10 +110,7 @@ class Stack:
 
     def record_pid(self, name: str, pid: int) -> None:
         """Keep dev.json current, so ``stop_processes`` stops every agent we started."""
-        path = self.state / DEV_FILE
-        data = json.loads(path.read_text())
-        data["pids"][f"agent/{name}"] = pid
-        path.write_text(json.dumps(data))
+        record_process(self.state, f"agent/{name}", pid)
 
     def add_namespace(self, k: int) -> tuple[str, str, str, str]:
         """A namespace behind its own veth link: (netns, host_if, host_ip, ns_ip)."""

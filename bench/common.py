@@ -14,7 +14,11 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results go; ``CLOUDLESS_BENCH_RESULTS`` redirects them (the CI smoke runs, which
+#: must not overwrite the measured figures).
+RESULTS = Path(
+    os.environ.get("CLOUDLESS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

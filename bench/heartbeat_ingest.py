@@ -188,12 +188,13 @@ async def _measure(
     b0, c0, t0 = counter(), sum(me.cpu_times()[:2]), time.monotonic()
     await asyncio.sleep(window)
     b1, c1, t1 = counter(), sum(me.cpu_times()[:2]), time.monotonic()
-    for p in procs:
+    for p in procs:  # measured: the clients' remaining time is not waited for
+        p.terminate()
         await asyncio.to_thread(p.join)
     return (b1 - b0) / (t1 - t0), (c1 - c0) / (t1 - t0)
 
 
-async def paced_cpu(nodes: int, seconds: float) -> tuple[float, float]:
+async def paced_cpu(nodes: int, seconds: float, warmup: float) -> tuple[float, float]:
     """(beats/s, coordinator cores) for ``nodes`` hollow nodes at 1 Hz into a fresh
     coordinator in this process."""
     env = await start_temporal()
@@ -204,12 +205,12 @@ async def paced_cpu(nodes: int, seconds: float) -> tuple[float, float]:
             creds = _credentials(cluster, nodes)
             monitor = cluster.coordinator.liveness  # type: ignore[attr-defined]
             procs, start_at = _spawn_clients(
-                cluster.agent_gateway, creds, nodes, 1.0, seconds + 120, 2
+                cluster.agent_gateway, creds, nodes, 1.0, warmup + seconds + 120, 2
             )
             # Long warm-up: thousands of TLS handshakes and join-time state changes (one
             # Temporal signal per node) are not the steady state being measured.
             return await _measure(
-                lambda: monitor.beats, procs, start_at, 45.0, seconds - 8.0,
+                lambda: monitor.beats, procs, start_at, warmup, seconds - 8.0,
                 settled=lambda: monitor.backlog == 0,
             )  # fmt: skip
         finally:
@@ -226,13 +227,15 @@ def _credentials(cluster: LocalCluster, n: int) -> list[tuple[str, bytes, bytes,
     return creds
 
 
-def paced_with_default_listener(nodes: int, seconds: float) -> tuple[float, float]:
+def paced_with_default_listener(
+    nodes: int, seconds: float, warmup: float
+) -> tuple[float, float]:
     """:func:`paced_cpu` in a child process running gRPC's own default listener (the
     EventEngine one): the baseline for ``cloudless.grpc_tuning``, in the same run."""
     env = {**os.environ, "GRPC_EXPERIMENTS": "event_engine_listener"}
     out = subprocess.run(
         [sys.executable, __file__, "--paced-only", "--nodes", str(nodes),
-         "--seconds", str(seconds)],
+         "--seconds", str(seconds), "--warmup", str(warmup)],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
@@ -243,15 +246,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--streams", type=int, default=100, help="for the throughput run")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per run; window is 8 s less")
+    parser.add_argument(
+        "--warmup", type=float, default=45.0, help="paced runs: handshakes and joins first"
+    )
     parser.add_argument("--paced-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("ERROR")
     if args.paced_only:  # the child of paced_with_default_listener
-        print(json.dumps(await paced_cpu(args.nodes, args.seconds)))
+        print(json.dumps(await paced_cpu(args.nodes, args.seconds, args.warmup)))
         return
     results: list[dict[str, Any]] = []
     window = args.seconds - 8.0
+    if window <= 0:
+        parser.error("--seconds must be more than 8 (each measured window is 8 s shorter)")
 
     # Baseline: bare grpcio bidi stream, plaintext, same messages, separate client process.
     server = grpc.aio.server()
@@ -295,11 +303,13 @@ async def main() -> None:
             await env.shutdown()
 
     p = {"nodes": args.nodes, "rate_hz": 1.0, "mtls": True, "grpc_listener": "classic"}
-    rate, cpu = await paced_cpu(args.nodes, args.seconds)
+    rate, cpu = await paced_cpu(args.nodes, args.seconds, args.warmup)
     results.append(summarize(f"{args.nodes} nodes at 1 Hz: beats/s", "beat/s", [rate], p))
     mine = summarize(f"{args.nodes} nodes at 1 Hz: coordinator CPU", "cores", [cpu], p)
     results.append(mine)
-    _, default_cpu = await asyncio.to_thread(paced_with_default_listener, args.nodes, args.seconds)
+    _, default_cpu = await asyncio.to_thread(
+        paced_with_default_listener, args.nodes, args.seconds, args.warmup
+    )
     p = {**p, "grpc_listener": "event_engine (grpcio default)"}
     results.append(
         summarize(

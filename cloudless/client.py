@@ -15,7 +15,15 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailed
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cloudless.contracts import LedgerHandle, NodeHandle, WorkloadHandle, explain, gone, names
+from cloudless.contracts import (
+    LedgerHandle,
+    NodeHandle,
+    WorkloadHandle,
+    explain,
+    gone,
+    names,
+    reaper,
+)
 from cloudless.contracts.workload import WORKFLOW as WORKLOAD_WORKFLOW
 from cloudless.contracts.workload import split_workflow_id
 from cloudless.errors import CloudlessError, NotFoundError
@@ -28,12 +36,14 @@ from cloudless.model import (
     LedgerNode,
     NodeAdminInput,
     NodeStatus,
+    ReaperInput,
+    ReapReport,
     ScaleInput,
     SchedulerSettings,
     WaitInput,
     WorkloadStatus,
 )
-from cloudless.spec import Workload
+from cloudless.spec import Workload, check_limits
 from cloudless.vocabulary import AdminAction, NodeState, WorkloadPhase
 from cloudless.workloads import check_supported, view_of
 
@@ -90,8 +100,13 @@ class CloudlessClient:
     async def apply(
         self, workload: Workload, *, wait: bool = False, timeout: float = 120.0
     ) -> ApplyOutcome:
-        """Create or update ``workload/<ns>/<name>`` atomically (update-with-start)."""
+        """Create or update ``workload/<ns>/<name>`` atomically (update-with-start).
+
+        Refused before anything is sent (:class:`~cloudless.spec.ManifestError`) if the
+        workload exceeds a manifest limit or asks for a setting its runtime does not enforce.
+        """
         view = view_of(workload)
+        check_limits(workload, f"workload {view.key}")
         check_supported(view)
         try:
             result = await self.workload(view.namespace, view.name).apply(
@@ -238,6 +253,18 @@ class CloudlessClient:
             cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
             raise CloudlessError(f"explain failed: {getattr(cause, 'message', cause)}") from err
 
+    async def reap(self, grace_seconds: float = 60.0) -> ReapReport:
+        """Run the reaper now: release the reservations whose workflow run is over and stop
+        the replicas no workload places where they run (started at least
+        ``grace_seconds`` ago). Returns what it did."""
+        try:
+            return await reaper.run_now(
+                self.temporal, ReaperInput(cluster=self.cluster, grace_seconds=grace_seconds)
+            )
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+            raise CloudlessError(f"reaper failed: {getattr(cause, 'message', cause)}") from err
+
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)
 
@@ -253,6 +280,15 @@ class CloudlessClient:
             )
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
+
+    async def remove_node(
+        self, node_id: str, reason: str = "", timeout: float = 3600.0
+    ) -> NodeStatus:
+        """Retire a node for good: its workloads replace its replicas elsewhere (nothing
+        running elsewhere is stopped), what it held in the ledger is freed, whatever its
+        agent still runs is stopped if it can be reached, and its certificate is revoked.
+        The name may enroll again with a new token. Returns the node's final status."""
+        return await self.node_admin(node_id, AdminAction.REMOVE, reason, timeout)
 
     async def describe_node(self, node_id: str) -> NodeDetails:
         nodes = {n.node_id: n for n in (await self.snapshot()).nodes}

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import grpc
 
-from cloudless.errors import PKIError
+from cloudless.errors import ConfigError, PKIError
 from cloudless.pki import Identity, identity_from_cert, read_private_file
+from cloudless.process import open_files_limit
 
 #: The DNS name every coordinator certificate carries; clients verify the gateway by it.
 GATEWAY_SERVER_NAME = "cloudless-gateway"
@@ -57,20 +58,96 @@ class TLSMaterial:
         return identity_from_cert(self.cert_pem)
 
 
-#: Servers must accept the clients' keepalive pings (also on idle connections), or gRPC
-#: answers GOAWAY "too_many_pings" and breaks long-lived streams such as heartbeats.
+#: Keepalive, as servers enforce it. They accept the clients' pings (:data:`KEEPALIVE_OPTIONS`:
+#: every 20 s, also on connections without a call, which long-lived streams such as
+#: heartbeats need) down to one every 10 s without data; a peer that pings more often
+#: gets two strikes and then a GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"), gRPC's own
+#: defence against ping floods.
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.max_ping_strikes", 2),
 ]
 
 
-def server(**kwargs: object) -> grpc.aio.Server:
-    """A gRPC asyncio server with Cloudless' keepalive policy."""
-    return grpc.aio.server(options=SERVER_OPTIONS, **kwargs)  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one gRPC server lets clients hold (``docs/operations.md#limits``).
+
+    gRPC's C core enforces each of these itself. It has no per-address count and cannot
+    push out an idle connection for a new one (what the HTTP listeners do, see
+    :class:`cloudless.http.ConnectionLimits`), so the bounds are in time and in total: a
+    connection has ``handshake_timeout`` from its accept to its TLS handshake and its
+    first HTTP/2 SETTINGS (gRPC's default is 120 s), then is closed (GOAWAY) once it has
+    carried no RPC for ``idle_timeout``, and, where ``max_age`` is set, once it is that
+    old (in-flight RPCs get ``age_grace`` to finish). ``max_connections`` caps what all
+    of that can add up to, well below the process's descriptor limit. Why this is enough
+    for the ports that take strangers: ``docs/design/enrollment-and-pki.md`` ("Floods").
+    """
+
+    #: Connections at most, counted from the TCP accept (so handshaking ones too);
+    #: gRPC closes any beyond at once. At most half the open-files limit (:meth:`options`).
+    max_connections: int = 8192
+    #: Concurrent RPCs (HTTP/2 streams) one connection may carry; more wait client-side.
+    max_streams: int = 256
+    #: Seconds a new connection has to finish its TLS handshake (and send HTTP/2 SETTINGS).
+    handshake_timeout: float = 10.0
+    #: Seconds a connection with no RPC in flight stays open (heartbeat streams are RPCs).
+    idle_timeout: float = 300.0
+    #: Seconds a connection lives at most (gRPC adds +-10% jitter); None: no limit.
+    max_age: float | None = None
+    #: Seconds the RPCs of a connection past ``max_age`` get to finish.
+    age_grace: float = 180.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_streams"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"gRPC {name} must be a whole number of at least 1, not {value!r}"
+                )
+        for name in ("handshake_timeout", "idle_timeout", "max_age", "age_grace"):
+            value = getattr(self, name)
+            if value is None and name == "max_age":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(
+                    f"gRPC {name} must be a positive number of seconds, not {value!r}"
+                )
+
+    def options(self, open_files: int | None = None) -> list[tuple[str, int | str]]:
+        """gRPC channel arguments for a server; ``open_files``: the descriptor limit
+        (default: this process's soft ``RLIMIT_NOFILE``)."""
+        if open_files is None:
+            open_files = open_files_limit()
+        ceiling = max(1, open_files // 2)
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_allowed_incoming_connections", min(self.max_connections, ceiling)),
+            ("grpc.max_concurrent_streams", self.max_streams),
+            ("grpc.server_handshake_timeout_ms", _ms(self.handshake_timeout)),
+            ("grpc.max_connection_idle_ms", _ms(self.idle_timeout)),
+        ]
+        if self.max_age is not None:
+            options += [
+                ("grpc.max_connection_age_ms", _ms(self.max_age)),
+                ("grpc.max_connection_age_grace_ms", _ms(self.age_grace)),
+            ]
+        return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+DEFAULT_GRPC_LIMITS = GrpcLimits()
+
+
+def server(limits: GrpcLimits = DEFAULT_GRPC_LIMITS, **kwargs: object) -> grpc.aio.Server:
+    """A gRPC asyncio server with Cloudless' keepalive policy and connection limits."""
+    options = [*SERVER_OPTIONS, *limits.options()]
+    return grpc.aio.server(options=options, **kwargs)  # type: ignore[arg-type]
 
 
 def server_credentials(
@@ -119,6 +196,12 @@ _identities: dict[bytes, Identity | None] = {}
 IDENTITY_CACHE_SIZE = 4096
 
 
+def peer_certificate_pem(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:
+    """The peer's client certificate (PEM, as TLS verified it), if it sent one."""
+    pem: bytes | None = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    return pem
+
+
 def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
     """The cluster identity of the peer's verified client certificate, if it sent one.
 
@@ -127,7 +210,7 @@ def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity
     cached (bounded, oldest evicted first). This skips only the re-parsing: the TLS
     handshake still verified this connection's chain and validity before any RPC ran.
     """
-    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    pem = peer_certificate_pem(context)
     if pem is None:
         return None
     try:

@@ -6,10 +6,11 @@ gateway from the token alone (kubeadm's discovery-hash idea, with the whole cert
 hash). Only EdDSA/Ed25519 is accepted: one algorithm, no key-confusion attacks (``none``,
 HS256 keyed with the public key), and tiny, fast signatures.
 
-Verification is purely cryptographic and time based, and PyJWT does the standard part
-of it (signature, required claims, audience, expiry and not-before with a leeway); this
-module adds the Cloudless claims and words every refusal for the person holding the token.
-Single use (``jti``) is enforced durably by the enrollment workflow, not here.
+Verification is purely cryptographic and time based. PyJWT does the standard part of it
+(signature, required claims, audience); this module checks the times (one rule, at the
+clock or at a given instant, see :func:`expiry_error`), adds the Cloudless claims and words
+every refusal for the person holding the token. Single use (``jti``) is enforced durably
+by the enrollment workflow, not here.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from cloudless.pki import (
 
 __all__ = [
     "AUDIENCE",
+    "CLOCK_LEEWAY",
     "DEFAULT_TTL",
     "MAX_TOKEN_BYTES",
     "MAX_TTL",
@@ -50,6 +52,8 @@ __all__ = [
     "EnrollmentClaims",
     "TokenSigner",
     "TokenVerifier",
+    "effective_leeway",
+    "expiry_error",
     "peek_ca_pem",
 ]
 
@@ -103,8 +107,39 @@ def _check_labels(labels: object, where: str) -> dict[str, str]:
     return dict(labels)
 
 
-#: Clock skew tolerated when checking expiry, by the gateway and the enrollment workflow.
-CLOCK_LEEWAY = timedelta(seconds=30)
+#: Clock skew tolerated between the machine that minted a token and the one checking it (the
+#: gateway's verifier and the enrollment workflow), for ``nbf`` and ``exp`` alike. Small, and
+#: never more than the token's own lifetime (:func:`effective_leeway`): a token minted with
+#: ``--ttl 1s`` is refused at most 1 s after it expires, a 1 h token at most 5 s after.
+CLOCK_LEEWAY = timedelta(seconds=5)
+
+
+def effective_leeway(
+    issued_at: datetime, expires_at: datetime, leeway: timedelta = CLOCK_LEEWAY
+) -> timedelta:
+    """The skew allowance for a token valid from ``issued_at`` to ``expires_at``: ``leeway``
+    capped at the token's own lifetime, so skew can never more than double how long a token
+    works."""
+    return max(timedelta(0), min(leeway, expires_at - issued_at))
+
+
+def expiry_error(
+    expires_at: datetime,
+    now: datetime,
+    *,
+    issued_at: datetime,
+    leeway: timedelta = CLOCK_LEEWAY,
+) -> str | None:
+    """Why a token that expires at ``expires_at`` is expired at ``now``, or None.
+
+    The one expiry rule, pure and deterministic: the verifier applies it at the clock (or
+    an explicit instant) and the enrollment workflow at workflow time. A token is refused
+    from ``expires_at + effective_leeway(issued_at, expires_at, leeway)`` on.
+    """
+    now, expires_at = _utc(now), _utc(expires_at)
+    if now < expires_at + effective_leeway(_utc(issued_at), expires_at, leeway):
+        return None
+    return _expired(expires_at, now)
 
 
 def binding_error(
@@ -156,15 +191,9 @@ class EnrollmentClaims:
         return binding_error(self.node_name, self.labels, node_name, labels)
 
     def expiry_error(self, now: datetime, *, leeway: timedelta = timedelta(0)) -> str | None:
-        """Why the token is expired at ``now`` (allowing ``leeway`` of clock skew), or None.
-
-        Pure, for deterministic callers (the enrollment workflow) and explicit instants;
-        :meth:`TokenVerifier.verify` at the clock leaves the check to PyJWT.
-        """
-        now = _utc(now)
-        if now < self.expires_at + leeway:
-            return None
-        return _expired(self.expires_at, now)
+        """Why the token is expired at ``now`` (allowing ``leeway`` of clock skew, capped at
+        the token's lifetime), or None. Pure: see the module's :func:`expiry_error`."""
+        return expiry_error(self.expires_at, now, issued_at=self.issued_at, leeway=leeway)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (ISO-8601 timestamps) for workflow inputs and history."""
@@ -408,16 +437,17 @@ class TokenVerifier:
     def verify(self, token: str | bytes, *, now: datetime | None = None) -> EnrollmentClaims:
         """Return the claims of a valid token; :class:`EnrollmentError` saying why otherwise.
 
-        PyJWT checks the signature (Ed25519 only), that every required claim is present,
-        the audience, and, at the clock, ``exp``/``nbf``/``iat`` with this verifier's
-        leeway; this method then checks the Cloudless claims (cluster, lifetime, types).
-        A refusal keeps this module's wording whichever check made it. A token with several
-        faults is refused for the first PyJWT finds.
+        PyJWT checks the signature (Ed25519 only), that every required claim is present
+        and the audience; this method then checks the Cloudless claims (cluster, lifetime,
+        types) and the times: ``nbf``/``iat`` and ``exp``, each with this verifier's leeway
+        capped at the token's lifetime (:func:`effective_leeway`). A refusal keeps this
+        module's wording whichever check made it. A token with several faults is refused
+        for the first one found.
 
         ``now`` evaluates the token at that instant instead of the clock (tests, replays).
-        PyJWT cannot be given an instant (jpadilla/pyjwt#921), so for an explicit ``now``
-        its time checks are off and the same rule is applied by :class:`EnrollmentClaims`,
-        in the pure form the enrollment workflow relies on too.
+        PyJWT's own time checks are off (it cannot be given an instant, jpadilla/pyjwt#921,
+        nor a leeway that depends on the token): the time rule is this module's, the same
+        at the clock, at an explicit ``now`` and in the enrollment workflow.
         """
         text = _split(token)
         try:
@@ -429,7 +459,6 @@ class TokenVerifier:
             raise EnrollmentError(
                 f"token uses algorithm {alg!r}; only {ALGORITHM} (Ed25519) tokens are accepted"
             )
-        at_clock = now is None
         moment = _utc(now or datetime.now(UTC))
         try:
             payload = jwt.decode(
@@ -437,26 +466,25 @@ class TokenVerifier:
                 self._key,
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
-                leeway=self._leeway,
                 options={
                     "require": list(_REQUIRED),
-                    "verify_exp": at_clock,
-                    "verify_nbf": at_clock,
-                    "verify_iat": at_clock,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
                 },
             )
         except jwt.PyJWTError as exc:
-            raise self._refusal(text, exc, moment) from None
+            raise self._refusal(text, exc) from None
         claims, not_before = self._claims(payload)
-        if not at_clock:
-            if moment + self._leeway < not_before:
-                raise EnrollmentError(_not_yet_valid(not_before, moment))
-            error = claims.expiry_error(moment, leeway=self._leeway)
-            if error is not None:
-                raise EnrollmentError(error)
+        leeway = effective_leeway(claims.issued_at, claims.expires_at, self._leeway)
+        if moment + leeway < not_before:
+            raise EnrollmentError(_not_yet_valid(not_before, moment))
+        error = claims.expiry_error(moment, leeway=self._leeway)
+        if error is not None:
+            raise EnrollmentError(error)
         return claims
 
-    def _refusal(self, text: str, exc: jwt.PyJWTError, moment: datetime) -> EnrollmentError:
+    def _refusal(self, text: str, exc: jwt.PyJWTError) -> EnrollmentError:
         """Say why PyJWT refused ``text``, in this module's words."""
         if isinstance(exc, jwt.InvalidSignatureError):
             return EnrollmentError(
@@ -479,12 +507,6 @@ class TokenVerifier:
                 f"token audience is {payload['aud']!r}, not {AUDIENCE!r}; "
                 "it is not an enrollment token"
             )
-        # A malformed claim explains a time error better (exp: true reads as 1970).
-        claims, not_before = self._claims(payload)
-        if isinstance(exc, jwt.ExpiredSignatureError):
-            return EnrollmentError(_expired(claims.expires_at, moment))
-        if isinstance(exc, jwt.ImmatureSignatureError):
-            return EnrollmentError(_not_yet_valid(not_before, moment))
         return EnrollmentError(f"malformed token: {exc}")
 
     def _claims(self, payload: dict[str, Any]) -> tuple[EnrollmentClaims, datetime]:

@@ -30,6 +30,8 @@ class NodeState(enum.StrEnum):
     DRAINED = "Drained"
     CORDONED = "Cordoned"
     LEFT = "Left"
+    #: Retired for good by an operator (``cloudlessctl node remove``): terminal.
+    REMOVED = "Removed"
 
 
 class NodeHealth(enum.StrEnum):
@@ -48,6 +50,7 @@ class AdminState(enum.StrEnum):
     CORDONED = "Cordoned"
     DRAINING = "Draining"
     DRAINED = "Drained"
+    REMOVED = "Removed"
 
 
 class AdminAction(enum.StrEnum):
@@ -56,6 +59,9 @@ class AdminAction(enum.StrEnum):
     CORDON = "cordon"
     UNCORDON = "uncordon"
     DRAIN = "drain"
+    #: Retire the node for good: its replicas are replaced elsewhere, its reservations
+    #: freed, its certificate revoked, and ``node/<id>`` ends.
+    REMOVE = "remove"
 
 
 class NodeEventKind(enum.StrEnum):

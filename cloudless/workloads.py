@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from cloudless.api import agent_pb2
 from cloudless.model import Resources
-from cloudless.spec import ContainerSpec, Probe, Workload, parse_workload
+from cloudless.spec import (
+    ContainerSpec,
+    ManifestError,
+    ManifestIssue,
+    Probe,
+    Workload,
+    parse_workload,
+)
+from policies.admission import enforcing_runtimes, unenforced_settings
 
 #: Spec fields that change how many replicas run or where, not what each replica is.
 _NOT_IN_TEMPLATE = ("replicas", "minAvailable", "maxUnavailable", "strategy")
@@ -82,14 +90,44 @@ def view_of(w: Workload) -> WorkloadView:
     )
 
 
-def check_supported(view: WorkloadView) -> None:
-    """Refuse what parses but this control plane cannot deliver yet, rather than ignore it.
+def _unsupported_fix(setting: str) -> str:
+    others = enforcing_runtimes(setting)
+    where = (
+        f"or set runtime: {others[0]}, which enforces it" if others else "no runtime does yet"
+    )
+    return (
+        f"remove it ({where}); Cloudless refuses a setting it would ignore, so that nobody "
+        "takes a replica for confined when it is not (docs/concepts.md, Security settings)"
+    )
 
-    Everything the manifest models today can be delivered (secret references included:
-    agents fetch them, see docs/design/secrets.md), so nothing is refused at the moment;
-    this stays the one place to do so when the manifest grows faster than the runtimes.
-    """
-    del view
+
+def unsupported_issues(w: Workload, document: int = 0) -> list[ManifestIssue]:
+    """One issue per setting of ``w`` that its runtime would not enforce (see
+    :mod:`policies.admission`): such a workload is refused, never run unconfined."""
+    security = w.to_manifest()["spec"].get("security_context", {})
+    runtime = w.spec.runtime
+    return [
+        ManifestIssue(
+            path=f"spec.security_context.{name}",
+            message=(
+                f"{name.rsplit('.', 1)[-1]} is set to {json.dumps(value)}, but the {runtime} "
+                "runtime does not enforce it yet: the replica would run without it"
+            ),
+            fix=_unsupported_fix(name),
+            document=document,
+        )
+        for name, value in unenforced_settings(runtime, security).items()
+    ]
+
+
+def check_supported(view: WorkloadView) -> None:
+    """Refuse what parses but this control plane cannot deliver yet, rather than ignore it:
+    security settings its runtime does not enforce (raises :class:`ManifestError` naming
+    each). Called by the client library before anything is sent, and by the workload
+    workflow's apply validator (which trusts no client)."""
+    issues = unsupported_issues(view.workload)
+    if issues:
+        raise ManifestError(issues, f"workload {view.key}")
 
 
 def scaled(w: Workload, replicas: int) -> Workload:
@@ -201,6 +239,7 @@ def replica_spec_proto(
         image=c.image or "",
         command=list(c.command),
         args=list(c.args),
+        working_dir=c.working_dir or "",
         env={e.name: e.value or "" for e in c.env if e.value_from is None},
         secret_env=_secret_env(w),
         secret_volumes=_secret_volumes(w),

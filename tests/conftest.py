@@ -76,6 +76,16 @@ def busybox_image(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def temporal_binary_path() -> str:
+    """The Temporal CLI that tests and benchmark scripts start the dev server with."""
+    try:
+        return str(temporal_binary())
+    except RuntimeError as err:
+        unavailable(str(err))
+        raise
+
+
+@pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     try:
         temporal_binary()

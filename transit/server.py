@@ -39,7 +39,9 @@ from cloudless.config import state_dir
 from cloudless.errors import CloudlessError, ConfigError, PKIError
 from cloudless.http import (
     BodyRules,
+    ConnectionLimits,
     Listener,
+    authenticated,
     bearer_token,
     json_bytes,
     read_json_object,
@@ -49,6 +51,7 @@ from cloudless.http import check_listen as check_listen_rule
 from cloudless.http import parse_listen as parse_listen_rule
 from cloudless.logs import configure_logging
 from cloudless.pki import read_private_file, write_private_file, write_public_file
+from cloudless.process import raise_open_files_limit
 from cloudless.transit.client import ADDRESS_FILE
 from transit.api import DEFAULT_MOUNT, METHODS, Reply, Request, TransitAPI
 from transit.keyring import (
@@ -80,7 +83,8 @@ log = structlog.get_logger("cloudless.transit")
 
 DEFAULT_LISTEN = "127.0.0.1:8200"
 MAX_BODY_BYTES = 32 * 2**20
-IDLE_TIMEOUT_SECONDS = 120.0
+#: Connection limits (see docs/operations.md#limits); bodies up to 32 MiB get 120 s.
+LIMITS = ConnectionLimits(body_timeout=120.0, idle_timeout=120.0)
 ROTATE_CHECK_SECONDS = 60.0
 SERVER_HEADER = "cloudless-transit"
 
@@ -96,6 +100,11 @@ ENV_SEAL_KEY_FILE = "CLOUDLESS_TRANSIT_SEAL_KEY_FILE"
 ENV_TOKEN_FILE = "CLOUDLESS_TRANSIT_TOKEN_FILE"
 ENV_TLS_CERT = "CLOUDLESS_TRANSIT_TLS_CERT"
 ENV_TLS_KEY = "CLOUDLESS_TRANSIT_TLS_KEY"
+ENV_MAX_CONNECTIONS = "CLOUDLESS_TRANSIT_MAX_CONNECTIONS"
+ENV_MAX_PER_PEER = "CLOUDLESS_TRANSIT_MAX_CONNECTIONS_PER_PEER"
+ENV_HEADER_TIMEOUT = "CLOUDLESS_TRANSIT_HEADER_TIMEOUT"
+ENV_BODY_TIMEOUT = "CLOUDLESS_TRANSIT_BODY_TIMEOUT"
+ENV_IDLE_TIMEOUT = "CLOUDLESS_TRANSIT_IDLE_TIMEOUT"
 
 # --------------------------------------------------------------------------- HTTP
 
@@ -168,12 +177,13 @@ class TransitServer:
         allow_plaintext: bool = False,
         rotate_interval: float = ROTATE_CHECK_SECONDS,
         max_body_bytes: int = MAX_BODY_BYTES,
+        limits: ConnectionLimits = LIMITS,
     ) -> None:
         check_listen(host, tls=ssl_context is not None, allow_plaintext=allow_plaintext)
         self.keyring = keyring
         self.token = token
         self.api = TransitAPI(keyring, token, mount)
-        self._listener = Listener(host, port, ssl_context=ssl_context)
+        self._listener = Listener(host, port, ssl_context=ssl_context, limits=limits)
         self._rotate_interval = rotate_interval
         self._rotation: asyncio.Task[None] | None = None
         self._body = BodyRules(
@@ -182,7 +192,7 @@ class TransitServer:
             not_json="failed to parse JSON input: {error}",
             not_object="failed to parse JSON input: the body must be a JSON object",
             empty_is_object=True,
-            read_timeout=IDLE_TIMEOUT_SECONDS,
+            read_timeout=self._listener.limits.body_timeout,
         )
 
     @property
@@ -193,12 +203,16 @@ class TransitServer:
     def url(self) -> str:
         return self._listener.url
 
+    @property
+    def listener(self) -> Listener:
+        """The HTTP listener (its limits, how many connections it holds)."""
+        return self._listener
+
     async def start(self) -> TransitServer:
         """Bind and serve; :class:`cloudless.http.ListenError` if the address is unusable."""
         await self._listener.start(
             self._serve,
             render_error=_error_response,
-            idle_timeout=IDLE_TIMEOUT_SECONDS,
             any_method=True,  # Vault's LIST, which hvac sends
         )
         self._rotation = asyncio.create_task(self._rotate_loop(), name="transit-rotate")
@@ -244,6 +258,8 @@ class TransitServer:
             token=_token(request.headers),
             read_json=functools.partial(read_json_object, request, self._body),
         )
+        if self.api.authorized(req.token):
+            authenticated(request)  # its connection outranks strangers' (cloudless.http)
         reply = await self.api.handle(req)
         log.debug(
             "transit.request",
@@ -417,6 +433,48 @@ def main_command(
     rotate_check_interval: Annotated[
         float, _option(help="seconds between auto_rotate_period checks (default 60)")
     ] = ROTATE_CHECK_SECONDS,
+    max_connections: Annotated[
+        int,
+        _option(
+            envvar=ENV_MAX_CONNECTIONS,
+            help=f"open connections held at most (default {LIMITS.max_connections}, at most "
+            f"half the open-files limit; ${ENV_MAX_CONNECTIONS}); over it, a new connection "
+            "pushes out the oldest unauthenticated one, then the longest-idle one",
+        ),
+    ] = LIMITS.max_connections,
+    max_connections_per_peer: Annotated[
+        int,
+        _option(
+            envvar=ENV_MAX_PER_PEER,
+            help="open connections per client address, pushed out likewise (default "
+            f"{LIMITS.max_per_peer}; ${ENV_MAX_PER_PEER})",
+        ),
+    ] = LIMITS.max_per_peer,
+    header_timeout: Annotated[
+        float,
+        _option(
+            envvar=ENV_HEADER_TIMEOUT,
+            help="seconds a new or unauthenticated connection has to send a whole request "
+            f"head, TLS handshake included (default {LIMITS.header_timeout:g}; "
+            f"${ENV_HEADER_TIMEOUT})",
+        ),
+    ] = LIMITS.header_timeout,
+    body_timeout: Annotated[
+        float,
+        _option(
+            envvar=ENV_BODY_TIMEOUT,
+            help=f"seconds to send a request body (default {LIMITS.body_timeout:g}; "
+            f"${ENV_BODY_TIMEOUT})",
+        ),
+    ] = LIMITS.body_timeout,
+    idle_timeout: Annotated[
+        float,
+        _option(
+            envvar=ENV_IDLE_TIMEOUT,
+            help="seconds an authenticated kept-alive connection may stay silent "
+            f"(default {LIMITS.idle_timeout:g}; ${ENV_IDLE_TIMEOUT})",
+        ),
+    ] = LIMITS.idle_timeout,
 ) -> None:
     """Vault-compatible transit server (embedded default). Point hvac, Vault clients and
     Cloudless at it with VAULT_ADDR and VAULT_TOKEN.
@@ -426,6 +484,14 @@ def main_command(
     configure_logging()
     data_dir = data_dir or state_dir() / "transit"
     try:
+        limits = ConnectionLimits(
+            max_connections=max_connections,
+            max_per_peer=max_connections_per_peer,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            idle_timeout=idle_timeout,
+        )
+        raise_open_files_limit()  # before the listener sizes its cap from it
         host, port = parse_listen(listen)
         if (tls_cert is None) != (tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
@@ -447,6 +513,7 @@ def main_command(
             ssl_context=context,
             allow_plaintext=insecure_allow_plaintext,
             rotate_interval=rotate_check_interval,
+            limits=limits,
         )
         asyncio.run(serve(server, state, data_dir))
     except (CloudlessError, OSError) as err:

@@ -14,6 +14,7 @@ the codec directly. Design notes: ``docs/design/payload-codec.md``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import html
 import re
@@ -36,10 +37,12 @@ from cloudless.codec import CODEC_TOKEN_FILE, PayloadCodecError
 from cloudless.errors import ConfigError, PKIError
 from cloudless.http import (
     BodyRules,
+    ConnectionLimits,
     Listener,
     ListenError,
     RequestRefused,
     SecretToken,
+    authenticated,
     bearer_token,
     json_bytes,
     read_json_object,
@@ -72,7 +75,8 @@ SESSION_TTL_SECONDS = 12 * 3600
 MAX_SESSIONS = 1024
 MAX_BODY_BYTES = 8 * 2**20  # a few 2 MB Temporal payloads plus base64
 CODEC_TIMEOUT_SECONDS = 60.0
-IDLE_TIMEOUT_SECONDS = 30.0
+#: Connection limits (see docs/operations.md#limits).
+LIMITS = ConnectionLimits(body_timeout=30.0, idle_timeout=30.0)
 ALLOWED_HEADERS = "Content-Type, X-Namespace, Authorization"
 SERVER_HEADER = "cloudless-codec"
 _SAFE_PATH = re.compile(r"[A-Za-z0-9/_.-]*")  # goes into the cookie's Path attribute
@@ -84,7 +88,7 @@ _BODY = BodyRules(
     chunked="chunked bodies are not supported; send Content-Length",
     not_json="body is not valid JSON: {error}",
     not_object='body must be a JSON object {"payloads": [...]}',
-    read_timeout=IDLE_TIMEOUT_SECONDS,
+    read_timeout=LIMITS.body_timeout,
 )
 
 
@@ -97,6 +101,7 @@ class CodecServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_plaintext: bool = False
+    limits: ConnectionLimits = LIMITS
 
 
 def load_or_create_token(directory: Path) -> str:
@@ -186,6 +191,7 @@ class CodecServer:
         origins: Sequence[str] = DEFAULT_ORIGINS,
         ssl_context: ssl.SSLContext | None = None,
         allow_plaintext: bool = False,
+        limits: ConnectionLimits = LIMITS,
     ) -> None:
         host, port = parse_listen(listen)
         check_listen(host, tls=ssl_context is not None, allow_plaintext=allow_plaintext)
@@ -193,7 +199,8 @@ class CodecServer:
         self.origins = frozenset(o.rstrip("/") for o in origins)
         self.sessions = Sessions()
         self._token = SecretToken(token)
-        self._listener = Listener(host, port, ssl_context=ssl_context)
+        self._listener = Listener(host, port, ssl_context=ssl_context, limits=limits)
+        self._body = dataclasses.replace(_BODY, read_timeout=self._listener.limits.body_timeout)
         self._routes: dict[str, Handler] = {
             "OPTIONS": self._preflight,
             "POST": self._codec,
@@ -219,6 +226,7 @@ class CodecServer:
             origins=config.origins,
             ssl_context=context,
             allow_plaintext=config.allow_plaintext,
+            limits=config.limits,
         )
 
     @property
@@ -232,6 +240,11 @@ class CodecServer:
     @property
     def url(self) -> str:
         return self._listener.url
+
+    @property
+    def listener(self) -> Listener:
+        """The HTTP listener (its limits, how many connections it holds)."""
+        return self._listener
 
     def check_token(self, token: str) -> bool:
         """Compare digests in constant time: neither content nor length leaks."""
@@ -248,9 +261,7 @@ class CodecServer:
         return await asyncio.wait_for(coro, CODEC_TIMEOUT_SECONDS)
 
     async def start(self) -> CodecServer:
-        await self._listener.start(
-            self._serve, render_error=_error_response, idle_timeout=IDLE_TIMEOUT_SECONDS
-        )
+        await self._listener.start(self._serve, render_error=_error_response)
         log.info("codec.listening", url=self.url, origins=sorted(self.origins))
         return self
 
@@ -301,7 +312,8 @@ class CodecServer:
                 401,
                 "unauthorized: send Authorization: Bearer <codec token> or log in at /login",
             )
-        payloads = await _payloads(request)
+        authenticated(request)  # its connection outranks strangers' (cloudless.http)
+        payloads = await _payloads(request, self._body)
         try:
             result = await self.run_codec(operation, payloads)
         except PayloadCodecError as err:
@@ -319,6 +331,7 @@ class CodecServer:
         token = (parse_qs(urlsplit(request.raw_path).query).get("token") or [""])[0]
         if not token or not self.check_token(token):
             raise RequestRefused(401, "unauthorized: /login needs ?token=<codec token>")
+        authenticated(request)
         session = self.sessions.create()
         cookie = "; ".join(
             [
@@ -406,13 +419,13 @@ def _cookie(request: web.BaseRequest) -> str | None:
     return None
 
 
-async def _payloads(request: web.BaseRequest) -> list[Payload]:
+async def _payloads(request: web.BaseRequest, rules: BodyRules) -> list[Payload]:
     content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise RequestRefused(415, "send Content-Type: application/json")
-    data = await read_json_object(request, _BODY)
+    data = await read_json_object(request, rules)
     if not isinstance(data.get("payloads"), list):
-        raise RequestRefused(400, _BODY.not_object)
+        raise RequestRefused(400, rules.not_object)
     try:
         parsed = json_format.ParseDict({"payloads": data["payloads"]}, Payloads())
     except json_format.ParseError as err:

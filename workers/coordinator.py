@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +31,7 @@ from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import PKIActivities
+from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
 from cloudless.codec import (
@@ -43,7 +44,15 @@ from cloudless.contracts import LedgerHandle
 from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
+from cloudless.grpc_options import (
+    GrpcHandshakeTimeout,
+    GrpcIdleTimeout,
+    GrpcMaxConnections,
+    GrpcMaxStreams,
+)
+from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
+from cloudless.model import ReaperInput
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -51,7 +60,8 @@ from cloudless.pki import (
     write_private_file,
     write_public_file,
 )
-from cloudless.process import stop_on_signals
+from cloudless.process import raise_open_files_limit, stop_on_signals
+from cloudless.revocation import RevocationList
 from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
@@ -60,17 +70,21 @@ from cloudless.temporal import connect, ensure_search_attributes
 from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
+    DEFAULT_GRPC_LIMITS,
     GATEWAY_SERVER_NAME,
     KEY_FILE,
+    GrpcLimits,
     TLSMaterial,
     server_credentials,
 )
 from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
+from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
+from workers.reaper import ensure_reaper_schedule
 from workers.secrets import SecretsRuntime, ensure_rotation_schedule
 from workflows import LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
@@ -79,6 +93,9 @@ log = structlog.get_logger("cloudless.coordinator")
 #: Re-issue the coordinator's own certificate when it has less than this left.
 RENEW_BEFORE = timedelta(days=7)
 COORDINATOR_CERT_VALIDITY = timedelta(days=90)
+#: Seconds an enrollment connection lives at most (its RPCs then get GrpcLimits.age_grace,
+#: longer than an enrollment's own two-minute limit, to finish).
+GATEWAY_MAX_CONNECTION_AGE = 600.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,12 @@ class SecretsSettings:
     rotation_settle_seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class ReaperSettings:
+    interval: timedelta = timedelta(minutes=1)
+    grace: float = 60.0
+
+
 async def _start_codec_server(
     settings: CodecServerConfig, codec: PayloadCodec, directory: Path
 ) -> CodecServer | None:
@@ -205,6 +228,11 @@ class Coordinator:
     heartbeat_ttl: float = 10.0
     suspect_grace: float = 1.0
     heartbeat_interval: float = 1.0
+    #: Bounds of the gateway's and the agent listener's connections.
+    grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS
+    #: Seconds an enrollment connection lives at most: that listener takes connections
+    #: without a client certificate (see docs/design/enrollment-and-pki.md, "Floods").
+    gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE
     liveness: LivenessMonitor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _workers: list[Worker] = field(default_factory=list)
@@ -230,9 +258,16 @@ class Coordinator:
     insecure_plaintext_payloads: bool = False
     codec_server: CodecServerConfig | None = None
     _codec_http: CodecServer | None = None
+    #: Certificates of removed nodes, refused by the gateway and SecretsService.
+    revocations: RevocationList | None = None
     #: The process's garbage-collector policy (``workers.gcpolicy``); the process entry
     #: point sets it, in-process test clusters leave the interpreter's defaults alone.
     gc_policy: GcPolicy | None = None
+    #: How often the reaper Schedule runs (None: this coordinator leaves the Schedule as
+    #: it is, or absent; tests run the reaper on demand instead).
+    reap_interval: timedelta | None = timedelta(minutes=1)
+    #: Replicas an agent started less than this long ago are not stopped by the reaper.
+    reap_grace: float = 60.0
 
     async def start(self) -> None:
         self._check_codec()
@@ -242,14 +277,18 @@ class Coordinator:
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
             )
         await ensure_search_attributes(self.client)
-        await LedgerHandle(self.client, self.cluster).start()
+        ledger_handle = LedgerHandle(self.client, self.cluster)
+        await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
         bootstrap_admin(self.state_dir, pki.ca, self.cluster)
-        secrets = self.secrets_runtime = await self._start_secrets()
+        revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
+        secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
+        ledger.revocations = revocations
         agents = AgentActivities(self._pool)
         certs = PKIActivities(pki.ca)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
+        reaper = ReaperActivities(self.client, self._pool, self.cluster, ledger)
         worker = Worker(
             self.client,
             task_queue=task_queue(self.cluster),
@@ -258,6 +297,7 @@ class Coordinator:
                 ledger.place_replicas,
                 ledger.explain_placement,
                 ledger.commit_plan,
+                ledger.claim_workload,
                 ledger.publish_node,
                 ledger.consume_enrollment_token,
                 ledger.register_node,
@@ -269,6 +309,11 @@ class Coordinator:
                 membership.reconcile_node,
                 membership.request_reconcile,
                 membership.wait_node_empty,
+                membership.wait_node_released,
+                membership.retire_node,
+                ledger.remove_node,
+                reaper.reap_workloads,
+                reaper.reap_orphans,
                 *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,
@@ -311,12 +356,19 @@ class Coordinator:
         await self.liveness.start()
         # Two listeners: enrollment needs no client certificate (the token authenticates
         # it); everything else requires one, which gRPC cannot make optional per method.
-        agent_server = tls.server()
+        agent_server = tls.server(self.grpc_limits)
         self.agent_port = agent_server.add_secure_port(
             self.agent_listen, server_credentials(pki.material, require_client_auth=True)
         )
+        # Loaded before the listeners open: a removed node is refused from the first call.
+        await revocations.start()
         servicer = GatewayServicer(
-            self.client, self.cluster, verifier, self.liveness, agent_port=self.agent_port
+            self.client,
+            self.cluster,
+            verifier,
+            self.liveness,
+            agent_port=self.agent_port,
+            revocations=revocations,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, agent_server)
         if secrets is not None:
@@ -324,13 +376,19 @@ class Coordinator:
             secrets_pb2_grpc.add_SecretsServiceServicer_to_server(secrets.servicer, agent_server)
         await agent_server.start()
         self._agent_server = agent_server
-        server = tls.server()
+        server = tls.server(replace(self.grpc_limits, max_age=self.gateway_max_age))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
         self.gateway_port = server.add_secure_port(
             self.gateway_listen, server_credentials(pki.material, require_client_auth=False)
         )
         await server.start()
         self._server = server
+        if self.reap_interval is not None:
+            await ensure_reaper_schedule(
+                self.client,
+                ReaperInput(cluster=self.cluster, grace_seconds=self.reap_grace),
+                self.reap_interval,
+            )
         log.info(
             "coordinator.started",
             cluster=self.cluster,
@@ -358,7 +416,7 @@ class Coordinator:
                 "plaintext; never run a real cluster like this",
             )
 
-    async def _start_secrets(self) -> SecretsRuntime | None:
+    async def _start_secrets(self, revocations: RevocationList) -> SecretsRuntime | None:
         if self.transit is None:
             log.warning("coordinator.secrets_disabled", hint="configure transit (VAULT_ADDR)")
             return None
@@ -385,6 +443,7 @@ class Coordinator:
             AccessTokens(load_or_create_key(directory), self.cluster),
             self.audit,
             rotation_plan=plan,
+            revocations=revocations,
         )
         await ensure_rotation_schedule(self.client, plan, self.key_rotation_interval)
         return runtime
@@ -398,6 +457,8 @@ class Coordinator:
             await self._agent_server.stop(grace=2)
         if self.liveness is not None:
             await self.liveness.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self._tasks:
             await asyncio.gather(*(w.shutdown() for w in self._workers))
             for task in self._tasks:
@@ -450,6 +511,54 @@ def main_command(
     codec_insecure_allow_plaintext: Annotated[
         bool, typer.Option(help="Plain HTTP on a non-loopback address (behind a TLS proxy).")
     ] = False,
+    codec_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_MAX_CONNECTIONS",
+            min=1,
+            help="Connections the codec endpoint holds at most.",
+        ),
+    ] = CODEC_LIMITS.max_connections,
+    codec_max_connections_per_peer: Annotated[
+        int,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_MAX_CONNECTIONS_PER_PEER",
+            min=1,
+            help="Codec endpoint connections per client address.",
+        ),
+    ] = CODEC_LIMITS.max_per_peer,
+    codec_header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_HEADER_TIMEOUT",
+            help="Seconds to send a request head (or TLS handshake) to codec.",
+        ),
+    ] = CODEC_LIMITS.header_timeout,
+    codec_body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_BODY_TIMEOUT",
+            help="Seconds to send a request body to the codec endpoint.",
+        ),
+    ] = CODEC_LIMITS.body_timeout,
+    codec_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_CODEC_IDLE_TIMEOUT",
+            help="Seconds a kept-alive codec connection may stay silent.",
+        ),
+    ] = CODEC_LIMITS.idle_timeout,
+    grpc_max_connections: GrpcMaxConnections = DEFAULT_GRPC_LIMITS.max_connections,
+    grpc_max_streams: GrpcMaxStreams = DEFAULT_GRPC_LIMITS.max_streams,
+    grpc_handshake_timeout: GrpcHandshakeTimeout = DEFAULT_GRPC_LIMITS.handshake_timeout,
+    grpc_idle_timeout: GrpcIdleTimeout = DEFAULT_GRPC_LIMITS.idle_timeout,
+    gateway_max_connection_age: Annotated[
+        float,
+        typer.Option(
+            envvar="CLOUDLESS_GATEWAY_MAX_CONNECTION_AGE",
+            help="Seconds an enrollment (--gateway-listen) connection lives at most.",
+        ),
+    ] = GATEWAY_MAX_CONNECTION_AGE,
     key_rotation_interval: Annotated[
         str,
         typer.Option(
@@ -482,6 +591,22 @@ def main_command(
             help="Quiet time with nothing left to rewrap before old key versions are disabled.",
         ),
     ] = 30.0,
+    reap_interval: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_INTERVAL",
+            help="How often the reaper Schedule releases reservations nobody owns and stops "
+            "replicas no workload places (e.g. 1m, 30s).",
+        ),
+    ] = "1m",
+    reap_grace: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_REAP_GRACE",
+            help="Replicas an agent started less than this long ago are left to the next "
+            "reaper run (e.g. 60s).",
+        ),
+    ] = "60s",
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -493,16 +618,32 @@ def main_command(
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
-    codec_server = None
-    if codec_listen:
-        codec_server = CodecServerConfig(
-            codec_listen,
-            tuple(codec_allow_origin or CodecServerConfig.origins),
-            codec_tls_cert,
-            codec_tls_key,
-            codec_insecure_allow_plaintext,
-        )
+    raise_open_files_limit()  # before any listener sizes its cap from it
     try:
+        grpc_limits = GrpcLimits(
+            max_connections=grpc_max_connections,
+            max_streams=grpc_max_streams,
+            handshake_timeout=grpc_handshake_timeout,
+            idle_timeout=grpc_idle_timeout,
+        )
+        # Checked here, with the other limits, rather than when the gateway starts.
+        replace(grpc_limits, max_age=gateway_max_connection_age)
+        codec_server = None
+        if codec_listen:
+            codec_server = CodecServerConfig(
+                codec_listen,
+                tuple(codec_allow_origin or CodecServerConfig.origins),
+                codec_tls_cert,
+                codec_tls_key,
+                codec_insecure_allow_plaintext,
+                ConnectionLimits(
+                    max_connections=codec_max_connections,
+                    max_per_peer=codec_max_connections_per_peer,
+                    header_timeout=codec_header_timeout,
+                    body_timeout=codec_body_timeout,
+                    idle_timeout=codec_idle_timeout,
+                ),
+            )
         asyncio.run(
             _run(
                 temporal_address,
@@ -522,6 +663,12 @@ def main_command(
                     rotation_settle_seconds=rotation_settle_seconds,
                 ),
                 insecure_plaintext_payloads,
+                grpc_limits,
+                gateway_max_connection_age,
+                ReaperSettings(
+                    interval=parse_duration(reap_interval),
+                    grace=parse_duration(reap_grace).total_seconds(),
+                ),
             )
         )
     except CloudlessError as err:
@@ -541,8 +688,12 @@ async def _run(
     codec_server: CodecServerConfig | None = None,
     secrets: SecretsSettings | None = None,
     insecure_plaintext_payloads: bool = False,
+    grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
+    gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE,
+    reaper: ReaperSettings | None = None,
 ) -> None:
     secrets = secrets or SecretsSettings()
+    reaper = reaper or ReaperSettings()
     transit = transit_settings(state_dir)
     # Refuse before connecting: nothing may reach Temporal without the codec.
     codec = require_codec(
@@ -564,6 +715,8 @@ async def _run(
         agent_listen=agent_listen,
         heartbeat_ttl=heartbeat_ttl,
         suspect_grace=suspect_grace,
+        grpc_limits=grpc_limits,
+        gateway_max_age=gateway_max_age,
         codec=codec,
         insecure_plaintext_payloads=insecure_plaintext_payloads,
         codec_server=codec_server,
@@ -574,6 +727,8 @@ async def _run(
         rotation_batch_interval=secrets.rotation_batch_interval,
         rotation_settle_seconds=secrets.rotation_settle_seconds,
         gc_policy=GcPolicy(),
+        reap_interval=reaper.interval,
+        reap_grace=reaper.grace,
     )
     await coordinator.start()
     await stop_on_signals().wait()

@@ -23,8 +23,9 @@ from cloudless.contracts import enrollment
 from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, Resources
 from cloudless.pki import check_csr, is_dns_label
+from cloudless.revocation import RevocationList
 from cloudless.spec import label_problems
-from cloudless.tls import peer_identity
+from cloudless.tls import peer_certificate_pem, peer_identity
 from cloudless.tokens import TokenVerifier
 from workers.liveness import LivenessMonitor
 
@@ -145,6 +146,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         *,
         agent_port: int = 0,
         invalidations: InvalidationFeed | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._client = client
         self._cluster = cluster
@@ -152,6 +154,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._liveness = liveness
         self._agent_port = agent_port
         self.invalidations = invalidations or InvalidationFeed()
+        self._revocations = revocations
+
+    def _revoked(self, pem: bytes | None) -> str | None:
+        """Why the peer's certificate is refused, if it was revoked (its node removed).
+        Called on every beat: with nothing revoked it costs one truth test."""
+        if not self._revocations or pem is None:
+            return None
+        node_id = self._revocations.revoked(pem)
+        if node_id is None:
+            return None
+        return (
+            f"the certificate of node {node_id!r} was revoked when the node was removed; "
+            "enroll the device again with a new token (`cloudlessctl token create`)"
+        )
 
     async def Heartbeat(
         self,
@@ -168,6 +184,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 f"{self._cluster!r} is required",
             )
             return
+        pem = peer_certificate_pem(context)
+        if (refused := self._revoked(pem)) is not None:
+            log.warning("heartbeat.refused", node=ident.name, reason="certificate revoked")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+            return
         if self._liveness is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "liveness is not enabled")
             return
@@ -176,6 +197,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         cursor = self.invalidations.head
         try:
             async for beat in request_iterator:
+                if (refused := self._revoked(pem)) is not None:
+                    # Removed while its stream was open: cut it off.
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
                 if not token:
                     # Facts first, so a changed address is known before the node is
                     # probed or reconciled on its way back to Ready.
@@ -225,6 +249,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             cluster=self._cluster,
             jti=claims.jti,
             token_expires_at=claims.expires_at,
+            token_issued_at=claims.issued_at,
             bound_node_name=claims.node_name,
             bound_labels=dict(claims.labels),
             csr_pem=request.csr_pem.decode("ascii", errors="replace"),

@@ -31,6 +31,7 @@ from cloudless.model import (
     ReplicaExited,
     ReplicaReadiness,
 )
+from cloudless.vocabulary import ReplicaPhase
 from policies.liveness import Health, LivenessTable, Transition
 
 log = structlog.get_logger("cloudless.liveness")
@@ -41,6 +42,8 @@ SWEEP_INTERVAL = 0.1
 PUBLISHERS = 16
 #: A changed not-ready reason (same readiness) is signalled at most this often per replica.
 READINESS_MESSAGE_INTERVAL = 10.0
+#: Phases of a replica not started yet (as its agent reports them): no readiness to tell.
+_NOT_YET_STARTED = frozenset({ReplicaPhase.PENDING.value, ReplicaPhase.STARTING.value})
 
 I = TypeVar("I")  # noqa: E741  (a signal's input type)
 #: A replica event for a workload: (its workflow id, the signal, its input).
@@ -157,7 +160,14 @@ class LivenessMonitor:
                 )
             if r.terminal or (not r.ready and not r.ready_message):
                 continue  # exits are signalled above; an agent too old to report readiness
-            after[r.replica_id] = self._readiness_change(node_id, r, before.get(r.replica_id), now)
+            last = before.get(r.replica_id)
+            if last is None and r.phase in _NOT_YET_STARTED:
+                # Readiness is a Running replica's: a first report from before it ran says
+                # nothing the workload does not know, and could arrive after the start
+                # activity made it Running and mark it not ready. A replica seen before
+                # (so restarting in place) is reported: it stopped being ready.
+                continue
+            after[r.replica_id] = self._readiness_change(node_id, r, last, now)
         if after:
             self._readiness[node_id] = after
         else:
@@ -274,6 +284,7 @@ _HEALTH_OF = {
     NodeState.SUSPECT: Health.SUSPECT,
     NodeState.OFFLINE: Health.OFFLINE,
     NodeState.LEFT: Health.OFFLINE,
+    NodeState.REMOVED: Health.OFFLINE,
 }
 
 __all__ = ["Health", "LivenessMonitor"]

@@ -7,6 +7,7 @@ from workflows.cluster import ClusterWorkflow
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.explain import ExplainPlacementWorkflow
 from workflows.node import NodeWorkflow
+from workflows.reaper import ReaperWorkflow
 from workflows.rotation import KeyRotationWorkflow
 from workflows.secret import SecretWorkflow
 from workflows.workload import WorkloadWorkflow
@@ -21,6 +22,7 @@ SHARED_QUEUE_WORKFLOWS = (
     SecretWorkflow,
     KeyRotationWorkflow,
     ExplainPlacementWorkflow,
+    ReaperWorkflow,
 )
 #: Every workflow a coordinator registers.
 ALL_WORKFLOWS = LEDGER_WORKFLOWS + SHARED_QUEUE_WORKFLOWS
@@ -34,6 +36,7 @@ __all__ = [
     "ExplainPlacementWorkflow",
     "KeyRotationWorkflow",
     "NodeWorkflow",
+    "ReaperWorkflow",
     "SecretWorkflow",
     "WorkloadWorkflow",
 ]

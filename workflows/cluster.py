@@ -31,6 +31,8 @@ with workflow.unsafe.imports_passed_through():
         RESOURCE_NAMES,
         Allocation,
         AwaitCapacityInput,
+        ClaimWorkloadInput,
+        ClaimWorkloadResult,
         ClusterWorkflowInput,
         CommitPlanInput,
         CommitPlanResult,
@@ -44,7 +46,12 @@ with workflow.unsafe.imports_passed_through():
         LedgerWorkload,
         NodeState,
         NodeTaint,
+        ReapWorkloadInput,
+        ReapWorkloadResult,
+        RemoveNodeInput,
+        RemoveNodeResult,
         Resources,
+        RevokedCertificate,
         SchedulerSettings,
         UpsertNodeInput,
         UpsertNodeResult,
@@ -60,6 +67,9 @@ RECENT_PLANS = 256
 RECENT_PLAN_ALLOCATIONS = 5_000
 #: Keep used token ids this long past their expiry (covers verifier clock leeway).
 TOKEN_GRACE = timedelta(minutes=5)
+#: How long a revoked certificate whose expiry is unknown stays on the revocation list
+#: (node certificates are valid for 30 days).
+REVOKED_DEFAULT_KEEP = timedelta(days=31)
 #: Continue-as-new well before Temporal's hard limits: every update adds ~5 events, and a
 #: short history keeps a replay (after a worker restart or a timed-out task) cheap.
 MAX_HISTORY_EVENTS = 2_000
@@ -67,6 +77,15 @@ MAX_HISTORY_EVENTS = 2_000
 
 class PlanRejected(ApplicationError):
     """Raised by the validator; the message names each node and dimension at fault."""
+
+
+class StaleOwner(ApplicationError):
+    """Raised by the validator for a plan allocating for a workload on behalf of a run that
+    is over (a newer run of the workload has claimed it)."""
+
+
+def _least(a: Resources, b: Resources) -> Resources:
+    return Resources.of([min(x, y) for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True)])
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -166,16 +185,63 @@ class Ledger:
             k: Resources(**r) for k, r in carried.get("pending", {}).items()
         }
         self.scheduler = SchedulerSettings.model_validate(carried.get("scheduler") or {})
+        #: workload -> node -> what its replicas there reserve, exactly: what releasing a
+        #: whole workload (a reap, a claim, a takeover) or a whole node gives back. Carried
+        #: as the pairs that differ from count x the workload's per-replica resources.
+        self.held: dict[str, dict[str, Resources]] = self._load_held(carried)
+        #: Serial -> revoked certificate of a removed node, kept until it expires.
+        self.revoked: dict[str, RevokedCertificate] = {
+            r["serial"]: RevokedCertificate.model_validate(r) for r in carried.get("revoked", [])
+        }
+
+    def _load_held(self, carried: dict[str, Any]) -> dict[str, dict[str, Resources]]:
+        exact = {(k, n): Resources(**r) for k, n, r in carried.get("held", [])}
+        per_replica = {k: meta.resources.as_tuple() for k, meta in self.workloads.items()}
+        none = (0, 0, 0, 0, 0)
+        held: dict[str, dict[str, Resources]] = {}
+        for node in self.nodes.values():
+            nid = node.node_id
+            for key, count in node.workloads.items():
+                amount = exact.get((key, nid))
+                if amount is None:
+                    c, m, s, g, b = per_replica.get(key, none)
+                    amount = Resources(c * count, m * count, s * count, g * count, b * count)
+                held.setdefault(key, {})[nid] = amount
+        if "held" not in carried:
+            # Carried by a ledger that kept no per-workload amounts: each node's total is
+            # what its workloads' counts reserve, so that the two always agree.
+            for node in self.nodes.values():
+                total = Resources()
+                for key in node.workloads:
+                    total = total + held[key][node.node_id]
+                node.allocated = total
+        return held
 
     def export(self) -> dict[str, Any]:
-        """Compact carried state: nodes and workloads as columns, plans as replica -> node."""
+        """Compact carried state: nodes and workloads as columns, plans as replica -> node,
+        per-workload amounts only where they differ from count x per-replica resources."""
         return {
             "version": self.version,
             "columns": encode_ledger(list(self.nodes.values()), self.workloads),
             "plans": [(pid, p.export()) for pid, p in self.plans.items()],
             "pending": {k: r.nonzero() for k, r in self.pending.items()},
             "scheduler": _dump(self.scheduler),
+            "held": self._held_exceptions(),
+            "revoked": [r.model_dump(mode="json") for r in self.revoked.values()],
         }
+
+    def _held_exceptions(self) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        none = (0, 0, 0, 0, 0)
+        for key, per_node in self.held.items():
+            meta = self.workloads.get(key)
+            c, m, s, g, b = meta.resources.as_tuple() if meta is not None else none
+            for node_id, amount in per_node.items():
+                node = self.nodes.get(node_id)
+                n = node.workloads.get(key, 0) if node is not None else 0
+                if amount.as_tuple() != (c * n, m * n, s * n, g * n, b * n):
+                    out.append([key, node_id, amount.nonzero()])
+        return out
 
     def snapshot(self, cluster: str) -> CompactSnapshot:
         """The columnar snapshot (``.expand()`` or validate as ClusterSnapshot to read it)."""
@@ -207,7 +273,19 @@ class Ledger:
         """Raise :class:`PlanRejected` unless the plan keeps every node within capacity."""
         if plan.plan_id in self.plans:
             return  # a retry of a committed plan: accepted, the handler answers from cache
+        owners = self._owner_check(plan)
+        stale = sorted({a.workload for a in plan.allocations} & set(owners["stale"]))
+        if stale:
+            raise StaleOwner(
+                f"plan refused: {', '.join(stale)} now belongs to a newer run of the "
+                "workload; this run is over",
+                type="StaleOwner",
+                non_retryable=True,
+            )
         delta: dict[str, Resources] = {}
+        for key in owners["takeover"]:
+            for node_id, amount in self.held.get(key, {}).items():
+                delta[node_id] = delta.get(node_id, Resources()) - amount
         for a in plan.releases:
             delta[a.node_id] = delta.get(a.node_id, Resources()) - a.resources
         problems: list[str] = []
@@ -245,16 +323,32 @@ class Ledger:
             return CommitPlanResult(
                 version=cached.version, applied=False, allocations=cached.allocations
             )
+        owners = self._owner_check(plan)
+        freed_nodes: set[str] = set()
+        for key in owners["takeover"]:
+            freed_nodes |= set(self._release_workload(key))
+        stale = set(owners["stale"])
         for key, meta in plan.workloads.items():
+            if key in stale:
+                continue
             known = self.workloads.get(key)
             self.workloads[key] = meta.model_copy(
-                update={"replicas": known.replicas if known else 0}
+                update={
+                    "replicas": known.replicas if known else 0,
+                    "owner": known.owner if known else 0,
+                }
             )
         for a in plan.releases:
-            self._apply(a, sign=-1)
+            if a.workload not in stale:  # what a stale run held went at the takeover
+                self._apply(a, sign=-1)
+                freed_nodes.add(a.node_id)
         for a in plan.allocations:
             self._apply(a, sign=+1)
             self.pending.pop(a.workload, None)
+        for key, owner in plan.owners.items():
+            entry = self.workloads.get(key)
+            if entry is not None and owner > entry.owner:
+                entry.owner = owner
         self.version += 1
         self.plans[plan.plan_id] = _CachedPlan(self.version, list(plan.allocations))
         self._plan_allocations += len(plan.allocations)
@@ -263,34 +357,148 @@ class Ledger:
         ):
             _, old = self.plans.popitem(last=False)
             self._plan_allocations -= len(old.allocations)
-        woken = self._wake({a.node_id for a in plan.releases}) if plan.releases else []
+        woken = self._wake(freed_nodes) if freed_nodes else []
         return CommitPlanResult(
-            version=self.version, applied=True, allocations=plan.allocations, woken=woken
+            version=self.version,
+            applied=True,
+            allocations=plan.allocations,
+            woken=woken,
+            taken_over=owners["takeover"],
         )
 
+    def _owner_check(self, plan: CommitPlanInput) -> dict[str, list[str]]:
+        """The plan's workloads whose owner is older than the ledger's (``stale``: their
+        run is over) and those whose owner is newer (``takeover``: what the older owner
+        still holds is released first). Owner 0 on either side is never compared."""
+        out: dict[str, list[str]] = {"stale": [], "takeover": []}
+        for key, owner in plan.owners.items():
+            meta = self.workloads.get(key)
+            if owner <= 0 or meta is None:
+                continue
+            if owner < meta.owner:
+                out["stale"].append(key)
+            elif owner > meta.owner:
+                out["takeover"].append(key)
+        return out
+
     def _apply(self, a: Allocation, sign: int) -> None:
+        """Add or take away one replica's reservation. A release takes away at most what
+        the workload holds on the node (all of it with its last replica there), so the
+        node's total always equals the sum of its workloads' amounts, and a double release
+        changes nothing."""
         node = self.nodes.get(a.node_id)
         if node is None:
             return
-        allocated = node.allocated + a.resources if sign > 0 else node.allocated - a.resources
-        # A release never drives totals negative, even if a caller releases twice.
-        node.allocated = allocated.clamped()
-        have = node.workloads.get(a.workload, 0)
-        if sign < 0 and have == 0:
-            return  # released twice: the counts already went
-        node.replicas = max(0, node.replicas + sign)
-        if have + sign > 0:
-            node.workloads[a.workload] = have + sign
+        key, have = a.workload, node.workloads.get(a.workload, 0)
+        if sign > 0:
+            per_node = self.held.setdefault(key, {})
+            per_node[node.node_id] = per_node.get(node.node_id, Resources()) + a.resources
+            node.allocated = node.allocated + a.resources
+            node.replicas += 1
+            node.workloads[key] = have + 1
+            meta = self.workloads.get(key)
+            if meta is None:
+                meta = self.workloads[key] = LedgerWorkload(resources=a.resources)
+            meta.replicas += 1
+            return
+        if have == 0:
+            return  # released twice (or never held here): nothing to give back
+        per_node = self.held[key]
+        held = per_node[node.node_id]
+        freed = held if have == 1 else _least(a.resources, held)
+        node.allocated = (node.allocated - freed).clamped()
+        node.replicas = max(0, node.replicas - 1)
+        if have == 1:
+            del node.workloads[key]
+            del per_node[node.node_id]
+            if not per_node:
+                del self.held[key]
         else:
-            node.workloads.pop(a.workload, None)
-        meta = self.workloads.get(a.workload)
-        if meta is None:
-            if sign < 0:
-                return
-            meta = self.workloads[a.workload] = LedgerWorkload(resources=a.resources)
-        meta.replicas = max(0, meta.replicas + sign)
-        if meta.replicas == 0:
-            del self.workloads[a.workload]
+            node.workloads[key] = have - 1
+            per_node[node.node_id] = held - freed
+        meta = self.workloads.get(key)
+        if meta is not None:
+            meta.replicas = max(0, meta.replicas - 1)
+            if meta.replicas == 0:
+                del self.workloads[key]
+
+    def _release_workload(self, key: str) -> dict[str, int]:
+        """Release everything held for a workload and forget it; node -> replicas freed."""
+        released: dict[str, int] = {}
+        for node_id, amount in self.held.pop(key, {}).items():
+            node = self.nodes.get(node_id)
+            if node is None:
+                continue
+            count = node.workloads.pop(key, 0)
+            node.allocated = (node.allocated - amount).clamped()
+            node.replicas = max(0, node.replicas - count)
+            released[node_id] = count
+        self.workloads.pop(key, None)
+        self.pending.pop(key, None)
+        return released
+
+    # ------------------------------------------------------------------ owners and reaping
+
+    def claim(self, inp: ClaimWorkloadInput) -> ClaimWorkloadResult:
+        """A workload workflow's first run claims the workload; returns its owner token.
+
+        Whatever the ledger still holds for the workload belongs to runs that are over,
+        so it is released now (and pending workloads are woken by the room)."""
+        freed = self._release_workload(inp.workload)
+        self.version += 1
+        return ClaimWorkloadResult(
+            owner=self.version, released=freed, woken=self._wake(set(freed)) if freed else []
+        )
+
+    def reap(self, inp: ReapWorkloadInput) -> ReapWorkloadResult:
+        """Release a workload's reservations if ``inp.owner`` still holds them."""
+        meta = self.workloads.get(inp.workload)
+        if meta is None or meta.owner != inp.owner:
+            return ReapWorkloadResult(workload=inp.workload, reaped=False)
+        held = dict(self.held.get(inp.workload, {}))
+        freed = Resources()
+        for amount in held.values():
+            freed = freed + amount
+        released = self._release_workload(inp.workload)
+        self.version += 1
+        return ReapWorkloadResult(
+            workload=inp.workload,
+            reaped=True,
+            replicas=released,
+            freed=freed,
+            woken=self._wake(set(released)) if released else [],
+        )
+
+    def remove_node(self, inp: RemoveNodeInput, now: datetime) -> RemoveNodeResult:
+        """Forget a node for good: its reservations go, its certificate is revoked."""
+        self.revoked = {s: r for s, r in self.revoked.items() if r.not_after > now}
+        revoked = False
+        if inp.certificate_serial and (
+            inp.certificate_not_after is None or inp.certificate_not_after > now
+        ):
+            self.revoked[inp.certificate_serial] = RevokedCertificate(
+                serial=inp.certificate_serial,
+                node_id=inp.node_id,
+                not_after=inp.certificate_not_after or now + REVOKED_DEFAULT_KEEP,
+                revoked_at=now,
+            )
+            revoked = True
+        node = self.nodes.pop(inp.node_id, None)
+        released: dict[str, int] = {}
+        if node is not None:
+            for key, count in node.workloads.items():
+                released[key] = count
+                per_node = self.held.get(key, {})
+                per_node.pop(inp.node_id, None)
+                if not per_node:
+                    self.held.pop(key, None)
+                meta = self.workloads.get(key)
+                if meta is not None:
+                    meta.replicas = max(0, meta.replicas - count)
+                    if meta.replicas == 0:
+                        del self.workloads[key]
+        self.version += 1
+        return RemoveNodeResult(removed=node is not None, released=released, revoked=revoked)
 
     # ------------------------------------------------------------------ pending workloads
 
@@ -395,6 +603,17 @@ class ClusterWorkflow:
         node = self._ledger.nodes.get(node_id)
         return sorted(node.workloads) if node else []
 
+    @workflow.query(name=ledger.WORKLOAD_OWNERS.name)
+    def workload_owners(self) -> dict[str, int]:
+        """Every workload the ledger holds reservations for, with their owner token."""
+        return {key: meta.owner for key, meta in self._ledger.workloads.items()}
+
+    @workflow.query(name=ledger.REVOKED_CERTIFICATES.name)
+    def revoked_certificates(self) -> list[RevokedCertificate]:
+        """Certificates of removed nodes that have not expired yet: what gateways refuse."""
+        now = workflow.now()
+        return [r for r in self._ledger.revoked.values() if r.not_after > now]
+
     @workflow.query(name=ledger.SCHEDULER_SETTINGS.name)
     def scheduler_settings(self) -> SchedulerSettings:
         return self._ledger.scheduler
@@ -454,6 +673,13 @@ class ClusterWorkflow:
                     self._check_token(inp)
                     self._record_token(inp, prune=False)
                 return LedgerOpResult(consumed=True)
+            if op.claim is not None:
+                return LedgerOpResult(claimed=self._ledger.claim(op.claim))
+            if op.reap is not None:
+                return LedgerOpResult(reaped=self._ledger.reap(op.reap))
+            if op.remove_node is not None:
+                removed = self._ledger.remove_node(op.remove_node, workflow.now())
+                return LedgerOpResult(removed=removed)
         except ApplicationError as err:
             return LedgerOpResult(error_type=err.type or "ApplicationError", error=err.message)
         return LedgerOpResult(error_type="InvalidOp", error="empty ledger op")

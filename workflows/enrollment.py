@@ -1,14 +1,15 @@
 """``enrollment/<jti>``: admit a node that presents a valid bootstrap token and a CSR.
 
 The gateway has already checked the token's signature; the raw token never enters
-history. This workflow enforces the rest durably: expiry against workflow time, the
+history. This workflow enforces the rest durably: expiry against workflow time (with the
+same capped clock-skew leeway as the gateway, ``cloudless.tokens.expiry_error``), the
 optional name/label binding, single use of the token id (recorded in the ledger), then
 signs the node certificate and starts the node's entity workflow.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -24,10 +25,21 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentResult,
         SignCertificateInput,
     )
-    from cloudless.tokens import CLOCK_LEEWAY
     from cloudless.tokens import binding_error as token_binding_error
+    from cloudless.tokens import expiry_error as token_expiry_error
 
 _RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10)
+#: Workflows started before this change checked expiry with a flat 30 s leeway; replaying
+#: their histories must take the same decision (workflows/README.md, "Changing a workflow").
+LEEWAY_CAPPED = "enrollment-leeway-capped"
+_OLD_LEEWAY = timedelta(seconds=30)
+
+
+def expiry_error(inp: EnrollmentInput, now: datetime) -> str | None:
+    """Why the token has expired at workflow time ``now``, or None: the gateway's rule
+    (small leeway, capped at the token's lifetime). Without the issue time, no leeway."""
+    issued_at = inp.token_issued_at or inp.token_expires_at
+    return token_expiry_error(inp.token_expires_at, now, issued_at=issued_at)
 
 
 def binding_error(inp: EnrollmentInput) -> str | None:
@@ -42,13 +54,17 @@ class EnrollmentWorkflow:
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentResult:
         now = workflow.now()
-        if inp.token_expires_at + CLOCK_LEEWAY <= now:
-            raise ApplicationError(
-                f"enrollment token expired at {inp.token_expires_at.isoformat()}; mint a new one "
-                "with `cloudlessctl token create`",
-                type="TokenExpired",
-                non_retryable=True,
+        if workflow.patched(LEEWAY_CAPPED):
+            expired = expiry_error(inp, now)
+        elif inp.token_expires_at + _OLD_LEEWAY <= now:
+            expired = (
+                f"enrollment token expired at {inp.token_expires_at.isoformat()}; mint a new "
+                "one with `cloudlessctl token create`"
             )
+        else:
+            expired = None
+        if expired is not None:
+            raise ApplicationError(expired, type="TokenExpired", non_retryable=True)
         if reason := binding_error(inp):
             raise ApplicationError(reason, type="TokenBindingMismatch", non_retryable=True)
         await workflow.execute_activity_method(
@@ -71,7 +87,11 @@ class EnrollmentWorkflow:
             retry_policy=_RETRY,
         )
         record = inp.record.model_copy(
-            update={"certificate_not_after": signed.not_after, "enrolled_at": now}
+            update={
+                "certificate_not_after": signed.not_after,
+                "certificate_serial": signed.serial,
+                "enrolled_at": now,
+            }
         )
         await workflow.execute_activity_method(
             LedgerActivities.register_node,

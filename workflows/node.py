@@ -9,6 +9,11 @@ users see combines them: unhealthy wins, then the admin state, else Ready.
 
 Events (enrollment, liveness signals, admin updates) are queued by handlers and applied
 one at a time by the main loop, so activities never interleave for one node.
+
+``remove`` (an admin action) retires the node for good: its workloads replace its
+replicas elsewhere, what it held in the ledger is freed, its certificate is revoked, and
+the workflow ends in the terminal state Removed. Enrolling the name again (with a new
+token) starts a new run from scratch.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ with workflow.unsafe.imports_passed_through():
         NotifyWorkloadsInput,
         ReconcileNodeInput,
         ReconcileRequest,
+        RemoveNodeInput,
+        RetireNodeInput,
         UpsertNodeInput,
     )
     from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
@@ -58,6 +65,9 @@ PROBE_DEADLINE = timedelta(minutes=2)
 MAX_CHURN_KEPT = 50
 #: Churn episodes this recent lower the node's reliability score.
 CHURN_WINDOW = timedelta(hours=1)
+#: How long a removal waits for the node's running workloads to release their replicas
+#: there (they were told at once); the removal then frees whatever is left.
+RELEASE_WAIT = timedelta(minutes=2)
 
 _FAST = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
@@ -103,6 +113,7 @@ class NodeWorkflow:
         self._events: list[_Event] = []
         self._seq = 0
         self._done = 0
+        self._removed = False
         if inp.record is not None:
             self._events.append(_Event(NodeEventKind.ENROLL, record=inp.record))
 
@@ -114,7 +125,7 @@ class NodeWorkflow:
             await workflow.wait_condition(
                 lambda: bool(self._events) or self._should_continue_as_new()
             )
-            while self._events:
+            while self._events and not self._removed:
                 event = self._events.pop(0)
                 if event.kind == NodeEventKind.ENROLL and event.record is not None:
                     await self._on_enroll(event.record)
@@ -127,6 +138,12 @@ class NodeWorkflow:
                 elif event.kind == NodeEventKind.RECONCILE and event.reconcile is not None:
                     await self._on_reconcile(event.reconcile)
                 self._done = max(self._done, event.seq)
+            if self._removed:
+                # Terminal: what was queued after the removal is dropped; the admin
+                # update that asked for it answers before the run ends.
+                self._done = self._seq
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                return
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._events:
@@ -324,6 +341,54 @@ class NodeWorkflow:
             )
             self._set(admin=AdminState.DRAINED, reason="every replica moved elsewhere")
             await self._publish()
+        elif cmd.action == AdminAction.REMOVE:
+            await self._on_remove(cmd)
+
+    async def _on_remove(self, cmd: NodeAdminInput) -> None:
+        """Retire the node: nothing is placed here any more, its replicas are replaced
+        elsewhere (nothing running elsewhere is stopped), what it held in the ledger is
+        freed, its certificate is revoked, and this workflow ends."""
+        status = self._status
+        assert status is not None
+        record = status.record
+        reachable = status.health != NodeHealth.OFFLINE
+        why = cmd.reason or "removed by an operator"
+        self._set(admin=AdminState.REMOVED, reason=why)
+        await self._publish()  # Removed in the ledger: no plan may place here now
+        await self._notify_workloads(f"node {record.node_id} was removed: {why}")
+        try:
+            await workflow.execute_activity_method(
+                MembershipActivities.wait_node_released,
+                record.node_id,
+                start_to_close_timeout=RELEASE_WAIT,
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except ActivityError as err:  # a busy workload: the removal frees what it held
+            workflow.logger.warning("removing %s without waiting: %s", record.node_id, err)
+        if reachable:
+            try:
+                await workflow.execute_activity_method(
+                    MembershipActivities.retire_node,
+                    RetireNodeInput(node_id=record.node_id, address=record.address),
+                    start_to_close_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(maximum_attempts=2),
+                )
+            except ActivityError as err:  # its certificate is revoked either way
+                workflow.logger.warning("could not stop what %s runs: %s", record.node_id, err)
+        await workflow.execute_activity_method(
+            LedgerActivities.remove_node,
+            RemoveNodeInput(
+                node_id=record.node_id,
+                certificate_serial=record.certificate_serial,
+                certificate_not_after=record.certificate_not_after,
+                reason=why,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+        self._removed = True
 
     async def _damped(self) -> bool:
         """Hold a flapping node back before it is Ready again; True if it failed again
@@ -355,6 +420,8 @@ class NodeWorkflow:
                 if self._relapsed():
                     return True
                 await self._apply_queued_admin()
+                if self._removed:
+                    return True  # removed during the hold: it is never Ready again
         finally:
             status.held_until = None
 
@@ -464,6 +531,8 @@ class NodeWorkflow:
 
     @staticmethod
     def _effective(status: NodeStatus) -> NodeState:
+        if status.admin == AdminState.REMOVED:
+            return NodeState.REMOVED
         if status.health in (NodeHealth.JOINING, NodeHealth.OFFLINE, NodeHealth.SUSPECT):
             return NodeState(status.health)
         if status.admin:
@@ -541,6 +610,8 @@ class NodeWorkflow:
             )
         if self._status is None:
             raise ApplicationError("the node has not finished enrolling yet")
+        if self._status.admin == AdminState.REMOVED or self._removed:
+            raise ApplicationError(f"node {self._status.record.node_id} was removed")
 
     @workflow.query(name=node_contract.DESCRIBE.name)
     def describe(self) -> NodeStatus | None:

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ApplyInput,
         ApplyResult,
         CapacityAvailable,
+        ClaimWorkloadInput,
         CommitPlanInput,
         PlacementRequest,
         ReconcileRequest,
@@ -54,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
         WorkloadStatus,
         WorkloadWorkflowInput,
     )
-    from cloudless.spec import Workload
+    from cloudless.spec import Workload, check_limits
     from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable
     from policies.reconcile import (
@@ -88,6 +89,9 @@ GIVEN_UP_STOPS_RECONCILE = "given-up-stops-reconcile"
 #: Replica ids a reconcile request names (for the node's log; the reconcile finds them all).
 MAX_IDS_REPORTED = 20
 MAX_PREEMPTIONS_KEPT = 64
+#: ``workflow.patched`` id of the claim a first run makes before anything else (runs
+#: started before it never claimed: their plans carry no owner).
+CLAIM_PATCH = "claim-workload"
 _ALPHABET = string.ascii_lowercase + string.digits
 
 _AGENT_RETRY = RetryPolicy(
@@ -123,6 +127,22 @@ def desired_of(view: WorkloadView) -> Desired:
     )
 
 
+#: workflow.patched id of the checks of a new run's start manifest.
+_PATCH_START_CHECKS = "start-manifest-checks"
+
+
+def _refusal(manifest: Workload) -> str | None:
+    """Why an apply of ``manifest`` is refused (over a limit, or asking for a setting its
+    runtime does not enforce), else None; the same checks the client library makes."""
+    try:
+        view = view_of(manifest)
+        check_limits(manifest, f"workload {view.key}")
+        check_supported(view)
+    except CloudlessError as err:
+        return str(err)
+    return None
+
+
 @workflow.defn(name=workload_contract.WORKFLOW.name)
 class WorkloadWorkflow:
     @workflow.init
@@ -142,6 +162,17 @@ class WorkloadWorkflow:
 
     @workflow.run
     async def run(self, inp: WorkloadWorkflowInput) -> WorkloadStatus:
+        # A client that skipped the checks may start this workflow with a manifest whose
+        # apply the validator then refuses (update-with-start starts it all the same): run
+        # nothing of it. (Patched: histories from before the check replay without it.)
+        if inp.state is None and workflow.patched(_PATCH_START_CHECKS):
+            refusal = _refusal(self._state.manifest)
+            if refusal is not None:
+                workflow.logger.warning("refused the start manifest: %s", refusal)
+                self._dirty = False
+                return self.status()
+        if inp.state is None and workflow.patched(CLAIM_PATCH):
+            await self._claim()
         while True:
             backoff = self._state.backoff_seconds
             try:
@@ -180,6 +211,22 @@ class WorkloadWorkflow:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() > self._max_history_events
         )
+
+    async def _claim(self) -> None:
+        """Claim the workload in the ledger before placing anything (first run only).
+
+        No earlier run of this workflow id is running (Temporal runs one at a time), so
+        whatever the ledger still holds for the workload was left by runs that are over
+        (terminated, failed, deleted before they released it): the claim releases it,
+        and the owner token it returns makes the ledger refuse their late plans.
+        """
+        result = await workflow.execute_activity_method(
+            LedgerActivities.claim_workload,
+            ClaimWorkloadInput(workload=self._view.key),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_LEDGER_RETRY,
+        )
+        self._state.owner = result.owner
 
     async def _reconcile(self) -> None:
         """One pass: each stage is decided on the records as they are when it begins."""
@@ -238,6 +285,7 @@ class WorkloadWorkflow:
                 replica_ids=[r.replica_id for r in pending],
                 resources=view.resources,
                 manifest=state.manifest,
+                owner=state.owner,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_LEDGER_RETRY,
@@ -360,6 +408,7 @@ class WorkloadWorkflow:
                     )
                     for r in replicas
                 ],
+                owners={self._view.key: self._state.owner} if self._state.owner else {},
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_LEDGER_RETRY,
@@ -467,11 +516,10 @@ class WorkloadWorkflow:
                 "and apply again",
                 type="WorkloadDeleting",
             )
-        try:
-            view = view_of(inp.manifest)
-            check_supported(view)
-        except CloudlessError as err:
-            raise ApplicationError(str(err), type="InvalidSpec") from err
+        refusal = _refusal(inp.manifest)
+        if refusal is not None:
+            raise ApplicationError(refusal, type="InvalidSpec")
+        view = view_of(inp.manifest)
         if view.key != self._view.key:
             raise ApplicationError(
                 f"manifest names {view.key}, but this workflow manages {self._view.key}",
@@ -617,4 +665,5 @@ class WorkloadWorkflow:
             replicas=list(state.replicas),
             manifest=state.manifest,
             epoch=state.epoch,
+            owner=state.owner,
         )

@@ -29,6 +29,7 @@ from cloudless.model import (
     LedgerOp,
     Resources,
 )
+from cloudless.revocation import RevocationList
 
 I = TypeVar("I")  # noqa: E741  (a message's input type)
 
@@ -51,6 +52,9 @@ class LedgerBase:
         self.scheduler = SchedulerState(self.ledger.snapshot)
         self.scheduler.poll_version = self.ledger.version
         self.writer = LedgerWriter(lambda: self.ledger)
+        #: This process's list of revoked certificates: a node removed through it is
+        #: refused here at once (the others reload it from the ledger within seconds).
+        self.revocations: RevocationList | None = None
 
     async def commit(self, plan: CommitPlanInput) -> CommitPlanResult:
         """Commit through the batched writer; raises :class:`PlanRejected` as the ledger's
@@ -59,7 +63,12 @@ class LedgerBase:
         if result.error_type == "PlanRejected":
             raise PlanRejected(result.error)
         if result.error_type or result.commit is None:
-            raise ApplicationError(result.error, type=result.error_type or "LedgerError")
+            # A plan of a run that is over (StaleOwner) will never be accepted.
+            raise ApplicationError(
+                result.error,
+                type=result.error_type or "LedgerError",
+                non_retryable=result.error_type == "StaleOwner",
+            )
         if result.commit.applied:  # apply_batch does not echo a freshly applied plan
             return result.commit.model_copy(update={"allocations": plan.allocations})
         return result.commit
@@ -87,6 +96,10 @@ class LedgerBase:
             await signal_unless_gone(handle, signal, arg, attempts=SIGNAL_ATTEMPTS)
         except RPCError as err:
             activity.logger.warning("could not signal %s to %s: %s", signal.name, key, err)
+
+    async def wake(self, keys: list[str], reason: str) -> None:
+        """Tell pending workloads that room may have appeared (a write elsewhere freed it)."""
+        await self._wake(keys, reason)
 
     async def _wake(self, keys: list[str], reason: str) -> None:
         """Tell pending workloads that room may have appeared (instead of them polling)."""

@@ -186,6 +186,7 @@ class PlacementActivities(LedgerBase):
                     allocations=plan.allocations,
                     releases=plan.releases,
                     workloads={req.workload: meta},
+                    owners={req.workload: req.owner} if req.owner else {},
                 )
                 reserved = self.scheduler.reserve(commit)
                 try:

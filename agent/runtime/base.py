@@ -171,6 +171,8 @@ class ReplicaSpec:
     image: str  # ignored by the exec driver
     command: Sequence[str] = ()
     args: Sequence[str] = ()
+    #: Absolute path the process starts in; "" for the runtime's default.
+    working_dir: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     ports: Sequence[PortMapping] = ()
     cpu_millis: int = 0  # 0: no limit

@@ -448,6 +448,10 @@ class DockerDriver:
             kwargs["entrypoint"] = list(spec.command)
         if spec.args:
             kwargs["command"] = list(spec.args)
+        if spec.working_dir:
+            # Replaces the image's WORKDIR; the engine creates the directory if it is missing
+            # (as Kubernetes does), and exec probes run there too.
+            kwargs["working_dir"] = spec.working_dir
         if spec.cpu_millis > 0:
             kwargs["nano_cpus"] = spec.cpu_millis * 1_000_000
         if spec.memory_bytes > 0:

@@ -1,7 +1,8 @@
 """Exec runtime driver: replicas as plain processes, for devices without a container engine.
 
 Each replica runs ``command + args`` in its own session (so the whole process group can be
-signalled) with a minimal environment and a private working directory. A small JSON record
+signalled) with a minimal environment, in the spec's ``workingDir`` (which must exist on the
+node) or else a private working directory. A small JSON record
 per replica is persisted under the state directory, so an agent that restarts can list and
 adopt the processes it started before: processes outlive the agent, like containers do.
 
@@ -10,7 +11,7 @@ Layout::
     <state_dir>/replicas/<replica_id>/record.json   pid, spec hash, labels, start times
     <state_dir>/replicas/<replica_id>/output.log    stdout+stderr, merged
     <state_dir>/replicas/<replica_id>/output.log.1  output of the previous run
-    <state_dir>/replicas/<replica_id>/work/         the process's working directory
+    <state_dir>/replicas/<replica_id>/work/         the process's default working directory
 
 Resource limits are **not enforced** by this runtime yet (no cgroups; ``RLIMIT_AS`` breaks
 too many programs that reserve address space). Replicas that ask for limits say so in their
@@ -29,7 +30,7 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,7 +47,7 @@ from agent.runtime.base import (
 )
 from cloudless.errors import RuntimeDriverError
 
-__all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver"]
+__all__ = ["LIMITS_NOT_ENFORCED", "ExecDriver", "exec_refusal", "process_environment"]
 
 #: Status note for replicas whose CPU/memory limits this runtime cannot enforce.
 LIMITS_NOT_ENFORCED = "limits not enforced by exec runtime"
@@ -135,6 +136,49 @@ def _secret_environment(spec: ReplicaSpec) -> dict[str, str]:
     env = {secret_volume_env_name(m.volume_name): m.host_dir for m in resolved.mounts}
     env.update(resolved.env)
     return env
+
+
+def process_environment(spec: ReplicaSpec) -> dict[str, str]:
+    """The environment an exec replica starts with: PATH, the spec's env, its secrets."""
+    return {
+        "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
+        **spec.env,
+        **_secret_environment(spec),
+    }
+
+
+def exec_refusal(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """Why exec(2) (through CPython's subprocess) would refuse ``argv`` and ``env``, else None.
+
+    These are the checks CPython makes before it forks (``os.fsencode``, no NUL byte, no
+    '=' in an environment name); made up front, a bad spec is a clear driver error rather
+    than a ValueError from deep inside asyncio.
+    """
+    entries: list[tuple[str, object, str]] = [("argv", i, arg) for i, arg in enumerate(argv)]
+    for name, value in env.items():
+        if not name or "=" in name:
+            return f"environment variable name {name!r} is empty or contains '='"
+        entries += [("environment name", name, name), ("environment value of", name, value)]
+    for what, where, text in entries:
+        try:
+            encoded = os.fsencode(text)
+        except UnicodeEncodeError:
+            return f"{what} {where!r} cannot be encoded for the operating system"
+        if b"\0" in encoded:
+            return f"{what} {where!r} contains a NUL byte"
+    return None
+
+
+def _working_dir_refusal(path: str) -> str | None:
+    """Why a process cannot start in ``path``, else None. Unlike a container's, the host's
+    directories are not the replica's to create: a missing one is an error."""
+    if not os.path.isabs(path):
+        return f"working directory {path!r} is not an absolute path"
+    if not os.path.isdir(path):
+        return f"working directory {path!r} does not exist on this node (or is not a directory)"
+    if not os.access(path, os.X_OK):
+        return f"working directory {path!r} is not accessible to the agent's user"
+    return None
 
 
 def _replica_ids(root: Path) -> list[str]:
@@ -414,11 +458,12 @@ class ExecDriver:
         return work, log.open("ab")
 
     async def _spawn(self, spec: ReplicaSpec, argv: list[str]) -> ReplicaStatus:
-        env = {
-            "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
-            **spec.env,
-            **_secret_environment(spec),
-        }
+        env = process_environment(spec)
+        refusal = exec_refusal(argv, env)
+        if refusal is None and spec.working_dir:
+            refusal = await asyncio.to_thread(_working_dir_refusal, spec.working_dir)
+        if refusal is not None:  # before any file is touched: nothing half-made remains
+            raise RuntimeDriverError(f"exec: cannot start replica {spec.replica_id}: {refusal}")
         try:
             work, log = await asyncio.to_thread(self._prepare, spec.replica_id)
         except OSError as error:
@@ -431,7 +476,7 @@ class ExecDriver:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=work,
+                cwd=spec.working_dir or work,
                 env=env,
                 start_new_session=True,  # own process group: stop() signals all of it
             )
@@ -569,7 +614,8 @@ class ExecDriver:
     # -- probes (agent/probes.py) --------------------------------------------------------
 
     def probe_target(self, spec: ReplicaSpec) -> _ExecProbeTarget:
-        return _ExecProbeTarget(spec, self._dir(spec.replica_id) / "work")
+        default = self._dir(spec.replica_id) / "work"
+        return _ExecProbeTarget(spec, Path(spec.working_dir) if spec.working_dir else default)
 
     async def kill(self, replica_id: str, grace_seconds: float) -> None:
         """SIGTERM (then SIGKILL) the process group but keep the record: the replica shows

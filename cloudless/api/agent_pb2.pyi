@@ -117,7 +117,7 @@ class Probe(_message.Message):
     def __init__(self, exec: _Optional[_Union[ExecAction, _Mapping]] = ..., http_get: _Optional[_Union[HTTPGetAction, _Mapping]] = ..., tcp_socket: _Optional[_Union[TCPSocketAction, _Mapping]] = ..., initial_delay_seconds: _Optional[float] = ..., period_seconds: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., failure_threshold: _Optional[int] = ..., success_threshold: _Optional[int] = ...) -> None: ...
 
 class ReplicaSpec(_message.Message):
-    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels", "restart_policy", "secret_env", "secret_volumes", "liveness_probe", "readiness_probe", "startup_probe", "epoch")
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "image", "command", "args", "env", "ports", "cpu_millis", "memory_bytes", "generation", "spec_hash", "labels", "restart_policy", "secret_env", "secret_volumes", "liveness_probe", "readiness_probe", "startup_probe", "epoch", "working_dir")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class ReplicaSpec(_message.Message):
     READINESS_PROBE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_PROBE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     namespace: str
     workload: str
@@ -174,7 +175,8 @@ class ReplicaSpec(_message.Message):
     readiness_probe: Probe
     startup_probe: Probe
     epoch: int
-    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ..., secret_env: _Optional[_Iterable[_Union[SecretEnvVar, _Mapping]]] = ..., secret_volumes: _Optional[_Iterable[_Union[SecretVolume, _Mapping]]] = ..., liveness_probe: _Optional[_Union[Probe, _Mapping]] = ..., readiness_probe: _Optional[_Union[Probe, _Mapping]] = ..., startup_probe: _Optional[_Union[Probe, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    working_dir: str
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ..., secret_env: _Optional[_Iterable[_Union[SecretEnvVar, _Mapping]]] = ..., secret_volumes: _Optional[_Iterable[_Union[SecretVolume, _Mapping]]] = ..., liveness_probe: _Optional[_Union[Probe, _Mapping]] = ..., readiness_probe: _Optional[_Union[Probe, _Mapping]] = ..., startup_probe: _Optional[_Union[Probe, _Mapping]] = ..., epoch: _Optional[int] = ..., working_dir: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id", "terminal", "restarts", "ready", "ready_message", "readiness_gated", "restart_reason", "epoch")

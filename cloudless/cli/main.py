@@ -41,11 +41,12 @@ from cloudless.codec import (
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
-from cloudless.spec import ManifestError, load_manifest_file, load_manifests
+from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
 from cloudless.vocabulary import AdminAction
+from cloudless.workloads import unsupported_issues
 
 T = TypeVar("T")
 
@@ -155,12 +156,16 @@ def apply(
     """Create or update the workloads in a manifest."""
     try:
         workloads = (
-            load_manifests(sys.stdin.read(), "<stdin>")
+            load_manifest_stream(sys.stdin.buffer, "<stdin>")
             if filename == "-"
             else load_manifest_file(filename)
         )
     except ManifestError as err:
         raise fail(str(err)) from err
+    # All or nothing: a setting no runtime would enforce in any document stops the lot.
+    refused = [issue for n, w in enumerate(workloads) for issue in unsupported_issues(w, n)]
+    if refused:
+        raise fail(str(ManifestError(refused, "<stdin>" if filename == "-" else filename)))
 
     async def go(c: CloudlessClient) -> list[Any]:
         return [await c.apply(w, wait=wait, timeout=timeout) for w in workloads]
@@ -377,6 +382,44 @@ def scheduler_set(
     )
 
 
+# ----------------------------------------------------------------------------- reaper
+
+
+@app.command("reap")
+def reap(
+    grace: Annotated[
+        str, typer.Option(help="Leave replicas an agent started less than this long ago.")
+    ] = "60s",
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Run the reaper now (it also runs on a Schedule): release reservations whose
+    workload workflow is over and stop replicas no workload places where they run."""
+    try:
+        seconds = parse_duration(grace).total_seconds()
+    except ValueError as err:
+        raise fail(f"--grace: {err}") from None
+    report = run(lambda c: c.reap(seconds))
+    if output != Output.TABLE:
+        emit_data(report.model_dump(mode="json"), output)
+        return
+    w, o = report.workloads, report.orphans
+    console.print(
+        f"checked {w.checked} of {w.held} workload(s) holding reservations; "
+        f"released {len(w.reaped)}"
+    )
+    for r in w.reaped:
+        console.print(
+            f"  {r.workload}: {sum(r.replicas.values())} replica(s) on "
+            f"{', '.join(sorted(r.replicas)) or 'no node'} ({r.reason})",
+            markup=False,
+        )
+    console.print(f"asked {o.nodes} Ready node(s); stopped {len(o.stopped)} replica(s)")
+    for s in o.stopped:
+        console.print(f"  {s.node_id}: {s.replica_id} of {s.workload} ({s.reason})", markup=False)
+    for node_id, error in sorted(o.errors.items()):
+        console.print(f"  {node_id}: not asked: {error}", markup=False)
+
+
 # ----------------------------------------------------------------------------- delete/scale
 
 
@@ -456,6 +499,30 @@ def node_uncordon(name: str, reason: ReasonOpt = "") -> None:
     _admin(name, AdminAction.UNCORDON, reason, "uncordoned")
 
 
+@node_app.command("remove")
+def node_remove(
+    name: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Confirm: the removal cannot be undone.")
+    ] = False,
+    reason: ReasonOpt = "",
+) -> None:
+    """Retire a node for good (one that will never come back, or was enrolled by mistake):
+    its replicas are replaced on other nodes (nothing running elsewhere is stopped), its
+    reservations are freed, its agent's replicas are stopped if it can be reached, and its
+    certificate is revoked. The name can enroll again with a new token."""
+    if not yes:
+        raise fail(
+            f"removing node {name} cannot be undone (its certificate is revoked); "
+            f"run `cloudlessctl node remove {name} --yes` to confirm"
+        )
+    status = run(lambda c: c.remove_node(name, reason))
+    console.print(
+        f"node/{name} removed (state {status.state.value}); its certificate is revoked",
+        markup=False,
+    )
+
+
 @node_app.command("drain")
 def node_drain(name: str, reason: ReasonOpt = "") -> None:
     """Move every replica elsewhere (replacements first; on a full cluster within each
@@ -469,7 +536,13 @@ def node_drain(name: str, reason: ReasonOpt = "") -> None:
 
 @token_app.command("create")
 def token_create(
-    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h (max 24h).")] = "1h",
+    ttl: Annotated[
+        str,
+        typer.Option(
+            help="Lifetime, e.g. 30m, 1h (1s to 24h). Refused from expiry plus a clock-skew "
+            "leeway of 5s, or of the lifetime itself if shorter."
+        ),
+    ] = "1h",
     node: Annotated[str | None, typer.Option(help="Bind the token to this node name.")] = None,
     label: Annotated[
         list[str] | None, typer.Option(help="Require this node label key=value (repeatable).")

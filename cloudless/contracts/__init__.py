@@ -23,7 +23,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudless.contracts import enrollment, explain, ledger, names, node, rotation, secret, workload
+from cloudless.contracts import (
+    enrollment,
+    explain,
+    ledger,
+    names,
+    node,
+    reaper,
+    rotation,
+    secret,
+    workload,
+)
 from cloudless.contracts._base import (
     Message,
     Query,
@@ -50,6 +60,7 @@ WORKFLOW_TYPES: dict[str, WorkflowType[Any, Any]] = {
         secret.WORKFLOW,
         rotation.WORKFLOW,
         explain.WORKFLOW,
+        reaper.WORKFLOW,
     )
 }
 
@@ -71,6 +82,7 @@ __all__ = [
     "ledger",
     "names",
     "node",
+    "reaper",
     "rotation",
     "secret",
     "signal_unless_gone",

@@ -25,6 +25,7 @@ from cloudless.model import (
     LedgerBatch,
     LedgerBatchResult,
     LedgerNode,
+    RevokedCertificate,
     SchedulerSettings,
     UpsertNodeInput,
     UpsertNodeResult,
@@ -47,6 +48,12 @@ VERSION: Query[None, int] = Query("version", None, int)
 NODE_WORKLOADS: Query[str, list[str]] = Query("node_workloads", str, list[str])
 SCHEDULER_SETTINGS: Query[None, SchedulerSettings] = Query(
     "scheduler_settings", None, SchedulerSettings
+)
+#: Workload key -> the owner token its reservations carry: what the reaper judges.
+WORKLOAD_OWNERS: Query[None, dict[str, int]] = Query("workload_owners", None, dict[str, int])
+#: Certificates of removed nodes, until they expire: what every gateway refuses.
+REVOKED_CERTIFICATES: Query[None, list[RevokedCertificate]] = Query(
+    "revoked_certificates", None, list[RevokedCertificate]
 )
 #: The node once it reaches one of the states, or its current entry on timeout.
 WAIT_NODE: Update[WaitNodeInput, LedgerNode | None] = Update(
@@ -81,6 +88,8 @@ WORKFLOW: WorkflowType[ClusterWorkflowInput, None] = WorkflowType(
         VERSION,
         NODE_WORKLOADS,
         SCHEDULER_SETTINGS,
+        REVOKED_CERTIFICATES,
+        WORKLOAD_OWNERS,
         WAIT_NODE,
         SET_SCHEDULER_SETTINGS,
         UPSERT_NODE,
@@ -124,6 +133,14 @@ class LedgerHandle:
     ) -> list[str]:
         return await NODE_WORKLOADS.query(self.handle, node_id, rpc_timeout=rpc_timeout)
 
+    async def workload_owners(self, *, rpc_timeout: timedelta | None = None) -> dict[str, int]:
+        return await WORKLOAD_OWNERS.query(self.handle, rpc_timeout=rpc_timeout)
+
+    async def revoked_certificates(
+        self, *, rpc_timeout: timedelta | None = None
+    ) -> list[RevokedCertificate]:
+        return await REVOKED_CERTIFICATES.query(self.handle, rpc_timeout=rpc_timeout)
+
     async def scheduler_settings(
         self, *, rpc_timeout: timedelta | None = None
     ) -> SchedulerSettings:
@@ -166,6 +183,7 @@ __all__ = [
     "COMMIT_PLAN",
     "CONSUME_TOKEN",
     "NODE_WORKLOADS",
+    "REVOKED_CERTIFICATES",
     "SCHEDULER_SETTINGS",
     "SET_SCHEDULER_SETTINGS",
     "SNAPSHOT",
@@ -174,6 +192,7 @@ __all__ = [
     "VERSION",
     "WAIT_NODE",
     "WORKFLOW",
+    "WORKLOAD_OWNERS",
     "LedgerHandle",
     "workflow_id",
 ]

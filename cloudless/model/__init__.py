@@ -10,6 +10,7 @@ sandbox, serialized by Temporal's pydantic data converter. One module per entity
 - :mod:`~cloudless.model.workloads`: ``workload/<ns>/<name>`` (state, status, signals)
 - :mod:`~cloudless.model.placement`: placement and explain activities
 - :mod:`~cloudless.model.agents`: replica start/stop activities
+- :mod:`~cloudless.model.reaper`: ``reaper/<cluster>`` (reservations and replicas nobody owns)
 
 The vocabulary's names (:mod:`cloudless.vocabulary`) are re-exported: payload models and
 their words travel together.
@@ -35,6 +36,8 @@ from cloudless.model.enrollment import (
 from cloudless.model.ledger import (
     Allocation,
     AwaitCapacityInput,
+    ClaimWorkloadInput,
+    ClaimWorkloadResult,
     ClusterSnapshot,
     ClusterWorkflowInput,
     CommitPlanInput,
@@ -48,6 +51,11 @@ from cloudless.model.ledger import (
     LedgerOpResult,
     LedgerWorkload,
     NodeTaint,
+    ReapWorkloadInput,
+    ReapWorkloadResult,
+    RemoveNodeInput,
+    RemoveNodeResult,
+    RevokedCertificate,
     SchedulerSettings,
     UpsertNodeInput,
     UpsertNodeResult,
@@ -67,6 +75,7 @@ from cloudless.model.nodes import (
     ReconcileNodeInput,
     ReconcileNodeResult,
     ReconcileRequest,
+    RetireNodeInput,
 )
 from cloudless.model.placement import (
     ExplainInput,
@@ -75,6 +84,16 @@ from cloudless.model.placement import (
     PlacementRequest,
     PlacementResult,
     Preemption,
+)
+from cloudless.model.reaper import (
+    ReapedWorkload,
+    ReaperInput,
+    ReapOrphansInput,
+    ReapOrphansResult,
+    ReapReport,
+    ReapWorkloadsInput,
+    ReapWorkloadsResult,
+    StoppedReplica,
 )
 from cloudless.model.workloads import (
     ApplyInput,
@@ -119,6 +138,8 @@ __all__ = [
     "AwaitCapacityInput",
     "CandidateScore",
     "CapacityAvailable",
+    "ClaimWorkloadInput",
+    "ClaimWorkloadResult",
     "ClusterSnapshot",
     "ClusterWorkflowInput",
     "CommitPlanInput",
@@ -150,9 +171,20 @@ __all__ = [
     "PlacementRequest",
     "PlacementResult",
     "Preemption",
+    "ReapOrphansInput",
+    "ReapOrphansResult",
+    "ReapReport",
+    "ReapWorkloadInput",
+    "ReapWorkloadResult",
+    "ReapWorkloadsInput",
+    "ReapWorkloadsResult",
+    "ReapedWorkload",
+    "ReaperInput",
     "ReconcileNodeInput",
     "ReconcileNodeResult",
     "ReconcileRequest",
+    "RemoveNodeInput",
+    "RemoveNodeResult",
     "ReplicaExited",
     "ReplicaPhase",
     "ReplicaReadiness",
@@ -160,6 +192,8 @@ __all__ = [
     "ReplicasLost",
     "ReplicasPreempted",
     "Resources",
+    "RetireNodeInput",
+    "RevokedCertificate",
     "RunReplicaInput",
     "RunReplicaOutcome",
     "RunReplicaResult",
@@ -171,6 +205,7 @@ __all__ = [
     "SignCertificateResult",
     "StopReplicaInput",
     "StopReplicaResult",
+    "StoppedReplica",
     "UpsertNodeInput",
     "UpsertNodeResult",
     "WaitInput",

@@ -16,6 +16,9 @@ class EnrollmentInput(_Model):
     cluster: str
     jti: str
     token_expires_at: datetime
+    #: When the token was minted: its lifetime caps the clock-skew leeway. None (an input
+    #: from a gateway older than the field) allows no leeway at all.
+    token_issued_at: datetime | None = None
     bound_node_name: str | None = None
     bound_labels: dict[str, str] = Field(default_factory=dict)
     csr_pem: str
@@ -40,3 +43,4 @@ class SignCertificateResult(_Model):
     certificate_pem: str
     ca_pem: str
     not_after: datetime
+    serial: str = ""  # hex (cloudless.pki.cert_serial): what removing the node revokes

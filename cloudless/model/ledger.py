@@ -68,6 +68,10 @@ class LedgerWorkload(_Model):
     priority: int = 0
     resources: Resources = Field(default_factory=Resources)
     replicas: int = 0  # placed in total; the entry goes when this reaches 0
+    #: The owner token of the workload workflow these reservations belong to (the ledger
+    #: version at which that workflow, on its first run, claimed the workload; see
+    #: ``ClaimWorkloadInput``); 0: unknown (placed without an owner).
+    owner: int = 0
 
 
 class SchedulerSettings(_Model):
@@ -213,7 +217,14 @@ def encode_ledger(nodes: list[LedgerNode], workloads: dict[str, LedgerWorkload])
         wl_index.setdefault(key, len(wl_index))
     keys = sorted(wl_index, key=wl_index.__getitem__)
     meta = [
-        [wl_index[k], t.add(w.labels), w.priority, t.add(_trimmed(w.resources)), w.replicas]
+        [
+            wl_index[k],
+            t.add(w.labels),
+            w.priority,
+            t.add(_trimmed(w.resources)),
+            w.replicas,
+            w.owner,
+        ]
         for k, w in workloads.items()
     ]
     return {"t": t.values, "keys": keys, "nodes": cols, "workloads": meta}
@@ -250,10 +261,14 @@ def decode_ledger(data: dict[str, Any]) -> tuple[list[LedgerNode], dict[str, Led
             )
         )
     workloads = {
-        keys[k]: LedgerWorkload(
-            labels=t[li], priority=prio, resources=Resources(**_resources(t[ri])), replicas=n
+        keys[row[0]]: LedgerWorkload(
+            labels=t[row[1]],
+            priority=row[2],
+            resources=Resources(**_resources(t[row[3]])),
+            replicas=row[4],
+            owner=row[5] if len(row) > 5 else 0,
         )
-        for k, li, prio, ri, n in data["workloads"]
+        for row in data["workloads"]
     }
     return nodes, workloads
 
@@ -276,6 +291,11 @@ class CommitPlanInput(_Model):
     allocations: list[Allocation] = Field(default_factory=list)
     releases: list[Allocation] = Field(default_factory=list)
     workloads: dict[str, LedgerWorkload] = Field(default_factory=dict)
+    #: The owner token of the workload run each workload's allocations and releases come
+    #: from. An older owner than the ledger's is refused (its run is over); a newer one
+    #: first takes over, releasing what the older owner still holds. A workload not named
+    #: here (a preempted victim's release) is applied without that check.
+    owners: dict[str, int] = Field(default_factory=dict)
 
 
 class CommitPlanResult(_Model):
@@ -284,6 +304,9 @@ class CommitPlanResult(_Model):
     allocations: list[Allocation] = Field(default_factory=list)  # as originally committed
     #: Pending workloads this plan may have made room for; the caller wakes them.
     woken: list[str] = Field(default_factory=list)
+    #: Workloads whose older owner's reservations this plan released first (a takeover):
+    #: a scheduler index that did not see them go reloads.
+    taken_over: list[str] = Field(default_factory=list)
 
 
 class UpsertNodeInput(_Model):
@@ -313,6 +336,66 @@ class AwaitCapacityInput(_Model):
     version: int
 
 
+class ClaimWorkloadInput(_Model):
+    """A workload workflow's first run claims its workload: everything the ledger still
+    holds for it belongs to runs that are over (Temporal runs one execution per workflow
+    id at a time), so it is released, and the run's owner token is the resulting ledger
+    version, which only grows. The run's plans carry that token (``owners``)."""
+
+    workload: str
+
+
+class ClaimWorkloadResult(_Model):
+    owner: int  # the run's owner token
+    #: node -> replicas of earlier runs released there.
+    released: dict[str, int] = Field(default_factory=dict)
+    woken: list[str] = Field(default_factory=list)  # pending workloads the room may fit
+
+
+class ReapWorkloadInput(_Model):
+    """Release everything held for ``workload`` if it still belongs to ``owner`` (the
+    reaper found that owner's run over); a newer owner's reservations are never touched."""
+
+    workload: str
+    owner: int
+    reason: str = ""
+
+
+class ReapWorkloadResult(_Model):
+    workload: str
+    reaped: bool  # False: nothing held any more, or a newer owner holds it now
+    #: node -> replicas released there.
+    replicas: dict[str, int] = Field(default_factory=dict)
+    freed: Resources = Field(default_factory=Resources)
+    woken: list[str] = Field(default_factory=list)  # pending workloads the room may fit
+
+
+class RevokedCertificate(_Model):
+    """A node certificate no gateway may accept any more (its node was removed)."""
+
+    serial: str  # hex, as :func:`cloudless.pki.cert_serial` gives it
+    node_id: str
+    not_after: datetime  # kept until then: an expired certificate is refused anyway
+    revoked_at: datetime
+
+
+class RemoveNodeInput(_Model):
+    """Retire a node for good: release every reservation on it, forget it and revoke its
+    certificate. ``node/<id>`` sends this once its workloads were told."""
+
+    node_id: str
+    certificate_serial: str = ""
+    certificate_not_after: datetime | None = None
+    reason: str = ""
+
+
+class RemoveNodeResult(_Model):
+    removed: bool  # False: the ledger did not list the node
+    #: workload -> replicas whose reservations were still on the node (released now).
+    released: dict[str, int] = Field(default_factory=dict)
+    revoked: bool = False
+
+
 class LedgerOp(_Model):
     """One ledger write inside a batch (exactly one field set).
 
@@ -327,6 +410,9 @@ class LedgerOp(_Model):
     #: An enrollment token's single use; in the batch so that an enrollment burst does not
     #: need one Update (of at most 10 in flight) per node.
     consume_token: ConsumeTokenInput | None = None
+    claim: ClaimWorkloadInput | None = None
+    reap: ReapWorkloadInput | None = None
+    remove_node: RemoveNodeInput | None = None
 
 
 class LedgerOpResult(_Model):
@@ -337,6 +423,9 @@ class LedgerOpResult(_Model):
     commit: CommitPlanResult | None = None
     registered: bool | None = None
     consumed: bool | None = None
+    claimed: ClaimWorkloadResult | None = None
+    reaped: ReapWorkloadResult | None = None
+    removed: RemoveNodeResult | None = None
     error_type: str = ""
     error: str = ""
 

@@ -27,6 +27,8 @@ class NodeRecord(_Model):
     runtimes: list[str] = Field(default_factory=list)
     agent_version: str = ""
     certificate_not_after: datetime | None = None
+    #: The node certificate's serial (hex): what ``node remove`` revokes.
+    certificate_serial: str = ""
     enrolled_at: datetime | None = None
 
 
@@ -106,6 +108,13 @@ class ReconcileRequest(_Model):
     node_id: str
     reason: str
     replica_ids: list[str] = Field(default_factory=list)
+
+
+class RetireNodeInput(_Model):
+    """Stop whatever a removed node's agent still runs (its replicas were replaced)."""
+
+    node_id: str
+    address: str
 
 
 class NotifyWorkloadsInput(_Model):

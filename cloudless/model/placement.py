@@ -27,6 +27,8 @@ class PlacementRequest(_Model):
     manifest: Workload
     #: Evict lower-priority replicas to make room for ones that fit nowhere.
     allow_preemption: bool = True
+    #: The workload run's owner token (``WorkloadState.owner``), carried by every plan.
+    owner: int = 0
 
 
 class Placement(_Model):

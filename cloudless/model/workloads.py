@@ -109,6 +109,9 @@ class WorkloadStatus(_Model):
     manifest: Workload | None = None
     #: The workload's placement counter (highest epoch handed out).
     epoch: int = 0
+    #: The owner token its reservations carry in the ledger (0: this run's chain never
+    #: claimed the workload); the reaper compares the two.
+    owner: int = 0
 
     @property
     def satisfied(self) -> int:
@@ -172,3 +175,8 @@ class WorkloadState(_Model):
     deleting: bool = False
     #: Recent preempting plans (``replicas_preempted``), so a repeated signal evicts nothing.
     preempted_by: list[str] = Field(default_factory=list)
+    #: The owner token the ledger gave this workflow's first run when it claimed the
+    #: workload (``claim_workload``); every plan carries it, so a plan of a run that is over
+    #: is refused and what such a run left behind is released. 0: never claimed (a run
+    #: started before claims existed).
+    owner: int = 0

@@ -16,7 +16,8 @@ Import from the package (``from cloudless.pki import CertificateAuthority``). Th
 * :mod:`~cloudless.pki.csr`: private keys and CSRs: ``generate_private_key_pem``,
   ``make_csr``, and ``check_csr``, the key policy a CSR passes before it is signed.
 * :mod:`~cloudless.pki.certificates`: reading certificates: ``load_certificate``,
-  ``verify_issued_by``, ``identity_from_cert``, ``cert_fingerprint``, ``cert_not_after``.
+  ``verify_issued_by``, ``identity_from_cert``, ``cert_fingerprint``, ``cert_not_after``,
+  ``cert_serial``.
 * :mod:`~cloudless.pki.files`: files holding key material (``write_private_file``,
   ``write_public_file``, ``read_private_file``), used for every secret kept on disk.
 """
@@ -27,6 +28,7 @@ from cloudless.pki.authority import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthor
 from cloudless.pki.certificates import (
     cert_fingerprint,
     cert_not_after,
+    cert_serial,
     identity_from_cert,
     load_certificate,
     verify_issued_by,
@@ -43,6 +45,7 @@ __all__ = [
     "Role",
     "cert_fingerprint",
     "cert_not_after",
+    "cert_serial",
     "check_csr",
     "generate_private_key_pem",
     "identity_from_cert",

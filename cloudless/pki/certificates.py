@@ -105,3 +105,8 @@ def cert_fingerprint(cert_pem: bytes) -> str:
 def cert_not_after(cert_pem: bytes) -> datetime:
     """Expiry as a timezone-aware UTC datetime; drives rotation scheduling."""
     return load_certificate(cert_pem).not_valid_after_utc
+
+
+def cert_serial(cert_pem: bytes) -> str:
+    """The serial number in lowercase hex: what a revocation names a certificate by."""
+    return format(load_certificate(cert_pem).serial_number, "x")

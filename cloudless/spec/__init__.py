@@ -18,16 +18,23 @@ public surface. The modules, one concern each:
 * :mod:`~cloudless.spec.placement`: ``Placement``: selectors, zones and regions,
   tolerations, affinities, topology spread, locality, score weights.
 * :mod:`~cloudless.spec.security`: ``SecurityContext`` and the Linux security modules.
+* :mod:`~cloudless.spec.text`: what text a runtime accepts (no NUL, valid Unicode; paths
+  also without control characters), also used by the agent.
 * :mod:`~cloudless.spec.names`: naming rules (DNS labels and subdomains, label keys and
   values, env names, secret keys, audiences), also used by node enrolment and the
   SecretsService.
 * :mod:`~cloudless.spec.issues`: ``ManifestIssue``, ``ManifestError`` and the translation of
   pydantic errors into issues ("did you mean", where a misplaced field belongs).
 * :mod:`~cloudless.spec.loader`: ``load_manifests``, ``load_manifest_file``,
-  ``parse_workload``: text or parsed documents to validated workloads.
-* private: ``_base`` (the base model: spellings, cross-field checks on raw input),
+  ``load_manifest_stream``, ``parse_workload``: text or parsed documents to validated
+  workloads, within the bounds of :mod:`~cloudless.spec.limits` (``check_limits`` for a
+  model built some other way).
+* :mod:`~cloudless.spec.limits`: every bound on manifest input (bytes, documents, string
+  length, list length, nesting, values, environment size) and why it has its value.
+* private: ``_bounds`` (the walk that checks those bounds on parsed data, with bounded
+  work), ``_base`` (the base model: spellings, cross-field checks on raw input),
   ``_messages`` (how a problem and its fix are phrased), ``_scalars`` (bounded numbers,
-  non-empty strings, absolute paths).
+  non-empty strings).
 
 Design notes:
 
@@ -55,11 +62,14 @@ from cloudless.spec.container import (
     EnvVarSource,
     Protocol,
     SecretKeyRef,
+    image_problem,
 )
 from cloudless.spec.issues import ManifestError, ManifestIssue
 from cloudless.spec.loader import (
     SUPPORTED_KINDS,
+    check_limits,
     load_manifest_file,
+    load_manifest_stream,
     load_manifests,
     parse_workload,
 )
@@ -105,6 +115,7 @@ from cloudless.spec.security import (
     SecurityContext,
     SELinuxOptions,
 )
+from cloudless.spec.text import path_problem, text_problem
 from cloudless.spec.volumes import (
     KeyToPath,
     SecretVolumeSource,
@@ -175,10 +186,15 @@ __all__ = [
     "WorkloadAffinityTerm",
     "WorkloadSpec",
     "audience_problem",
+    "check_limits",
+    "image_problem",
     "is_dns_subdomain",
     "is_secret_key",
     "label_problems",
     "load_manifest_file",
+    "load_manifest_stream",
     "load_manifests",
     "parse_workload",
+    "path_problem",
+    "text_problem",
 ]

@@ -1,5 +1,5 @@
 """Constraints on plain values that several parts of a manifest share: whole numbers within
-bounds, non-empty strings and absolute paths.
+bounds and non-empty strings. Text that reaches a process or a path is :mod:`.text`'s.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from cloudless.spec._messages import _problem, _show
+from cloudless.spec._messages import _problem
 
 
 def _check_non_empty(value: str) -> str:
@@ -30,11 +30,4 @@ def _between(low: int, high: int, example: int) -> Callable[[int], int]:
     return check
 
 
-def _check_absolute_path(value: str) -> str:
-    if value.startswith("/") and "\x00" not in value:
-        return value
-    raise _problem(f"must be an absolute path, got {_show(value)}", "use a path like /app")
-
-
 NonEmptyStr = Annotated[str, AfterValidator(_check_non_empty)]
-AbsolutePath = Annotated[str, AfterValidator(_check_absolute_path)]

@@ -13,49 +13,83 @@ from pydantic import AfterValidator, BaseModel, Field, StrictInt
 
 from cloudless.spec._base import _int_or_none, _Model, _Problem, _Raw
 from cloudless.spec._messages import _problem, _show
-from cloudless.spec._scalars import AbsolutePath, NonEmptyStr, _between
+from cloudless.spec._scalars import _between
+from cloudless.spec.limits import MAX_ENV_BYTES, format_size
 from cloudless.spec.names import Audience, DnsLabel, DnsSubdomain, EnvName, PortName, SecretKey
 from cloudless.spec.probes import HTTPGetAction, Probe, TCPSocketAction
+from cloudless.spec.text import AbsolutePath, NonEmptyText, Text
 from cloudless.spec.volumes import VolumeMount
 
 Protocol: TypeAlias = Literal["TCP", "UDP"]
 
 
-# Docker image references: [registry[:port]/]path[:tag][@algorithm:hex].
+# Docker image references as the engine parses them (distribution/reference):
+# [registry[:port]/]path[:tag][@digest]. A digest must be one the engine can verify
+# (sha256, sha384 or sha512, lower-case hex of the algorithm's length), and the name
+# (registry and path) is at most 255 characters; anything else fails every start.
 _IMAGE_DOMAIN_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _IMAGE_DOMAIN = rf"{_IMAGE_DOMAIN_PART}(?:\.{_IMAGE_DOMAIN_PART})*"
 _IMAGE_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_RE = re.compile(
-    rf"^(?:{_IMAGE_DOMAIN}(?::[0-9]+)?/)?{_IMAGE_PATH_PART}(?:/{_IMAGE_PATH_PART})*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
-)
+_IMAGE_NAME = rf"(?:{_IMAGE_DOMAIN}(?::[0-9]+)?/)?{_IMAGE_PATH_PART}(?:/{_IMAGE_PATH_PART})*"
+_IMAGE_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_IMAGE_RE = re.compile(rf"(?P<name>{_IMAGE_NAME})(?::{_IMAGE_TAG})?(?:@(?P<digest>[^@]+))?")
+_IMAGE_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+_IMAGE_NAME_MAX = 255
 _IMAGE_FIX = (
     "use a reference like cloudless/busybox:latest or registry.example.com:5000/team/app:1.2"
 )
 
 
-def _check_image(value: str) -> str:
+def _image_defect(value: str) -> tuple[str, str] | None:
+    """(what is wrong, fix) for a reference the engine would refuse, else None."""
     if not value:
-        raise _problem("must not be empty", _IMAGE_FIX)
-    if any(c.isspace() for c in value):
-        raise _problem(f"must not contain whitespace, got {_show(value)}", _IMAGE_FIX)
+        return "must not be empty", _IMAGE_FIX
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return f"must not contain whitespace or control characters, got {_show(value)}", _IMAGE_FIX
     if "://" in value:
-        raise _problem(
+        return (
             f"must not contain a URL scheme, got {_show(value)}",
             f"drop the scheme: {value.split('://', 1)[1]!r}",
         )
-    if len(value) > 512 or not _IMAGE_RE.match(value):
-        if len(value) <= 512 and _IMAGE_RE.match(value.lower()):
-            raise _problem(
+    match = _IMAGE_RE.fullmatch(value) if len(value) <= 512 else None
+    if match is None:
+        if len(value) <= 512 and _IMAGE_RE.fullmatch(value.lower()):
+            return (
                 f"must use a lower-case repository name, got {_show(value)}",
                 f"use {value.lower()!r}",
             )
-        raise _problem(
+        return (
             f"must be an image reference [registry/]repository[:tag][@digest], got {_show(value)}",
             _IMAGE_FIX,
         )
-    return value
+    if len(match["name"]) > _IMAGE_NAME_MAX:
+        return (
+            f"must have a name (registry and repository) of at most {_IMAGE_NAME_MAX} "
+            f"characters, got {len(match['name'])}",
+            "use a shorter repository path",
+        )
+    digest = match["digest"]
+    if digest is not None and not _IMAGE_DIGEST_RE.fullmatch(digest):
+        return (
+            f"must end in a digest the engine can verify (sha256:, sha384: or sha512: and "
+            f"the lower-case hex of that length), got {_show('@' + digest)}",
+            "copy the digest from `docker images --digests`, e.g. @sha256:<64 hex digits>",
+        )
+    return None
+
+
+def image_problem(value: str) -> str | None:
+    """Why ``value`` is not an image reference the docker engine accepts, with the fix;
+    None when it is. Shared by the manifest and the agent."""
+    defect = _image_defect(value)
+    return None if defect is None else f"{defect[0]} (fix: {defect[1]})"
+
+
+def _check_image(value: str) -> str:
+    defect = _image_defect(value)
+    if defect is None:
+        return value
+    raise _problem(*defect)
 
 
 ImageRef = Annotated[str, AfterValidator(_check_image)]
@@ -90,7 +124,7 @@ class EnvVar(_Model):
     """An environment variable: exactly one of an inline ``value`` or a ``value_from``."""
 
     name: EnvName = Field(examples=["GREETING"])
-    value: str | None = Field(None, examples=["hello"])
+    value: Text | None = Field(None, examples=["hello"])
     value_from: EnvVarSource | None = Field(
         None,
         examples=[
@@ -189,6 +223,28 @@ def _probe_problems(raw: _Raw) -> list[_Problem]:
     return problems
 
 
+def _env_size_problems(raw: _Raw) -> list[_Problem]:
+    """The literal environment must fit what the kernel takes (see ``MAX_ENV_BYTES``)."""
+    total = 0
+    for _, var in raw.items("env", EnvVar):
+        name, value = var.get("name"), var.get("value")
+        if isinstance(name, str) and isinstance(value, str):
+            # NAME=value and its terminating NUL, as execve(2) counts it.
+            total += len(f"{name}={value}".encode("utf-8", "surrogatepass")) + 1
+    if total <= MAX_ENV_BYTES:
+        return []
+    return [
+        _Problem(
+            (raw.key("env"),),
+            f"totals {total:,} bytes (NAME=value per variable), more than the limit of "
+            f"{format_size(MAX_ENV_BYTES)} for a container's environment",
+            "keep large values out of the environment: mount them from a secret volume or "
+            "put them in the image",
+            None,
+        )
+    ]
+
+
 def _duplicates(
     raw: _Raw, list_field: str, model: type[BaseModel], field: str, what: str, fix: str
 ) -> list[_Problem]:
@@ -226,8 +282,8 @@ class ContainerSpec(_Model):
     """What to run: the image (docker runtime) or command (exec runtime), env and ports."""
 
     image: ImageRef | None = Field(None, examples=["cloudless/busybox:latest"])
-    command: tuple[NonEmptyStr, ...] = Field((), examples=[["httpd", "-f", "-p", "8080"]])
-    args: tuple[str, ...] = Field((), examples=[["-v"]])
+    command: tuple[NonEmptyText, ...] = Field((), examples=[["httpd", "-f", "-p", "8080"]])
+    args: tuple[Text, ...] = Field((), examples=[["-v"]])
     working_dir: AbsolutePath | None = Field(None, examples=["/app"])
     env: tuple[EnvVar, ...] = Field((), examples=[[{"name": "GREETING", "value": "hello"}]])
     ports: tuple[ContainerPort, ...] = Field((), examples=[[{"containerPort": 8080}]])
@@ -254,6 +310,7 @@ class ContainerSpec(_Model):
     def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:
         return [
             *_probe_problems(raw),
+            *_env_size_problems(raw),
             *_duplicates(raw, "env", EnvVar, "name", "", "remove or rename the duplicate"),
             *_duplicates(
                 raw, "volume_mounts", VolumeMount, "mount_path", "", "mount each path only once"

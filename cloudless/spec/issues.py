@@ -67,8 +67,11 @@ class ManifestError(CloudlessError):
 # Turning pydantic errors into ManifestIssues
 # ---------------------------------------------------------------------------------------------
 
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch only
 _DICT_KEY_MARK = "[key]"
+#: Keys (user data, e.g. labels) longer than this are cut short in a rendered path, so one
+#: long key cannot swell a one-line message.
+_SHOWN_KEY_CHARS: Final = 40
 
 
 def _render_path(loc: Sequence[str | int]) -> str:
@@ -79,7 +82,9 @@ def _render_path(loc: Sequence[str | int]) -> str:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENTIFIER_RE.match(part):
+        elif len(part) > _SHOWN_KEY_CHARS:
+            out += f"[{json.dumps(part[: _SHOWN_KEY_CHARS - 3] + '...')}]"
+        elif _IDENTIFIER_RE.fullmatch(part):
             out += f".{part}" if out else part
         else:
             out += f"[{json.dumps(part)}]"

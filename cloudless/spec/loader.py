@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Hashable, Mapping
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import yaml
 from pydantic import ValidationError
 
+from cloudless.spec._bounds import bound_issues
 from cloudless.spec._messages import _closest, _show
 from cloudless.spec.issues import _WHOLE_DOCUMENT, ManifestError, ManifestIssue, _issues_from
+from cloudless.spec.limits import MAX_DEPTH, MAX_DOCUMENTS, MAX_MANIFEST_BYTES, format_size
 from cloudless.spec.workload import API_VERSION, Workload
 
 #: Kinds the loader understands. A new kind is one more entry here (and, once there is more
@@ -31,6 +34,11 @@ def _document_issue(
 
 def _validate_document(data: object, document: int) -> tuple[Workload | None, list[ManifestIssue]]:
     """Validate one parsed document; never raises, so callers can collect every issue."""
+    # First, with bounded work: nothing below (messages that show a value included) may
+    # look at a document that is too large, too deep or not text.
+    out_of_bounds = bound_issues(data, document)
+    if out_of_bounds:
+        return None, out_of_bounds
     if not isinstance(data, Mapping):
         return None, [
             _document_issue(
@@ -75,7 +83,37 @@ def _validate_document(data: object, document: int) -> tuple[Workload | None, li
     except ValidationError as error:
         issues.extend(_issues_from(error, model, document))
         return None, issues
+    issues.extend(size_issues(obj, document))
     return (obj, issues) if not issues else (None, issues)
+
+
+def size_issues(workload: Workload, document: int = 0) -> list[ManifestIssue]:
+    """What makes a validated workload too large to send: its canonical form (what travels
+    to Temporal, defaults filled in) beyond the limits, however the model was built."""
+    canonical = workload.to_manifest()
+    issues = bound_issues(canonical, document)
+    if issues:
+        return issues
+    size = len(json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_MANIFEST_BYTES:
+        return [
+            _document_issue(
+                f"is {size:,} bytes in its canonical form (JSON, defaults filled in), more "
+                f"than the limit of {format_size(MAX_MANIFEST_BYTES)} for one manifest",
+                "make the manifest smaller, e.g. move large values into a secret volume or "
+                "the image",
+                document,
+            )
+        ]
+    return []
+
+
+def check_limits(workload: Workload, source: str = "<manifest>") -> None:
+    """Raise :class:`ManifestError` if ``workload`` exceeds a limit of
+    :mod:`cloudless.spec.limits` (for models not built by this module's loaders)."""
+    issues = size_issues(workload)
+    if issues:
+        raise ManifestError(issues, source)
 
 
 class _DuplicateKeyError(ValueError):
@@ -91,8 +129,30 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+class _TooDeepError(yaml.YAMLError):
+    """A document nests deeper than :data:`MAX_DEPTH` (found while composing it)."""
+
+    def __init__(self, mark: object) -> None:
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep")
+        self.problem_mark = mark
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loader that rejects duplicate keys instead of keeping the last one."""
+    """Safe YAML loader that rejects duplicate keys instead of keeping the last one, and
+    documents nested deeper than :data:`MAX_DEPTH` before its recursion could run out of
+    stack (PyYAML composes and constructs nodes recursively)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeepError(event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -120,6 +180,12 @@ def _yaml_issue(error: yaml.YAMLError, document: int) -> ManifestIssue:
     problem = getattr(error, "problem", None) or str(error)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     line = f"line {mark.line + 1}" if mark is not None else "the reported line"
+    if isinstance(error, _TooDeepError):
+        return _document_issue(
+            f"the YAML{where} is {problem}, the limit",
+            "flatten the structure: no valid manifest nests this deep",
+            document,
+        )
     if "duplicate key" in problem:
         fix = f"remove one of the duplicate keys (see {line})"
     elif "\t" in problem or "'\\t'" in problem:
@@ -132,10 +198,45 @@ def _yaml_issue(error: yaml.YAMLError, document: int) -> ManifestIssue:
     return _document_issue(f"invalid YAML{where}: {problem}", fix, document)
 
 
+#: A JSON string (escapes included) or a bracket: what decides a JSON text's nesting.
+_JSON_TOKEN_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_too_deep(text: str) -> bool:
+    """Whether JSON ``text`` nests deeper than :data:`MAX_DEPTH`, found without parsing it
+    (the json module recurses per level and raises RecursionError on deep input)."""
+    depth = 0
+    for token in _JSON_TOKEN_RE.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return False
+
+
+def _too_many_documents(document: int) -> ManifestIssue:
+    return _document_issue(
+        f"the file holds more than {MAX_DOCUMENTS} documents, the limit for one apply",
+        "split it into several files",
+        document,
+    )
+
+
 def _parse_documents(text: str) -> tuple[list[tuple[int, object]], list[ManifestIssue]]:
     """Split text into (index, data) documents; empty documents are skipped but counted."""
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
+        if _json_too_deep(text):
+            return [], [
+                _document_issue(
+                    f"the JSON is nested more than {MAX_DEPTH} levels deep, the limit",
+                    "flatten the structure: no valid manifest nests this deep",
+                    0,
+                )
+            ]
         try:
             data = json.loads(text, object_pairs_hook=_json_object)
         except _DuplicateKeyError as error:
@@ -145,6 +246,8 @@ def _parse_documents(text: str) -> tuple[list[tuple[int, object]], list[Manifest
             pass  # maybe YAML flow style; the YAML parser reports real syntax errors
         else:
             items = data if isinstance(data, list) else [data]
+            if len(items) > MAX_DOCUMENTS:
+                return [], [_too_many_documents(MAX_DOCUMENTS)]
             return list(enumerate(items)), []
     documents: list[tuple[int, object]] = []
     index = 0
@@ -157,6 +260,8 @@ def _parse_documents(text: str) -> tuple[list[tuple[int, object]], list[Manifest
             break
         except yaml.YAMLError as error:
             return documents, [_yaml_issue(error, index)]
+        if index >= MAX_DOCUMENTS:
+            return documents, [_too_many_documents(index)]
         if data is not None:
             documents.append((index, data))
         index += 1
@@ -169,6 +274,11 @@ def load_manifests(text: str, source: str = "<manifest>") -> list[Workload]:
     Raises :class:`ManifestError` listing every problem in every document; nothing is
     returned unless all documents are valid, so an ``apply`` is all-or-nothing.
     """
+    # Characters never outnumber UTF-8 bytes: only text short enough is encoded to count.
+    if len(text) > MAX_MANIFEST_BYTES or len(text.encode("utf-8", "surrogatepass")) > (
+        MAX_MANIFEST_BYTES
+    ):
+        raise ManifestError([_too_large()], source)
     documents, issues = _parse_documents(text)
     workloads: list[Workload] = []
     first_by_key: dict[str, int] = {}
@@ -203,12 +313,33 @@ def load_manifests(text: str, source: str = "<manifest>") -> list[Workload]:
     return workloads
 
 
-def load_manifest_file(path: str | os.PathLike[str]) -> list[Workload]:
-    """Load every manifest in a file; an unreadable file is reported like any other issue."""
-    source = os.fspath(path)
+def _too_large() -> ManifestIssue:
+    return _document_issue(
+        f"the manifest is larger than {format_size(MAX_MANIFEST_BYTES)}, the limit "
+        f"({MAX_MANIFEST_BYTES:,} bytes)",
+        "split it into several files, and keep large values out of manifests (a secret "
+        "volume or the image can carry them)",
+        0,
+        "<file>",
+    )
+
+
+def read_manifest(stream: IO[bytes], source: str = "<stdin>") -> str:
+    """The text of a manifest read from ``stream``, reading at most one byte more than
+    :data:`MAX_MANIFEST_BYTES` (``/dev/zero`` or an endless pipe end here too).
+
+    Raises :class:`ManifestError` if there is more, or if it is not UTF-8.
+    """
+    data = bytearray()
+    while len(data) <= MAX_MANIFEST_BYTES:  # read() may return less than asked (pipes)
+        chunk = stream.read(MAX_MANIFEST_BYTES + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError([_too_large()], source)
     try:
-        with open(source, encoding="utf-8") as handle:
-            text = handle.read()
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ManifestError(
             [
@@ -221,6 +352,20 @@ def load_manifest_file(path: str | os.PathLike[str]) -> list[Workload]:
             ],
             source,
         ) from error
+
+
+def load_manifest_stream(stream: IO[bytes], source: str = "<stdin>") -> list[Workload]:
+    """Load every manifest read from a binary stream (stdin), bounded like a file."""
+    return load_manifests(read_manifest(stream, source), source)
+
+
+def load_manifest_file(path: str | os.PathLike[str]) -> list[Workload]:
+    """Load every manifest in a file; an unreadable or oversized file is reported like any
+    other issue, and no more than :data:`MAX_MANIFEST_BYTES` + 1 bytes of it are read."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            text = read_manifest(handle, source)
     except OSError as error:
         raise ManifestError(
             [

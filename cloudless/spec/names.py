@@ -16,12 +16,15 @@ from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
 from cloudless.spec._messages import _problem, _show
+from cloudless.spec.text import _text_defect
 
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Always used with ``fullmatch``: ``re.match`` with ``$`` also accepts a trailing newline,
+# and "web\n" is not a name any runtime or DNS resolver accepts.
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 def _suggest_label(value: str, max_length: int) -> str:
@@ -47,7 +50,7 @@ def _label_defects(value: str, max_length: int) -> str:
 
 def _dns_label(max_length: int) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if len(value) <= max_length and _DNS_LABEL_RE.match(value):
+        if len(value) <= max_length and _DNS_LABEL_RE.fullmatch(value):
             return value
         raise _problem(
             f"must be a DNS-1123 label (at most {max_length} characters: lower-case letters, "
@@ -60,7 +63,7 @@ def _dns_label(max_length: int) -> Callable[[str], str]:
 
 
 def _check_dns_subdomain(value: str) -> str:
-    if len(value) <= 253 and _DNS_SUBDOMAIN_RE.match(value):
+    if len(value) <= 253 and _DNS_SUBDOMAIN_RE.fullmatch(value):
         return value
     suggestion = ".".join(_suggest_label(part, 63) for part in value.split(".") if part)
     raise _problem(
@@ -72,13 +75,13 @@ def _check_dns_subdomain(value: str) -> str:
 
 def _check_label_key(key: str) -> str:
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         raise _problem(
             f"has an invalid prefix {prefix!r}: a prefix must be a DNS subdomain such as "
             "'example.com'",
             "write the key as name or example.com/name",
         )
-    if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME_RE.fullmatch(name):
         raise _problem(
             "must be at most 63 characters of letters, digits, '-', '_' or '.', starting and "
             "ending with a letter or digit (optionally after a 'example.com/' prefix)",
@@ -88,7 +91,7 @@ def _check_label_key(key: str) -> str:
 
 
 def _check_label_value(value: str) -> str:
-    if value == "" or (len(value) <= 63 and _LABEL_NAME_RE.match(value)):
+    if value == "" or (len(value) <= 63 and _LABEL_NAME_RE.fullmatch(value)):
         return value
     raise _problem(
         "must be empty or at most 63 characters of letters, digits, '-', '_' or '.', "
@@ -112,7 +115,7 @@ def label_problems(labels: Mapping[str, str], where: str = "label") -> list[str]
 
 
 def _check_env_name(value: str) -> str:
-    if _ENV_NAME_RE.match(value):
+    if _ENV_NAME_RE.fullmatch(value):
         return value
     suggestion = re.sub(r"[^A-Za-z0-9_]", "_", value).upper() or "MY_VAR"
     if suggestion[0].isdigit():
@@ -125,7 +128,7 @@ def _check_env_name(value: str) -> str:
 
 
 def _check_secret_key(value: str) -> str:
-    if len(value) <= 253 and _SECRET_KEY_RE.match(value):
+    if len(value) <= 253 and _SECRET_KEY_RE.fullmatch(value):
         return value
     raise _problem(
         f"must be 1-253 characters of letters, digits, '-', '_' or '.', got {_show(value)}",
@@ -134,10 +137,16 @@ def _check_secret_key(value: str) -> str:
 
 
 def _check_audience(value: str) -> str:
-    if value and "*" not in value and not any(c.isspace() for c in value):
+    if (
+        value
+        and "*" not in value
+        and not any(c.isspace() for c in value)
+        and _text_defect(value, controls=True) is None
+    ):
         return value
     raise _problem(
-        f"must name one audience, non-empty, without '*' or spaces, got {_show(value)}",
+        "must name one audience, non-empty, without '*', spaces or control characters, "
+        f"got {_show(value)}",
         "use the audience the secret was created for, e.g. backend-api",
     )
 
@@ -155,12 +164,12 @@ Audience = Annotated[str, AfterValidator(_check_audience)]
 
 def is_dns_subdomain(value: str) -> bool:
     """Whether ``value`` is a DNS-1123 subdomain (secret names, for the SecretsService)."""
-    return len(value) <= 253 and bool(_DNS_SUBDOMAIN_RE.match(value))
+    return len(value) <= 253 and bool(_DNS_SUBDOMAIN_RE.fullmatch(value))
 
 
 def is_secret_key(value: str) -> bool:
     """Whether ``value`` is a valid key inside a secret's data map."""
-    return len(value) <= 253 and bool(_SECRET_KEY_RE.match(value))
+    return len(value) <= 253 and bool(_SECRET_KEY_RE.fullmatch(value))
 
 
 def audience_problem(value: str) -> str | None:

@@ -15,14 +15,15 @@ from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
 
 from cloudless.spec._base import _Model, _Problem, _Raw
 from cloudless.spec._messages import _problem, _show
-from cloudless.spec._scalars import NonEmptyStr, _between
+from cloudless.spec._scalars import _between
 from cloudless.spec.names import _dns_label
+from cloudless.spec.text import NonEmptyText, _text_defect
 
 #: Upper bound of every probe duration; a day is longer than any sensible health check.
 MAX_PROBE_SECONDS: Final = 86_400
 #: Upper bound of probe thresholds.
 MAX_PROBE_THRESHOLD: Final = 1_000_000
-_HTTP_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HTTP_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # fullmatch only
 
 
 def _check_probe_port(value: object) -> object:
@@ -45,16 +46,21 @@ def _check_probe_port(value: object) -> object:
 
 
 def _check_http_path(value: str) -> str:
-    if value.startswith("/") and not any(c.isspace() for c in value):
+    if (
+        value.startswith("/")
+        and not any(c.isspace() for c in value)
+        and _text_defect(value, controls=True) is None
+    ):
         return value
     raise _problem(
-        f"must be an absolute URL path without spaces, got {_show(value)}",
+        "must be an absolute URL path without spaces or control characters, "
+        f"got {_show(value)}",
         "use a path like /healthz",
     )
 
 
 def _check_header_name(value: str) -> str:
-    if _HTTP_HEADER_NAME_RE.match(value):
+    if _HTTP_HEADER_NAME_RE.fullmatch(value):
         return value
     raise _problem(
         f"must be an HTTP header name (a token: letters, digits, '-'...), got {_show(value)}",
@@ -63,9 +69,13 @@ def _check_header_name(value: str) -> str:
 
 
 def _check_header_value(value: str) -> str:
-    if "\r" not in value and "\n" not in value:
-        return value
-    raise _problem("must not contain line breaks", "put the header value on one line")
+    if "\r" in value or "\n" in value:
+        raise _problem("must not contain line breaks", "put the header value on one line")
+    # RFC 9110 field values: visible characters, spaces and tabs; HTTP clients refuse the rest.
+    defect = _text_defect(value, controls=True, allowed="\t")
+    if defect is not None:
+        raise _problem(*defect)
+    return value
 
 
 ProbePort = Annotated[int | str, BeforeValidator(_check_probe_port)]
@@ -81,7 +91,7 @@ class ExecAction(_Model):
     """Run ``command`` inside the replica (the container, or a process with the replica's
     environment on the exec runtime); exit code 0 is a success. No shell is implied."""
 
-    command: tuple[NonEmptyStr, ...] = Field(examples=[["cat", "/tmp/healthy"]])
+    command: tuple[NonEmptyText, ...] = Field(examples=[["cat", "/tmp/healthy"]])
 
     @classmethod
     def _cross_field_problems(cls, raw: _Raw) -> list[_Problem]:

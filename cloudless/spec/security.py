@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, StrictBool, StrictInt
 from cloudless.spec._base import _int_or_none, _Problem, _Raw, _SnakeModel
 from cloudless.spec._messages import _closest, _problem, _show
 from cloudless.spec._scalars import _between
+from cloudless.spec.text import _text_defect
 
 ProfileType: TypeAlias = Literal["RuntimeDefault", "Localhost", "Unconfined"]
 RuntimeClassName: TypeAlias = Literal["runc", "gvisor", "kata", "firecracker"]
@@ -36,15 +37,19 @@ LINUX_CAPABILITIES: Final = frozenset(
 )  # fmt: skip
 
 
-_SELINUX_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# fullmatch only: re.match with "$" would accept a trailing newline.
+_SELINUX_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _MCS_PART = r"s[0-9]+(?::c[0-9]+(?:[.,]c[0-9]+)*)?"
-_SELINUX_LEVEL_RE = re.compile(rf"^{_MCS_PART}(?:-{_MCS_PART})?$")
-_CAPABILITY_RE = re.compile(r"^(?:CAP_)?([A-Z][A-Z0-9_]*)$")
+_SELINUX_LEVEL_RE = re.compile(rf"{_MCS_PART}(?:-{_MCS_PART})?")
+_CAPABILITY_RE = re.compile(r"(?:CAP_)?([A-Z][A-Z0-9_]*)")
 
 
 def _check_profile_path(value: str) -> str:
+    defect = _text_defect(value, controls=True)
+    if defect is not None:
+        raise _problem(*defect)
     parts = value.split("/")
-    if value and not value.startswith("/") and ".." not in parts and "\x00" not in value:
+    if value and not value.startswith("/") and ".." not in parts:
         return value
     raise _problem(
         "must be a path relative to the node's profile directory, without '..', "
@@ -54,7 +59,7 @@ def _check_profile_path(value: str) -> str:
 
 
 def _check_capability(value: str) -> str:
-    match = _CAPABILITY_RE.match(value)
+    match = _CAPABILITY_RE.fullmatch(value)
     if match is None:
         normalized = value.strip().upper().removeprefix("CAP_")
         raise _problem(
@@ -72,7 +77,7 @@ def _check_capability(value: str) -> str:
 
 
 def _check_selinux_name(value: str) -> str:
-    if _SELINUX_NAME_RE.match(value):
+    if _SELINUX_NAME_RE.fullmatch(value):
         return value
     raise _problem(
         f"must be an SELinux identifier (letters, digits, '_', '.', '-'), got {_show(value)}",
@@ -81,7 +86,7 @@ def _check_selinux_name(value: str) -> str:
 
 
 def _check_selinux_level(value: str) -> str:
-    if _SELINUX_LEVEL_RE.match(value):
+    if _SELINUX_LEVEL_RE.fullmatch(value):
         return value
     raise _problem(
         f"must be an MLS/MCS level like s0 or s0:c100,c200, got {_show(value)}",

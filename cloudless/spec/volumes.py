@@ -14,8 +14,8 @@ from pydantic import AfterValidator, Field, StrictBool, StrictInt
 
 from cloudless.spec._base import _Model, _Problem, _Raw
 from cloudless.spec._messages import _problem, _show
-from cloudless.spec._scalars import _check_absolute_path
 from cloudless.spec.names import Audience, DnsLabel, DnsSubdomain, SecretKey
+from cloudless.spec.text import _check_absolute_path, _text_defect
 
 MAX_FILE_MODE: Final = 0o777
 #: Container paths the agent uses to deliver secrets (env file, shell); mounts may not go there.
@@ -41,8 +41,11 @@ def _check_mount_path(value: str) -> str:
 
 
 def _check_relative_file_path(value: str) -> str:
+    defect = _text_defect(value, controls=True)
+    if defect is not None:
+        raise _problem(*defect)
     parts = value.split("/")
-    if value and "\x00" not in value and not any(part in ("", ".", "..") for part in parts):
+    if value and not any(part in ("", ".", "..") for part in parts):
         return value
     raise _problem(
         "must be a relative file path without '..', '.', a leading '/' or empty segments, "

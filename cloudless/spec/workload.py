@@ -18,6 +18,7 @@ from cloudless.spec._base import _int_or_none, _Model, _Problem, _Raw
 from cloudless.spec._messages import _closest, _problem, _show
 from cloudless.spec._scalars import _between
 from cloudless.spec.container import ContainerSpec, _duplicates
+from cloudless.spec.limits import MAX_REPLICAS
 from cloudless.spec.names import DnsLabel, Labels
 from cloudless.spec.placement import Placement, PlacementStrategy
 from cloudless.spec.resources import ResourceRequirements
@@ -29,12 +30,10 @@ API_VERSION: Final = "cloudless.dev/v1"
 RuntimeName: TypeAlias = Literal["docker", "exec"]
 RestartPolicy: TypeAlias = Literal["Always", "OnFailure", "Never"]
 
-MAX_REPLICAS: Final = 1000
-
 
 Replicas = Annotated[StrictInt, AfterValidator(_between(0, MAX_REPLICAS, 3))]
 MinAvailable = Annotated[StrictInt, AfterValidator(_between(0, MAX_REPLICAS, 1))]
-_PERCENT_RE: Final = re.compile(r"^(?:0|[1-9][0-9]?|100)%$")
+_PERCENT_RE: Final = re.compile(r"(?:0|[1-9][0-9]?|100)%")  # fullmatch only
 
 
 def _check_max_unavailable(value: object) -> object:
@@ -48,7 +47,7 @@ def _check_max_unavailable(value: object) -> object:
     elif isinstance(value, int):
         return _between(0, MAX_REPLICAS, 1)(value)
     elif isinstance(value, str):
-        if _PERCENT_RE.match(value):
+        if _PERCENT_RE.fullmatch(value):
             return value
         if value.isdigit():
             fix = f'write {int(value)} without quotes for a count, or "{int(value)}%"'

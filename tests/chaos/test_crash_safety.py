@@ -23,6 +23,7 @@ from cloudless.cli.devstack import (
     DevPorts,
     _spawn_agent,
     port_open,
+    record_process,
     spawn_coordinator,
     spawn_temporal,
     start_processes,
@@ -74,10 +75,7 @@ async def tear_down(state: Path) -> None:
 
 
 def record_pid(state: Path, role: str, pid: int) -> None:
-    path = state / DEV_FILE
-    data = json.loads(path.read_text())
-    data["pids"][role] = pid
-    path.write_text(json.dumps(data))
+    record_process(state, role, pid)
 
 
 async def running(

@@ -20,6 +20,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from cloudless.model import (
+    ClaimWorkloadInput,
+    ClaimWorkloadResult,
     CommitPlanInput,
     CommitPlanResult,
     NodeRecord,
@@ -30,7 +32,10 @@ from cloudless.model import (
     ReconcileNodeInput,
     ReconcileNodeResult,
     ReconcileRequest,
+    RemoveNodeInput,
+    RemoveNodeResult,
     ReplicaPhase,
+    RetireNodeInput,
     RunReplicaOutcome,
     RunReplicaResult,
     RunReplicasInput,
@@ -101,6 +106,11 @@ class StandIns:
             self.allocated.pop(a.replica_id, None)
         return CommitPlanResult(version=len(self.calls), applied=True)
 
+    @activity.defn(name="claim_workload")
+    async def claim_workload(self, inp: ClaimWorkloadInput) -> ClaimWorkloadResult:
+        self.calls.append(("claim_workload", inp))
+        return ClaimWorkloadResult(owner=len(self.calls))
+
     @activity.defn(name="run_replicas")
     async def run_replicas(self, batch: RunReplicasInput) -> RunReplicasResult:
         self.calls.append(("run_replicas", batch))
@@ -168,10 +178,26 @@ class StandIns:
         self.calls.append(("wait_node_empty", node_id))
         await self.node_empty.wait()
 
+    @activity.defn(name="wait_node_released")
+    async def wait_node_released(self, node_id: str) -> list[str]:
+        self.calls.append(("wait_node_released", node_id))
+        return []
+
+    @activity.defn(name="retire_node")
+    async def retire_node(self, inp: RetireNodeInput) -> list[str]:
+        self.calls.append(("retire_node", inp))
+        return self.on(inp.node_id)
+
+    @activity.defn(name="remove_node")
+    async def remove_node(self, inp: RemoveNodeInput) -> RemoveNodeResult:
+        self.calls.append(("remove_node", inp))
+        return RemoveNodeResult(removed=True, revoked=bool(inp.certificate_serial))
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.place_replicas,
             self.commit_plan,
+            self.claim_workload,
             self.run_replicas,
             self.stop_replica,
             self.publish_node,
@@ -180,6 +206,9 @@ class StandIns:
             self.notify_workloads,
             self.request_reconcile,
             self.wait_node_empty,
+            self.wait_node_released,
+            self.retire_node,
+            self.remove_node,
         ]
 
 

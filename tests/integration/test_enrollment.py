@@ -3,6 +3,7 @@ expired, forged, reused and wrongly-bound tokens are refused with a clear reason
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +99,40 @@ async def test_expired_token_is_refused(coordinator: LocalCluster, tmp_path: Pat
     )
     with pytest.raises(EnrollmentError, match="expired"):
         await enroll(tmp_path, coordinator.gateway, token, facts(unique("late")))
+
+
+async def test_one_second_token_is_refused_just_after_it_expires(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    """Issue 10: a `--ttl 1s` token enrolled for ~31 s (a flat 30 s leeway). The leeway is
+    capped at the token's lifetime, so it is refused by the gateway 1 s after it expires."""
+    signer = TokenSigner.load(coordinator.coordinator_dir)
+    ca = CertificateAuthority.load(coordinator.coordinator_dir).cert_pem.decode()
+    token, claims = signer.mint(cluster=coordinator.cluster, ca_pem=ca, ttl=timedelta(seconds=1))
+    refused_from = claims.expires_at + timedelta(seconds=1)  # expiry + leeway (= lifetime)
+    # A point in time, not an event: sleep until it (at most ~2 s after minting).
+    await asyncio.sleep(max(0.0, (refused_from - datetime.now(UTC)).total_seconds()))
+    with pytest.raises(EnrollmentError, match=r"token expired at .*; mint a new one") as err:
+        await enroll(tmp_path, coordinator.gateway, token, facts(unique("brief")))
+    assert (datetime.now(UTC) - claims.expires_at) < timedelta(seconds=10), str(err.value)
+    assert not (tmp_path / "tls.crt").exists()
+
+
+async def test_token_within_the_leeway_still_enrolls(
+    coordinator: LocalCluster, tmp_path: Path
+) -> None:
+    """Small skew is tolerated by the gateway and the workflow alike: a 1 min token that
+    expired 1 s ago (within the 5 s leeway) enrolls."""
+    signer = TokenSigner.load(coordinator.coordinator_dir)
+    ca = CertificateAuthority.load(coordinator.coordinator_dir).cert_pem.decode()
+    token, _ = signer.mint(
+        cluster=coordinator.cluster,
+        ca_pem=ca,
+        ttl=timedelta(minutes=1),
+        now=datetime.now(UTC) - timedelta(seconds=61),
+    )
+    await enroll(tmp_path, coordinator.gateway, token, facts(unique("skewed")))
+    assert (tmp_path / "tls.crt").exists()
 
 
 async def test_forged_token_is_refused(coordinator: LocalCluster, tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ from cloudless.model import (
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileRequest,
+    RemoveNodeInput,
     Resources,
+    RetireNodeInput,
     UpsertNodeInput,
 )
 from cloudless.vocabulary import AdminAction, AdminState, NodeHealth, NodeState
@@ -182,6 +184,66 @@ async def test_cordon_drain_uncordon(temporal_env: WorkflowEnvironment) -> None:
         assert back.state == NodeState.READY and back.admin == AdminState.NONE
         assert published(fake)[-1] == NodeState.READY
         await handle.terminate()
+
+
+async def test_remove_retires_the_node_and_ends_the_workflow(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await client.start_workflow(
+            NodeWorkflow.run,
+            NodeWorkflowInput(
+                cluster="test",
+                record=record(node_id).model_copy(update={"certificate_serial": "abc123"}),
+            ),
+            id=f"node/{node_id}",
+            task_queue=queue,
+        )
+        await state_is(client, handle.id, NodeState.READY)
+        await eventually(lambda: published(fake)[-1:] == [NodeState.READY])
+        fake.calls.clear()
+
+        removed = await nd.ADMIN.execute(
+            handle, NodeAdminInput(action=AdminAction.REMOVE, reason="sold")
+        )
+        assert removed.state == NodeState.REMOVED and removed.admin == AdminState.REMOVED
+        assert [name for name, _ in fake.calls] == [
+            "publish_node",
+            "notify_workloads",
+            "wait_node_released",
+            "retire_node",  # it was Ready: its agent may still run replicas
+            "remove_node",
+        ]
+        assert published(fake) == [NodeState.REMOVED]
+        assert fake.named("notify_workloads") == [
+            NotifyWorkloadsInput(node_id=node_id, reason=f"node {node_id} was removed: sold")
+        ]
+        assert fake.named("retire_node") == [
+            RetireNodeInput(node_id=node_id, address="127.0.0.1:7443")
+        ]
+        assert fake.named("remove_node") == [
+            RemoveNodeInput(node_id=node_id, certificate_serial="abc123", reason="sold")
+        ]
+        await handle.result()  # the workflow ended: Removed is terminal
+
+
+async def test_an_offline_node_is_removed_without_dialling_it(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        await nd.LIVENESS.send(handle, liveness(NodeHealth.OFFLINE))
+        await state_is(client, handle.id, NodeState.OFFLINE)
+        fake.calls.clear()
+        removed = await nd.ADMIN.execute(handle, NodeAdminInput(action=AdminAction.REMOVE))
+        assert removed.state == NodeState.REMOVED
+        assert "retire_node" not in [name for name, _ in fake.calls]
+        assert fake.named("remove_node")[0].reason == "removed by an operator"
+        await handle.result()
 
 
 async def test_state_survives_continue_as_new(temporal_env: WorkflowEnvironment) -> None:

@@ -24,6 +24,7 @@ from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.workloads import sleeper
 from tests.conftest import removing_containers, unique
 from workflows.workload import WorkloadWorkflow
 
@@ -222,3 +223,32 @@ async def test_apply_wait_waits_for_probed_replicas_to_be_ready(cluster: LocalCl
     assert outcome.status.ready == 1 and outcome.status.phase == WorkloadPhase.AVAILABLE
     assert outcome.status.replicas[0].ready is True
     await client.delete("default", name, wait=True)
+
+
+async def test_apply_wait_answers_with_every_unprobed_replica_ready(cluster: LocalCluster) -> None:
+    """Settled means Running and ready (issue 10 item 12). Heartbeats taken while replicas
+    were still Starting used to reach the workload after its starts had answered Running,
+    and marked them not ready: `apply --wait` of 30 replicas answered with 28/30 ready."""
+    client = CloudlessClient(cluster.client, cluster.cluster)
+    for _ in range(2):
+        name = unique("thirty")
+        workload = sleeper(
+            name,
+            30,
+            cpu="10m",
+            runtime="docker",
+            container={
+                "image": "cloudless/busybox:latest",
+                "command": ["sh", "-c"],
+                "args": ["exec sleep 3600"],
+            },
+        )
+        outcome = await client.apply(workload, wait=True, timeout=120)
+        assert outcome.status is not None
+        assert outcome.status.ready == 30, [
+            (r.replica_id, r.phase, r.ready, r.ready_message)
+            for r in outcome.status.replicas
+            if r.ready is not True
+        ]
+        assert outcome.status.phase == WorkloadPhase.AVAILABLE
+        await client.delete("default", name, wait=True)

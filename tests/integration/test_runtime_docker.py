@@ -253,6 +253,35 @@ async def test_container_exiting_at_once_is_failed_with_code_and_logs(
     assert len(await driver.list()) == 1
 
 
+async def test_working_dir_reaches_the_container(
+    driver: DockerDriver, busybox_image: str, docker_client: Any
+) -> None:
+    """workingDir replaces the image's WORKDIR (docker creates a missing directory, as
+    Kubernetes does); the process and exec probes run there."""
+    spec = make_spec(
+        driver.node_id, busybox_image, args=("pwd; sleep 300",), working_dir="/srv/app data"
+    )
+    status = await driver.run(spec)
+    assert status.phase is ReplicaPhase.RUNNING
+    attrs = docker_client.containers.get(container_name(spec.replica_id)).attrs
+    assert attrs["Config"]["WorkingDir"] == "/srv/app data"
+    target = driver.probe_target(spec)
+    assert (await target.exec(["sh", "-c", '[ "$(pwd)" = "/srv/app data" ]'], timeout=10)).ok
+    assert not (await target.exec(["sh", "-c", '[ "$(pwd)" = "/" ]'], timeout=10)).ok
+    logs = b"".join([chunk async for chunk in driver.logs(spec.replica_id)])
+    assert logs.decode().splitlines()[0] == "/srv/app data"
+
+
+async def test_without_working_dir_the_image_workdir_stays(
+    driver: DockerDriver, busybox_image: str, docker_client: Any
+) -> None:
+    spec = make_spec(driver.node_id, busybox_image)
+    await driver.run(spec)
+    attrs = docker_client.containers.get(container_name(spec.replica_id)).attrs
+    image_workdir = docker_client.images.get(busybox_image).attrs["Config"].get("WorkingDir")
+    assert attrs["Config"]["WorkingDir"] == (image_workdir or "")
+
+
 async def test_clean_exit_is_stopped(driver: DockerDriver, busybox_image: str) -> None:
     status = await driver.run(make_spec(driver.node_id, busybox_image, args=("true",)))
     assert (status.phase, status.exit_code) == (ReplicaPhase.STOPPED, 0)

@@ -138,6 +138,46 @@ async def test_env_is_minimal_and_cwd_is_private(driver: ExecDriver, state_dir: 
     assert Path(output.decode().strip()) == state_dir / "replicas" / pwd.replica_id / "work"
 
 
+async def test_working_dir_is_where_the_process_and_its_probes_run(
+    driver: ExecDriver, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "srv app"  # a space: passed as a path, never through a shell
+    workdir.mkdir()
+    (workdir / "marker").touch()
+    spec = make_spec(driver.node_id, command=("pwd",), args=(), working_dir=str(workdir))
+    await driver.run(spec)
+    output = await wait_for_output(driver, spec.replica_id, b"\n")
+    assert output.decode().strip() == str(workdir)
+    target = driver.probe_target(spec)
+    assert (await target.exec(["test", "-f", "marker"], timeout=5)).ok
+    assert not (await target.exec(["test", "-f", "elsewhere"], timeout=5)).ok
+
+
+async def test_a_missing_working_dir_is_refused_before_anything_is_made(
+    driver: ExecDriver, state_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(driver.node_id, working_dir=str(tmp_path / "missing"))
+    with pytest.raises(RuntimeDriverError, match="does not exist on this node"):
+        await driver.run(spec)
+    assert not (state_dir / "replicas" / spec.replica_id).exists()
+    assert await driver.list() == []
+
+
+async def test_a_nul_in_argv_or_env_is_refused_before_anything_is_made(
+    driver: ExecDriver, state_dir: Path
+) -> None:
+    """What the agent's validation refuses, the driver refuses too (a spec from a direct
+    caller): a clear error, no process, no files; never a ValueError from subprocess."""
+    for spec in (
+        make_spec(driver.node_id, args=("echo \0",)),
+        make_spec(driver.node_id, env={"A": "b\0"}),
+    ):
+        with pytest.raises(RuntimeDriverError, match="contains a NUL byte"):
+            await driver.run(spec)
+        assert not (state_dir / "replicas" / spec.replica_id).exists()
+    assert await driver.list() == []
+
+
 async def test_run_is_idempotent_and_replaces_on_new_hash(driver: ExecDriver) -> None:
     spec = make_spec(driver.node_id)
     statuses = await asyncio.gather(*(driver.run(spec) for _ in range(5)))

@@ -207,6 +207,59 @@ async def test_tokens_audience_scope_expiry_uses_and_revocation(
     assert all(e.actor and e.source and e.time for e in denied)
 
 
+async def test_secret_with_ttl_expires(admin: SecretsClient, cluster: LocalCluster) -> None:
+    """Issue 10: `secrets create --ttl` was never tested to expire. A 2 s secret is served
+    until its expiry and refused from then on (NOT_FOUND, saying it expired), by this
+    coordinator with a warm cache and by one with a cold cache; its workflow ends, it
+    leaves the list, no token can be minted for it, the audit log shows each refusal, and
+    the name can be created again."""
+    ns, n = f"ttl-{uuid.uuid4().hex[:6]}", "short"
+    out, _ = await cli(
+        cluster, "create", f"{ns}/{n}", "--data", "K=brief", "--audience", "app", "--ttl", "2s"
+    )
+    assert "created (version 1)" in out
+    (meta,) = await admin.list_secrets(ns)
+    assert meta.expires_at == pytest.approx(meta.created_at + 2.0)
+    token = (await admin.token(ns, n, "app", ttl_seconds=3600)).token
+    while True:  # poll: served until expiry, never after
+        asked = time.time()
+        try:
+            got = await admin.get(ns, n, token)
+        except SecretsCallError as err:
+            refusal = err
+            break
+        assert asked < meta.expires_at, "an expired secret was served"
+        assert got.data["K"] == b"brief"
+        assert 0 < got.cache_ttl_seconds <= meta.expires_at - asked  # agents drop it in time
+        await asyncio.sleep(0.05)
+    assert time.time() >= meta.expires_at
+    assert refusal.code == grpc.StatusCode.NOT_FOUND, str(refusal)
+    assert f"secret {ns}/{n} expired at" in str(refusal)
+    async with (
+        second_service(cluster) as address,
+        SecretsClient.from_dir(address, cluster.root / "admin") as cold,
+    ):
+        msg = await expect(grpc.StatusCode.NOT_FOUND, cold.get(ns, n, token))
+        assert f"secret {ns}/{n} expired at" in msg
+    # The workflow ended on its own timer: the ciphertext is out of live state.
+    handle = cluster.client.get_workflow_handle(secret_workflow_id(ns, n))
+    await asyncio.wait_for(handle.result(), timeout=10)  # completes (not fails) at expiry
+    assert await admin.list_secrets(ns) == []
+    msg = await expect(grpc.StatusCode.NOT_FOUND, admin.token(ns, n, "app"))
+    assert "expired at" in msg
+    _, stderr = await cli(cluster, "get", f"{ns}/{n}", "--audience", "app", ok=False)
+    assert "NOT_FOUND" in stderr and "expired at" in stderr
+    denied = await admin.audit(
+        secrets_pb2.GetSecretAuditLogRequest(namespace=ns, name=n, outcome="DENIED")
+    )
+    assert {e.operation for e in denied} == {"ACCESS", "GENERATE_TOKEN"}
+    assert all(f"secret {ns}/{n} expired at" in e.reason for e in denied), denied
+    # Expired is gone: the name is free again, for a new secret.
+    await admin.create(ns, n, {"K": b"again"}, ["app"])
+    fresh = (await admin.token(ns, n, "app")).token
+    assert (await admin.get(ns, n, fresh)).data["K"] == b"again"
+
+
 @contextlib.asynccontextmanager
 async def second_service(cluster: LocalCluster) -> AsyncIterator[str]:
     """Another coordinator's SecretsService (fresh memory) on the same Temporal + transit."""

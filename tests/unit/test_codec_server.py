@@ -17,6 +17,7 @@ from temporalio.api.common.v1 import Payload
 
 from cloudless.codec import ENCODING, META_ENCODING, TransitPayloadCodec
 from cloudless.errors import ConfigError
+from cloudless.http import ConnectionLimits
 from tests.unit.test_codec import MemoryKeys
 from workers.codec_server import (
     MAX_BODY_BYTES,
@@ -212,3 +213,40 @@ async def test_plaintext_listen_off_loopback_is_refused(tmp_path: Path) -> None:
         CodecServer.from_config(
             CodecServerConfig(listen="127.0.0.1:0", tls_cert=tmp_path / "c.pem"), codec, tmp_path
         )
+
+
+async def test_authorized_connections_outlast_the_header_deadline(tmp_path: Path) -> None:
+    """The operator token marks a connection authenticated (cloudless.http): it may idle
+    for the idle timeout; a refused caller's connection gets only the header deadline."""
+    limits = ConnectionLimits(header_timeout=0.5, idle_timeout=30)
+    server = await CodecServer(
+        TransitPayloadCodec(MemoryKeys()), "op-token", listen="127.0.0.1:0", limits=limits
+    ).start()
+    body = json.dumps({"payloads": [json_format.MessageToDict(plain(b'"x"'))]}).encode()
+
+    async def encode(token: str) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await asyncio.wait_for(reader.readexactly(length), 5)
+        return head.split(b"\r\n")[0], reader, writer
+
+    try:
+        status, known, known_writer = await encode("op-token")
+        assert status == b"HTTP/1.1 200 OK"
+        status, stranger, stranger_writer = await encode("wrong")
+        assert status == b"HTTP/1.1 401 Unauthorized"
+        try:
+            assert await asyncio.wait_for(stranger.read(), 5) == b""  # the header deadline
+            assert not known.at_eof()
+            assert server.listener.connections == 1  # the authorized one, still held
+        finally:
+            known_writer.transport.abort()
+            stranger_writer.transport.abort()
+    finally:
+        await server.stop()

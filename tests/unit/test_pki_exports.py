@@ -13,6 +13,7 @@ EXPECTED_EXPORTS = [
     "Role",
     "cert_fingerprint",
     "cert_not_after",
+    "cert_serial",
     "check_csr",
     "generate_private_key_pem",
     "identity_from_cert",

@@ -93,3 +93,27 @@ def test_replicas_a_node_stops_reporting_are_forgotten(monitor: LivenessMonitor)
     beat(monitor)  # r1 gone (stopped, moved)
     assert not monitor._readiness.get("n1")
     assert len(beat(monitor, replica("r1", True))) == 1  # reported again: current state
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_replica_starting_for_the_first_time_signals_nothing(
+    monitor: LivenessMonitor, gated: bool
+) -> None:
+    """Issue 10 item 12: a heartbeat taken while a replica was still Starting reached the
+    workload after its start activity said Running, and marked it not ready ("replica is
+    Starting"): `apply --wait` answered 28/30 ready. Readiness is only a Running replica's."""
+    for phase in ("Pending", "Starting"):
+        assert beat(monitor, replica("r1", False, f"replica is {phase}", gated, phase=phase)) == []
+    why = "waiting for the first probe" if gated else ""
+    running = beat(monitor, replica("r1", not gated, why, gated))
+    assert [e.ready for _, e in running] == ([] if not gated else [False])
+
+
+def test_a_replica_seen_before_that_restarts_in_place_is_not_ready(
+    monitor: LivenessMonitor,
+) -> None:
+    assert beat(monitor, replica("r1", True, gated=False)) == []
+    [(_, event)] = beat(
+        monitor, replica("r1", False, "replica is Starting", False, phase="Starting")
+    )
+    assert not event.ready and event.message == "replica is Starting"

@@ -142,6 +142,22 @@ def test_reservations_commit_cancel_and_survive_a_reload() -> None:
     assert state.version == ledger.version and not state.behind
 
 
+def test_a_takeover_of_an_older_owners_reservations_reloads_the_index() -> None:
+    """A plan of a workload's newer run released what an older run still held: the index
+    counted that room as taken, so it reloads rather than stay fuller than the ledger."""
+    ledger = ledger_with_nodes()
+    state = state_for(ledger)
+    asyncio.run(state.current())
+    base = state.version
+    plan = CommitPlanInput(plan_id="p", allocations=[alloc("r1", "a", 100)])
+    t = state.reserve(plan)
+    state.committed(
+        t,
+        CommitPlanResult(version=base + 1, applied=True, allocations=[], taken_over=["ns/w"]),
+    )
+    assert state.behind
+
+
 def test_a_gap_in_versions_makes_the_index_behind() -> None:
     ledger = ledger_with_nodes()
     state = state_for(ledger)

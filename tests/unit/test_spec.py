@@ -665,7 +665,9 @@ label_keys = st.builds(
 label_values = st.from_regex(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,8}[A-Za-z0-9])?)?", fullmatch=True)
 labels = st.dictionaries(label_keys, label_values, max_size=3)
 env_names = st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True)
-text_values = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
+text_values = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
+)
 
 
 @st.composite

@@ -61,12 +61,17 @@ EXPECTED_EXPORTS = [
     "WorkloadAffinityTerm",
     "WorkloadSpec",
     "audience_problem",
+    "check_limits",
+    "image_problem",
     "is_dns_subdomain",
     "is_secret_key",
     "label_problems",
     "load_manifest_file",
+    "load_manifest_stream",
     "load_manifests",
     "parse_workload",
+    "path_problem",
+    "text_problem",
 ]
 
 

@@ -22,10 +22,13 @@ from cloudless.errors import EnrollmentError, PKIError
 from cloudless.pki import CertificateAuthority
 from cloudless.tokens import (
     AUDIENCE,
+    CLOCK_LEEWAY,
     MAX_TTL,
     EnrollmentClaims,
     TokenSigner,
     TokenVerifier,
+    effective_leeway,
+    expiry_error,
     peek_ca_pem,
 )
 
@@ -172,33 +175,76 @@ def test_expired_with_real_clock(signer: TokenSigner, verifier: TokenVerifier, c
 def test_leeway_absorbs_small_skew(
     signer: TokenSigner, verifier: TokenVerifier, ca_pem: str
 ) -> None:
+    assert timedelta(seconds=5) == CLOCK_LEEWAY  # documented in enrollment-and-pki.md
     token, _ = signer.mint(cluster="prod", ca_pem=ca_pem, ttl=timedelta(minutes=1), now=NOW)
-    verifier.verify(token, now=NOW + timedelta(seconds=80))  # 20 s late, within 30 s leeway
-    verifier.verify(token, now=NOW - timedelta(seconds=20))  # our clock 20 s behind
+    verifier.verify(token, now=NOW + timedelta(seconds=64))  # 4 s late, within 5 s leeway
+    verifier.verify(token, now=NOW - timedelta(seconds=4))  # our clock 4 s behind
+    with pytest.raises(EnrollmentError, match=r"expired .*\(5s ago\)"):
+        verifier.verify(token, now=NOW + timedelta(seconds=65))
     with pytest.raises(EnrollmentError, match="not valid until"):
-        verifier.verify(token, now=NOW - timedelta(minutes=5))
+        verifier.verify(token, now=NOW - timedelta(seconds=6))
     strict = TokenVerifier(signer.public_key_pem(), "prod", leeway=timedelta(0))
     with pytest.raises(EnrollmentError, match="expired"):
         strict.verify(token, now=NOW + timedelta(seconds=60))
 
 
-def test_time_at_the_clock_is_checked_by_pyjwt(
+@pytest.mark.parametrize("leeway", [CLOCK_LEEWAY, timedelta(minutes=30)])
+def test_one_second_token_is_refused_one_second_after_expiry(
+    signer: TokenSigner, ca_pem: str, leeway: timedelta
+) -> None:
+    """Issue 10: a `--ttl 1s` token worked for ~31 s. The leeway is capped at the token's
+    own lifetime, whatever the verifier is configured with."""
+    verifier = TokenVerifier(signer.public_key_pem(), "prod", leeway=leeway)
+    token, claims = signer.mint(cluster="prod", ca_pem=ca_pem, ttl=timedelta(seconds=1), now=NOW)
+    assert claims.expires_at == NOW + timedelta(seconds=1)
+    assert verifier.verify(token, now=NOW + timedelta(milliseconds=1999)) == claims
+    for late in (timedelta(seconds=2), timedelta(seconds=3), timedelta(seconds=30)):
+        with pytest.raises(EnrollmentError, match=r"token expired at 2030-01-02T03:04:06Z"):
+            verifier.verify(token, now=NOW + late)
+    # Not-before likewise: one second of skew, not five, for a one-second token.
+    with pytest.raises(EnrollmentError, match="not valid until"):
+        verifier.verify(token, now=NOW - timedelta(seconds=2))
+
+
+def test_time_at_the_clock_follows_the_same_rule(
     signer: TokenSigner, verifier: TokenVerifier, ca_pem: str
 ) -> None:
-    """Without ``now`` the checks run in jwt.decode (leeway 30 s); the words are ours."""
+    """Without ``now`` the same time rule runs at the clock; the words are ours."""
     real = datetime.now(UTC)
     early, _ = signer.mint(cluster="prod", ca_pem=ca_pem, now=real + timedelta(minutes=5))
     with pytest.raises(EnrollmentError, match=r"not valid until .* check the clock"):
         verifier.verify(early)
-    skewed, claims = signer.mint(cluster="prod", ca_pem=ca_pem, now=real + timedelta(seconds=10))
-    assert verifier.verify(skewed) == claims  # 10 s ahead of us: within the leeway
+    skewed, claims = signer.mint(cluster="prod", ca_pem=ca_pem, now=real + timedelta(seconds=3))
+    assert verifier.verify(skewed) == claims  # 3 s ahead of us: within the leeway
     late, claims = signer.mint(
-        cluster="prod", ca_pem=ca_pem, ttl=timedelta(minutes=1), now=real - timedelta(seconds=70)
+        cluster="prod", ca_pem=ca_pem, ttl=timedelta(minutes=1), now=real - timedelta(seconds=62)
     )
-    assert verifier.verify(late) == claims  # expired 10 s ago: within the leeway
+    assert verifier.verify(late) == claims  # expired 2 s ago: within the leeway
     strict = TokenVerifier(signer.public_key_pem(), "prod", leeway=timedelta(0))
     with pytest.raises(EnrollmentError, match=r"token expired at .* \(\d+s ago\); mint a new"):
         strict.verify(late)
+    gone, _ = signer.mint(
+        cluster="prod", ca_pem=ca_pem, ttl=timedelta(minutes=1), now=real - timedelta(seconds=70)
+    )
+    with pytest.raises(EnrollmentError, match=r"token expired at .* \(1\ds ago\)"):
+        verifier.verify(gone)  # expired 10 s ago: beyond the leeway
+    second, _ = signer.mint(
+        cluster="prod", ca_pem=ca_pem, ttl=timedelta(seconds=1), now=real - timedelta(seconds=3)
+    )
+    with pytest.raises(EnrollmentError, match="token expired at"):
+        verifier.verify(second)  # a 1 s token, expired ~2 s ago
+
+
+def test_effective_leeway_is_capped_at_the_lifetime() -> None:
+    assert effective_leeway(NOW, NOW + timedelta(hours=1)) == CLOCK_LEEWAY
+    assert effective_leeway(NOW, NOW + timedelta(seconds=1)) == timedelta(seconds=1)
+    assert effective_leeway(NOW, NOW + timedelta(seconds=2), timedelta(hours=1)) == timedelta(
+        seconds=2
+    )
+    assert effective_leeway(NOW, NOW - timedelta(seconds=1)) == timedelta(0)
+    one = NOW + timedelta(seconds=1)
+    assert expiry_error(one, NOW + timedelta(milliseconds=1999), issued_at=NOW) is None
+    assert expiry_error(one, NOW + timedelta(seconds=2), issued_at=NOW) is not None
 
 
 @pytest.mark.parametrize(
@@ -228,6 +274,9 @@ def test_expiry_error_is_pure(signer: TokenSigner, ca_pem: str) -> None:
     assert claims.expiry_error(NOW + timedelta(minutes=59)) is None
     message = claims.expiry_error(NOW + timedelta(hours=1, seconds=5))
     assert message is not None and "expired" in message and "(5s ago)" in message
+    # A leeway never stretches a token beyond twice its lifetime.
+    _, short = signer.mint(cluster="prod", ca_pem=ca_pem, ttl=timedelta(seconds=1), now=NOW)
+    assert short.expiry_error(NOW + timedelta(seconds=2), leeway=timedelta(minutes=1))
     with pytest.raises(ValueError, match="naive"):
         claims.expiry_error(datetime(2030, 1, 1))
 

@@ -24,7 +24,7 @@ from cloudless.workloads import (
     template_hash,
     view_of,
 )
-from workflows.enrollment import binding_error
+from workflows.enrollment import binding_error, expiry_error
 
 Manifest = dict[str, Any]
 Edit = Callable[[Manifest], None]
@@ -178,9 +178,9 @@ def test_scaled_always_yields_a_valid_workload(
 
 
 # --------------------------------------------------------------------------- check_supported
-# check_supported refuses what parses but cannot be delivered, rather than ignore it (it
-# refuses nothing at the moment). Accepted thus means: it does not raise, and the replicas'
-# wire spec (what agents run) carries what was accepted.
+# check_supported refuses what parses but cannot be delivered, rather than ignore it: today,
+# security settings no runtime enforces. Accepted thus means: it does not raise, and the
+# replicas' wire spec (what agents run) carries what was accepted.
 
 
 def wire_env(m: Manifest) -> tuple[dict[str, str], list[tuple[str, str, str, str, str]]]:
@@ -206,6 +206,101 @@ def test_check_supported_accepts_secret_refs() -> None:
     env, refs = wire_env(m)
     assert env == {"GREETING": "hello", "A": "b"}  # a reference is never sent as a value
     assert refs == [("DB_PASSWORD", "production", "postgres-creds", "DB_PASSWORD", "backend-api")]
+
+
+def test_check_supported_accepts_working_dir_and_carries_it_to_the_agent() -> None:
+    m = manifest()
+    container(m)["workingDir"] = "/srv/app"
+    check_supported(view_of(parse_workload(m)))
+    spec = replica_spec_proto(parse_workload(m), replica_id="hello-1", generation=1, spec_hash="h")
+    assert spec.working_dir == "/srv/app"
+
+
+def test_check_supported_accepts_settings_that_ask_for_nothing() -> None:
+    m = manifest()
+    m["spec"]["security_context"] = {
+        "privileged": False,
+        "run_as_non_root": False,
+        "read_only_root_filesystem": False,
+        "capabilities_drop": [],
+        "host_network": False,
+        "runtime_class_name": "runc",
+        "linux": {},
+    }
+    check_supported(view_of(parse_workload(m)))
+
+
+@pytest.mark.parametrize("runtime", ["docker", "exec"])
+def test_check_supported_refuses_each_unenforced_setting_by_name(runtime: str) -> None:
+    m = manifest()
+    m["spec"]["runtime"] = runtime
+    container(m)["command"] = ["sleep", "60"]
+    m["spec"]["securityContext"] = {  # camelCase is accepted; paths are reported canonically
+        "privileged": True,
+        "runAsUser": 0,
+        "runAsGroup": 1000,
+        "runAsNonRoot": False,
+        "readOnlyRootFilesystem": True,
+        "capabilitiesDrop": ["ALL"],
+        "capabilitiesAdd": ["NET_ADMIN"],
+        "hostNetwork": True,
+        "hostPid": True,
+        "hostIpc": True,
+        "linux": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            "apparmorProfile": {"type": "Localhost", "localhostProfile": "cloudless-default"},
+            "selinuxOptions": {"level": "s0:c1,c2"},
+        },
+        "runtimeClassName": "gvisor",
+    }
+    view = view_of(parse_workload(m))
+    with pytest.raises(ManifestError) as caught:
+        check_supported(view)
+    refused = {issue.path: issue.message for issue in caught.value.issues}
+    prefix = "spec.security_context."
+    assert set(refused) == {
+        prefix + name
+        for name in (
+            "privileged",
+            "run_as_user",
+            "run_as_group",
+            "read_only_root_filesystem",
+            "capabilities_drop",
+            "capabilities_add",
+            "host_network",
+            "host_pid",
+            "host_ipc",
+            "linux.seccomp_profile",
+            "linux.apparmor_profile",
+            "linux.selinux_options",
+            "runtime_class_name",
+        )
+    }
+    assert refused[prefix + "runtime_class_name"] == (
+        f'runtime_class_name is set to "gvisor", but the {runtime} runtime does not enforce it '
+        "yet: the replica would run without it"
+    )
+    assert "run_as_user is set to 0" in refused[prefix + "run_as_user"]
+    text = str(caught.value)
+    assert text.startswith("workload default/hello: 13 problems in manifest")
+    assert "no runtime does yet" in text and "docs/concepts.md" in text
+
+
+def test_check_supported_names_a_runtime_that_enforces_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import policies.admission
+
+    monkeypatch.setattr(
+        policies.admission, "ENFORCED", {"docker": frozenset(), "exec": frozenset({"privileged"})}
+    )
+    m = manifest()
+    m["spec"]["security_context"] = {"privileged": True}
+    with pytest.raises(ManifestError, match="or set runtime: exec, which enforces it"):
+        check_supported(view_of(parse_workload(m)))
+    m["spec"]["runtime"] = "exec"
+    container(m)["command"] = ["sleep", "60"]
+    check_supported(view_of(parse_workload(m)))
 
 
 # --------------------------------------------------------------------------- binding_error
@@ -319,3 +414,24 @@ def test_binding_agrees_with_the_gateway_check(
     )
     inp = enrollment(node, labels, bound_name=bound_name, bound_labels=bound_labels)
     assert binding_error(inp) == claims.binding_error(node, labels)
+
+
+# --------------------------------------------------------------------------- expiry_error
+
+
+def test_workflow_expiry_leeway_is_capped_at_the_token_lifetime() -> None:
+    """Issue 10: the workflow re-checked expiry with a flat 30 s leeway, so a 1 s token that
+    passed the gateway still enrolled half a minute later. It now applies the gateway's rule."""
+    short = enrollment().model_copy(
+        update={"token_issued_at": NOW, "token_expires_at": NOW + timedelta(seconds=1)}
+    )
+    assert expiry_error(short, NOW + timedelta(milliseconds=1999)) is None
+    for late in (2, 3, 20):
+        message = expiry_error(short, NOW + timedelta(seconds=late))
+        assert message is not None and "token expired at 2025-01-01T00:00:01Z" in message
+    hour = enrollment().model_copy(update={"token_issued_at": NOW})
+    assert expiry_error(hour, NOW + timedelta(hours=1, seconds=4)) is None
+    assert expiry_error(hour, NOW + timedelta(hours=1, seconds=5)) is not None
+    # An input without the issue time (from an older gateway) gets no leeway at all.
+    assert expiry_error(enrollment(), NOW + timedelta(hours=1)) is not None
+    assert expiry_error(enrollment(), NOW + timedelta(minutes=59)) is None

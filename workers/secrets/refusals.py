@@ -16,6 +16,7 @@ from cloudless import tls
 from cloudless.contracts import gone
 from cloudless.errors import SecretError
 from cloudless.pki import Identity
+from cloudless.revocation import RevocationList
 from cloudless.secrets.audit import AuditLog
 from workers.secrets.validation import ref_problems
 
@@ -41,9 +42,12 @@ CODE_BY_TYPE = {
 class Refusals:
     """The caller checks and refusals of one cluster's SecretsService."""
 
-    def __init__(self, cluster: str, audit: AuditLog) -> None:
+    def __init__(
+        self, cluster: str, audit: AuditLog, revocations: RevocationList | None = None
+    ) -> None:
         self._cluster = cluster
         self._audit = audit
+        self._revocations = revocations
 
     async def caller(self, context: Context, op: str, **fields: Any) -> Identity:
         """The caller's certificate identity, or an audited UNAUTHENTICATED refusal.
@@ -54,6 +58,15 @@ class Refusals:
         or ``anonymous`` when it claimed no Cloudless identity.
         """
         identity = tls.peer_identity(context)
+        revoked = None
+        if self._revocations:  # something is revoked: look at this certificate
+            pem = tls.peer_certificate_pem(context)
+            revoked = self._revocations.revoked(pem) if pem else None
+        if identity is not None and revoked is not None:
+            reason = f"the certificate of node {revoked!r} was revoked when the node was removed"
+            await self.deny(
+                context, op, identity, grpc.StatusCode.UNAUTHENTICATED, reason, **fields
+            )
         if identity is not None and identity.cluster == self._cluster:
             return identity
         required = f"a client certificate of cluster {self._cluster} is required"

@@ -21,6 +21,7 @@ from cloudless.api import secrets_pb2, secrets_pb2_grpc
 from cloudless.contracts import secret
 from cloudless.errors import SecretError
 from cloudless.pki import Identity, is_dns_label
+from cloudless.revocation import RevocationList
 from cloudless.secrets.access import MAX_TTL, AccessClaims, AccessTokens
 from cloudless.secrets.audit import AuditLog, AuditQuery, query_problem
 from cloudless.secrets.masterkey import MasterKey
@@ -54,6 +55,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         on_change: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         rotation: RotationControl | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._client = client
         self._cluster = cluster
@@ -64,7 +66,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServiceServicer):
         self._clock = clock
         self._rotation = rotation
         self.store = SecretStore(client, master, clock)
-        self._refusals = Refusals(cluster, audit)
+        self._refusals = Refusals(cluster, audit, revocations)
         self._mint_authorization = MintAuthorization(client, cluster, clock)
 
     def _changed(self, namespace: str, name: str) -> None:
@@ -469,9 +471,12 @@ class SecretsRuntime:
         audit: AuditLog,
         *,
         rotation_plan: RotationInput,
+        revocations: RevocationList | None = None,
     ) -> SecretsRuntime:
         rotation = RotationControl(client, rotation_plan)
-        servicer = SecretsServicer(client, cluster, master, tokens, audit, rotation=rotation)
+        servicer = SecretsServicer(
+            client, cluster, master, tokens, audit, rotation=rotation, revocations=revocations
+        )
         return cls(servicer, SecretActivities(client, master, cluster))
 
     def activities(self) -> list[Callable[..., Any]]:

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -32,6 +32,15 @@ RECORD_TTL = 5.0
 USE_BLOCK = 16
 DATA_KEY_CACHE = 10_000
 RPC_TIMEOUT = timedelta(seconds=15)
+
+
+def expired_message(key: str, expires_at: float) -> str:
+    """The refusal for a secret past its TTL, whichever operation asked."""
+    when = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
+    return (
+        f"secret {key} expired at {when} (it was created with a TTL); "
+        "create it again to use the name"
+    )
 
 
 @dataclass
@@ -72,25 +81,57 @@ class SecretStore:
         self._leases.pop(token_id, None)
 
     async def load(self, namespace: str, name: str, *, fresh: bool = False) -> Entry:
+        """The secret's cached entry, re-read from its workflow when stale or ``fresh``.
+
+        :class:`SecretError` (NOT_FOUND) if it does not exist or has expired: expiry is
+        checked here, against this coordinator's clock, for every operation and whether the
+        entry is cached or not, so a secret is refused from its ``expires_at`` on even
+        before its workflow's timer has ended it.
+        """
         key = f"{namespace}/{name}"
         entry = self.entries.get(key)
         now = self._clock()
-        if entry is not None and not fresh and now - entry.loaded_at < RECORD_TTL:
-            return entry
-        try:
-            view = await self.handle(namespace, name).view(rpc_timeout=RPC_TIMEOUT)
-        except RPCError as err:
-            if gone(err):
-                view = None
-            else:
-                raise
-        if view is None:
+        if entry is None or fresh or now - entry.loaded_at >= RECORD_TTL:
+            try:
+                view = await self.handle(namespace, name).view(rpc_timeout=RPC_TIMEOUT)
+            except RPCError as err:
+                if gone(err):
+                    view = None
+                else:
+                    raise
+            if view is None:
+                self.entries.pop(key, None)
+                raise SecretError(await self._missing(namespace, name, now), "NOT_FOUND")
+            data = entry.data if entry and entry.view.record == view.record else None
+            entry = Entry(view=view, loaded_at=now, data=data)
+            self.entries[key] = entry
+        expires_at = entry.view.record.expires_at
+        if expires_at and now >= expires_at:
             self.entries.pop(key, None)
-            raise SecretError(f"secret {key} does not exist", "NOT_FOUND")
-        data = entry.data if entry and entry.view.record == view.record else None
-        entry = Entry(view=view, loaded_at=now, data=data)
-        self.entries[key] = entry
+            raise SecretError(expired_message(key, expires_at), "NOT_FOUND")
         return entry
+
+    async def _missing(self, namespace: str, name: str, now: float) -> str:
+        """Why there is no secret: its last run ended at its expiry (its memo keeps the
+        metadata), or it does not exist (never created, deleted, or long gone)."""
+        key = f"{namespace}/{name}"
+        try:
+            described = await self.handle(namespace, name).handle.describe(
+                rpc_timeout=RPC_TIMEOUT
+            )
+            meta = (await described.memo()).get("metadata")
+        except RPCError:
+            meta = None
+        expires_at = meta.get("expires_at") if isinstance(meta, dict) else None
+        closed = described.close_time if meta is not None else None
+        if (
+            isinstance(expires_at, int | float)
+            and 0 < expires_at <= now
+            and closed is not None
+            and closed.timestamp() >= expires_at - 1.0  # ended by its timer, not a delete
+        ):
+            return expired_message(key, float(expires_at))
+        return f"secret {key} does not exist"
 
     async def _data_key(self, wrapped: str) -> bytes:
         key = self.data_keys.get(wrapped)

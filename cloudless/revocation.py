@@ -1,0 +1,113 @@
+"""The certificates this process refuses: those of removed nodes.
+
+``cloudlessctl node remove`` records the node certificate's serial in the ledger
+(``cluster/<name>``), which keeps it until the certificate expires. Every coordinator
+holds the list in memory, loads it at start and refreshes it every few seconds; a
+removal made through this coordinator applies at once. The agent gateway (heartbeats)
+and SecretsService check each caller's certificate against it, so a removed node's
+certificate is refused everywhere within one refresh interval, and never accepted again:
+re-enrolling the name issues a new certificate with a new serial.
+
+gRPC's TLS stack has no hook for a revocation list during the handshake, so the check
+happens on every call and stream message, on a certificate already verified against the
+cluster CA; the serial of each certificate seen is cached (bounded), so it costs a set
+lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from cloudless.errors import PKIError
+from cloudless.model import RevokedCertificate
+from cloudless.pki import cert_serial
+
+log = structlog.get_logger("cloudless.revocation")
+
+#: How often a coordinator reloads the list from the ledger.
+REFRESH_SECONDS = 5.0
+#: Certificates whose serial is remembered (the oldest is forgotten first).
+SERIAL_CACHE_SIZE = 4096
+
+
+class RevocationList:
+    """Serials refused by this process; ``fetch`` reads the ledger's list."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[RevokedCertificate]]],
+        *,
+        interval: float = REFRESH_SECONDS,
+    ) -> None:
+        self._fetch = fetch
+        self.interval = interval
+        self._serials: dict[str, str] = {}  # serial -> node id
+        self._local: dict[str, str] = {}  # revoked through this process, not yet fetched
+        self._seen: dict[bytes, str | None] = {}  # certificate PEM -> serial
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def serials(self) -> frozenset[str]:
+        return frozenset(self._serials)
+
+    def __bool__(self) -> bool:
+        """Whether anything is revoked: callers skip the certificate lookup when not."""
+        return bool(self._serials)
+
+    def add(self, serial: str, node_id: str) -> None:
+        """A removal made through this process: refused from now on."""
+        if serial:
+            self._serials[serial] = node_id
+            self._local[serial] = node_id
+
+    async def refresh(self) -> None:
+        """Reload the ledger's list (it drops expired certificates by itself)."""
+        fetched = {r.serial: r.node_id for r in await self._fetch()}
+        # A local removal may not have reached the ledger's answer yet: keep it until then.
+        self._local = {s: n for s, n in self._local.items() if s not in fetched}
+        self._serials = {**fetched, **self._local}
+
+    async def start(self) -> None:
+        """Load the list (a failure is logged, the refresh loop retries) and keep it fresh."""
+        try:
+            await self.refresh()
+        except Exception as err:
+            log.warning("revocation.load_failed", error=str(err))
+        self._task = asyncio.create_task(self._run(), name="revocation-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception as err:  # keep the last list; a busy ledger answers next time
+                log.warning("revocation.refresh_failed", error=str(err))
+
+    def revoked(self, cert_pem: bytes) -> str | None:
+        """The node id the certificate was revoked for, or None if it is not revoked."""
+        if not self._serials:
+            return None
+        try:
+            serial = self._seen[cert_pem]
+        except KeyError:
+            try:
+                serial = cert_serial(cert_pem)
+            except PKIError:
+                serial = None
+            if len(self._seen) >= SERIAL_CACHE_SIZE:
+                del self._seen[next(iter(self._seen))]
+            self._seen[cert_pem] = serial
+        return self._serials.get(serial) if serial else None
+
+
+__all__ = ["REFRESH_SECONDS", "RevocationList"]
