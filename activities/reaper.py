@@ -44,6 +44,7 @@ from cloudless.model import (
     WorkloadStatus,
 )
 from policies import reaper as policy
+from policies.membership import placed_here
 
 log = structlog.get_logger("cloudless.reaper")
 
@@ -221,11 +222,9 @@ class ReaperActivities:
     ) -> None:
         assigned: dict[str, dict[str, int] | None] = {}
         for key, status in statuses.items():
-            assigned[key] = (
-                None
-                if status is None
-                else {r.replica_id: r.epoch for r in status.replicas if r.node_id == node_id}
-            )
+            # Not a lost or preempted record: released and replaced, though it names the
+            # node until the workload's next pass (as a node's reconcile judges it).
+            assigned[key] = None if status is None else placed_here(status.replicas, node_id).epochs
         orphans = policy.orphaned_replicas(
             [
                 policy.AgentReplica(
