@@ -50,7 +50,9 @@ class StandIns:
     """A small cluster: ``slots`` replicas fit on each node; nodes in ``down`` take none.
 
     Placement spreads (fewest replicas first, then node id), so tests know where replicas
-    go. ``calls`` records every activity call, in order, as (activity name, input).
+    go; a request's ``avoid_nodes`` are used only when no other node has room, as the real
+    placement does. ``calls`` records every activity call, in order, as (activity name,
+    input).
     """
 
     slots: dict[str, int] = field(default_factory=lambda: {"n1": 2, "n2": 2})
@@ -86,7 +88,7 @@ class StandIns:
             if not free:
                 unplaced.append(rid)
                 continue
-            node = min(free, key=lambda n: (len(self.on(n)), n))
+            node = min(free, key=lambda n: (n in req.avoid_nodes, len(self.on(n)), n))
             self.allocated[rid] = node
             placements.append(Placement(replica_id=rid, node_id=node, address=f"{node}:7443"))
         reason = f"0/{len(self.slots)} nodes are available: no room" if unplaced else ""
