@@ -125,6 +125,7 @@ def crash_decision(desired: Desired, r: Replica, now: float) -> Decision | None:
         or r.preempted
         or r.phase not in _CRASHABLE
         or not is_current(desired, r)
+        or (r.phase == ReplicaPhase.FAILED and not policy.moves)
     ):
         return None
     return decide(
@@ -136,10 +137,12 @@ _CRASHABLE = (ReplicaPhase.STARTING, ReplicaPhase.RUNNING, ReplicaPhase.FAILED)
 
 
 def awaits_reschedule(desired: Desired, r: Replica) -> bool:
-    """A current replica that failed on its node by crashing (its agent gave up on it):
-    replaced per the reschedule policy, so not simply removed with the failed ones."""
+    """A current replica that failed on its node by crashing (its agent gave up on it, or
+    it died at its start): replaced per the reschedule policy, so not simply removed with
+    the failed ones (unless the policy never moves replicas: then it is)."""
     return (
         desired.reschedule is not None
+        and desired.reschedule.moves
         and r.phase == ReplicaPhase.FAILED
         and bool(r.crash_times)
         and not r.lost
@@ -453,10 +456,17 @@ def _settle(
     for r in replicas:
         decision = crash_decision(desired, r, now)
         if decision is None or decision.verdict == Verdict.STAY:
+            if r.crash_loop and desired.reschedule is not None:
+                wake_at = now  # its hold is stale: the next pass clears it
             continue
         looping = True
-        if decision.at and (not wake_at or decision.at < wake_at):
-            wake_at = decision.at
+        # Due now, or its hold is not recorded yet (it failed during this pass, after
+        # RESCHEDULE ran): look again at once.
+        held = decision.reason if decision.verdict == Verdict.EXHAUSTED else ""
+        stale = decision.verdict == Verdict.NOW or held != r.crash_loop
+        at = now if stale else decision.at
+        if at and (not wake_at or at < wake_at):
+            wake_at = at
     if unhealthy:
         return [
             Settle(

@@ -59,12 +59,18 @@ class ReschedulePolicy:
     attempts: int = 3
     interval: float = 300.0
     #: Wait before the first reschedule; later ones wait longer per ``delay_function``.
-    delay: float = 5.0
+    delay: float = 1.0
     delay_function: DelayFunction = DelayFunction.EXPONENTIAL
     max_delay: float = 60.0
     #: No bound on reschedules (``attempts`` does not apply; ``interval`` still decides
     #: which earlier reschedules make the delay grow).
     unlimited: bool = False
+
+    @property
+    def moves(self) -> bool:
+        """Whether replicas are ever rescheduled (``attempts: 0`` turns it off: crash
+        loops stay where they are, and a failed replica is simply replaced)."""
+        return self.unlimited or self.attempts > 0
 
     def __post_init__(self) -> None:
         checks = (

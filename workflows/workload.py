@@ -469,6 +469,7 @@ class WorkloadWorkflow:
         if r.lost or r.preempted:
             return
         r.phase, r.message = ReplicaPhase.FAILED, message
+        self._crashed(r, 1, None, message)  # it failed on this node: the policy decides
         self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
 
     def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
@@ -481,8 +482,9 @@ class WorkloadWorkflow:
         phase = start_outcome(self._desired, res.phase)
         if phase == ReplicaPhase.COMPLETED:
             r.phase, r.message = phase, "completed (exit code 0)"
-        elif phase == ReplicaPhase.FAILED:
+        elif phase == ReplicaPhase.FAILED:  # it exited right after its start: a crash
             r.phase = phase
+            self._crashed(r, 1, res.exit_code, res.message)
             self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
 
     async def _remove(self, victims: list[ReplicaRecord]) -> None:

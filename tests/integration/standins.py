@@ -62,6 +62,8 @@ class StandIns:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     #: What an agent answers to a start (Stopped: it exited at once with code 0).
     start_phase: ReplicaPhase = ReplicaPhase.RUNNING
+    #: Nodes where every start fails (the replica exits right after it, with code 1).
+    fail_on: set[str] = field(default_factory=set)
     #: ``wait_node_empty`` returns once this is set (set from the start).
     node_empty: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -113,8 +115,13 @@ class StandIns:
             outcomes=[
                 RunReplicaOutcome(
                     replica_id=r.replica_id,
-                    result=RunReplicaResult(
-                        phase=self.start_phase, runtime_id=f"rt-{r.replica_id}"
+                    result=RunReplicaResult(phase=self.start_phase, runtime_id=f"rt-{r.replica_id}")
+                    if r.node_id not in self.fail_on
+                    else RunReplicaResult(
+                        phase=ReplicaPhase.FAILED,
+                        runtime_id=f"rt-{r.replica_id}",
+                        message="exited right after start",
+                        exit_code=1,
                     ),
                 )
                 for r in batch.replicas

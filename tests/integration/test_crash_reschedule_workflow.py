@@ -16,6 +16,7 @@ from cloudless.model import (
     ReplicaExited,
     ReplicaPhase,
     ReplicaRecord,
+    ScaleInput,
     WorkloadPhase,
 )
 from tests.conftest import unique
@@ -180,5 +181,41 @@ async def test_a_failed_replica_is_replaced_away_from_its_node(
         )
         (event,) = status.reschedules
         assert (event.node_id, event.exit_code, event.to_node) == ("n1", 3, "n2")
+        await wl.DELETE.execute(handle)
+        await handle.result()
+
+
+async def test_a_replica_that_dies_at_start_moves_and_then_stays_put(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A start that fails on a node counts as a crash there: the replacement avoids the
+    node, and a replica failing everywhere stops being replaced once its attempts are
+    used up (instead of being replaced forever with the retry backoff)."""
+    client, queue = temporal_env.client, fresh_queue("crash")
+    fake = StandIns(fail_on={"n1"})
+    policy = {**FAST, "attempts": 1, "interval": "10m"}
+    async with worker(client, queue, [WorkloadWorkflow], fake):
+        handle = await start(client, queue, manifest(unique("die"), 1, reschedule=policy))
+        status = await until(
+            client,
+            handle.id,
+            lambda s: (
+                s.phase == WorkloadPhase.AVAILABLE and [r.node_id for r in s.replicas] == ["n2"]
+            ),
+        )
+        assert [(e.node_id, e.exit_code, e.to_node) for e in status.reschedules] == [
+            ("n1", 1, "n2")
+        ]
+
+        fake.fail_on.add("n2")  # now it fails everywhere
+        again = await wl.SCALE.execute(handle, ScaleInput(replicas=2))
+        status = await until(client, handle.id, lambda s: s.phase == WorkloadPhase.DEGRADED)
+        await settled(handle, again.generation, all_ready=False)
+        placements = len(fake.named("place_replicas"))
+        status = await settled(handle, again.generation, all_ready=False)
+        assert len(fake.named("place_replicas")) == placements  # not replaced again
+        failed = [r for r in status.replicas if r.phase == ReplicaPhase.FAILED]
+        assert failed and all(r.crash_loop for r in failed), status.replicas
+        assert "not rescheduled" in status.message
         await wl.DELETE.execute(handle)
         await handle.result()

@@ -401,6 +401,8 @@ class Sim:
                     up = next(starts, True)
                     r = by_id[rid]
                     r.phase = start_outcome(self.desired, P.RUNNING if up else P.FAILED)
+                    if r.phase == P.FAILED:  # it died at its start: a crash on its node
+                        r.crash_times = [*r.crash_times, self.now]
                     r.ready = world.ready if self.desired.readiness_gated else None
             case Release(rids):
                 for rid in rids:

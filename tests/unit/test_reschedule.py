@@ -38,7 +38,7 @@ def test_defaults_are_bounded_and_in_seconds() -> None:
     p = ReschedulePolicy()
     assert (p.failures, p.failure_window, p.attempts, p.interval) == (3, 60, 3, 300)
     assert (p.delay, p.delay_function, p.max_delay, p.unlimited) == (
-        5,
+        1,
         DelayFunction.EXPONENTIAL,
         60,
         False,
