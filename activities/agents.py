@@ -122,6 +122,7 @@ class AgentActivities:
             started_at=datetime.fromtimestamp(status.started_at, UTC)
             if status.started_at
             else None,
+            exit_code=status.exit_code if status.has_exit_code else None,
         )
 
     @activity.defn(name="probe_agent")

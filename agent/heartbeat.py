@@ -67,6 +67,8 @@ class HeartbeatClient:
         self._closing = False
         self._flowing = asyncio.Event()
         self._flowing.set()
+        #: Set to send the next beat now (a crash to report), or when stopping.
+        self._wake = asyncio.Event()
 
     @property
     def gateway(self) -> str:
@@ -86,6 +88,11 @@ class HeartbeatClient:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def wake(self) -> None:
+        """Send the next beat at once instead of after the interval: something the control
+        plane should hear about promptly happened (a replica crashed)."""
+        self._wake.set()
 
     def _invalidate(self, secrets: list[str]) -> None:
         """Drop updated secrets and refresh their files, off the heartbeat path: a slow
@@ -134,10 +141,23 @@ class HeartbeatClient:
             if self._closing:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            self._wake.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a stream open until ``stop`` is set; then close it gracefully."""
+        stopping = asyncio.create_task(self._wake_on(stop), name="heartbeat-stop")
+        try:
+            await self._run(stop)
+        finally:
+            stopping.cancel()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        """A stop wakes the beat loop at once, so the closing beat goes out without delay."""
+        await stop.wait()
+        self._wake.set()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = MIN_BACKOFF
         while not stop.is_set():
             gateway = self.gateway

@@ -157,6 +157,7 @@ async def serve(
         ),
         secrets=secrets,
     )
+    supervisor.on_crash = heartbeat.wake  # every crash is reported with the next beat, now
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
     if ready_file is not None:

@@ -59,7 +59,7 @@ def status_to_proto(
     s: ReplicaStatus, runtime: str, node_id: str, supervisor: Supervisor | None = None
 ) -> agent_pb2.ReplicaStatus:
     """The wire status; with the supervisor, also what only it knows: terminal, restarts,
-    readiness (probes) and why it was last restarted."""
+    readiness (probes), why it was last restarted and its crashes."""
     proto = _status_proto(s, runtime, node_id)
     if supervisor is None:
         proto.ready = s.phase == ReplicaPhase.RUNNING
@@ -69,6 +69,11 @@ def status_to_proto(
     proto.ready, proto.ready_message, proto.readiness_gated = supervisor.readiness(s)
     proto.restart_reason = supervisor.restart_reason(s.replica_id)
     proto.epoch = supervisor.epoch(s.replica_id)
+    crash = supervisor.crash_report(s.replica_id)
+    if crash is not None:
+        proto.crashes, proto.crash_reason, proto.crashed_at = crash.crashes, crash.reason, crash.at
+        if crash.exit_code is not None:
+            proto.has_crash_exit_code, proto.crash_exit_code = True, crash.exit_code
     if proto.terminal and supervisor.kill_reason(s.replica_id):
         proto.message = f"{supervisor.kill_reason(s.replica_id)}; {proto.message}"
     return proto

@@ -4,6 +4,11 @@ The agent records every replica it was told to run (``desired.json`` in its stat
 so a restarted agent still knows) and restarts replicas that exited according to their
 restart policy, with exponential backoff and a retry cap, like a kubelet would. This is
 what keeps the data plane serving through a coordinator outage.
+
+Every crash it restarts (and the last one, after which it gives up) is counted and
+reported at once: ``on_crash`` wakes the heartbeat, whose next beat carries the count, the
+exit code and the reason, so the workload can move a crash-looping replica to another
+node (``spec.reschedule``) long before the local retry cap is reached.
 """
 
 from __future__ import annotations
@@ -96,6 +101,22 @@ class Desired:
     #: A probe asked for a restart: the reason, and which run of the replica it killed.
     kill_reason: str = ""
     killed: str = ""
+    #: Crashes counted since the replica was wanted (kept in ``desired.json``), and the
+    #: latest one's exit code, reason and wall-clock time.
+    crashes: int = 0
+    crash_exit_code: int | None = None
+    crash_reason: str = ""
+    crashed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class CrashReport:
+    """What the heartbeat reports of a replica's crashes."""
+
+    crashes: int
+    exit_code: int | None
+    reason: str
+    at: float
 
 
 def instance_key(status: ReplicaStatus) -> str:
@@ -123,6 +144,8 @@ class Supervisor:
     #: SIGTERM grace when a failed liveness/startup probe stops a replica.
     kill_grace: float = 5.0
     _probing: dict[str, _Probing] = field(default_factory=dict)
+    #: Called after each counted crash (the agent wakes its heartbeat to report it).
+    on_crash: Callable[[], None] | None = None
 
     # ---- registry (called by the AgentService handlers)
 
@@ -249,6 +272,13 @@ class Supervisor:
         d = self._desired.get(replica_id)
         return d.restarts if d else 0
 
+    def crash_report(self, replica_id: str) -> CrashReport | None:
+        """The replica's crashes so far (None: none, or not ours)."""
+        d = self._desired.get(replica_id)
+        if d is None or not d.crashes:
+            return None
+        return CrashReport(d.crashes, d.crash_exit_code, d.crash_reason, d.crashed_at)
+
     # ---- persistence
 
     def load(self) -> None:
@@ -257,7 +287,14 @@ class Supervisor:
             return
         for item in json.loads(path.read_text()):
             spec = spec_from_record(item["spec"])
-            self._desired[spec.replica_id] = Desired(item["runtime"], item["restart_policy"], spec)
+            self._desired[spec.replica_id] = Desired(
+                item["runtime"],
+                item["restart_policy"],
+                spec,
+                # A restarted agent keeps counting where it left off, so the control plane
+                # (which deduplicates reports by count) sees every new crash as new.
+                crashes=int(item.get("crashes", 0)),
+            )
 
     def _save(self) -> None:
         data = [
@@ -265,6 +302,7 @@ class Supervisor:
                 "runtime": d.runtime,
                 "restart_policy": d.restart_policy,
                 "spec": spec_to_record(d.spec),
+                "crashes": d.crashes,
             }
             for d in self._desired.values()
         ]
@@ -328,6 +366,7 @@ class Supervisor:
                 d.last_start = 0.0
                 d.failures = d.failures + 1 if quick else 0
                 d.next_try = now + _backoff(d.failures)
+                self._crashed(d, status)
                 if d.failures >= RETRY_CAP:
                     d.gave_up = True
                     log.warning("replica.gave_up", replica=rid, failures=d.failures)
@@ -356,6 +395,24 @@ class Supervisor:
                     "replica.restarted", replica=rid, restarts=d.restarts, reason=d.restart_reason
                 )
                 self._sync_probing(rid, restarted)
+
+    def _crashed(self, d: Desired, status: ReplicaStatus | None) -> None:
+        """Count a crash and have it reported now (the count survives an agent restart)."""
+        d.crashes += 1
+        d.crash_exit_code = status.exit_code if status is not None else None
+        reason = status.message if status is not None else "the replica disappeared"
+        d.crash_reason = f"{d.kill_reason}; {reason}" if d.kill_reason else reason
+        d.crashed_at = time.time()
+        log.info(
+            "replica.crashed",
+            replica=d.spec.replica_id,
+            crashes=d.crashes,
+            exit_code=d.crash_exit_code,
+        )
+        with contextlib.suppress(OSError):  # a full disk must not stop the restarts
+            self._save()
+        if self.on_crash is not None:
+            self.on_crash()
 
 
 def _backoff(failures: int) -> float:

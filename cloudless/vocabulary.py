@@ -102,6 +102,15 @@ class ReplicaPhase(enum.StrEnum):
     COMPLETED = "Completed"
 
 
+class DelayFunction(enum.StrEnum):
+    """How the wait before each further reschedule of a crash-looping replica grows
+    (``spec.reschedule.delayFunction``; Nomad's ``delay_function``)."""
+
+    CONSTANT = "constant"
+    EXPONENTIAL = "exponential"
+    FIBONACCI = "fibonacci"
+
+
 class WorkloadPhase(enum.StrEnum):
     """A workload's phase, derived from its replicas (``describe workload``, search)."""
 

@@ -26,7 +26,7 @@ from cloudless.spec import (
 from policies.admission import enforcing_runtimes, unenforced_settings
 
 #: Spec fields that change how many replicas run or where, not what each replica is.
-_NOT_IN_TEMPLATE = ("replicas", "minAvailable", "maxUnavailable", "strategy")
+_NOT_IN_TEMPLATE = ("replicas", "minAvailable", "maxUnavailable", "strategy", "reschedule")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ and sibling policies. It never mutates what it is given. Records are read throug
 Glossary (see also ``policies/README.md``):
 
 * *current*: a replica of the desired template that stays (not being evicted from a
-  draining node); *outdated*: any other replica;
+  draining node, not rescheduled away from a crash loop); *outdated*: any other replica;
 * *ready*: Running and, for a readiness-gated workload, reported ready by its probes;
 * *done*: ran to completion (``Completed``); counts toward the desired replicas, never
   restarted or replaced;
@@ -31,6 +31,7 @@ from typing import Protocol, TypeAlias
 
 from cloudless.vocabulary import ReplicaPhase, WorkloadPhase
 from policies.disruption import retire_budget
+from policies.reschedule import Decision, ReschedulePolicy, Verdict, decide
 
 #: Retry delay after a pass leaves replicas Pending or Failed: doubles from the minimum up
 #: to the maximum, reset to 0 once every current replica is placed and not failed.
@@ -57,6 +58,18 @@ class Replica(Protocol):
     def ready(self) -> bool | None: ...  # last probe verdict; None: no report yet
     @property
     def released(self) -> bool: ...  # its allocation went back to the ledger
+    @property
+    def lost(self) -> bool: ...  # its node went away (Failed, released without a stop)
+    @property
+    def crash_times(self) -> Sequence[float]: ...  # when it crashed on its current node
+    @property
+    def reschedule_times(self) -> Sequence[float]: ...  # when its line was rescheduled
+    @property
+    def rescheduled(self) -> bool: ...  # replaced elsewhere: goes once that one serves
+    @property
+    def replaces(self) -> str: ...  # the replica it was rescheduled from ("" if none)
+    @property
+    def crash_loop(self) -> str: ...  # why it stays crash-looping on its node ("" if not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +86,18 @@ class Desired:
     readiness_gated: bool = False
     #: restartPolicy Never/OnFailure: a clean exit completes a replica instead of failing it.
     completes: bool = False
+    #: ``spec.reschedule``: crash-looping replicas move to other nodes. None: they do not
+    #: (a failed replica is replaced at once, the behaviour of workflows that predate it).
+    reschedule: ReschedulePolicy | None = None
 
 
 # --------------------------------------------------------------------------- predicates
 
 
 def is_current(desired: Desired, r: Replica) -> bool:
-    """Up to date and staying: matches the template and is not being evicted."""
-    return r.spec_hash == desired.template_hash and not r.evicting
+    """Up to date and staying: matches the template, is not being evicted and was not
+    rescheduled away from a crash loop."""
+    return r.spec_hash == desired.template_hash and not r.evicting and not r.rescheduled
 
 
 def is_ready(desired: Desired, r: Replica) -> bool:
@@ -94,6 +111,44 @@ def is_ready(desired: Desired, r: Replica) -> bool:
 def is_done(r: Replica) -> bool:
     """Ran to completion: counts toward the desired replicas but is not ready."""
     return r.phase == ReplicaPhase.COMPLETED
+
+
+def crash_decision(desired: Desired, r: Replica, now: float) -> Decision | None:
+    """What :mod:`policies.reschedule` decides for a current replica that crashed on its
+    node (None: the policy is off, or nothing to decide: it never crashed there, its node
+    was lost, its room preempted, or it is not running or failed)."""
+    policy = desired.reschedule
+    if (
+        policy is None
+        or not r.crash_times
+        or r.lost
+        or r.preempted
+        or r.phase not in _CRASHABLE
+        or not is_current(desired, r)
+        or (r.phase == ReplicaPhase.FAILED and not policy.moves)
+    ):
+        return None
+    return decide(
+        policy, r.crash_times, r.reschedule_times, now, failed=r.phase == ReplicaPhase.FAILED
+    )
+
+
+_CRASHABLE = (ReplicaPhase.STARTING, ReplicaPhase.RUNNING, ReplicaPhase.FAILED)
+
+
+def awaits_reschedule(desired: Desired, r: Replica) -> bool:
+    """A current replica that failed on its node by crashing (its agent gave up on it, or
+    it died at its start): replaced per the reschedule policy, so not simply removed with
+    the failed ones (unless the policy never moves replicas: then it is)."""
+    return (
+        desired.reschedule is not None
+        and desired.reschedule.moves
+        and r.phase == ReplicaPhase.FAILED
+        and bool(r.crash_times)
+        and not r.lost
+        and not r.preempted
+        and is_current(desired, r)
+    )
 
 
 # --------------------------------------------------------------------------- actions
@@ -158,21 +213,61 @@ class RemoveOutdated:
 
 
 @dataclass(frozen=True, slots=True)
+class Reschedule:
+    """Replace these crash-looping replicas on other nodes: each gets a new Pending record
+    that inherits its line's reschedules and avoids the nodes it crashed on; the old one
+    is no longer current and goes once that is safe (:class:`RemoveRescheduled`)."""
+
+    replica_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Record why crash-looping replicas stay on their nodes (reschedule attempts used
+    up), or clear it: ``(replica id, reason or "")`` each."""
+
+    holds: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRescheduled:
+    """Remove rescheduled replicas: they serve nothing, their replacement is ready, or
+    the disruption budget allows it."""
+
+    replica_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Settle:
-    """End of a pass: the retry delay (0: none) and whether the workload message clears."""
+    """End of a pass: the retry delay (0: none), whether the workload message clears, and
+    when a crash-looping replica needs another look (0: never; same clock as ``now``)."""
 
     backoff: float
     clear_message: bool
+    wake_at: float = 0.0
 
 
 Action: TypeAlias = (
-    RemoveFailed | ScaleDown | Create | Place | Retire | Start | Release | RemoveOutdated | Settle
+    Reschedule
+    | Hold
+    | RemoveFailed
+    | ScaleDown
+    | Create
+    | Place
+    | Retire
+    | Start
+    | RemoveRescheduled
+    | Release
+    | RemoveOutdated
+    | Settle
 )
 
 
 class Stage(enum.Enum):
     """The stages of one pass, in order (iterating the enum gives that order)."""
 
+    #: Crash-looping replicas get replacements on other nodes, or stay (and say why).
+    RESCHEDULE = "reschedule"
     #: Failed replicas free their place; replacements are created below.
     CLEAN_UP = "clean up"
     #: Surplus current replicas go (Pending and Failed first, then the newest); missing
@@ -184,6 +279,8 @@ class Stage(enum.Enum):
     MAKE_ROOM = "make room"
     #: Placed replicas are started, concurrently.
     START = "start"
+    #: Rescheduled replicas go once they cost no availability.
+    RETIRE_RESCHEDULED = "retire rescheduled"
     #: Completed replicas give their room back.
     RELEASE = "release"
     #: Outdated replicas go once the current ones are all ready (or done).
@@ -193,23 +290,62 @@ class Stage(enum.Enum):
 
 
 def reconcile(
-    stage: Stage, desired: Desired, replicas: Sequence[Replica], *, backoff: float = 0.0
+    stage: Stage,
+    desired: Desired,
+    replicas: Sequence[Replica],
+    *,
+    backoff: float = 0.0,
+    now: float = 0.0,
 ) -> list[Action]:
     """The actions of one ``stage``, decided on the records as they are now.
 
     ``replicas`` is the workload's records, oldest first (creation order); ``backoff`` is
-    the current retry delay (read by :attr:`Stage.SETTLE` only). Actions reference replicas
-    by id; ids in one returned action are distinct and refer to given records.
+    the current retry delay (read by :attr:`Stage.SETTLE` only); ``now`` is the workflow's
+    clock in seconds, on which the records' crash and reschedule times are read (by the
+    crash-loop decisions only). Actions reference replicas by id; ids in one returned
+    action are distinct and refer to given records.
     """
-    return _STAGES[stage](desired, replicas, backoff)
+    return _STAGES[stage](desired, replicas, backoff, now)
 
 
-def _clean_up(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
-    failed = tuple(r.replica_id for r in replicas if r.phase == ReplicaPhase.FAILED)
+def _reschedule(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
+    move: list[str] = []
+    holds: list[tuple[str, str]] = []
+    for r in replicas:
+        decision = crash_decision(desired, r, now)
+        if decision is None:
+            reason = ""
+        elif decision.verdict == Verdict.NOW:
+            move.append(r.replica_id)
+            continue
+        else:
+            reason = decision.reason if decision.verdict == Verdict.EXHAUSTED else ""
+        if reason != r.crash_loop:
+            holds.append((r.replica_id, reason))
+    actions: list[Action] = []
+    if move:
+        actions.append(Reschedule(tuple(move)))
+    if holds:
+        actions.append(Hold(tuple(holds)))
+    return actions
+
+
+def _clean_up(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
+    failed = tuple(
+        r.replica_id
+        for r in replicas
+        if r.phase == ReplicaPhase.FAILED and not awaits_reschedule(desired, r)
+    )
     return [RemoveFailed(failed)] if failed else []
 
 
-def _scale(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _scale(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     current = sum(1 for r in replicas if is_current(desired, r))
     if current > desired.replicas:
         return [ScaleDown(scale_down_victims(desired, replicas, current - desired.replicas))]
@@ -218,12 +354,16 @@ def _scale(desired: Desired, replicas: Sequence[Replica], backoff: float) -> lis
     return []
 
 
-def _place(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _place(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     pending = tuple(r.replica_id for r in _pending(desired, replicas))
     return [Place(pending)] if pending else []
 
 
-def _make_room(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _make_room(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     # After PLACE, the current replicas still Pending are exactly those that fit nowhere.
     room = len(_pending(desired, replicas))
     if not room:
@@ -232,7 +372,9 @@ def _make_room(desired: Desired, replicas: Sequence[Replica], backoff: float) ->
     return [Retire(retire)] if retire else []
 
 
-def _start(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _start(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     starting = tuple(
         r.replica_id
         for r in replicas
@@ -241,12 +383,46 @@ def _start(desired: Desired, replicas: Sequence[Replica], backoff: float) -> lis
     return [Start(starting)] if starting else []
 
 
-def _release(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _retire_rescheduled(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
+    rescheduled = [r for r in replicas if r.rescheduled]
+    if not rescheduled:
+        return []
+    ready_replacements = {
+        r.replaces
+        for r in replicas
+        if r.replaces and is_current(desired, r) and is_ready(desired, r)
+    }
+    go: list[str] = []
+    serving: list[str] = []
+    for r in rescheduled:
+        if not is_ready(desired, r) or r.replica_id in ready_replacements:
+            go.append(r.replica_id)
+        else:
+            serving.append(r.replica_id)
+    if serving:
+        free = set(go)  # those whose going costs nothing are gone before the budget counts
+        budget = retire_budget(
+            desired=desired.replicas,
+            available=sum(1 for r in replicas if is_ready(desired, r) and r.replica_id not in free),
+            min_available=desired.min_available,
+            max_unavailable=desired.max_unavailable,
+        )
+        go += serving[:budget]
+    return [RemoveRescheduled(tuple(go))] if go else []
+
+
+def _release(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     done = tuple(r.replica_id for r in replicas if is_done(r) and not r.released)
     return [Release(done)] if done else []
 
 
-def _roll_out(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _roll_out(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     outdated: list[str] = []
     current = 0
     for r in replicas:
@@ -264,24 +440,52 @@ def _roll_out(desired: Desired, replicas: Sequence[Replica], backoff: float) -> 
     return []
 
 
-def _settle(desired: Desired, replicas: Sequence[Replica], backoff: float) -> list[Action]:
+def _settle(
+    desired: Desired, replicas: Sequence[Replica], backoff: float, now: float
+) -> list[Action]:
     unhealthy = any(
-        r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED) and is_current(desired, r)
+        r.phase in (ReplicaPhase.PENDING, ReplicaPhase.FAILED)
+        and is_current(desired, r)
+        and not awaits_reschedule(desired, r)
         for r in replicas
     )
+    # Crash-looping replicas wait for their reschedule (or a freed attempt) on their own
+    # clock, not the retry backoff's; while any does, the workload's message stays.
+    wake_at = 0.0
+    looping = False
+    for r in replicas:
+        decision = crash_decision(desired, r, now)
+        if decision is None or decision.verdict == Verdict.STAY:
+            if r.crash_loop and desired.reschedule is not None:
+                wake_at = now  # its hold is stale: the next pass clears it
+            continue
+        looping = True
+        # Due now, or its hold is not recorded yet (it failed during this pass, after
+        # RESCHEDULE ran): look again at once.
+        held = decision.reason if decision.verdict == Verdict.EXHAUSTED else ""
+        stale = decision.verdict == Verdict.NOW or held != r.crash_loop
+        at = now if stale else decision.at
+        if at and (not wake_at or at < wake_at):
+            wake_at = at
     if unhealthy:
         return [
-            Settle(backoff=min(MAX_BACKOFF, max(MIN_BACKOFF, backoff * 2)), clear_message=False)
+            Settle(
+                backoff=min(MAX_BACKOFF, max(MIN_BACKOFF, backoff * 2)),
+                clear_message=False,
+                wake_at=wake_at,
+            )
         ]
-    return [Settle(backoff=0.0, clear_message=True)]
+    return [Settle(backoff=0.0, clear_message=not looping, wake_at=wake_at)]
 
 
-_STAGES: dict[Stage, Callable[[Desired, Sequence[Replica], float], list[Action]]] = {
+_STAGES: dict[Stage, Callable[[Desired, Sequence[Replica], float, float], list[Action]]] = {
+    Stage.RESCHEDULE: _reschedule,
     Stage.CLEAN_UP: _clean_up,
     Stage.SCALE: _scale,
     Stage.PLACE: _place,
     Stage.MAKE_ROOM: _make_room,
     Stage.START: _start,
+    Stage.RETIRE_RESCHEDULED: _retire_rescheduled,
     Stage.RELEASE: _release,
     Stage.ROLL_OUT: _roll_out,
     Stage.SETTLE: _settle,
@@ -423,6 +627,8 @@ def summarize(
     complete = len(replicas) == desired.replicas
     if deleting:
         phase = WorkloadPhase.DELETING if replicas else WorkloadPhase.DELETED
+    elif any(r.crash_loop for r in current):  # crash-looping where it is: attempts used up
+        phase = WorkloadPhase.DEGRADED
     elif complete and done == desired.replicas > 0:
         phase = WorkloadPhase.COMPLETED
     elif complete and ready + done == desired.replicas:

@@ -28,6 +28,7 @@ from cloudless.model import (
     LivenessSignal,
     NodeRecord,
     NodeState,
+    ReplicaCrashed,
     ReplicaExited,
     ReplicaReadiness,
 )
@@ -47,7 +48,7 @@ _NOT_YET_STARTED = frozenset({ReplicaPhase.PENDING.value, ReplicaPhase.STARTING.
 
 I = TypeVar("I")  # noqa: E741  (a signal's input type)
 #: A replica event for a workload: (its workflow id, the signal, its input).
-ReplicaEvent = tuple[str, Signal[Any], ReplicaExited | ReplicaReadiness]
+ReplicaEvent = tuple[str, Signal[Any], ReplicaExited | ReplicaCrashed | ReplicaReadiness]
 
 
 class LivenessMonitor:
@@ -84,6 +85,10 @@ class LivenessMonitor:
         #: each workload was told, so only changes are signalled. Rebuilt from each beat,
         #: so replicas a node no longer reports drop out.
         self._readiness: dict[str, dict[str, tuple[bool, str, float]]] = {}
+        #: node -> replica -> the agent's crash count last signalled, so each crash is
+        #: signalled once (rebuilt from each beat, like ``_readiness``). A gateway that
+        #: (re)starts signals the counts it first sees; the workload ignores known ones.
+        self._crashes: dict[str, dict[str, int]] = {}
 
     async def start(self) -> None:
         """Adopt the nodes the ledger lists as healthy, then start sweeping and publishing."""
@@ -139,10 +144,29 @@ class LivenessMonitor:
         if transition is not None:
             self._emit(transition)
         if not report.replicas and node_id not in self._readiness:
+            self._crashes.pop(node_id, None)
             return  # the hot path of an idle node: nothing to compare
         before = self._readiness.get(node_id, {})
         after: dict[str, tuple[bool, str, float]] = {}
+        crashes_before = self._crashes.get(node_id, {})
+        crashes_after: dict[str, int] = {}
         for r in report.replicas:
+            if r.crashes and not r.terminal:  # a final crash is signalled as the exit
+                crashes_after[r.replica_id] = r.crashes
+                if crashes_before.get(r.replica_id) != r.crashes:
+                    self._exits.put_nowait(
+                        (
+                            workload.workflow_id(r.namespace, r.workload),
+                            workload.REPLICA_CRASHED,
+                            ReplicaCrashed(
+                                replica_id=r.replica_id,
+                                node_id=node_id,
+                                crashes=r.crashes,
+                                exit_code=r.crash_exit_code if r.has_crash_exit_code else None,
+                                reason=r.crash_reason[-300:],
+                            ),
+                        )
+                    )
             if r.terminal and (node_id, r.replica_id) not in self._reported:
                 self._reported.add((node_id, r.replica_id))
                 self._exits.put_nowait(
@@ -172,6 +196,10 @@ class LivenessMonitor:
             self._readiness[node_id] = after
         else:
             self._readiness.pop(node_id, None)
+        if crashes_after:
+            self._crashes[node_id] = crashes_after
+        else:
+            self._crashes.pop(node_id, None)
 
     def _readiness_change(
         self,
@@ -232,6 +260,8 @@ class LivenessMonitor:
             workflow_id, signal, event = await self._exits.get()
             if isinstance(event, ReplicaExited):
                 log.info("replica.exited", replica=event.replica_id, phase=event.phase)
+            elif isinstance(event, ReplicaCrashed):
+                log.info("replica.crashed", replica=event.replica_id, crashes=event.crashes)
             else:
                 log.info("replica.readiness", replica=event.replica_id, ready=event.ready)
             handle = workload.WORKFLOW.handle(self._client, workflow_id)

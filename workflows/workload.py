@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import string
 from datetime import timedelta
 from typing import assert_never
@@ -39,12 +40,14 @@ with workflow.unsafe.imports_passed_through():
         CommitPlanInput,
         PlacementRequest,
         ReconcileRequest,
+        ReplicaCrashed,
         ReplicaExited,
         ReplicaPhase,
         ReplicaReadiness,
         ReplicaRecord,
         ReplicasLost,
         ReplicasPreempted,
+        RescheduleEvent,
         RunReplicaInput,
         RunReplicaResult,
         RunReplicasInput,
@@ -62,10 +65,13 @@ with workflow.unsafe.imports_passed_through():
         Action,
         Create,
         Desired,
+        Hold,
         Place,
         Release,
         RemoveFailed,
         RemoveOutdated,
+        RemoveRescheduled,
+        Reschedule,
         Retire,
         ScaleDown,
         Settle,
@@ -81,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
         start_outcome,
         summarize,
     )
+    from policies.reschedule import AVOID_KEPT, CRASHES_KEPT, RESCHEDULES_KEPT, recent
 
 MAX_HISTORY_EVENTS = 8_000
 #: Patch (issue #10): a stop given up on an unreachable agent asks its node to reconcile,
@@ -92,6 +99,11 @@ MAX_PREEMPTIONS_KEPT = 64
 #: ``workflow.patched`` id of the claim a first run makes before anything else (runs
 #: started before it never claimed: their plans carry no owner).
 CLAIM_PATCH = "claim-workload"
+#: Crash-loop reschedules and holds kept in the state for ``describe``.
+MAX_RESCHEDULE_EVENTS = 20
+#: Crash-loop rescheduling (``spec.reschedule``) changed what a pass does with a replica
+#: that failed by crashing; histories recorded before it replay without it.
+CRASH_RESCHEDULE_PATCH = "crash-reschedule"
 _ALPHABET = string.ascii_lowercase + string.digits
 
 _AGENT_RETRY = RetryPolicy(
@@ -124,6 +136,7 @@ def desired_of(view: WorkloadView) -> Desired:
         max_unavailable=resolve_max_unavailable(view.max_unavailable, view.replicas),
         readiness_gated=view.readiness_gated,
         completes=view.workload.spec.restart_policy != "Always",
+        reschedule=view.workload.spec.reschedule_policy,
     )
 
 
@@ -157,6 +170,7 @@ class WorkloadWorkflow:
         self._reconciling = False
         self._reconciled_generation = 0
         self._search_attributes: tuple[str, tuple[str, ...]] | None = None
+        self._reschedules_crash_loops: bool | None = None  # asked once per run
 
     # ------------------------------------------------------------------ main loop
 
@@ -174,11 +188,16 @@ class WorkloadWorkflow:
         if inp.state is None and workflow.patched(CLAIM_PATCH):
             await self._claim()
         while True:
-            backoff = self._state.backoff_seconds
+            timeout = self._state.backoff_seconds or None
+            if self._state.wake_at:  # a crash-looping replica's reschedule or freed attempt
+                due = self._state.wake_at - workflow.now().timestamp()
+                if due <= 0:
+                    self._dirty = True
+                timeout = min(timeout or due, due)
             try:
                 await workflow.wait_condition(
                     lambda: self._dirty or self._state.deleting or self._should_continue_as_new(),
-                    timeout=timedelta(seconds=backoff) if backoff else None,
+                    timeout=timedelta(seconds=timeout) if timeout and timeout > 0 else None,
                 )
             except TimeoutError:
                 self._dirty = True  # retry pending or failed replicas after the backoff
@@ -230,16 +249,35 @@ class WorkloadWorkflow:
 
     async def _reconcile(self) -> None:
         """One pass: each stage is decided on the records as they are when it begins."""
+        desired = self._desired
+        if not self._crash_rescheduling():
+            desired = dataclasses.replace(desired, reschedule=None)
         for stage in Stage:
             actions = reconcile(
-                stage, self._desired, self._state.replicas, backoff=self._state.backoff_seconds
+                stage,
+                desired,
+                self._state.replicas,
+                backoff=self._state.backoff_seconds,
+                now=workflow.now().timestamp(),
             )
             for action in actions:
                 await self._execute(action)
 
+    def _crash_rescheduling(self) -> bool:
+        """Whether this run reschedules crash loops (``spec.reschedule``): a run whose
+        history began before that existed keeps replacing failed replicas at once."""
+        if self._reschedules_crash_loops is None:
+            self._reschedules_crash_loops = workflow.patched(CRASH_RESCHEDULE_PATCH)
+        return self._reschedules_crash_loops
+
     async def _execute(self, action: Action) -> None:
         match action:
-            case RemoveFailed(ids) | ScaleDown(ids) | RemoveOutdated(ids):
+            case Reschedule(ids):
+                for r in self._records(ids):
+                    self._reschedule(r)
+            case Hold(holds):
+                self._hold(holds)
+            case RemoveFailed(ids) | ScaleDown(ids) | RemoveOutdated(ids) | RemoveRescheduled(ids):
                 await self._remove(self._records(ids))
             case Retire(ids):
                 await self._remove(self._records(ids))
@@ -262,8 +300,9 @@ class WorkloadWorkflow:
                 await asyncio.gather(*(self._start_batch(c) for c in chunks))
             case Release(ids):
                 await self._release(self._records(ids))
-            case Settle(backoff, clear_message):
+            case Settle(backoff, clear_message, wake_at):
                 self._state.backoff_seconds = backoff
+                self._state.wake_at = wake_at
                 if clear_message:
                     self._state.message = ""
             case _:
@@ -274,7 +313,83 @@ class WorkloadWorkflow:
         by_id = {r.replica_id: r for r in self._state.replicas}
         return [by_id[i] for i in ids if i in by_id]
 
+    def _reschedule(self, r: ReplicaRecord) -> None:
+        """Replace a crash-looping replica elsewhere: a new record that inherits its line's
+        reschedules and avoids the nodes it crashed on; the old one stays until its
+        removal is safe (``RemoveRescheduled``)."""
+        state, policy = self._state, self._desired.reschedule
+        assert policy is not None  # the reconciler reschedules only with a policy
+        now = workflow.now()
+        loop = recent(r.crash_times, now.timestamp(), policy.failure_window) or r.crash_times[-1:]
+        replacement = ReplicaRecord(
+            replica_id=self._new_replica_id(),
+            generation=state.generation,
+            spec_hash=self._view.template_hash,
+            resources=self._view.resources,
+            replaces=r.replica_id,
+            reschedule_times=[
+                *recent(r.reschedule_times, now.timestamp(), policy.interval),
+                now.timestamp(),
+            ][-RESCHEDULES_KEPT:],
+            avoid_nodes=[*(n for n in r.avoid_nodes if n != r.node_id), r.node_id][-AVOID_KEPT:],
+        )
+        event = RescheduleEvent(
+            at=now,
+            replica_id=r.replica_id,
+            node_id=r.node_id,
+            crashes=len(loop),
+            over_seconds=round(loop[-1] - loop[0], 3) if loop else 0.0,
+            exit_code=r.crash_exit_code,
+            reason=r.crash_reason,
+            replacement=replacement.replica_id,
+        )
+        r.rescheduled, r.crash_loop = True, ""
+        r.message = f"{_crash_summary(event)}: rescheduled as {replacement.replica_id}"
+        state.replicas.append(replacement)
+        state.reschedules = [*state.reschedules, event][-MAX_RESCHEDULE_EVENTS:]
+        state.message = f"replica {r.replica_id} {_crash_summary(event)}: rescheduling it"
+
+    def _hold(self, holds: tuple[tuple[str, str], ...]) -> None:
+        """Record why crash-looping replicas stay where they are (or that they no longer
+        do); each new hold is an event ``describe`` shows."""
+        state = self._state
+        now = workflow.now()
+        by_id = {r.replica_id: r for r in state.replicas}
+        for rid, reason in holds:
+            r = by_id.get(rid)
+            if r is None:
+                continue
+            if reason and not r.crash_loop:
+                policy = self._desired.reschedule
+                window = policy.failure_window if policy is not None else 0.0
+                loop = recent(r.crash_times, now.timestamp(), window) or r.crash_times[-1:]
+                event = RescheduleEvent(
+                    at=now,
+                    replica_id=r.replica_id,
+                    node_id=r.node_id,
+                    crashes=len(loop),
+                    over_seconds=round(loop[-1] - loop[0], 3) if loop else 0.0,
+                    exit_code=r.crash_exit_code,
+                    reason=r.crash_reason,
+                    held=reason,
+                )
+                state.reschedules = [*state.reschedules, event][-MAX_RESCHEDULE_EVENTS:]
+                state.message = (
+                    f"replica {rid} {_crash_summary(event)} and stays there: not rescheduled, "
+                    f"{reason}"
+                )
+            r.crash_loop = reason
+
     async def _place(self, pending: list[ReplicaRecord]) -> None:
+        """Place pending replicas, one plan per set of nodes to avoid (replicas moved away
+        from crash loops avoid the nodes they crashed on; all others go in one plan)."""
+        groups: dict[tuple[str, ...], list[ReplicaRecord]] = {}
+        for r in pending:
+            groups.setdefault(tuple(r.avoid_nodes), []).append(r)
+        for avoid, group in groups.items():
+            await self._place_group(group, list(avoid))
+
+    async def _place_group(self, pending: list[ReplicaRecord], avoid: list[str]) -> None:
         view, state = self._view, self._state
         result = await workflow.execute_activity_method(
             LedgerActivities.place_replicas,
@@ -286,6 +401,7 @@ class WorkloadWorkflow:
                 resources=view.resources,
                 manifest=state.manifest,
                 owner=state.owner,
+                avoid_nodes=avoid,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_LEDGER_RETRY,
@@ -303,6 +419,10 @@ class WorkloadWorkflow:
                 state.epoch += 1
                 r.epoch = state.epoch
                 r.score, r.candidates = p.score, list(p.candidates)
+                if r.replaces:
+                    for event in state.reschedules:
+                        if event.replacement == r.replica_id and not event.to_node:
+                            event.to_node = p.node_id
         if unplaced:
             state.message = f"{unplaced} replica(s) pending: {result.reason}"
         for pre in result.preemptions:
@@ -356,6 +476,7 @@ class WorkloadWorkflow:
         if r.lost or r.preempted:
             return
         r.phase, r.message = ReplicaPhase.FAILED, message
+        self._crashed(r, 1, None, message)  # it failed on this node: the policy decides
         self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
 
     def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
@@ -368,8 +489,9 @@ class WorkloadWorkflow:
         phase = start_outcome(self._desired, res.phase)
         if phase == ReplicaPhase.COMPLETED:
             r.phase, r.message = phase, "completed (exit code 0)"
-        elif phase == ReplicaPhase.FAILED:
+        elif phase == ReplicaPhase.FAILED:  # it exited right after its start: a crash
             r.phase = phase
+            self._crashed(r, 1, res.exit_code, res.message)
             self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
 
     async def _remove(self, victims: list[ReplicaRecord]) -> None:
@@ -587,6 +709,35 @@ class WorkloadWorkflow:
         state.backoff_seconds = 0.0
         self._dirty = True
 
+    @workflow.signal(name=workload_contract.REPLICA_CRASHED.name)
+    def replica_crashed(self, sig: ReplicaCrashed) -> None:
+        """A replica crashed on its node and its agent restarts it: record when (new
+        crashes only: reports carry the agent's running count), so the reconciler can
+        decide whether it is crash-looping and should move (``spec.reschedule``)."""
+        for r in self._state.replicas:
+            if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
+                continue
+            if r.lost or r.preempted or r.rescheduled or r.evicting:
+                continue  # leaving this node anyway
+            if r.phase not in (ReplicaPhase.STARTING, ReplicaPhase.RUNNING):
+                continue
+            if sig.crashes > r.crashes_reported:
+                new = sig.crashes - r.crashes_reported
+            elif sig.crashes < r.crashes_reported:
+                new = sig.crashes  # its agent counts afresh (it was asked to run it again)
+            else:
+                continue  # a repeated report
+            r.crashes_reported = sig.crashes
+            self._crashed(r, min(new, CRASHES_KEPT), sig.exit_code, sig.reason)
+            code = "" if sig.exit_code is None else f" (exit code {sig.exit_code})"
+            r.message = f"crashed{code}, restarted by its agent: {sig.reason[-200:]}".rstrip(": ")
+            self._dirty = True
+
+    def _crashed(self, r: ReplicaRecord, count: int, exit_code: int | None, reason: str) -> None:
+        now = workflow.now().timestamp()
+        r.crash_times = [*r.crash_times, *([now] * count)][-CRASHES_KEPT:]
+        r.crash_exit_code, r.crash_reason = exit_code, reason[-300:]
+
     @workflow.signal(name=workload_contract.REPLICA_EXITED.name)
     def replica_exited(self, sig: ReplicaExited) -> None:
         """The agent gave up on a replica. A failure is replaced (with the workload's
@@ -600,6 +751,8 @@ class WorkloadWorkflow:
                 continue
             code = "" if sig.exit_code is None else f" (exit code {sig.exit_code})"
             if sig.phase == ReplicaPhase.FAILED:
+                if not r.lost and not r.preempted:  # it failed here: a crash, the last one
+                    self._crashed(r, 1, sig.exit_code, sig.message)
                 r.phase, r.message = phase, f"exited{code}: {sig.message}".rstrip(": ")
                 self._state.message = f"replica {r.replica_id} failed on {r.node_id}{code}"
             elif phase == ReplicaPhase.COMPLETED:  # done: keep the record, release its room
@@ -666,4 +819,14 @@ class WorkloadWorkflow:
             manifest=state.manifest,
             epoch=state.epoch,
             owner=state.owner,
+            reschedules=list(state.reschedules),
         )
+
+
+def _crash_summary(event: RescheduleEvent) -> str:
+    """``crash-looping on n1 (3 crashes in 4.2s, exit code 1)``."""
+    code = "" if event.exit_code is None else f", exit code {event.exit_code}"
+    return (
+        f"crash-looping on {event.node_id} ({event.crashes} crash(es) in "
+        f"{event.over_seconds:g}s{code})"
+    )

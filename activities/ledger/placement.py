@@ -65,9 +65,13 @@ class _Plan:
 
 
 class PlacementActivities(LedgerBase):
-    def _request(self, spec: Workload, count: int) -> sched.PlacementRequest:
-        """The scheduler request for ``count`` replicas, weighed by the cluster's settings."""
-        return placement_request(spec, count, base_weights=self.scheduler.config.weights)
+    def _request(
+        self, spec: Workload, count: int, avoid: frozenset[str] = frozenset()
+    ) -> sched.PlacementRequest:
+        """The scheduler request for ``count`` replicas, weighed by the cluster's settings,
+        ruling out the ``avoid`` nodes."""
+        request = placement_request(spec, count, base_weights=self.scheduler.config.weights)
+        return dataclasses.replace(request, avoid_nodes=avoid) if avoid else request
 
     # ------------------------------------------------------------------ decisions
 
@@ -163,8 +167,14 @@ class PlacementActivities(LedgerBase):
     async def place_replicas(self, req: PlacementRequest) -> PlacementResult:
         """Decide on the node index, commit through the ledger, re-sync and retry on a
         conflicting plan; replicas that fit nowhere are registered as pending so the
-        ledger's next release or new node wakes the workload."""
+        ledger's next release or new node wakes the workload.
+
+        ``avoid_nodes`` (where the replicas crash-looped) is a soft anti-affinity: they are
+        placed elsewhere if anything fits, else decided again without it (and only then
+        may they preempt), since a node that crashed them beats no node at all.
+        """
         spec = req.manifest
+        avoid = frozenset(req.avoid_nodes)
         meta = workload_meta(spec)
         remaining = list(req.replica_ids)
         placements: list[Placement] = []
@@ -175,9 +185,14 @@ class PlacementActivities(LedgerBase):
         for attempt in range(MAX_PLAN_ATTEMPTS):
             index = await self.scheduler.current()
             version = self.scheduler.version
-            request = self._request(spec, len(remaining))
+            request = self._request(spec, len(remaining), avoid)
             decision, plan = self._decide(
-                request, index, remaining, req.resources, seed + attempt, req.allow_preemption
+                request,
+                index,
+                remaining,
+                req.resources,
+                seed + attempt,
+                req.allow_preemption and not avoid,
             )
             reason = decision.reason
             if plan.allocations:
@@ -223,6 +238,10 @@ class PlacementActivities(LedgerBase):
             if not remaining:
                 reason = ""
                 break
+            if avoid:  # nothing (more) fits elsewhere: the avoided nodes are better than none
+                activity.logger.info("%s: no room away from %s", req.workload, sorted(avoid))
+                avoid = frozenset()
+                continue
             # Nothing (more) fits: wait for room, unless the ledger moved since we decided.
             if await self._await_capacity(req.workload, req.resources, version):
                 break

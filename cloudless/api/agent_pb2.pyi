@@ -179,7 +179,7 @@ class ReplicaSpec(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[str] = ..., secret_env: _Optional[_Iterable[_Union[SecretEnvVar, _Mapping]]] = ..., secret_volumes: _Optional[_Iterable[_Union[SecretVolume, _Mapping]]] = ..., liveness_probe: _Optional[_Union[Probe, _Mapping]] = ..., readiness_probe: _Optional[_Union[Probe, _Mapping]] = ..., startup_probe: _Optional[_Union[Probe, _Mapping]] = ..., epoch: _Optional[int] = ..., working_dir: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id", "terminal", "restarts", "ready", "ready_message", "readiness_gated", "restart_reason", "epoch")
+    __slots__ = ("replica_id", "namespace", "workload", "runtime", "phase", "generation", "spec_hash", "runtime_id", "has_exit_code", "exit_code", "message", "started_at", "node_id", "terminal", "restarts", "ready", "ready_message", "readiness_gated", "restart_reason", "epoch", "crashes", "has_crash_exit_code", "crash_exit_code", "crash_reason", "crashed_at")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,11 @@ class ReplicaStatus(_message.Message):
     READINESS_GATED_FIELD_NUMBER: _ClassVar[int]
     RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CRASHES_FIELD_NUMBER: _ClassVar[int]
+    HAS_CRASH_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    CRASH_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    CRASH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CRASHED_AT_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     namespace: str
     workload: str
@@ -220,7 +225,12 @@ class ReplicaStatus(_message.Message):
     readiness_gated: bool
     restart_reason: str
     epoch: int
-    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., runtime_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., node_id: _Optional[str] = ..., terminal: _Optional[bool] = ..., restarts: _Optional[int] = ..., ready: _Optional[bool] = ..., ready_message: _Optional[str] = ..., readiness_gated: _Optional[bool] = ..., restart_reason: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    crashes: int
+    has_crash_exit_code: bool
+    crash_exit_code: int
+    crash_reason: str
+    crashed_at: float
+    def __init__(self, replica_id: _Optional[str] = ..., namespace: _Optional[str] = ..., workload: _Optional[str] = ..., runtime: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., spec_hash: _Optional[str] = ..., runtime_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., node_id: _Optional[str] = ..., terminal: _Optional[bool] = ..., restarts: _Optional[int] = ..., ready: _Optional[bool] = ..., ready_message: _Optional[str] = ..., readiness_gated: _Optional[bool] = ..., restart_reason: _Optional[str] = ..., epoch: _Optional[int] = ..., crashes: _Optional[int] = ..., has_crash_exit_code: _Optional[bool] = ..., crash_exit_code: _Optional[int] = ..., crash_reason: _Optional[str] = ..., crashed_at: _Optional[float] = ...) -> None: ...
 
 class RunReplicaRequest(_message.Message):
     __slots__ = ("spec",)

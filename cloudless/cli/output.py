@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudless.client import NodeDetails
-from cloudless.model import CandidateScore, LedgerNode, ReplicaPhase, ReplicaRecord, WorkloadStatus
+from cloudless.model import (
+    CandidateScore,
+    LedgerNode,
+    ReplicaPhase,
+    ReplicaRecord,
+    RescheduleEvent,
+    WorkloadStatus,
+)
 from cloudless.quantity import format_bytes, format_cpu
 from cloudless.workloads import readiness_gated
 
@@ -157,6 +164,30 @@ def nodes_table(items: Sequence[LedgerNode]) -> Table:
     return table
 
 
+def reschedule_lines(events: Sequence[RescheduleEvent]) -> list[str]:
+    """One line per crash loop the workload acted on, oldest first, e.g.
+    ``12:00:03Z  web-x1 crashed on n1 (exit 1) 3 times in 4.2s → rescheduled to n2 (web-y2)``.
+    """
+    lines = []
+    for e in events:
+        code = "" if e.exit_code is None else f" (exit {e.exit_code})"
+        times = "once" if e.crashes == 1 else f"{e.crashes} times"
+        crashed = f"{e.replica_id} crashed on {e.node_id}{code} {times}"
+        if e.crashes > 1:
+            crashed += f" in {e.over_seconds:.1f}s"
+        if e.held:
+            outcome = f"not rescheduled: {e.held}"
+        elif e.to_node:
+            outcome = f"rescheduled to {e.to_node} ({e.replacement})"
+        else:
+            outcome = f"rescheduling ({e.replacement} not placed yet)"
+        when = e.at.strftime("%Y-%m-%d %H:%M:%SZ")
+        lines.append(f"  {when}  {crashed} → {outcome}")
+        if e.reason:
+            lines.append(f"      last crash: {e.reason.splitlines()[0][:160]}")
+    return lines
+
+
 def print_workload(w: WorkloadStatus) -> None:
     console.print(f"[bold]Name:[/bold]       {w.namespace}/{w.name}")
     console.print(f"[bold]Phase:[/bold]      {w.phase.value}")
@@ -178,6 +209,11 @@ def print_workload(w: WorkloadStatus) -> None:
                 console.print(line, markup=False, highlight=False)
         else:
             console.print(f"  {r.replica_id}: pending: {r.message or 'not placed yet'}")
+    if w.reschedules:
+        console.print()
+        console.print("[bold]Crash loops:[/bold] (spec.reschedule)")
+        for line in reschedule_lines(w.reschedules):
+            console.print(line, markup=False, highlight=False)
 
 
 def print_node(d: NodeDetails) -> None:

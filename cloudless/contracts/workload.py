@@ -14,6 +14,7 @@ from cloudless.model import (
     ApplyInput,
     ApplyResult,
     CapacityAvailable,
+    ReplicaCrashed,
     ReplicaExited,
     ReplicaReadiness,
     ReplicasLost,
@@ -65,6 +66,8 @@ CAPACITY_AVAILABLE: Signal[CapacityAvailable] = Signal("capacity_available", Cap
 REPLICAS_PREEMPTED: Signal[ReplicasPreempted] = Signal("replicas_preempted", ReplicasPreempted)
 #: The agent gave up on a replica (failed, or completed under restartPolicy Never/OnFailure).
 REPLICA_EXITED: Signal[ReplicaExited] = Signal("replica_exited", ReplicaExited)
+#: A replica crashed on its node and its agent restarts it (sent for every crash).
+REPLICA_CRASHED: Signal[ReplicaCrashed] = Signal("replica_crashed", ReplicaCrashed)
 #: A replica's readiness changed (sent only on change).
 REPLICA_READINESS: Signal[ReplicaReadiness] = Signal("replica_readiness", ReplicaReadiness)
 
@@ -83,6 +86,7 @@ WORKFLOW: WorkflowType[WorkloadWorkflowInput, WorkloadStatus] = WorkflowType(
         CAPACITY_AVAILABLE,
         REPLICAS_PREEMPTED,
         REPLICA_EXITED,
+        REPLICA_CRASHED,
         REPLICA_READINESS,
     ),
 )
@@ -161,6 +165,9 @@ class WorkloadHandle:
     async def replica_exited(self, sig: ReplicaExited) -> None:
         await REPLICA_EXITED.send(self.handle, sig)
 
+    async def replica_crashed(self, sig: ReplicaCrashed) -> None:
+        await REPLICA_CRASHED.send(self.handle, sig)
+
     async def replica_readiness(self, sig: ReplicaReadiness) -> None:
         await REPLICA_READINESS.send(self.handle, sig)
 
@@ -171,6 +178,7 @@ __all__ = [
     "DELETE",
     "REPLICAS_LOST",
     "REPLICAS_PREEMPTED",
+    "REPLICA_CRASHED",
     "REPLICA_EXITED",
     "REPLICA_READINESS",
     "SCALE",

@@ -29,6 +29,8 @@ class RunReplicaResult(_Model):
     runtime_id: str = ""
     message: str = ""
     started_at: datetime | None = None
+    #: The exit code of a replica that exited right after its start (None: none).
+    exit_code: int | None = None
 
 
 class RunReplicasInput(_Model):

@@ -29,6 +29,8 @@ class PlacementRequest(_Model):
     allow_preemption: bool = True
     #: The workload run's owner token (``WorkloadState.owner``), carried by every plan.
     owner: int = 0
+    #: Nodes these replicas crash-looped on recently: used only if no other node fits.
+    avoid_nodes: list[str] = Field(default_factory=list)
 
 
 class Placement(_Model):

@@ -34,6 +34,21 @@ class ReplicaExited(_Model):
     message: str = ""
 
 
+class ReplicaCrashed(_Model):
+    """Signal to a workload: a replica crashed on its node (its agent restarts it).
+
+    ``crashes`` is the agent's running count for the replica, so a report repeated by
+    another gateway, or after a coordinator restart, adds nothing; a lower count than
+    the workload knows means the agent counts afresh (it was asked to run it again).
+    """
+
+    replica_id: str
+    node_id: str
+    crashes: int
+    exit_code: int | None = None
+    reason: str = ""
+
+
 class ReplicaReadiness(_Model):
     """Signal to a workload: a replica's readiness (its probes' verdict) changed."""
 
@@ -93,6 +108,42 @@ class ReplicaRecord(_Model):
     epoch: int = 0
     #: Its allocation went back to the ledger while the record stays (a Completed replica).
     released: bool = False
+    # Crash loops (``policies.reschedule``); every list is bounded by that module.
+    #: When it crashed on its node (workflow clock, Unix seconds), oldest first.
+    crash_times: list[float] = Field(default_factory=list)
+    #: The agent's running crash count last heard (``replica_crashed`` deduplicates by it).
+    crashes_reported: int = 0
+    #: The latest crash's exit code and reason, as its agent reported them.
+    crash_exit_code: int | None = None
+    crash_reason: str = ""
+    #: When its line of replicas was rescheduled (inherited from the one it replaced).
+    reschedule_times: list[float] = Field(default_factory=list)
+    #: Nodes its line crash-looped on recently; placement avoids them when it can.
+    avoid_nodes: list[str] = Field(default_factory=list)
+    #: The replica it replaced, rescheduled away from a crash loop ("" if none).
+    replaces: str = ""
+    #: Rescheduled: a replacement takes its place elsewhere; it goes once that is safe.
+    rescheduled: bool = False
+    #: Why it stays crash-looping on its node (its reschedule attempts are used up).
+    crash_loop: str = ""
+
+
+class RescheduleEvent(_Model):
+    """A crash loop the workload acted on: rescheduled elsewhere, or kept where it is."""
+
+    at: datetime
+    replica_id: str
+    node_id: str
+    #: Crashes counted in the failure window, and the seconds from the first to the last.
+    crashes: int
+    over_seconds: float = 0.0
+    exit_code: int | None = None
+    reason: str = ""  # the latest crash's, as the agent reported it
+    #: The replacement and where it was placed ("" until placed).
+    replacement: str = ""
+    to_node: str = ""
+    #: Not rescheduled: why (e.g. the attempts within the interval are used up).
+    held: str = ""
 
 
 class WorkloadStatus(_Model):
@@ -112,6 +163,8 @@ class WorkloadStatus(_Model):
     #: The owner token its reservations carry in the ledger (0: this run's chain never
     #: claimed the workload); the reaper compares the two.
     owner: int = 0
+    #: Recent crash-loop reschedules and holds, oldest first (bounded).
+    reschedules: list[RescheduleEvent] = Field(default_factory=list)
 
     @property
     def satisfied(self) -> int:
@@ -180,3 +233,8 @@ class WorkloadState(_Model):
     #: is refused and what such a run left behind is released. 0: never claimed (a run
     #: started before claims existed).
     owner: int = 0
+    #: Recent crash-loop reschedules and holds, oldest first (bounded; ``describe``).
+    reschedules: list[RescheduleEvent] = Field(default_factory=list)
+    #: When a crash-looping replica needs another look: its reschedule delay ends, or a
+    #: reschedule attempt frees up (workflow clock, Unix seconds; 0: none).
+    wake_at: float = 0.0

@@ -20,6 +20,9 @@ public surface. The modules, one concern each:
 * :mod:`~cloudless.spec.security`: ``SecurityContext`` and the Linux security modules.
 * :mod:`~cloudless.spec.text`: what text a runtime accepts (no NUL, valid Unicode; paths
   also without control characters), also used by the agent.
+* :mod:`~cloudless.spec.reschedule`: ``Reschedule``: when a crash-looping replica is
+  replaced on another node (thresholds, attempts, delays; decided by
+  :mod:`policies.reschedule`).
 * :mod:`~cloudless.spec.names`: naming rules (DNS labels and subdomains, label keys and
   values, env names, secret keys, audiences), also used by node enrolment and the
   SecretsService.
@@ -105,6 +108,7 @@ from cloudless.spec.probes import (
     Probe,
     TCPSocketAction,
 )
+from cloudless.spec.reschedule import Reschedule
 from cloudless.spec.resources import ResourceRequirements
 from cloudless.spec.security import (
     AppArmorProfile,
@@ -162,6 +166,7 @@ __all__ = [
     "Probe",
     "ProfileType",
     "Protocol",
+    "Reschedule",
     "ResourceRequirements",
     "RestartPolicy",
     "RuntimeClassName",

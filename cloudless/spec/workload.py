@@ -21,9 +21,11 @@ from cloudless.spec.container import ContainerSpec, _duplicates
 from cloudless.spec.limits import MAX_REPLICAS
 from cloudless.spec.names import DnsLabel, Labels
 from cloudless.spec.placement import Placement, PlacementStrategy
+from cloudless.spec.reschedule import Reschedule
 from cloudless.spec.resources import ResourceRequirements
 from cloudless.spec.security import SecurityContext
 from cloudless.spec.volumes import Volume, VolumeMount
+from policies.reschedule import ReschedulePolicy
 
 API_VERSION: Final = "cloudless.dev/v1"
 
@@ -134,6 +136,11 @@ class WorkloadSpec(_Model):
             return self.priority
         return PRIORITY_CLASSES[self.priority_class_name or "default"]
 
+    @property
+    def reschedule_policy(self) -> ReschedulePolicy:
+        """``reschedule`` as the decision module reads it (the defaults when unset)."""
+        return (self.reschedule or Reschedule()).to_policy()
+
     replicas: Replicas = Field(1, examples=[3])
     runtime: RuntimeName = Field("docker", examples=["docker"])
     restart_policy: RestartPolicy = Field("Always", examples=["Always"])
@@ -143,6 +150,12 @@ class WorkloadSpec(_Model):
     #: ready replacement (a drain or rollout on a full cluster): a count or "25%" of
     #: ``replicas`` (rounded down). Unset: no limit beyond ``min_available``.
     max_unavailable: MaxUnavailable | None = Field(None, examples=[1, "25%"])
+    #: When a crash-looping replica is replaced on another node (unset: the defaults of
+    #: :class:`~cloudless.spec.reschedule.Reschedule`). Left out of dumps while unset, so
+    #: manifests without it keep their spec hash.
+    reschedule: Reschedule | None = Field(
+        None, examples=[{"failures": 3, "failureWindow": "60s", "attempts": 3, "interval": "5m"}]
+    )
     container: ContainerSpec = Field(examples=[{"image": "cloudless/busybox:latest"}])
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, examples=[{"cpu": "100m", "memory": "64Mi"}]

@@ -18,6 +18,7 @@ from policies.scheduler.decide import (
 )
 from policies.scheduler.explain import format_candidates, format_decision
 from policies.scheduler.filters import (
+    AVOIDED_NODE,
     INSUFFICIENT_BANDWIDTH,
     INSUFFICIENT_CPU,
     INSUFFICIENT_GPU,
@@ -61,6 +62,7 @@ from policies.scheduler.request import (
 )
 
 __all__ = [
+    "AVOIDED_NODE",
     "DEFAULT_CONFIG",
     "FACTORS",
     "INSUFFICIENT_BANDWIDTH",

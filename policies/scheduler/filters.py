@@ -41,6 +41,7 @@ ZONE_MISMATCH = "zone mismatch"
 SELECTOR_MISMATCH = "node selector mismatch"
 UNTOLERATED_TAINT = "untolerated taint"
 NODE_AFFINITY_MISMATCH = "node affinity mismatch"
+AVOIDED_NODE = "replica crash-looped here recently"
 INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_CPU = "insufficient cpu"
 INSUFFICIENT_STORAGE = "insufficient storage"
@@ -133,6 +134,11 @@ def node_affinity(prep: Prepared) -> BoolArray | None:
     return ok
 
 
+def not_avoided(prep: Prepared) -> BoolArray | None:
+    """A replica moved away from a crash loop avoids the nodes it crashed on."""
+    return prep.avoid
+
+
 STATIC_FILTERS: tuple[tuple[str, StaticFilter], ...] = (
     (NOT_READY, node_ready),
     (RUNTIME_MISSING, runtime_available),
@@ -142,6 +148,7 @@ STATIC_FILTERS: tuple[tuple[str, StaticFilter], ...] = (
     (SELECTOR_MISMATCH, node_selector),
     (UNTOLERATED_TAINT, taints_tolerated),
     (NODE_AFFINITY_MISMATCH, node_affinity),
+    (AVOIDED_NODE, not_avoided),
 )
 
 

@@ -58,6 +58,8 @@ class Prepared:
     prefer_taints: UintArray | None
     weights: dict[str, float]
     scale: float
+    #: False on the nodes the request avoids (None: it avoids none).
+    avoid: BoolArray | None = None
 
 
 def prepare(request: PlacementRequest, index: NodeIndex, config: SchedulerConfig) -> Prepared:
@@ -88,7 +90,18 @@ def prepare(request: PlacementRequest, index: NodeIndex, config: SchedulerConfig
         prefer_taints=prefer,
         weights=weights,
         scale=100.0 / total_weight if total_weight > 0 else 0.0,
+        avoid=_avoid_mask(request, index, cols.n),
     )
+
+
+def _avoid_mask(request: PlacementRequest, index: NodeIndex, n: int) -> BoolArray | None:
+    if not request.avoid_nodes:
+        return None
+    ok = np.ones(n, dtype=np.bool_)
+    for node_id in request.avoid_nodes:
+        if node_id in index:
+            ok[index.slot(node_id)] = False
+    return ok
 
 
 def _lut(interner: Interner, names: frozenset[str]) -> BoolArray:

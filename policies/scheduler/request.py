@@ -289,6 +289,9 @@ class PlacementRequest:
     weights: Weights | None = None
     priority: int = 0
     sample_size: SampleSize = "auto"
+    #: Nodes ruled out for this request: where the replicas being placed crash-looped
+    #: recently. A hard filter here; the caller decides again without it if nothing fits.
+    avoid_nodes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.count < 0:

@@ -46,6 +46,7 @@ from cloudless.model import (
     NodeRecord,
     NodeStatus,
     NodeWorkflowInput,
+    ReplicaCrashed,
     ReplicaExited,
     ReplicaPhase,
     ReplicaReadiness,
@@ -256,6 +257,66 @@ async def stop_given_up(client: Client, queue: str, fake: StandIns) -> list[str]
     return [handle.id]
 
 
+async def failures(client: Client, queue: str, fake: StandIns) -> list[str]:
+    """Replicas that fail on their node: at their start (replaced once starts work again)
+    and by a failed exit their agent gave up on (replaced); delete."""
+    fake.start_phase = ReplicaPhase.FAILED
+    handle = await start_workload(client, queue, manifest(f"fail-{suffix()}", 2))
+    await until(handle, lambda s: s.phase == WorkloadPhase.DEGRADED)
+    fake.start_phase = ReplicaPhase.RUNNING
+    status = await until(handle, available)
+    failed = status.replicas[-1]
+    await wl.REPLICA_EXITED.send(
+        handle,
+        ReplicaExited(
+            replica_id=failed.replica_id,
+            node_id=failed.node_id,
+            phase=ReplicaPhase.FAILED,
+            exit_code=1,
+            message="exited with code 1",
+        ),
+    )
+    await until(
+        handle,
+        lambda s: available(s) and failed.replica_id not in {r.replica_id for r in s.replicas},
+    )
+    await wl.DELETE.execute(handle)
+    await handle.result()
+    return [handle.id]
+
+
+async def crash_loops(client: Client, queue: str, fake: StandIns) -> list[str]:
+    """Crash-loop rescheduling (``spec.reschedule``, patch ``crash-reschedule``): crash
+    reports (one repeated) move a replica to another node; a replica dying at its start
+    everywhere is moved until its attempts are used up and then held; with continue-as-new
+    carrying the crash history; delete."""
+    policy = {"failures": 2, "failureWindow": "60s", "attempts": 1, "interval": "10m"}
+    m = manifest(f"loop-{suffix()}", 1, reschedule={**policy, "delay": "0s"})
+    handle = await start_workload(client, queue, m, max_history_events=40)
+    (first,) = (await until(handle, available)).replicas
+    for count in (1, 1, 2):
+        await wl.REPLICA_CRASHED.send(
+            handle,
+            ReplicaCrashed(
+                replica_id=first.replica_id,
+                node_id=first.node_id,
+                crashes=count,
+                exit_code=1,
+                reason="exited with code 1",
+            ),
+        )
+    await until(handle, lambda s: available(s) and s.replicas[0].node_id != first.node_id)
+    fake.fail_on.update(fake.slots)  # from now on every start fails
+    up = await wl.SCALE.execute(handle, ScaleInput(replicas=2))
+    await until(
+        handle,
+        lambda s: s.generation == up.generation and any(r.crash_loop for r in s.replicas),
+    )
+    await wl.DELETE.execute(handle)
+    await handle.result()
+    return [handle.id]
+
+
 async def quiesce(handle: WorkflowHandle[NodeWorkflow, None]) -> None:
     """Wait until the latest run has finished its workflow tasks (a run just continued as
     new has not had one yet), so that terminating it cuts nothing short."""
@@ -422,6 +483,9 @@ SCENARIOS: dict[str, Scenario] = {
     "workload-lost-preempted-drained": lost_preempted_drained,
     "workload-completion": completion,
     "workload-stop-given-up": stop_given_up,
+    "workload-failures": failures,
+    # Recorded with the release after 0.1.0 (its code has the patch), never before it.
+    "workload-crash-loops": crash_loops,
     "node-lifecycle": node_lifecycle,
     "node-flap-hold": node_flap_hold,
     "node-continue-as-new": node_continue_as_new,

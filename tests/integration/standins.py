@@ -52,7 +52,9 @@ class StandIns:
     """A small cluster: ``slots`` replicas fit on each node; nodes in ``down`` take none.
 
     Placement spreads (fewest replicas first, then node id), so tests know where replicas
-    go. ``calls`` records every activity call, in order, as (activity name, input).
+    go; a request's ``avoid_nodes`` are used only when no other node has room, as the real
+    placement does. ``calls`` records every activity call, in order, as (activity name,
+    input).
     """
 
     slots: dict[str, int] = field(default_factory=lambda: {"n1": 2, "n2": 2})
@@ -62,6 +64,8 @@ class StandIns:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     #: What an agent answers to a start (Stopped: it exited at once with code 0).
     start_phase: ReplicaPhase = ReplicaPhase.RUNNING
+    #: Nodes where every start fails (the replica exits right after it, with code 1).
+    fail_on: set[str] = field(default_factory=set)
     #: ``wait_node_empty`` returns once this is set (set from the start).
     node_empty: asyncio.Event = field(default_factory=asyncio.Event)
     #: Nodes whose agent cannot be dialled: ``probe_agent`` and ``reconcile_node`` fail
@@ -93,7 +97,7 @@ class StandIns:
             if not free:
                 unplaced.append(rid)
                 continue
-            node = min(free, key=lambda n: (len(self.on(n)), n))
+            node = min(free, key=lambda n: (n in req.avoid_nodes, len(self.on(n)), n))
             self.allocated[rid] = node
             placements.append(Placement(replica_id=rid, node_id=node, address=f"{node}:7443"))
         reason = f"0/{len(self.slots)} nodes are available: no room" if unplaced else ""
@@ -118,8 +122,13 @@ class StandIns:
             outcomes=[
                 RunReplicaOutcome(
                     replica_id=r.replica_id,
-                    result=RunReplicaResult(
-                        phase=self.start_phase, runtime_id=f"rt-{r.replica_id}"
+                    result=RunReplicaResult(phase=self.start_phase, runtime_id=f"rt-{r.replica_id}")
+                    if r.node_id not in self.fail_on
+                    else RunReplicaResult(
+                        phase=ReplicaPhase.FAILED,
+                        runtime_id=f"rt-{r.replica_id}",
+                        message="exited right after start",
+                        exit_code=1,
                     ),
                 )
                 for r in batch.replicas

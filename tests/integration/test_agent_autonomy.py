@@ -151,3 +151,51 @@ async def test_desired_set_survives_an_agent_restart(tmp_path: Path) -> None:
     finally:
         for st in await driver.list():
             await driver.stop(st.replica_id, 1.0)
+
+
+async def test_every_crash_is_counted_and_reported_at_once(tmp_path: Path) -> None:
+    """Each crash the agent restarts is counted (exit code, reason, time), wakes the
+    heartbeat so the control plane hears of it now, and the count survives a restart of
+    the agent; a clean exit under OnFailure is no crash."""
+    driver = ExecDriver("auto-crash-report", tmp_path, settle_seconds=0.05)
+    woken: list[int] = []
+    sup = Supervisor(tmp_path, {"exec": driver}, on_crash=lambda: woken.append(1))
+    s = spec("default-auto-report", "auto-crash-report", "echo boom; exit 7")
+    start = float(math.ceil(time.monotonic()))
+    try:
+        before = time.time()
+        await driver.run(s)  # as RunReplica does: start it, then keep it running
+        sup.want("exec", "Always", s)
+        assert sup.crash_report(s.replica_id) is None
+        await _exited(driver, s.replica_id)
+        await sup.tick(start)  # the first crash: counted, reported, restarted at once
+        report = sup.crash_report(s.replica_id)
+        assert report is not None and report.crashes == 1 and woken == [1]
+        assert report.exit_code == 7 and "exited with code 7" in report.reason
+        await _exited(driver, s.replica_id)
+        await sup.tick(start + 0.5)  # it crashed again: counted before the backoff
+        report = sup.crash_report(s.replica_id)
+        assert report is not None and report.crashes == 2 and woken == [1, 1]
+        assert before <= report.at <= time.time()
+        again = Supervisor(tmp_path, {"exec": driver})
+        again.load()
+        reloaded = again.crash_report(s.replica_id)
+        assert reloaded is not None and reloaded.crashes == 2
+    finally:
+        for st in await driver.list():
+            await driver.stop(st.replica_id, 1.0)
+
+
+async def test_a_clean_exit_under_on_failure_is_no_crash(tmp_path: Path) -> None:
+    driver = ExecDriver("auto-clean", tmp_path, settle_seconds=0.0)
+    sup = Supervisor(tmp_path, {"exec": driver})
+    s = spec("default-auto-clean", "auto-clean", "exit 0")
+    try:
+        await driver.run(s)
+        sup.want("exec", "OnFailure", s)
+        await _exited(driver, s.replica_id)
+        await sup.tick(time.monotonic())
+        assert sup.crash_report(s.replica_id) is None
+    finally:
+        for st in await driver.list():
+            await driver.stop(st.replica_id, 1.0)

@@ -34,6 +34,7 @@ SMOKE: dict[str, list[str]] = {
     ],
     "outage_soak": ["--outage", "5"],
     "flood": ["--n", "20", "--rounds", "1", "--idle", "50"],
+    "crashloop_reschedule": ["--runs", "1"],
     "churn_latency": [
         *("--trials", "1", "--partition-trials", "1", "--pool", "2", "--replicas", "2"),
     ],

@@ -1,5 +1,6 @@
-"""The gateway turns heartbeat readiness into ``replica_readiness`` signals: only changes,
-deduplicated, nothing for healthy unprobed replicas or agents too old to report it."""
+"""The gateway turns heartbeats into workload signals: readiness as ``replica_readiness``
+(only changes, deduplicated, nothing for healthy unprobed replicas or agents too old to
+report it) and each new crash as ``replica_crashed``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from cloudless.api import agent_pb2, gateway_pb2
 from cloudless.contracts import workload
-from cloudless.model import ReplicaExited, ReplicaReadiness
+from cloudless.model import ReplicaCrashed, ReplicaExited, ReplicaReadiness
 from workers import liveness
 from workers.liveness import LivenessMonitor
 
@@ -117,3 +118,40 @@ def test_a_replica_seen_before_that_restarts_in_place_is_not_ready(
         monitor, replica("r1", False, "replica is Starting", False, phase="Starting")
     )
     assert not event.ready and event.message == "replica is Starting"
+
+
+def crashing(rid: str, crashes: int, **kw: Any) -> Any:
+    return replica(rid, True, gated=False, crashes=crashes, **kw)
+
+
+def test_every_new_crash_count_is_signalled_once(monitor: LivenessMonitor) -> None:
+    """Crashes ride the heartbeat as the agent's running count: each new count is one
+    ``replica_crashed`` signal with the latest exit code and reason, repeats are not."""
+    assert beat(monitor, crashing("r1", 0)) == []
+    [(name, event)] = beat(
+        monitor,
+        crashing("r1", 1, has_crash_exit_code=True, crash_exit_code=1, crash_reason="exited 1"),
+    )
+    assert name == workload.REPLICA_CRASHED.name
+    assert event == ReplicaCrashed(
+        replica_id="r1", node_id="n1", crashes=1, exit_code=1, reason="exited 1"
+    )
+    assert beat(monitor, crashing("r1", 1)) == []
+    [(_, event)] = beat(monitor, crashing("r1", 3, crash_reason="x" * 1000))  # two more
+    assert event.crashes == 3 and event.exit_code is None and len(event.reason) == 300
+
+
+def test_a_final_crash_is_signalled_as_the_exit(monitor: LivenessMonitor) -> None:
+    beat(monitor, crashing("r1", 9))
+    events = beat(monitor, crashing("r1", 10, terminal=True, phase="Failed"))
+    assert [name for name, _ in events] == [workload.REPLICA_EXITED.name]
+
+
+def test_crash_counts_of_replicas_no_longer_reported_are_forgotten(
+    monitor: LivenessMonitor,
+) -> None:
+    beat(monitor, crashing("r1", 2))
+    beat(monitor)  # the node runs nothing now
+    assert "n1" not in monitor._crashes
+    # Seen again (say, by a gateway that restarted): signalled; the workload deduplicates.
+    assert [e.crashes for _, e in beat(monitor, crashing("r1", 2))] == [2]

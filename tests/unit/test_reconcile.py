@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
@@ -22,15 +22,20 @@ from policies.reconcile import (
     Action,
     Create,
     Desired,
+    Hold,
     Place,
     Release,
     RemoveFailed,
     RemoveOutdated,
+    RemoveRescheduled,
+    Reschedule,
     Retire,
     ScaleDown,
     Settle,
     Stage,
     Start,
+    awaits_reschedule,
+    crash_decision,
     exit_outcome,
     fully_ready,
     is_current,
@@ -44,6 +49,7 @@ from policies.reconcile import (
     start_outcome,
     summarize,
 )
+from policies.reschedule import ReschedulePolicy, Verdict
 
 P = ReplicaPhase
 NEW, OLD = "new", "old"
@@ -62,6 +68,11 @@ class Rec:
     ready: bool | None = None
     released: bool = False
     lost: bool = False
+    crash_times: list[float] = field(default_factory=list)
+    reschedule_times: list[float] = field(default_factory=list)
+    rescheduled: bool = False
+    replaces: str = ""
+    crash_loop: str = ""
 
 
 def rec(rid: str, phase: ReplicaPhase = P.RUNNING, **kw: object) -> Rec:
@@ -77,6 +88,8 @@ def want(replicas: int = 3, **kw: object) -> Desired:
 
 
 def ids(action: Action) -> tuple[str, ...]:
+    if isinstance(action, Hold):
+        return tuple(rid for rid, _ in action.holds)
     assert not isinstance(action, Create | Settle)
     return action.replica_ids
 
@@ -274,9 +287,21 @@ def records(draw: st.DrawFn) -> list[Rec]:
                 ready=draw(st.none() | st.booleans()) if phase == P.RUNNING else None,
                 released=phase == P.COMPLETED and draw(st.booleans()),
                 lost=failed and draw(st.booleans()),
+                crash_times=draw(st.lists(st.sampled_from(CRASH_TIMES), max_size=5)),
+                reschedule_times=draw(st.lists(st.sampled_from(CRASH_TIMES), max_size=3)),
+                rescheduled=phase != P.COMPLETED and draw(st.integers(0, 4)) == 0,
+                crash_loop=draw(st.sampled_from(["", "", "attempts used up"])),
             )
         )
+    for r in out:  # some replicas replace others (a crash loop moved them)
+        if out and draw(st.integers(0, 3)) == 0:
+            r.replaces = draw(st.sampled_from(out)).replica_id
     return out
+
+
+#: Times on the simulation's clock (``NOW``): crashes just now, recently and long ago.
+NOW = 1000.0
+CRASH_TIMES = [NOW, NOW - 1, NOW - 2, NOW - 5, NOW - 30, NOW - 500]
 
 
 desireds = st.builds(
@@ -287,6 +312,17 @@ desireds = st.builds(
     max_unavailable=st.none() | st.integers(0, 4),
     readiness_gated=st.booleans(),
     completes=st.booleans(),
+    reschedule=st.none()
+    | st.builds(
+        ReschedulePolicy,
+        failures=st.integers(1, 4),
+        failure_window=st.sampled_from([10.0, 60.0]),
+        attempts=st.integers(0, 3),
+        interval=st.sampled_from([10.0, 300.0]),
+        delay=st.sampled_from([0.0, 3.0]),
+        max_delay=st.just(10.0),
+        unlimited=st.booleans(),
+    ),
 )
 
 
@@ -306,6 +342,8 @@ class Sim:
         self.desired = desired
         self.replicas = [replace(r) for r in replicas]  # the caller's records stay as given
         self.backoff = 0.0
+        self.now = NOW
+        self.wake_at = 0.0
         self.seq = itertools.count(len(replicas) + 100)
         self.log: list[tuple[Action, list[Rec]]] = []  # each action with the records it saw
 
@@ -317,7 +355,9 @@ class Sim:
                 if r.phase == P.RUNNING:
                     r.ready = True
         for stage in Stage:
-            for action in reconcile(stage, self.desired, self.replicas, backoff=self.backoff):
+            for action in reconcile(
+                stage, self.desired, self.replicas, backoff=self.backoff, now=self.now
+            ):
                 self.log.append((action, [replace(r) for r in self.replicas]))
                 actions.append(action)
                 self.execute(action, world, starts)
@@ -326,7 +366,28 @@ class Sim:
     def execute(self, action: Action, world: World, starts: Iterator[bool]) -> None:
         by_id = {r.replica_id: r for r in self.replicas}
         match action:
-            case RemoveFailed(rids) | ScaleDown(rids) | Retire(rids) | RemoveOutdated(rids):
+            case Reschedule(rids):
+                for rid in rids:
+                    r = by_id[rid]
+                    r.rescheduled = True
+                    self.replicas.append(
+                        Rec(
+                            f"r{next(self.seq)}",
+                            spec_hash=NEW,
+                            replaces=rid,
+                            reschedule_times=[*r.reschedule_times, self.now],
+                        )
+                    )
+            case Hold(holds):
+                for rid, reason in holds:
+                    by_id[rid].crash_loop = reason
+            case (
+                RemoveFailed(rids)
+                | ScaleDown(rids)
+                | Retire(rids)
+                | RemoveOutdated(rids)
+                | RemoveRescheduled(rids)
+            ):
                 gone = set(rids)
                 self.replicas[:] = [r for r in self.replicas if r.replica_id not in gone]
             case Create(count):
@@ -340,12 +401,15 @@ class Sim:
                     up = next(starts, True)
                     r = by_id[rid]
                     r.phase = start_outcome(self.desired, P.RUNNING if up else P.FAILED)
+                    if r.phase == P.FAILED:  # it died at its start: a crash on its node
+                        r.crash_times = [*r.crash_times, self.now]
                     r.ready = world.ready if self.desired.readiness_gated else None
             case Release(rids):
                 for rid in rids:
                     by_id[rid].released = True
-            case Settle(backoff, _):
+            case Settle(backoff, _, wake_at):
                 self.backoff = backoff
+                self.wake_at = wake_at
 
 
 worlds = st.builds(
@@ -354,6 +418,9 @@ worlds = st.builds(
     starts=st.lists(st.booleans(), max_size=10),
     ready=st.booleans(),
 )
+
+
+REMOVALS = (RemoveFailed, ScaleDown, Retire, RemoveOutdated, RemoveRescheduled)
 
 
 def available(desired: Desired, replicas: Sequence[Rec]) -> int:
@@ -377,8 +444,17 @@ def test_every_action_refers_to_live_distinct_records(
             continue
         assert len(set(ids(action))) == len(ids(action)), action
         assert set(ids(action)) <= live, action
-        if isinstance(action, RemoveFailed | ScaleDown | Retire | RemoveOutdated):
+        if isinstance(action, REMOVALS):
             removed += ids(action)
+        if isinstance(action, Reschedule):  # only current replicas the policy says to move
+            for r in seen:
+                if r.replica_id in action.replica_ids:
+                    decision = crash_decision(desired, r, NOW)
+                    assert decision is not None and decision.verdict == Verdict.NOW, (r, decision)
+        if isinstance(action, RemoveFailed):  # a crash failure waits for its reschedule
+            assert not any(
+                awaits_reschedule(desired, r) for r in seen if r.replica_id in action.replica_ids
+            )
         if isinstance(action, Place):
             assert all(r.phase == P.PENDING for r in seen if r.replica_id in ids(action))
         if isinstance(action, Start):
@@ -412,6 +488,23 @@ def test_never_retires_below_min_available_without_a_ready_replacement(
                 if desired.max_unavailable is not None:
                     assert desired.replicas - after <= desired.max_unavailable
             assert all(not is_current(desired, r) for r in seen if r.replica_id in gone)
+        if isinstance(action, RemoveRescheduled):
+            gone = set(action.replica_ids)
+            kept = [r for r in seen if r.replica_id not in gone]
+            ready_replacements = {r.replaces for r in kept if is_ready(desired, r)}
+            costly = [
+                r
+                for r in seen
+                if r.replica_id in gone
+                and is_ready(desired, r)
+                and r.replica_id not in ready_replacements
+            ]
+            if costly:  # serving replicas went without a ready replacement: within budget
+                after = available(desired, kept)
+                assert after >= desired.min_available, (action, seen)
+                if desired.max_unavailable is not None:
+                    assert desired.replicas - after <= desired.max_unavailable, (action, seen)
+            assert all(r.rescheduled for r in seen if r.replica_id in gone)
         if isinstance(action, RemoveOutdated):
             current = [r for r in seen if is_current(desired, r)]
             assert len(current) >= desired.replicas
@@ -469,6 +562,7 @@ def test_converges_to_the_desired_count_of_live_current_replicas(
     for world in bad_luck:
         sim.run_pass(world)
     good = World(fits=100, starts=[], ready=True)
+    sim.now = NOW + 10_000  # a long healthy run: crash and reschedule history ages out
     for _ in range(3):
         sim.run_pass(good)
     assert all(is_current(desired, r) for r in sim.replicas)

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from policies.scheduler import (
+    AVOIDED_NODE,
     INSUFFICIENT_BANDWIDTH,
     INSUFFICIENT_CPU,
     INSUFFICIENT_GPU,
@@ -187,6 +188,21 @@ def test_many_taints_span_several_bitset_words() -> None:
     assert first_failure(tolerate_last, index, "a") == UNTOLERATED_TAINT
     assert first_failure(tolerate_last, index, "b") is None
     assert first_failure(tolerate_last, index, "c") is None
+
+
+def test_avoided_nodes_are_ruled_out_and_counted() -> None:
+    """A replica moved away from a crash loop avoids the nodes it crashed on (the
+    placement activity decides again without them when nothing else fits)."""
+    index = cluster(node("a"), node("b"), node("c", state="Suspect"))
+    away = req(avoid_nodes=frozenset({"a", "gone"}))  # an unknown node is simply ignored
+    assert first_failure(away, index, "a") == AVOIDED_NODE
+    assert first_failure(away, index, "b") is None
+    assert schedule(away, index).node_ids == ("b",)
+    stuck = schedule(req(avoid_nodes=frozenset({"a", "b"})), index)
+    assert stuck.node_ids == ()
+    assert stuck.reason == (
+        "0/3 nodes are available: 2 replica crash-looped here recently, 1 node not ready"
+    )
 
 
 LABELS = {"device": "pc", "cores": "16", "name": "box"}
@@ -426,7 +442,8 @@ def test_reason_strings_are_stable() -> None:
         "insufficient memory",
         "insufficient storage",
     )
-    assert len(set(REASONS)) == len(REASONS) == 16
+    assert AVOIDED_NODE == "replica crash-looped here recently"
+    assert len(set(REASONS)) == len(REASONS) == 17
 
 
 def test_filtered_counts_for_the_first_replica() -> None:

@@ -37,6 +37,7 @@ EXPECTED_EXPORTS = [
     "Probe",
     "ProfileType",
     "Protocol",
+    "Reschedule",
     "ResourceRequirements",
     "RestartPolicy",
     "RuntimeClassName",
