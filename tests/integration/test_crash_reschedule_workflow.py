@@ -18,6 +18,7 @@ from cloudless.model import (
     ReplicaRecord,
     ScaleInput,
     WorkloadPhase,
+    WorkloadStatus,
 )
 from tests.conftest import unique
 from tests.integration.standins import StandIns, fresh_queue, worker
@@ -143,9 +144,17 @@ async def test_the_reschedule_waits_for_its_delay(temporal_env: WorkflowEnvironm
         handle = await start(client, queue, manifest(unique("loop"), 1, reschedule=policy))
         (first,) = (await settled(handle, 1)).replicas
         await crash(handle, first, range(1, 4))
+
+        def crashed_thrice(s: WorkloadStatus) -> bool:
+            mine = [r for r in s.replicas if r.replica_id == first.replica_id]
+            return bool(mine and len(mine[0].crash_times) >= 3)
+
+        # Read the third crash's time while the replica is still there (the delay holds it;
+        # once rescheduled, the old record may already be gone).
+        status = await until(client, handle.id, crashed_thrice)
+        (old,) = [r for r in status.replicas if r.replica_id == first.replica_id]
         status = await until(client, handle.id, lambda s: bool(s.reschedules))
         (event,) = status.reschedules
-        old = next(r for r in status.replicas if r.replica_id == first.replica_id)
         # Timed on the workflow's clock: at least the delay after the third crash.
         assert event.at.timestamp() - old.crash_times[-1] >= 2.0
         await wl.DELETE.execute(handle)
