@@ -101,7 +101,10 @@ def placement_request(
     """The scheduler's view of ``count`` replicas of the workload (pure translation).
 
     The workload's own ``placement.weights`` override ``base_weights`` (the cluster's) factor
-    by factor; without its own weights the request leaves them to the cluster config."""
+    by factor; without its own weights the request leaves them to the cluster config.
+    ``replicas`` and ``minAvailable`` travel with it: they set the per-node cap (no node
+    above ``replicas - minAvailable`` of the workload while others have room) and the default
+    replica spreading, whatever ``count`` this decision places."""
     spec = w.spec
     p = spec.placement
     node_affinity = sched.NodeAffinity()
@@ -166,6 +169,8 @@ def placement_request(
         weights=weights,
         priority=spec.effective_priority,
         sample_size=sample_size,
+        replicas=spec.replicas,
+        min_available=spec.min_available,
     )
 
 

@@ -10,7 +10,8 @@ DoNotSchedule zone spread and a ScheduleAnyway region spread, preferred node and
 Measured (after warm-up; each sample is one ``schedule()`` call on a fresh request):
 
 - single-replica decision P50/P95/P99 per size, default sampling and full scan;
-- a 100-replica batch at 5k nodes;
+- a 100-replica batch at 5k nodes, with the full policy and with none (only the per-node
+  cap and the default replica spreading a plain multi-replica workload gets);
 - the sample's score gap: full-scan best minus the sampled pick, in score points (0..100);
 - baseline in the same run: ``bench.naive_placer.place`` (the plain-Python loop the scheduler
   replaced, over node objects, with a simpler policy) at 5k nodes, as the ratio's denominator;
@@ -372,6 +373,36 @@ def bench_size(n: int, args: argparse.Namespace, largest: bool) -> list[dict[str
             results.append(
                 summarize(
                     f"schedule, full policy, 100-replica batch, {mode}, {label}",
+                    "ms",
+                    samples,
+                    {**params, "replicas": 100},
+                )
+            )
+
+        # The common case: a workload of 100 replicas with no constraints of its own, as
+        # placement_request builds it (its totals set the per-node cap and the default
+        # replica spreading).
+        plain = [
+            PlacementRequest(
+                count=100,
+                resources=Resources(cpu_millis=100, memory_bytes=64 * MI),
+                workload_key=w,
+                workload_labels={"app": w.split("/", 1)[1]},
+                replicas=100,
+            )
+            for w in workloads[:20]
+        ]
+        for mode, reqs in (
+            ("sampled", plain),
+            ("full scan", [dataclasses.replace(r, sample_size=None) for r in plain]),
+        ):
+            samples = timed(
+                lambda i, rs=reqs: schedule(rs[i % 20], index, rng_seed=i), args.batch_runs, 3
+            )
+            results.append(
+                summarize(
+                    f"schedule, no constraints (per-node cap, replica spread), "
+                    f"100-replica batch, {mode}, {label}",
                     "ms",
                     samples,
                     {**params, "replicas": 100},

@@ -225,6 +225,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "workload_affinity": 0.2,
     "topology_spread": 0.2,
     "taint_toleration": 0.1,
+    # Fewer of this workload's own replicas on the node and in its zone (the default
+    # spreading of a multi-replica workload without spread constraints of its own).
+    "replica_spread": 0.2,
 }
 SCORE_FACTORS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 

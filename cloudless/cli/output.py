@@ -118,6 +118,7 @@ FACTOR_LABELS = {
     "workload_affinity": "waff",
     "topology_spread": "sprd",
     "taint_toleration": "taint",
+    "replica_spread": "rspr",
 }
 
 

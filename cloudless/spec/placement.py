@@ -235,6 +235,7 @@ class ScoreWeights(_Model):
     workload_affinity: ScoreWeight | None = Field(None, examples=[0.2])
     topology_spread: ScoreWeight | None = Field(None, examples=[0.2])
     taint_toleration: ScoreWeight | None = Field(None, examples=[0.1])
+    replica_spread: ScoreWeight | None = Field(None, examples=[0.2])
 
 
 def _empty(value: object) -> bool:

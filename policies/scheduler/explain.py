@@ -25,6 +25,7 @@ FACTOR_LABELS: Mapping[str, str] = {
     "workload_affinity": "waff",
     "topology_spread": "sprd",
     "taint_toleration": "taint",
+    "replica_spread": "rspr",
 }
 
 
@@ -42,6 +43,11 @@ def format_decision(decision: Decision, *, candidates: bool = True) -> list[str]
         lines.append(
             f"sample gap: {decision.score_gap:.2f} below the full scan's best "
             f"{decision.full_scan_best:.2f}"
+        )
+    if decision.node_cap is not None:
+        lines.append(
+            f"per-node cap: {decision.node_cap} replica(s) of this workload while other "
+            "feasible nodes have fewer"
         )
     if decision.weights:
         weights = ", ".join(f"{name} {w:g}" for name, w in decision.weights.items())

@@ -11,8 +11,11 @@ Rules, as in the Kubernetes default preemption:
 - on each node start from "evict every lower-priority replica", then spare (reprieve) them
   one by one, highest priority first, while the request still fits. The result is minimal:
   no remaining victim can be spared;
-- among nodes, prefer the lowest highest-victim priority, then fewest victims, then the
-  lowest sum of victim priorities, then the node id.
+- among nodes, prefer one under the workload's per-node cap
+  (:meth:`~policies.scheduler.request.PlacementRequest.node_cap`), or else holding the
+  fewest of its replicas, as a placement without preemption would; then the lowest
+  highest-victim priority, then fewest victims, then the lowest sum of victim priorities,
+  then the node id.
 """
 
 from __future__ import annotations
@@ -88,7 +91,16 @@ def plan_preemption(
             by_node.setdefault(slot, []).append(replica)
     cols = prep.cols
     need = request.resources.as_tuple()
-    best: tuple[tuple[int, int, int, str], PreemptionPlan] | None = None
+    cap, own = acc.node_cap, acc.own_node
+
+    def over_cap(slot: int) -> int:
+        """0 under the cap, else how far at or above it (fewer is better)."""
+        if cap is None or own is None:
+            return 0
+        held = int(own.counts[own.dom[int(np.searchsorted(slots, slot))]])
+        return max(0, held - cap + 1)
+
+    best: tuple[tuple[int, int, int, int, str], PreemptionPlan] | None = None
     for slot, candidates in by_node.items():
         free = [
             int(c) - int(a)
@@ -100,6 +112,7 @@ def plan_preemption(
         node_id = cols.node_ids[slot]
         assert node_id is not None
         key = (
+            over_cap(slot),
             max(v.priority for v in victims),
             len(victims),
             sum(v.priority for v in victims),

@@ -142,6 +142,8 @@ def _effective_weights(
         ),
         "topology_spread": any(c.when_unsatisfiable == "ScheduleAnyway" for c in request.spread),
         "taint_toleration": prefer_taints,
+        # Kubernetes' default constraints: only for a workload without constraints of its own.
+        "replica_spread": request.multi_replica and not request.spread,
     }
     return {f: (weights[f] if applies.get(f, True) else 0.0) for f in FACTORS}
 
@@ -192,10 +194,21 @@ class DomainTerm:
     ``dom[j]`` is the domain code of feasible node ``j`` (for the ``node`` key, ``j``
     itself); ``counts`` is indexed by domain code. Placing a replica that matches
     (``self_match``) bumps its domain, which is all a batch needs to keep affinity and
-    spread exact between picks.
+    spread exact between picks. The minimum over eligible domains is cached and kept
+    between picks: it can only move when the last domain at it is bumped.
     """
 
-    __slots__ = ("counts", "dom", "eligible", "has_domain", "key", "self_match", "total")
+    __slots__ = (
+        "_at_min",
+        "_min",
+        "counts",
+        "dom",
+        "eligible",
+        "has_domain",
+        "key",
+        "self_match",
+        "total",
+    )
 
     def __init__(
         self,
@@ -212,8 +225,14 @@ class DomainTerm:
         self.has_domain = has_domain
         self.self_match = 1 if self_match else 0
         self.total = total
-        self.eligible: BoolArray = np.zeros(len(counts), dtype=np.bool_)
-        self.eligible[dom if has_domain is None else dom[has_domain]] = True
+        self.eligible: BoolArray
+        if key == "node":  # one domain per feasible node
+            self.eligible = np.ones(len(counts), dtype=np.bool_)
+        else:
+            self.eligible = np.zeros(len(counts), dtype=np.bool_)
+            self.eligible[dom if has_domain is None else dom[has_domain]] = True
+        self._min: int | None = None
+        self._at_min = 0
 
     def at(self, idx: IntArray | None) -> IntArray:
         """Matching replicas in the domain of each feasible node ``idx`` (None: all)."""
@@ -228,13 +247,24 @@ class DomainTerm:
 
     def minimum(self) -> int:
         """Fewest matching replicas over the eligible domains (those with a feasible node)."""
-        eligible = self.counts[self.eligible]
-        return int(eligible.min()) if len(eligible) else 0
+        if self._min is None:
+            eligible = self.counts[self.eligible]
+            if not len(eligible):
+                return 0
+            low = int(eligible.min())
+            self._min, self._at_min = low, int(np.count_nonzero(eligible == low))
+        return self._min
 
     def add(self, j: int) -> None:
         if self.self_match and (self.has_domain is None or self.has_domain[j]):
-            self.counts[self.dom[j]] += 1
+            d = self.dom[j]
+            before = self.counts[d]
+            self.counts[d] = before + 1
             self.total += 1
+            if before == self._min and self.eligible[d]:
+                self._at_min -= 1
+                if not self._at_min:
+                    self._min = None  # the last domain at the minimum moved up
 
 
 @dataclass
@@ -292,6 +322,23 @@ class Accounting:
         self.zone_spread: DomainTerm | None = None
         if req.strategy == "zone-spread":
             self.zone_spread = builder.term(None, "zone", own, zoneless_is_domain=True)
+        # This workload's own replicas per node (the per-node cap and the default spreading)
+        # and per zone (the default spreading).
+        self.node_cap = req.node_cap()
+        spreads = prep.weights["replica_spread"] > 0
+        self.own_node: DomainTerm | None = None
+        self.own_zone: DomainTerm | None = None
+        if self.node_cap is not None or spreads:
+            self.own_node = builder.term(None, "node", own)
+            held = self.own_node.counts
+            if self.node_cap is not None and (
+                (int(held.max()) if len(held) else 0) + req.count <= self.node_cap
+            ):
+                self.node_cap = None  # no node can reach the cap in this decision
+                if not spreads:
+                    self.own_node = None
+        if spreads:
+            self.own_zone = builder.term(None, "zone", own, zoneless_is_domain=True)
         self.terms: list[DomainTerm] = [
             *self.affinity,
             *self.anti_affinity,
@@ -300,6 +347,7 @@ class Accounting:
             *(s.term for s in self.spread_hard),
             *(s.term for s in self.spread_soft),
             *([self.zone_spread] if self.zone_spread is not None else []),
+            *(t for t in (self.own_node, self.own_zone) if t is not None),
         ]
 
     def set_cost_range(self, feasible: IntArray) -> None:
@@ -310,6 +358,13 @@ class Accounting:
         cost = self.prep.cols.cost[self.slots[feasible]]
         if len(cost):
             self.cost_min, self.cost_max = float(cost.min()), float(cost.max())
+
+    @property
+    def own_only(self) -> bool:
+        """Whether the workload's own counts (the cap, the default spreading) are the only
+        domain terms: no filter then depends on what a pick places."""
+        own = [t for t in (self.own_node, self.own_zone) if t is not None]
+        return bool(own) and len(self.terms) == len(own)
 
     @property
     def domain_dependent(self) -> bool:
@@ -331,6 +386,7 @@ class _TermBuilder:
         self.index = index
         self.slots = slots
         self._node_space: IntArray | None = None
+        self._dom: dict[str, tuple[IntArray, BoolArray]] = {}
 
     def term(
         self,
@@ -350,14 +406,32 @@ class _TermBuilder:
         total = int(cnt.sum())
         cols = self.prep.cols
         if key == "node":
-            per_slot = np.bincount(pos, weights=cnt, minlength=cols.n).astype(np.int64)
-            counts = per_slot[self.slots]
+            if len(pos) * 16 < len(self.slots):
+                # Replicas on few of the nodes: place them into S directly (``slots`` is
+                # sorted) instead of counting over every slot and gathering.
+                counts = np.zeros(len(self.slots), dtype=np.int64)
+                at = np.searchsorted(self.slots, pos)
+                inside = at < len(self.slots)
+                inside[inside] = self.slots[at[inside]] == pos[inside]
+                np.add.at(counts, at[inside], np.asarray(cnt, dtype=np.int64)[inside])
+            else:
+                per_slot = np.bincount(pos, weights=cnt, minlength=cols.n).astype(np.int64)
+                counts = per_slot[self.slots]
             return DomainTerm(key, self._node_dom(), counts, None, self_match, total)
         column, interner = (cols.zone, cols.zones) if key == "zone" else (cols.region, cols.regions)
         counts = np.bincount(column[pos], weights=cnt, minlength=len(interner)).astype(np.int64)
-        dom = column[self.slots].astype(np.int64)
-        has = None if zoneless_is_domain else dom != 0
+        dom, has = self._domains(key, column, zoneless_is_domain)
         return DomainTerm(key, dom, counts, has, self_match, total)
+
+    def _domains(
+        self, key: TopologyKey, column: npt.NDArray[np.int32], zoneless_is_domain: bool
+    ) -> tuple[IntArray, BoolArray | None]:
+        """Domain codes of the feasible nodes (shared by every term of the key; read-only)."""
+        found = self._dom.get(key)
+        if found is None:
+            dom = column[self.slots].astype(np.int64)
+            found = self._dom[key] = (dom, dom != 0)
+        return found[0], None if zoneless_is_domain else found[1]
 
     def _node_dom(self) -> IntArray:
         if self._node_space is None:

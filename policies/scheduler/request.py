@@ -30,6 +30,7 @@ SampleSize: TypeAlias = int | Literal["auto"] | None
 STRATEGIES: tuple[Strategy, ...] = ("binpack", "spread", "zone-spread")
 TOPOLOGY_KEYS: tuple[TopologyKey, ...] = ("node", "zone", "region")
 
+
 @dataclass(frozen=True)
 class Taint:
     """A node repels replicas that do not tolerate this (key, value, effect)."""
@@ -222,6 +223,7 @@ class Weights:
     workload_affinity: float = DEFAULT_WEIGHTS["workload_affinity"]
     topology_spread: float = DEFAULT_WEIGHTS["topology_spread"]
     taint_toleration: float = DEFAULT_WEIGHTS["taint_toleration"]
+    replica_spread: float = DEFAULT_WEIGHTS["replica_spread"]
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -268,6 +270,12 @@ class PlacementRequest:
     ``zones``/``regions``/``node_selector``/``node_affinity.required`` restrict nodes;
     ``locality`` only prefers. ``workload_key`` names the workload in the index's replica
     counts (e.g. ``namespace/name``) and ``workload_labels`` are what selectors match.
+
+    ``replicas`` and ``min_available`` are the workload's desired totals (``count`` is only
+    what this decision places, e.g. one replacement); they set the per-node cap of
+    :meth:`node_cap` and whether the default replica spreading applies. ``replicas=None``
+    (totals unknown, as in a bare scheduler call) leaves only ``spread``'s cap: a request
+    never means something else because of how many replicas one decision places.
     """
 
     count: int = 1
@@ -292,10 +300,16 @@ class PlacementRequest:
     #: Nodes ruled out for this request: where the replicas being placed crash-looped
     #: recently. A hard filter here; the caller decides again without it if nothing fits.
     avoid_nodes: frozenset[str] = frozenset()
+    replicas: int | None = None
+    min_available: int | None = None
 
     def __post_init__(self) -> None:
         if self.count < 0:
             raise ValueError(f"count must be >= 0, got {self.count}")
+        for name in ("replicas", "min_available"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if isinstance(self.sample_size, int) and self.sample_size < 1:
@@ -303,6 +317,30 @@ class PlacementRequest:
 
     def tolerates(self, taint: Taint) -> bool:
         return any(t.tolerates(taint) for t in self.tolerations)
+
+    @property
+    def multi_replica(self) -> bool:
+        """Whether the workload is known to want more than one replica."""
+        return self.replicas is not None and self.replicas > 1
+
+    def node_cap(self) -> int | None:
+        """Most replicas of this workload one node should hold while others have room.
+
+        ``spread``: 1, so every feasible node gets one before any gets a second. Otherwise
+        ``replicas - minAvailable`` (at least 1), so losing one node never takes more than
+        the disruption budget (CLD-REQ-030); an unset ``minAvailable`` counts as 1, so no
+        multi-replica workload lands on one node alone. ``None`` when it cannot bind (a
+        single replica, ``minAvailable: 0``, or totals unknown). Never a reason to stay
+        Pending: when no feasible node is under the cap, the nodes holding the fewest
+        replicas are allowed (see ``decide.py``).
+        """
+        if self.strategy == "spread":
+            return 1
+        if self.replicas is None or self.replicas <= 1:
+            return None
+        keep = 1 if self.min_available is None else self.min_available
+        cap = max(1, self.replicas - keep)
+        return None if cap >= self.replicas else cap
 
 
 def _check_weight(weight: int) -> None:

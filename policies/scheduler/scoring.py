@@ -24,6 +24,10 @@ from policies.scheduler.prepare import Accounting, Prepared, term_mask
 CHURN_HALF = 3.0
 #: Latency (ms) at which the network factor is 0.5.
 LATENCY_REF_MS = 50.0
+#: Default replica spreading: how soft each step above the fewest replicas is, per node and
+#: per zone (Kubernetes' default constraints use maxSkew 3 on hostname and 5 on zone).
+NODE_SOFTNESS = 3.0
+ZONE_SOFTNESS = 5.0
 #: In zone-spread, the share of the utilization factor given to "fewer replicas in my zone";
 #: above 0.5 so one replica less in a zone outweighs any difference in node fullness.
 ZONE_SHARE = 0.75
@@ -143,6 +147,22 @@ def utilization(acc: Accounting, idx: IntArray | None) -> FloatArray:
     return result
 
 
+def utilization_at(acc: Accounting, j: int) -> float:
+    """:func:`utilization` of one feasible node ``j`` in plain floats (a pick's refresh).
+
+    Same operations in the same order as the vectorized form, so the same value; for
+    zone-spread, whose value depends on the zone's count, it defers to the vector form.
+    """
+    if acc.zone_spread is not None and acc.prep.request.strategy == "zone-spread":
+        return float(utilization(acc, np.asarray([j], dtype=np.int64)).item(0))
+    demand = acc.prep.demand
+    total = 0.0
+    for d in (CPU, MEMORY):
+        total += (acc.used[d].item(j) + demand.item(d)) / max(acc.capacity[d].item(j), 1)
+    fullness = min(max(total / 2.0, 0.0), 1.0)
+    return fullness if acc.prep.request.strategy == "binpack" else 1.0 - fullness
+
+
 def _closeness_to_min(counts: IntArray, minimum: int) -> FloatArray:
     """1 for a domain at the minimum count, 1/2 one above, 1/3 two above, ..."""
     result: FloatArray = 1.0 / (1.0 + np.maximum(counts - minimum, 0))
@@ -187,8 +207,34 @@ def topology_spread(acc: Accounting, idx: IntArray | None) -> FloatArray:
     return score
 
 
+def own_node_closeness(acc: Accounting, idx: IntArray | None) -> FloatArray:
+    """The node term of :func:`replica_spread`."""
+    node = acc.own_node
+    assert node is not None
+    result: FloatArray = NODE_SOFTNESS / (
+        NODE_SOFTNESS + np.maximum(node.at(idx) - node.minimum(), 0)
+    )
+    return result
+
+
+def replica_spread(acc: Accounting, idx: IntArray | None) -> FloatArray:
+    """Default spreading of a workload's own replicas: mean of a node and a zone term.
+
+    Each term is ``s / (s + count - min)``: 1 where the node (zone) holds the fewest of this
+    workload's replicas, then gently lower per replica above that (``s`` =
+    :data:`NODE_SOFTNESS`, :data:`ZONE_SOFTNESS`), so it shapes bin-packing rather than
+    overriding it. Zoneless nodes form one domain of their own.
+    """
+    zone = acc.own_zone
+    assert zone is not None
+    zone_term = ZONE_SOFTNESS / (ZONE_SOFTNESS + np.maximum(zone.at(idx) - zone.minimum(), 0))
+    result: FloatArray = (own_node_closeness(acc, idx) + zone_term) / 2.0
+    return result
+
+
 #: Factors that change when a batch places a replica in the same topology domain.
 DOMAIN_FACTORS: tuple[tuple[str, DynamicFactor], ...] = (
     ("workload_affinity", workload_affinity),
     ("topology_spread", topology_spread),
+    ("replica_spread", replica_spread),
 )

@@ -132,8 +132,12 @@ async def test_higher_priority_preempts_lower_and_victims_move(
         },
         "weights": {"node_affinity": 10},
     }
+    # minAvailable 0: both replicas may share a node (else at most one per node while
+    # others have room), so both go to the edge they prefer.
     await client.apply(
-        sleeper(low, 2, cpu="400m", priorityClassName="low", placement=prefers_edge),
+        sleeper(
+            low, 2, cpu="400m", priorityClassName="low", placement=prefers_edge, minAvailable=0
+        ),
         wait=True,
         timeout=60,
     )
@@ -350,9 +354,9 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
         stored = await client.scheduler_settings()
         assert stored.weights == {"cost": 0.0, "reliability": 0.9} and stored.sample_min == 1
         after = await explained_until("reliability 0.9")
-        assert "reliability 0.9" in after and "cost" not in after.split("weights:")[1].split(
-            "\n"
-        )[0], after
+        assert (
+            "reliability 0.9" in after and "cost" not in after.split("weights:")[1].split("\n")[0]
+        ), after
         assert "1 scored" in after, after  # max(1, 1% of 3 feasible) nodes scored
         shown = await asyncio.to_thread(cli, "scheduler", "show")
         assert shown.exit_code == 0 and "reliability" in shown.output and "(set)" in shown.output
@@ -360,9 +364,9 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
         own = sleeper(unique("own"), 1, placement={"weights": {"reliability": 0.1}})
         path.write_text(yaml.safe_dump(own.to_manifest()))
         mine = await explained_until("reliability 0.1")
-        assert "reliability 0.1" in mine and "cost" not in mine.split("weights:")[1].split(
-            "\n"
-        )[0], mine
+        assert (
+            "reliability 0.1" in mine and "cost" not in mine.split("weights:")[1].split("\n")[0]
+        ), mine
     finally:
         reset = await asyncio.to_thread(cli, "scheduler", "set", "--reset")
         assert reset.exit_code == 0, reset.output
