@@ -1,11 +1,13 @@
 """Activities for membership changes: tell workloads a node is lost, reconcile a
-returning node's replicas against what the control plane wants there, and retire a
-removed node."""
+returning node's replicas against what the control plane wants there, retire a removed
+node, and find what an ended workload run left on the cluster (for the run that tears it
+down)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from datetime import timedelta
 
 import grpc
 from temporalio import activity
@@ -17,15 +19,31 @@ from activities.agents import translate_rpc_error
 from cloudless.api import agent_pb2
 from cloudless.contracts import LedgerHandle, WorkloadHandle, gone, signal_unless_gone, workload
 from cloudless.contracts.names import task_queue
+from cloudless.contracts.stuck import workflow_task_failure
 from cloudless.model import (
+    Leftovers,
+    LeftoversInput,
+    NodeState,
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
     ReplicaPhase,
+    ReplicaRecord,
     ReplicasLost,
     RetireNodeInput,
+    Resources,
     WorkloadPhase,
 )
+
+#: How long one workload's status query may take while a node is reconciled.
+STATUS_TIMEOUT = timedelta(seconds=10)
+
+
+class _Unanswered:
+    """A workload whose workflow cannot answer (its workflow task fails), and why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class MembershipActivities:
@@ -115,15 +133,27 @@ class MembershipActivities:
             activity.heartbeat(len(stopped))
         return stopped
 
-    async def _assigned(self, key: str, node_id: str) -> tuple[dict[str, int], set[str]] | None:
+    async def _assigned(
+        self, key: str, node_id: str
+    ) -> tuple[dict[str, int], set[str]] | _Unanswered | None:
         """Replica ids the workload places on the node (with their placement epochs), and
-        those of them it believes Running; None if the workload is gone."""
+        those of them it believes Running; None if the workload is gone; ``_Unanswered``
+        if its workflow task fails (it answers nothing until someone fixes or deletes it).
+
+        Any other failure (a timeout, Temporal busy) is raised: the activity retries.
+        """
+        handle = WorkloadHandle.of(self._client, key)
         try:
-            status = await WorkloadHandle.of(self._client, key).status()
+            status = await handle.status(rpc_timeout=STATUS_TIMEOUT)
         except RPCError as err:
             if gone(err):
                 return None
-            raise
+            failing = await workflow_task_failure(
+                self._client, handle.id, rpc_timeout=STATUS_TIMEOUT
+            )
+            if failing is None:
+                raise
+            return _Unanswered(failing.message())
         if status.phase in (WorkloadPhase.DELETED,):
             return None
         here = [r for r in status.replicas if r.node_id == node_id]
@@ -150,6 +180,21 @@ class MembershipActivities:
         result = ReconcileNodeResult(kept=0)
         for key in sorted(set(running) | set(placed_here)):
             found = await self._assigned(key, inp.node_id)
+            if isinstance(found, _Unanswered):
+                # Nothing can say where its replicas belong: leave them as they are (the
+                # ledger still holds them here) rather than keep the node from Ready, which
+                # would strand every other workload's replicas on it too.
+                result.unanswered[key] = found.reason
+                result.kept += len(running.get(key, ()))
+                activity.logger.warning(
+                    "%s: left %d replica(s) of %s as they are: %s",
+                    inp.node_id,
+                    len(running.get(key, ())),
+                    key,
+                    found.reason,
+                )
+                activity.heartbeat(key)
+                continue
             placed, believed_running = found if found else ({}, set())
             assigned = set(placed)
             have = running.get(key, set())
@@ -181,3 +226,66 @@ class MembershipActivities:
                 )
             activity.heartbeat(key)
         return result
+
+    @activity.defn(name="find_leftovers")
+    async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
+        """What an ended run of a workload left: its allocations in the ledger and the
+        replicas its agents run, as records the teardown run stops and releases.
+
+        Per node: each replica the agent runs is stopped, and released while the ledger
+        still counts one there; allocations beyond what the agent runs are released only
+        (nothing to stop); replicas beyond the ledger's count are stopped only (releasing
+        them would free room other replicas hold). Nodes whose agent does not answer keep
+        their replicas until they return: reconciling then stops what no workload places.
+        """
+        key = workload.key(inp.namespace, inp.name)
+        snapshot = await self._ledger.snapshot()
+        meta = next((w for k, w in snapshot.workloads.items() if k == key), None)
+        out = Leftovers()
+        for node in snapshot.nodes:
+            count = node.workloads.get(key, 0)
+            if not count:
+                continue
+            ids: list[tuple[str, int]] = []
+            if node.address and node.state not in (NodeState.OFFLINE, NodeState.LEFT):
+                try:
+                    stub = await self._pool.stub(node.node_id, node.address)
+                    listed = await stub.ListReplicas(
+                        agent_pb2.ListReplicasRequest(namespace=inp.namespace, workload=inp.name),
+                        timeout=15,
+                    )
+                    ids = [(r.replica_id, r.epoch) for r in listed.replicas]
+                except grpc.aio.AioRpcError as err:
+                    activity.logger.warning("find_leftovers: %s: %s", node.node_id, err.details())
+                    out.unreachable.append(node.node_id)
+            else:
+                out.unreachable.append(node.node_id)
+            resources = meta.resources if meta is not None else node.allocated
+            for i, (rid, epoch) in enumerate(sorted(ids)):
+                out.replicas.append(
+                    _leftover(rid, node.node_id, node.address, resources, epoch, i >= count)
+                )
+            for i in range(len(ids), count):
+                rid = f"{inp.namespace}-{inp.name}-leftover-{node.node_id}-{i}"
+                record = _leftover(rid, node.node_id, node.address, resources, 0, False)
+                record.lost = True  # an allocation without a replica: release only
+                out.replicas.append(record)
+            activity.heartbeat(node.node_id)
+        return out
+
+
+def _leftover(
+    replica_id: str, node_id: str, address: str, resources: Resources, epoch: int, surplus: bool
+) -> ReplicaRecord:
+    return ReplicaRecord(
+        replica_id=replica_id,
+        generation=0,
+        spec_hash="",
+        phase=ReplicaPhase.RUNNING,
+        node_id=node_id,
+        address=address,
+        resources=resources,
+        epoch=epoch,
+        released=surplus,  # beyond the ledger's count: stop, but release nothing
+        message="left by an ended run",
+    )

@@ -410,12 +410,19 @@ class Summary:
 
 
 def summarize(
-    desired: Desired, replicas: Sequence[Replica], *, deleting: bool, dirty: bool
+    desired: Desired,
+    replicas: Sequence[Replica],
+    *,
+    deleting: bool,
+    dirty: bool,
+    blocked: bool = False,
 ) -> Summary:
     """The workload's phase from its replicas.
 
     ``dirty``: a reconcile is due (so "every replica Pending" may be about to change and is
-    shown as Progressing rather than Pending).
+    shown as Progressing rather than Pending). ``blocked``: an activity failed for good in
+    the last pass (the workload retries after its backoff), so it is Stuck unless it is
+    being deleted.
     """
     current = [r for r in replicas if is_current(desired, r)]
     ready = sum(1 for r in current if is_ready(desired, r))
@@ -423,6 +430,8 @@ def summarize(
     complete = len(replicas) == desired.replicas
     if deleting:
         phase = WorkloadPhase.DELETING if replicas else WorkloadPhase.DELETED
+    elif blocked:
+        phase = WorkloadPhase.STUCK
     elif complete and done == desired.replicas > 0:
         phase = WorkloadPhase.COMPLETED
     elif complete and ready + done == desired.replicas:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cloudless.model._base import _Model
 from cloudless.spec import Workload
@@ -122,12 +122,28 @@ class WorkloadStatus(_Model):
 
 class WorkloadWorkflowInput(_Model):
     cluster: str
-    manifest: Workload
+    #: The first manifest of a new workload; None when ``state`` (which holds the manifest)
+    #: is carried: a continue-as-new input carries the manifest once, not twice.
+    manifest: Workload | None = None
     #: Everything the previous run kept (continue-as-new); None for a new workload.
     state: WorkloadState | None = None
     #: Continue as new past this many history events (0: the workflow's threshold). Tests
     #: set it low to exercise continue-as-new; it is passed on to the next run.
     max_history_events: int = 0
+
+    @model_validator(mode="after")
+    def _manifest_or_state(self) -> WorkloadWorkflowInput:
+        if self.manifest is None and self.state is None:
+            raise ValueError("a workload workflow needs a manifest or a carried state")
+        return self
+
+    @property
+    def first_manifest(self) -> Workload:
+        """The manifest the run starts from (the carried one, else the given one)."""
+        if self.state is not None:
+            return self.state.manifest
+        assert self.manifest is not None  # the validator saw to it
+        return self.manifest
 
 
 class ApplyInput(_Model):
@@ -180,3 +196,27 @@ class WorkloadState(_Model):
     #: is refused and what such a run left behind is released. 0: never claimed (a run
     #: started before claims existed).
     owner: int = 0
+    #: Why the last pass could not make progress (an activity failed for good); "" once a
+    #: pass gets through. The workload is Stuck meanwhile and retries after its backoff.
+    blocked: str = ""
+    #: This run only tears down what an ended run of the workload left (a stuck run that
+    #: ``delete`` terminated): its replicas are found through the ledger and the agents, and
+    #: ``manifest`` is a stand-in that is never shown.
+    orphans: bool = False
+
+
+class LeftoversInput(_Model):
+    """Find what an ended run of workload ``namespace/name`` left on the cluster."""
+
+    namespace: str
+    name: str
+
+
+class Leftovers(_Model):
+    """What an ended run left: replicas its agents run (``lost`` False) and allocations the
+    ledger holds that no agent reported (``lost``: release only, nothing to stop);
+    replicas an agent runs beyond the ledger's count are ``released`` (stop only)."""
+
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+    #: Nodes holding its allocations whose agent did not answer (they reconcile on return).
+    unreachable: list[str] = Field(default_factory=list)

@@ -23,6 +23,8 @@ from cloudless.model import (
     ClaimWorkloadResult,
     CommitPlanInput,
     CommitPlanResult,
+    Leftovers,
+    LeftoversInput,
     NodeRecord,
     NotifyWorkloadsInput,
     Placement,
@@ -124,6 +126,11 @@ class StandIns:
         self.calls.append(("stop_replica", inp))
         return StopReplicaResult(found=True)
 
+    @activity.defn(name="find_leftovers")
+    async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
+        self.calls.append(("find_leftovers", inp))
+        return Leftovers()
+
     # ------------------------------------------------------------------ node/
 
     @activity.defn(name="publish_node")
@@ -172,6 +179,7 @@ class StandIns:
             self.claim_workload,
             self.run_replicas,
             self.stop_replica,
+            self.find_leftovers,
             self.publish_node,
             self.probe_agent,
             self.reconcile_node,
