@@ -240,7 +240,7 @@ class MembershipActivities:
         """
         key = workload.key(inp.namespace, inp.name)
         snapshot = await self._ledger.snapshot()
-        meta = next((w for k, w in snapshot.workloads.items() if k == key), None)
+        meta = snapshot.workloads.get(key)
         out = Leftovers()
         for node in snapshot.nodes:
             count = node.workloads.get(key, 0)
@@ -260,7 +260,9 @@ class MembershipActivities:
                     out.unreachable.append(node.node_id)
             else:
                 out.unreachable.append(node.node_id)
-            resources = meta.resources if meta is not None else node.allocated
+            # Without the ledger's per-replica amount (it always has one while it counts
+            # replicas), a release frees the count only, never room others hold.
+            resources = meta.resources if meta is not None else Resources()
             for i, (rid, epoch) in enumerate(sorted(ids)):
                 out.replicas.append(
                     _leftover(rid, node.node_id, node.address, resources, epoch, i >= count)

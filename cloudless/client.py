@@ -31,8 +31,8 @@ from cloudless.contracts import (
     names,
     reaper,
 )
-from cloudless.contracts.limits import check_manifest
-from cloudless.contracts.stuck import TaskFailure, workflow_task_failure
+from cloudless.contracts.limits import MAX_MESSAGE_CHARS, check_manifest, clip
+from cloudless.contracts.stuck import TaskFailure, retrying_activities, workflow_task_failure
 from cloudless.contracts.workload import WORKFLOW as WORKLOAD_WORKFLOW
 from cloudless.contracts.workload import split_workflow_id
 from cloudless.errors import CloudlessError, NotFoundError
@@ -215,7 +215,8 @@ class CloudlessClient:
     async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
         """The workload's status. A workload whose workflow task fails (it answers nothing)
         is Stuck, with the failure and the way out as its message; one that does not
-        answer in time raises (no coordinator is running, most likely)."""
+        answer in time raises (no coordinator is running, most likely). An activity it has
+        been retrying for a while is added to its message."""
         handle = self.workload(namespace, name)
         try:
             description = await handle.handle.describe(rpc_timeout=RPC_TIMEOUT)
@@ -233,7 +234,7 @@ class CloudlessClient:
             if failing is not None:
                 return self._stuck(namespace, name, failing)
         try:
-            return await handle.status(rpc_timeout=RPC_TIMEOUT)
+            status = await handle.status(rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             if gone(err):
                 raise self._not_found(namespace, name) from err
@@ -241,6 +242,11 @@ class CloudlessClient:
             if failing is not None:
                 return self._stuck(namespace, name, failing)
             raise self._unanswered(err) from err
+        retrying = await retrying_activities(self.temporal, description)
+        if retrying:
+            said = f"{status.message}; {retrying}" if status.message else retrying
+            status = status.model_copy(update={"message": clip(said, MAX_MESSAGE_CHARS)})
+        return status
 
     def _stuck(self, namespace: str, name: str, failing: TaskFailure) -> WorkloadStatus:
         message = failing.message(way_out=_way_out(namespace, name))

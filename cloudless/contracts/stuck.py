@@ -20,13 +20,15 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.exceptions import FailureError
 
 from cloudless.contracts.limits import MAX_MESSAGE_CHARS, clip
 
 #: A pending workflow task on its second attempt or later has failed at least once.
 FAILING_ATTEMPT = 2
+#: An activity on this attempt or later is worth showing: it has failed for a while.
+RETRYING_ATTEMPT = 5
 #: The failure's share of a message (the way out follows it).
 MAX_REASON_CHARS = 480
 #: History events read back from the end to find the failure (signals may follow it).
@@ -70,6 +72,21 @@ async def workflow_task_failure(
         return None
     reason = await _last_failure(client, workflow_id, desc.run_id, rpc_timeout)
     return TaskFailure(attempt=attempt, reason=reason)
+
+
+async def retrying_activities(client: Client, description: WorkflowExecutionDescription) -> str:
+    """``act failing (attempt N): why`` for each activity of the run that has been failing
+    for a while ("" if none): a workflow waiting on one answers queries but does not move.
+    """
+    notes = []
+    for pending in description.raw_description.pending_activities:
+        if pending.attempt < RETRYING_ATTEMPT:
+            continue
+        why = ""
+        if pending.HasField("last_failure"):
+            why = ": " + clip(await _failure_text(client, pending.last_failure), MAX_REASON_CHARS)
+        notes.append(f"{pending.activity_type.name} failing (attempt {pending.attempt}){why}")
+    return "; ".join(notes)
 
 
 async def _last_failure(
@@ -119,4 +136,10 @@ async def _failure_text(client: Client, failure: Failure) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-__all__ = ["FAILING_ATTEMPT", "TaskFailure", "workflow_task_failure"]
+__all__ = [
+    "FAILING_ATTEMPT",
+    "RETRYING_ATTEMPT",
+    "TaskFailure",
+    "retrying_activities",
+    "workflow_task_failure",
+]

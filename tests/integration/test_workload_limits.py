@@ -17,6 +17,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from cloudless.client import CloudlessClient
 from cloudless.contracts import limits
 from cloudless.contracts import workload as wl
 from cloudless.contracts.workload import stand_in_manifest
@@ -35,10 +36,11 @@ from cloudless.model import (
     ScaleInput,
     WorkloadPhase,
     WorkloadState,
+    WorkloadStatus,
     WorkloadWorkflowInput,
 )
 from tests.conftest import unique
-from tests.integration.standins import StandIns, fresh_queue, worker
+from tests.integration.standins import StandIns, eventually, fresh_queue, worker
 from tests.integration.test_workload_workflow import manifest, settled, start, until
 from workflows.workload import WorkloadWorkflow
 
@@ -58,6 +60,19 @@ class Refusing(StandIns):
             raise ApplicationError(
                 "the scheduler cannot use this manifest", type="InvalidSpec", non_retryable=True
             )
+        return await super().place_replicas(req)
+
+
+@dataclass
+class Flaky(StandIns):
+    """Placement fails with a transient error (retried by Temporal) while ``flaky``."""
+
+    flaky: bool = True
+
+    @activity.defn(name="place_replicas")
+    async def place_replicas(self, req: PlacementRequest) -> PlacementResult:
+        if self.flaky:
+            raise ApplicationError("the ledger is not answering", type="LedgerUnavailable")
         return await super().place_replicas(req)
 
 
@@ -99,6 +114,32 @@ async def test_an_activity_that_fails_for_good_makes_the_workload_stuck_not_fail
         await wl.DELETE.execute(handle)
         final = await handle.result()
         assert final.phase == WorkloadPhase.DELETED and not fake.allocated
+
+
+async def test_an_activity_retried_for_a_while_shows_in_the_status(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A workflow waiting on an activity that keeps failing answers queries but does not
+    move: the client adds the retries, read from Temporal, to its message."""
+    client, queue, fake = temporal_env.client, fresh_queue("wl"), Flaky()
+    library = CloudlessClient(client, "test")
+    async with worker(client, queue, [WorkloadWorkflow], fake):
+        name = unique("flaky")
+        handle = await start(client, queue, manifest(name, 1))
+
+        async def retrying() -> WorkloadStatus | None:
+            status = await library.workload_status("default", name)
+            return status if "place_replicas failing (attempt" in status.message else None
+
+        status = await eventually(retrying, timeout=30)
+        assert "LedgerUnavailable: the ledger is not answering" in status.message
+        assert status.generation == 1  # it answered: its state is known
+        fake.flaky = False
+        settled_status = await settled(handle, 1)
+        assert settled_status.phase == WorkloadPhase.AVAILABLE
+        assert "failing" not in (await library.workload_status("default", name)).message
+        await wl.DELETE.execute(handle)
+        await handle.result()
 
 
 async def test_free_text_and_explanations_stay_bounded(temporal_env: WorkflowEnvironment) -> None:
