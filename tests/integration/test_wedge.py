@@ -228,3 +228,17 @@ async def test_node_returns_ready_though_a_workload_on_it_is_stuck(
     deleted = await client.delete("default", name)
     assert deleted is not None and deleted.phase == WorkloadPhase.DELETED
     assert await running_on_agents(cluster, name) == {}
+
+
+async def test_placement_explanations_are_bounded_in_activity_results(
+    client: CloudlessClient,
+) -> None:
+    """A placement's result carries top candidates (~1 KiB each) for the first
+    MAX_EXPLAINED_REPLICAS replicas only: a 1,000-replica placement stays far below
+    Temporal's payload limit. Shown through explain (the same decision, nothing started)."""
+    count = limits.MAX_EXPLAINED_REPLICAS + 6
+    result = await client.explain(sleeper(unique("many"), count))
+    assert len(result.placed) == count, result.reason
+    explained = [p for p in result.placed if p.candidates]
+    assert explained == result.placed[: limits.MAX_EXPLAINED_REPLICAS]
+    assert all(p.score is not None for p in result.placed)  # every replica keeps its score
