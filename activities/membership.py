@@ -31,7 +31,6 @@ from cloudless.model import (
     ReplicaRecord,
     ReplicasLost,
     RetireNodeInput,
-    Resources,
     WorkloadPhase,
 )
 
@@ -229,65 +228,44 @@ class MembershipActivities:
 
     @activity.defn(name="find_leftovers")
     async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
-        """What an ended run of a workload left: its allocations in the ledger and the
-        replicas its agents run, as records the teardown run stops and releases.
-
-        Per node: each replica the agent runs is stopped, and released while the ledger
-        still counts one there; allocations beyond what the agent runs are released only
-        (nothing to stop); replicas beyond the ledger's count are stopped only (releasing
-        them would free room other replicas hold). Nodes whose agent does not answer keep
-        their replicas until they return: reconciling then stops what no workload places.
+        """The replicas ended runs of a workload left running: asked of the agents of every
+        node the ledger still holds the workload on (before the teardown run's claim
+        releases those reservations). Each comes back as a record to stop and not release
+        (the claim frees the ledger). Nodes whose agent does not answer keep their replicas
+        until they return: reconciling the node then stops what no workload places there.
         """
         key = workload.key(inp.namespace, inp.name)
         snapshot = await self._ledger.snapshot()
-        meta = snapshot.workloads.get(key)
         out = Leftovers()
         for node in snapshot.nodes:
-            count = node.workloads.get(key, 0)
-            if not count:
+            if not node.workloads.get(key, 0):
                 continue
-            ids: list[tuple[str, int]] = []
-            if node.address and node.state not in (NodeState.OFFLINE, NodeState.LEFT):
-                try:
-                    stub = await self._pool.stub(node.node_id, node.address)
-                    listed = await stub.ListReplicas(
-                        agent_pb2.ListReplicasRequest(namespace=inp.namespace, workload=inp.name),
-                        timeout=15,
-                    )
-                    ids = [(r.replica_id, r.epoch) for r in listed.replicas]
-                except grpc.aio.AioRpcError as err:
-                    activity.logger.warning("find_leftovers: %s: %s", node.node_id, err.details())
-                    out.unreachable.append(node.node_id)
-            else:
+            if not node.address or node.state in (NodeState.OFFLINE, NodeState.LEFT):
                 out.unreachable.append(node.node_id)
-            # Without the ledger's per-replica amount (it always has one while it counts
-            # replicas), a release frees the count only, never room others hold.
-            resources = meta.resources if meta is not None else Resources()
-            for i, (rid, epoch) in enumerate(sorted(ids)):
-                out.replicas.append(
-                    _leftover(rid, node.node_id, node.address, resources, epoch, i >= count)
+                continue
+            try:
+                stub = await self._pool.stub(node.node_id, node.address)
+                listed = await stub.ListReplicas(
+                    agent_pb2.ListReplicasRequest(namespace=inp.namespace, workload=inp.name),
+                    timeout=15,
                 )
-            for i in range(len(ids), count):
-                rid = f"{inp.namespace}-{inp.name}-leftover-{node.node_id}-{i}"
-                record = _leftover(rid, node.node_id, node.address, resources, 0, False)
-                record.lost = True  # an allocation without a replica: release only
-                out.replicas.append(record)
+            except grpc.aio.AioRpcError as err:
+                activity.logger.warning("find_leftovers: %s: %s", node.node_id, err.details())
+                out.unreachable.append(node.node_id)
+                continue
+            for r in listed.replicas:
+                out.replicas.append(
+                    ReplicaRecord(
+                        replica_id=r.replica_id,
+                        generation=0,
+                        spec_hash="",
+                        phase=ReplicaPhase.RUNNING,
+                        node_id=node.node_id,
+                        address=node.address,
+                        epoch=r.epoch,
+                        released=True,  # the claim frees the ledger: stop only
+                        message="left by an ended run",
+                    )
+                )
             activity.heartbeat(node.node_id)
         return out
-
-
-def _leftover(
-    replica_id: str, node_id: str, address: str, resources: Resources, epoch: int, surplus: bool
-) -> ReplicaRecord:
-    return ReplicaRecord(
-        replica_id=replica_id,
-        generation=0,
-        spec_hash="",
-        phase=ReplicaPhase.RUNNING,
-        node_id=node_id,
-        address=address,
-        resources=resources,
-        epoch=epoch,
-        released=surplus,  # beyond the ledger's count: stop, but release nothing
-        message="left by an ended run",
-    )

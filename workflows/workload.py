@@ -136,6 +136,9 @@ def _refusal(manifest: Workload) -> str | None:
         view = view_of(manifest)
         check_limits(manifest, f"workload {view.key}")
         check_supported(view)
+        # What the workflow's payloads assume of a manifest (the state budget), measured as
+        # it travels; the spec's own bound normally refuses first.
+        limits.check_manifest(manifest, view.key, workflow.payload_converter())
     except CloudlessError as err:
         return str(err)
     return None
@@ -173,8 +176,8 @@ class WorkloadWorkflow:
                 return self.status()
         if inp.state is None and workflow.patched(CLAIM_PATCH):
             await self._claim()
-        if self._state.orphans and self._state.deleting and not self._state.replicas:
-            await self._find_leftovers()
+        if self._state.orphans and self._state.deleting and not self._state.owner:
+            await self._take_over_leftovers()
         while True:
             backoff = self._state.backoff_seconds
             try:
@@ -505,8 +508,11 @@ class WorkloadWorkflow:
         self._publish_search_attributes()
         return done
 
-    async def _find_leftovers(self) -> None:
-        """A teardown run: what the ended run left, from the ledger and the agents."""
+    async def _take_over_leftovers(self) -> None:
+        """A teardown run: find the replicas ended runs left on the agents (on the nodes the
+        ledger still holds the workload on), then claim the workload, which releases every
+        reservation they held at once and makes the ledger refuse their late plans. What
+        is left to do is stopping those replicas: the ordinary teardown does that."""
         found = await workflow.execute_activity_method(
             MembershipActivities.find_leftovers,
             LeftoversInput(namespace=self._view.namespace, name=self._view.name),
@@ -514,6 +520,7 @@ class WorkloadWorkflow:
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_LEDGER_RETRY,
         )
+        await self._claim()
         self._state.replicas = list(found.replicas)
         if found.unreachable:
             workflow.logger.warning(

@@ -200,8 +200,9 @@ class WorkloadState(_Model):
     #: pass gets through. The workload is Stuck meanwhile and retries after its backoff.
     blocked: str = ""
     #: This run only tears down what an ended run of the workload left (a stuck run that
-    #: ``delete`` terminated): its replicas are found through the ledger and the agents, and
-    #: ``manifest`` is a stand-in that is never shown.
+    #: ``delete`` terminated): it claims the workload in the ledger (freeing what the ended
+    #: run held), stops the replicas the agents still run, and completes. ``manifest`` is a
+    #: stand-in that is never shown.
     orphans: bool = False
 
 
@@ -213,9 +214,8 @@ class LeftoversInput(_Model):
 
 
 class Leftovers(_Model):
-    """What an ended run left: replicas its agents run (``lost`` False) and allocations the
-    ledger holds that no agent reported (``lost``: release only, nothing to stop);
-    replicas an agent runs beyond the ledger's count are ``released`` (stop only)."""
+    """What ended runs of a workload left running on the agents: records to stop, marked
+    ``released`` (the teardown run's claim frees their reservations in the ledger)."""
 
     replicas: list[ReplicaRecord] = Field(default_factory=list)
     #: Nodes holding its allocations whose agent did not answer (they reconcile on return).

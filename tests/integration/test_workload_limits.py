@@ -32,7 +32,6 @@ from cloudless.model import (
     ReplicaPhase,
     ReplicaReadiness,
     ReplicaRecord,
-    Resources,
     ScaleInput,
     WorkloadPhase,
     WorkloadState,
@@ -186,16 +185,16 @@ async def test_free_text_and_explanations_stay_bounded(temporal_env: WorkflowEnv
         await handle.result()
 
 
-async def test_a_teardown_run_stops_and_releases_exactly_what_was_left(
+async def test_a_teardown_run_claims_the_workload_and_stops_what_was_left(
     temporal_env: WorkflowEnvironment,
 ) -> None:
-    """What an ended run left: a replica its agent runs (stop and release), one beyond the
-    ledger's count (stop only) and an allocation no agent reported (release only)."""
+    """What ended runs left: the teardown run finds the replicas agents still run, claims
+    the workload (the ledger frees everything those runs held, and refuses their late
+    plans), stops those replicas, and releases nothing itself (nothing is released twice)."""
     client, queue = temporal_env.client, fresh_queue("wl")
     name = unique("left")
-    res = Resources(cpu_millis=100, memory_bytes=16 * 2**20)
 
-    def left(rid: str, **flags: bool) -> ReplicaRecord:
+    def left(rid: str) -> ReplicaRecord:
         return ReplicaRecord(
             replica_id=rid,
             generation=0,
@@ -203,8 +202,7 @@ async def test_a_teardown_run_stops_and_releases_exactly_what_was_left(
             phase=ReplicaPhase.RUNNING,
             node_id="n1",
             address="n1:7443",
-            resources=res,
-            **flags,
+            released=True,  # as find_leftovers marks them: the claim frees the ledger
         )
 
     @dataclass
@@ -212,9 +210,7 @@ async def test_a_teardown_run_stops_and_releases_exactly_what_was_left(
         @activity.defn(name="find_leftovers")
         async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
             self.calls.append(("find_leftovers", inp))
-            return Leftovers(
-                replicas=[left("runs"), left("surplus", released=True), left("gone", lost=True)]
-            )
+            return Leftovers(replicas=[left("a"), left("b")], unreachable=["n9"])
 
     fake = Leaving()
     async with worker(client, queue, [WorkloadWorkflow], fake):
@@ -237,9 +233,9 @@ async def test_a_teardown_run_stops_and_releases_exactly_what_was_left(
     assert final.manifest is None  # the stand-in is never shown
     (found,) = fake.named("find_leftovers")
     assert (found.namespace, found.name) == ("default", name)
-    assert sorted(s.replica_id for s in fake.named("stop_replica")) == ["runs", "surplus"]
-    released = [a.replica_id for p in fake.named("commit_plan") for a in p.releases]
-    assert sorted(released) == ["gone", "runs"]
-    assert all(
-        a.workload == f"default/{name}" for p in fake.named("commit_plan") for a in p.releases
-    )
+    (claimed,) = fake.named("claim_workload")
+    assert claimed.workload == f"default/{name}"
+    order = [n for n, _ in fake.calls]
+    assert order.index("find_leftovers") < order.index("claim_workload")  # found, then freed
+    assert sorted(s.replica_id for s in fake.named("stop_replica")) == ["a", "b"]
+    assert not fake.named("commit_plan")  # the claim released it all

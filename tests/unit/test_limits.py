@@ -38,7 +38,7 @@ from cloudless.model import (
     WorkloadWorkflowInput,
 )
 from cloudless.spec import EnvVar, Workload
-from cloudless.spec.workload import MAX_REPLICAS
+from cloudless.spec.limits import MAX_REPLICAS
 from cloudless.testing.workloads import sleeper
 from cloudless.vocabulary import DEFAULT_WEIGHTS, WorkloadPhase
 
