@@ -6,23 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import structlog
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
-)
+from temporalio.client import Client
 from temporalio.service import RPCError
 
 from cloudless.api import secrets_pb2
 from cloudless.contracts import RotationHandle, gone, rotation
 from cloudless.secrets.model import RotationInput, RotationProgress
+from workers.schedules import ensure_interval_schedule
 
 log = structlog.get_logger("cloudless.secrets")
 
@@ -82,31 +72,11 @@ def progress_proto(workflow_id: str, p: RotationProgress) -> secrets_pb2.Rotatio
 
 async def ensure_rotation_schedule(client: Client, plan: RotationInput, every: timedelta) -> None:
     """Create the master-key rotation Schedule, or bring its interval up to date."""
-    action = rotation.schedule_action(plan)
-    spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
-    schedule = Schedule(
-        action=action,
-        spec=spec,
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        state=ScheduleState(note="rotate the secrets master key and rewrap every data key"),
+    await ensure_interval_schedule(
+        client,
+        rotation.schedule_id(plan.cluster),
+        rotation.schedule_action(plan),
+        every,
+        note="rotate the secrets master key and rewrap every data key",
+        event="secrets.rotation_schedule",
     )
-    schedule_id = rotation.schedule_id(plan.cluster)
-    try:
-        await client.create_schedule(schedule_id, schedule)
-        log.info("secrets.rotation_schedule_created", every=str(every))
-        return
-    except ScheduleAlreadyRunningError:
-        pass
-    handle = client.get_schedule_handle(schedule_id)
-    desc = await handle.describe()
-    current = desc.schedule.spec.intervals
-    if len(current) == 1 and current[0].every == every:
-        return
-
-    def retime(update: ScheduleUpdateInput) -> ScheduleUpdate:
-        update.description.schedule.spec = spec
-        update.description.schedule.action = action
-        return ScheduleUpdate(schedule=update.description.schedule)
-
-    await handle.update(retime)
-    log.info("secrets.rotation_schedule_updated", every=str(every))
