@@ -846,7 +846,7 @@ class WorkloadWorkflow:
     def _crashed(self, r: ReplicaRecord, count: int, exit_code: int | None, reason: str) -> None:
         now = workflow.now().timestamp()
         r.crash_times = [*r.crash_times, *([now] * count)][-CRASHES_KEPT:]
-        r.crash_exit_code, r.crash_reason = exit_code, reason[-300:]
+        r.crash_exit_code, r.crash_reason = exit_code, reason[-limits.MAX_REPLICA_MESSAGE_CHARS :]
 
     @workflow.signal(name=workload_contract.REPLICA_EXITED.name)
     def replica_exited(self, sig: ReplicaExited) -> None:

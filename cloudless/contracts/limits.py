@@ -17,9 +17,10 @@ before it reaches Temporal, with room to spare:
 * what a workflow keeps and answers grows with its replicas: free text is clipped
   (:data:`MAX_MESSAGE_CHARS`, :data:`MAX_REPLICA_MESSAGE_CHARS`), placement explanations
   are kept for the newest :data:`MAX_EXPLAINED_REPLICAS` replicas only, and a workload
-  state that still outgrows :data:`MAX_STATE_BYTES` sheds what only explains
-  (:func:`trim_state`), so a workload at ``MAX_REPLICAS`` in mid-rollout, every text at
-  its longest, still fits (``tests/unit/test_limits.py`` builds that case and measures).
+  state that still outgrows :data:`MAX_STATE_BYTES` sheds what only explains, then the
+  oldest crash histories (:func:`trim_state`), so a workload at ``MAX_REPLICAS`` in
+  mid-rollout, every text at its longest and every replica crash-looping, still fits
+  (``tests/unit/test_limits.py`` builds those cases and measures).
 
 The operator-facing table is in ``docs/operations.md`` ("Limits").
 """
@@ -106,11 +107,11 @@ def trim_state(
     """Shed what only explains until ``state`` encodes within ``budget``; its final size.
 
     In order, each step only while still over: every placement explanation (scores
-    stay), then replica messages and latest-crash reasons (clipped to
-    :data:`TRIMMED_MESSAGE_CHARS`), readiness messages and runtime ids. What decides
-    anything (ids, nodes, phases, epochs, resources, flags, crash and reschedule times,
-    nodes to avoid) is never touched. Mutates ``state``; deterministic, so a workflow
-    may call it.
+    stay); then replica messages, crash reasons and crash-loop notes (clipped to
+    :data:`TRIMMED_MESSAGE_CHARS`), readiness messages and runtime ids; last, the crash
+    histories of the replicas that crashed longest ago (see
+    :func:`_forget_stalest_crashes`). Ids, nodes, phases, epochs, resources and flags
+    are never touched. Mutates ``state``; deterministic, so a workflow may call it.
     """
     current = size(state)
     if current <= budget:
@@ -123,9 +124,34 @@ def trim_state(
     for r in state.replicas:
         r.message = clip(r.message, TRIMMED_MESSAGE_CHARS)
         r.crash_reason = clip(r.crash_reason, TRIMMED_MESSAGE_CHARS)
+        r.crash_loop = clip(r.crash_loop, TRIMMED_MESSAGE_CHARS)
         r.ready_message = ""
         r.runtime_id = ""
+    current = size(state)
+    if current <= budget:
+        return current
+    _forget_stalest_crashes(state, current - budget)
     return size(state)
+
+
+def _forget_stalest_crashes(state: WorkloadState, excess: int) -> None:
+    """Clear crash histories, the replica whose last crash is oldest first, until about
+    ``excess`` bytes are gone. Only hundreds of replicas crash-looping at once get here
+    (a full history is ~1.4 KiB against a record's ~0.9 KiB). Forgetting errs one way:
+    a replica that forgot its crashes (and the verdict on them, ``crash_loop``) counts
+    them again, so a crash loop is acted on later, never sooner; its ``rescheduled``
+    flag and report counter stay, so a move under way completes and no report counts
+    twice.
+    """
+    crashed = [r for r in state.replicas if r.crash_times or r.reschedule_times or r.avoid_nodes]
+    crashed.sort(key=lambda r: (r.crash_times[-1] if r.crash_times else 0.0, r.replica_id))
+    for r in crashed:
+        if excess <= 0:
+            return
+        before = len(r.model_dump_json())
+        r.crash_times, r.reschedule_times, r.avoid_nodes = [], [], []
+        r.crash_exit_code, r.crash_reason, r.replaces, r.crash_loop = None, "", "", ""
+        excess -= before - len(r.model_dump_json())
 
 
 def encoded_size(value: Any, converter: PayloadConverter | None = None) -> int:

@@ -41,6 +41,7 @@ from cloudless.spec import EnvVar, Workload
 from cloudless.spec.limits import MAX_REPLICAS
 from cloudless.testing.workloads import sleeper
 from cloudless.vocabulary import DEFAULT_WEIGHTS, WorkloadPhase
+from policies.reschedule import AVOID_KEPT, CRASHES_KEPT, RESCHEDULES_KEPT
 
 
 def big_manifest(name: str, size: int) -> Workload:
@@ -314,6 +315,47 @@ def test_a_workload_at_every_limit_fits_its_state_budget() -> None:
     for value in (WorkloadWorkflowInput(cluster="c" * 63, state=state), status):
         size = limits.encoded_size(value)
         assert size <= limits.MAX_STATE_BYTES + 1024, limits.human(size)
+
+
+def crash_looping(r: ReplicaRecord, last_crash: float) -> ReplicaRecord:
+    """``r`` with every crash-loop field at the longest the workflow keeps."""
+    r.crash_times = [last_crash - i for i in reversed(range(CRASHES_KEPT))]
+    r.crashes_reported = 2**31
+    r.crash_exit_code = -(2**31)
+    r.crash_reason = "c" * limits.MAX_REPLICA_MESSAGE_CHARS
+    r.reschedule_times = [last_crash - i for i in reversed(range(RESCHEDULES_KEPT))]
+    r.avoid_nodes = ["node-" + "y" * 58] * AVOID_KEPT
+    r.replaces = r.replica_id
+    r.rescheduled = True
+    r.crash_loop = "l" * limits.MAX_REPLICA_MESSAGE_CHARS
+    return r
+
+
+@pytest.mark.parametrize("count", [2 * MAX_REPLICAS, MAX_REPLICAS])
+def test_a_workload_whose_every_replica_crash_loops_still_fits(count: int) -> None:
+    """The worst case above (or MAX_REPLICAS outside a rollout), and every replica also
+    carries a full crash history: histories are forgotten, the oldest first, until the
+    state fits; never a flag, id or node. In mid-rollout at every limit nothing else
+    has room, so every history goes; outside one, the newest stay."""
+    manifest = big_manifest("w" * 63, limits.MAX_MANIFEST_PAYLOAD_BYTES - 4 * 1024)
+    base = 1_796_745_600.123456
+    records = [
+        crash_looping(worst_record(i, i >= count - limits.MAX_EXPLAINED_REPLICAS), base + i)
+        for i in range(count)
+    ]
+    state = WorkloadState(manifest=manifest, replicas=records, message="w" * 1024)
+    size = limits.trim_state(state, limits.encoded_size)
+    assert size <= limits.MAX_STATE_BYTES, limits.human(size)
+    assert all(r.rescheduled and r.node_id and r.epoch for r in state.replicas)
+    assert all(r.crashes_reported == 2**31 for r in state.replicas)
+    kept = [r for r in state.replicas if r.crash_times]
+    forgot = [r for r in state.replicas if not r.crash_times]
+    assert all(not (r.reschedule_times or r.avoid_nodes or r.crash_loop) for r in forgot)
+    assert all(len(r.crash_times) == CRASHES_KEPT and r.avoid_nodes for r in kept)
+    if count == MAX_REPLICAS:
+        assert len(kept) > count // 4, len(kept)
+        newest_forgotten = max(base + int(r.replica_id[-5:]) for r in forgot)
+        assert newest_forgotten < min(r.crash_times[-1] for r in kept)
 
 
 def test_trimming_stops_as_soon_as_the_state_fits() -> None:
