@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -16,6 +18,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from cloudless.codec import NoTransitCodec, data_converter
 from cloudless.contracts.limits import PayloadLimits
 from cloudless.contracts.names import SEARCH_ATTRIBUTES
+
+T = TypeVar("T")
 
 
 async def connect(
@@ -49,10 +53,36 @@ async def connect(
             await asyncio.sleep(0.2)
 
 
+#: Failures of a call that never reached the server's logic: the connection was
+#: closing (``CANCELLED``: "operation was canceled"), or the server was not there yet.
+_TRANSIENT = frozenset(
+    {RPCStatusCode.CANCELLED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
+)
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """``call()``, again after a transient failure (up to ``attempts`` times in ~3 s).
+
+    Only for idempotent calls. A long-lived client's connection can be closing when a
+    call is made (the server recycles connections), and the SDK does not retry that
+    for operator-service calls: a coordinator starting on such a client failed."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except RPCError as err:
+            if err.status not in _TRANSIENT or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 async def ensure_search_attributes(client: Client) -> None:
-    """Register Cloudless' custom search attributes; idempotent."""
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
+    """Register Cloudless' custom search attributes; idempotent (so retried when a call
+    fails in transit)."""
+    existing = await _retrying(
+        lambda: client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
     )
     missing = {
         key.name: key.indexed_value_type
@@ -62,10 +92,14 @@ async def ensure_search_attributes(client: Client) -> None:
     if not missing:
         return
     try:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={k: IndexedValueType.ValueType(v) for k, v in missing.items()},
+        await _retrying(
+            lambda: client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={
+                        k: IndexedValueType.ValueType(v) for k, v in missing.items()
+                    },
+                )
             )
         )
     except RPCError as err:  # a concurrent coordinator registered them first
