@@ -19,16 +19,13 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner
 
 from agent.runtime.exec import ExecDriver
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts import limits
 from cloudless.contracts import workload as wl
@@ -36,6 +33,7 @@ from cloudless.contracts.names import task_queue
 from cloudless.errors import CloudlessError, NotFoundError, PayloadTooLargeError
 from cloudless.model import ApplyInput, NodeState, WorkloadPhase
 from cloudless.spec import EnvVar, Workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from tests.conftest import unique
@@ -105,12 +103,6 @@ async def poison(temporal: Client, cluster: LocalCluster, name: str) -> None:
         return pending.attempt >= 2
 
     await eventually(failing, timeout=30)
-
-
-def cli(cluster: LocalCluster, *args: str) -> Any:
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    return CliRunner().invoke(app, [*base, "--state-dir", str(cluster.root), *args])
 
 
 async def test_oversized_manifest_is_refused_before_it_reaches_temporal(
@@ -186,14 +178,14 @@ async def test_stuck_workload_is_listed_described_and_deleted(
     assert listed[stuck].phase == WorkloadPhase.STUCK
     assert "workflow task failing" in listed[stuck].message
     assert "Failed decoding arguments" in listed[stuck].message, listed[stuck].message
-    got = await asyncio.to_thread(cli, cluster, "get", "workloads", "-o", "json")
+    got = await ctl(cluster, "get", "workloads", "-o", "json")
     assert got.exit_code == 0, got.output
     rows = {row["name"]: row for row in json.loads(got.output)}
     assert rows[stuck]["phase"] == "Stuck" and rows[healthy]["phase"] == "Available"
-    table = await asyncio.to_thread(cli, cluster, "get", "workloads")
+    table = await ctl(cluster, "get", "workloads")
     assert table.exit_code == 0 and "Stuck" in table.output
 
-    described = await asyncio.to_thread(cli, cluster, "describe", "workload", stuck)
+    described = await ctl(cluster, "describe", "workload", stuck)
     assert described.exit_code == 0, described.output
     assert "Stuck" in described.output and "Failed decoding arguments" in described.output
     assert "delete" in described.output  # the way out is named
