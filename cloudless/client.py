@@ -33,8 +33,7 @@ from cloudless.contracts import (
 )
 from cloudless.contracts.limits import MAX_MESSAGE_CHARS, check_manifest, clip
 from cloudless.contracts.stuck import TaskFailure, retrying_activities, workflow_task_failure
-from cloudless.contracts.workload import WORKFLOW as WORKLOAD_WORKFLOW
-from cloudless.contracts.workload import split_workflow_id
+from cloudless.contracts.workload import live_workloads_query, split_workflow_id
 from cloudless.errors import CloudlessError, NotFoundError
 from cloudless.model import (
     ApplyInput,
@@ -256,8 +255,7 @@ class CloudlessClient:
         """Every running workload's status (of ``namespace``, or all). A workload that
         cannot answer is listed as Stuck or Unknown with why; it never fails the list."""
         keys = []
-        query = WORKLOAD_WORKFLOW.visibility_query("ExecutionStatus = 'Running'")
-        async for wf in self.temporal.list_workflows(query):
+        async for wf in self.temporal.list_workflows(live_workloads_query(self.cluster)):
             found = split_workflow_id(wf.id)
             if found is not None and not (namespace and found[0] != namespace):
                 keys.append(found)

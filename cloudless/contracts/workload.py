@@ -111,6 +111,14 @@ def stand_in_manifest(namespace: str, name: str) -> Workload:
     )
 
 
+def live_workloads_query(cluster: str) -> str:
+    """Visibility query for a cluster's running workload workflows (its task queue): a
+    Temporal namespace several clusters share lists only this one's."""
+    return WORKFLOW.visibility_query(
+        "ExecutionStatus = 'Running'", f"TaskQueue = '{task_queue(cluster)}'"
+    )
+
+
 class WorkloadHandle:
     """Typed calls on ``workload/<namespace>/<name>``."""
 
@@ -233,6 +241,7 @@ __all__ = [
     "WORKFLOW",
     "WorkloadHandle",
     "key",
+    "live_workloads_query",
     "split_key",
     "split_workflow_id",
     "stand_in_manifest",
