@@ -9,6 +9,7 @@ asks), an agent given both agent gateways, the exec runtime.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,7 @@ async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalClust
                 driver = ExecDriver(name, Path(d) / "agents" / name)
                 for s in await driver.list():
                     await driver.stop(s.replica_id, 1.0)
+                shutil.rmtree(DEFAULT_SECRETS_ROOT / name, ignore_errors=True)
 
 
 def reader(name: str, replicas: int) -> Workload:
