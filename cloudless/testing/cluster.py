@@ -180,6 +180,18 @@ class LocalCluster:
         self.more_coordinators.append(coordinator)
         return coordinator
 
+    async def stop_coordinator(self, coordinator: Any) -> None:
+        """Stop one of the coordinators for good (``coordinator`` or one of
+        ``more_coordinators``): its ports close and its workers leave the task queue,
+        while the others go on. :meth:`close` does not stop it again."""
+        if coordinator is self.coordinator:
+            self.coordinator = None
+        elif coordinator in self.more_coordinators:
+            self.more_coordinators.remove(coordinator)
+        else:
+            raise ValueError(f"{coordinator!r} is not a coordinator of this cluster")
+        await coordinator.stop()
+
     def _coordinator_options(self) -> dict[str, Any]:
         """``coordinator_options`` over the test defaults: no reaper Schedule (one would
         outlive the test in a shared Temporal); tests run the reaper on demand."""
