@@ -30,8 +30,9 @@ async def two_clusters(
 ) -> AsyncIterator[tuple[LocalCluster, LocalCluster]]:
     """Two coordinators without agents (workloads stay Pending: still listed)."""
     with tempfile.TemporaryDirectory(prefix="cl-") as d:
+        suffix = uuid.uuid4().hex[:5]
         clusters = [
-            LocalCluster(temporal_env.client, Path(d) / side, cluster=f"{side}-{uuid.uuid4().hex[:5]}")
+            LocalCluster(temporal_env.client, Path(d) / side, cluster=f"{side}-{suffix}")
             for side in ("a", "b")
         ]
         for c in clusters:

@@ -37,9 +37,9 @@ from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.client import SecretsCallError, SecretsClient
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.transit import transit_server
-from workers.secrets.validation import MAX_DATA_BYTES
 from workers.secrets import SecretsServicer
 from workers.secrets import store as secrets_store
+from workers.secrets.validation import MAX_DATA_BYTES
 
 pytestmark = [pytest.mark.temporal]
 
