@@ -1,4 +1,5 @@
-"""Certificate signing for enrollment; the CA key never leaves the coordinator's disk."""
+"""Certificate signing for enrollment and renewal; the CA key never leaves the
+coordinator's disk."""
 
 from __future__ import annotations
 
@@ -9,14 +10,32 @@ from temporalio.exceptions import ApplicationError
 
 from cloudless.errors import PKIError
 from cloudless.model import SignCertificateInput, SignCertificateResult
-from cloudless.pki import CertificateAuthority, Identity, cert_not_after, cert_serial
+from cloudless.pki import (
+    CertificateAuthority,
+    Identity,
+    cert_key_id,
+    cert_not_after,
+    cert_not_before,
+    cert_serial,
+)
+from cloudless.pki.authority import CLOCK_SKEW
 
+#: How long a node certificate is valid (enrollment and renewal alike); agents renew at
+#: about two thirds of it (``policies.renewal``).
 NODE_CERT_VALIDITY = timedelta(days=30)
 
 
 class PKIActivities:
-    def __init__(self, ca: CertificateAuthority) -> None:
+    """``node_validity``: the lifetime of the node certificates this coordinator issues
+    (``--node-cert-validity``; tests shorten it to a few seconds)."""
+
+    def __init__(
+        self, ca: CertificateAuthority, *, node_validity: timedelta = NODE_CERT_VALIDITY
+    ) -> None:
+        if node_validity <= timedelta(0):
+            raise PKIError(f"node certificate validity must be positive, got {node_validity}")
         self._ca = ca
+        self._node_validity = node_validity
 
     @activity.defn(name="sign_node_certificate")
     async def sign_node_certificate(self, inp: SignCertificateInput) -> SignCertificateResult:
@@ -26,7 +45,7 @@ class PKIActivities:
                 inp.csr_pem.encode(),
                 identity,
                 dns_names=inp.dns_names,
-                validity=NODE_CERT_VALIDITY,
+                validity=self._node_validity,
                 server=True,
                 client=True,
             )
@@ -37,4 +56,6 @@ class PKIActivities:
             ca_pem=self._ca.cert_pem.decode(),
             not_after=cert_not_after(cert),
             serial=cert_serial(cert),
+            issued_at=cert_not_before(cert) + CLOCK_SKEW,
+            key_id=cert_key_id(cert),
         )

@@ -6,6 +6,11 @@ exponential backoff, so a fleet that lost its coordinator does not reconnect in 
 Given several gateways (one per coordinator), a broken stream fails over to the next one.
 Every stream carries an epoch that only grows, so the control plane can tell the node's
 current stream from older ones that other gateways may still report on.
+
+When the node certificate is renewed (:meth:`HeartbeatClient.rotate`), a new stream is
+opened with the new certificate beside the old one, and the old one is closed only once
+the new one is answered: the gateway sees the newer stream first, ignores the older
+one's end, and the node never looks disconnected.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ log = structlog.get_logger("cloudless.agent.heartbeat")
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+#: How long a stream opened with a renewed certificate has to be answered before the
+#: handover is given up (the old stream goes on; the next reconnect uses the new one).
+HANDOVER_TIMEOUT = 10.0
 
 
 class HeartbeatClient:
@@ -65,10 +73,15 @@ class HeartbeatClient:
         self.acked = 0
         self.connected = asyncio.Event()
         self._closing = False
+        self._backoff = MIN_BACKOFF
         self._flowing = asyncio.Event()
         self._flowing.set()
         #: Set to send the next beat now (a crash to report), or when stopping.
         self._wake = asyncio.Event()
+        #: Set by :meth:`rotate`: reopen the stream with the new material.
+        self._rotated = asyncio.Event()
+        #: Streams handed over to a renewed certificate.
+        self.handovers = 0
 
     @property
     def gateway(self) -> str:
@@ -92,6 +105,12 @@ class HeartbeatClient:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def rotate(self, material: TLSMaterial) -> None:
+        """Use renewed key material: the open stream is replaced by one made with it
+        (make before break); any later reconnect uses it too."""
+        self._material = material
+        self._rotated.set()
 
     def wake(self) -> None:
         """Send the next beat at once instead of after the interval: something the control
@@ -161,29 +180,95 @@ class HeartbeatClient:
         await stop.wait()
         self._wake.set()
 
+    async def _stream(
+        self, stop: asyncio.Event, gateway: str, material: TLSMaterial, answered: asyncio.Event
+    ) -> None:
+        """One heartbeat stream to ``gateway`` with ``material``, until it ends; sets
+        ``answered`` at its first response."""
+        beats = self._beats(stop, self._next_epoch(), moved=gateway != self._last)
+        async with secure_channel(gateway, GATEWAY_SERVER_NAME, material.ca_pem, material) as ch:
+            stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+            async for response in stub.Heartbeat(beats):
+                answered.set()
+                if not self.connected.is_set():
+                    log.info("heartbeat.connected", gateway=gateway)
+                    self._last = gateway
+                    self.connected.set()
+                    if self._secrets is not None:
+                        # Invalidations sent while we were away are lost.
+                        self._secrets.store.forget_all()
+                self._backoff = MIN_BACKOFF
+                self.acked = response.seq
+                if response.interval_seconds > 0:
+                    self.interval = response.interval_seconds
+                self._invalidate(list(response.invalidated_secrets))
+
+    async def _hold(self, stream: asyncio.Task[None], stop: asyncio.Event, gateway: str) -> None:
+        """Wait for the stream to end, handing it over to renewed material meanwhile;
+        raises what ended it."""
+        streams = {stream}
+        try:
+            while True:
+                rotated = asyncio.create_task(self._rotated.wait())
+                try:
+                    await asyncio.wait({stream, rotated}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    rotated.cancel()
+                if stream.done():
+                    stream.result()
+                    return
+                self._rotated.clear()
+                if not stop.is_set():
+                    stream = await self._handover(stream, stop, gateway, streams)
+        finally:
+            for task in streams:
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+
+    async def _handover(
+        self,
+        old: asyncio.Task[None],
+        stop: asyncio.Event,
+        gateway: str,
+        streams: set[asyncio.Task[None]],
+    ) -> asyncio.Task[None]:
+        """Open a stream with the current material; once it is answered, close ``old``.
+        Returns the stream to keep (``old`` if the new one failed or was not answered)."""
+        answered = asyncio.Event()
+        new = asyncio.create_task(
+            self._stream(stop, gateway, self._material, answered), name="heartbeat-handover"
+        )
+        streams.add(new)
+        waiter = asyncio.create_task(answered.wait())
+        try:
+            await asyncio.wait(
+                {new, waiter, old}, timeout=HANDOVER_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+        if answered.is_set():
+            old.cancel()
+            await asyncio.gather(old, return_exceptions=True)
+            streams.discard(old)
+            self.handovers += 1
+            log.info("heartbeat.rotated", gateway=gateway)
+            return new
+        new.cancel()
+        failure = (await asyncio.gather(new, return_exceptions=True))[0]
+        streams.discard(new)
+        log.warning("heartbeat.rotate_failed", gateway=gateway, error=str(failure or "timeout"))
+        return old
+
     async def _run(self, stop: asyncio.Event) -> None:
-        backoff = MIN_BACKOFF
+        self._backoff = MIN_BACKOFF
         while not stop.is_set():
             gateway = self.gateway
-            beats = self._beats(stop, self._next_epoch(), moved=gateway != self._last)
+            self._rotated.clear()  # this stream is made with the current material
+            stream = asyncio.create_task(
+                self._stream(stop, gateway, self._material, asyncio.Event()), name="heartbeat"
+            )
             try:
-                async with secure_channel(
-                    gateway, GATEWAY_SERVER_NAME, self._material.ca_pem, self._material
-                ) as channel:
-                    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-                    async for response in stub.Heartbeat(beats):
-                        if not self.connected.is_set():
-                            log.info("heartbeat.connected", gateway=gateway)
-                            self._last = gateway
-                            self.connected.set()
-                            if self._secrets is not None:
-                                # Invalidations sent while we were away are lost.
-                                self._secrets.store.forget_all()
-                        backoff = MIN_BACKOFF
-                        self.acked = response.seq
-                        if response.interval_seconds > 0:
-                            self.interval = response.interval_seconds
-                        self._invalidate(list(response.invalidated_secrets))
+                await self._hold(stream, stop, gateway)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("heartbeat.denied", reason=err.details())
@@ -195,9 +280,9 @@ class HeartbeatClient:
             if len(self._gateways) > 1:  # fail over: the next gateway, after the backoff
                 self._current = (self._current + 1) % len(self._gateways)
                 log.info("heartbeat.failover", gateway=self.gateway)
-            delay = random.uniform(backoff / 2, backoff)
+            delay = random.uniform(self._backoff / 2, self._backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            backoff = min(MAX_BACKOFF, backoff * 2)
+            self._backoff = min(MAX_BACKOFF, self._backoff * 2)
         for refresh in self._refreshes:
             refresh.cancel()  # the agent is stopping; the next start fetches anyway

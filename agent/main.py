@@ -1,4 +1,5 @@
-"""``cloudless-agent``: enroll once, then serve AgentService over mTLS until stopped.
+"""``cloudless-agent``: enroll once, then serve AgentService over mTLS until stopped,
+renewing the node certificate as it ages.
 
 One agent runs per device. Capacity defaults to what psutil sees; flags override it so
 one machine can host several simulated devices of different shapes.
@@ -20,6 +21,12 @@ import typer
 
 from agent.enroll import NodeFacts, enroll, is_enrolled, load_agent_gateways, split_addresses
 from agent.heartbeat import HeartbeatClient
+from agent.renewal import (
+    CertificateExpired,
+    CertificateRenewer,
+    check_not_expired,
+    finish_interrupted_renewal,
+)
 from agent.runtime import detect_drivers
 from agent.runtime.base import RuntimeDriver
 from agent.runtime.docker import DEFAULT_SECRET_SHELL
@@ -39,7 +46,12 @@ from cloudless.grpc_options import (
 from cloudless.logs import configure_logging
 from cloudless.process import raise_open_files_limit, stop_on_signals
 from cloudless.quantity import parse_bytes, parse_cpu
-from cloudless.tls import DEFAULT_GRPC_LIMITS, GrpcLimits, TLSMaterial, server_credentials
+from cloudless.tls import (
+    DEFAULT_GRPC_LIMITS,
+    GrpcLimits,
+    RotatingServerCredentials,
+    TLSMaterial,
+)
 
 log = structlog.get_logger("cloudless.agent")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -76,6 +88,7 @@ async def serve(
     heartbeat_interval: float = 1.0,
     agent_gateway: str | Sequence[str] | None = None,
     on_started: Callable[[HeartbeatClient], None] | None = None,
+    on_renewer: Callable[[CertificateRenewer], None] | None = None,
     secrets_dir: Path = DEFAULT_SECRETS_ROOT,
     secret_shell: Path = DEFAULT_SECRET_SHELL,
     grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
@@ -97,10 +110,21 @@ async def serve(
     )
     if runtimes is not None:
         drivers = {k: v for k, v in drivers.items() if k in runtimes}
+    material: TLSMaterial | None = None
+    if (done := finish_interrupted_renewal(state_dir)) is not None:
+        log.warning("agent.renewal_recovered", node=name, outcome=done)
     if is_enrolled(state_dir):
         material = TLSMaterial.load(state_dir)
-        log.info("agent.enrolled_before", node=name)
-    else:
+        try:
+            check_not_expired(material)
+            log.info("agent.enrolled_before", node=name)
+        except CertificateExpired as err:
+            if not token:
+                log.error("agent.certificate_expired", node=name, error=str(err))
+                raise
+            log.warning("agent.certificate_expired", node=name, action="enrolling again")
+            material = None
+    if material is None:
         if not token:
             raise CloudlessError(
                 f"node {name} is not enrolled yet: pass --token (mint one with "
@@ -135,7 +159,9 @@ async def serve(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(identity.name, identity.cluster, drivers, supervisor, secrets), server
     )
-    server.add_secure_port(listen, server_credentials(material, require_client_auth=True))
+    # New handshakes get the renewed certificate; established connections go on.
+    credentials = RotatingServerCredentials(material, require_client_auth=True)
+    server.add_secure_port(listen, credentials.credentials)
     await server.start()
     log.info("agent.serving", node=identity.name, listen=listen, runtimes=sorted(drivers))
     stop = stop or asyncio.Event()
@@ -161,12 +187,29 @@ async def serve(
     supervisor.on_crash = heartbeat.wake  # every crash is reported with the next beat, now
     # Secrets calls go where the stream is: that coordinator is known to answer.
     coordinator_secrets.follow(heartbeat.connected_gateway)
+
+    async def switch(renewed: TLSMaterial) -> None:
+        """Every use of the node's identity moves to the renewed certificate."""
+        credentials.update(renewed)
+        heartbeat.rotate(renewed)
+        coordinator_secrets.reconnect(renewed)
+
+    renewer = CertificateRenewer(
+        state_dir,
+        material,
+        coordinators,
+        preferred=heartbeat.connected_gateway,
+        on_renewed=[switch],
+    )
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
+    renewing = asyncio.create_task(renewer.run(stop), name="certificate-renewal")
     if ready_file is not None:
         ready_file.write_text(identity.name)
     if on_started is not None:
         on_started(heartbeat)
+    if on_renewer is not None:
+        on_renewer(renewer)
     if ready is not None:
         ready.set()
     try:
@@ -174,16 +217,18 @@ async def serve(
     finally:
         task = asyncio.current_task()
         supervising.cancel()
+        renewing.cancel()
         if task is not None and task.cancelling():
             # Killed (a test's stand-in for a crash): no goodbye, the stream just breaks.
             beating.cancel()
-            await asyncio.gather(beating, supervising, return_exceptions=True)
+            await asyncio.gather(beating, supervising, renewing, return_exceptions=True)
             await server.stop(grace=None)
         else:
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(beating, timeout=5)  # sends the closing beat
             await server.stop(grace=2)
+            await asyncio.gather(renewing, return_exceptions=True)
         for driver in drivers.values():
             await driver.close()
         await secrets.store.close()

@@ -196,6 +196,8 @@ class CoordinatorSecrets:
         #: Coordinators whose last attempt failed: not preferred until one answers again.
         self._failed: set[int] = set()
         self._preferred: Callable[[], str | None] = lambda: None
+        #: Channels replaced by :meth:`reconnect`, closing once their calls are done.
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def connect(cls, addresses: str | Sequence[str], material: TLSMaterial) -> Self:
@@ -204,15 +206,22 @@ class CoordinatorSecrets:
         ordered = split_addresses(addresses)
         if not ordered:
             raise ValueError("at least one coordinator address is required")
-        channels = [
-            secure_channel(address, GATEWAY_SERVER_NAME, material.ca_pem, material)
-            for address in ordered
-        ]
-        stubs: list[tuple[str, SecretsClient]] = [
-            (address, secrets_pb2_grpc.SecretsServiceStub(channel))
-            for address, channel in zip(ordered, channels, strict=True)
-        ]
+        stubs, channels = _dial(ordered, material)
         return cls(stubs, channels=channels)
+
+    def reconnect(self, material: TLSMaterial) -> None:
+        """Use renewed key material: new channels to the same coordinators take every
+        call from now on, while calls in flight finish on the old ones, which are closed
+        after ``RPC_TIMEOUT`` (or by :meth:`close`). Only for a client made by
+        :meth:`connect`."""
+        addresses = [address for address, _ in self._targets]
+        stubs, channels = _dial(addresses, material)
+        old, self._channels = self._channels, channels
+        self._targets = stubs
+        for channel in old:
+            task = asyncio.create_task(channel.close(grace=RPC_TIMEOUT), name="secrets-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     @property
     def current(self) -> str:
@@ -228,6 +237,9 @@ class CoordinatorSecrets:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close(grace=None)
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def GenerateAccessToken(
         self, request: secrets_pb2.GenerateAccessTokenRequest, *, timeout: float | None = None
@@ -285,6 +297,21 @@ class CoordinatorSecrets:
     def _answered(self, index: int) -> None:
         self._current = index
         self._failed.discard(index)
+
+
+def _dial(
+    addresses: Sequence[str], material: TLSMaterial
+) -> tuple[list[tuple[str, SecretsClient]], list[grpc.aio.Channel]]:
+    """One mTLS channel (connecting on its first call) and stub per coordinator."""
+    channels = [
+        secure_channel(address, GATEWAY_SERVER_NAME, material.ca_pem, material)
+        for address in addresses
+    ]
+    stubs: list[tuple[str, SecretsClient]] = [
+        (address, secrets_pb2_grpc.SecretsServiceStub(channel))
+        for address, channel in zip(addresses, channels, strict=True)
+    ]
+    return stubs, channels
 
 
 def _error(source: SecretSource, step: str, err: grpc.aio.AioRpcError) -> SecretDeliveryError:

@@ -30,7 +30,7 @@ from activities.agent_client import AgentClientPool
 from activities.agents import AgentActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
-from activities.pki import PKIActivities
+from activities.pki import NODE_CERT_VALIDITY, PKIActivities
 from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
@@ -268,6 +268,9 @@ class Coordinator:
     reap_interval: timedelta | None = timedelta(minutes=1)
     #: Replicas an agent started less than this long ago are not stopped by the reaper.
     reap_grace: float = 60.0
+    #: Lifetime of the node certificates this coordinator issues (enrollment, renewal);
+    #: agents renew at about two thirds of it. Tests shorten it to seconds.
+    node_cert_validity: timedelta = NODE_CERT_VALIDITY
 
     async def start(self) -> None:
         self._check_codec()
@@ -286,7 +289,7 @@ class Coordinator:
         ledger = LedgerActivities(self.client, self.cluster)
         ledger.revocations = revocations
         agents = AgentActivities(self._pool)
-        certs = PKIActivities(pki.ca)
+        certs = PKIActivities(pki.ca, node_validity=self.node_cert_validity)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
         reaper = ReaperActivities(self.client, self._pool, self.cluster, ledger)
         worker = Worker(
@@ -608,6 +611,14 @@ def main_command(
             "reaper run (e.g. 60s).",
         ),
     ] = "60s",
+    node_cert_validity: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_NODE_CERT_VALIDITY",
+            help="Lifetime of the node certificates this coordinator issues at enrollment "
+            "and renewal (e.g. 30d, 12h); agents renew at about two thirds of it.",
+        ),
+    ] = "30d",
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -670,6 +681,7 @@ def main_command(
                     interval=parse_duration(reap_interval),
                     grace=parse_duration(reap_grace).total_seconds(),
                 ),
+                parse_duration(node_cert_validity),
             )
         )
     except CloudlessError as err:
@@ -692,6 +704,7 @@ async def _run(
     grpc_limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
     gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE,
     reaper: ReaperSettings | None = None,
+    node_cert_validity: timedelta = NODE_CERT_VALIDITY,
 ) -> None:
     secrets = secrets or SecretsSettings()
     reaper = reaper or ReaperSettings()
@@ -730,6 +743,7 @@ async def _run(
         gc_policy=GcPolicy(),
         reap_interval=reaper.interval,
         reap_grace=reaper.grace,
+        node_cert_validity=node_cert_validity,
     )
     await coordinator.start()
     await stop_on_signals().wait()

@@ -1,28 +1,33 @@
-"""GatewayService: where agents enroll. Served by the coordinator over TLS.
+"""GatewayService: where agents enroll, heartbeat and renew their certificates. Served by
+the coordinator over TLS.
 
 The gateway checks everything that can be checked without durable state (input shape,
-token signature) so junk never reaches Temporal, then runs the enrollment workflow,
-which enforces expiry, binding and single use durably.
+token signature, the CSR, the caller's certificate) so junk never reaches Temporal, then
+runs the enrollment workflow, which enforces expiry, binding and single use durably, or,
+for a renewal, the ``renew_certificate`` Update of ``node/<id>``, which refuses a removed
+node and bounds how often a node is issued a certificate.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
 import structlog
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless import nodefacts
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
-from cloudless.contracts import enrollment
+from cloudless.contracts import NodeHandle, enrollment
 from cloudless.errors import EnrollmentError, PKIError
-from cloudless.model import EnrollmentInput, NodeRecord, Resources
-from cloudless.pki import check_csr, is_dns_label
+from cloudless.model import EnrollmentInput, NodeRecord, RenewCertificateInput, Resources
+from cloudless.pki import cert_serial, check_csr, check_renewal_csr, is_dns_label
 from cloudless.revocation import RevocationList
 from cloudless.spec import label_problems
 from cloudless.tls import peer_certificate_pem, peer_identity
@@ -47,6 +52,18 @@ _STATUS_BY_TYPE = {
     "NodeAlreadyEnrolled": grpc.StatusCode.ALREADY_EXISTS,
     "InvalidCSR": grpc.StatusCode.INVALID_ARGUMENT,
 }
+#: Why ``node/<id>`` refused a renewal, as the code the agent sees.
+_RENEWAL_STATUS = {
+    "NodeRemoved": grpc.StatusCode.PERMISSION_DENIED,
+    "NodeNotEnrolled": grpc.StatusCode.FAILED_PRECONDITION,
+    "RenewalInProgress": grpc.StatusCode.ABORTED,
+    "RenewalTooSoon": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "InvalidCSR": grpc.StatusCode.INVALID_ARGUMENT,
+}
+#: How long a renewal may take end to end (the Update signs with the CA and records it).
+RENEW_TIMEOUT = timedelta(seconds=20)
+#: Nodes remembered as refused RESOURCE_EXHAUSTED (until when), answered without Temporal.
+MAX_REFUSED_NODES = 4096
 
 
 def validate_enroll_request(req: gateway_pb2.EnrollRequest) -> list[str]:
@@ -155,6 +172,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._agent_port = agent_port
         self.invalidations = invalidations or InvalidationFeed()
         self._revocations = revocations
+        #: Nodes with a renewal in flight through this gateway: one at a time per node.
+        self._renewing: set[str] = set()
+        #: node -> (monotonic deadline, message): told "too soon" by ``node/<id>``; the
+        #: same answer is given here until then, without asking Temporal again.
+        self._refused: dict[str, tuple[float, str]] = {}
 
     def _revoked(self, pem: bytes | None) -> str | None:
         """Why the peer's certificate is refused, if it was revoked (its node removed).
@@ -225,6 +247,96 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         finally:
             if token:
                 monitor.disconnected(node_id, token)
+
+    async def RenewCertificate(
+        self,
+        request: gateway_pb2.RenewCertificateRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> gateway_pb2.RenewCertificateResponse:
+        """A certificate for a new key, for the node the caller's certificate names.
+
+        Only on the agent listener (mutual TLS): the identity comes from the verified peer
+        certificate, never from the CSR, whose names the CA ignores anyway.
+        """
+        ident = peer_identity(context)
+        pem = peer_certificate_pem(context)
+        if ident is None or pem is None or ident.role != "node" or ident.cluster != self._cluster:
+            who = ident.uri() if ident else "a client without a certificate"
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} may not renew a node certificate; present the node certificate "
+                f"being renewed (cluster {self._cluster!r}) on the agent listener",
+            )
+            raise AssertionError("unreachable")
+        node_id = ident.name
+        if (refused := self._revoked(pem)) is not None:
+            log.warning("renew.refused", node=node_id, reason="certificate revoked")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        if not request.csr_pem or len(request.csr_pem) > MAX_CSR_BYTES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes",
+            )
+        try:
+            key_id = check_renewal_csr(request.csr_pem, pem)
+        except PKIError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"csr_pem: {err}")
+            raise
+        now = time.monotonic()
+        held = self._refused.get(node_id)
+        if held is not None:
+            if held[0] > now:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, held[1])
+            del self._refused[node_id]
+        if node_id in self._renewing:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"a certificate renewal for node {node_id} is already in progress; retry",
+            )
+        self._renewing.add(node_id)
+        try:
+            signed = await NodeHandle(self._client, node_id).renew_certificate(
+                RenewCertificateInput(
+                    csr_pem=request.csr_pem.decode("ascii", errors="replace"),
+                    key_id=key_id,
+                    presented_serial=cert_serial(pem),
+                ),
+                rpc_timeout=RENEW_TIMEOUT,
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            message = cause.message if isinstance(cause, ApplicationError) else str(err)
+            code = _RENEWAL_STATUS.get(kind or "", grpc.StatusCode.INTERNAL)
+            log.warning("renew.refused", node=node_id, reason=message)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._hold(node_id, message, now)
+            await context.abort(code, message)
+            raise
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # no node/<id> running: removed
+                message = (
+                    f"node {node_id!r} is not enrolled (removed, or never finished "
+                    "enrolling); enroll the device again with a new token "
+                    "(`cloudlessctl token create`)"
+                )
+                log.warning("renew.refused", node=node_id, reason=message)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"renewal not recorded: {err}")
+            raise
+        finally:
+            self._renewing.discard(node_id)
+        log.info("renew.issued", node=node_id, serial=signed.serial, not_after=signed.not_after)
+        return gateway_pb2.RenewCertificateResponse(
+            certificate_pem=signed.certificate_pem.encode(), ca_pem=signed.ca_pem.encode()
+        )
+
+    def _hold(self, node_id: str, message: str, now: float) -> None:
+        """Answer the node's renewals "too soon" here for the next second, so a node
+        retrying in a loop costs Temporal at most one Update a second."""
+        if len(self._refused) >= MAX_REFUSED_NODES:
+            del self._refused[next(iter(self._refused))]
+        self._refused[node_id] = (now + 1.0, message)
 
     async def Enroll(
         self,

@@ -470,19 +470,23 @@ class Ledger:
         )
 
     def remove_node(self, inp: RemoveNodeInput, now: datetime) -> RemoveNodeResult:
-        """Forget a node for good: its reservations go, its certificate is revoked."""
+        """Forget a node for good: its reservations go, its certificates are revoked."""
         self.revoked = {s: r for s, r in self.revoked.items() if r.not_after > now}
         revoked = False
-        if inp.certificate_serial and (
-            inp.certificate_not_after is None or inp.certificate_not_after > now
-        ):
-            self.revoked[inp.certificate_serial] = RevokedCertificate(
-                serial=inp.certificate_serial,
-                node_id=inp.node_id,
-                not_after=inp.certificate_not_after or now + REVOKED_DEFAULT_KEEP,
-                revoked_at=now,
-            )
-            revoked = True
+        # The record's certificate and the node's other unexpired ones (renewals').
+        certificates = {
+            **inp.more_certificates,
+            inp.certificate_serial: inp.certificate_not_after,
+        }
+        for serial, not_after in certificates.items():
+            if serial and (not_after is None or not_after > now):
+                self.revoked[serial] = RevokedCertificate(
+                    serial=serial,
+                    node_id=inp.node_id,
+                    not_after=not_after or now + REVOKED_DEFAULT_KEEP,
+                    revoked_at=now,
+                )
+                revoked = True
         node = self.nodes.pop(inp.node_id, None)
         released: dict[str, int] = {}
         if node is not None:

@@ -10,16 +10,21 @@ users see combines them: unhealthy wins, then the admin state, else Ready.
 Events (enrollment, liveness signals, admin updates) are queued by handlers and applied
 one at a time by the main loop, so activities never interleave for one node.
 
+``renew_certificate`` (an Update from the gateway's ``RenewCertificate``) issues the node a
+certificate for a new key and records it. It runs beside the main loop rather than
+queued behind it (a drain may hold the loop for an hour; a renewal is due within a third
+of a certificate's lifetime), and touches only the certificate fields.
+
 ``remove`` (an admin action) retires the node for good: its workloads replace its
-replicas elsewhere, what it held in the ledger is freed, its certificate is revoked, and
-the workflow ends in the terminal state Removed. Enrolling the name again (with a new
-token) starts a new run from scratch.
+replicas elsewhere, what it held in the ledger is freed, every unexpired certificate
+issued to it is revoked, and the workflow ends in the terminal state Removed. Enrolling
+the name again (with a new token) starts a new run from scratch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -29,10 +34,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
+    from activities.pki import PKIActivities
     from cloudless.contracts import node as node_contract
     from cloudless.contracts.names import SA_NODE, SA_PHASE
     from cloudless.model import (
         EnrollSignal,
+        IssuedCertificate,
         LivenessSignal,
         NodeAdminInput,
         NodeRecord,
@@ -44,7 +51,10 @@ with workflow.unsafe.imports_passed_through():
         ReconcileNodeInput,
         ReconcileRequest,
         RemoveNodeInput,
+        RenewCertificateInput,
         RetireNodeInput,
+        SignCertificateInput,
+        SignCertificateResult,
         UpsertNodeInput,
     )
     from cloudless.vocabulary import AdminAction, AdminState, NodeEventKind, NodeHealth
@@ -56,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         next_health,
         recent,
     )
+    from policies.renewal import renewal_refusal
 
 #: Transitions kept for ``describe node``; older ones live in earlier runs' history.
 MAX_TRANSITIONS = 50
@@ -75,6 +86,13 @@ _FAST = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
 )
 _ADMIN_ACTIONS = tuple(AdminAction)
+#: Signing a renewal's certificate: a CSR the CA refuses is final, anything else is retried
+#: briefly (the agent retries the whole renewal with backoff anyway).
+_SIGN_RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=10,
+    non_retryable_error_types=["InvalidCSR"],
+)
 #: Patch (issue #10): health moves by ``policies.membership.next_health``. Every way into
 #: Ready reconciles (Suspect did not), an Offline node ignores Suspect, and every way into
 #: Offline tells the workloads (a failed reconcile or re-enrollment probe did not).
@@ -114,6 +132,12 @@ class NodeWorkflow:
         self._seq = 0
         self._done = 0
         self._removed = False
+        #: Renewals between their signing and their recording: a removal waits for them,
+        #: so the certificates it revokes include any they issue.
+        self._renewing = 0
+        #: The last renewal's certificate: a retry for the same key (its answer was lost)
+        #: gets it again instead of a new one. Not carried across continue-as-new.
+        self._reissuable: SignCertificateResult | None = None
         if inp.record is not None:
             self._events.append(_Event(NodeEventKind.ENROLL, record=inp.record))
 
@@ -168,6 +192,7 @@ class NodeWorkflow:
         # Joining is recorded first so the UI shows the node the moment it enrolls; it is
         # Ready only once the coordinator has reached the agent over mTLS.
         fresh = self._status is None  # never Ready, so the ledger placed nothing here
+        self._retain_current_certificate()  # re-enrolling: the old one is revoked on removal
         self._set(
             record=record, health=NodeHealth.JOINING, reason="enrolled with a bootstrap token"
         )
@@ -189,7 +214,9 @@ class NodeWorkflow:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
             await self._unreachable(f"agent unreachable: {reason}")
             return
-        self._set(record=record.model_copy(update={"runtimes": runtimes}))
+        # From the status, not ``record``: a renewal during the probe changed its certificate.
+        assert self._status is not None
+        self._set(record=self._status.record.model_copy(update={"runtimes": runtimes}))
         if not await self._reconcile_replicas(fresh=fresh):
             return
         self._set(health=NodeHealth.READY, reason="agent reached over mTLS")
@@ -377,6 +404,11 @@ class NodeWorkflow:
                 )
             except ActivityError as err:  # its certificate is revoked either way
                 workflow.logger.warning("could not stop what %s runs: %s", record.node_id, err)
+        # A renewal signed meanwhile is recorded before the revocation is computed (new
+        # ones are refused since the node is Removed).
+        await workflow.wait_condition(lambda: self._renewing == 0)
+        record = status.record
+        now = workflow.now()
         await workflow.execute_activity_method(
             LedgerActivities.remove_node,
             RemoveNodeInput(
@@ -384,6 +416,11 @@ class NodeWorkflow:
                 certificate_serial=record.certificate_serial,
                 certificate_not_after=record.certificate_not_after,
                 reason=why,
+                more_certificates={
+                    c.serial: c.not_after
+                    for c in status.certificates
+                    if c.serial != record.certificate_serial and c.not_after > now
+                },
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_FAST,
@@ -613,6 +650,142 @@ class NodeWorkflow:
         if self._status.admin == AdminState.REMOVED or self._removed:
             raise ApplicationError(f"node {self._status.record.node_id} was removed")
 
+    # ------------------------------------------------------------------ certificates
+
+    def _retain_current_certificate(self) -> None:
+        """Keep the record's certificate in ``certificates`` (until it expires) before the
+        record names another one, so a removal still revokes it."""
+        status = self._status
+        if status is None:
+            return
+        now = workflow.now()
+        live = [c for c in status.certificates if c.not_after > now]
+        record = status.record
+        if (
+            record.certificate_serial
+            and record.certificate_not_after is not None
+            and record.certificate_not_after > now
+            and all(c.serial != record.certificate_serial for c in live)
+        ):
+            live.append(
+                IssuedCertificate(
+                    serial=record.certificate_serial,
+                    not_after=record.certificate_not_after,
+                    issued_at=record.enrolled_at,
+                )
+            )
+        status.certificates = live
+
+    def _last_issued(self) -> tuple[datetime, datetime] | None:
+        """(issued, expiry) of the newest certificate issued to the node, if known."""
+        status = self._status
+        assert status is not None
+        renewed = status.certificates[-1] if status.certificates else None
+        record = status.record
+        if (
+            renewed is not None
+            and renewed.serial == record.certificate_serial
+            and renewed.issued_at is not None
+        ):
+            return renewed.issued_at, renewed.not_after
+        if record.enrolled_at is not None and record.certificate_not_after is not None:
+            return record.enrolled_at, record.certificate_not_after
+        return None
+
+    @workflow.update(name=node_contract.RENEW_CERTIFICATE.name)
+    async def renew_certificate(self, inp: RenewCertificateInput) -> SignCertificateResult:
+        """Issue the node a certificate for the CSR's (new) key, same identity and validity
+        policy as enrollment, and record it as the node's current one."""
+        again = self._reissuable
+        if again is not None and again.key_id == inp.key_id:
+            return again
+        status = self._status
+        assert status is not None
+        node_id = status.record.node_id
+        self._renewing += 1
+        try:
+            try:
+                signed = await workflow.execute_activity_method(
+                    PKIActivities.sign_node_certificate,
+                    SignCertificateInput(
+                        cluster=self._cluster, node_id=node_id, csr_pem=inp.csr_pem
+                    ),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_SIGN_RETRY,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError):
+                    raise ApplicationError(cause.message, type=cause.type) from err
+                raise ApplicationError(f"signing failed: {err}", type="SigningFailed") from err
+            self._retain_current_certificate()
+            status.certificates = [
+                *status.certificates,
+                IssuedCertificate(
+                    serial=signed.serial,
+                    not_after=signed.not_after,
+                    issued_at=signed.issued_at,
+                    key_id=signed.key_id,
+                ),
+            ]
+            status.record = status.record.model_copy(
+                update={
+                    "certificate_serial": signed.serial,
+                    "certificate_not_after": signed.not_after,
+                }
+            )
+        finally:
+            self._renewing -= 1
+        if status.admin == AdminState.REMOVED or self._removed:
+            # Removed while signing: recorded above, so the removal revokes it too.
+            raise ApplicationError(_removed_message(node_id), type="NodeRemoved")
+        self._reissuable = signed
+        workflow.logger.info(
+            "renewed the certificate of %s (serial %s, was %s, valid until %s)",
+            node_id,
+            signed.serial,
+            inp.presented_serial or "?",
+            signed.not_after.isoformat(),
+        )
+        return signed
+
+    @renew_certificate.validator
+    def _validate_renewal(self, inp: RenewCertificateInput) -> None:
+        status = self._status
+        if status is None:
+            raise ApplicationError(
+                "the node has not finished enrolling yet; retry", type="NodeNotEnrolled"
+            )
+        node_id = status.record.node_id
+        if status.admin == AdminState.REMOVED or self._removed:
+            raise ApplicationError(_removed_message(node_id), type="NodeRemoved")
+        if self._reissuable is not None and self._reissuable.key_id == inp.key_id:
+            return  # a retry: answered with the certificate already issued
+        if self._renewing:
+            raise ApplicationError(
+                f"a certificate renewal for node {node_id} is already in progress; retry",
+                type="RenewalInProgress",
+            )
+        last = self._last_issued()
+        if last is None:
+            return
+        until = renewal_refusal(last[0], last[1], workflow.now())
+        if until is not None:
+            raise ApplicationError(
+                f"node {node_id} was issued a certificate at {last[0].isoformat()}; the next "
+                f"one is issued from {until.isoformat()} (at most one per quarter of a "
+                "certificate's lifetime)",
+                type="RenewalTooSoon",
+            )
+
     @workflow.query(name=node_contract.DESCRIBE.name)
     def describe(self) -> NodeStatus | None:
         return self._status
+
+
+def _removed_message(node_id: str) -> str:
+    return (
+        f"node {node_id!r} was removed (`cloudlessctl node remove`); its certificates are "
+        "revoked and none is renewed: enroll the device again with a new token "
+        "(`cloudlessctl token create`)"
+    )

@@ -65,12 +65,14 @@ class LedgerWriteActivities(LedgerBase):
     async def remove_node(self, inp: RemoveNodeInput) -> RemoveNodeResult:
         """Forget a removed node in the ledger: what it still held is freed and its
         certificate is revoked (refused by this coordinator at once, by the others within
-        their refresh interval). A retry finds the node gone and revokes again: harmless."""
+        their refresh interval), and so is every other unexpired certificate renewals issued
+        it. A retry finds the node gone and revokes again: harmless."""
         done = await self.writer.submit(LedgerOp(remove_node=inp))
         if done.removed is None:
             raise ApplicationError(done.error or "node removal failed", type=done.error_type)
         if done.removed.revoked and self.revocations is not None:
-            self.revocations.add(inp.certificate_serial, inp.node_id)
+            for serial in (inp.certificate_serial, *inp.more_certificates):
+                self.revocations.add(serial, inp.node_id)
         self.scheduler.mark_stale()  # the node left the ledger: the index reloads
         activity.logger.info(
             "removed node %s (released %d replica(s), certificate %s)",

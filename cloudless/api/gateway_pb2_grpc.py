@@ -44,6 +44,11 @@ class GatewayServiceStub:
                 request_serializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/cloudless.v1.GatewayService/RenewCertificate',
+                request_serializer=cloudless_dot_api_dot_gateway__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=cloudless_dot_api_dot_gateway__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -63,6 +68,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """mTLS with a node certificate required: a new certificate for a new key, same identity,
+        same validity policy as enrollment; refused for removed nodes and revoked certificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.FromString,
                     response_serializer=cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=cloudless_dot_api_dot_gateway__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=cloudless_dot_api_dot_gateway__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class GatewayService:
             '/cloudless.v1.GatewayService/Heartbeat',
             cloudless_dot_api_dot_gateway__pb2.HeartbeatRequest.SerializeToString,
             cloudless_dot_api_dot_gateway__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cloudless.v1.GatewayService/RenewCertificate',
+            cloudless_dot_api_dot_gateway__pb2.RenewCertificateRequest.SerializeToString,
+            cloudless_dot_api_dot_gateway__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,8 @@ from cloudless.model import (
     NodeStatus,
     NodeWorkflowInput,
     ReconcileRequest,
+    RenewCertificateInput,
+    SignCertificateResult,
 )
 
 
@@ -35,6 +37,11 @@ LIVENESS: Signal[LivenessSignal] = Signal("liveness", LivenessSignal)
 RECONCILE: Signal[ReconcileRequest] = Signal("reconcile", ReconcileRequest)
 #: Cordon, uncordon or drain; returns once applied (a drain once the node is empty).
 ADMIN: Update[NodeAdminInput, NodeStatus] = Update("admin", NodeAdminInput, NodeStatus)
+#: A certificate for the node's new key, issued and recorded (the gateway's
+#: ``RenewCertificate``); refused for a removed node or past the renewal bound.
+RENEW_CERTIFICATE: Update[RenewCertificateInput, SignCertificateResult] = Update(
+    "renew_certificate", RenewCertificateInput, SignCertificateResult
+)
 #: The record, state and recent transitions (None until enrollment started).
 DESCRIBE: Query[None, NodeStatus | None] = Query("describe", None, NodeStatus | None)
 
@@ -43,7 +50,7 @@ WORKFLOW: WorkflowType[NodeWorkflowInput, None] = WorkflowType(
     NodeWorkflowInput,
     None,
     task_queue=task_queue,
-    messages=(ENROLL, FACTS, LIVENESS, RECONCILE, ADMIN, DESCRIBE),
+    messages=(ENROLL, FACTS, LIVENESS, RECONCILE, ADMIN, RENEW_CERTIFICATE, DESCRIBE),
 )
 
 
@@ -76,6 +83,11 @@ class NodeHandle:
     ) -> NodeStatus:
         return await ADMIN.execute(self.handle, inp, rpc_timeout=rpc_timeout)
 
+    async def renew_certificate(
+        self, inp: RenewCertificateInput, *, rpc_timeout: timedelta | None = None
+    ) -> SignCertificateResult:
+        return await RENEW_CERTIFICATE.execute(self.handle, inp, rpc_timeout=rpc_timeout)
+
     async def facts(self, sig: EnrollSignal) -> None:
         await FACTS.send(self.handle, sig)
 
@@ -89,6 +101,7 @@ __all__ = [
     "ENROLL",
     "FACTS",
     "LIVENESS",
+    "RENEW_CERTIFICATE",
     "WORKFLOW",
     "NodeHandle",
     "workflow_id",

@@ -30,6 +30,7 @@ from cloudless.model.agents import (
 from cloudless.model.enrollment import (
     EnrollmentInput,
     EnrollmentResult,
+    RenewCertificateInput,
     SignCertificateInput,
     SignCertificateResult,
 )
@@ -65,6 +66,7 @@ from cloudless.model.ledger import (
 )
 from cloudless.model.nodes import (
     EnrollSignal,
+    IssuedCertificate,
     LivenessSignal,
     NodeAdminInput,
     NodeRecord,
@@ -155,6 +157,7 @@ __all__ = [
     "EnrollmentResult",
     "ExplainInput",
     "ExplainResult",
+    "IssuedCertificate",
     "LedgerBatch",
     "LedgerBatchResult",
     "LedgerNode",
@@ -191,6 +194,7 @@ __all__ = [
     "ReconcileRequest",
     "RemoveNodeInput",
     "RemoveNodeResult",
+    "RenewCertificateInput",
     "ReplicaCrashed",
     "ReplicaExited",
     "ReplicaPhase",

@@ -44,3 +44,18 @@ class SignCertificateResult(_Model):
     ca_pem: str
     not_after: datetime
     serial: str = ""  # hex (cloudless.pki.cert_serial): what removing the node revokes
+    #: When the CA issued it (its lifetime starts here; ``not_before`` is backdated).
+    issued_at: datetime | None = None
+    #: Which key it certifies (cloudless.pki.public_key_id).
+    key_id: str = ""
+
+
+class RenewCertificateInput(_Model):
+    """A node asks for a certificate for a new key (the ``renew_certificate`` Update on
+    ``node/<id>``). The gateway authenticated the caller as the node, checked the CSR and
+    that its key is not the one being renewed; ``key_id`` names the CSR's key."""
+
+    csr_pem: str
+    key_id: str
+    #: Serial of the certificate the caller presented (for the log and the audit trail).
+    presented_serial: str = ""

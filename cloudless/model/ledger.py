@@ -387,6 +387,9 @@ class RemoveNodeInput(_Model):
     certificate_serial: str = ""
     certificate_not_after: datetime | None = None
     reason: str = ""
+    #: The node's other unexpired certificates (earlier ones a renewal replaced), revoked
+    #: with it: serial -> expiry.
+    more_certificates: dict[str, datetime] = Field(default_factory=dict)
 
 
 class RemoveNodeResult(_Model):

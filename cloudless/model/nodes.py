@@ -32,6 +32,16 @@ class NodeRecord(_Model):
     enrolled_at: datetime | None = None
 
 
+class IssuedCertificate(_Model):
+    """A certificate the CA issued to the node (at enrollment or renewal), kept until it
+    expires: removing the node revokes every one of them."""
+
+    serial: str
+    not_after: datetime
+    issued_at: datetime | None = None
+    key_id: str = ""
+
+
 class NodeTransition(_Model):
     state: NodeState
     at: datetime
@@ -64,6 +74,9 @@ class NodeStatus(_Model):
     planned_since: datetime | None = None
     #: Flap damping holds a returning node unhealthy until then.
     held_until: datetime | None = None
+    #: Unexpired certificates issued to the node by renewals, and the one each replaced
+    #: (``record`` names the newest): all revoked when the node is removed.
+    certificates: list[IssuedCertificate] = Field(default_factory=list)
 
 
 class LivenessSignal(_Model):

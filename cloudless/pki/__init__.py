@@ -14,10 +14,11 @@ Import from the package (``from cloudless.pki import CertificateAuthority``). Th
   sign CSRs with the names and usages it chooses).
 * :mod:`~cloudless.pki.identity`: ``Identity`` (the URI SAN) and ``Role``.
 * :mod:`~cloudless.pki.csr`: private keys and CSRs: ``generate_private_key_pem``,
-  ``make_csr``, and ``check_csr``, the key policy a CSR passes before it is signed.
+  ``make_csr``, and ``check_csr``, the key policy a CSR passes before it is signed
+  (``check_renewal_csr`` also requires a key other than the certificate's being renewed).
 * :mod:`~cloudless.pki.certificates`: reading certificates: ``load_certificate``,
   ``verify_issued_by``, ``identity_from_cert``, ``cert_fingerprint``, ``cert_not_after``,
-  ``cert_serial``.
+  ``cert_not_before``, ``cert_serial``, ``cert_key_id``/``public_key_id`` (which key).
 * :mod:`~cloudless.pki.files`: files holding key material (``write_private_file``,
   ``write_public_file``, ``read_private_file``), used for every secret kept on disk.
 """
@@ -27,13 +28,16 @@ from __future__ import annotations
 from cloudless.pki.authority import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 from cloudless.pki.certificates import (
     cert_fingerprint,
+    cert_key_id,
     cert_not_after,
+    cert_not_before,
     cert_serial,
     identity_from_cert,
     load_certificate,
+    public_key_id,
     verify_issued_by,
 )
-from cloudless.pki.csr import check_csr, generate_private_key_pem, make_csr
+from cloudless.pki.csr import check_csr, check_renewal_csr, generate_private_key_pem, make_csr
 from cloudless.pki.files import read_private_file, write_private_file, write_public_file
 from cloudless.pki.identity import Identity, Role, is_dns_label
 
@@ -44,14 +48,18 @@ __all__ = [
     "Identity",
     "Role",
     "cert_fingerprint",
+    "cert_key_id",
     "cert_not_after",
+    "cert_not_before",
     "cert_serial",
     "check_csr",
+    "check_renewal_csr",
     "generate_private_key_pem",
     "identity_from_cert",
     "is_dns_label",
     "load_certificate",
     "make_csr",
+    "public_key_id",
     "read_private_file",
     "verify_issued_by",
     "write_private_file",

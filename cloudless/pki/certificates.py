@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cloudless.errors import PKIError
 from cloudless.pki.identity import Identity
@@ -105,6 +106,26 @@ def cert_fingerprint(cert_pem: bytes) -> str:
 def cert_not_after(cert_pem: bytes) -> datetime:
     """Expiry as a timezone-aware UTC datetime; drives rotation scheduling."""
     return load_certificate(cert_pem).not_valid_after_utc
+
+
+def cert_not_before(cert_pem: bytes) -> datetime:
+    """Start of validity (cluster certificates are backdated by ``CLOCK_SKEW``)."""
+    return load_certificate(cert_pem).not_valid_before_utc
+
+
+def public_key_id(key: object) -> str:
+    """SHA-256 hex of a public key's SubjectPublicKeyInfo: names a key, whatever carries it."""
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise PKIError(f"{type(key).__name__} keys are not accepted; use EC P-256")
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def cert_key_id(cert_pem: bytes) -> str:
+    """:func:`public_key_id` of the certificate's key."""
+    return public_key_id(load_certificate(cert_pem).public_key())
 
 
 def cert_serial(cert_pem: bytes) -> str:

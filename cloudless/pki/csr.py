@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from cloudless.errors import PKIError
+from cloudless.pki.certificates import cert_key_id, public_key_id
 
 #: Upper bound on a CSR we are willing to parse; real ones are < 2 KiB. Bounds parser work
 #: on input that arrives from not-yet-trusted agents.
@@ -118,3 +119,19 @@ def check_csr(csr_pem: bytes) -> None:
     The gateway calls this before any durable step, so a bad CSR never consumes a token.
     """
     _load_csr(csr_pem)
+
+
+def check_renewal_csr(csr_pem: bytes, current_cert_pem: bytes) -> str:
+    """Validate a renewal's CSR (as :func:`check_csr`) and that it is for a NEW key, not
+    the one of ``current_cert_pem`` (the caller's certificate); returns the new key's id
+    (:func:`~cloudless.pki.certificates.public_key_id`).
+
+    A renewal that kept the key would extend the life of a key that may have leaked.
+    """
+    key_id = public_key_id(_load_csr(csr_pem).public_key())
+    if key_id == cert_key_id(current_cert_pem):
+        raise PKIError(
+            "the CSR is for the key of the certificate being renewed; a renewal needs a "
+            "new key (generate one per renewal)"
+        )
+    return key_id

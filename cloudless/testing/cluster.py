@@ -88,6 +88,7 @@ class AgentHandle:
     task: asyncio.Task[None]
     stop: asyncio.Event
     heartbeat: Any = None  # agent.heartbeat.HeartbeatClient once started
+    renewer: Any = None  # agent.renewal.CertificateRenewer once started
 
 
 @dataclass
@@ -117,6 +118,8 @@ class LocalCluster:
     #: Extra Coordinator settings (e.g. rotation_settle_seconds) for tests.
     coordinator_options: dict[str, Any] = field(default_factory=dict)
     encrypt_payloads: bool = True
+    #: Lifetime of node certificates (enrollment and renewal); None: the production 30 days.
+    node_cert_validity: timedelta | None = None
     codec: TransitPayloadCodec | None = None
     #: Coordinators started by :meth:`add_coordinator` (``coordinator`` is the first).
     more_coordinators: list[Any] = field(default_factory=list)
@@ -194,8 +197,12 @@ class LocalCluster:
 
     def _coordinator_options(self) -> dict[str, Any]:
         """``coordinator_options`` over the test defaults: no reaper Schedule (one would
-        outlive the test in a shared Temporal); tests run the reaper on demand."""
-        return {"reap_interval": None, **self.coordinator_options}
+        outlive the test in a shared Temporal); tests run the reaper on demand. With
+        ``node_cert_validity``, node certificates live that long."""
+        options: dict[str, Any] = {"reap_interval": None}
+        if self.node_cert_validity is not None:
+            options["node_cert_validity"] = self.node_cert_validity
+        return {**options, **self.coordinator_options}
 
     def _start_codec(self) -> None:
         """The payload codec over real transit, and a client that uses it."""
@@ -275,8 +282,16 @@ class LocalCluster:
         spec = self._specs[name]
         ready, stop = asyncio.Event(), asyncio.Event()
         started: list[Any] = []
+        renewers: list[Any] = []
         task = asyncio.create_task(
-            serve(**spec, token=token, ready=ready, stop=stop, on_started=started.append),
+            serve(
+                **spec,
+                token=token,
+                ready=ready,
+                stop=stop,
+                on_started=started.append,
+                on_renewer=renewers.append,
+            ),
             name=f"agent-{name}",
         )
         waiter = asyncio.create_task(ready.wait())
@@ -285,7 +300,13 @@ class LocalCluster:
             waiter.cancel()
             task.result()  # raises the enrollment/start error
         handle = AgentHandle(
-            name, str(spec["listen"]), Path(str(spec["state_dir"])), task, stop, started[0]
+            name,
+            str(spec["listen"]),
+            Path(str(spec["state_dir"])),
+            task,
+            stop,
+            started[0],
+            renewers[0],
         )
         self.agents[name] = handle
         if wait_ready:

@@ -213,3 +213,25 @@ def test_a_certificate_that_already_expired_is_not_listed() -> None:
         RemoveNodeInput(node_id="a", certificate_serial="ff", certificate_not_after=NOW), NOW
     )
     assert result.removed and not result.revoked and ledger.revoked == {}
+
+
+def test_removing_a_node_revokes_every_unexpired_certificate_renewals_issued_it() -> None:
+    ledger = Ledger()
+    node(ledger, "a")
+    result = ledger.remove_node(
+        RemoveNodeInput(
+            node_id="a",
+            certificate_serial="c3",
+            certificate_not_after=NOW + timedelta(days=30),
+            more_certificates={
+                "c2": NOW + timedelta(days=10),
+                "c1": NOW - timedelta(seconds=1),  # expired: refused anyway
+            },
+        ),
+        NOW,
+    )
+    assert result.revoked
+    assert {s: r.not_after for s, r in ledger.revoked.items()} == {
+        "c3": NOW + timedelta(days=30),
+        "c2": NOW + timedelta(days=10),
+    }

@@ -1,0 +1,322 @@
+"""The node certificate renews itself: a new key, a CSR, the gateway's ``RenewCertificate``.
+
+The agent renews at about two thirds of its certificate's lifetime (jittered; see
+:mod:`policies.renewal`), authenticated by the certificate it has, over the agent
+listener of a coordinator it knows (the heartbeat stream's first). A failed attempt is
+retried with backoff, with the same key and CSR (so a retry whose first answer was lost
+gets the same certificate), until the certificate expires. The new key and certificate
+are committed to the state directory crash-safely (:func:`save_material`), then every use
+of the identity switches to them: the callbacks given swap the AgentService's server
+certificate (for new handshakes), reopen the heartbeat stream and reconnect the secrets
+channels, none of which drops work in flight.
+
+A certificate that expired cannot be renewed (the gateway's handshake refuses it): the
+node must enroll again, and the agent says so, naming the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import structlog
+from cryptography.hazmat.primitives import serialization
+
+from agent.enroll import GATEWAY_SERVER_NAME, split_addresses
+from cloudless.api import gateway_pb2, gateway_pb2_grpc
+from cloudless.errors import CloudlessError, PKIError
+from cloudless.pki import (
+    cert_key_id,
+    cert_not_after,
+    cert_not_before,
+    generate_private_key_pem,
+    identity_from_cert,
+    make_csr,
+    public_key_id,
+    read_private_file,
+    verify_issued_by,
+    write_private_file,
+    write_public_file,
+)
+from cloudless.pki.authority import CLOCK_SKEW
+from cloudless.tls import CERT_FILE, KEY_FILE, TLSMaterial, secure_channel
+from policies.renewal import Lifetime, renew_at, retry_delay
+
+log = structlog.get_logger("cloudless.agent.renewal")
+
+#: The renewed key and certificate are written here first, then renamed over
+#: ``tls.key``/``tls.crt``; a start after a crash in between completes the switch.
+RENEW_KEY_FILE = "renew.key"
+RENEW_CERT_FILE = "renew.crt"
+RPC_TIMEOUT = 10.0
+#: Codes that mean "that coordinator did not answer": the next one is asked at once.
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+Clock = Callable[[], datetime]
+OnRenewed = Callable[[TLSMaterial], Awaitable[None]]
+
+
+class CertificateExpired(CloudlessError):
+    """The node certificate expired: only enrolling again gives the node an identity."""
+
+
+class RenewalRefused(CloudlessError):
+    """The coordinator will never renew this certificate (node removed, certificate revoked)."""
+
+
+def reenroll_hint(node: str) -> str:
+    """How an operator gives a node whose certificate expired (or was revoked) a new one."""
+    return (
+        f"enroll node {node} again: mint a token bound to it where the coordinator runs "
+        f"(`cloudlessctl token create --node {node} > {node}.token`), then restart the "
+        f"agent with `--token-file {node}.token`; it enrolls again and keeps its replicas"
+    )
+
+
+def expired_error(node: str, not_after: datetime) -> CertificateExpired:
+    return CertificateExpired(
+        f"the certificate of node {node} expired at {not_after.isoformat()} and can no "
+        f"longer be renewed; {reenroll_hint(node)}"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the renames (a power loss could otherwise forget them)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _key_matches(key_pem: bytes, cert_pem: bytes) -> bool:
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        return public_key_id(key.public_key()) == cert_key_id(cert_pem)
+    except (ValueError, TypeError, PKIError):
+        return False
+
+
+def save_material(state_dir: Path, key_pem: bytes, cert_pem: bytes) -> None:
+    """Commit a renewed key and certificate: both are written and fsynced beside the live
+    ones (key 0600), then renamed over ``tls.key`` and ``tls.crt``, the key first. A crash
+    at any point leaves either the old pair or what :func:`finish_interrupted_renewal`
+    completes into the new one."""
+    write_private_file(state_dir / RENEW_KEY_FILE, key_pem)
+    write_public_file(state_dir / RENEW_CERT_FILE, cert_pem)
+    try:
+        os.replace(state_dir / RENEW_KEY_FILE, state_dir / KEY_FILE)
+        os.replace(state_dir / RENEW_CERT_FILE, state_dir / CERT_FILE)
+    except OSError as err:
+        raise PKIError(f"cannot install the renewed certificate in {state_dir}: {err}") from err
+    _fsync_dir(state_dir)
+
+
+def finish_interrupted_renewal(state_dir: Path) -> str | None:
+    """Complete (or discard) a renewal a crash interrupted in :func:`save_material`; what
+    was done, or None if there was nothing to do. Run before loading ``tls.key``."""
+    pending_key, pending_cert = state_dir / RENEW_KEY_FILE, state_dir / RENEW_CERT_FILE
+    key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
+    if not pending_key.exists() and not pending_cert.exists():
+        return None
+    outcome = "discarded an incomplete renewal"
+    if pending_cert.exists():
+        cert = pending_cert.read_bytes()
+        if pending_key.exists() and _key_matches(read_private_file(pending_key), cert):
+            os.replace(pending_key, key_path)  # crashed before the renames
+            os.replace(pending_cert, cert_path)
+            outcome = "completed a renewal interrupted before its files were renamed"
+        elif key_path.exists() and _key_matches(read_private_file(key_path), cert):
+            os.replace(pending_cert, cert_path)  # crashed between the two renames
+            outcome = "completed a renewal interrupted between its renames"
+    for leftover in (pending_key, pending_cert):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    _fsync_dir(state_dir)
+    return outcome
+
+
+def lifetime_of(cert_pem: bytes) -> Lifetime:
+    return Lifetime.of(cert_not_before(cert_pem), cert_not_after(cert_pem), CLOCK_SKEW)
+
+
+class CertificateRenewer:
+    """Renews the node certificate in ``state_dir`` for as long as the agent runs.
+
+    Args:
+        gateways: The coordinators' agent listeners, in the node's order.
+        preferred: The one to ask first (the heartbeat stream's), or None.
+        on_renewed: Called in order with the new material once it is on disk.
+        clock: Wall-clock time (certificates carry wall-clock times).
+        rng: Jitter source (seedable in tests).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        material: TLSMaterial,
+        gateways: str | Sequence[str],
+        *,
+        preferred: Callable[[], str | None] = lambda: None,
+        on_renewed: Sequence[OnRenewed] = (),
+        clock: Clock = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+        rpc_timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        self._state_dir = state_dir
+        self.material = material
+        self._gateways = split_addresses(gateways)
+        if not self._gateways:
+            raise ValueError("at least one gateway address is required")
+        self._preferred = preferred
+        self._on_renewed = list(on_renewed)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._rpc_timeout = rpc_timeout
+        self.node = material.identity.name
+        #: Certificates renewed by this process, and a condition to await the next one.
+        self.renewals = 0
+        self.changed = asyncio.Condition()
+        #: Why renewal stopped for good (expired, refused), once it has.
+        self.failure: CloudlessError | None = None
+
+    async def wait_renewals(self, count: int) -> None:
+        """Return once this process has renewed ``count`` certificates (raises the final
+        failure if renewal stopped before that)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.renewals >= count or self.failure)
+        if self.renewals < count and self.failure is not None:
+            raise self.failure
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Renew whenever due until ``stop``; returns early (logging why, in
+        :attr:`failure`) once the certificate can no longer be renewed."""
+        try:
+            while not stop.is_set():
+                lifetime = lifetime_of(self.material.cert_pem)
+                due = renew_at(lifetime, self._rng.uniform(-1.0, 1.0))
+                if await self._sleep_until(due, stop):
+                    return
+                await self._renew_with_retries(lifetime, stop)
+        except (CertificateExpired, RenewalRefused) as err:
+            log.error("renew.stopped", node=self.node, reason=str(err))
+            async with self.changed:
+                self.failure = err
+                self.changed.notify_all()
+
+    async def _sleep_until(self, when: datetime, stop: asyncio.Event) -> bool:
+        """Wait until ``when``; True if stopped meanwhile."""
+        delay = (when - self._clock()).total_seconds()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+        return stop.is_set()
+
+    async def _renew_with_retries(self, lifetime: Lifetime, stop: asyncio.Event) -> None:
+        key_pem = generate_private_key_pem()
+        attempt = 0
+        while not stop.is_set():
+            now = self._clock()
+            if now >= lifetime.not_after:
+                raise expired_error(self.node, lifetime.not_after)
+            attempt += 1
+            try:
+                await self._renew(key_pem)
+                return
+            except grpc.aio.AioRpcError as err:
+                code, details = err.code(), err.details() or err.code().name
+                if code == grpc.StatusCode.PERMISSION_DENIED:
+                    raise RenewalRefused(
+                        f"the coordinator refuses to renew the certificate of node "
+                        f"{self.node}: {details}"
+                    ) from err
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    key_pem = generate_private_key_pem()  # whatever it was, not this key
+                log.warning(
+                    "renew.failed", node=self.node, attempt=attempt, code=code.name, error=details
+                )
+            except (PKIError, OSError) as err:  # an answer we could not use or store
+                # Ask again, with a new key (that one may have been issued a certificate).
+                key_pem = generate_private_key_pem()
+                log.warning("renew.failed", node=self.node, attempt=attempt, error=str(err))
+            delay = retry_delay(lifetime, attempt, self._clock(), self._rng.uniform(0.5, 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay.total_seconds())
+
+    def _order(self) -> list[str]:
+        preferred = self._preferred()
+        if preferred in self._gateways:
+            return [preferred, *(g for g in self._gateways if g != preferred)]
+        return list(self._gateways)
+
+    async def _renew(self, key_pem: bytes) -> None:
+        """One renewal: ask the coordinators in turn (moving on only from one that does
+        not answer), check the answer, commit it, switch to it."""
+        current = self.material
+        request = gateway_pb2.RenewCertificateRequest(csr_pem=make_csr(key_pem, self.node))
+        response: gateway_pb2.RenewCertificateResponse | None = None
+        order = self._order()
+        for i, address in enumerate(order):
+            async with secure_channel(
+                address, GATEWAY_SERVER_NAME, current.ca_pem, current
+            ) as channel:
+                try:
+                    response = await gateway_pb2_grpc.GatewayServiceStub(channel).RenewCertificate(
+                        request, timeout=self._rpc_timeout
+                    )
+                    break
+                except grpc.aio.AioRpcError as err:
+                    if err.code() not in _UNREACHABLE or i == len(order) - 1:
+                        raise
+        assert response is not None
+        cert_pem = bytes(response.certificate_pem)
+        self._check(key_pem, cert_pem)
+        save_material(self._state_dir, key_pem, cert_pem)
+        fresh = TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=current.ca_pem)
+        self.material = fresh
+        log.info(
+            "renew.renewed",
+            node=self.node,
+            not_after=cert_not_after(cert_pem).isoformat(),
+            gateway=address,
+        )
+        for callback in self._on_renewed:
+            await callback(fresh)
+        async with self.changed:
+            self.renewals += 1
+            self.changed.notify_all()
+
+    def _check(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """The answer certifies our new key, for our identity, from our CA, valid now."""
+        verify_issued_by(cert_pem, self.material.ca_pem, now=self._clock())
+        if identity_from_cert(cert_pem) != self.material.identity:
+            raise PKIError("the renewed certificate names another identity; not installed")
+        if not _key_matches(key_pem, cert_pem):
+            raise PKIError("the renewed certificate is not for the key we sent; not installed")
+
+
+def check_not_expired(material: TLSMaterial, now: datetime | None = None) -> None:
+    """Raise :class:`CertificateExpired` (naming the re-enrollment command) if the node
+    certificate has expired."""
+    not_after = cert_not_after(material.cert_pem)
+    if (now or datetime.now(UTC)) >= not_after:
+        raise expired_error(material.identity.name, not_after)
+
+
+__all__ = [
+    "RENEW_CERT_FILE",
+    "RENEW_KEY_FILE",
+    "CertificateExpired",
+    "CertificateRenewer",
+    "RenewalRefused",
+    "check_not_expired",
+    "finish_interrupted_renewal",
+    "reenroll_hint",
+    "save_material",
+]

@@ -1,0 +1,294 @@
+"""Node certificate renewal, the parts that need no coordinator: the CSR checks, the
+crash-safe switch of key and certificate files, the expiry message, the server
+credentials that change certificate between handshakes, and the gateway's refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.renewal import (
+    RENEW_CERT_FILE,
+    RENEW_KEY_FILE,
+    CertificateExpired,
+    check_not_expired,
+    finish_interrupted_renewal,
+    save_material,
+)
+from cloudless.api import agent_pb2, agent_pb2_grpc, gateway_pb2
+from cloudless.errors import PKIError
+from cloudless.model import RevokedCertificate
+from cloudless.pki import (
+    CertificateAuthority,
+    Identity,
+    cert_key_id,
+    cert_not_after,
+    cert_serial,
+    check_renewal_csr,
+    generate_private_key_pem,
+    make_csr,
+)
+from cloudless.pki.csr import MAX_CSR_BYTES
+from cloudless.revocation import RevocationList
+from cloudless.testing.cluster import free_port
+from cloudless.tls import (
+    CERT_FILE,
+    KEY_FILE,
+    RotatingServerCredentials,
+    TLSMaterial,
+    secure_channel,
+)
+from workers.gateway import GatewayServicer
+
+NODE = Identity(cluster="dev", role="node", name="pi-1")
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.bootstrap(tmp_path / "ca", "dev")
+
+
+def issue(ca: CertificateAuthority, key_pem: bytes, identity: Identity = NODE) -> bytes:
+    return ca.sign_csr(make_csr(key_pem, identity.name), identity, validity=timedelta(hours=1))
+
+
+# ------------------------------------------------------------------ the CSR
+
+
+def test_a_renewal_csr_must_be_for_a_new_key(ca: CertificateAuthority) -> None:
+    old_key = generate_private_key_pem()
+    cert = issue(ca, old_key)
+    with pytest.raises(PKIError, match="needs a new key"):
+        check_renewal_csr(make_csr(old_key, "pi-1"), cert)
+    new_key = generate_private_key_pem()
+    key_id = check_renewal_csr(make_csr(new_key, "pi-1"), cert)
+    assert key_id == cert_key_id(issue(ca, new_key)) != cert_key_id(cert)
+
+
+def test_a_renewal_csr_is_checked_like_an_enrollment_one(ca: CertificateAuthority) -> None:
+    cert = issue(ca, generate_private_key_pem())
+    with pytest.raises(PKIError, match="limit"):
+        check_renewal_csr(b"x" * (MAX_CSR_BYTES + 1), cert)
+    with pytest.raises(PKIError, match="parseable"):
+        check_renewal_csr(b"not a csr", cert)
+    weak = ec.generate_private_key(ec.SECP256K1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pi-1")]))
+        .sign(weak, hashes.SHA256())
+    )
+    with pytest.raises(PKIError, match="curve"):
+        check_renewal_csr(csr.public_bytes(serialization.Encoding.PEM), cert)
+
+
+# ------------------------------------------------------------------ files
+
+
+def pair(ca: CertificateAuthority) -> tuple[bytes, bytes]:
+    key = generate_private_key_pem()
+    return key, issue(ca, key)
+
+
+def install(state: Path, key: bytes, cert: bytes) -> None:
+    state.mkdir(mode=0o700, exist_ok=True)
+    (state / KEY_FILE).write_bytes(key)
+    os.chmod(state / KEY_FILE, 0o600)
+    (state / CERT_FILE).write_bytes(cert)
+
+
+def test_saving_replaces_both_files_and_keeps_the_key_private(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    state = tmp_path / "agent"
+    install(state, *pair(ca))
+    key, cert = pair(ca)
+    save_material(state, key, cert)
+    assert (state / KEY_FILE).read_bytes() == key and (state / CERT_FILE).read_bytes() == cert
+    assert os.stat(state / KEY_FILE).st_mode & 0o777 == 0o600
+    assert not (state / RENEW_KEY_FILE).exists() and not (state / RENEW_CERT_FILE).exists()
+    assert finish_interrupted_renewal(state) is None
+
+
+@pytest.mark.parametrize("crash", ["before renames", "between renames", "before cert written"])
+def test_a_renewal_interrupted_by_a_crash_is_completed_or_discarded(
+    ca: CertificateAuthority, tmp_path: Path, crash: str
+) -> None:
+    state = tmp_path / "agent"
+    old_key, old_cert = pair(ca)
+    install(state, old_key, old_cert)
+    key, cert = pair(ca)
+    (state / RENEW_KEY_FILE).write_bytes(key)
+    os.chmod(state / RENEW_KEY_FILE, 0o600)
+    if crash != "before cert written":
+        (state / RENEW_CERT_FILE).write_bytes(cert)
+    if crash == "between renames":
+        os.replace(state / RENEW_KEY_FILE, state / KEY_FILE)
+    outcome = finish_interrupted_renewal(state)
+    assert outcome is not None
+    got_key, got_cert = (state / KEY_FILE).read_bytes(), (state / CERT_FILE).read_bytes()
+    if crash == "before cert written":
+        assert (got_key, got_cert) == (old_key, old_cert), outcome
+    else:
+        assert (got_key, got_cert) == (key, cert), outcome
+    assert not (state / RENEW_KEY_FILE).exists() and not (state / RENEW_CERT_FILE).exists()
+
+
+def test_an_expired_certificate_names_the_reenrollment_command(ca: CertificateAuthority) -> None:
+    key, cert = pair(ca)
+    material = TLSMaterial(key_pem=key, cert_pem=cert, ca_pem=ca.cert_pem)
+    check_not_expired(material)
+    with pytest.raises(CertificateExpired) as err:
+        check_not_expired(material, now=cert_not_after(cert) + timedelta(seconds=1))
+    assert "cloudlessctl token create --node pi-1" in str(err.value)
+    assert "--token-file" in str(err.value)
+
+
+# ------------------------------------------------------------------ server credentials
+
+
+class _Agent(agent_pb2_grpc.AgentServiceServicer):
+    async def NodeInfo(
+        self, request: agent_pb2.NodeInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.NodeInfoResponse:
+        return agent_pb2.NodeInfoResponse(node_id="pi-1")
+
+
+def _served_certificate(port: int, client: TLSMaterial, tmp: Path) -> bytes:
+    """The certificate the server presents to a new TLS handshake (as PEM)."""
+    context = ssl.create_default_context(cadata=client.ca_pem.decode())
+    context.check_hostname = False
+    (tmp / "c.key").write_bytes(client.key_pem)
+    (tmp / "c.crt").write_bytes(client.cert_pem)
+    context.load_cert_chain(tmp / "c.crt", tmp / "c.key")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="pi-1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+async def test_new_handshakes_get_the_renewed_certificate_established_calls_go_on(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    first = TLSMaterial(*pair(ca), ca_pem=ca.cert_pem)
+    second = TLSMaterial(*pair(ca), ca_pem=ca.cert_pem)
+    coordinator = TLSMaterial(
+        *ca.issue(Identity(cluster="dev", role="coordinator", name="coordinator")),
+        ca_pem=ca.cert_pem,
+    )
+    credentials = RotatingServerCredentials(first, require_client_auth=True)
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Agent(), server)
+    port = server.add_secure_port(f"127.0.0.1:{free_port()}", credentials.credentials)
+    await server.start()
+    try:
+        async with secure_channel(f"127.0.0.1:{port}", "pi-1", ca.cert_pem, coordinator) as ch:
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
+            served = await asyncio.to_thread(_served_certificate, port, coordinator, tmp_path)
+            assert cert_serial(served) == cert_serial(first.cert_pem)
+            credentials.update(second)
+            served = await asyncio.to_thread(_served_certificate, port, coordinator, tmp_path)
+            assert cert_serial(served) == cert_serial(second.cert_pem)
+            # The channel opened before the switch keeps working.
+            await stub.NodeInfo(agent_pb2.NodeInfoRequest(), timeout=5)
+    finally:
+        await server.stop(None)
+
+
+# ------------------------------------------------------------------ the gateway's refusals
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """A servicer context with the peer's certificate and an abort that raises."""
+
+    def __init__(self, cert: bytes | None) -> None:
+        self._auth = {} if cert is None else {"x509_pem_cert": [cert]}
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def auth_context(self) -> dict[str, Any]:
+        return self._auth
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise Aborted(details)
+
+
+class NoTemporal:
+    """Every refusal happens before Temporal is asked: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the gateway reached Temporal ({name}) for a refused renewal")
+
+
+@pytest.fixture
+def revocations() -> Iterator[RevocationList]:
+    revoked: list[RevokedCertificate] = []
+
+    async def fetch() -> list[RevokedCertificate]:
+        return list(revoked)
+
+    yield RevocationList(fetch)
+
+
+async def renew(
+    gateway: GatewayServicer, cert: bytes | None, csr: bytes
+) -> tuple[grpc.StatusCode, str]:
+    context = Context(cert)
+    with pytest.raises(Aborted):
+        await gateway.RenewCertificate(
+            gateway_pb2.RenewCertificateRequest(csr_pem=csr),
+            context,  # type: ignore[arg-type]
+        )
+    assert context.aborted is not None
+    return context.aborted
+
+
+async def test_the_gateway_refuses_bad_renewals_before_reaching_temporal(
+    ca: CertificateAuthority, revocations: RevocationList
+) -> None:
+    gateway = GatewayServicer(
+        NoTemporal(),  # type: ignore[arg-type]
+        "dev",
+        verifier=None,  # type: ignore[arg-type]
+        revocations=revocations,
+    )
+    key, cert = pair(ca)
+    fresh = make_csr(generate_private_key_pem(), "pi-1")
+
+    code, why = await renew(gateway, None, fresh)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "without a certificate" in why
+    coordinator = ca.issue(Identity(cluster="dev", role="coordinator", name="coordinator"))[1]
+    code, why = await renew(gateway, coordinator, fresh)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "/coordinator/" in why
+    code, why = await renew(gateway, cert, make_csr(key, "pi-1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "new key" in why
+    code, why = await renew(gateway, cert, b"")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "csr_pem" in why
+    code, why = await renew(gateway, cert, b"-----BEGIN CERTIFICATE REQUEST-----junk")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "csr_pem" in why
+    # A removed node's certificate is refused, whatever the CSR.
+    revocations.add(cert_serial(cert), "pi-1")
+    code, why = await renew(gateway, cert, fresh)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "revoked" in why
+    assert "cloudlessctl token create" in why
