@@ -18,7 +18,12 @@ from datetime import timedelta
 
 import grpc
 import structlog
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -323,6 +328,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 log.warning("renew.refused", node=node_id, reason=message)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"renewal not recorded: {err}")
+            raise
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            # It may still complete: a retry with the same CSR gets that certificate.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the renewal did not finish within {RENEW_TIMEOUT.total_seconds():g}s; "
+                "retry with the same CSR",
+            )
             raise
         finally:
             self._renewing.discard(node_id)

@@ -28,7 +28,8 @@ from agent.renewal import (
     finish_interrupted_renewal,
     save_material,
 )
-from cloudless.api import agent_pb2, agent_pb2_grpc, gateway_pb2
+from agent.secrets import CoordinatorSecrets
+from cloudless.api import agent_pb2, agent_pb2_grpc, gateway_pb2, secrets_pb2, secrets_pb2_grpc
 from cloudless.errors import PKIError
 from cloudless.model import RevokedCertificate
 from cloudless.pki import (
@@ -46,10 +47,13 @@ from cloudless.revocation import RevocationList
 from cloudless.testing.cluster import free_port
 from cloudless.tls import (
     CERT_FILE,
+    GATEWAY_SERVER_NAME,
     KEY_FILE,
     RotatingServerCredentials,
     TLSMaterial,
+    peer_certificate_pem,
     secure_channel,
+    server_credentials,
 )
 from workers.gateway import GatewayServicer
 
@@ -292,3 +296,63 @@ async def test_the_gateway_refuses_bad_renewals_before_reaching_temporal(
     code, why = await renew(gateway, cert, fresh)
     assert code == grpc.StatusCode.PERMISSION_DENIED and "revoked" in why
     assert "cloudlessctl token create" in why
+
+
+# ------------------------------------------------------------------ the secrets channels
+
+
+class _Secrets(secrets_pb2_grpc.SecretsServiceServicer):
+    """Answers with the serial of the client certificate the call came with; a call for
+    the secret "slow" waits for ``release`` first (a call in flight during a switch)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def GetSecret(
+        self, request: secrets_pb2.GetSecretRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> secrets_pb2.GetSecretResponse:
+        pem = peer_certificate_pem(context)
+        assert pem is not None
+        if request.name == "slow":
+            self.waiting.set()
+            await self.release.wait()
+        return secrets_pb2.GetSecretResponse(data={"serial": cert_serial(pem).encode()})
+
+
+async def test_secrets_calls_use_the_renewed_certificate_and_calls_in_flight_finish(
+    ca: CertificateAuthority,
+) -> None:
+    server_material = TLSMaterial(
+        *ca.issue(
+            Identity(cluster="dev", role="coordinator", name="coordinator"),
+            dns_names=[GATEWAY_SERVER_NAME],
+        ),
+        ca_pem=ca.cert_pem,
+    )
+    first = TLSMaterial(*pair(ca), ca_pem=ca.cert_pem)
+    second = TLSMaterial(*pair(ca), ca_pem=ca.cert_pem)
+    servicer = _Secrets()
+    server = grpc.aio.server()
+    secrets_pb2_grpc.add_SecretsServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port(
+        f"127.0.0.1:{free_port()}", server_credentials(server_material, require_client_auth=True)
+    )
+    await server.start()
+    client = CoordinatorSecrets.connect(f"127.0.0.1:{port}", first)
+    try:
+
+        async def serial(name: str) -> str:
+            got = await client.GetSecret(secrets_pb2.GetSecretRequest(name=name), timeout=10)
+            return got.data["serial"].decode()
+
+        assert await serial("a") == cert_serial(first.cert_pem)
+        in_flight = asyncio.create_task(serial("slow"))
+        await servicer.waiting.wait()
+        client.reconnect(second)
+        assert await serial("a") == cert_serial(second.cert_pem)
+        servicer.release.set()
+        assert await in_flight == cert_serial(first.cert_pem)  # finished on the old channel
+    finally:
+        await client.close()
+        await server.stop(None)
