@@ -3,7 +3,7 @@
 The agent renews at about two thirds of its certificate's lifetime (jittered; see
 :mod:`policies.renewal`), authenticated by the certificate it has, over the agent
 listener of a coordinator it knows (the heartbeat stream's first). A failed attempt is
-retried with backoff, with the same key and CSR (so a retry whose first answer was lost
+retried with backoff, with the same key (so a retry whose first answer was lost
 gets the same certificate), until the certificate expires. The new key and certificate
 are committed to the state directory crash-safely (:func:`save_material`), then every use
 of the identity switches to them: the callbacks given swap the AgentService's server
@@ -205,10 +205,16 @@ class CertificateRenewer:
                     return
                 await self._renew_with_retries(lifetime, stop)
         except (CertificateExpired, RenewalRefused) as err:
-            log.error("renew.stopped", node=self.node, reason=str(err))
-            async with self.changed:
-                self.failure = err
-                self.changed.notify_all()
+            await self._stopped(err)
+        except Exception as err:  # a bug: say so loudly rather than die silently
+            log.exception("renew.crashed", node=self.node)
+            await self._stopped(CloudlessError(f"certificate renewal stopped: {err!r}"))
+
+    async def _stopped(self, err: CloudlessError) -> None:
+        log.error("renew.stopped", node=self.node, reason=str(err))
+        async with self.changed:
+            self.failure = err
+            self.changed.notify_all()
 
     async def _sleep_until(self, when: datetime, stop: asyncio.Event) -> bool:
         """Wait until ``when``; True if stopped meanwhile."""

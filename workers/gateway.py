@@ -330,11 +330,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"renewal not recorded: {err}")
             raise
         except WorkflowUpdateRPCTimeoutOrCancelledError:
-            # It may still complete: a retry with the same CSR gets that certificate.
+            # It may still complete: a retry for the same key gets that certificate.
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"the renewal did not finish within {RENEW_TIMEOUT.total_seconds():g}s; "
-                "retry with the same CSR",
+                "retry for the same key",
             )
             raise
         finally:

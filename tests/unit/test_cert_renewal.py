@@ -5,11 +5,12 @@ credentials that change certificate between handshakes, and the gateway's refusa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,21 @@ from agent.renewal import (
     RENEW_CERT_FILE,
     RENEW_KEY_FILE,
     CertificateExpired,
+    CertificateRenewer,
+    RenewalRefused,
     check_not_expired,
     finish_interrupted_renewal,
     save_material,
 )
 from agent.secrets import CoordinatorSecrets
-from cloudless.api import agent_pb2, agent_pb2_grpc, gateway_pb2, secrets_pb2, secrets_pb2_grpc
+from cloudless.api import (
+    agent_pb2,
+    agent_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    secrets_pb2,
+    secrets_pb2_grpc,
+)
 from cloudless.errors import PKIError
 from cloudless.model import RevokedCertificate
 from cloudless.pki import (
@@ -40,7 +50,9 @@ from cloudless.pki import (
     cert_serial,
     check_renewal_csr,
     generate_private_key_pem,
+    identity_from_cert,
     make_csr,
+    public_key_id,
 )
 from cloudless.pki.csr import MAX_CSR_BYTES
 from cloudless.revocation import RevocationList
@@ -356,3 +368,111 @@ async def test_secrets_calls_use_the_renewed_certificate_and_calls_in_flight_fin
     finally:
         await client.close()
         await server.stop(None)
+
+
+# ------------------------------------------------------------------ the agent's renewer
+
+
+class _Gateway(gateway_pb2_grpc.GatewayServiceServicer):
+    """Fails the first renewals with the codes given, then signs for the caller."""
+
+    def __init__(self, ca: CertificateAuthority, failures: list[grpc.StatusCode]) -> None:
+        self.ca, self.failures = ca, failures
+        self.csrs: list[bytes] = []
+
+    async def RenewCertificate(
+        self,
+        request: gateway_pb2.RenewCertificateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.RenewCertificateResponse:
+        self.csrs.append(request.csr_pem)
+        if self.failures:
+            await context.abort(self.failures.pop(0), "not now")
+        pem = peer_certificate_pem(context)
+        assert pem is not None
+        cert = self.ca.sign_csr(
+            request.csr_pem, identity_from_cert(pem), validity=timedelta(seconds=60)
+        )
+        return gateway_pb2.RenewCertificateResponse(certificate_pem=cert, ca_pem=self.ca.cert_pem)
+
+
+@contextlib.asynccontextmanager
+async def _gateway(
+    ca: CertificateAuthority, failures: list[grpc.StatusCode]
+) -> AsyncIterator[tuple[str, _Gateway]]:
+    material = TLSMaterial(
+        *ca.issue(
+            Identity(cluster="dev", role="coordinator", name="coordinator"),
+            dns_names=[GATEWAY_SERVER_NAME],
+        ),
+        ca_pem=ca.cert_pem,
+    )
+    servicer = _Gateway(ca, failures)
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port(
+        f"127.0.0.1:{free_port()}", server_credentials(material, require_client_auth=True)
+    )
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(None)
+
+
+def _enrolled(ca: CertificateAuthority, state: Path) -> TLSMaterial:
+    key = generate_private_key_pem()
+    cert = ca.sign_csr(make_csr(key, "pi-1"), NODE, validity=timedelta(seconds=60))
+    install(state, key, cert)
+    return TLSMaterial(key_pem=key, cert_pem=cert, ca_pem=ca.cert_pem)
+
+
+def _late(seconds: float) -> Callable[[], datetime]:
+    """A clock ``seconds`` ahead: the certificate is that much older than it is."""
+    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+async def test_the_renewer_retries_with_the_same_key_then_switches(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    state = tmp_path / "agent"
+    material = _enrolled(ca, state)
+    switched: list[TLSMaterial] = []
+
+    async def switch(renewed: TLSMaterial) -> None:
+        switched.append(renewed)
+
+    failures = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    async with _gateway(ca, failures) as (address, gateway):
+        renewer = CertificateRenewer(state, material, address, on_renewed=[switch], clock=_late(45))
+        stop = asyncio.Event()
+        running = asyncio.create_task(renewer.run(stop))
+        try:
+            await asyncio.wait_for(renewer.wait_renewals(1), timeout=30)
+        finally:
+            stop.set()
+            await running
+    # One key through the retries (a retry whose answer was lost gets the same certificate).
+    keys = {public_key_id(x509.load_pem_x509_csr(csr).public_key()) for csr in gateway.csrs[:3]}
+    assert len(gateway.csrs) >= 3 and len(keys) == 1
+    renewed = switched[0]
+    assert renewed.identity == material.identity and renewed.key_pem != material.key_pem
+    assert (state / CERT_FILE).read_bytes() in {m.cert_pem for m in switched}
+    assert renewer.failure is None
+
+
+async def test_the_renewer_stops_when_refused_or_expired(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    material = _enrolled(ca, tmp_path / "a")
+    async with _gateway(ca, [grpc.StatusCode.PERMISSION_DENIED]) as (address, _):
+        renewer = CertificateRenewer(tmp_path / "a", material, address, clock=_late(45))
+        await renewer.run(asyncio.Event())
+    with pytest.raises(RenewalRefused, match="not now"):
+        await renewer.wait_renewals(1)
+
+    material = _enrolled(ca, tmp_path / "b")
+    renewer = CertificateRenewer(tmp_path / "b", material, "127.0.0.1:1", clock=_late(61))
+    await renewer.run(asyncio.Event())
+    with pytest.raises(CertificateExpired, match="cloudlessctl token create --node pi-1"):
+        await renewer.wait_renewals(1)
