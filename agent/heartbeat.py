@@ -80,8 +80,9 @@ class HeartbeatClient:
         self._wake = asyncio.Event()
         #: Set by :meth:`rotate`: reopen the stream with the new material.
         self._rotated = asyncio.Event()
-        #: Streams handed over to a renewed certificate.
+        #: Streams handed over to a renewed certificate, and a condition to await them.
         self.handovers = 0
+        self._handed_over = asyncio.Condition()
 
     @property
     def gateway(self) -> str:
@@ -111,6 +112,11 @@ class HeartbeatClient:
         (make before break); any later reconnect uses it too."""
         self._material = material
         self._rotated.set()
+
+    async def wait_handovers(self, count: int) -> None:
+        """Return once ``count`` streams were handed over to renewed certificates."""
+        async with self._handed_over:
+            await self._handed_over.wait_for(lambda: self.handovers >= count)
 
     def wake(self) -> None:
         """Send the next beat at once instead of after the interval: something the control
@@ -250,7 +256,9 @@ class HeartbeatClient:
             old.cancel()
             await asyncio.gather(old, return_exceptions=True)
             streams.discard(old)
-            self.handovers += 1
+            async with self._handed_over:
+                self.handovers += 1
+                self._handed_over.notify_all()
             log.info("heartbeat.rotated", gateway=gateway)
             return new
         new.cancel()

@@ -136,7 +136,9 @@ async def test_nodes_renew_many_times_without_dropping_anything(cluster: LocalCl
         handle = cluster.agents[name]
         renewer, heartbeat = handle.renewer, handle.heartbeat
         assert renewer.failure is None and renewer.renewals >= RENEWALS
-        assert heartbeat.handovers >= RENEWALS and heartbeat.connected.is_set()
+        # Each renewal's stream handover completes (after the renewal itself).
+        await asyncio.wait_for(heartbeat.wait_handovers(RENEWALS), timeout=15)
+        assert heartbeat.connected.is_set()
         # On disk: the current certificate, its key private.
         on_disk = TLSMaterial.load(handle.state_dir)
         assert on_disk.cert_pem == renewer.material.cert_pem
@@ -206,3 +208,51 @@ async def test_an_agent_whose_certificate_expired_is_told_to_enroll_again(
     assert again.state_dir == handle.state_dir
     assert cert_not_after(TLSMaterial.load(again.state_dir).cert_pem) > datetime.now(UTC)
     await cluster.stop_agent(name)
+
+
+async def test_an_agent_back_after_its_renewal_point_renews_at_once(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """Off past the renewal point but back before the expiry: the agent renews as soon as
+    it starts, with the certificate it has; it does not enroll again."""
+    validity = timedelta(seconds=15)  # room for a stop and a start between 2/3 and expiry
+    with tempfile.TemporaryDirectory(prefix="cl-") as d:
+        c = LocalCluster(
+            temporal_env.client,
+            Path(d),
+            cluster=f"back-{uuid.uuid4().hex[:5]}",
+            heartbeat_ttl=3.0,
+            suspect_grace=0.5,
+            node_cert_validity=validity,
+        )
+        await c.start()
+        try:
+            client = CloudlessClient(c.client, c.cluster)
+            name = unique("back")
+            handle = await c.add_agent(name, runtimes=["exec"])
+            first = (await client.describe_node(name)).status
+            assert first is not None
+            await c.stop_agent(name)
+            old = TLSMaterial.load(handle.state_dir).cert_pem
+            expiry = cert_not_after(old)
+            # Past the latest renewal point (2/3 + 5 % of the lifetime): a time, not an event.
+            due = expiry - validity * (1 - 2 / 3 - 0.05) + timedelta(milliseconds=200)
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            assert datetime.now(UTC) < expiry
+            back = await c.restart_agent(name)
+            await asyncio.wait_for(back.renewer.wait_renewals(1), timeout=10)
+            assert datetime.now(UTC) < expiry, "renewed only after the expiry"
+            renewed = TLSMaterial.load(back.state_dir).cert_pem
+            assert cert_serial(renewed) != cert_serial(old)
+            assert cert_not_after(renewed) > expiry
+            details = await client.describe_node(name)
+            assert details.node.state == NodeState.READY
+            assert details.status is not None
+            assert details.status.record.enrolled_at == first.record.enrolled_at
+        finally:
+            await c.close()
+            state = Path(d) / "agents"
+            for agent in c._specs:
+                if (state / agent).exists():
+                    for s in await ExecDriver(agent, state / agent).list():
+                        await ExecDriver(agent, state / agent).stop(s.replica_id, 1.0)
