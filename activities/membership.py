@@ -1,11 +1,13 @@
 """Activities for membership changes: tell workloads a node is lost, reconcile a node's
-replicas against what the control plane wants there, ask a node to do so, and retire a
-removed node."""
+replicas against what the control plane wants there, ask a node to do so, retire a
+removed node, and find what an ended workload run left on the cluster (for the run that
+tears it down)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from datetime import timedelta
 
 import grpc
 from temporalio import activity
@@ -25,16 +27,32 @@ from cloudless.contracts import (
 )
 from cloudless.contracts import node as node_contract
 from cloudless.contracts.names import task_queue
+from cloudless.contracts.stuck import workflow_task_failure
 from cloudless.model import (
+    Leftovers,
+    LeftoversInput,
+    NodeState,
     NotifyWorkloadsInput,
     ReconcileNodeInput,
     ReconcileNodeResult,
     ReconcileRequest,
+    ReplicaPhase,
+    ReplicaRecord,
     ReplicasLost,
     RetireNodeInput,
     WorkloadPhase,
 )
 from policies.membership import PlacedHere, placed_here
+
+#: How long one workload's status query may take while a node is reconciled.
+STATUS_TIMEOUT = timedelta(seconds=10)
+
+
+class _Unanswered:
+    """A workload whose workflow cannot answer (its workflow task fails), and why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class MembershipActivities:
@@ -131,15 +149,25 @@ class MembershipActivities:
             activity.heartbeat(len(stopped))
         return stopped
 
-    async def _assigned(self, key: str, node_id: str) -> PlacedHere | None:
+    async def _assigned(self, key: str, node_id: str) -> PlacedHere | _Unanswered | None:
         """What the workload places on the node (``policies.membership.placed_here``);
-        None if the workload is gone."""
+        None if the workload is gone; ``_Unanswered`` if its workflow task fails (it
+        answers nothing until someone fixes or deletes it).
+
+        Any other failure (a timeout, Temporal busy) is raised: the activity retries.
+        """
+        handle = WorkloadHandle.of(self._client, key)
         try:
-            status = await WorkloadHandle.of(self._client, key).status()
+            status = await handle.status(rpc_timeout=STATUS_TIMEOUT)
         except RPCError as err:
             if gone(err):
                 return None
-            raise
+            failing = await workflow_task_failure(
+                self._client, handle.id, rpc_timeout=STATUS_TIMEOUT
+            )
+            if failing is None:
+                raise
+            return _Unanswered(failing.message())
         if status.phase in (WorkloadPhase.DELETED,):
             return None
         return placed_here(status.replicas, node_id)
@@ -161,8 +189,24 @@ class MembershipActivities:
         in_ledger = [] if inp.fresh else await self._ledger.node_workloads(inp.node_id)
         result = ReconcileNodeResult(kept=0)
         for key in sorted(set(running) | set(in_ledger)):
-            found = await self._assigned(key, inp.node_id) or PlacedHere({}, frozenset())
-            placed, believed_running = found.epochs, found.running
+            found = await self._assigned(key, inp.node_id)
+            if isinstance(found, _Unanswered):
+                # Nothing can say where its replicas belong: leave them as they are (the
+                # ledger still holds them here) rather than keep the node from Ready, which
+                # would strand every other workload's replicas on it too.
+                result.unanswered[key] = found.reason
+                result.kept += len(running.get(key, ()))
+                activity.logger.warning(
+                    "%s: left %d replica(s) of %s as they are: %s",
+                    inp.node_id,
+                    len(running.get(key, ())),
+                    key,
+                    found.reason,
+                )
+                activity.heartbeat(key)
+                continue
+            here = found or PlacedHere({}, frozenset())
+            placed, believed_running = here.epochs, here.running
             assigned = set(placed)
             have = running.get(key, set())
             # A run older than the placement the control plane recorded (the replica was
@@ -193,3 +237,47 @@ class MembershipActivities:
                 )
             activity.heartbeat(key)
         return result
+
+    @activity.defn(name="find_leftovers")
+    async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
+        """The replicas ended runs of a workload left running: asked of the agents of every
+        node the ledger still holds the workload on (before the teardown run's claim
+        releases those reservations). Each comes back as a record to stop and not release
+        (the claim frees the ledger). Nodes whose agent does not answer keep their replicas
+        until they return: reconciling the node then stops what no workload places there.
+        """
+        key = workload.key(inp.namespace, inp.name)
+        snapshot = await self._ledger.snapshot()
+        out = Leftovers()
+        for node in snapshot.nodes:
+            if not node.workloads.get(key, 0):
+                continue
+            if not node.address or node.state in (NodeState.OFFLINE, NodeState.LEFT):
+                out.unreachable.append(node.node_id)
+                continue
+            try:
+                stub = await self._pool.stub(node.node_id, node.address)
+                listed = await stub.ListReplicas(
+                    agent_pb2.ListReplicasRequest(namespace=inp.namespace, workload=inp.name),
+                    timeout=15,
+                )
+            except grpc.aio.AioRpcError as err:
+                activity.logger.warning("find_leftovers: %s: %s", node.node_id, err.details())
+                out.unreachable.append(node.node_id)
+                continue
+            for r in listed.replicas:
+                out.replicas.append(
+                    ReplicaRecord(
+                        replica_id=r.replica_id,
+                        generation=0,
+                        spec_hash="",
+                        phase=ReplicaPhase.RUNNING,
+                        node_id=node.node_id,
+                        address=node.address,
+                        epoch=r.epoch,
+                        released=True,  # the claim frees the ledger: stop only
+                        message="left by an ended run",
+                    )
+                )
+            activity.heartbeat(node.node_id)
+        return out

@@ -75,6 +75,10 @@ class HeartbeatClient:
         """The gateway the agent streams to (or tries next)."""
         return self._gateways[self._current]
 
+    def connected_gateway(self) -> str | None:
+        """The gateway whose stream is answering now; None between streams."""
+        return self.gateway if self.connected.is_set() else None
+
     def _next_epoch(self) -> int:
         """Microseconds of wall clock, strictly growing within this process; across
         restarts it grows as long as the clock does not jump back."""

@@ -24,7 +24,7 @@ from agent.runtime import detect_drivers
 from agent.runtime.base import RuntimeDriver
 from agent.runtime.docker import DEFAULT_SECRET_SHELL
 from agent.secretfs import DEFAULT_SECRETS_ROOT, SecretFiles
-from agent.secrets import SecretDelivery, SecretStore
+from agent.secrets import CoordinatorSecrets, SecretDelivery, SecretStore
 from agent.server import AGENT_VERSION, AgentServicer
 from agent.supervisor import Supervisor
 from cloudless import config, tls
@@ -123,9 +123,10 @@ async def serve(
     coordinators = (
         split_addresses(agent_gateway) or load_agent_gateways(state_dir) or split_addresses(gateway)
     )
-    # Secrets are fetched from the first coordinator only (no failover there yet).
+    # Secrets come from any of the coordinators, failing over as the heartbeat does.
+    coordinator_secrets = CoordinatorSecrets.connect(coordinators, material)
     secrets = SecretDelivery(
-        SecretStore.connect(coordinators[0], material), SecretFiles(secrets_dir, identity.name)
+        SecretStore(coordinator_secrets), SecretFiles(secrets_dir, identity.name)
     )
     supervisor = Supervisor(state_dir, drivers, prepare=secrets.prepare)
     supervisor.load()
@@ -158,6 +159,8 @@ async def serve(
         secrets=secrets,
     )
     supervisor.on_crash = heartbeat.wake  # every crash is reported with the next beat, now
+    # Secrets calls go where the stream is: that coordinator is known to answer.
+    coordinator_secrets.follow(heartbeat.connected_gateway)
     beating = asyncio.create_task(heartbeat.run(stop), name="heartbeat")
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")
     if ready_file is not None:

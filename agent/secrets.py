@@ -16,23 +16,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Self, TypeVar
 
 import grpc
 import structlog
 
-from agent.enroll import GATEWAY_SERVER_NAME
+from agent.enroll import GATEWAY_SERVER_NAME, split_addresses
 from agent.runtime.base import ReplicaSpec, ResolvedSecrets, SecretMount, SecretVolume
 from agent.runtime.registry import capabilities
 from agent.secretfs import SecretDeliveryError, SecretFiles, projected_files
 from cloudless.api import secrets_pb2, secrets_pb2_grpc
 from cloudless.tls import TLSMaterial, secure_channel
+from policies.failover import attempt_timeout, failover_order
 
-__all__ = ["SecretDelivery", "SecretSource", "SecretStore", "SecretsClient"]
+__all__ = [
+    "FAILOVER_CODES",
+    "CoordinatorSecrets",
+    "CoordinatorsUnreachable",
+    "SecretDelivery",
+    "SecretSource",
+    "SecretStore",
+    "SecretsClient",
+]
 
 log = structlog.get_logger("cloudless.agent.secrets")
 
@@ -59,6 +69,18 @@ _REASONS = {
 _TRANSIENT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 )
+#: "This coordinator did not answer": the call goes to the next one. UNAVAILABLE is a
+#: refused or broken connection, a coordinator shutting down (its GOAWAY cancels calls in
+#: flight with this code) or one that cannot reach Temporal; DEADLINE_EXCEEDED is one
+#: that hangs. Both calls are safe to repeat: minting writes nothing durable and a node's
+#: tokens are not use-limited. Every other code is an answer (denied, not found, a bad
+#: request, CANCELLED by our own caller), and another coordinator would answer the same.
+FAILOVER_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+_WHITESPACE = re.compile(r"\s+")
+_DETAILS_LIMIT = 200
+_T = TypeVar("_T")
 
 
 class SecretsClient(Protocol):
@@ -90,12 +112,179 @@ class _Token:
     value: str
     renew_at: float  # monotonic
     expires_at: float  # monotonic
+    issuer: str = ""  # the coordinator that minted it ("" when the client does not say)
 
 
 @dataclass
 class _Entry:
     data: SecretData
     expires_at: float  # monotonic
+
+
+# ---------------------------------------------------------------------------- failover
+
+
+def _describe(err: grpc.aio.AioRpcError) -> str:
+    """``unavailable (connection refused)``: a gRPC failure on one short line."""
+    details = _WHITESPACE.sub(" ", err.details() or "").strip()
+    if len(details) > _DETAILS_LIMIT:
+        details = details[: _DETAILS_LIMIT - 3] + "..."
+    what = err.code().name.lower().replace("_", " ")
+    return f"{what} ({details})" if details else what
+
+
+class CoordinatorsUnreachable(grpc.aio.AioRpcError):
+    """No coordinator answered one call; the details name each one tried and why, and
+    any the deadline left no time for. The code is the last failure's."""
+
+    def __init__(
+        self,
+        failures: Sequence[tuple[str, grpc.aio.AioRpcError]],
+        untried: Sequence[str],
+        budget: float,
+    ) -> None:
+        self.tried = [address for address, _ in failures]
+        self.untried = list(untried)
+        parts = [f"{address}: {_describe(err)}" for address, err in failures]
+        if untried:
+            parts.append(f"not tried, the {budget:g}s deadline was spent: {', '.join(untried)}")
+        code = failures[-1][1].code() if failures else grpc.StatusCode.DEADLINE_EXCEEDED
+        super().__init__(
+            code,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "no coordinator answered: " + "; ".join(parts),
+            None,
+        )
+
+
+class CoordinatorSecrets:
+    """The SecretsService calls over every coordinator the node knows, failing over.
+
+    Each call starts at the coordinator the heartbeat stream is connected to (see
+    :meth:`follow`) unless that one just failed a call, else at the last one that
+    answered, and goes round the list: a coordinator that does not answer
+    (:data:`FAILOVER_CODES`) hands the call to the next. Every coordinator is asked at
+    most once per call, each attempt gets an equal share of the time left
+    (:func:`policies.failover.attempt_timeout`), and when none answers the call raises
+    :class:`CoordinatorsUnreachable` naming each. Any other error is an answer and is
+    raised as it is.
+
+    Args:
+        targets: ``(address, stub)`` per coordinator, in the node's order.
+        channels: Closed by :meth:`close` (the stubs' channels, when this client made them).
+        clock: Monotonic seconds, for deadlines (injectable for tests).
+        default_timeout: The deadline of a call that brings none.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[tuple[str, SecretsClient]],
+        *,
+        channels: Sequence[grpc.aio.Channel] = (),
+        clock: Clock = time.monotonic,
+        default_timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        if not targets:
+            raise ValueError("at least one coordinator address is required")
+        self._targets = list(targets)
+        self._index = {address: i for i, (address, _) in enumerate(self._targets)}
+        self._channels = list(channels)
+        self._clock = clock
+        self._default_timeout = default_timeout
+        self._current = 0
+        #: Coordinators whose last attempt failed: not preferred until one answers again.
+        self._failed: set[int] = set()
+        self._preferred: Callable[[], str | None] = lambda: None
+
+    @classmethod
+    def connect(cls, addresses: str | Sequence[str], material: TLSMaterial) -> Self:
+        """One mTLS channel per coordinator agent gateway, where the node certificate
+        identifies the caller. Channels connect on their first call."""
+        ordered = split_addresses(addresses)
+        if not ordered:
+            raise ValueError("at least one coordinator address is required")
+        channels = [
+            secure_channel(address, GATEWAY_SERVER_NAME, material.ca_pem, material)
+            for address in ordered
+        ]
+        stubs: list[tuple[str, SecretsClient]] = [
+            (address, secrets_pb2_grpc.SecretsServiceStub(channel))
+            for address, channel in zip(ordered, channels, strict=True)
+        ]
+        return cls(stubs, channels=channels)
+
+    @property
+    def current(self) -> str:
+        """The coordinator the last answered call went to (the first, before any)."""
+        return self._targets[self._current][0]
+
+    def follow(self, preferred: Callable[[], str | None]) -> None:
+        """Start each call at ``preferred()`` (the heartbeat stream's coordinator; None
+        while it has none): the node's stream shows it answers, and calls follow the
+        stream when it moves. An address not in the list is ignored."""
+        self._preferred = preferred
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close(grace=None)
+
+    def GenerateAccessToken(
+        self, request: secrets_pb2.GenerateAccessTokenRequest, *, timeout: float | None = None
+    ) -> Awaitable[secrets_pb2.GenerateAccessTokenResponse]:
+        return self._call(
+            "GenerateAccessToken",
+            lambda stub, t: stub.GenerateAccessToken(request, timeout=t),
+            timeout,
+        )
+
+    def GetSecret(
+        self, request: secrets_pb2.GetSecretRequest, *, timeout: float | None = None
+    ) -> Awaitable[secrets_pb2.GetSecretResponse]:
+        return self._call("GetSecret", lambda stub, t: stub.GetSecret(request, timeout=t), timeout)
+
+    async def _call(
+        self,
+        method: str,
+        send: Callable[[SecretsClient, float], Awaitable[_T]],
+        timeout: float | None,
+    ) -> _T:
+        budget = self._default_timeout if timeout is None else timeout
+        deadline = self._clock() + budget
+        preferred = self._index.get(self._preferred() or "")
+        order = failover_order(len(self._targets), self._current, preferred, self._failed)
+        failures: list[tuple[str, grpc.aio.AioRpcError]] = []
+        for position, index in enumerate(order):
+            share = attempt_timeout(deadline - self._clock(), len(order) - position)
+            if share <= 0:
+                break
+            address, stub = self._targets[index]
+            try:
+                response = await send(stub, share)
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in FAILOVER_CODES:
+                    self._answered(index)  # an answer, if not the one we wanted
+                    raise
+                self._failed.add(index)
+                failures.append((address, err))
+                log.info(
+                    "secrets.coordinator_failed",
+                    method=method,
+                    coordinator=address,
+                    code=err.code().name,
+                    left=len(order) - position - 1,
+                )
+                continue
+            if index != self._current:
+                log.info("secrets.coordinator_switched", coordinator=address, method=method)
+            self._answered(index)
+            return response
+        untried = [self._targets[i][0] for i in order[len(failures) :]]
+        raise CoordinatorsUnreachable(failures, untried, budget)
+
+    def _answered(self, index: int) -> None:
+        self._current = index
+        self._failed.discard(index)
 
 
 def _error(source: SecretSource, step: str, err: grpc.aio.AioRpcError) -> SecretDeliveryError:
@@ -113,7 +302,8 @@ class SecretStore:
     """Fetches secrets for this node and caches them in memory only.
 
     Args:
-        client: The SecretsService (a stub on the agent's mTLS channel).
+        client: The SecretsService: a :class:`CoordinatorSecrets` (the store closes it
+            in :meth:`close`), or any object with the stub's two calls.
         clock: Monotonic seconds, for TTLs (injectable for tests).
         wall_clock: Unix seconds, to read the token's ``expires_at``.
         token_ttl: Lifetime to ask for when minting a token.
@@ -133,7 +323,6 @@ class SecretStore:
         self._wall_clock = wall_clock
         self._token_ttl = token_ttl
         self._timeout = rpc_timeout
-        self._channel: grpc.aio.Channel | None = None
         self._tokens: dict[SecretSource, _Token] = {}
         self._cache: dict[SecretSource, _Entry] = {}
         self._inflight: dict[SecretSource, asyncio.Task[SecretData]] = {}
@@ -141,19 +330,21 @@ class SecretStore:
         self._epochs: dict[str, int] = {}
 
     @classmethod
-    def connect(cls, address: str, material: TLSMaterial) -> SecretStore:
-        """A store on its own mTLS channel to the coordinator's agent port, where the node
-        certificate identifies the caller."""
-        channel = secure_channel(address, GATEWAY_SERVER_NAME, material.ca_pem, material)
-        store = cls(secrets_pb2_grpc.SecretsServiceStub(channel))
-        store._channel = channel
-        return store
+    def connect(cls, addresses: str | Sequence[str], material: TLSMaterial) -> SecretStore:
+        """A store on its own mTLS channels to the coordinators' agent ports (failing over
+        between them in the given order), where the node certificate identifies the
+        caller."""
+        return cls(CoordinatorSecrets.connect(addresses, material))
 
     async def close(self) -> None:
         self._cache.clear()
         self._tokens.clear()
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        if isinstance(self._client, CoordinatorSecrets):
+            await self._client.close()
+
+    def _coordinator(self) -> str:
+        """Which coordinator calls go to now ("" when the client does not say)."""
+        return self._client.current if isinstance(self._client, CoordinatorSecrets) else ""
 
     def cached(self, source: SecretSource) -> bool:
         entry = self._cache.get(source)
@@ -207,9 +398,13 @@ class SecretStore:
         try:
             response = await self._read(source, token)
         except grpc.aio.AioRpcError as err:
-            if minted or err.code() not in _TOKEN_REJECTED:
+            # A token minted just now and refused by the coordinator that minted it is
+            # final; one minted earlier (revoked, used up) or by another coordinator (the
+            # call failed over to one that does not share the token key) is replaced once.
+            fresh = minted and token.issuer == self._coordinator()
+            if fresh or err.code() not in _TOKEN_REJECTED:
                 raise _error(source, "reading the secret", err) from err
-            self._tokens.pop(source, None)  # revoked or used up: one retry with a fresh one
+            self._tokens.pop(source, None)
             token, _ = await self._token(source)
             try:
                 response = await self._read(source, token)
@@ -258,6 +453,7 @@ class SecretStore:
             value=response.token,
             renew_at=now + lifetime - min(TOKEN_RENEW_MARGIN, lifetime / 10),
             expires_at=now + lifetime,
+            issuer=self._coordinator(),
         )
         self._tokens[source] = token
         return token, True

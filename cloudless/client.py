@@ -6,12 +6,19 @@ so the shared kernel does not import the workflow code.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -24,8 +31,9 @@ from cloudless.contracts import (
     names,
     reaper,
 )
-from cloudless.contracts.workload import WORKFLOW as WORKLOAD_WORKFLOW
-from cloudless.contracts.workload import split_workflow_id
+from cloudless.contracts.limits import MAX_MESSAGE_CHARS, check_manifest, clip
+from cloudless.contracts.stuck import TaskFailure, retrying_activities, workflow_task_failure
+from cloudless.contracts.workload import live_workloads_query, split_workflow_id
 from cloudless.errors import CloudlessError, NotFoundError
 from cloudless.model import (
     ApplyInput,
@@ -51,6 +59,13 @@ T = TypeVar("T")
 #: How long a query or a quick update may take before we say no coordinator is answering.
 RPC_TIMEOUT_SECONDS = 15.0
 RPC_TIMEOUT = timedelta(seconds=RPC_TIMEOUT_SECONDS)
+#: Workloads ``list_workloads`` asks at once (one slow answer does not hold up the rest).
+LIST_CONCURRENCY = 16
+#: How long ``delete`` waits for a workload to tear itself down before it checks whether
+#: its workflow can still make progress (if not, it is terminated and torn down for it).
+DELETE_TIMEOUT_SECONDS = 120.0
+#: Why a terminated stuck run ended (plaintext in history: no workload data in it).
+TERMINATE_REASON = "cloudlessctl delete: the workflow could not make progress"
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,28 @@ class NodeDetails:
     node: LedgerNode
     status: NodeStatus | None
     workloads: list[str]
+
+
+def unknown_status(namespace: str, name: str, phase: WorkloadPhase, message: str) -> WorkloadStatus:
+    """The status of a workload whose workflow did not answer: nothing of its state is
+    known (generation 0), only ``phase`` (Stuck or Unknown) and why."""
+    return WorkloadStatus(
+        namespace=namespace,
+        name=name,
+        generation=0,
+        spec_hash="",
+        desired=0,
+        ready=0,
+        phase=phase,
+        message=message,
+    )
+
+
+def _way_out(namespace: str, name: str) -> str:
+    return (
+        f"`cloudlessctl delete workload {name} -n {namespace}` terminates its workflow, "
+        "stops its replicas and frees what it holds"
+    )
 
 
 def _update_error(err: WorkflowUpdateFailedError) -> CloudlessError:
@@ -108,6 +145,7 @@ class CloudlessClient:
         view = view_of(workload)
         check_limits(workload, f"workload {view.key}")
         check_supported(view)
+        check_manifest(workload, view.key, self.temporal.data_converter.payload_converter)
         try:
             result = await self.workload(view.namespace, view.name).apply(
                 ApplyInput(manifest=workload), cluster=self.cluster, rpc_timeout=RPC_TIMEOUT
@@ -156,29 +194,87 @@ class CloudlessClient:
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
 
-    async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
+    def _not_found(self, namespace: str, name: str, why: str = "") -> NotFoundError:
+        return NotFoundError(
+            f"workload {namespace}/{name} not found{why}; list them with "
+            "`cloudlessctl get workloads -A`"
+        )
+
+    async def task_failure(self, namespace: str, name: str) -> TaskFailure | None:
+        """Whether the workload's workflow task is failing (it cannot make progress)."""
         try:
-            return await self.workload(namespace, name).status(rpc_timeout=RPC_TIMEOUT)
+            return await workflow_task_failure(
+                self.temporal, self.workload(namespace, name).id, rpc_timeout=RPC_TIMEOUT
+            )
         except RPCError as err:
             if gone(err):
-                raise NotFoundError(
-                    f"workload {namespace}/{name} not found; list them with "
-                    "`cloudlessctl get workloads -A`"
-                ) from err
+                raise self._not_found(namespace, name) from err
             raise self._unanswered(err) from err
 
+    async def workload_status(self, namespace: str, name: str) -> WorkloadStatus:
+        """The workload's status. A workload whose workflow task fails (it answers nothing)
+        is Stuck, with the failure and the way out as its message; one that does not
+        answer in time raises (no coordinator is running, most likely). An activity it has
+        been retrying for a while is added to its message."""
+        handle = self.workload(namespace, name)
+        try:
+            description = await handle.handle.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if gone(err):
+                raise self._not_found(namespace, name) from err
+            raise self._unanswered(err) from err
+        closed = description.status
+        if closed not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
+            # Terminated, failed, timed out: its last answer would be stale.
+            state = closed.name.lower().replace("_", " ") if closed else "closed"
+            raise self._not_found(namespace, name, f" (its workflow was {state})")
+        if closed == WorkflowExecutionStatus.RUNNING:
+            failing = await self.task_failure(namespace, name)
+            if failing is not None:
+                return self._stuck(namespace, name, failing)
+        try:
+            status = await handle.status(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if gone(err):
+                raise self._not_found(namespace, name) from err
+            failing = await self.task_failure(namespace, name)  # it may have just begun
+            if failing is not None:
+                return self._stuck(namespace, name, failing)
+            raise self._unanswered(err) from err
+        retrying = await retrying_activities(self.temporal, description)
+        if retrying:
+            said = f"{status.message}; {retrying}" if status.message else retrying
+            status = status.model_copy(update={"message": clip(said, MAX_MESSAGE_CHARS)})
+        return status
+
+    def _stuck(self, namespace: str, name: str, failing: TaskFailure) -> WorkloadStatus:
+        message = failing.message(way_out=_way_out(namespace, name))
+        return unknown_status(namespace, name, WorkloadPhase.STUCK, message)
+
     async def list_workloads(self, namespace: str | None = None) -> list[WorkloadStatus]:
-        out = []
-        query = WORKLOAD_WORKFLOW.visibility_query("ExecutionStatus = 'Running'")
-        async for wf in self.temporal.list_workflows(query):
+        """Every running workload's status (of ``namespace``, or all). A workload that
+        cannot answer is listed as Stuck or Unknown with why; it never fails the list."""
+        keys = []
+        async for wf in self.temporal.list_workflows(live_workloads_query(self.cluster)):
             found = split_workflow_id(wf.id)
-            if found is None or (namespace and found[0] != namespace):
-                continue
-            ns, name = found
-            try:
-                out.append(await self.workload_status(ns, name))
-            except NotFoundError:
-                continue  # finished between the listing and the query
+            if found is not None and not (namespace and found[0] != namespace):
+                keys.append(found)
+        limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def one(ns: str, name: str) -> WorkloadStatus | None:
+            async with limit:
+                try:
+                    return await self.workload_status(ns, name)
+                except NotFoundError:
+                    return None  # finished between the listing and the query
+                except (CloudlessError, RPCError) as err:
+                    why = err.message if isinstance(err, RPCError) else str(err)
+                    return unknown_status(
+                        ns, name, WorkloadPhase.UNKNOWN, f"its workflow did not answer: {why}"
+                    )
+
+        found_statuses = await asyncio.gather(*(one(ns, name) for ns, name in keys))
+        out = [s for s in found_statuses if s is not None]
         return sorted(out, key=lambda s: (s.namespace, s.name))
 
     async def scale(self, namespace: str, name: str, replicas: int) -> ApplyResult:
@@ -191,17 +287,77 @@ class CloudlessClient:
             raise _update_error(err) from err
 
     async def delete(
-        self, namespace: str, name: str, *, wait: bool = True
+        self,
+        namespace: str,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float = DELETE_TIMEOUT_SECONDS,
     ) -> WorkloadStatus | None:
+        """Stop every replica and release what the workload holds; the final status.
+
+        The workload's workflow tears itself down. One that cannot (its workflow task
+        fails: see :meth:`workload_status`), or that has not finished within ``timeout``
+        seconds and turns out unable to, is terminated and a teardown run takes over: it
+        finds the workload's allocations in the ledger and its replicas on the agents,
+        stops and releases them.
+        """
         current = await self.workload_status(namespace, name)
         if current.phase == WorkloadPhase.DELETED:
             raise NotFoundError(f"workload {namespace}/{name} was already deleted")
+        if current.phase == WorkloadPhase.STUCK and current.generation == 0:
+            return await self._tear_down(namespace, name, current.message, wait, timeout)
         handle = self.workload(namespace, name)
         try:
             await handle.delete(rpc_timeout=RPC_TIMEOUT)
         except WorkflowUpdateFailedError as err:
             raise _update_error(err) from err
-        return await handle.result() if wait else None
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            failing = await self.task_failure(namespace, name)
+            if failing is None:
+                if isinstance(err, RPCError):
+                    raise self._unanswered(err) from err
+                raise CloudlessError(
+                    f"no coordinator took the delete of workload {namespace}/{name}; is "
+                    "`cloudless-coordinator` running?"
+                ) from err
+            return await self._tear_down(namespace, name, failing.message(), wait, timeout)
+        if not wait:
+            return None
+        try:
+            return await asyncio.wait_for(handle.result(), timeout)
+        except TimeoutError:
+            failing = await self.task_failure(namespace, name)
+            if failing is None:
+                status = await self.workload_status(namespace, name)
+                raise CloudlessError(
+                    f"workload {namespace}/{name} is still being deleted after {timeout:g}s "
+                    f"({len(status.replicas)} replica(s) left: {status.message or 'stopping'}); "
+                    "it continues: run the delete again to wait for it"
+                ) from None
+            return await self._tear_down(namespace, name, failing.message(), wait, timeout)
+
+    async def _tear_down(
+        self, namespace: str, name: str, reason: str, wait: bool, timeout: float
+    ) -> WorkloadStatus | None:
+        """Terminate the workload's stuck run and start one that removes what it left."""
+        handle = self.workload(namespace, name)
+        try:
+            await handle.handle.terminate(reason=TERMINATE_REASON, rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if not gone(err):
+                raise
+        run = await handle.tear_down(self.cluster, f"deleted while stuck: {reason}")
+        if not wait:
+            return None
+        try:
+            return await asyncio.wait_for(run.result(), timeout)
+        except TimeoutError:
+            raise CloudlessError(
+                f"workload {namespace}/{name}: its stuck workflow was terminated; the "
+                f"teardown of what it left has not finished after {timeout:g}s and "
+                "continues (see `cloudlessctl describe workload`)"
+            ) from None
 
     async def _from_ledger(self, call: Awaitable[T]) -> T:
         """Await a ledger query; a missing ledger is a NotFoundError saying why."""
@@ -241,6 +397,7 @@ class CloudlessClient:
     async def explain(self, workload: Workload, top_k: int = 3) -> ExplainResult:
         """Dry-run placement of the workload's replicas on the current cluster (the
         coordinator decides on its node index; nothing is committed)."""
+        check_manifest(workload, workload.key, self.temporal.data_converter.payload_converter)
         try:
             return await explain.explain(
                 self.temporal,

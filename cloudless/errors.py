@@ -37,3 +37,13 @@ class SecretError(CloudlessError):
     def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
         super().__init__(message)
         self.code = code
+
+
+class PayloadTooLargeError(CloudlessError):
+    """A value is over a bound at the Temporal boundary (``cloudless.contracts.limits``);
+    the message names the value, its size and the limit. Nothing was sent."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit

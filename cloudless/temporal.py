@@ -16,6 +16,7 @@ from temporalio.converter import PayloadCodec
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.codec import NoTransitCodec, data_converter
+from cloudless.contracts.limits import PayloadLimits
 from cloudless.contracts.names import SEARCH_ATTRIBUTES
 
 T = TypeVar("T")
@@ -32,14 +33,20 @@ async def connect(
 
     With ``codec`` (see :func:`cloudless.codec.transit_codec`) every payload is encrypted;
     without, an encrypted payload fails with a hint about transit access rather than
-    "unknown encoding". ``wait`` keeps retrying for that many seconds: a server that was
-    just (re)started accepts TCP before it answers.
+    "unknown encoding". Every payload the client sends is bounded first
+    (:class:`~cloudless.contracts.limits.PayloadLimits`). ``wait`` keeps retrying for that
+    many seconds: a server that was just (re)started accepts TCP before it answers.
     """
     converter = data_converter(codec) if codec is not None else NoTransitCodec.data_converter()
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
-            return await Client.connect(address, namespace=namespace, data_converter=converter)
+            return await Client.connect(
+                address,
+                namespace=namespace,
+                data_converter=converter,
+                interceptors=[PayloadLimits(converter.payload_converter)],
+            )
         except RuntimeError:
             if asyncio.get_running_loop().time() >= deadline:
                 raise

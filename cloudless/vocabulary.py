@@ -122,6 +122,13 @@ class WorkloadPhase(enum.StrEnum):
     PENDING = "Pending"
     DELETING = "Deleting"
     DELETED = "Deleted"
+    #: It cannot make progress: an activity failed for good (the workflow says so), or its
+    #: workflow task fails on every attempt (the client reads that from Temporal). The
+    #: message says why; ``delete`` still works.
+    STUCK = "Stuck"
+    #: Its workflow did not answer (no coordinator polling, or a timeout); nothing of its
+    #: state is known.
+    UNKNOWN = "Unknown"
 
 
 # --------------------------------------------------------------------------- resources

@@ -614,12 +614,19 @@ class Summary:
 
 
 def summarize(
-    desired: Desired, replicas: Sequence[Replica], *, deleting: bool, dirty: bool
+    desired: Desired,
+    replicas: Sequence[Replica],
+    *,
+    deleting: bool,
+    dirty: bool,
+    blocked: bool = False,
 ) -> Summary:
     """The workload's phase from its replicas.
 
     ``dirty``: a reconcile is due (so "every replica Pending" may be about to change and is
-    shown as Progressing rather than Pending).
+    shown as Progressing rather than Pending). ``blocked``: an activity failed for good in
+    the last pass (the workload retries after its backoff), so it is Stuck unless it is
+    being deleted; this comes before Degraded for a replica crash-looping where it is.
     """
     current = [r for r in replicas if is_current(desired, r)]
     ready = sum(1 for r in current if is_ready(desired, r))
@@ -627,6 +634,8 @@ def summarize(
     complete = len(replicas) == desired.replicas
     if deleting:
         phase = WorkloadPhase.DELETING if replicas else WorkloadPhase.DELETED
+    elif blocked:  # a pass could not get through: that is the more urgent news
+        phase = WorkloadPhase.STUCK
     elif any(r.crash_loop for r in current):  # crash-looping where it is: attempts used up
         phase = WorkloadPhase.DEGRADED
     elif complete and done == desired.replicas > 0:

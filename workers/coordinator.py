@@ -314,6 +314,7 @@ class Coordinator:
                 ledger.remove_node,
                 reaper.reap_workloads,
                 reaper.reap_orphans,
+                membership.find_leftovers,
                 *(secrets.activities() if secrets else ()),
             ],
             max_concurrent_activities=200,

@@ -36,6 +36,11 @@ with workflow.unsafe.imports_passed_through():
 CREATE_WAIT = timedelta(minutes=1)
 #: Keep use counts and revocations this long past the token's expiry (clock skew).
 TOKEN_GRACE = 300.0
+#: Unexpired use-limited tokens, and unexpired revocations, one secret tracks at most.
+#: Both tables ride in the workflow's state beside the sealed record (up to ~910 KiB);
+#: 4,096 entries each (~90 and ~60 bytes) keep the state far below Temporal's 2 MiB
+#: payload limit, so no number of tokens can wedge the secret's workflow.
+MAX_TRACKED_TOKENS = 4096
 MAX_HISTORY_EVENTS = 5_000
 
 
@@ -105,9 +110,25 @@ class SecretWorkflow:
 
     def _prune(self) -> None:
         state = self._current()
-        horizon = workflow.now().timestamp() - TOKEN_GRACE
+        horizon = self._horizon()
         state.uses = {k: u for k, u in state.uses.items() if u.expires_at > horizon}
         state.revoked = {k: exp for k, exp in state.revoked.items() if exp > horizon}
+
+    @staticmethod
+    def _horizon() -> float:
+        """Entries that expired before this (with grace) are dropped by the next prune."""
+        return workflow.now().timestamp() - TOKEN_GRACE
+
+    def _check_room(self, table: str, live: int) -> None:
+        """Refuse a new entry in a token table that is full of unexpired ones."""
+        if live >= MAX_TRACKED_TOKENS:
+            rec = self._current().record
+            raise _error(
+                "ResourceExhausted",
+                f"secret {rec.namespace}/{rec.name} already tracks {MAX_TRACKED_TOKENS} "
+                f"unexpired {table} (MAX_TRACKED_TOKENS in workflows/secret.py); they drop "
+                "out as they expire (24 h at most): wait, or mint tokens with shorter TTLs",
+            )
 
     # ------------------------------------------------------------------ queries
 
@@ -197,6 +218,10 @@ class SecretWorkflow:
             raise _error("PermissionDenied", f"access token {inp.token_id} was revoked")
         if inp.max_uses <= 0 or inp.want <= 0:
             raise _error("InvalidArgument", "reserve_uses needs max_uses > 0 and want > 0")
+        if inp.token_id not in state.uses:
+            horizon = self._horizon()
+            live = sum(1 for u in state.uses.values() if u.expires_at > horizon)
+            self._check_room("use-limited tokens", live)
 
     @workflow.update(name=secret.REVOKE.name)
     def revoke(self, inp: RevokeInput) -> bool:
@@ -208,7 +233,11 @@ class SecretWorkflow:
 
     @revoke.validator
     def _check_revoke(self, inp: RevokeInput) -> None:
-        self._current()
+        state = self._current()
+        if inp.token_id not in state.revoked:
+            horizon = self._horizon()
+            live = sum(1 for exp in state.revoked.values() if exp > horizon)
+            self._check_room("revocations", live)
 
     @workflow.update(name=secret.REWRAP.name)
     def rewrap(self, inp: RewrapInput) -> RewrapResult:

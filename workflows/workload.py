@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities
     from activities.ledger import LedgerActivities
     from activities.membership import MembershipActivities
+    from cloudless.contracts import limits
     from cloudless.contracts import workload as workload_contract
     from cloudless.contracts.names import SA_NAMESPACE, SA_NODE, SA_PHASE, SA_WORKLOAD
     from cloudless.errors import CloudlessError
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         CapacityAvailable,
         ClaimWorkloadInput,
         CommitPlanInput,
+        LeftoversInput,
         PlacementRequest,
         ReconcileRequest,
         ReplicaCrashed,
@@ -62,6 +64,8 @@ with workflow.unsafe.imports_passed_through():
     from cloudless.workloads import WorkloadView, check_supported, scaled, view_of
     from policies.disruption import resolve_max_unavailable
     from policies.reconcile import (
+        MAX_BACKOFF,
+        MIN_BACKOFF,
         Action,
         Create,
         Desired,
@@ -151,6 +155,9 @@ def _refusal(manifest: Workload) -> str | None:
         view = view_of(manifest)
         check_limits(manifest, f"workload {view.key}")
         check_supported(view)
+        # What the workflow's payloads assume of a manifest (the state budget), measured as
+        # it travels; the spec's own bound normally refuses first.
+        limits.check_manifest(manifest, view.key, workflow.payload_converter())
     except CloudlessError as err:
         return str(err)
     return None
@@ -162,7 +169,9 @@ class WorkloadWorkflow:
     def __init__(self, inp: WorkloadWorkflowInput) -> None:
         self._cluster = inp.cluster
         self._max_history_events = inp.max_history_events or MAX_HISTORY_EVENTS
-        self._state = inp.state if inp.state is not None else WorkloadState(manifest=inp.manifest)
+        self._state = (
+            inp.state if inp.state is not None else WorkloadState(manifest=inp.first_manifest)
+        )
         self._view: WorkloadView = view_of(self._state.manifest)
         self._desired = desired_of(self._view)
         # Not state: a new run reconciles first, and the rest is bookkeeping of this run.
@@ -187,24 +196,29 @@ class WorkloadWorkflow:
                 return self.status()
         if inp.state is None and workflow.patched(CLAIM_PATCH):
             await self._claim()
+        if self._state.orphans and self._state.deleting and not self._state.owner:
+            await self._take_over_leftovers()
         while True:
             timeout = self._state.backoff_seconds or None
-            if self._state.wake_at:  # a crash-looping replica's reschedule or freed attempt
+            # A crash-looping replica's reschedule or freed attempt (a teardown has none:
+            # a failed one waits out its backoff).
+            if self._state.wake_at and not self._state.deleting:
                 due = self._state.wake_at - workflow.now().timestamp()
                 if due <= 0:
                     self._dirty = True
                 timeout = min(timeout or due, due)
             try:
                 await workflow.wait_condition(
-                    lambda: self._dirty or self._state.deleting or self._should_continue_as_new(),
+                    self._due,
                     timeout=timedelta(seconds=timeout) if timeout and timeout > 0 else None,
                 )
             except TimeoutError:
                 self._dirty = True  # retry pending or failed replicas after the backoff
             if self._state.deleting:
-                await self._teardown()
-                return self.status()
-            if self._dirty:
+                self._dirty = False
+                if await self._teardown():
+                    return self.status()
+            elif self._dirty:
                 self._dirty = False
                 self._reconciling = True
                 try:
@@ -212,17 +226,23 @@ class WorkloadWorkflow:
                 finally:
                     self._reconciling = False
                     self._reconciled_generation = self._state.generation
+                self._keep_within_budget()
                 self._publish_search_attributes()
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     WorkloadWorkflowInput(
                         cluster=self._cluster,
-                        manifest=self._state.manifest,
                         state=self._state,
                         max_history_events=inp.max_history_events,
                     )
                 )
+
+    def _due(self) -> bool:
+        """Something to do now: a reconcile, a delete (unless its last try failed and
+        waits out the backoff), or a continue-as-new."""
+        deleting = self._state.deleting and not self._state.blocked
+        return self._dirty or deleting or self._should_continue_as_new()
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -248,7 +268,13 @@ class WorkloadWorkflow:
         self._state.owner = result.owner
 
     async def _reconcile(self) -> None:
-        """One pass: each stage is decided on the records as they are when it begins."""
+        """One pass: each stage is decided on the records as they are when it begins.
+
+        An activity that fails for good (a non-retryable error) does not end the workflow:
+        the pass records why in ``blocked`` (the workload is Stuck) and carries on; the
+        next pass, after the backoff, tries again and clears it once it gets through.
+        """
+        self._state.blocked = ""
         desired = self._desired
         if not self._crash_rescheduling():
             desired = dataclasses.replace(desired, reschedule=None)
@@ -301,6 +327,12 @@ class WorkloadWorkflow:
             case Release(ids):
                 await self._release(self._records(ids))
             case Settle(backoff, clear_message, wake_at):
+                if self._state.blocked:  # what failed for good is retried after a backoff
+                    previous = self._state.backoff_seconds
+                    backoff = max(backoff, min(MAX_BACKOFF, max(MIN_BACKOFF, previous * 2)))
+                    clear_message = False
+                    if wake_at:  # a crash-loop look-again waits for that retry too
+                        wake_at = max(wake_at, workflow.now().timestamp() + backoff)
                 self._state.backoff_seconds = backoff
                 self._state.wake_at = wake_at
                 if clear_message:
@@ -344,10 +376,12 @@ class WorkloadWorkflow:
             replacement=replacement.replica_id,
         )
         r.rescheduled, r.crash_loop = True, ""
-        r.message = f"{_crash_summary(event)}: rescheduled as {replacement.replica_id}"
+        r.message = _replica_text(
+            f"{_crash_summary(event)}: rescheduled as {replacement.replica_id}"
+        )
         state.replicas.append(replacement)
         state.reschedules = [*state.reschedules, event][-MAX_RESCHEDULE_EVENTS:]
-        state.message = f"replica {r.replica_id} {_crash_summary(event)}: rescheduling it"
+        self._say(f"replica {r.replica_id} {_crash_summary(event)}: rescheduling it")
 
     def _hold(self, holds: tuple[tuple[str, str], ...]) -> None:
         """Record why crash-looping replicas stay where they are (or that they no longer
@@ -374,7 +408,7 @@ class WorkloadWorkflow:
                     held=reason,
                 )
                 state.reschedules = [*state.reschedules, event][-MAX_RESCHEDULE_EVENTS:]
-                state.message = (
+                self._say(
                     f"replica {rid} {_crash_summary(event)} and stays there: not rescheduled, "
                     f"{reason}"
                 )
@@ -391,27 +425,33 @@ class WorkloadWorkflow:
 
     async def _place_group(self, pending: list[ReplicaRecord], avoid: list[str]) -> None:
         view, state = self._view, self._state
-        result = await workflow.execute_activity_method(
-            LedgerActivities.place_replicas,
-            PlacementRequest(
-                cluster=self._cluster,
-                workload=view.key,
-                plan_id=str(workflow.uuid4()),
-                replica_ids=[r.replica_id for r in pending],
-                resources=view.resources,
-                manifest=state.manifest,
-                owner=state.owner,
-                avoid_nodes=avoid,
-            ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=_LEDGER_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity_method(
+                LedgerActivities.place_replicas,
+                PlacementRequest(
+                    cluster=self._cluster,
+                    workload=view.key,
+                    plan_id=str(workflow.uuid4()),
+                    replica_ids=[r.replica_id for r in pending],
+                    resources=view.resources,
+                    manifest=state.manifest,
+                    owner=state.owner,
+                    avoid_nodes=avoid,
+                ),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_LEDGER_RETRY,
+            )
+        except ActivityError as err:  # retries are unlimited: this one fails for good
+            reason = self._block(f"placement failed: {_failure(err)}")
+            for r in pending:
+                r.message = _replica_text(reason)
+            return
         by_id = {p.replica_id: p for p in result.placements}
         unplaced = 0
         for r in pending:
             p = by_id.get(r.replica_id)
             if p is None:
-                r.message = result.reason
+                r.message = _replica_text(result.reason)
                 unplaced += 1
             else:
                 r.node_id, r.address = p.node_id, p.address
@@ -423,12 +463,49 @@ class WorkloadWorkflow:
                     for event in state.reschedules:
                         if event.replacement == r.replica_id and not event.to_node:
                             event.to_node = p.node_id
+        self._forget_old_explanations()
         if unplaced:
-            state.message = f"{unplaced} replica(s) pending: {result.reason}"
+            self._say(f"{unplaced} replica(s) pending: {result.reason}")
         for pre in result.preemptions:
             workflow.logger.info(
                 "preempted %d replica(s) of %s on %s", pre.count, pre.workload, pre.node_id
             )
+
+    def _forget_old_explanations(self) -> None:
+        """Placement explanations (~1 KiB each) stay on the newest placements only, so
+        the carried state does not grow with them (``limits.MAX_EXPLAINED_REPLICAS``)."""
+        explained = [r for r in self._state.replicas if r.candidates]
+        surplus = len(explained) - limits.MAX_EXPLAINED_REPLICAS
+        if surplus > 0:
+            for r in sorted(explained, key=lambda r: r.epoch)[:surplus]:
+                r.candidates = []
+
+    def _keep_within_budget(self) -> None:
+        """Keep the carried state (and so the status answer and the continue-as-new
+        input) under ``limits.MAX_STATE_BYTES``: a payload over Temporal's limit would
+        fail every workflow task from then on."""
+        if len(self._state.replicas) < limits.TRIM_FROM_REPLICAS:
+            return
+        converter = workflow.payload_converter()
+        size = limits.trim_state(self._state, lambda s: limits.encoded_size(s, converter))
+        if size > limits.MAX_STATE_BYTES:
+            workflow.logger.error(
+                "%s: state is %s encoded after trimming, over %s",
+                self._view.key,
+                limits.human(size),
+                limits.human(limits.MAX_STATE_BYTES),
+            )
+
+    def _say(self, message: str) -> None:
+        """Set the workload's message, clipped to what its state may carry."""
+        self._state.message = limits.clip(message, limits.MAX_MESSAGE_CHARS)
+
+    def _block(self, reason: str) -> str:
+        """Record that this pass cannot make progress (the workload is Stuck until one
+        gets through); returns the clipped reason."""
+        self._say(reason)
+        self._state.blocked = self._state.message
+        return self._state.message
 
     def _run_input(self, r: ReplicaRecord) -> RunReplicaInput:
         """One replica of a ``run_replicas`` batch (the manifest travels once, in the batch)."""
@@ -459,10 +536,8 @@ class WorkloadWorkflow:
                 retry_policy=_BATCH_RETRY,
             )
         except ActivityError as err:
-            cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(err)
             for r in chunk:
-                self._start_failed(r, message)
+                self._start_failed(r, _failure(err))
             return
         by_id = {o.replica_id: o for o in res.outcomes}
         for r in chunk:
@@ -475,16 +550,16 @@ class WorkloadWorkflow:
     def _start_failed(self, r: ReplicaRecord, message: str) -> None:
         if r.lost or r.preempted:
             return
-        r.phase, r.message = ReplicaPhase.FAILED, message
+        r.phase, r.message = ReplicaPhase.FAILED, _replica_text(message)
         self._crashed(r, 1, None, message)  # it failed on this node: the policy decides
-        self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {r.message}"
+        self._say(f"replica {r.replica_id} failed on {r.node_id}: {r.message}")
 
     def _started(self, r: ReplicaRecord, res: RunReplicaResult) -> None:
         if r.lost or r.preempted or is_done(r):
             # The node was lost (or the room preempted) while the start was in flight, or
             # the replica already ran to completion (its exit outran the start's answer).
             return
-        r.phase, r.message = res.phase, res.message
+        r.phase, r.message = res.phase, _replica_text(res.message)
         r.runtime_id, r.started_at = res.runtime_id, res.started_at
         phase = start_outcome(self._desired, res.phase)
         if phase == ReplicaPhase.COMPLETED:
@@ -492,10 +567,11 @@ class WorkloadWorkflow:
         elif phase == ReplicaPhase.FAILED:  # it exited right after its start: a crash
             r.phase = phase
             self._crashed(r, 1, res.exit_code, res.message)
-            self._state.message = f"replica {r.replica_id} failed on {r.node_id}: {res.message}"
+            self._say(f"replica {r.replica_id} failed on {r.node_id}: {res.message}")
 
-    async def _remove(self, victims: list[ReplicaRecord]) -> None:
-        """Stop the replicas on their agents, then release their allocations in one plan.
+    async def _remove(self, victims: list[ReplicaRecord]) -> bool:
+        """Stop the replicas on their agents, then release their allocations in one plan;
+        False (the records stay, to be removed again) if the release failed for good.
 
         Preempted replicas were released by the preempting plan already; which replicas
         those are is read only after the stops, since a preemption may arrive meanwhile.
@@ -506,9 +582,14 @@ class WorkloadWorkflow:
         await self._given_up([r for r, ok in zip(stopping, reached, strict=True) if not ok])
         placed = [r for r in placed if not r.preempted and not r.released]
         if placed:
-            await self._commit_releases(placed)
+            try:
+                await self._commit_releases(placed)
+            except ActivityError as err:  # unlimited retries: a release refused for good
+                self._block(f"releasing {len(placed)} replica(s) failed: {_failure(err)}")
+                return False
         gone = {r.replica_id for r in victims}
         self._state.replicas = [r for r in self._state.replicas if r.replica_id not in gone]
+        return True
 
     async def _release(self, done: list[ReplicaRecord]) -> None:
         """Give completed replicas' allocations back to the ledger, once each."""
@@ -578,11 +659,38 @@ class WorkloadWorkflow:
                 retry_policy=_LEDGER_RETRY,
             )
 
-    async def _teardown(self) -> None:
+    async def _teardown(self) -> bool:
+        """Remove every replica; False if a release failed (retried after the backoff)."""
         self._reconciling = True
-        await self._remove(list(self._state.replicas))
+        self._state.blocked = ""
+        done = await self._remove(list(self._state.replicas))
         self._reconciling = False
+        if not done:
+            backoff = self._state.backoff_seconds
+            self._state.backoff_seconds = min(MAX_BACKOFF, max(MIN_BACKOFF, backoff * 2))
         self._publish_search_attributes()
+        return done
+
+    async def _take_over_leftovers(self) -> None:
+        """A teardown run: find the replicas ended runs left on the agents (on the nodes the
+        ledger still holds the workload on), then claim the workload, which releases every
+        reservation they held at once and makes the ledger refuse their late plans. What
+        is left to do is stopping those replicas: the ordinary teardown does that."""
+        found = await workflow.execute_activity_method(
+            MembershipActivities.find_leftovers,
+            LeftoversInput(namespace=self._view.namespace, name=self._view.name),
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_LEDGER_RETRY,
+        )
+        await self._claim()
+        self._state.replicas = list(found.replicas)
+        if found.unreachable:
+            workflow.logger.warning(
+                "%s: agents of %s did not answer; they stop its replicas when they return",
+                self._view.key,
+                ", ".join(found.unreachable),
+            )
 
     def _new_replica_id(self) -> str:
         taken = {r.replica_id for r in self._state.replicas}
@@ -676,8 +784,8 @@ class WorkloadWorkflow:
             if sig.evacuate:
                 r.evicting = True
             else:
-                r.lost, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
-        self._state.message = sig.reason
+                r.lost, r.phase, r.message = True, ReplicaPhase.FAILED, _replica_text(sig.reason)
+        self._say(sig.reason)
         self._state.backoff_seconds = 0.0  # replace at once; backoff is for failing starts
         self._dirty = True
 
@@ -704,8 +812,9 @@ class WorkloadWorkflow:
         victims = set(preemption_victims(state.replicas, sig.node_id, sig.count))
         for r in state.replicas:
             if r.replica_id in victims:
-                r.preempted, r.phase, r.message = True, ReplicaPhase.FAILED, sig.reason
-        state.message = sig.reason
+                r.preempted, r.phase = True, ReplicaPhase.FAILED
+                r.message = _replica_text(sig.reason)
+        self._say(sig.reason)
         state.backoff_seconds = 0.0
         self._dirty = True
 
@@ -730,13 +839,14 @@ class WorkloadWorkflow:
             r.crashes_reported = sig.crashes
             self._crashed(r, min(new, CRASHES_KEPT), sig.exit_code, sig.reason)
             code = "" if sig.exit_code is None else f" (exit code {sig.exit_code})"
-            r.message = f"crashed{code}, restarted by its agent: {sig.reason[-200:]}".rstrip(": ")
+            said = f"crashed{code}, restarted by its agent: {sig.reason[-200:]}".rstrip(": ")
+            r.message = _replica_text(said)
             self._dirty = True
 
     def _crashed(self, r: ReplicaRecord, count: int, exit_code: int | None, reason: str) -> None:
         now = workflow.now().timestamp()
         r.crash_times = [*r.crash_times, *([now] * count)][-CRASHES_KEPT:]
-        r.crash_exit_code, r.crash_reason = exit_code, reason[-300:]
+        r.crash_exit_code, r.crash_reason = exit_code, reason[-limits.MAX_REPLICA_MESSAGE_CHARS :]
 
     @workflow.signal(name=workload_contract.REPLICA_EXITED.name)
     def replica_exited(self, sig: ReplicaExited) -> None:
@@ -753,8 +863,9 @@ class WorkloadWorkflow:
             if sig.phase == ReplicaPhase.FAILED:
                 if not r.lost and not r.preempted:  # it failed here: a crash, the last one
                     self._crashed(r, 1, sig.exit_code, sig.message)
-                r.phase, r.message = phase, f"exited{code}: {sig.message}".rstrip(": ")
-                self._state.message = f"replica {r.replica_id} failed on {r.node_id}{code}"
+                said = f"exited{code}: {sig.message}".rstrip(": ")
+                r.phase, r.message = phase, _replica_text(said)
+                self._say(f"replica {r.replica_id} failed on {r.node_id}{code}")
             elif phase == ReplicaPhase.COMPLETED:  # done: keep the record, release its room
                 r.phase, r.message = phase, f"completed{code}"
             else:  # restartPolicy Always wants it running: replace it
@@ -773,13 +884,14 @@ class WorkloadWorkflow:
             if r.replica_id != sig.replica_id or r.node_id != sig.node_id:
                 continue
             became_ready = sig.ready and not is_ready(self._desired, r)
-            r.ready, r.ready_message = sig.ready, sig.message
+            r.ready, r.ready_message = sig.ready, _replica_text(sig.message)
             if became_ready and any(not is_current(self._desired, o) for o in replicas):
                 self._dirty = True
 
     @workflow.update(name=workload_contract.DELETE.name)
     def delete(self) -> int:
         self._state.deleting = True
+        self._state.blocked = ""  # whatever blocked placement does not block the teardown
         return self._state.generation
 
     @workflow.update(name=workload_contract.WAIT_SETTLED.name)
@@ -804,7 +916,11 @@ class WorkloadWorkflow:
     def status(self) -> WorkloadStatus:
         view, state = self._view, self._state
         summary = summarize(
-            self._desired, state.replicas, deleting=state.deleting, dirty=self._dirty
+            self._desired,
+            state.replicas,
+            deleting=state.deleting,
+            dirty=self._dirty,
+            blocked=bool(state.blocked),
         )
         return WorkloadStatus(
             namespace=view.namespace,
@@ -816,7 +932,7 @@ class WorkloadWorkflow:
             phase=summary.phase,
             message=state.message,
             replicas=list(state.replicas),
-            manifest=state.manifest,
+            manifest=None if state.orphans else state.manifest,
             epoch=state.epoch,
             owner=state.owner,
             reschedules=list(state.reschedules),
@@ -830,3 +946,14 @@ def _crash_summary(event: RescheduleEvent) -> str:
         f"crash-looping on {event.node_id} ({event.crashes} crash(es) in "
         f"{event.over_seconds:g}s{code})"
     )
+
+
+def _failure(err: ActivityError) -> str:
+    """An activity failure's own message (its cause's, for an application error)."""
+    cause = err.cause
+    return cause.message if isinstance(cause, ApplicationError) else str(err)
+
+
+def _replica_text(text: str) -> str:
+    """A replica's message, clipped to what its record may carry."""
+    return limits.clip(text, limits.MAX_REPLICA_MESSAGE_CHARS)

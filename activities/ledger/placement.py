@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.ledger.base import LedgerBase, PlanRejected
 from activities.scheduler_inputs import placement_request, resources, workload_meta
 from cloudless.contracts import workload
+from cloudless.contracts.limits import MAX_EXPLAINED_REPLICAS
 from cloudless.model import (
     Allocation,
     CandidateScore,
@@ -218,13 +219,16 @@ class PlacementActivities(LedgerBase):
                 sub += 1
                 for a in committed.allocations:
                     pick = plan.candidates.get(a.replica_id)
+                    # The workload keeps explanations on its newest placements only; the
+                    # rest would only grow this result (~1 KiB each) toward Temporal's limit.
+                    explain = pick is not None and len(placements) < MAX_EXPLAINED_REPLICAS
                     placements.append(
                         Placement(
                             replica_id=a.replica_id,
                             node_id=a.node_id,
                             address=self._address(a.node_id),
                             score=round(pick.score, 2) if pick else None,
-                            candidates=_candidates(pick) if pick else [],
+                            candidates=_candidates(pick) if explain and pick else [],
                         )
                     )
                 done = {a.replica_id for a in committed.allocations}
@@ -309,9 +313,9 @@ class PlacementActivities(LedgerBase):
                     node_id=pick.node_id,
                     address=self._address(pick.node_id),
                     score=round(pick.score, 2),
-                    candidates=_candidates(pick),
+                    candidates=_candidates(pick) if i < MAX_EXPLAINED_REPLICAS else [],
                 )
-                for rid, pick in zip(ids, decision.picks, strict=False)
+                for i, (rid, pick) in enumerate(zip(ids, decision.picks, strict=False))
             ],
             unplaced=decision.unplaced,
             reason=decision.reason,

@@ -31,7 +31,7 @@ from cloudless.cli.output import (
 )
 from cloudless.cli.secrets import app as secrets_app
 from cloudless.cli.settings import settings
-from cloudless.client import CloudlessClient
+from cloudless.client import DELETE_TIMEOUT_SECONDS, CloudlessClient
 from cloudless.codec import (
     ENV_INSECURE_PLAINTEXT,
     INSECURE_PLAINTEXT_FLAG,
@@ -428,9 +428,20 @@ def delete_workload(
     name: str,
     namespace: NamespaceOpt = "default",
     wait: Annotated[bool, typer.Option(help="Wait until every replica is stopped.")] = True,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for the workload to tear itself down before checking "
+            "whether its workflow is stuck (then it is terminated and torn down for it)."
+        ),
+    ] = DELETE_TIMEOUT_SECONDS,
 ) -> None:
-    """Delete a workload: stop every replica, release its resources."""
-    run(lambda c: c.delete(namespace, name, wait=wait))
+    """Delete a workload: stop every replica, release its resources.
+
+    Works for a Stuck workload too (its workflow cannot make progress): the workflow is
+    terminated and a teardown run stops its replicas and frees what it holds.
+    """
+    run(lambda c: c.delete(namespace, name, wait=wait, timeout=timeout))
     console.print(f"workload/{namespace}/{name} deleted")
 
 

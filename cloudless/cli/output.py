@@ -11,6 +11,7 @@ from typing import Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cloudless.client import NodeDetails
@@ -59,6 +60,12 @@ def emit_data(data: Any, output: Output) -> None:
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
+def _known(w: WorkloadStatus) -> bool:
+    """Whether its workflow answered (a Stuck/Unknown status made for one that did not
+    has generation 0: none of its state is known)."""
+    return w.generation > 0
+
+
 def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
     table = Table(box=None, pad_edge=False)
     for col in ("NAMESPACE", "NAME", "READY", "PHASE", "GENERATION", "NODES", "MESSAGE"):
@@ -68,11 +75,11 @@ def workloads_table(items: Sequence[WorkloadStatus]) -> Table:
         table.add_row(
             w.namespace,
             w.name,
-            f"{w.ready}/{w.desired}",
+            f"{w.ready}/{w.desired}" if _known(w) else "?",
             w.phase.value,
-            str(w.generation),
+            str(w.generation) if _known(w) else "?",
             ",".join(nodes) or "-",
-            w.message or "",
+            escape(w.message or ""),  # messages quote errors: "[...]" is not markup
         )
     return table
 
@@ -102,7 +109,13 @@ def replicas_table(w: WorkloadStatus) -> Table:
         ready, why = replica_readiness(r, gated)
         message = "; ".join(m for m in (why, r.message) if m)
         table.add_row(
-            r.replica_id, r.phase.value, ready, r.node_id or "-", score, str(r.generation), message
+            r.replica_id,
+            r.phase.value,
+            ready,
+            r.node_id or "-",
+            score,
+            str(r.generation),
+            escape(message),
         )
     return table
 
@@ -192,10 +205,16 @@ def reschedule_lines(events: Sequence[RescheduleEvent]) -> list[str]:
 def print_workload(w: WorkloadStatus) -> None:
     console.print(f"[bold]Name:[/bold]       {w.namespace}/{w.name}")
     console.print(f"[bold]Phase:[/bold]      {w.phase.value}")
+    if not _known(w):  # its workflow did not answer: only why is known
+        console.print("[bold]Reason:[/bold]     ", end="")
+        console.print(w.message, markup=False, highlight=False)
+        console.print(f"[bold]Workflow:[/bold]   workload/{w.namespace}/{w.name}")
+        return
     console.print(f"[bold]Ready:[/bold]      {w.ready}/{w.desired}")
     console.print(f"[bold]Generation:[/bold] {w.generation}   [bold]Spec:[/bold] {w.spec_hash}")
     if w.message:
-        console.print(f"[bold]Message:[/bold]    {w.message}")
+        console.print("[bold]Message:[/bold]    ", end="")
+        console.print(w.message, markup=False, highlight=False)
     console.print(f"[bold]Workflow:[/bold]   workload/{w.namespace}/{w.name}")
     console.print()
     console.print(replicas_table(w))

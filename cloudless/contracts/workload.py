@@ -6,7 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 
 from cloudless.contracts._base import Query, Signal, Update, WorkflowType
 from cloudless.contracts.names import SA_NAMESPACE, SA_WORKLOAD, task_queue
@@ -21,9 +25,11 @@ from cloudless.model import (
     ReplicasPreempted,
     ScaleInput,
     WaitInput,
+    WorkloadState,
     WorkloadStatus,
     WorkloadWorkflowInput,
 )
+from cloudless.spec import Workload, parse_workload
 
 
 def workflow_id(namespace: str, name: str) -> str:
@@ -92,6 +98,27 @@ WORKFLOW: WorkflowType[WorkloadWorkflowInput, WorkloadStatus] = WorkflowType(
 )
 
 
+def stand_in_manifest(namespace: str, name: str) -> Workload:
+    """The manifest a teardown run carries in place of the one its ended run had (which
+    may be what wedged it): it names the workload and asks for nothing; never shown."""
+    return parse_workload(
+        {
+            "apiVersion": "cloudless.dev/v1",
+            "kind": "Workload",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": 0, "runtime": "exec", "container": {"command": ["true"]}},
+        }
+    )
+
+
+def live_workloads_query(cluster: str) -> str:
+    """Visibility query for a cluster's running workload workflows (its task queue): a
+    Temporal namespace several clusters share lists only this one's."""
+    return WORKFLOW.visibility_query(
+        "ExecutionStatus = 'Running'", f"TaskQueue = '{task_queue(cluster)}'"
+    )
+
+
 class WorkloadHandle:
     """Typed calls on ``workload/<namespace>/<name>``."""
 
@@ -123,16 +150,43 @@ class WorkloadHandle:
             WorkloadWorkflowInput(cluster=cluster, manifest=inp.manifest),
             id=self.id,
             cluster=cluster,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_NAMESPACE, self.namespace),
-                    SearchAttributePair(SA_WORKLOAD, self.name),
-                ]
-            ),
+            search_attributes=self._search_attributes(),
             static_summary=f"workload {self.key}",
         )
         return await APPLY.execute_with_start(
             self.client, inp, start=start, rpc_timeout=rpc_timeout
+        )
+
+    def _search_attributes(self) -> TypedSearchAttributes:
+        return TypedSearchAttributes(
+            [
+                SearchAttributePair(SA_NAMESPACE, self.namespace),
+                SearchAttributePair(SA_WORKLOAD, self.name),
+            ]
+        )
+
+    async def tear_down(
+        self, cluster: str, reason: str, *, rpc_timeout: timedelta | None = None
+    ) -> WorkflowHandle[Any, WorkloadStatus]:
+        """Start a run that only removes what an ended run of the workload left (its
+        replicas on the agents, its allocations in the ledger), then completes Deleted.
+
+        For a run that cannot make progress: terminate it first. A run started meanwhile
+        (an apply racing the delete) is terminated too, so the workload is gone after.
+        """
+        stand_in = stand_in_manifest(self.namespace, self.name)
+        return await WORKFLOW.start(
+            self.client,
+            WorkloadWorkflowInput(
+                cluster=cluster,
+                state=WorkloadState(manifest=stand_in, deleting=True, orphans=True, message=reason),
+            ),
+            id=self.id,
+            cluster=cluster,
+            id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
+            search_attributes=self._search_attributes(),
+            static_summary=f"teardown of workload {self.key}",
+            rpc_timeout=rpc_timeout,
         )
 
     async def scale(self, inp: ScaleInput, *, rpc_timeout: timedelta | None = None) -> ApplyResult:
@@ -187,7 +241,9 @@ __all__ = [
     "WORKFLOW",
     "WorkloadHandle",
     "key",
+    "live_workloads_query",
     "split_key",
     "split_workflow_id",
+    "stand_in_manifest",
     "workflow_id",
 ]

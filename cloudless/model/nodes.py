@@ -99,6 +99,9 @@ class ReconcileNodeResult(_Model):
     missing: dict[str, list[str]] = Field(default_factory=dict)  # workload -> replica ids
     #: Stopped because they ran an older placement epoch than the control plane recorded.
     stale_epochs: list[str] = Field(default_factory=list)
+    #: Workloads whose workflow cannot answer (its workflow task fails), with why: their
+    #: replicas here are left as they are, since nothing can say where they belong.
+    unanswered: dict[str, str] = Field(default_factory=dict)
 
 
 class ReconcileRequest(_Model):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from cloudless.model._base import _Model
 from cloudless.spec import Workload
@@ -127,6 +128,33 @@ class ReplicaRecord(_Model):
     #: Why it stays crash-looping on its node (its reschedule attempts are used up).
     crash_loop: str = ""
 
+    @model_serializer(mode="wrap")
+    def _omit_quiet_crash_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Crash-loop fields still at their defaults are left out of the encoding (they
+        decode back to the same defaults): most replicas never crash, and a workload's
+        state carries up to 2 x MAX_REPLICAS records within its payload budget
+        (``cloudless.contracts.limits``)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in _QUIET_CRASH_FIELDS.items():
+                if key in data and data[key] == default:
+                    del data[key]
+        return data
+
+
+#: The crash-loop fields of a replica record and their defaults (see above).
+_QUIET_CRASH_FIELDS: dict[str, Any] = {
+    "crash_times": [],
+    "crashes_reported": 0,
+    "crash_exit_code": None,
+    "crash_reason": "",
+    "reschedule_times": [],
+    "avoid_nodes": [],
+    "replaces": "",
+    "rescheduled": False,
+    "crash_loop": "",
+}
+
 
 class RescheduleEvent(_Model):
     """A crash loop the workload acted on: rescheduled elsewhere, or kept where it is."""
@@ -175,12 +203,28 @@ class WorkloadStatus(_Model):
 
 class WorkloadWorkflowInput(_Model):
     cluster: str
-    manifest: Workload
+    #: The first manifest of a new workload; None when ``state`` (which holds the manifest)
+    #: is carried: a continue-as-new input carries the manifest once, not twice.
+    manifest: Workload | None = None
     #: Everything the previous run kept (continue-as-new); None for a new workload.
     state: WorkloadState | None = None
     #: Continue as new past this many history events (0: the workflow's threshold). Tests
     #: set it low to exercise continue-as-new; it is passed on to the next run.
     max_history_events: int = 0
+
+    @model_validator(mode="after")
+    def _manifest_or_state(self) -> WorkloadWorkflowInput:
+        if self.manifest is None and self.state is None:
+            raise ValueError("a workload workflow needs a manifest or a carried state")
+        return self
+
+    @property
+    def first_manifest(self) -> Workload:
+        """The manifest the run starts from (the carried one, else the given one)."""
+        if self.state is not None:
+            return self.state.manifest
+        assert self.manifest is not None  # the validator saw to it
+        return self.manifest
 
 
 class ApplyInput(_Model):
@@ -238,3 +282,27 @@ class WorkloadState(_Model):
     #: When a crash-looping replica needs another look: its reschedule delay ends, or a
     #: reschedule attempt frees up (workflow clock, Unix seconds; 0: none).
     wake_at: float = 0.0
+    #: Why the last pass could not make progress (an activity failed for good); "" once a
+    #: pass gets through. The workload is Stuck meanwhile and retries after its backoff.
+    blocked: str = ""
+    #: This run only tears down what an ended run of the workload left (a stuck run that
+    #: ``delete`` terminated): it claims the workload in the ledger (freeing what the ended
+    #: run held), stops the replicas the agents still run, and completes. ``manifest`` is a
+    #: stand-in that is never shown.
+    orphans: bool = False
+
+
+class LeftoversInput(_Model):
+    """Find what an ended run of workload ``namespace/name`` left on the cluster."""
+
+    namespace: str
+    name: str
+
+
+class Leftovers(_Model):
+    """What ended runs of a workload left running on the agents: records to stop, marked
+    ``released`` (the teardown run's claim frees their reservations in the ledger)."""
+
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+    #: Nodes holding its allocations whose agent did not answer (they reconcile on return).
+    unreachable: list[str] = Field(default_factory=list)

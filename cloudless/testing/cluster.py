@@ -27,6 +27,7 @@ from agent.main import serve
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
+from cloudless.contracts.limits import PayloadLimits
 from cloudless.contracts.names import SEARCH_ATTRIBUTES
 from cloudless.model import NodeState, ReplicaPhase
 from cloudless.pki import CertificateAuthority
@@ -98,6 +99,8 @@ class LocalCluster:
     replaced at start by one sharing the given client's connection but encrypting, as
     every Cloudless process does once transit is configured. ``encrypt_payloads=False``
     is the coordinator's explicit plaintext opt-out (``--insecure-plaintext-payloads``).
+    Either way the replacement bounds what it sends, as every Cloudless client does
+    (:class:`~cloudless.contracts.limits.PayloadLimits`).
     """
 
     client: Client
@@ -125,6 +128,10 @@ class LocalCluster:
         self.agent_gateway = f"127.0.0.1:{free_port()}"
         if self.encrypt_payloads:
             self._start_codec()
+        else:  # bounded payloads all the same, as every Cloudless client's
+            options = self.client.config()
+            options["interceptors"] = [PayloadLimits()]
+            self.client = Client(**options)
         coordinator = Coordinator(
             client=self.client,
             cluster=self.cluster,
@@ -153,6 +160,7 @@ class LocalCluster:
             self.client.service_client.config.target_host,
             namespace=self.client.namespace,
             data_converter=self.client.data_converter,
+            interceptors=[PayloadLimits()],
             runtime=Runtime(telemetry=TelemetryConfig()),
         )
         coordinator = Coordinator(
@@ -172,6 +180,18 @@ class LocalCluster:
         self.more_coordinators.append(coordinator)
         return coordinator
 
+    async def stop_coordinator(self, coordinator: Any) -> None:
+        """Stop one of the coordinators for good (``coordinator`` or one of
+        ``more_coordinators``): its ports close and its workers leave the task queue,
+        while the others go on. :meth:`close` does not stop it again."""
+        if coordinator is self.coordinator:
+            self.coordinator = None
+        elif coordinator in self.more_coordinators:
+            self.more_coordinators.remove(coordinator)
+        else:
+            raise ValueError(f"{coordinator!r} is not a coordinator of this cluster")
+        await coordinator.stop()
+
     def _coordinator_options(self) -> dict[str, Any]:
         """``coordinator_options`` over the test defaults: no reaper Schedule (one would
         outlive the test in a shared Temporal); tests run the reaper on demand."""
@@ -190,6 +210,7 @@ class LocalCluster:
         self.codec = TransitPayloadCodec(TransitDataKeySource(transit_client(url, token)))
         options = self.client.config()
         options["data_converter"] = data_converter(self.codec)
+        options["interceptors"] = [PayloadLimits()]
         self.client = Client(**options)
 
     @property

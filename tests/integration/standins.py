@@ -24,6 +24,8 @@ from cloudless.model import (
     ClaimWorkloadResult,
     CommitPlanInput,
     CommitPlanResult,
+    Leftovers,
+    LeftoversInput,
     NodeRecord,
     NotifyWorkloadsInput,
     Placement,
@@ -146,6 +148,11 @@ class StandIns:
             )
         return StopReplicaResult(found=True)
 
+    @activity.defn(name="find_leftovers")
+    async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:
+        self.calls.append(("find_leftovers", inp))
+        return Leftovers()
+
     # ------------------------------------------------------------------ node/
 
     @activity.defn(name="publish_node")
@@ -209,6 +216,7 @@ class StandIns:
             self.claim_workload,
             self.run_replicas,
             self.stop_replica,
+            self.find_leftovers,
             self.publish_node,
             self.probe_agent,
             self.reconcile_node,

@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
-from typer.testing import CliRunner
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 
 from agent.runtime.base import LABEL_MANAGED, LABEL_WORKLOAD
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.errors import NotFoundError
 from cloudless.model import ApplyInput, WorkloadPhase
 from cloudless.spec import ManifestError, Workload, parse_workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster
 from tests.conftest import unique
 
@@ -53,13 +52,6 @@ def client(dev_cluster: LocalCluster) -> CloudlessClient:
     return CloudlessClient(dev_cluster.client, dev_cluster.cluster)
 
 
-async def cli_apply(cluster: LocalCluster, path: Path) -> Any:
-    address = cluster.client.service_client.config.target_host
-    args = ["--temporal-address", address, "--cluster", cluster.cluster]
-    args += ["--state-dir", str(cluster.root), "apply", "-f", str(path), "--timeout", "60"]
-    return await asyncio.to_thread(CliRunner().invoke, app, args)
-
-
 async def assert_nothing_started(client: CloudlessClient, docker_client: Any, name: str) -> None:
     with pytest.raises(NotFoundError):
         await client.workload_status("default", name)
@@ -76,7 +68,7 @@ async def test_cloudlessctl_refuses_a_nul_in_command_and_starts_nothing(
         f"metadata: {{name: {name}}}\n"
         'spec: {container: {image: cloudless/busybox:latest, command: ["sh\\0", "-c"]}}\n'
     )
-    result = await cli_apply(dev_cluster, path)
+    result = await ctl(dev_cluster, "apply", "-f", str(path), "--timeout", "60")
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert lines[0] == f"error: {path}: 1 problem in manifest", lines
@@ -106,7 +98,7 @@ async def test_unenforced_security_settings_are_refused_naming_each(
         "    capabilities_drop: [ALL]\n"
         "    runtime_class_name: gvisor\n"
     )
-    result = await cli_apply(dev_cluster, path)
+    result = await ctl(dev_cluster, "apply", "-f", str(path), "--timeout", "60")
     assert result.exit_code == 1, result.output
     out = result.output
     assert "3 problems in manifest" in out
@@ -128,14 +120,19 @@ async def test_a_client_that_skips_the_checks_is_refused_by_the_workflow(
     dev_cluster: LocalCluster, client: CloudlessClient, docker_client: Any
 ) -> None:
     """The workflow trusts no client: its apply validator refuses, and the run that
-    update-with-start began anyway ends at once, having started nothing."""
+    update-with-start began anyway ends at once, having started nothing. (The client skips
+    the payload guard too: every Cloudless client would refuse the second one, 1 MiB
+    encoded, before sending.)"""
+    options = client.temporal.config()
+    options["interceptors"] = []
+    skipping = CloudlessClient(Client(**options), client.cluster)
     for name, data in (
         (unique("skip-sec"), {"security_context": {"host_network": True}}),
         (unique("skip-size"), {"container": {"image": "busybox", "args": ["\x01" * 60_000] * 3}}),
     ):
         spec = {**manifest(name)["spec"], **data}
         workload = Workload.model_validate({**manifest(name), "spec": spec})
-        handle = client.workload("default", name)
+        handle = skipping.workload("default", name)
         with pytest.raises(WorkflowUpdateFailedError) as caught:
             await handle.apply(ApplyInput(manifest=workload), cluster=dev_cluster.cluster)
         cause = str(caught.value.cause)

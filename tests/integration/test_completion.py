@@ -11,18 +11,16 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
-from typer.testing import CliRunner
 
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase
 from cloudless.spec import Workload, parse_workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.visibility import visible_workflow_ids
 from tests.conftest import unique
@@ -61,17 +59,6 @@ def job(name: str, script: str, policy: str, replicas: int = 2) -> Workload:
     )
 
 
-async def cli(cluster: LocalCluster, *args: str) -> str:
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    base += ["--state-dir", str(cluster.root)]
-    result: Any = await asyncio.to_thread(
-        CliRunner().invoke, app, [*base, *args], env={"COLUMNS": "250"}
-    )
-    assert result.exit_code == 0, result.output
-    return str(result.output)
-
-
 @pytest.mark.parametrize(
     ("script", "policy"),
     [
@@ -107,10 +94,14 @@ async def test_replicas_that_exit_zero_complete_the_workload(
     found = await visible_workflow_ids(c.temporal, query)
     assert found == [workload_workflow_id("default", name)]
 
-    listed = await cli(cluster, "get", "workloads")
-    assert any(name in line and "Completed" in line for line in listed.splitlines()), listed
-    described = await cli(cluster, "describe", "workload", name)
-    assert "Completed" in described and "completed" in described
+    listed = await ctl(cluster, "get", "workloads")
+    assert listed.exit_code == 0, listed.output
+    assert any(name in line and "Completed" in line for line in listed.output.splitlines()), (
+        listed.output
+    )
+    described = await ctl(cluster, "describe", "workload", name)
+    assert described.exit_code == 0, described.output
+    assert "Completed" in described.output and "completed" in described.output
 
     history = await c.temporal.get_workflow_handle(
         workload_workflow_id("default", name)
@@ -142,6 +133,7 @@ async def test_cli_apply_wait_counts_completed_replicas(
     name = unique("cli-job")
     manifest = tmp_path / "job.yaml"
     manifest.write_text(json.dumps(job(name, "exit 0", "Never", replicas=1).to_manifest()))
-    applied = await cli(cluster, "apply", "-f", str(manifest), "--timeout", "60")
-    assert "Completed" in applied, applied
+    applied = await ctl(cluster, "apply", "-f", str(manifest), "--timeout", "60")
+    assert applied.exit_code == 0, applied.output
+    assert "Completed" in applied.output, applied.output
     await CloudlessClient(cluster.client, cluster.cluster).delete("default", name)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -33,12 +34,14 @@ from cloudless.model import (
 from cloudless.secrets.model import (
     CreateSecretInput,
     DeleteSecretInput,
+    ReserveUsesInput,
     RevokeInput,
     RewrapInput,
     SecretRecord,
     UpdateSecretInput,
 )
 from cloudless.vocabulary import NodeState
+from workflows import secret as secret_workflow
 from workflows.cluster import ClusterWorkflow
 from workflows.secret import SecretWorkflow
 
@@ -168,6 +171,42 @@ async def test_secret_handle(temporal_env: WorkflowEnvironment, cluster: str) ->
     # Completed: a signal is not delivered, and that is not an error.
     sig = CapacityAvailable(reason="x")
     assert not await signal_unless_gone(handle.handle, workload.CAPACITY_AVAILABLE, sig)
+
+
+async def test_a_secret_tracks_a_bounded_number_of_live_tokens(
+    temporal_env: WorkflowEnvironment, cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Use-limited tokens and revocations ride in the secret's state: past the bound a new
+    one is refused (RESOURCE_EXHAUSTED, saying why and what to do) instead of growing the
+    state until Temporal refuses it; known and expired entries never count."""
+    monkeypatch.setattr(secret_workflow, "MAX_TRACKED_TOKENS", 2)  # in-process worker
+    handle = SecretHandle(temporal_env.client, "ns", f"bound-{uuid.uuid4().hex[:6]}")
+    record = SecretRecord(namespace="ns", name=handle.name, audiences=["app"], keys=["K"])
+    await handle.create(CreateSecretInput(record=record), cluster=cluster)
+    live, gone = 4e9, 1.0
+    assert await handle.revoke(RevokeInput(token_id="old", expires_at=gone))
+    for token in ("r1", "r2"):
+        assert await handle.revoke(RevokeInput(token_id=token, expires_at=live))
+    assert not await handle.revoke(RevokeInput(token_id="r1", expires_at=live))  # known
+    with pytest.raises(WorkflowUpdateFailedError) as full:
+        await handle.revoke(RevokeInput(token_id="r3", expires_at=live))
+    cause = full.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ResourceExhausted"
+    assert "already tracks 2 unexpired revocations" in cause.message
+
+    for token in ("u1", "u2"):
+        want = ReserveUsesInput(token_id=token, max_uses=5, expires_at=live, want=1)
+        assert await handle.reserve_uses(want) == 1
+    again = ReserveUsesInput(token_id="u1", max_uses=5, expires_at=live, want=2)
+    assert await handle.reserve_uses(again) == 2  # a known token still reserves
+    with pytest.raises(WorkflowUpdateFailedError) as full:
+        await handle.reserve_uses(
+            ReserveUsesInput(token_id="u3", max_uses=5, expires_at=live, want=1)
+        )
+    cause = full.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ResourceExhausted"
+    assert "already tracks 2 unexpired use-limited tokens" in cause.message
+    assert await handle.delete(DeleteSecretInput(actor="test"))
 
 
 async def test_signal_unless_gone_and_send_external(

@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner
 
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
 from cloudless.spec import parse_workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.crashloop import crash_loop_and_move, crasher, unmark
 from tests.conftest import removing_containers, unique
@@ -45,17 +44,6 @@ async def cluster(
             yield c
         finally:
             await c.close()
-
-
-async def cli(cluster: LocalCluster, *args: str) -> str:
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    base += ["--state-dir", str(cluster.root)]
-    result: Any = await asyncio.to_thread(
-        CliRunner().invoke, app, [*base, *args], env={"COLUMNS": "250"}
-    )
-    assert result.exit_code == 0, result.output
-    return str(result.output)
 
 
 async def test_a_replica_crash_looping_on_one_node_moves_to_another_within_seconds(
@@ -84,12 +72,13 @@ async def test_a_replica_crash_looping_on_one_node_moves_to_another_within_secon
         )
         assert event.crashes >= 3 and "exited with code 3" in event.reason
 
-        described = await cli(cluster, "describe", "workload", name)
+        described = await ctl(cluster, "describe", "workload", name)
+        assert described.exit_code == 0, described.output
         pattern = (
             rf"{run.replica} crashed on {run.crashed_on} \(exit 3\) \d+ times in [\d.]+s → "
             rf"rescheduled to {run.moved_to} \({replacement.replica_id}\)"
         )
-        assert re.search(pattern, described), described
+        assert re.search(pattern, described.output), described.output
     finally:
         unmark(cluster)
         await c.delete("default", name)
@@ -161,8 +150,9 @@ async def test_a_replica_crashing_everywhere_is_moved_a_bounded_number_of_times(
         assert later.replicas[0].phase == ReplicaPhase.RUNNING  # between its crashes
         assert later.phase == WorkloadPhase.DEGRADED
 
-        described = await cli(cluster, "describe", "workload", name)
-        assert "Degraded" in described and "Crash loops:" in described
-        assert "not rescheduled: rescheduled 2 time(s) in the last 600s" in described
+        described = await ctl(cluster, "describe", "workload", name)
+        assert described.exit_code == 0, described.output
+        assert "Degraded" in described.output and "Crash loops:" in described.output
+        assert "not rescheduled: rescheduled 2 time(s) in the last 600s" in described.output
     finally:
         await c.delete("default", name)

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from agent.runtime.exec import ExecDriver
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadStatus
+from cloudless.testing.cli import ctl, run_ctl
 from cloudless.testing.cluster import LocalCluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from tests.conftest import unique
@@ -56,44 +56,31 @@ async def full_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[Local
                     await driver.stop(s.replica_id, 1.0)
 
 
-def cli_for(cluster: LocalCluster) -> Any:
-    """``cloudlessctl`` against this cluster, in-process; the state dir locates transit,
-    hence the payload codec."""
-    base = ["--temporal-address", cluster.client.service_client.config.target_host]
-    base += ["--cluster", cluster.cluster, "--state-dir", str(cluster.root)]
-
-    def cli(*args: str) -> Result:
-        return CliRunner().invoke(app, [*base, *args])
-
-    return cli
-
-
-async def node_state(cli: Any, name: str) -> str:
-    listed = await asyncio.to_thread(cli, "node", "list", "-o", "json")
+async def node_state(cluster: LocalCluster, name: str) -> str:
+    listed = await ctl(cluster, "node", "list", "-o", "json")
     assert listed.exit_code == 0, listed.output
     return str(next(n["state"] for n in json.loads(listed.output) if n["node_id"] == name))
 
 
 async def test_cli_cordon_uncordon_list_describe(full_cluster: LocalCluster) -> None:
-    cli = cli_for(full_cluster)
     name = sorted(full_cluster.agents)[0]
-    cordoned = await asyncio.to_thread(cli, "node", "cordon", name, "--reason", "disk swap")
+    cordoned = await ctl(full_cluster, "node", "cordon", name, "--reason", "disk swap")
     assert cordoned.exit_code == 0, cordoned.output
     assert f"node/{name} cordoned (state Cordoned)" in cordoned.output
-    assert await node_state(cli, name) == "Cordoned"
-    table = await asyncio.to_thread(cli, "node", "list")
+    assert await node_state(full_cluster, name) == "Cordoned"
+    table = await ctl(full_cluster, "node", "list")
     assert table.exit_code == 0 and "Cordoned" in table.output
-    described = await asyncio.to_thread(cli, "node", "describe", name, "-o", "json")
+    described = await ctl(full_cluster, "node", "describe", name, "-o", "json")
     assert described.exit_code == 0, described.output
     status = json.loads(described.output)["status"]
     assert status["admin"] == "Cordoned"
     assert any("disk swap" in t["reason"] for t in status["transitions"])
-    human = await asyncio.to_thread(cli, "node", "describe", name)
+    human = await ctl(full_cluster, "node", "describe", name)
     assert human.exit_code == 0 and "disk swap" in human.output
-    back = await asyncio.to_thread(cli, "node", "uncordon", name)
+    back = await ctl(full_cluster, "node", "uncordon", name)
     assert back.exit_code == 0 and "uncordoned (state Ready)" in back.output
-    assert await node_state(cli, name) == "Ready"
-    missing = await asyncio.to_thread(cli, "node", "describe", "no-such-node")
+    assert await node_state(full_cluster, name) == "Ready"
+    missing = await ctl(full_cluster, "node", "describe", "no-such-node")
     assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
 
 
@@ -145,7 +132,6 @@ async def test_drain_on_a_full_cluster_keeps_max_unavailable_and_waits_for_room(
     full_cluster: LocalCluster,
 ) -> None:
     c = CloudlessClient(full_cluster.client, full_cluster.cluster)
-    cli = cli_for(full_cluster)
     name = unique("budget")
     spec = sleeper(name, 4, cpu=SLOT_CPU, maxUnavailable="25%", minAvailable=2)
     outcome = await c.apply(spec, wait=True, timeout=60)
@@ -158,7 +144,9 @@ async def test_drain_on_a_full_cluster_keeps_max_unavailable_and_waits_for_room(
         drain: Future[Result] = Future()
 
         def run_drain() -> None:
-            drain.set_result(cli("node", "drain", target, "--reason", "maintenance"))
+            drain.set_result(
+                run_ctl(full_cluster, "node", "drain", target, "--reason", "maintenance")
+            )
 
         drainer = asyncio.get_running_loop().run_in_executor(None, run_drain)
         # The workload retires exactly one old replica (25% of 4), then waits: its two
@@ -171,7 +159,7 @@ async def test_drain_on_a_full_cluster_keeps_max_unavailable_and_waits_for_room(
                 and sum(1 for r in s.replicas if r.replica_id in on_target) == 1
             ),
         )
-        assert await node_state(cli, target) == "Draining"
+        assert await node_state(full_cluster, target) == "Draining"
         assert not drain.done()
         assert "insufficient cpu" in " ".join(r.message for r in stuck.replicas)
         # Passes keep running on backoff; none of them may retire the second replica.
@@ -196,7 +184,7 @@ async def test_drain_on_a_full_cluster_keeps_max_unavailable_and_waits_for_room(
     assert len(running) == 4 and all(len(nodes) == 1 for nodes in running.values())
     assert target not in {n for nodes in running.values() for n in nodes}
 
-    back = await asyncio.to_thread(cli, "node", "uncordon", target)
+    back = await ctl(full_cluster, "node", "uncordon", target)
     assert back.exit_code == 0 and "(state Ready)" in back.output
 
     # The history (patch markers included; their ids are encrypted) replays deterministically.

@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 import yaml
 from temporalio.client import WorkflowUpdateFailedError
-from typer.testing import CliRunner
 
 from agent.runtime.base import LABEL_MANAGED, LABEL_NODE, LABEL_REPLICA, LABEL_WORKLOAD
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.errors import NotFoundError
 from cloudless.model import Allocation, CommitPlanInput, ReplicaPhase, Resources, WorkloadPhase
 from cloudless.spec import Workload, parse_workload
+from cloudless.testing.cli import ctl, invoke_ctl
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.visibility import visible_workflow_ids
 from tests.conftest import unique
@@ -215,12 +214,7 @@ async def test_manifest_with_three_errors_reports_all_and_starts_nothing(
         "  container: {image: cloudless/busybox:latest}\n"
         "  resources: {memory: -5Mi}\n"
     )
-    address = dev_cluster.client.service_client.config.target_host
-    result = await asyncio.to_thread(
-        CliRunner().invoke,
-        app,
-        ["--temporal-address", address, "--cluster", dev_cluster.cluster, "apply", "-f", str(bad)],
-    )
+    result = await ctl(dev_cluster, "apply", "-f", str(bad))
     assert result.exit_code == 1
     out = result.output
     assert "3 problems" in out
@@ -236,37 +230,28 @@ async def test_cli_get_describe_and_errors(
 ) -> None:
     name = unique("cli")
     await client.apply(manifest(name, replicas=2), wait=True, timeout=90)
-    address = dev_cluster.client.service_client.config.target_host
-    # The state dir is where the CLI finds transit, hence the payload codec.
-    base = ["--temporal-address", address, "--cluster", dev_cluster.cluster]
-    base += ["--state-dir", str(dev_cluster.root)]
-
-    def cli(*args: str) -> Any:
-        return CliRunner().invoke(app, [*base, *args])
-
-    got = await asyncio.to_thread(cli, "get", "workloads", "-o", "json")
+    got = await ctl(dev_cluster, "get", "workloads", "-o", "json")
     assert got.exit_code == 0, got.output
     row = next(w for w in json.loads(got.output) if w["name"] == name)
     assert row["ready"] == 2 and row["phase"] == "Available"
-    described = await asyncio.to_thread(cli, "describe", "workload", name)
+    described = await ctl(dev_cluster, "describe", "workload", name)
     assert described.exit_code == 0 and "Running" in described.output
     assert f"workload/default/{name}" in described.output
-    as_yaml = await asyncio.to_thread(cli, "describe", "workload", name, "-o", "yaml")
+    as_yaml = await ctl(dev_cluster, "describe", "workload", name, "-o", "yaml")
     assert yaml.safe_load(as_yaml.output)["desired"] == 2
-    nodes = await asyncio.to_thread(cli, "get", "nodes")
+    nodes = await ctl(dev_cluster, "get", "nodes")
     assert nodes.exit_code == 0 and "Ready" in nodes.output
     edge = next(n for n in dev_cluster.agents if n.startswith("edge-"))
-    node = await asyncio.to_thread(cli, "describe", "node", edge, "-o", "json")
+    node = await ctl(dev_cluster, "describe", "node", edge, "-o", "json")
     assert json.loads(node.output)["node"]["zone"] == "edge"
-    missing = await asyncio.to_thread(cli, "describe", "workload", "nope")
+    missing = await ctl(dev_cluster, "describe", "workload", "nope")
     assert missing.exit_code == 1
     assert "workload default/nope not found" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
-    deleted = await asyncio.to_thread(cli, "delete", "workload", name)
+    deleted = await ctl(dev_cluster, "delete", "workload", name)
     assert deleted.exit_code == 0 and "deleted" in deleted.output
     unreachable = await asyncio.to_thread(
-        CliRunner().invoke,
-        app,
+        invoke_ctl,
         ["--temporal-address", "127.0.0.1:1", "--state-dir", str(dev_cluster.root), "get", "nodes"],
     )
     assert unreachable.exit_code == 1 and "cannot reach Temporal" in unreachable.output

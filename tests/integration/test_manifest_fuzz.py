@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
+from typer.testing import Result
 
-from cloudless.cli.main import app
+from cloudless.testing.cli import invoke_ctl
 
 pytestmark = [pytest.mark.temporal]
 
@@ -45,8 +45,8 @@ class Stack:
         self.state = state
         self.base = ["--state-dir", str(state), "--temporal-address", f"127.0.0.1:{7233 + OFFSET}"]
 
-    def ctl(self, *args: str) -> Any:
-        return CliRunner().invoke(app, [*self.base, *args], env={"COLUMNS": "250"})
+    def ctl(self, *args: str) -> Result:
+        return invoke_ctl([*self.base, *args])
 
     def workloads(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every workload in every namespace, by (namespace, name)."""

@@ -15,14 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner, Result
 
 from agent.runtime.exec import ExecDriver
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.errors import NotFoundError
 from cloudless.model import NodeState
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.reservations import agent_mismatches, ledger_mismatches, running_replicas
 from cloudless.testing.workloads import sleeper
@@ -55,19 +54,6 @@ async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalClust
                 if state.exists():
                     for s in await ExecDriver(name, state).list():
                         await ExecDriver(name, state).stop(s.replica_id, 1.0)
-
-
-async def cli(cluster: LocalCluster, *args: str) -> Result:
-    """``cloudlessctl`` against the cluster, in a thread (it runs its own event loop)."""
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    base += ["--state-dir", str(cluster.root)]
-
-    def invoke() -> Result:
-        return CliRunner().invoke(app, [*base, *args], env={"COLUMNS": "250"})
-
-    result = await asyncio.to_thread(invoke)
-    return result
 
 
 async def _heartbeat_refusal(cluster: LocalCluster, material: TLSMaterial) -> str:
@@ -107,7 +93,7 @@ async def test_a_removed_ready_node_is_retired_and_its_name_enrolls_again(
     material = TLSMaterial.load(cluster.agents[victim].state_dir)
 
     # Without --yes the CLI refuses and removes nothing.
-    refused = await cli(cluster, "node", "remove", victim)
+    refused = await ctl(cluster, "node", "remove", victim)
     assert refused.exit_code != 0 and "--yes" in refused.output
     assert (await c.describe_node(victim)).node.state == NodeState.READY
 
@@ -157,7 +143,7 @@ async def test_removing_an_offline_node_frees_what_it_held(cluster: LocalCluster
     node = await c.wait_node(victim, [NodeState.OFFLINE], timeout=20)
     assert node is not None and node.state == NodeState.OFFLINE
 
-    result = await cli(cluster, "node", "remove", victim, "--yes")
+    result = await ctl(cluster, "node", "remove", victim, "--yes")
     assert result.exit_code == 0, result.output
     assert f"node/{victim} removed" in result.output
     assert victim not in {n.node_id for n in (await c.snapshot()).nodes}

@@ -14,15 +14,14 @@ from typing import Any, cast
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
-from typer.testing import CliRunner
 
 from agent.runtime.docker import container_name
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import REPLICA_READINESS
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase, WorkloadStatus
 from cloudless.spec import Workload, parse_workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.workloads import sleeper
 from tests.conftest import removing_containers, unique
@@ -111,18 +110,11 @@ async def test_ready_count_follows_readiness_probes(
     assert not_yet.ready == 0  # `wait` does not count Running-but-not-ready replicas
 
     # What an operator sees.
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    base += ["--state-dir", str(cluster.root)]
-    described = await asyncio.to_thread(
-        CliRunner().invoke, app, [*base, "describe", "workload", name], env={"COLUMNS": "250"}
-    )
+    described = await ctl(cluster, "describe", "workload", name)
     assert described.exit_code == 0, described.output
     assert "not ready: readiness probe failed: GET http://" in described.output
     assert "HTTP status 404" in described.output
-    as_json = await asyncio.to_thread(
-        CliRunner().invoke, app, [*base, "describe", "workload", name, "-o", "json"]
-    )
+    as_json = await ctl(cluster, "describe", "workload", name, "-o", "json")
     replicas = json.loads(as_json.output)["replicas"]
     assert all(r["ready"] is False and "404" in r["ready_message"] for r in replicas)
 

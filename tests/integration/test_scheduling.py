@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from temporalio.testing import ActivityEnvironment
-from typer.testing import CliRunner
 
 from activities.ledger import LedgerActivities
 from activities.scheduler_inputs import workload_meta
-from cloudless.cli.main import app
 from cloudless.client import CloudlessClient
 from cloudless.model import (
     Allocation,
@@ -32,6 +29,7 @@ from cloudless.model import (
     WorkloadStatus,
 )
 from cloudless.spec import Workload, parse_workload
+from cloudless.testing.cli import ctl
 from cloudless.testing.cluster import LocalCluster
 from tests.conftest import unique
 
@@ -58,18 +56,6 @@ def sleeper(name: str, replicas: int = 1, cpu: str = "250m", **spec: Any) -> Wor
 @pytest.fixture
 def client(dev_cluster: LocalCluster) -> CloudlessClient:
     return CloudlessClient(dev_cluster.client, dev_cluster.cluster)
-
-
-def cli_for(cluster: LocalCluster) -> Callable[..., Any]:
-    """``cloudlessctl`` run in-process against the cluster (sync: call it in a thread)."""
-    address = cluster.client.service_client.config.target_host
-    base = ["--temporal-address", address, "--cluster", cluster.cluster]
-    base += ["--state-dir", str(cluster.root)]  # where the CLI finds transit (the codec)
-
-    def cli(*args: str) -> Any:
-        return CliRunner().invoke(app, [*base, *args])
-
-    return cli
 
 
 def edge_of(cluster: LocalCluster) -> str:
@@ -184,16 +170,14 @@ async def test_describe_and_explain_show_scores(
     for r in status.replicas:
         assert r.score is not None and r.candidates and r.candidates[0].node_id == r.node_id
         assert {"reliability", "utilization"} <= set(r.candidates[0].factors)
-    cli = cli_for(dev_cluster)
-
-    described = await asyncio.to_thread(cli, "describe", "workload", name)
+    described = await ctl(dev_cluster, "describe", "workload", name)
     assert described.exit_code == 0, described.output
     assert "score" in described.output and "relia" in described.output
 
     path = tmp_path / "big.yaml"
     big = sleeper(unique("big"), 2, cpu="3")
     path.write_text(yaml.safe_dump(big.to_manifest()))
-    explained = await asyncio.to_thread(cli, "explain", "-f", str(path))
+    explained = await ctl(dev_cluster, "explain", "-f", str(path))
     assert explained.exit_code == 0, explained.output
     assert "placed 1/2 replica(s)" in explained.output, explained.output
     assert "unplaced 1: 0/3 nodes are available: 3 insufficient cpu" in explained.output
@@ -322,15 +306,13 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
     """`cloudlessctl scheduler set` stores settings in the ledger; the coordinator picks
     them up without a restart (its index polls the ledger version) and decides with them;
     invalid settings are refused with the reason and change nothing."""
-    cli = cli_for(dev_cluster)
-
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(sleeper(unique("probe"), 1).to_manifest()))
 
     async def explained_until(wanted: str) -> str:
         deadline = time.monotonic() + 20
         while True:
-            out = await asyncio.to_thread(cli, "explain", "-f", str(path))
+            out = await ctl(dev_cluster, "explain", "-f", str(path))
             assert out.exit_code == 0, out.output
             if wanted in out.output or time.monotonic() > deadline:
                 return str(out.output)
@@ -339,15 +321,15 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
     before = await explained_until("weights:")
     assert "reliability 0.25" in before and "cost 0.15" in before, before
     try:
-        bad = await asyncio.to_thread(cli, "scheduler", "set", "--weight", "relability=1")
+        bad = await ctl(dev_cluster, "scheduler", "set", "--weight", "relability=1")
         assert bad.exit_code == 1
         assert "unknown score factor 'relability'" in bad.output, bad.output
-        bad = await asyncio.to_thread(cli, "scheduler", "set", "--sample-percent", "0")
+        bad = await ctl(dev_cluster, "scheduler", "set", "--sample-percent", "0")
         assert bad.exit_code == 1 and "sample_percent" in bad.output, bad.output
         assert await client.scheduler_settings() == SchedulerSettings()
 
-        done = await asyncio.to_thread(
-            cli, "scheduler", "set", "-w", "reliability=0.9", "-w", "cost=0",
+        done = await ctl(
+            dev_cluster, "scheduler", "set", "-w", "reliability=0.9", "-w", "cost=0",
             "--sample-min", "1", "--sample-percent", "1",
         )  # fmt: skip
         assert done.exit_code == 0, done.output
@@ -358,7 +340,7 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
             "reliability 0.9" in after and "cost" not in after.split("weights:")[1].split("\n")[0]
         ), after
         assert "1 scored" in after, after  # max(1, 1% of 3 feasible) nodes scored
-        shown = await asyncio.to_thread(cli, "scheduler", "show")
+        shown = await ctl(dev_cluster, "scheduler", "show")
         assert shown.exit_code == 0 and "reliability" in shown.output and "(set)" in shown.output
         # A workload's own weights still override the cluster's, factor by factor.
         own = sleeper(unique("own"), 1, placement={"weights": {"reliability": 0.1}})
@@ -368,7 +350,7 @@ async def test_scheduler_settings_are_the_clusters_and_weigh_every_decision(
             "reliability 0.1" in mine and "cost" not in mine.split("weights:")[1].split("\n")[0]
         ), mine
     finally:
-        reset = await asyncio.to_thread(cli, "scheduler", "set", "--reset")
+        reset = await ctl(dev_cluster, "scheduler", "set", "--reset")
         assert reset.exit_code == 0, reset.output
     assert await client.scheduler_settings() == SchedulerSettings()
 

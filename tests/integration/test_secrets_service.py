@@ -39,6 +39,7 @@ from cloudless.testing.cluster import LocalCluster
 from cloudless.testing.transit import transit_server
 from workers.secrets import SecretsServicer
 from workers.secrets import store as secrets_store
+from workers.secrets.validation import MAX_DATA_BYTES
 
 pytestmark = [pytest.mark.temporal]
 
@@ -142,6 +143,26 @@ async def test_bad_input_is_refused_with_reasons(admin: SecretsClient) -> None:
         grpc.StatusCode.INVALID_ARGUMENT, admin.create("prod", name(), {"bad key": b"v"}, ["a"])
     )
     assert "data key" in msg
+
+
+async def test_a_secret_at_the_size_limit_round_trips_and_one_byte_more_is_refused(
+    admin: SecretsClient,
+) -> None:
+    """The limit is what fits Temporal: a secret's sealed record travels as one payload
+    (values base64'd, sealed, base64'd again), so a secret at the limit is stored, read
+    back and updated, and one byte more gets the validation error, not a payload one."""
+    n = name()
+    value = os.urandom(MAX_DATA_BYTES - 1)  # plus the one-byte key name
+    await admin.create("prod", n, {"K": value}, ["backend"])
+    token = await admin.token("prod", n, "backend")
+    assert (await admin.get("prod", n, token.token)).data["K"] == value
+    assert (await admin.update("prod", n, {"K": value[::-1]})).version == 2
+    msg = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        admin.create("prod", name(), {"K": value + b"x"}, ["backend"]),
+    )
+    assert f"over the {MAX_DATA_BYTES}-byte limit" in msg
+    assert await admin.delete("prod", n)
 
 
 async def test_tokens_audience_scope_expiry_uses_and_revocation(

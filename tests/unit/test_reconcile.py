@@ -259,6 +259,19 @@ def test_summarize(
     assert (got.ready, got.phase) == (ready, phase)
 
 
+@given(st.lists(st.sampled_from([P.PENDING, P.STARTING, P.RUNNING, P.FAILED]), max_size=6))
+def test_a_blocked_pass_is_stuck_unless_deleting(phases: list[ReplicaPhase]) -> None:
+    """An activity that failed for good in the last pass shows, whatever the replicas do;
+    a delete in progress still shows as one."""
+    replicas = [rec(f"r{i}", p) for i, p in enumerate(phases)]
+    stuck = summarize(want(len(phases)), replicas, deleting=False, dirty=False, blocked=True)
+    assert stuck.phase == WorkloadPhase.STUCK
+    plain = summarize(want(len(phases)), replicas, deleting=False, dirty=False)
+    assert stuck.ready == plain.ready and plain.phase != WorkloadPhase.STUCK
+    deleting = summarize(want(len(phases)), replicas, deleting=True, dirty=False, blocked=True)
+    assert deleting.phase in (WorkloadPhase.DELETING, WorkloadPhase.DELETED)
+
+
 def test_fully_ready() -> None:
     gated = want(2, readiness_gated=True)
     assert fully_ready(gated, [rec("a", ready=True), rec("b", P.COMPLETED)])

@@ -36,6 +36,7 @@ CODE_BY_TYPE = {
     "Aborted": grpc.StatusCode.ABORTED,
     "PermissionDenied": grpc.StatusCode.PERMISSION_DENIED,
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT,
+    "ResourceExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
