@@ -85,13 +85,14 @@ def oversized(name: str, size: int = BIG) -> Workload:
 
 async def poison(temporal: Client, cluster: LocalCluster, name: str) -> None:
     """Replace ``workload/default/<name>``'s run by one whose every workflow task fails:
-    its input does not decode (the plain client has no codec: workers pass plaintext
-    through). What the old run placed stays in the ledger and on the agents."""
+    its input, sealed by the cluster's codec (a plaintext one would be refused, failing
+    the run at once), is not a workload input this release can read, as after a
+    downgrade. What the old run placed stays in the ledger and on the agents."""
     workflow_id = wl.workflow_id("default", name)
     handle = temporal.get_workflow_handle(workflow_id)
     if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
         await handle.terminate(reason="test: replaced by a poisoned run")
-    await temporal.start_workflow(
+    await cluster.client.start_workflow(
         wl.WORKFLOW.name,
         {"cluster": cluster.cluster, "manifest": {"from": "a release that is gone"}},
         id=workflow_id,
