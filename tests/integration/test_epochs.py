@@ -22,7 +22,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.membership import MembershipActivities
 from cloudless.api import agent_pb2
 from cloudless.client import CloudlessClient
-from cloudless.model import ReconcileNodeInput, ReplicaPhase, WorkloadStatus
+from cloudless.model import NodeState, ReconcileNodeInput, ReplicaPhase, WorkloadStatus
 from cloudless.spec import parse_workload
 from cloudless.testing.cluster import LocalCluster
 from cloudless.workloads import replica_spec_proto
@@ -117,6 +117,10 @@ async def test_epochs_are_numbered_refused_when_stale_and_reconciled(
 
     # The refusal survives an agent restart (the epochs are on disk).
     await cluster.kill_agent(node)
+    # Await Suspect in the ledger first: until then it still says Ready from before the
+    # kill, and awaiting "Ready" below would return before the node came back.
+    suspect = await client.wait_node(node, [NodeState.SUSPECT], timeout=30)
+    assert suspect is not None and suspect.state == NodeState.SUSPECT, suspect
     # Meanwhile the node's own records say it runs an older placement of the replica
     # (what a node that missed a re-placement comes back with).
     desired_file = cluster.root / "agents" / node / "desired.json"
