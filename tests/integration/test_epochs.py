@@ -5,14 +5,9 @@ the control plane's record. Real Temporal, real agents, real processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -24,7 +19,7 @@ from cloudless.api import agent_pb2
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeState, ReconcileNodeInput, ReplicaPhase, WorkloadStatus
 from cloudless.spec import parse_workload
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.workloads import replica_spec_proto
 from tests.conftest import unique
 
@@ -34,25 +29,12 @@ pytestmark = pytest.mark.temporal
 @pytest.fixture
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:6]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        # A long grace: the agent restart below comes back from Suspect, not Offline.
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"e-{suffix}",
-            heartbeat_ttl=60.0,
-            suspect_grace=60.0,
-        )
-        await c.start()
-        try:
-            await c.add_agent(f"epoch-{suffix}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
-            # exec replicas outlive their agents: kill whatever a failed test left behind
-            for record in Path(d).glob("agents/*/replicas/*/record.json"):
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+    # A long grace: the agent restart below comes back from Suspect, not Offline.
+    async with exec_cluster(
+        temporal_env.client, "e", suffix=suffix, heartbeat_ttl=60.0, suspect_grace=60.0
+    ) as c:
+        await c.add_agent(f"epoch-{suffix}", runtimes=["exec"])
+        yield c
 
 
 def sleeper(name: str, replicas: int) -> dict[str, Any]:
