@@ -16,7 +16,7 @@ from temporalio.service import RPCError
 
 from activities.agent_client import AgentClientPool
 from activities.agents import translate_rpc_error
-from cloudless.api import agent_pb2
+from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.contracts import (
     LedgerHandle,
     NodeHandle,
@@ -226,6 +226,11 @@ class MembershipActivities:
             # Only replicas believed Running: one still starting may not exist here yet.
             missing = sorted(believed_running - have)
             if missing:
+                # The listing came before the workload's answer: a replica that started
+                # in between is believed Running but was not listed. Only what a second
+                # listing, made after the answer, still lacks is lost.
+                missing = await self._still_absent(stub, inp.node_id, key, missing)
+            if missing:
                 result.missing[key] = missing
                 await self._signal(
                     key,
@@ -237,6 +242,24 @@ class MembershipActivities:
                 )
             activity.heartbeat(key)
         return result
+
+    async def _still_absent(
+        self,
+        stub: agent_pb2_grpc.AgentServiceStub,
+        node_id: str,
+        key: str,
+        candidates: list[str],
+    ) -> list[str]:
+        """``candidates`` (of workload ``key``) that the node does not run now."""
+        namespace, name = workload.split_key(key)
+        try:
+            listed = await stub.ListReplicas(
+                agent_pb2.ListReplicasRequest(namespace=namespace, workload=name), timeout=15
+            )
+        except grpc.aio.AioRpcError as err:
+            raise translate_rpc_error(err, node_id) from err
+        now = {r.replica_id for r in listed.replicas}
+        return [rid for rid in candidates if rid not in now]
 
     @activity.defn(name="find_leftovers")
     async def find_leftovers(self, inp: LeftoversInput) -> Leftovers:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import dataclasses
 import os
 import threading
@@ -20,21 +21,27 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import hvac
 import hvac.exceptions
 import requests
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticPayloadConverter, pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
+    EncodingPayloadConverter,
     PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
 )
+from temporalio.exceptions import ApplicationError
 
 from cloudless.errors import CloudlessError, ConfigError
 from cloudless.transit.client import TransitSettings, transit_mount, transit_settings
@@ -49,6 +56,12 @@ FORMAT_V1 = b"cloudless/aes256gcm/v1"
 NONCE_BYTES = 12
 TAG_BYTES = 16
 KEY_BYTES = 32
+#: What a refused payload decodes to: a marker only :class:`RejectingPayloadConverter`
+#: reads (and refuses, naming the reason), so the message it carried is refused.
+REJECTED_ENCODING = b"cloudless/rejected"
+#: The error type a refused payload raises in a workflow (its run fails, its signal is
+#: dropped, its update or query is refused).
+REJECTED_ERROR_TYPE = "PayloadRejected"
 #: Binds a ciphertext to its format and wrapped key: moving it under another key id fails.
 _AAD_PREFIX = b"cloudless/payload/v1\x00"
 
@@ -70,8 +83,18 @@ ENV_INSECURE_PLAINTEXT = "CLOUDLESS_INSECURE_PLAINTEXT_PAYLOADS"
 INSECURE_PLAINTEXT_FLAG = "--insecure-plaintext-payloads"
 
 
+_log = structlog.get_logger("cloudless.codec")
+
+
 class PayloadCodecError(CloudlessError):
     """A payload could not be encrypted or decrypted."""
+
+
+class ForeignPayloadError(PayloadCodecError):
+    """A payload this cluster's key did not seal: tampered, forged or from elsewhere.
+
+    Unlike other codec errors it is final (retrying cannot help), so the codec refuses
+    the payload instead of failing the task that carries it."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +158,17 @@ class TransitDataKeySource:
 
     def _unwrap(self, wrapped: str) -> bytes:
         with self._lock, self._errors("unwrap a payload data key with"):
-            out = self._client.secrets.transit.decrypt_data(
-                self.key_name, ciphertext=wrapped, mount_point=self._mount
-            )
+            try:
+                out = self._client.secrets.transit.decrypt_data(
+                    self.key_name, ciphertext=wrapped, mount_point=self._mount
+                )
+            except hvac.exceptions.InvalidRequest as err:
+                # Transit answered and refused this ciphertext (400): not wrapped by this
+                # cluster's key. Unreachable or forbidden transit is another error (retry).
+                raise ForeignPayloadError(
+                    f"its data key is not one transit key {self.key_name} wrapped "
+                    f"({str(err).split(', on ')[0][:120]})"
+                ) from err
         return _b64(out["data"]["plaintext"])
 
     def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
@@ -149,6 +180,8 @@ def _transit_errors(what: str) -> Iterator[None]:
     """Turn hvac/requests failures into one-line :class:`PayloadCodecError` s."""
     try:
         yield
+    except ForeignPayloadError:
+        raise
     except hvac.exceptions.VaultError as err:
         # hvac appends ", on <method> <url>"; the rest is Vault's message, never a secret.
         raise PayloadCodecError(f"{what}: {str(err).split(', on ')[0]}") from err
@@ -171,13 +204,31 @@ class _EncodingKey:
     uses: int = 0
 
 
-class TransitPayloadCodec(PayloadCodec):
+@dataclass
+class _Keys:
+    """A codec's keys, shared by the per-context copies the SDK makes of it."""
+
+    encoding: _EncodingKey | None = None
+    cache: OrderedDict[str, AESGCM] = field(default_factory=OrderedDict)
+    rotate_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    unwrap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class TransitPayloadCodec(PayloadCodec, WithSerializationContext):
     """AES-256-GCM over each serialized payload, keyed by envelope data keys.
 
     Encoding reuses one data key until it is ``max_key_age`` seconds old or has sealed
     ``max_key_uses`` payloads, so transit is called about once an hour, not per payload.
-    Decoding caches unwrapped keys (LRU) by their wrapped form. Payloads that are not
-    encrypted pass through, so history written before the codec was enabled still reads.
+    Decoding caches unwrapped keys (LRU) by their wrapped form.
+
+    Decoding fails closed: a payload this cluster's key did not seal (plaintext, forged,
+    tampered, or under another transit's key) is *refused*, logged as
+    ``payload.rejected``, and replaced by a marker that :class:`RejectingPayloadConverter`
+    turns into a non-retryable ``PayloadRejected`` error: a workflow started with it
+    fails, a signal carrying it is dropped, an update or query is refused, and nothing a
+    client without transit access sends is ever acted on (:meth:`for_display` is the
+    view that shows history instead). Transit being unreachable is not a refusal: that
+    raises, and the task is retried.
     """
 
     def __init__(
@@ -195,15 +246,28 @@ class TransitPayloadCodec(PayloadCodec):
         self.max_key_age = max_key_age
         self.max_key_uses = max_key_uses
         self.cache_size = cache_size
+        self._display = False
         self._clock = clock
-        self._key: _EncodingKey | None = None
-        self._cache: OrderedDict[str, AESGCM] = OrderedDict()
-        self._rotate_lock = asyncio.Lock()
-        self._unwrap_lock = asyncio.Lock()
+        self._keys = _Keys()
+        self._context: SerializationContext | None = None
 
     @property
     def key_name(self) -> str:
         return self.source.key_name
+
+    def for_display(self) -> Self:
+        """A view (same keys) for showing history, never for feeding a workflow: the UI's
+        codec endpoint. Plaintext passes as it is (the UI shows what history holds), and
+        a payload this cluster's key did not seal raises (the endpoint answers 422)."""
+        view = copy.copy(self)
+        view._display = True
+        return view
+
+    def with_context(self, context: SerializationContext) -> Self:
+        """A view of this codec that names ``context``'s workflow when it refuses."""
+        view = copy.copy(self)  # shares _keys: one data key and one cache for all views
+        view._context = context
+        return view
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []
@@ -217,15 +281,39 @@ class TransitPayloadCodec(PayloadCodec):
         out = []
         for payload in payloads:
             if payload.metadata.get(META_ENCODING) != ENCODING:
-                out.append(payload)
+                out.append(payload if self._display else self._refuse(payload, None))
                 continue
-            wrapped, nonce_and_ct = _envelope(payload)
-            aead = await self._aead_for(wrapped)
-            out.append(_open(aead, wrapped, nonce_and_ct))
+            try:
+                wrapped, nonce_and_ct = _envelope(payload)
+                aead = await self._aead_for(wrapped)
+                out.append(_open(aead, wrapped, nonce_and_ct))
+            except ForeignPayloadError as err:
+                if self._display:
+                    raise
+                out.append(self._refuse(payload, err))
         return out
 
+    def _refuse(self, payload: Payload, err: ForeignPayloadError | None) -> Payload:
+        """The marker that stands for ``payload``, refused (and the audit line)."""
+        reason = (
+            str(err)
+            if err is not None
+            else "it is not encrypted (only clients with transit access may send to "
+            "Cloudless workflows)"
+        )
+        context = self._context
+        _log.warning(
+            "payload.rejected",
+            reason=reason,
+            encoding=payload.metadata.get(META_ENCODING, b"").decode("utf-8", "replace")[:64],
+            workflow_id=getattr(context, "workflow_id", None),
+            activity_type=getattr(context, "activity_type", None),
+            for_workflow=isinstance(context, WorkflowSerializationContext),
+        )
+        return Payload(metadata={META_ENCODING: REJECTED_ENCODING}, data=reason.encode()[:512])
+
     def _usable_key(self) -> _EncodingKey | None:
-        key = self._key
+        key = self._keys.encoding
         if key is None or key.uses >= self.max_key_uses:
             return None
         if self._clock() - key.born >= self.max_key_age:
@@ -234,34 +322,69 @@ class TransitPayloadCodec(PayloadCodec):
 
     async def _rotate(self) -> _EncodingKey:
         """Fetch a fresh data key; concurrent encoders share one transit call."""
-        async with self._rotate_lock:
+        async with self._keys.rotate_lock:
             current = self._usable_key()
             if current is not None:
                 return current
             fresh = await self.source.new_key()
             aead = _aead(fresh.plaintext)
             self._remember(fresh.wrapped, aead)  # our own payloads decode without transit
-            self._key = _EncodingKey(fresh.wrapped, aead, self._clock())
-            return self._key
+            self._keys.encoding = _EncodingKey(fresh.wrapped, aead, self._clock())
+            return self._keys.encoding
 
     async def _aead_for(self, wrapped: str) -> AESGCM:
-        cached = self._cache.get(wrapped)
+        cache = self._keys.cache
+        cached = cache.get(wrapped)
         if cached is not None:
-            self._cache.move_to_end(wrapped)
+            cache.move_to_end(wrapped)
             return cached
-        async with self._unwrap_lock:  # a replay burst unwraps each key once
-            cached = self._cache.get(wrapped)
+        async with self._keys.unwrap_lock:  # a replay burst unwraps each key once
+            cached = cache.get(wrapped)
             if cached is not None:
                 return cached
-            aead = _aead(await self.source.unwrap(wrapped))
+            plaintext = await self.source.unwrap(wrapped)
+            try:
+                aead = _aead(plaintext)
+            except PayloadCodecError as err:
+                raise ForeignPayloadError(str(err)) from err
             self._remember(wrapped, aead)
             return aead
 
     def _remember(self, wrapped: str, aead: AESGCM) -> None:
-        self._cache[wrapped] = aead
-        self._cache.move_to_end(wrapped)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        cache = self._keys.cache
+        cache[wrapped] = aead
+        cache.move_to_end(wrapped)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+
+class RejectingPayloadConverter(EncodingPayloadConverter):
+    """Reads the codec's refusal marker as a non-retryable ``PayloadRejected`` error.
+
+    Raised while a workflow converts its input, a signal, an update or a query, it fails
+    a run started with a refused input, drops the signal, refuses the update or query;
+    never a workflow task that would be retried forever."""
+
+    @property
+    def encoding(self) -> str:
+        return REJECTED_ENCODING.decode()
+
+    def to_payload(self, value: Any) -> Payload | None:
+        return None  # never encodes: only the codec makes the marker
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        reason = payload.data.decode("utf-8", "replace")
+        raise ApplicationError(
+            f"payload refused: {reason}", type=REJECTED_ERROR_TYPE, non_retryable=True
+        )
+
+
+class CloudlessPayloadConverter(PydanticPayloadConverter):
+    """The pydantic payload converter that also reads refused payloads (as errors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._set_converters(*self.converters.values(), RejectingPayloadConverter())
 
 
 class NoTransitCodec(PayloadCodec):
@@ -305,15 +428,15 @@ def _envelope(payload: Payload) -> tuple[str, bytes]:
     """The wrapped key and ``nonce ‖ ciphertext`` of an encrypted payload, checked."""
     fmt = payload.metadata.get(META_FORMAT)
     if fmt != FORMAT_V1:
-        raise PayloadCodecError(
+        raise ForeignPayloadError(
             f"encrypted payload has format {fmt!r}; this version reads {FORMAT_V1.decode()}"
         )
     try:
         wrapped = payload.metadata[META_KEY_ID].decode("ascii")
     except (KeyError, UnicodeDecodeError) as err:
-        raise PayloadCodecError("encrypted payload has no usable encryption-key-id") from err
+        raise ForeignPayloadError("encrypted payload has no usable encryption-key-id") from err
     if len(payload.data) < NONCE_BYTES + TAG_BYTES:
-        raise PayloadCodecError("encrypted payload is truncated")
+        raise ForeignPayloadError("encrypted payload is truncated")
     return wrapped, payload.data
 
 
@@ -321,7 +444,7 @@ def _open(aead: AESGCM, wrapped: str, data: bytes) -> Payload:
     try:
         inner = aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(wrapped))
     except InvalidTag as err:
-        raise PayloadCodecError(
+        raise ForeignPayloadError(
             "encrypted payload failed authentication: it was modified, or its "
             "encryption-key-id does not match the key it was sealed with"
         ) from err
@@ -329,7 +452,7 @@ def _open(aead: AESGCM, wrapped: str, data: bytes) -> Payload:
     try:
         payload.ParseFromString(inner)
     except DecodeError as err:
-        raise PayloadCodecError("decrypted payload is not a Temporal payload") from err
+        raise ForeignPayloadError("decrypted payload is not a Temporal payload") from err
     return payload
 
 
@@ -340,6 +463,7 @@ def data_converter(codec: PayloadCodec | None) -> DataConverter:
         return pydantic_data_converter
     return dataclasses.replace(
         pydantic_data_converter,
+        payload_converter_class=CloudlessPayloadConverter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -143,3 +143,4 @@ async def dev_cluster(
             yield cluster
         finally:
             await cluster.close()
+            await cluster.stop_exec_replicas()  # exec replicas outlive their agents

@@ -33,7 +33,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
-from cloudless.codec import CODEC_TOKEN_FILE, PayloadCodecError
+from cloudless.codec import CODEC_TOKEN_FILE, PayloadCodecError, TransitPayloadCodec
 from cloudless.errors import ConfigError, PKIError
 from cloudless.http import (
     BodyRules,
@@ -195,7 +195,9 @@ class CodecServer:
     ) -> None:
         host, port = parse_listen(listen)
         check_listen(host, tls=ssl_context is not None, allow_plaintext=allow_plaintext)
-        self.codec = codec
+        # It shows history, never feeds a workflow: plaintext shows as it is, and a
+        # payload this cluster's key did not seal answers 422 (not a refusal marker).
+        self.codec = codec.for_display() if isinstance(codec, TransitPayloadCodec) else codec
         self.origins = frozenset(o.rstrip("/") for o in origins)
         self.sessions = Sessions()
         self._token = SecretToken(token)

@@ -13,6 +13,9 @@ import random
 import shutil
 import socket
 import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +27,7 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
 from agent.main import serve
+from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
@@ -195,6 +199,22 @@ class LocalCluster:
             raise ValueError(f"{coordinator!r} is not a coordinator of this cluster")
         await coordinator.stop()
 
+    @property
+    def agent_names(self) -> list[str]:
+        """Every agent this cluster added, in order, whether it runs, was stopped or was
+        killed (``agents`` holds only the running ones)."""
+        return list(self._specs)
+
+    async def stop_exec_replicas(self, grace_seconds: float = 1.0) -> None:
+        """Stop every exec replica the agents of this cluster left running.
+
+        Exec replicas are process groups of their own that outlive their agent by design
+        (an agent that comes back adopts them), so :meth:`kill_agent`, :meth:`stop_agent`
+        and :meth:`close` leave them running: call this after :meth:`close`, while the
+        state directory is still there, or they outlive the test."""
+        for spec in self._specs.values():
+            await stop_exec_replicas(str(spec["name"]), Path(spec["state_dir"]), grace_seconds)
+
     def _coordinator_options(self) -> dict[str, Any]:
         """``coordinator_options`` over the test defaults: no reaper Schedule (one would
         outlive the test in a shared Temporal); tests run the reaper on demand. With
@@ -348,6 +368,63 @@ class LocalCluster:
         if self.coordinator is not None:
             await self.coordinator.stop()  # type: ignore[attr-defined]
         self._resources.close()
+
+
+async def stop_exec_replicas(node: str, state_dir: Path, grace_seconds: float = 1.0) -> None:
+    """Stop every exec replica of ``node`` recorded under ``state_dir`` (its agent's state
+    directory; none there is no error): what an agent leaves running once it is gone."""
+    driver = ExecDriver(node, state_dir)
+    try:
+        for status in await driver.list():
+            await driver.stop(status.replica_id, grace_seconds)
+    finally:
+        await driver.close()
+
+
+@contextlib.asynccontextmanager
+async def exec_cluster(
+    client: Client,
+    prefix: str,
+    *,
+    agents: int = 0,
+    agent_prefix: str = "n",
+    suffix: str | None = None,
+    **cluster_options: Any,
+) -> AsyncIterator[LocalCluster]:
+    """A started :class:`LocalCluster` named ``<prefix>-<suffix>`` in a temporary directory,
+    with ``agents`` exec-runtime agents ``<agent_prefix><i>-<suffix>`` in zone ``zone-<i>``
+    (``i`` from 0); on exit it is closed, and then every exec replica left is stopped.
+
+    That last stop is why this exists: exec replicas outlive their agents by design (an
+    agent that comes back adopts them), so closing the cluster leaves them running, past
+    the test and its deleted directory (:meth:`LocalCluster.stop_exec_replicas`).
+
+    Args:
+        client: The Temporal client (e.g. ``WorkflowEnvironment.client``).
+        prefix: The cluster name's first part.
+        agents: How many agents to add before yielding; more can be added later.
+        agent_prefix: The agent names' first part.
+        suffix: The names' last part: five random hex digits unless given, so that
+            clusters sharing one Temporal do not meet.
+        cluster_options: More :class:`LocalCluster` fields (``heartbeat_ttl``,
+            ``suspect_grace``, ``coordinator_options``, ``transit``...).
+    """
+    if agents < 0:
+        raise ValueError(f"exec_cluster: agents={agents}; give a count of 0 or more")
+    suffix = uuid.uuid4().hex[:5] if suffix is None else suffix
+    with tempfile.TemporaryDirectory(prefix="cl-") as d:
+        cluster = LocalCluster(client, Path(d), cluster=f"{prefix}-{suffix}", **cluster_options)
+        await cluster.start()
+        try:
+            for i in range(agents):
+                name = f"{agent_prefix}{i}-{suffix}"
+                await cluster.add_agent(name, zone=f"zone-{i}", runtimes=["exec"])
+            yield cluster
+        finally:
+            try:
+                await cluster.close()
+            finally:
+                await cluster.stop_exec_replicas()
 
 
 async def running_on_agents(cluster: LocalCluster, workload: str) -> dict[str, list[str]]:

@@ -15,7 +15,6 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.cli.devstack import (
     DEV_AGENTS,
@@ -35,6 +34,7 @@ from cloudless.codec import codec_for
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import NodeState
 from cloudless.temporal import connect
+from cloudless.testing.cluster import stop_exec_replicas
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.transit.client import embedded_transit_settings
@@ -67,11 +67,7 @@ async def tear_down(state: Path) -> None:
     """Stop the stack's processes, then any replica process an agent left running."""
     await asyncio.to_thread(stop_processes, state)
     for a in DEV_AGENTS:
-        d = state / "agents" / a.name
-        if (d / "replicas").exists():
-            drv = ExecDriver(a.name, d)
-            for s in await drv.list():
-                await drv.stop(s.replica_id, 1.0)
+        await stop_exec_replicas(a.name, state / "agents" / a.name)
 
 
 def record_pid(state: Path, role: str, pid: int) -> None:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
@@ -32,12 +30,11 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.contracts import WorkloadHandle
 from cloudless.errors import CloudlessError
 from cloudless.model import WorkloadPhase
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.testing.reservations import agent_mismatches, ledger_mismatches
 from cloudless.testing.workloads import sleeper
 
@@ -50,26 +47,15 @@ SETTLE_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"eq-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await c.start()
-        try:
-            for i in range(NODES):
-                await c.add_agent(f"q{i}-{suffix}", zone=f"zone-{i}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client,
+        "eq",
+        agents=NODES,
+        agent_prefix="q",
+        heartbeat_ttl=3.0,
+        suspect_grace=0.5,
+    ) as c:
+        yield c
 
 
 Step = tuple[str, int, int]  # (operation, workload index, argument)

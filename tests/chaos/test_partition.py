@@ -23,6 +23,7 @@ from cloudless.client import CloudlessClient
 from cloudless.model import NodeState
 from cloudless.pki import CertificateAuthority
 from cloudless.temporal import connect
+from cloudless.testing.cluster import stop_exec_replicas
 from cloudless.testing.workloads import sleeper
 from cloudless.tokens import TokenSigner
 from cloudless.vocabulary import AdminAction
@@ -157,8 +158,4 @@ async def test_partitioned_agent_replicas_move_and_come_back_clean(
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, 9)
         for name in ("island-1", "home-1"):
-            d = tmp_path / "agents" / name
-            if (d / "replicas").exists():
-                drv = ExecDriver(name, d)
-                for s in await drv.list():
-                    await drv.stop(s.replica_id, 1.0)
+            await stop_exec_replicas(name, tmp_path / "agents" / name)

@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,13 +49,12 @@ from agent.runtime.base import (
     LABEL_REPLICA,
     LABEL_WORKLOAD,
 )
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.images import BUSYBOX_TAG
 from cloudless.model import NodeAdminInput, NodeState, WorkloadStatus
 from cloudless.spec import Workload, parse_workload
-from cloudless.testing.cluster import LocalCluster, free_port
+from cloudless.testing.cluster import LocalCluster, exec_cluster, free_port, stop_exec_replicas
 from cloudless.vocabulary import AdminAction
 from tests.conftest import unavailable
 
@@ -155,10 +153,7 @@ class AgentProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await asyncio.to_thread(self.proc.wait)
             self.proc = None
-        if (self.state_dir / "replicas").exists():
-            driver = ExecDriver(self.name, self.state_dir)
-            for s in await driver.list():
-                await driver.stop(s.replica_id, 1.0)
+        await stop_exec_replicas(self.name, self.state_dir)
 
 
 @dataclass
@@ -276,26 +271,21 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     """A cluster with the given liveness timings; its agents are added by the test.
     ``docker``: the engine's client, or None for a test of exec replicas only."""
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        cluster = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"ready-{uuid.uuid4().hex[:6]}",
-            heartbeat_ttl=ttl,
-            suspect_grace=grace,
-        )
-        await cluster.start()
+    async with exec_cluster(
+        temporal_env.client,
+        "ready",
+        suffix=uuid.uuid4().hex[:6],
+        heartbeat_ttl=ttl,
+        suspect_grace=grace,
+    ) as cluster:
         h = Harness(cluster, CloudlessClient(cluster.client, cluster.cluster), docker)
-        try:
-            with removing_containers(docker, h.suffix):
-                try:
-                    yield h
-                finally:
-                    await h.end_workloads()
-                    for agent in h.agents.values():
-                        await agent.close()
-        finally:
-            await cluster.close()
+        with removing_containers(docker, h.suffix):
+            try:
+                yield h
+            finally:
+                await h.end_workloads()
+                for agent in h.agents.values():
+                    await agent.close()
 
 
 def docker_sleeper(name: str) -> Workload:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -17,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeAdminInput, NodeState, ReplicaPhase
 from cloudless.spec import parse_workload
-from cloudless.testing.cluster import LocalCluster, running_on_agents
+from cloudless.testing.cluster import LocalCluster, exec_cluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from cloudless.vocabulary import AdminAction
 from tests.conftest import unique
@@ -28,28 +26,12 @@ pytestmark = pytest.mark.temporal
 @pytest.fixture(scope="module")
 async def churn_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        cluster = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"churn-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await cluster.start()
-        try:
-            for i, zone in enumerate(["zone-a", "zone-b", "zone-c"]):
-                await cluster.add_agent(f"n{i}-{suffix}", zone=zone, runtimes=["exec"])
-            yield cluster
-        finally:
-            await cluster.close()
-            # exec replicas outlive agents by design; stop whatever is left.
-            from agent.runtime.exec import ExecDriver
-
-            for name in cluster._specs:
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client, "churn", suffix=suffix, heartbeat_ttl=3.0, suspect_grace=0.5
+    ) as cluster:
+        for i, zone in enumerate(["zone-a", "zone-b", "zone-c"]):
+            await cluster.add_agent(f"n{i}-{suffix}", zone=zone, runtimes=["exec"])
+        yield cluster
 
 
 async def test_killed_agent_replicas_move_and_return_is_reconciled(

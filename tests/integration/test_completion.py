@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadPhase
 from cloudless.spec import Workload, parse_workload
 from cloudless.testing.cli import ctl
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.testing.visibility import visible_workflow_ids
 from tests.conftest import unique
 from workflows.workload import WorkloadWorkflow
@@ -31,15 +29,10 @@ pytestmark = pytest.mark.temporal
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(temporal_env.client, Path(d), cluster=f"jobs-{uuid.uuid4().hex[:5]}")
-        await c.start()
-        try:
-            for i in range(2):
-                await c.add_agent(f"j{i}", zone=f"zone-{i}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
+    async with exec_cluster(temporal_env.client, "jobs") as c:
+        for i in range(2):
+            await c.add_agent(f"j{i}", zone=f"zone-{i}", runtimes=["exec"])
+        yield c
 
 
 def job(name: str, script: str, policy: str, replicas: int = 2) -> Workload:

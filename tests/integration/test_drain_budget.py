@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from typer.testing import Result
 
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import ReplicaPhase, WorkloadStatus
 from cloudless.testing.cli import ctl, run_ctl
-from cloudless.testing.cluster import LocalCluster, running_on_agents
+from cloudless.testing.cluster import LocalCluster, exec_cluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from tests.conftest import unique
 from workflows.workload import WorkloadWorkflow
@@ -41,19 +38,10 @@ SLOT_CPU = "500m"  # two per node: each agent offers one core
 @pytest.fixture
 async def full_cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        cluster = LocalCluster(temporal_env.client, Path(d), cluster=f"budget-{suffix}")
-        await cluster.start()
-        try:
-            for name in (f"a-{suffix}", f"b-{suffix}"):
-                await cluster.add_agent(name, cpu="1", runtimes=["exec"])
-            yield cluster
-        finally:
-            await cluster.close()
-            for name in cluster._specs:  # exec replicas outlive their agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(temporal_env.client, "budget", suffix=suffix) as cluster:
+        for name in (f"a-{suffix}", f"b-{suffix}"):
+            await cluster.add_agent(name, cpu="1", runtimes=["exec"])
+        yield cluster
 
 
 async def node_state(cluster: LocalCluster, name: str) -> str:

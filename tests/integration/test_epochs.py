@@ -5,14 +5,9 @@ the control plane's record. Real Temporal, real agents, real processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -24,7 +19,7 @@ from cloudless.api import agent_pb2
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeState, ReconcileNodeInput, ReplicaPhase, WorkloadStatus
 from cloudless.spec import parse_workload
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.workloads import replica_spec_proto
 from tests.conftest import unique
 
@@ -34,25 +29,12 @@ pytestmark = pytest.mark.temporal
 @pytest.fixture
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:6]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        # A long grace: the agent restart below comes back from Suspect, not Offline.
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"e-{suffix}",
-            heartbeat_ttl=60.0,
-            suspect_grace=60.0,
-        )
-        await c.start()
-        try:
-            await c.add_agent(f"epoch-{suffix}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
-            # exec replicas outlive their agents: kill whatever a failed test left behind
-            for record in Path(d).glob("agents/*/replicas/*/record.json"):
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+    # A long grace: the agent restart below comes back from Suspect, not Offline.
+    async with exec_cluster(
+        temporal_env.client, "e", suffix=suffix, heartbeat_ttl=60.0, suspect_grace=60.0
+    ) as c:
+        await c.add_agent(f"epoch-{suffix}", runtimes=["exec"])
+        yield c
 
 
 def sleeper(name: str, replicas: int) -> dict[str, Any]:
@@ -117,10 +99,10 @@ async def test_epochs_are_numbered_refused_when_stale_and_reconciled(
 
     # The refusal survives an agent restart (the epochs are on disk).
     await cluster.kill_agent(node)
-    # Await the break being recorded: otherwise the restart's wait for Ready could be
-    # answered by the Ready from before the kill, ahead of the reconcile it checks below.
-    gone = await client.wait_node(node, [NodeState.SUSPECT, NodeState.OFFLINE], 30)
-    assert gone is not None and gone.state in (NodeState.SUSPECT, NodeState.OFFLINE)
+    # Await Suspect in the ledger first: until then it still says Ready from before the
+    # kill, and awaiting "Ready" below would return before the node came back.
+    suspect = await client.wait_node(node, [NodeState.SUSPECT], timeout=30)
+    assert suspect is not None and suspect.state == NodeState.SUSPECT, suspect
     # Meanwhile the node's own records say it runs an older placement of the replica
     # (what a node that missed a re-placement comes back with).
     desired_file = cluster.root / "agents" / node / "desired.json"

@@ -5,11 +5,9 @@ applies admin updates at once."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -18,7 +16,7 @@ from temporalio.worker import Replayer
 from cloudless.client import CloudlessClient
 from cloudless.contracts.node import workflow_id as node_workflow_id
 from cloudless.model import NodeState, NodeStatus
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.vocabulary import AdminAction
 from workflows.node import NodeWorkflow
 
@@ -27,19 +25,8 @@ pytestmark = pytest.mark.temporal
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"flap-{uuid.uuid4().hex[:5]}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await c.start()
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with exec_cluster(temporal_env.client, "flap", heartbeat_ttl=3.0, suspect_grace=0.5) as c:
+        yield c
 
 
 async def status_of(c: CloudlessClient, name: str) -> NodeStatus:

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeState, ReplicaPhase
-from cloudless.testing.cluster import LocalCluster, free_port
+from cloudless.testing.cluster import LocalCluster, exec_cluster, free_port
 from cloudless.testing.workloads import sleeper
 from policies.liveness import Health
 from tests.conftest import unique
@@ -30,23 +27,10 @@ GRACE = 1.5
 
 @pytest.fixture
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"mgw-{uuid.uuid4().hex[:5]}",
-            heartbeat_ttl=4.0,
-            suspect_grace=GRACE,
-        )
-        await c.start()
-        try:
-            yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client, "mgw", heartbeat_ttl=4.0, suspect_grace=GRACE
+    ) as c:
+        yield c
 
 
 async def test_agent_fails_over_and_the_left_gateway_cannot_mark_it_offline(

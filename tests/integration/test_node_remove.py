@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.errors import NotFoundError
 from cloudless.model import NodeState
 from cloudless.testing.cli import ctl
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.testing.reservations import agent_mismatches, ledger_mismatches, running_replicas
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial, secure_channel
@@ -33,27 +29,15 @@ pytestmark = pytest.mark.temporal
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"rm-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await c.start()
-        try:
-            for i in range(3):
-                await c.add_agent(f"m{i}-{suffix}", zone=f"zone-{i}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                state = Path(d) / "agents" / name
-                if state.exists():
-                    for s in await ExecDriver(name, state).list():
-                        await ExecDriver(name, state).stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client,
+        "rm",
+        agents=3,
+        agent_prefix="m",
+        heartbeat_ttl=3.0,
+        suspect_grace=0.5,
+    ) as c:
+        yield c
 
 
 async def _heartbeat_refusal(cluster: LocalCluster, material: TLSMaterial) -> str:

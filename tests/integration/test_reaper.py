@@ -6,23 +6,20 @@ Temporal, real agents over mTLS (exec runtime), the coordinator's reaper Schedul
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from temporalio.client import ScheduleActionExecutionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.contracts import reaper
 from cloudless.contracts.workload import workflow_id
 from cloudless.model import ReapReport
-from cloudless.testing.cluster import LocalCluster, running_on_agents
+from cloudless.testing.cluster import LocalCluster, exec_cluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.workloads import replica_spec_proto
@@ -36,27 +33,20 @@ SLEEPER_CPU = 50  # millicores, as cloudless.testing.workloads.sleeper asks
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"reap-{suffix}",
-            # The Schedule exists (as in production) but fires only when a test triggers it.
-            coordinator_options={"reap_interval": timedelta(hours=1)},
-        )
-        await c.start()
-        try:
+    async with exec_cluster(
+        temporal_env.client,
+        "reap",
+        suffix=suffix,
+        # The Schedule exists (as in production) but fires only when a test triggers it.
+        coordinator_options={"reap_interval": timedelta(hours=1)},
+    ) as c:
+        try:  # agents added here, so that the Schedule goes even if one fails to start
             for i in range(2):
                 await c.add_agent(f"r{i}-{suffix}", zone=f"zone-{i}", runtimes=["exec"])
             yield c
         finally:
             schedule = c.client.get_schedule_handle(reaper.schedule_id(c.cluster))
             await schedule.delete()
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
 
 
 async def _reserved_cpu(c: CloudlessClient) -> int:

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import hvac
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from agent.secretfs import DEFAULT_SECRETS_ROOT, SecretFiles
 from agent.secrets import CoordinatorSecrets, SecretSource, SecretStore
 from cloudless.api import secrets_pb2
 from cloudless.client import CloudlessClient
 from cloudless.secrets.client import SecretsClient
 from cloudless.spec import Workload, parse_workload
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.testing.transit import transit_server
 from cloudless.tls import TLSMaterial
 from workers.coordinator import Coordinator
@@ -40,24 +37,17 @@ SOURCE = SecretSource(NAMESPACE, SECRET, AUDIENCE)
 
 @pytest.fixture
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    with transit_server() as transit, tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
+    with transit_server() as transit:
+        async with exec_cluster(
             temporal_env.client,
-            Path(d),
-            cluster=f"sf-{uuid.uuid4().hex[:6]}",
+            "sf",
+            suffix=uuid.uuid4().hex[:6],
             transit=hvac.Client(url=transit.url, token=transit.token),
             suspect_grace=10.0,  # an agent restart is no outage
-        )
-        await c.start()
-        try:
+        ) as c:
             yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
-                shutil.rmtree(DEFAULT_SECRETS_ROOT / name, ignore_errors=True)
+        for name in c.agent_names:  # their replicas are stopped: their secret files go
+            shutil.rmtree(DEFAULT_SECRETS_ROOT / name, ignore_errors=True)
 
 
 def reader(name: str, replicas: int) -> Workload:

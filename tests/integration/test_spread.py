@@ -12,7 +12,6 @@ zone-b 4 / 4, edge 1 / 1) with the exec runtime, so no container engine is neede
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -23,11 +22,10 @@ import pytest
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeState, ReplicaPhase, WorkloadStatus
 from cloudless.spec import Workload, parse_workload
-from cloudless.testing.cluster import LocalCluster, running_on_agents
+from cloudless.testing.cluster import LocalCluster, exec_cluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from cloudless.vocabulary import AdminAction
 from tests.conftest import unique
@@ -40,31 +38,18 @@ HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello.yaml"
 @pytest.fixture(scope="module")
 async def three_nodes(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
     suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        cluster = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"spread-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await cluster.start()
-        try:
-            for name, zone, cpu, memory in (
-                ("zone-a", "zone-a", "2", "2Gi"),
-                ("zone-b", "zone-b", "4", "4Gi"),
-                ("edge", "edge", "1", "1Gi"),
-            ):
-                await cluster.add_agent(
-                    f"{name}-{suffix}", zone=zone, cpu=cpu, memory=memory, runtimes=["exec"]
-                )
-            yield cluster
-        finally:
-            await cluster.close()
-            for name in cluster._specs:  # exec replicas outlive their agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client, "spread", suffix=suffix, heartbeat_ttl=3.0, suspect_grace=0.5
+    ) as cluster:
+        for name, zone, cpu, memory in (
+            ("zone-a", "zone-a", "2", "2Gi"),
+            ("zone-b", "zone-b", "4", "4Gi"),
+            ("edge", "edge", "1", "1Gi"),
+        ):
+            await cluster.add_agent(
+                f"{name}-{suffix}", zone=zone, cpu=cpu, memory=memory, runtimes=["exec"]
+            )
+        yield cluster
 
 
 def hello(name: str, **spec: Any) -> Workload:

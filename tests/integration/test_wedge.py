@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from agent.runtime.exec import ExecDriver
 from cloudless.client import CloudlessClient
 from cloudless.contracts import limits
 from cloudless.contracts import workload as wl
@@ -34,7 +30,7 @@ from cloudless.errors import CloudlessError, NotFoundError, PayloadTooLargeError
 from cloudless.model import ApplyInput, NodeState, WorkloadPhase
 from cloudless.spec import EnvVar, Workload
 from cloudless.testing.cli import ctl
-from cloudless.testing.cluster import LocalCluster, running_on_agents
+from cloudless.testing.cluster import LocalCluster, exec_cluster, running_on_agents
 from cloudless.testing.workloads import sleeper
 from tests.conftest import unique
 from tests.integration.standins import eventually
@@ -47,26 +43,15 @@ BIG = 1_500_000
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"wedge-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-        )
-        await c.start()
-        try:
-            for i in range(2):
-                await c.add_agent(f"w{i}-{suffix}", zone=f"zone-{i}", runtimes=["exec"])
-            yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive their agents by design
-                driver = ExecDriver(name, Path(d) / "agents" / name)
-                for s in await driver.list():
-                    await driver.stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client,
+        "wedge",
+        agents=2,
+        agent_prefix="w",
+        heartbeat_ttl=3.0,
+        suspect_grace=0.5,
+    ) as c:
+        yield c
 
 
 @pytest.fixture
@@ -85,13 +70,14 @@ def oversized(name: str, size: int = BIG) -> Workload:
 
 async def poison(temporal: Client, cluster: LocalCluster, name: str) -> None:
     """Replace ``workload/default/<name>``'s run by one whose every workflow task fails:
-    its input does not decode (the plain client has no codec: workers pass plaintext
-    through). What the old run placed stays in the ledger and on the agents."""
+    its input, sealed by the cluster's codec (a plaintext one would be refused, failing
+    the run at once), is not a workload input this release can read, as after a
+    downgrade. What the old run placed stays in the ledger and on the agents."""
     workflow_id = wl.workflow_id("default", name)
     handle = temporal.get_workflow_handle(workflow_id)
     if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
         await handle.terminate(reason="test: replaced by a poisoned run")
-    await temporal.start_workflow(
+    await cluster.client.start_workflow(
         wl.WORKFLOW.name,
         {"cluster": cluster.cluster, "manifest": {"from": "a release that is gone"}},
         id=workflow_id,

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import WorkflowSerializationContext
 from temporalio.exceptions import ApplicationError
 from typer.testing import CliRunner
 
@@ -23,7 +25,10 @@ from cloudless.codec import (
     META_ENCODING,
     META_FORMAT,
     META_KEY_ID,
+    REJECTED_ENCODING,
+    REJECTED_ERROR_TYPE,
     DataKey,
+    ForeignPayloadError,
     NoTransitCodec,
     PayloadCodecError,
     TransitPayloadCodec,
@@ -45,6 +50,7 @@ class MemoryKeys:
         self._master = AESGCM(AESGCM.generate_key(256))
         self.issued = 0
         self.unwrapped = 0
+        self.down = False
 
     async def new_key(self) -> DataKey:
         self.issued += 1
@@ -58,11 +64,13 @@ class MemoryKeys:
 
     async def unwrap(self, wrapped: str) -> bytes:
         self.unwrapped += 1
+        if self.down:
+            raise PayloadCodecError("cannot unwrap with transit: connection refused")
         raw = base64.b64decode(wrapped.removeprefix("vault:v1:"))
         try:
             return self._master.decrypt(raw[:12], raw[12:], None)
-        except Exception as err:
-            raise PayloadCodecError("cipher: message authentication failed") from err
+        except Exception as err:  # what transit answers with 400 (a foreign key)
+            raise ForeignPayloadError("cipher: message authentication failed") from err
 
 
 def payload(data: bytes, encoding: bytes = b"json/plain") -> Payload:
@@ -100,10 +108,17 @@ async def test_another_process_decodes_through_transit_and_caches_the_key() -> N
     assert await writer.decode(sealed) and keys.unwrapped == 1  # the writer knows its key
 
 
-async def test_unencrypted_payloads_pass_through() -> None:
+def refusal(p: Payload) -> str:
+    """The reason a decoded payload was refused (it must be the refusal marker)."""
+    assert p.metadata[META_ENCODING] == REJECTED_ENCODING, p
+    return p.data.decode()
+
+
+async def test_unencrypted_payloads_are_refused_but_shown_for_display() -> None:
     codec = TransitPayloadCodec(MemoryKeys())
-    old = [payload(b'"from before the codec"'), Payload(metadata={"encoding": b"binary/null"})]
-    assert await codec.decode(old) == old
+    plain = [payload(b'"sent without transit"'), Payload(metadata={"encoding": b"binary/null"})]
+    assert all("not encrypted" in refusal(p) for p in await codec.decode(plain))
+    assert await codec.for_display().decode(plain) == plain  # the UI shows history as is
 
 
 @pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
@@ -114,19 +129,19 @@ async def test_tampering_is_detected(where: str) -> None:
     index = {"nonce": 0, "ciphertext": 12, "tag": len(data) - 1}[where]
     data[index] ^= 0x01
     sealed.data = bytes(data)
+    (refused,) = await codec.decode([sealed])
+    assert "failed authentication" in refusal(refused)
     with pytest.raises(PayloadCodecError, match="failed authentication"):
-        await codec.decode([sealed])
+        await codec.for_display().decode([sealed])
 
 
 async def test_truncated_and_unknown_format_are_refused() -> None:
     codec = TransitPayloadCodec(MemoryKeys())
     (sealed,) = await codec.encode([payload(b"value")])
     short = Payload(metadata=dict(sealed.metadata), data=sealed.data[:20])
-    with pytest.raises(PayloadCodecError, match="truncated"):
-        await codec.decode([short])
     future = Payload(metadata={**sealed.metadata, META_FORMAT: b"v99"}, data=sealed.data)
-    with pytest.raises(PayloadCodecError, match="format"):
-        await codec.decode([future])
+    truncated, unknown = await codec.decode([short, future])
+    assert "truncated" in refusal(truncated) and "format" in refusal(unknown)
 
 
 async def test_wrong_key_id_fails_even_when_the_key_unwraps() -> None:
@@ -137,14 +152,46 @@ async def test_wrong_key_id_fails_even_when_the_key_unwraps() -> None:
     swapped = Payload(
         metadata={**first.metadata, META_KEY_ID: second.metadata[META_KEY_ID]}, data=first.data
     )
-    with pytest.raises(PayloadCodecError, match="failed authentication"):
-        await TransitPayloadCodec(keys).decode([swapped])
+    (refused,) = await TransitPayloadCodec(keys).decode([swapped])
+    assert "failed authentication" in refusal(refused)
 
 
 async def test_key_from_another_transit_is_refused() -> None:
     (sealed,) = await TransitPayloadCodec(MemoryKeys()).encode([payload(b"x")])
-    with pytest.raises(PayloadCodecError, match="authentication failed"):
-        await TransitPayloadCodec(MemoryKeys()).decode([sealed])
+    (refused,) = await TransitPayloadCodec(MemoryKeys()).decode([sealed])
+    assert "authentication failed" in refusal(refused)
+
+
+async def test_transit_unreachable_is_an_error_not_a_refusal() -> None:
+    """A refusal drops a message for good: only a payload proven foreign is refused;
+    when transit cannot answer, decoding fails and Temporal retries the task."""
+    keys = MemoryKeys()
+    (sealed,) = await TransitPayloadCodec(keys).encode([payload(b"x")])
+    keys.down = True
+    with pytest.raises(PayloadCodecError, match="connection refused"):
+        await TransitPayloadCodec(keys).decode([sealed])
+
+
+async def test_a_refused_payload_converts_to_a_non_retryable_error() -> None:
+    """What a workflow sees for a refused input, signal, update or query argument."""
+    converter = data_converter(TransitPayloadCodec(MemoryKeys()))
+    plain = pydantic_data_converter.payload_converter.to_payloads([{"op": "injected"}])
+    with pytest.raises(ApplicationError) as raised:
+        await converter.decode(plain, [dict])
+    assert raised.value.type == REJECTED_ERROR_TYPE and raised.value.non_retryable
+    assert "payload refused: it is not encrypted" in str(raised.value)
+
+
+async def test_context_views_share_one_data_key() -> None:
+    """The SDK makes a view of the codec per workflow and activity: they must not each
+    fetch a data key (that would be a transit call per task)."""
+    keys = MemoryKeys()
+    codec = TransitPayloadCodec(keys)
+    first = codec.with_context(WorkflowSerializationContext("default", "workload/a"))
+    second = codec.with_context(WorkflowSerializationContext("default", "workload/b"))
+    (a,), (b,) = await first.encode([payload(b"a")]), await second.encode([payload(b"b")])
+    assert keys.issued == 1 and a.metadata[META_KEY_ID] == b.metadata[META_KEY_ID]
+    assert "not encrypted" in refusal((await first.decode([payload(b"x")]))[0])
 
 
 async def test_key_rotates_by_count() -> None:
