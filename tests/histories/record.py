@@ -50,6 +50,7 @@ from cloudless.model import (
     ReplicaExited,
     ReplicaPhase,
     ReplicaReadiness,
+    ReplicaRecord,
     ReplicasLost,
     ReplicasPreempted,
     Resources,
@@ -147,6 +148,30 @@ async def apply_scale_delete(client: Client, queue: str, fake: StandIns) -> list
     return [handle.id]
 
 
+async def fail_and_await_replacement(
+    handle: WorkflowHandle[WorkloadWorkflow, WorkloadStatus],
+    failed: ReplicaRecord,
+    exit_code: int,
+    message: str,
+) -> None:
+    """Report ``failed`` exited with ``exit_code``; return once a replacement made the
+    workload available again without it."""
+    await wl.REPLICA_EXITED.send(
+        handle,
+        ReplicaExited(
+            replica_id=failed.replica_id,
+            node_id=failed.node_id,
+            phase=ReplicaPhase.FAILED,
+            exit_code=exit_code,
+            message=message,
+        ),
+    )
+    await until(
+        handle,
+        lambda s: available(s) and failed.replica_id not in {r.replica_id for r in s.replicas},
+    )
+
+
 async def rollout_on_a_full_cluster(client: Client, queue: str, fake: StandIns) -> list[str]:
     """A template change with no room to surge: old replicas are retired within
     minAvailable; then readiness reports, a failed exit (replaced), delete."""
@@ -167,20 +192,7 @@ async def rollout_on_a_full_cluster(client: Client, queue: str, fake: StandIns) 
             ReplicaReadiness(replica_id=r.replica_id, node_id=r.node_id, ready=True),
         )
     failed = status.replicas[0]
-    await wl.REPLICA_EXITED.send(
-        handle,
-        ReplicaExited(
-            replica_id=failed.replica_id,
-            node_id=failed.node_id,
-            phase=ReplicaPhase.FAILED,
-            exit_code=3,
-            message="boom",
-        ),
-    )
-    await until(
-        handle,
-        lambda s: available(s) and failed.replica_id not in {r.replica_id for r in s.replicas},
-    )
+    await fail_and_await_replacement(handle, failed, 3, "boom")
     await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]
@@ -266,20 +278,7 @@ async def failures(client: Client, queue: str, fake: StandIns) -> list[str]:
     fake.start_phase = ReplicaPhase.RUNNING
     status = await until(handle, available)
     failed = status.replicas[-1]
-    await wl.REPLICA_EXITED.send(
-        handle,
-        ReplicaExited(
-            replica_id=failed.replica_id,
-            node_id=failed.node_id,
-            phase=ReplicaPhase.FAILED,
-            exit_code=1,
-            message="exited with code 1",
-        ),
-    )
-    await until(
-        handle,
-        lambda s: available(s) and failed.replica_id not in {r.replica_id for r in s.replicas},
-    )
+    await fail_and_await_replacement(handle, failed, 1, "exited with code 1")
     await wl.DELETE.execute(handle)
     await handle.result()
     return [handle.id]

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from agent.renewal import CertificateExpired, RenewalRefused
-from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.model import NodeState
 from cloudless.pki import cert_not_after, cert_serial, generate_private_key_pem, make_csr
-from cloudless.testing.cluster import LocalCluster
+from cloudless.testing.cluster import LocalCluster, exec_cluster
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial, secure_channel
 from tests.conftest import unique
@@ -43,26 +39,14 @@ RENEWALS = 5
 
 @pytest.fixture(scope="module")
 async def cluster(temporal_env: WorkflowEnvironment) -> AsyncIterator[LocalCluster]:
-    suffix = uuid.uuid4().hex[:5]
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"renew-{suffix}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-            node_cert_validity=VALIDITY,
-        )
-        await c.start()
-        try:
-            yield c
-        finally:
-            await c.close()
-            for name in c._specs:  # exec replicas outlive agents by design
-                state = Path(d) / "agents" / name
-                if state.exists():
-                    for s in await ExecDriver(name, state).list():
-                        await ExecDriver(name, state).stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client,
+        "renew",
+        heartbeat_ttl=3.0,
+        suspect_grace=0.5,
+        node_cert_validity=VALIDITY,
+    ) as c:
+        yield c
 
 
 class Calls:
@@ -216,43 +200,32 @@ async def test_an_agent_back_after_its_renewal_point_renews_at_once(
     """Off past the renewal point but back before the expiry: the agent renews as soon as
     it starts, with the certificate it has; it does not enroll again."""
     validity = timedelta(seconds=15)  # room for a stop and a start between 2/3 and expiry
-    with tempfile.TemporaryDirectory(prefix="cl-") as d:
-        c = LocalCluster(
-            temporal_env.client,
-            Path(d),
-            cluster=f"back-{uuid.uuid4().hex[:5]}",
-            heartbeat_ttl=3.0,
-            suspect_grace=0.5,
-            node_cert_validity=validity,
-        )
-        await c.start()
-        try:
-            client = CloudlessClient(c.client, c.cluster)
-            name = unique("back")
-            handle = await c.add_agent(name, runtimes=["exec"])
-            first = (await client.describe_node(name)).status
-            assert first is not None
-            await c.stop_agent(name)
-            old = TLSMaterial.load(handle.state_dir).cert_pem
-            expiry = cert_not_after(old)
-            # Past the latest renewal point (2/3 + 5 % of the lifetime): a time, not an event.
-            due = expiry - validity * (1 - 2 / 3 - 0.05) + timedelta(milliseconds=200)
-            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
-            assert datetime.now(UTC) < expiry
-            back = await c.restart_agent(name)
-            await asyncio.wait_for(back.renewer.wait_renewals(1), timeout=10)
-            assert datetime.now(UTC) < expiry, "renewed only after the expiry"
-            renewed = TLSMaterial.load(back.state_dir).cert_pem
-            assert cert_serial(renewed) != cert_serial(old)
-            assert cert_not_after(renewed) > expiry
-            details = await client.describe_node(name)
-            assert details.node.state == NodeState.READY
-            assert details.status is not None
-            assert details.status.record.enrolled_at == first.record.enrolled_at
-        finally:
-            await c.close()
-            state = Path(d) / "agents"
-            for agent in c._specs:
-                if (state / agent).exists():
-                    for s in await ExecDriver(agent, state / agent).list():
-                        await ExecDriver(agent, state / agent).stop(s.replica_id, 1.0)
+    async with exec_cluster(
+        temporal_env.client,
+        "back",
+        heartbeat_ttl=3.0,
+        suspect_grace=0.5,
+        node_cert_validity=validity,
+    ) as c:
+        client = CloudlessClient(c.client, c.cluster)
+        name = unique("back")
+        handle = await c.add_agent(name, runtimes=["exec"])
+        first = (await client.describe_node(name)).status
+        assert first is not None
+        await c.stop_agent(name)
+        old = TLSMaterial.load(handle.state_dir).cert_pem
+        expiry = cert_not_after(old)
+        # Past the latest renewal point (2/3 + 5 % of the lifetime): a time, not an event.
+        due = expiry - validity * (1 - 2 / 3 - 0.05) + timedelta(milliseconds=200)
+        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        assert datetime.now(UTC) < expiry
+        back = await c.restart_agent(name)
+        await asyncio.wait_for(back.renewer.wait_renewals(1), timeout=10)
+        assert datetime.now(UTC) < expiry, "renewed only after the expiry"
+        renewed = TLSMaterial.load(back.state_dir).cert_pem
+        assert cert_serial(renewed) != cert_serial(old)
+        assert cert_not_after(renewed) > expiry
+        details = await client.describe_node(name)
+        assert details.node.state == NodeState.READY
+        assert details.status is not None
+        assert details.status.record.enrolled_at == first.record.enrolled_at
