@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -13,7 +14,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.converter import PayloadCodec
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from cloudless.codec import NoTransitCodec, data_converter
 from cloudless.contracts.limits import PayloadLimits
@@ -22,8 +23,39 @@ from cloudless.contracts.names import SEARCH_ATTRIBUTES
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class TemporalTLS:
+    """TLS to Temporal: the CA that issued the server's certificate (None: the system's
+    roots, as for Temporal Cloud), an optional client certificate and key (mutual TLS),
+    and the name the server's certificate must carry (None: the address's host)."""
+
+    ca_pem: bytes | None = None
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    def sdk(self) -> TLSConfig:
+        return TLSConfig(
+            server_root_ca_cert=self.ca_pem,
+            client_cert=self.cert_pem,
+            client_private_key=self.key_pem,
+            domain=self.server_name,
+        )
+
+
+@dataclass(frozen=True)
+class TemporalTarget:
+    """Where and how to reach Temporal: address, namespace, and TLS and/or an API key
+    (Temporal Cloud). A bare address means plaintext: only test servers are reached so."""
+
+    address: str
+    namespace: str = "default"
+    tls: TemporalTLS | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+
 async def connect(
-    address: str,
+    target: TemporalTarget | str,
     namespace: str = "default",
     *,
     wait: float = 0.0,
@@ -31,19 +63,25 @@ async def connect(
 ) -> Client:
     """A client using the pydantic data converter (our payload models are pydantic).
 
+    ``target``: a :class:`TemporalTarget` (its namespace wins), or a plaintext address.
+
     With ``codec`` (see :func:`cloudless.codec.transit_codec`) every payload is encrypted;
     without, an encrypted payload fails with a hint about transit access rather than
     "unknown encoding". Every payload the client sends is bounded first
     (:class:`~cloudless.contracts.limits.PayloadLimits`). ``wait`` keeps retrying for that
     many seconds: a server that was just (re)started accepts TCP before it answers.
     """
+    if isinstance(target, str):
+        target = TemporalTarget(target, namespace)
     converter = data_converter(codec) if codec is not None else NoTransitCodec.data_converter()
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
             return await Client.connect(
-                address,
-                namespace=namespace,
+                target.address,
+                namespace=target.namespace,
+                tls=target.tls.sdk() if target.tls is not None else None,  # None: TLS iff api_key
+                api_key=target.api_key,
                 data_converter=converter,
                 interceptors=[PayloadLimits(converter.payload_converter)],
             )

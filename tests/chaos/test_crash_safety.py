@@ -19,6 +19,7 @@ from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.cli.devstack import (
     DEV_AGENTS,
     DEV_FILE,
+    DevAgent,
     DevPorts,
     _spawn_agent,
     port_open,
@@ -61,6 +62,13 @@ def kill9(state: Path, role: str) -> None:
     ports.update({f"agent/{a.name}": a.port + PORTS.agent_offset for a in DEV_AGENTS})
     port = ports[role]
     wait_until(lambda: not port_open(port), f"the killed {role} to release :{port}", 30)
+
+
+def freeze(state: Path, agents: list[DevAgent], how: signal.Signals) -> None:
+    """SIGSTOP or SIGCONT agent processes (not their groups: replicas keep running)."""
+    pids = json.loads((state / DEV_FILE).read_text())["pids"]
+    for a in agents:
+        os.kill(pids[f"agent/{a.name}"], how)
 
 
 async def tear_down(state: Path) -> None:
@@ -249,15 +257,29 @@ async def test_kill9_coordinator_mid_rescheduling(tmp_path: Path) -> None:
         on_edge = {r.replica_id for r in outcome.status.replicas if r.node_id == edge.name}
         assert on_edge, outcome.status.replicas
 
-        kill9(state, f"agent/{edge.name}")
-        # Wait, through Temporal's history, for the node to be declared Offline (its
-        # workloads get ``replicas_lost``) and for a placement or start to be in flight.
-        wid = workload_workflow_id("default", name)
-        deadline = asyncio.get_running_loop().time() + 30
-        while not PLACING & set((await open_activities(client.temporal, wid, "replicas_lost"))[0]):
-            assert asyncio.get_running_loop().time() < deadline, "no rescheduling seen"
-            await asyncio.sleep(0.01)  # polled: history changes are not pushed to clients
-        kill9(state, "coordinator")
+        # The surviving agents are frozen (SIGSTOP; their connections stay open, so they
+        # stay Ready for seconds): the replacements' start cannot complete, so the kill
+        # below lands mid-rescheduling every time instead of racing a millisecond
+        # placement. Their replica processes keep running (only the agent is stopped).
+        survivors = [a for a in DEV_AGENTS if a is not edge]
+        freeze(state, survivors, signal.SIGSTOP)
+        try:
+            kill9(state, f"agent/{edge.name}")
+            # Wait, through Temporal's history, for the node to be declared Offline (its
+            # workloads get ``replicas_lost``) and for a start to be in flight.
+            wid = workload_workflow_id("default", name)
+            deadline = asyncio.get_running_loop().time() + 30
+            while (
+                "run_replicas"
+                not in (await open_activities(client.temporal, wid, "replicas_lost"))[0]
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "no rescheduling seen"
+                await asyncio.sleep(0.05)  # polled: history changes are not pushed to clients
+            kill9(state, "coordinator")
+        finally:
+            # Resumed, an agent may still read the dead coordinator's start request from
+            # its socket and start the replica: the retry must adopt it, not double it.
+            freeze(state, survivors, signal.SIGCONT)
         in_flight, _done = await open_activities(client.temporal, wid, "replicas_lost")
         assert PLACING & set(in_flight), in_flight  # the kill landed mid-rescheduling
         record_pid(
