@@ -172,11 +172,7 @@ def _secret_problems(spec: agent_pb2.ReplicaSpec) -> list[str]:
         if not (volume.namespace and volume.name and volume.audience):
             problems.append(f"{where}: namespace, name and audience are required")
         mount = volume.mount_path
-        if (
-            path_problem(mount) is not None
-            or posixpath.normpath(mount) != mount
-            or mount == "/"
-        ):
+        if path_problem(mount) is not None or posixpath.normpath(mount) != mount or mount == "/":
             problems.append(
                 f"{where}: mount path {mount!r} must be a normalized absolute path without "
                 "control characters"

@@ -61,6 +61,7 @@ from cloudless.cli.devstack import (
     DevPorts,
     _spawn_agent,
     record_process,
+    stack_target,
     start_processes,
     stop_exec_replicas,
     stop_processes,
@@ -223,7 +224,7 @@ async def main() -> None:
                 runtimes=("exec",), listen_host="0.0.0.0", coordinator_args=coordinator_args,
             )  # fmt: skip
             codec = codec_for(embedded_transit_settings(stack.state))
-            temporal = await connect(f"127.0.0.1:{ports.temporal}", wait=30, codec=codec)
+            temporal = await connect(stack_target(stack.state, ports), wait=30, codec=codec)
             c = CloudlessClient(temporal, CLUSTER)
 
             death_pool: list[Agent] = []

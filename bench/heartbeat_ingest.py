@@ -227,9 +227,7 @@ def _credentials(cluster: LocalCluster, n: int) -> list[tuple[str, bytes, bytes,
     return creds
 
 
-def paced_with_default_listener(
-    nodes: int, seconds: float, warmup: float
-) -> tuple[float, float]:
+def paced_with_default_listener(nodes: int, seconds: float, warmup: float) -> tuple[float, float]:
     """:func:`paced_cpu` in a child process running gRPC's own default listener (the
     EventEngine one): the baseline for ``cloudless.grpc_tuning``, in the same run."""
     env = {**os.environ, "GRPC_EXPERIMENTS": "event_engine_listener"}

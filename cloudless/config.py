@@ -22,7 +22,8 @@ DEFAULT_TEMPORAL_NAMESPACE = "default"
 DEFAULT_CLUSTER = "dev"
 DEFAULT_GATEWAY = "127.0.0.1:7443"  # enrollment (TLS, token-authenticated)
 DEFAULT_AGENT_GATEWAY = "127.0.0.1:7444"  # agents' mutual-TLS endpoint (heartbeats)
-DEFAULT_UI = "http://127.0.0.1:8233"
+DEFAULT_UI_LISTEN = "127.0.0.1:8233"  # the front's Temporal UI (HTTPS, behind a login)
+DEFAULT_UI = f"https://{DEFAULT_UI_LISTEN}"
 
 
 def temporal_address() -> str:

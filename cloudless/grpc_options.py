@@ -43,4 +43,3 @@ GrpcIdleTimeout = Annotated[
         help="Seconds a gRPC connection without an RPC stays open.",
     ),
 ]
-

@@ -144,9 +144,14 @@ def _ms(seconds: float) -> int:
 DEFAULT_GRPC_LIMITS = GrpcLimits()
 
 
-def server(limits: GrpcLimits = DEFAULT_GRPC_LIMITS, **kwargs: object) -> grpc.aio.Server:
-    """A gRPC asyncio server with Cloudless' keepalive policy and connection limits."""
-    options = [*SERVER_OPTIONS, *limits.options()]
+def server(
+    limits: GrpcLimits = DEFAULT_GRPC_LIMITS,
+    extra_options: list[tuple[str, int | str]] | None = None,
+    **kwargs: object,
+) -> grpc.aio.Server:
+    """A gRPC asyncio server with Cloudless' keepalive policy and connection limits
+    (``extra_options``: more channel arguments, e.g. message size limits)."""
+    options = [*SERVER_OPTIONS, *limits.options(), *(extra_options or ())]
     return grpc.aio.server(options=options, **kwargs)  # type: ignore[arg-type]
 
 

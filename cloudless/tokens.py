@@ -315,6 +315,13 @@ class TokenSigner:
         """The verification key, for :class:`TokenVerifier`."""
         return _public_pem(self._key.public_key())
 
+    def sign(self, payload: Mapping[str, Any]) -> str:
+        """Sign other claims with this key (login links: ``cloudless.logins``). Each kind
+        of token has its own audience, so one kind is never accepted as another."""
+        if not isinstance(payload.get("aud"), str) or payload["aud"] == AUDIENCE:
+            raise ValueError("sign() needs a token audience of its own (not enrollment's)")
+        return jwt.encode(dict(payload), self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
+
     def mint(
         self,
         *,

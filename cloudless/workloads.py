@@ -92,9 +92,7 @@ def view_of(w: Workload) -> WorkloadView:
 
 def _unsupported_fix(setting: str) -> str:
     others = enforcing_runtimes(setting)
-    where = (
-        f"or set runtime: {others[0]}, which enforces it" if others else "no runtime does yet"
-    )
+    where = f"or set runtime: {others[0]}, which enforces it" if others else "no runtime does yet"
     return (
         f"remove it ({where}); Cloudless refuses a setting it would ignore, so that nobody "
         "takes a replica for confined when it is not (docs/concepts.md, Security settings)"

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -62,11 +62,14 @@ __all__ = [
     "ListenError",
     "Sessions",
     "check_listen",
+    "cookie",
     "load_or_create_token",
     "parse_listen",
+    "read_payloads",
 ]
 
 log = structlog.get_logger("cloudless.codec_server")
+T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:8234"
 DEFAULT_ORIGINS = ("http://127.0.0.1:8233", "http://localhost:8233")
@@ -143,33 +146,47 @@ def check_listen(host: str, *, tls: bool, allow_plaintext: bool) -> None:
     )
 
 
-class Sessions:
-    """Browser sessions created by ``/login``; only their digests are kept.
-
-    Used from the coordinator's event loop only, so it needs no lock.
-    """
+class Sessions(Generic[T]):
+    """Browser sessions, each holding a value (who logged in); only the sessions'
+    digests are kept. Used from one event loop only, so it needs no lock."""
 
     def __init__(self, ttl: float = SESSION_TTL_SECONDS, limit: int = MAX_SESSIONS) -> None:
         self.ttl = ttl
         self._limit = limit
-        self._expiry: dict[bytes, float] = {}
+        self._entries: dict[bytes, tuple[float, T]] = {}
 
     @staticmethod
     def _key(session: str) -> bytes:
         return hashlib.sha256(session.encode()).digest()
 
-    def create(self) -> str:
+    def create(self, value: T) -> str:
         session = secrets.token_urlsafe(32)
         now = time.monotonic()
-        self._expiry = {k: t for k, t in self._expiry.items() if t > now}
-        while len(self._expiry) >= self._limit:  # oldest first (insertion order)
-            del self._expiry[next(iter(self._expiry))]
-        self._expiry[self._key(session)] = now + self.ttl
+        self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+        while len(self._entries) >= self._limit:  # oldest first (insertion order)
+            del self._entries[next(iter(self._entries))]
+        self._entries[self._key(session)] = (now + self.ttl, value)
         return session
 
+    def get(self, session: str | None) -> T | None:
+        if not session:
+            return None
+        entry = self._entries.get(self._key(session))
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
     def valid(self, session: str) -> bool:
-        expiry = self._expiry.get(self._key(session))
-        return expiry is not None and expiry > time.monotonic()
+        return self.get(session) is not None
+
+    def end(self, session: str | None) -> None:
+        if session:
+            self._entries.pop(self._key(session), None)
+
+    def end_where(self, match: Callable[[T], bool]) -> int:
+        """End every session whose value matches (a revoked user's); how many ended."""
+        doomed = [k for k, (_, value) in self._entries.items() if match(value)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
 
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
@@ -199,7 +216,7 @@ class CodecServer:
         # payload this cluster's key did not seal answers 422 (not a refusal marker).
         self.codec = codec.for_display() if isinstance(codec, TransitPayloadCodec) else codec
         self.origins = frozenset(o.rstrip("/") for o in origins)
-        self.sessions = Sessions()
+        self.sessions: Sessions[bool] = Sessions()
         self._token = SecretToken(token)
         self._listener = Listener(host, port, ssl_context=ssl_context, limits=limits)
         self._body = dataclasses.replace(_BODY, read_timeout=self._listener.limits.body_timeout)
@@ -309,13 +326,13 @@ class CodecServer:
     async def _codec(self, request: web.BaseRequest, path: str) -> web.Response:
         operation = _operation(path)
         self._origin_allowed(request, required=False)
-        if not self.authorized(bearer_token(request.headers), _cookie(request)):
+        if not self.authorized(bearer_token(request.headers), cookie(request, SESSION_COOKIE)):
             raise RequestRefused(
                 401,
                 "unauthorized: send Authorization: Bearer <codec token> or log in at /login",
             )
         authenticated(request)  # its connection outranks strangers' (cloudless.http)
-        payloads = await _payloads(request, self._body)
+        payloads = await read_payloads(request, self._body)
         try:
             result = await self.run_codec(operation, payloads)
         except PayloadCodecError as err:
@@ -334,7 +351,7 @@ class CodecServer:
         if not token or not self.check_token(token):
             raise RequestRefused(401, "unauthorized: /login needs ?token=<codec token>")
         authenticated(request)
-        session = self.sessions.create()
+        session = self.sessions.create(True)
         cookie = "; ".join(
             [
                 f"{SESSION_COOKIE}={session}",
@@ -413,15 +430,17 @@ def _error_response(status: int, message: str) -> web.Response:
     return _response(status, json_bytes({"error": message}), "application/json")
 
 
-def _cookie(request: web.BaseRequest) -> str | None:
+def cookie(request: web.BaseRequest, name: str) -> str | None:
+    """The value of cookie ``name`` in the request, if any."""
     for part in (request.headers.get("Cookie") or "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == SESSION_COOKIE and value:
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
             return value
     return None
 
 
-async def _payloads(request: web.BaseRequest, rules: BodyRules) -> list[Payload]:
+async def read_payloads(request: web.BaseRequest, rules: BodyRules) -> list[Payload]:
+    """The ``{\"payloads\": [...]}`` body of a codec request (protobuf JSON form)."""
     content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise RequestRefused(415, "send Content-Type: application/json")

@@ -66,7 +66,7 @@ from cloudless.secrets.access import AccessTokens, load_or_create_key
 from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
 from cloudless.secrets.model import RotationInput
-from cloudless.temporal import connect, ensure_search_attributes
+from cloudless.temporal import TemporalTarget, connect, ensure_search_attributes
 from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
@@ -81,6 +81,7 @@ from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
+from workers.front.service import Front, FrontConfig
 from workers.gateway import GatewayServicer
 from workers.gcpolicy import GcPolicy
 from workers.liveness import LivenessMonitor
@@ -627,6 +628,28 @@ def main_command(
             help="Run WITHOUT payload encryption (plaintext in Temporal). Tests only.",
         ),
     ] = False,
+    temporal_jail: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CLOUDLESS_TEMPORAL_JAIL",
+            help="Directory of a jailed Temporal's Unix sockets (`dev up` makes one): serve "
+            "the front for it, and reach Temporal through that front.",
+        ),
+    ] = None,
+    front_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_FRONT_LISTEN",
+            help="host:port of the front's Temporal API (mutual TLS); with --temporal-jail.",
+        ),
+    ] = config.DEFAULT_TEMPORAL_ADDRESS,
+    front_ui_listen: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_FRONT_UI_LISTEN",
+            help="host:port of the front's Temporal UI (HTTPS, login); empty: no UI.",
+        ),
+    ] = config.DEFAULT_UI_LISTEN,
 ) -> None:
     """Run the coordinator until SIGINT/SIGTERM."""
     configure_logging()
@@ -682,6 +705,9 @@ def main_command(
                     grace=parse_duration(reap_grace).total_seconds(),
                 ),
                 parse_duration(node_cert_validity),
+                FrontConfig(front_listen, temporal_jail, front_ui_listen or None)
+                if temporal_jail is not None
+                else None,
             )
         )
     except CloudlessError as err:
@@ -705,6 +731,7 @@ async def _run(
     gateway_max_age: float = GATEWAY_MAX_CONNECTION_AGE,
     reaper: ReaperSettings | None = None,
     node_cert_validity: timedelta = NODE_CERT_VALIDITY,
+    front_config: FrontConfig | None = None,
 ) -> None:
     secrets = secrets or SecretsSettings()
     reaper = reaper or ReaperSettings()
@@ -715,9 +742,21 @@ async def _run(
         who="cloudless-coordinator",
         insecure_plaintext=insecure_plaintext_payloads,
     )
+    target: TemporalTarget | str = address
+    front = None
+    if front_config is not None:
+        # The jailed Temporal is reachable only through the front: serve it first (with
+        # this coordinator's certificate), then connect through it like any client.
+        directory = config.coordinator_dir(state_dir)
+        bootstrap_pki(directory, cluster)
+        front = await Front(front_config, cluster, directory, codec).start()
+        target = front.target(namespace)
+        address = target.address
     try:
-        client = await connect(address, namespace, wait=10, codec=codec)
+        client = await connect(target, namespace, wait=10, codec=codec)
     except RuntimeError as err:
+        if front is not None:
+            await front.stop()
         raise CloudlessError(
             f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
         ) from err
@@ -748,6 +787,8 @@ async def _run(
     await coordinator.start()
     await stop_on_signals().wait()
     await coordinator.stop()
+    if front is not None:
+        await front.stop()
 
 
 def main() -> None:

@@ -132,9 +132,7 @@ def ledger_node(inp: UpsertNodeInput, current: LedgerNode | None) -> LedgerNode:
     allocations already on it kept."""
     rec = inp.record
     advert = nodefacts.parse(rec.labels)
-    capacity = dataclasses.replace(
-        rec.capacity, gpu=advert.gpu, bandwidth_bps=advert.bandwidth_bps
-    )
+    capacity = dataclasses.replace(rec.capacity, gpu=advert.gpu, bandwidth_bps=advert.bandwidth_bps)
     return LedgerNode(
         node_id=rec.node_id,
         zone=rec.zone,

@@ -47,6 +47,7 @@ register(
     DriverCapabilities(needs_image=True, secret_env_as_file=True),
 )
 
+
 async def detect_drivers(
     node_id: str,
     state_dir: Path,

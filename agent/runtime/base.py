@@ -25,8 +25,6 @@ LABEL_GENERATION = "dev.cloudless.generation"
 LABEL_SPEC_HASH = "dev.cloudless.spec-hash"
 
 
-
-
 @dataclass(frozen=True)
 class PortMapping:
     container_port: int

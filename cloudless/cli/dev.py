@@ -81,7 +81,8 @@ def dev_up(
         codec = require_codec(
             codec_for(embedded_transit_settings(state_dir)), who="cloudlessctl dev up"
         )
-        temporal = await connect(f"127.0.0.1:{state.ports['temporal']}", codec=codec)
+        target = devstack.stack_target(state_dir, state.ports)
+        temporal = await connect(target, codec=codec)
         client = CloudlessClient(temporal, cluster)
         for agent in devstack.DEV_AGENTS:
             node = await client.wait_node(agent.name, [NodeState.READY], timeout=60)
@@ -104,18 +105,13 @@ def dev_up(
         asyncio.run(apply())
     except CloudlessError as err:
         raise fail(str(err)) from err
-    ui = f"http://127.0.0.1:{state.ports['ui']}"
-    login = devstack.codec_login_url(state_dir, state.ports)
-    decode = (
-        f"Payloads are encrypted; to read them in the UI, open once in the same browser:\n"
-        f"  {login}\n"
-        if login
-        else ""
-    )
+    login = devstack.ui_login_url(state_dir, cluster, state.ports["ui"])
     console.print(
-        f"\n[bold green]Cloudless is up.[/bold green] Temporal UI: {ui}  "
-        f'(try the query CloudlessWorkload = "hello")\n'
-        f"{decode}"
+        f"\n[bold green]Cloudless is up.[/bold green] Temporal UI (log in with this one-time "
+        f"link; `cloudlessctl ui login` makes more):\n  {login}\n"
+        f'Try the query CloudlessWorkload = "hello". Temporal itself is reachable only '
+        f"through Cloudless' front (mutual TLS on 127.0.0.1:{state.ports['temporal']}; "
+        f"`cloudlessctl` uses {state_dir / devstack.CONFIG_FILE}).\n"
         "Next:\n"
         "  cloudlessctl get nodes\n"
         "  cloudlessctl describe workload hello\n"

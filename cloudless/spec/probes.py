@@ -53,8 +53,7 @@ def _check_http_path(value: str) -> str:
     ):
         return value
     raise _problem(
-        "must be an absolute URL path without spaces or control characters, "
-        f"got {_show(value)}",
+        f"must be an absolute URL path without spaces or control characters, got {_show(value)}",
         "use a path like /healthz",
     )
 

@@ -54,6 +54,7 @@ from cloudless.model import NodeState, ReplicaPhase, WorkloadStatus
 from cloudless.spec import Workload, parse_workload
 from cloudless.temporal import connect
 from cloudless.testing.cluster import free_port
+from cloudless.testing.front import SideFront
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.transit.client import embedded_transit_settings
 
@@ -198,6 +199,7 @@ class OutageStack:
     def __init__(self, state: Path, ports: DevPorts) -> None:
         self.state, self.ports = state, ports
         self.client: CloudlessClient | None = None
+        self.front: SideFront | None = None
         # Unique workload names: the Docker engine may be shared with other stacks, and
         # cleanup must remove only this run's containers.
         suffix = os.urandom(3).hex()
@@ -232,7 +234,9 @@ class OutageStack:
             start_processes, self.state, CLUSTER, ports=self.ports, runtimes=("docker",)
         )
         codec = codec_for(embedded_transit_settings(self.state))
-        temporal: Client = await connect(f"127.0.0.1:{self.ports.temporal}", wait=30, codec=codec)
+        # Through a front of our own: the stack's coordinator (the other door) is killed.
+        self.front = await SideFront(self.state, CLUSTER).start()
+        temporal: Client = await connect(self.front.target, wait=30, codec=codec)
         self.client = CloudlessClient(temporal, CLUSTER)
         for a in DEV_AGENTS:
             await self.client.wait_node(a.name, [NodeState.READY], timeout=60)
@@ -261,6 +265,8 @@ class OutageStack:
             for name in self.names.values():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.client.delete("default", name), 30)
+        if self.front is not None:
+            await self.front.stop()
         await asyncio.to_thread(stop_processes, self.state)
         await asyncio.to_thread(self.remove_containers)
 

@@ -5,6 +5,7 @@ must be exactly right: every replica running once, none lost, none doubled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ from cloudless.contracts.workload import workflow_id as workload_workflow_id
 from cloudless.model import NodeState
 from cloudless.temporal import connect
 from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.front import SideFront
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import TLSMaterial, secure_channel
 from cloudless.transit.client import embedded_transit_settings
@@ -47,18 +49,40 @@ PORTS = DevPorts.shifted(1300)  # clear of dev (0), devstack (1100), rotation (1
 CLUSTER = "chaos"
 
 
+#: Fronts the tests' clients use (stopped by tear_down).
+_fronts: list[SideFront] = []
+
+
 async def connect_stack(state: Path) -> Client:
-    """A client with the stack's payload codec (its transit lives in the state dir)."""
+    """An admin client with the stack's payload codec (its transit lives in the state
+    dir), through a front of the test's own, so it reads Temporal while the stack's
+    coordinator (whose front is the only other door) is dead."""
+    front = await SideFront(state, CLUSTER).start()
+    _fronts.append(front)
     codec = codec_for(embedded_transit_settings(state))
-    return await connect(f"127.0.0.1:{PORTS.temporal}", wait=30, codec=codec)
+    return await connect(front.target, wait=30, codec=codec)
+
+
+def _group_gone(pgid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)  # the leader is our child: reap it
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def kill9(state: Path, role: str) -> None:
-    """SIGKILL the role's process group and wait until its port is released, so that the
-    restart binds it (instead of seeing the dying process's socket as "listening")."""
+    """SIGKILL the role's process group and wait until it released what the restart
+    needs: its port (not the dying process's socket seen as "listening"), or for the
+    jailed Temporal, the whole group gone (the server and its SQLite file with it)."""
     pids = json.loads((state / DEV_FILE).read_text())["pids"]
     os.killpg(pids[role], signal.SIGKILL)
-    ports = {"temporal": PORTS.temporal, "coordinator": PORTS.gateway}
+    if role == "temporal":
+        wait_until(lambda: _group_gone(pids[role]), "the killed Temporal to exit", 30)
+        return
+    ports = {"coordinator": PORTS.gateway}
     ports.update({f"agent/{a.name}": a.port + PORTS.agent_offset for a in DEV_AGENTS})
     port = ports[role]
     wait_until(lambda: not port_open(port), f"the killed {role} to release :{port}", 30)
@@ -73,6 +97,8 @@ def freeze(state: Path, agents: list[DevAgent], how: signal.Signals) -> None:
 
 async def tear_down(state: Path) -> None:
     """Stop the stack's processes, then any replica process an agent left running."""
+    while _fronts:
+        await _fronts.pop().stop()
     await asyncio.to_thread(stop_processes, state)
     for a in DEV_AGENTS:
         await stop_exec_replicas(a.name, state / "agents" / a.name)

@@ -34,6 +34,7 @@ from cloudless.cli.devstack import (
     spawn_coordinator,
     spawn_temporal,
     spawn_transit,
+    stack_target,
     wait_until,
 )
 from cloudless.codec import codec_for
@@ -178,7 +179,7 @@ async def test_reads_never_fail_while_the_rotating_coordinator_is_killed(
         by_pid = dict(zip(gateways, clients, strict=True))
         admin = clients[0]
         temporal = await connect(
-            f"127.0.0.1:{PORTS.temporal}", codec=codec_for(embedded_transit_settings(state))
+            stack_target(state, PORTS), codec=codec_for(embedded_transit_settings(state))
         )
         names = [f"s{i}" for i in range(SECRETS)]
         for n in names:

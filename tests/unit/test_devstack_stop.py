@@ -80,9 +80,7 @@ def test_a_genuine_recorded_process_and_its_session_are_stopped(
     assert not (tmp_path / DEV_FILE).exists()
 
 
-def test_a_reused_pid_is_left_alone(
-    tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
-) -> None:
+def test_a_reused_pid_is_left_alone(tmp_path: Path, spawned: list[subprocess.Popen[bytes]]) -> None:
     """The recorded process died and its pid now names an unrelated process (here:
     recorded with the old create time and command line, the new process's pid)."""
     original = start(spawned, SLEEPER)

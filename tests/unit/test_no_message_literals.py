@@ -55,7 +55,6 @@ DECORATORS = frozenset({"update", "signal", "query", "defn"})
 DESCRIPTORS = frozenset({"Update", "Query", "Signal", "WorkflowType"})
 
 
-
 def _files() -> Iterator[Path]:
     for top in SCANNED:
         for path in sorted((ROOT / top).rglob("*.py")):

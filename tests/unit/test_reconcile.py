@@ -556,9 +556,7 @@ def test_scale_down_tiers() -> None:
     pending, failed = Rec("p", P.PENDING), Rec("f", P.FAILED)
     starting, unready = Rec("s", P.STARTING), Rec("u", P.RUNNING, ready=False)
     ready, done = Rec("r", P.RUNNING, ready=True), Rec("d", P.COMPLETED)
-    tiers = [
-        scale_down_tier(desired, r) for r in (pending, failed, starting, unready, ready, done)
-    ]
+    tiers = [scale_down_tier(desired, r) for r in (pending, failed, starting, unready, ready, done)]
     assert tiers == [0, 0, 1, 1, 2, 2]
     # Oldest first in the records; the unready newcomer goes before the ready veteran.
     assert scale_down_victims(desired, [ready, unready], 1) == ("u",)

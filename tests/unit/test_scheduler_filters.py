@@ -423,8 +423,7 @@ def test_summary_counts_each_node_once_most_frequent_first() -> None:
 def test_summary_format() -> None:
     counts = {INSUFFICIENT_MEMORY: 3, SELECTOR_MISMATCH: 2, NOT_READY: 2}
     assert summarize(7, counts) == (
-        "0/7 nodes are available: 3 insufficient memory, 2 node not ready, "
-        "2 node selector mismatch"
+        "0/7 nodes are available: 3 insufficient memory, 2 node not ready, 2 node selector mismatch"
     )
     assert summarize(0, {}) == "0/0 nodes are available"
 

@@ -116,9 +116,7 @@ class SecretStore:
         metadata), or it does not exist (never created, deleted, or long gone)."""
         key = f"{namespace}/{name}"
         try:
-            described = await self.handle(namespace, name).handle.describe(
-                rpc_timeout=RPC_TIMEOUT
-            )
+            described = await self.handle(namespace, name).handle.describe(rpc_timeout=RPC_TIMEOUT)
             meta = (await described.memo()).get("metadata")
         except RPCError:
             meta = None
