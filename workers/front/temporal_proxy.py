@@ -36,10 +36,15 @@ FRONT_LIMITS = GrpcLimits(max_connections=1024, max_streams=2048)
 _HOP_BY_HOP = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding"})
 
 
+#: The one ``grpc-`` key that goes through: Temporal's typed error details (e.g. "already
+#: started"), without which an SDK sees a bare status and the caller mis-handles it.
+STATUS_DETAILS = "grpc-status-details-bin"
+
+
 def _forwardable(metadata: object) -> list[tuple[str, str | bytes]]:
     out: list[tuple[str, str | bytes]] = []
     for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key.startswith((":", "grpc-")) or key in _HOP_BY_HOP:
+        if key != STATUS_DETAILS and (key.startswith((":", "grpc-")) or key in _HOP_BY_HOP):
             continue
         out.append((key, value))
     return out
