@@ -119,7 +119,8 @@ def dev_up(
         "  cloudlessctl secrets create default/db --data PASSWORD=s3cret --audience app\n"
         "  cloudlessctl delete workload hello\n"
         "  cloudlessctl dev down\n"
-        f"Logs are in {state_dir / 'logs'}."
+        f"Logs are in {state_dir / 'logs'}.",
+        soft_wrap=True,  # the login link must stay one line to be copied whole
     )
 
 

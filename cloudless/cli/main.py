@@ -31,6 +31,7 @@ from cloudless.cli.output import (
 )
 from cloudless.cli.secrets import app as secrets_app
 from cloudless.cli.settings import settings
+from cloudless.cli.ui import app as ui_app
 from cloudless.client import DELETE_TIMEOUT_SECONDS, CloudlessClient
 from cloudless.codec import (
     ENV_INSECURE_PLAINTEXT,
@@ -66,6 +67,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(ui_app, name="ui")
 
 
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")]
