@@ -3,6 +3,7 @@
 See ``workflows/README.md`` for the entities and how they talk to each other.
 """
 
+from workflows.audit import AuditWorkflow
 from workflows.cluster import ClusterWorkflow
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.explain import ExplainPlacementWorkflow
@@ -23,6 +24,7 @@ SHARED_QUEUE_WORKFLOWS = (
     KeyRotationWorkflow,
     ExplainPlacementWorkflow,
     ReaperWorkflow,
+    AuditWorkflow,
 )
 #: Every workflow a coordinator registers.
 ALL_WORKFLOWS = LEDGER_WORKFLOWS + SHARED_QUEUE_WORKFLOWS
@@ -31,6 +33,7 @@ __all__ = [
     "ALL_WORKFLOWS",
     "LEDGER_WORKFLOWS",
     "SHARED_QUEUE_WORKFLOWS",
+    "AuditWorkflow",
     "ClusterWorkflow",
     "EnrollmentWorkflow",
     "ExplainPlacementWorkflow",

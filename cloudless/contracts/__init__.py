@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloudless.contracts import (
+    audit,
     enrollment,
     explain,
     ledger,
@@ -43,6 +44,7 @@ from cloudless.contracts._base import (
     gone,
     signal_unless_gone,
 )
+from cloudless.contracts.audit import AuditHandle
 from cloudless.contracts.ledger import LedgerHandle
 from cloudless.contracts.node import NodeHandle
 from cloudless.contracts.rotation import RotationHandle
@@ -61,11 +63,13 @@ WORKFLOW_TYPES: dict[str, WorkflowType[Any, Any]] = {
         rotation.WORKFLOW,
         explain.WORKFLOW,
         reaper.WORKFLOW,
+        audit.WORKFLOW,
     )
 }
 
 __all__ = [
     "WORKFLOW_TYPES",
+    "AuditHandle",
     "LedgerHandle",
     "Message",
     "NodeHandle",
@@ -76,6 +80,7 @@ __all__ = [
     "Update",
     "WorkflowType",
     "WorkloadHandle",
+    "audit",
     "enrollment",
     "explain",
     "gone",

@@ -11,6 +11,7 @@ sandbox, serialized by Temporal's pydantic data converter. One module per entity
 - :mod:`~cloudless.model.placement`: placement and explain activities
 - :mod:`~cloudless.model.agents`: replica start/stop activities
 - :mod:`~cloudless.model.reaper`: ``reaper/<cluster>`` (reservations and replicas nobody owns)
+- :mod:`~cloudless.model.audit`: ``audit/<cluster>`` (who did what, through the front)
 
 The vocabulary's names (:mod:`cloudless.vocabulary`) are re-exported: payload models and
 their words travel together.
@@ -26,6 +27,16 @@ from cloudless.model.agents import (
     RunReplicasResult,
     StopReplicaInput,
     StopReplicaResult,
+)
+from cloudless.model.audit import (
+    AUDIT_OUTCOMES,
+    MAX_AUDIT_LIMIT,
+    AuditBatch,
+    AuditEntries,
+    AuditFilter,
+    AuditOutcome,
+    AuditRecord,
+    AuditWorkflowInput,
 )
 from cloudless.model.enrollment import (
     EnrollmentInput,
@@ -132,7 +143,9 @@ from cloudless.vocabulary import (
 )
 
 __all__ = [
+    "AUDIT_OUTCOMES",
     "DEFAULT_WEIGHTS",
+    "MAX_AUDIT_LIMIT",
     "RESOURCE_FIELDS",
     "RESOURCE_NAMES",
     "SCORE_FACTORS",
@@ -141,6 +154,12 @@ __all__ = [
     "Allocation",
     "ApplyInput",
     "ApplyResult",
+    "AuditBatch",
+    "AuditEntries",
+    "AuditFilter",
+    "AuditOutcome",
+    "AuditRecord",
+    "AuditWorkflowInput",
     "AwaitCapacityInput",
     "CandidateScore",
     "CapacityAvailable",

@@ -7,7 +7,7 @@ import inspect
 
 import cloudless.model as model
 
-MODULES = ("nodes", "ledger", "enrollment", "workloads", "placement", "agents")
+MODULES = ("audit", "nodes", "ledger", "enrollment", "workloads", "placement", "agents")
 
 
 def test_every_public_model_is_exported() -> None:
