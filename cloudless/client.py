@@ -23,6 +23,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.contracts import (
+    AuditHandle,
     LedgerHandle,
     NodeHandle,
     WorkloadHandle,
@@ -38,6 +39,8 @@ from cloudless.errors import CloudlessError, NotFoundError
 from cloudless.model import (
     ApplyInput,
     ApplyResult,
+    AuditEntries,
+    AuditFilter,
     ClusterSnapshot,
     ExplainInput,
     ExplainResult,
@@ -421,6 +424,20 @@ class CloudlessClient:
         except WorkflowFailureError as err:
             cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
             raise CloudlessError(f"reaper failed: {getattr(cause, 'message', cause)}") from err
+
+    async def audit(self, where: AuditFilter) -> AuditEntries:
+        """The cluster's audit records matching ``where``, newest first: who called what
+        through the coordinator's front, when, from where, and the outcome (denials
+        included). Empty if nothing was recorded yet (the log starts with its first
+        record)."""
+        try:
+            return await AuditHandle(self.temporal, self.cluster).entries(
+                where, rpc_timeout=RPC_TIMEOUT
+            )
+        except RPCError as err:
+            if gone(err):
+                return AuditEntries()
+            raise self._unanswered(err) from err
 
     async def list_nodes(self) -> list[LedgerNode]:
         return sorted((await self.snapshot()).nodes, key=lambda n: n.node_id)

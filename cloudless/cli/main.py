@@ -18,7 +18,7 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless import config
-from cloudless.cli import dev
+from cloudless.cli import audit, dev
 from cloudless.cli.output import (
     Output,
     console,
@@ -141,6 +141,9 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
                 "coordinator running?"
             ) from err
         raise fail(f"Temporal refused the request: {err.message}") from err
+
+
+audit.register(app, run)
 
 
 # ----------------------------------------------------------------------------- apply
