@@ -760,6 +760,8 @@ async def _run(
         raise CloudlessError(
             f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
         ) from err
+    if front is not None:
+        front.audit.attach(client, cluster)
     coordinator = Coordinator(
         client=client,
         cluster=cluster,

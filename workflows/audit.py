@@ -9,7 +9,8 @@ Bounds, so no number of operations can wedge the log:
 * the ring keeps the newest :data:`MAX_RECORDS` (by arrival), the oldest drop out;
 * continue-as-new carries the ring compressed (:func:`pack`), at most
   :data:`MAX_PACKED_CHARS`: beyond that the oldest records drop out too (only a log of
-  long, varied records gets there: 20,000 typical records pack to ~0.3 MiB);
+  long, varied records gets there: 20,000 records with varied actors, addresses, targets
+  and times pack to ~0.65 MiB, from ~4.6 MiB of JSON);
 * an answer holds at most :data:`MAX_ANSWER_BYTES` of records, and says when it was cut.
 
 Deterministic: no I/O, no clock; compressing is a pure function of the records.

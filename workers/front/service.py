@@ -13,6 +13,7 @@ from cloudless.logins import LoginVerifier
 from cloudless.temporal import TemporalTarget, TemporalTLS
 from cloudless.tls import CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE, TLSMaterial
 from cloudless.tokens import TokenSigner
+from workers.front.audit import AuditSink
 from workers.front.temporal_proxy import TemporalFront
 from workers.front.ui import UiFront
 
@@ -54,6 +55,9 @@ class Front:
         self.cluster = cluster
         self.directory = coordinator_dir
         self.material = TLSMaterial.load(coordinator_dir)
+        #: What the front decided, on its way to ``audit/<cluster>`` (see
+        #: ``workers/front/audit.py``); the coordinator attaches its client once connected.
+        self.audit = AuditSink()
         self.temporal = TemporalFront(config.listen, config.upstream, self.material, cluster)
         self.ui: UiFront | None = None
         if config.ui_listen:
@@ -65,6 +69,7 @@ class Front:
             self.ui = UiFront((host, port), config.ui_upstream, verifier, codec, context)
 
     async def start(self) -> Front:
+        await self.audit.start()
         await self.temporal.start()
         if self.ui is not None:
             await self.ui.start()
@@ -87,6 +92,8 @@ class Front:
         )
 
     async def stop(self) -> None:
+        # First, while the coordinator's client still reaches Temporal through this front.
+        await self.audit.stop()
         if self.ui is not None:
             await self.ui.stop()
         await self.temporal.stop()
