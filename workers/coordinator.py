@@ -52,11 +52,12 @@ from cloudless.grpc_options import (
 )
 from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
-from cloudless.model import ReaperInput
+from cloudless.model import ReaperInput, RegisterUserInput
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
     cert_not_after,
+    cert_serial,
     write_private_file,
     write_public_file,
 )
@@ -79,6 +80,7 @@ from cloudless.tls import (
 )
 from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
+from cloudless.vocabulary import AccessRole
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.front.service import Front, FrontConfig
@@ -164,6 +166,19 @@ def bootstrap_admin(state_dir: Path, ca: CertificateAuthority, cluster: str) -> 
     if not ca_path.exists() or ca_path.read_bytes() != ca.cert_pem:
         write_public_file(ca_path, ca.cert_pem)
     return directory
+
+
+async def _register_admin(ledger_handle: LedgerHandle, directory: Path) -> None:
+    """The local admin is a user like the others: listed, and revocable by serial."""
+    cert_pem = (directory / CERT_FILE).read_bytes()
+    await ledger_handle.register_user(
+        RegisterUserInput(
+            name="admin",
+            role=AccessRole.ADMIN.value,
+            serial=cert_serial(cert_pem),
+            not_after=cert_not_after(cert_pem),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -284,7 +299,8 @@ class Coordinator:
         ledger_handle = LedgerHandle(self.client, self.cluster)
         await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
-        bootstrap_admin(self.state_dir, pki.ca, self.cluster)
+        admin = bootstrap_admin(self.state_dir, pki.ca, self.cluster)
+        await _register_admin(ledger_handle, admin)
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
@@ -785,6 +801,8 @@ async def _run(
         node_cert_validity=node_cert_validity,
     )
     await coordinator.start()
+    if front is not None and coordinator.revocations is not None:
+        front.attach(coordinator.revocations)
     await stop_on_signals().wait()
     await coordinator.stop()
     if front is not None:

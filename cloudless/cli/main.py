@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from rich.table import Table
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -40,13 +41,15 @@ from cloudless.codec import (
     transit_codec,
 )
 from cloudless.durations import parse_duration
-from cloudless.errors import CloudlessError
+from cloudless.errors import CloudlessError, PKIError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
+from cloudless.pki import CertificateAuthority
 from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
-from cloudless.vocabulary import AdminAction
+from cloudless.users import issue_user, write_bundle
+from cloudless.vocabulary import AccessRole, AdminAction
 from cloudless.workloads import unsupported_issues
 
 T = TypeVar("T")
@@ -59,6 +62,7 @@ scale_app = typer.Typer(no_args_is_help=True, help="Change a workload's replica 
 token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens for new nodes.")
 dev_app = typer.Typer(no_args_is_help=True, help="The embedded single-machine stack.")
 node_app = typer.Typer(no_args_is_help=True, help="Inspect and operate nodes.")
+user_app = typer.Typer(no_args_is_help=True, help="People's certificates and roles.")
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(delete_app, name="delete")
@@ -66,6 +70,7 @@ app.add_typer(scale_app, name="scale")
 app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
+app.add_typer(user_app, name="user")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(ui_app, name="ui")
 
@@ -617,6 +622,80 @@ def dev_down(
 ) -> None:
     """Stop everything `dev up` started and remove the dev replicas."""
     dev.dev_down(settings, purge)
+
+
+# ---------------------------------------------------------------- users
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    role: Annotated[
+        AccessRole, typer.Option(help="viewer reads; operator also operates; admin: all.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the bundle (default ./<name>-<cluster>).")
+    ] = None,
+    validity: Annotated[str, typer.Option(help="Certificate lifetime, e.g. 90d.")] = "90d",
+) -> None:
+    """Issue a user's client certificate bundle (key, certificate, CA, config.yaml).
+
+    Runs where the cluster CA is (the coordinator's state dir) and records the
+    certificate in the cluster, so that `user revoke` can refuse it everywhere. The
+    holder runs `cloudlessctl --config <dir>/config.yaml ...`."""
+    directory = (out or Path(f"{name}-{settings.cluster}")).resolve()
+    if directory.exists() and any(directory.iterdir()):
+        raise fail(f"{directory} exists and is not empty; choose another --out")
+    try:
+        ca = CertificateAuthority.load(settings.state_dir / "coordinator")
+        issued = issue_user(ca, settings.cluster, name, role, validity=parse_duration(validity))
+    except (PKIError, CloudlessError, ValueError) as err:
+        raise fail(f"{err} (user create runs where the cluster CA is: --state-dir)") from err
+    run(lambda c: c.register_user(issued))
+    try:
+        config_path = write_bundle(directory, issued, settings.cluster, settings.temporal_address)
+    except (CloudlessError, PKIError, OSError) as err:
+        raise fail(f"{err}; the certificate is recorded: `user revoke {name}` retires it") from err
+    console.print(
+        f"user/{name} ({role.value}) created; certificate {issued.serial[:16]}… valid until "
+        f"{issued.not_after:%Y-%m-%d %H:%M} UTC\n"
+        f"  bundle: {directory}\n"
+        f"  use it: cloudlessctl --config {config_path} get workloads"
+    )
+
+
+@user_app.command("list")
+def user_list(output: OutputOpt = Output.TABLE) -> None:
+    """The cluster's users, their roles and certificates (admins only)."""
+    users = run(lambda c: c.users())
+    if output != Output.TABLE:
+        emit_data([u.model_dump(mode="json") for u in users], output)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ROLE", "CERTIFICATES", "EXPIRES", "CREATED", "REVOKED"):
+        table.add_column(column)
+    for u in users:
+        expires = max(u.certificates.values(), default=None)
+        table.add_row(
+            u.name,
+            u.role,
+            str(len(u.certificates)),
+            f"{expires:%Y-%m-%d}" if expires else "-",
+            f"{u.created_at:%Y-%m-%d %H:%M}",
+            f"{u.revoked_at:%Y-%m-%d %H:%M}" if u.revoked_at else "",
+        )
+    console.print(table)
+
+
+@user_app.command("revoke")
+def user_revoke(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why; kept with the record.")] = "",
+) -> None:
+    """Revoke every certificate of a user: every front, gateway and SecretsService
+    refuses them within seconds, and the user's UI sessions end."""
+    result = run(lambda c: c.revoke_user(name, reason))
+    console.print(f"user/{name} revoked ({result.certificates} certificate(s))")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -45,10 +46,13 @@ from cloudless.cli.devstack import (
 )
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for
+from cloudless.contracts import explain
+from cloudless.model import ExplainInput
 from cloudless.pki import CertificateAuthority, Identity
 from cloudless.spec import parse_workload
 from cloudless.temporal import TemporalTarget, TemporalTLS, connect
 from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.workloads import sleeper
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
 from cloudless.transit.client import embedded_transit_settings
 from tests.conftest import unavailable
@@ -161,13 +165,16 @@ async def test_the_admin_certificate_works_and_typed_errors_survive_the_front(
 ) -> None:
     """Calls go through; Temporal's error details do too (an SDK must still see "already
     started" as such, or a restarted coordinator mis-handles its own Schedules)."""
-    workflow_id = f"front-dup-{os.urandom(3).hex()}"
-    await admin.start_workflow("Nothing", id=workflow_id, task_queue="front-nowhere")
-    try:
-        with pytest.raises(WorkflowAlreadyStartedError):
-            await admin.start_workflow("Nothing", id=workflow_id, task_queue="front-nowhere")
-    finally:
-        await admin.get_workflow_handle(workflow_id).terminate()
+    workflow_id = f"{explain.WORKFLOW.id_prefix}front-dup-{os.urandom(3).hex()}"
+    inp = ExplainInput(cluster=CLUSTER, manifest=sleeper("dup", 1))
+    for attempt in range(2):
+        with (
+            contextlib.nullcontext() if attempt == 0 else pytest.raises(WorkflowAlreadyStartedError)
+        ):
+            await explain.WORKFLOW.start(
+                admin, inp, id=workflow_id, cluster=CLUSTER,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )  # fmt: skip
 
 
 async def test_node_and_foreign_certificates_are_refused(stack: Path, tmp_path: Path) -> None:
