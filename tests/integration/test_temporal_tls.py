@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -175,8 +176,6 @@ def context(cluster: LocalCluster, address: str, tls: dict[str, str] | None) -> 
 @pytest.fixture
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No config file or CLOUDLESS_* setting from the machine running the tests."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("CLOUDLESS_"):
             monkeypatch.delenv(name)

@@ -11,8 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+import workers.coordinator as coordinator_module
 from cloudless import clientconfig as cc
 from cloudless.cli.main import app
+from workers.coordinator import app as coordinator
 
 CONFIG = """\
 current-context: dev
@@ -143,12 +145,12 @@ def test_a_broken_config_file_fails_every_command_clearly(home: Path) -> None:
 
 
 def test_the_coordinator_resolves_the_same_options_without_a_config_file(
-    home: Path, tmp_path: Path
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its TLS flags and variables go through the same resolution (here failing on a
     world-readable key, before anything is dialled); an operator's config file is not read."""
-    from workers.coordinator import app as coordinator
-
+    # Its logging setup would bind this process's loggers to the runner's capture stream.
+    monkeypatch.setattr(coordinator_module, "configure_logging", lambda: None)
     write_config(home / ".cloudless" / "config.yaml", "contexts:\n  broken: [\n")
     (tmp_path / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\n")
     key = tmp_path / "tls.key"
