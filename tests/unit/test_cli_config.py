@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 import workers.coordinator as coordinator_module
 from cloudless import clientconfig as cc
 from cloudless.cli.main import app
+from cloudless.testing.cli import invoke_ctl
 from workers.coordinator import app as coordinator
 
 CONFIG = """\
@@ -172,3 +173,14 @@ def test_the_coordinator_resolves_the_same_options_without_a_config_file(
     assert (
         f"{cc.ENV_TEMPORAL_TLS_CERT} gives TLS material, but --no-temporal-tls turns TLS off"
     ) in refused.output
+
+
+def test_the_test_helpers_ignore_an_operator_config_file(home: Path) -> None:
+    """``cloudless.testing.cli`` points at the cluster under test, not at a context."""
+    write_config(
+        home / ".cloudless" / "config.yaml",
+        CONFIG.replace("current-context: dev", "current-context: prod"),
+    )
+    assert yaml.safe_load(ctl("config", "view").output)["cluster"] == "prod"
+    view = invoke_ctl(["config", "view"])
+    assert view.exit_code == 0 and yaml.safe_load(view.output)["cluster"] == "dev"
