@@ -34,6 +34,7 @@ from activities.pki import NODE_CERT_VALIDITY, PKIActivities
 from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
+from cloudless.clientconfig import ClientFlags, client_settings
 from cloudless.codec import (
     ENV_INSECURE_PLAINTEXT,
     INSECURE_PLAINTEXT_FLAG,
@@ -68,6 +69,16 @@ from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
 from cloudless.secrets.model import RotationInput
 from cloudless.temporal import TemporalTarget, connect, ensure_search_attributes
+from cloudless.temporal_options import (
+    TemporalAddress,
+    TemporalApiKeyFile,
+    TemporalNamespace,
+    TemporalTLSCA,
+    TemporalTLSCert,
+    TemporalTLSKey,
+    TemporalTLSOnOff,
+    TemporalTLSServerName,
+)
 from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
@@ -496,12 +507,14 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main_command(
-    temporal_address: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_ADDRESS)
-    ] = config.DEFAULT_TEMPORAL_ADDRESS,
-    temporal_namespace: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_NAMESPACE)
-    ] = config.DEFAULT_TEMPORAL_NAMESPACE,
+    temporal_address: TemporalAddress = None,
+    temporal_namespace: TemporalNamespace = None,
+    temporal_tls: TemporalTLSOnOff = None,
+    temporal_tls_ca: TemporalTLSCA = None,
+    temporal_tls_cert: TemporalTLSCert = None,
+    temporal_tls_key: TemporalTLSKey = None,
+    temporal_tls_server_name: TemporalTLSServerName = None,
+    temporal_api_key_file: TemporalApiKeyFile = None,
     cluster: Annotated[str, typer.Option(envvar=config.ENV_CLUSTER)] = config.DEFAULT_CLUSTER,
     state_dir: Annotated[Path | None, typer.Option(envvar=config.ENV_STATE_DIR)] = None,
     gateway_listen: Annotated[str, typer.Option(help="host:port for the agent gateway.")] = (
@@ -695,10 +708,23 @@ def main_command(
                     idle_timeout=codec_idle_timeout,
                 ),
             )
+        # A service reads no operator config file: flags, environment and defaults only.
+        temporal = client_settings(
+            ClientFlags(
+                temporal_address=temporal_address,
+                temporal_namespace=temporal_namespace,
+                temporal_tls=temporal_tls,
+                temporal_tls_ca=temporal_tls_ca,
+                temporal_tls_cert=temporal_tls_cert,
+                temporal_tls_key=temporal_tls_key,
+                temporal_tls_server_name=temporal_tls_server_name,
+                temporal_api_key_file=temporal_api_key_file,
+            ),
+            use_config=False,
+        )
         asyncio.run(
             _run(
-                temporal_address,
-                temporal_namespace,
+                temporal.target(),
                 cluster,
                 state_dir or config.state_dir(),
                 gateway_listen,
@@ -732,8 +758,7 @@ def main_command(
 
 
 async def _run(
-    address: str,
-    namespace: str,
+    temporal: TemporalTarget,
     cluster: str,
     state_dir: Path,
     listen: str,
@@ -758,7 +783,6 @@ async def _run(
         who="cloudless-coordinator",
         insecure_plaintext=insecure_plaintext_payloads,
     )
-    target: TemporalTarget | str = address
     front = None
     if front_config is not None:
         # The jailed Temporal is reachable only through the front: serve it first (with
@@ -766,15 +790,15 @@ async def _run(
         directory = config.coordinator_dir(state_dir)
         bootstrap_pki(directory, cluster)
         front = await Front(front_config, cluster, directory, codec).start()
-        target = front.target(namespace)
-        address = target.address
+        temporal = front.target(temporal.namespace)
     try:
-        client = await connect(target, namespace, wait=10, codec=codec)
+        client = await connect(temporal, wait=10, codec=codec)
     except RuntimeError as err:
         if front is not None:
             await front.stop()
         raise CloudlessError(
-            f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
+            f"cannot reach Temporal at {temporal.address} ({err}); start it, or check "
+            "--temporal-address and the --temporal-tls-* / --temporal-api-key-file options"
         ) from err
     coordinator = Coordinator(
         client=client,
