@@ -10,6 +10,7 @@ placement, and agents may enroll through any gateway.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -180,16 +181,22 @@ def bootstrap_admin(state_dir: Path, ca: CertificateAuthority, cluster: str) -> 
 
 
 async def _register_admin(ledger_handle: LedgerHandle, directory: Path) -> None:
-    """The local admin is a user like the others: listed, and revocable by serial."""
+    """The local admin is a user like the others: listed, and revocable by serial.
+    Retried until the ledger answers (it runs on this process's workers)."""
     cert_pem = (directory / CERT_FILE).read_bytes()
-    await ledger_handle.register_user(
-        RegisterUserInput(
-            name="admin",
-            role=AccessRole.ADMIN.value,
-            serial=cert_serial(cert_pem),
-            not_after=cert_not_after(cert_pem),
-        )
+    inp = RegisterUserInput(
+        name="admin",
+        role=AccessRole.ADMIN.value,
+        serial=cert_serial(cert_pem),
+        not_after=cert_not_after(cert_pem),
     )
+    for attempt in itertools.count():
+        try:
+            await ledger_handle.register_user(inp, rpc_timeout=timedelta(seconds=30))
+            return
+        except Exception as err:  # retried: the ledger may be busy or restarting
+            log.warning("coordinator.admin_not_registered", error=str(err), attempt=attempt)
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
 
 
 @dataclass(frozen=True)
@@ -311,7 +318,6 @@ class Coordinator:
         await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
         admin = bootstrap_admin(self.state_dir, pki.ca, self.cluster)
-        await _register_admin(ledger_handle, admin)
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
@@ -375,6 +381,10 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self._warm_index(ledger), name="warm-index"))
         if self.gc_policy is not None:
             self._tasks.append(asyncio.create_task(self.gc_policy.run(), name="gc-policy"))
+        # An Update the ledger worker (started above) answers: not awaited here.
+        self._tasks.append(
+            asyncio.create_task(_register_admin(ledger_handle, admin), name="register-admin")
+        )
         self.ledger_activities = ledger  # its scheduler soft state, for benchmarks and tests
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
         self.liveness = LivenessMonitor(
