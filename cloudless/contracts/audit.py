@@ -21,9 +21,11 @@ def workflow_id(cluster: str) -> str:
     return f"audit/{cluster}"
 
 
-#: Append records (the oldest drop out beyond the log's bounds).
+#: Append records (the oldest drop out beyond the log's bounds). Coordinators only (no
+#: ``sender``): nobody, admins included, can write a record the front did not make.
 RECORD: Signal[AuditBatch] = Signal("record", AuditBatch)
-#: Records matching a filter, newest first, bounded in number and bytes.
+#: Records matching a filter, newest first, bounded in number and bytes. Every role may
+#: read, as it may read the workflow's history.
 ENTRIES: Query[AuditFilter, AuditEntries] = Query("entries", AuditFilter, AuditEntries)
 
 WORKFLOW: WorkflowType[AuditWorkflowInput, None] = WorkflowType(
@@ -31,6 +33,7 @@ WORKFLOW: WorkflowType[AuditWorkflowInput, None] = WorkflowType(
     AuditWorkflowInput,
     None,
     task_queue=task_queue,
+    id_prefix="audit/",
     messages=(RECORD, ENTRIES),
 )
 
