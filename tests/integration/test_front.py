@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import ssl
@@ -49,17 +50,18 @@ from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for
 from cloudless.contracts import NodeHandle, explain
 from cloudless.contracts import node as node_contract
-from cloudless.model import ExplainInput, LivenessSignal
+from cloudless.model import AuditFilter, AuditRecord, ExplainInput, LivenessSignal
 from cloudless.pki import CertificateAuthority, Identity
 from cloudless.spec import parse_workload
 from cloudless.temporal import TemporalTarget, TemporalTLS, connect
 from cloudless.testing.cli import invoke_ctl
 from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.outage import eventually
 from cloudless.testing.workloads import sleeper
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
 from cloudless.transit.client import embedded_transit_settings
 from cloudless.users import issue_user
-from cloudless.vocabulary import AccessRole, NodeHealth
+from cloudless.vocabulary import AccessRole, AdminAction, NodeHealth
 from tests.conftest import unavailable
 from workers.coordinator import ensure_certificate
 
@@ -420,3 +422,56 @@ def test_user_create_writes_a_bundle_that_cloudlessctl_uses(stack: Path, tmp_pat
     denied = invoke_ctl(["--config", str(bundle / "config.yaml"), "--state-dir", str(stack),
                          "user", "list"])  # fmt: skip
     assert denied.exit_code != 0 and "needs the admin role" in denied.output, denied.output
+
+
+# ---------------------------------------------------------------- the audit log (h11-audit)
+
+
+async def test_the_front_records_operations_and_denials_in_the_audit_log(
+    stack: Path, admin: Client
+) -> None:
+    """The coordinator's front hands each decision to its audit sink, which writes
+    ``audit/<cluster>``; ``cloudlessctl audit`` lists who did what, denials included,
+    and none of the control plane's own calls."""
+    suffix = os.urandom(2).hex()
+    viewer_name, operator_name = f"aud-v-{suffix}", f"aud-o-{suffix}"
+    viewer = CloudlessClient(await _person(stack, admin, viewer_name, AccessRole.VIEWER), CLUSTER)
+    operator = CloudlessClient(
+        await _person(stack, admin, operator_name, AccessRole.OPERATOR), CLUSTER
+    )
+    node = DEV_AGENTS[0].name
+    # A plain update, not an update-with-start: a refused update-with-start leaves a
+    # future whose exception is logged when collected, and formatting that traceback
+    # re-enters CPython 3.11's AST constructor (a bug that breaks every later ast.parse).
+    with pytest.raises(RPCError) as refused:
+        await viewer.node_admin(node, AdminAction.CORDON, "audit test")
+    assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
+    name = f"audited-{suffix}"
+    await operator.apply(sleeper(name, 1), wait=False)
+
+    async def both() -> list[AuditRecord] | None:
+        got = await CloudlessClient(admin, CLUSTER).audit(AuditFilter(actor=f"-{suffix}"))
+        return got.records if {r.outcome for r in got.records} >= {"allowed", "denied"} else None
+
+    found = await eventually(both, "the apply and the denial in audit/<cluster>", timeout=30)
+    denied = next(r for r in found if r.outcome == "denied")
+    assert denied.actor == f"cloudless://{CLUSTER}/viewer/{viewer_name}"
+    assert denied.role == "viewer" and denied.source.startswith("ipv4:127.0.0.1:")
+    assert denied.action == "UpdateWorkflowExecution" and denied.target == f"node/{node}"
+    assert "needs the operator role" in denied.reason
+    allowed = next(r for r in found if r.outcome == "allowed")
+    assert allowed.actor == f"cloudless://{CLUSTER}/operator/{operator_name}"
+    assert allowed.target == f"workload/default/{name}"
+
+    common = ["--config", str(stack / "config.yaml"), "--state-dir", str(stack)]
+    # The CLI runs its own event loop: in a thread.
+    listed = await asyncio.to_thread(
+        invoke_ctl, [*common, "audit", "--actor", viewer_name, "--outcome", "denied"]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert viewer_name in listed.output and operator_name not in listed.output
+    own = await asyncio.to_thread(
+        invoke_ctl, [*common, "audit", "--since", "all", "--actor", "/coordinator/", "-o", "json"]
+    )
+    assert own.exit_code == 0 and json.loads(own.output)["records"] == [], own.output
+    await operator.delete("default", name)
