@@ -475,3 +475,29 @@ async def test_the_front_records_operations_and_denials_in_the_audit_log(
     )
     assert own.exit_code == 0 and json.loads(own.output)["records"] == [], own.output
     await operator.delete("default", name)
+
+
+async def test_the_ui_records_refused_logins_and_its_actions(stack: Path, admin: Client) -> None:
+    """The UI's buttons and refused logins are in the audit log like any other call."""
+    context = _ca_context(stack)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(_ui("/login?token=forged.x.y"), ssl=context) as r:
+            assert r.status == 401
+        link = ui_login_url(stack, CLUSTER, PORTS.ui, user="uma", role="viewer")
+        async with http.get(link, ssl=context, allow_redirects=False) as r:
+            assert r.status == 303
+        target = "/api/v1/namespaces/default/workflows/node%2Fedge-1/terminate"
+        async with http.post(_ui(target), json={}, ssl=context) as r:
+            assert r.status == 403
+    client = CloudlessClient(admin, CLUSTER)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        entries = await client.audit(AuditFilter(actor="ui:uma", limit=10))
+        if entries.records:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "no UI record in 30 s"
+        await asyncio.sleep(0.5)  # the sink flushes every second
+    (denied,) = entries.records
+    assert (denied.action, denied.target, denied.outcome) == ("HTTP POST", target, "denied")
+    refused = await client.audit(AuditFilter(action="HTTP GET", outcome="denied", limit=10))
+    assert any(r.target == "/login" for r in refused.records)

@@ -69,6 +69,7 @@ class Front:
             verifier = LoginVerifier(TokenSigner.load(coordinator_dir).public_key_pem(), cluster)
             context = tls_context(coordinator_dir / CERT_FILE, coordinator_dir / KEY_FILE)
             self.ui = UiFront((host, port), config.ui_upstream, verifier, codec, context)
+            self.ui.audit = self.audit.record
 
     def attach(self, revocations: RevocationList) -> None:
         """The coordinator's revocation list, once it is loaded: from then on people's

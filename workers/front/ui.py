@@ -21,6 +21,8 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -40,6 +42,7 @@ from cloudless.http import (
     read_body,
 )
 from cloudless.logins import LoginRefused, LoginVerifier
+from cloudless.model import AuditRecord
 from cloudless.revocation import RevocationList
 from policies.access import ui_request
 from workers.codec_server import Sessions, cookie, read_payloads
@@ -97,6 +100,8 @@ class UiFront:
         #: Revoked users' sessions end at their next request; None until the coordinator
         #: has loaded the list (requests wait for it: 503).
         self.revocations: RevocationList | None = None
+        #: Where logins refused and the UI's actions (anything but GET/HEAD) are recorded.
+        self.audit: Callable[[AuditRecord], None] | None = None
         self._listener = Listener(*listen, ssl_context=ssl_context, limits=limits)
         self._client: aiohttp.ClientSession | None = None
 
@@ -159,8 +164,16 @@ class UiFront:
                     "front.ui_refused", user=caller.user, method=request.method, path=path,
                     why=decision.reason,
                 )  # fmt: skip
+                self._record(request, caller, path, "denied", decision.reason)
                 raise RequestRefused(403, decision.reason)
-            return await self._forward(request)
+            response = await self._forward(request)
+            if request.method not in ("GET", "HEAD"):  # what the UI's buttons do
+                failed = response.status >= 400
+                self._record(
+                    request, caller, path, "failed" if failed else "allowed",
+                    f"HTTP {response.status}" if failed else "",
+                )  # fmt: skip
+            return response
         except RequestRefused as err:
             response = _refusal(request, err)
             if err.close:
@@ -174,6 +187,30 @@ class UiFront:
                 ms=round((time.monotonic() - started) * 1000, 3),
             )
 
+    def _record(
+        self,
+        request: web.BaseRequest,
+        caller: Caller | None,
+        path: str,
+        outcome: Literal["allowed", "denied", "failed"],
+        reason: str,
+    ) -> None:
+        if self.audit is None:
+            return
+        self.audit(
+            AuditRecord(
+                time=datetime.now(UTC),
+                actor=f"ui:{caller.user}" if caller is not None else "unauthenticated",
+                role=caller.role if caller is not None else "",
+                source=request.remote or "",
+                action=f"HTTP {request.method}",
+                target=path,
+                message="",
+                outcome=outcome,
+                reason=reason[:300],
+            )
+        )
+
     def _login(self, request: web.BaseRequest) -> web.Response:
         if request.method != "GET":
             raise RequestRefused(405, "open the login link with GET (in a browser)")
@@ -183,6 +220,7 @@ class UiFront:
             claims = self.logins.verify(token)
         except LoginRefused as err:
             log.warning("front.login_refused", peer=request.remote, why=str(err))
+            self._record(request, None, "/login", "denied", str(err))
             raise RequestRefused(401, str(err)) from None
         if self.revocations is not None and claims.user in self.revocations.users:
             raise RequestRefused(401, f"user {claims.user!r} was revoked")
