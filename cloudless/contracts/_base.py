@@ -13,6 +13,7 @@ none either (``await STATUS.query(handle)``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -125,14 +126,22 @@ class Update(Generic[I, R]):
         rpc_timeout: timedelta | None = None,
     ) -> R:
         """Update-with-start: start the workflow unless it runs, then send the Update."""
-        result: R = await client.execute_update_with_start_workflow(
-            self.name,
-            args=_args(self.input, arg),
-            start_workflow_operation=start,
-            id=id,
-            result_type=self.result,
-            rpc_timeout=rpc_timeout,
-        )
+        try:
+            result: R = await client.execute_update_with_start_workflow(
+                self.name,
+                args=_args(self.input, arg),
+                start_workflow_operation=start,
+                id=id,
+                result_type=self.result,
+                rpc_timeout=rpc_timeout,
+            )
+        except Exception:
+            # The start half failed with it: take that error, or asyncio logs "exception
+            # never retrieved" when the operation is collected, and under CPython 3.11 that
+            # late traceback can break an import running at the time (SystemError).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(start.workflow_handle(), timeout=0.1)
+            raise
         return result
 
 

@@ -3,6 +3,7 @@ type through a Temporal handle; ``signal_unless_gone`` tells a gone workflow fro
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -279,3 +280,43 @@ def test_every_workflow_id_starts_with_its_types_prefix() -> None:
         assert wid.startswith(workflow.id_prefix), (workflow, wid)
     prefixes = [w.id_prefix for w in ids]
     assert len(set(prefixes)) == len(prefixes)
+
+
+async def test_a_failed_update_with_start_leaves_no_unretrieved_error() -> None:
+    """The start half's future holds the same error; left unretrieved, asyncio reports it
+    when the operation is collected (and CPython 3.11 can then fail an import)."""
+    import gc
+
+    from cloudless.contracts import workload as workload_contract
+    from cloudless.model import WorkloadWorkflowInput
+    from cloudless.testing.workloads import sleeper
+
+    operations: list[Any] = [
+        workload_contract.WORKFLOW.with_start(
+            WorkloadWorkflowInput(cluster="c", manifest=sleeper("x", 1)),
+            id="workload/default/x",
+            cluster="c",
+        )
+    ]
+
+    class Refusing:
+        async def execute_update_with_start_workflow(self, *args: Any, **kwargs: Any) -> Any:
+            error = RPCError("denied", RPCStatusCode.PERMISSION_DENIED, b"")
+            kwargs["start_workflow_operation"]._workflow_handle.set_exception(error)
+            raise error
+
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        with pytest.raises(RPCError):
+            await workload_contract.APPLY.execute_with_start(
+                cast(Any, Refusing()), cast(Any, None), start=operations[0]
+            )
+        operations.clear()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [c for c in reported if "never retrieved" in str(c.get("message", ""))], reported
