@@ -46,12 +46,17 @@ from cloudless.model import (
     NodeStatus,
     ReaperInput,
     ReapReport,
+    RegisterUserInput,
+    RevokeUserInput,
+    RevokeUserResult,
     ScaleInput,
     SchedulerSettings,
+    UserRecord,
     WaitInput,
     WorkloadStatus,
 )
 from cloudless.spec import Workload, check_limits
+from cloudless.users import IssuedUser
 from cloudless.vocabulary import AdminAction, NodeState, WorkloadPhase
 from cloudless.workloads import check_supported, view_of
 
@@ -382,6 +387,35 @@ class CloudlessClient:
         """Replace the cluster's scheduler settings; returns the ledger version that holds
         them (every coordinator reloads its index, and with it the settings, within ~3 s)."""
         return await self.ledger.set_scheduler_settings(new, rpc_timeout=RPC_TIMEOUT)
+
+    async def users(self) -> list[UserRecord]:
+        """The cluster's users (admins only)."""
+        return await self._from_ledger(self.ledger.users(rpc_timeout=RPC_TIMEOUT))
+
+    async def register_user(self, user: IssuedUser) -> UserRecord:
+        """Record a user's new certificate, so that it can be revoked."""
+        try:
+            return await self.ledger.register_user(
+                RegisterUserInput(
+                    name=user.name,
+                    role=user.role.value,
+                    serial=user.serial,
+                    not_after=user.not_after,
+                ),
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+
+    async def revoke_user(self, name: str, reason: str = "") -> RevokeUserResult:
+        """Revoke every certificate of the user; every front and gateway refuses them
+        within seconds."""
+        result = await self.ledger.revoke_user(
+            RevokeUserInput(name=name, reason=reason), rpc_timeout=RPC_TIMEOUT
+        )
+        if not result.found:
+            raise NotFoundError(f"no user {name!r} in cluster {self.cluster!r}; see `user list`")
+        return result
 
     async def wait_node(
         self, node_id: str, states: Sequence[NodeState] = (), timeout: float = 30.0

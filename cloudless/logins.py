@@ -17,13 +17,10 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloudless.errors import CloudlessError
 from cloudless.pki import is_dns_label
-from cloudless.tokens import MAX_TOKEN_BYTES, TokenSigner
+from cloudless.tokens import MAX_TOKEN_BYTES, TokenSigner, load_token_key
 
 __all__ = [
     "LOGIN_AUDIENCE",
@@ -93,13 +90,7 @@ class LoginVerifier:
     (until they expire) so each link logs in once."""
 
     def __init__(self, public_key_pem: bytes, cluster: str, *, limit: int = 10_000) -> None:
-        try:
-            key = serialization.load_pem_public_key(public_key_pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise CloudlessError(f"the token key is not a PEM public key: {exc}") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise CloudlessError(f"the token key is {type(key).__name__}; expected Ed25519")
-        self._key = key
+        self._key = load_token_key(public_key_pem)
         self._cluster = cluster
         self._limit = limit
         self._used: dict[str, datetime] = {}

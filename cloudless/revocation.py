@@ -1,4 +1,4 @@
-"""The certificates this process refuses: those of removed nodes.
+"""The certificates this process refuses: those of removed nodes and revoked users.
 
 ``cloudlessctl node remove`` records the node certificate's serial in the ledger
 (``cluster/<name>``), which keeps it until the certificate expires. Every coordinator
@@ -34,6 +34,24 @@ REFRESH_SECONDS = 5.0
 SERIAL_CACHE_SIZE = 4096
 
 
+#: How a revoked user's certificate is named where a node's id would be.
+USER_SUBJECT = "user:"
+
+
+def subject(revoked: RevokedCertificate) -> str:
+    return f"{USER_SUBJECT}{revoked.user}" if revoked.user else revoked.node_id
+
+
+def reason(subject: str) -> str:
+    """Why a revoked certificate is refused, for its holder."""
+    if subject.startswith(USER_SUBJECT):
+        return (
+            f"the certificate of user {subject.removeprefix(USER_SUBJECT)!r} was revoked "
+            "(`cloudlessctl user revoke`); ask an admin for a new one"
+        )
+    return f"the certificate of node {subject!r} was revoked when the node was removed"
+
+
 class RevocationList:
     """Serials refused by this process; ``fetch`` reads the ledger's list."""
 
@@ -45,7 +63,7 @@ class RevocationList:
     ) -> None:
         self._fetch = fetch
         self.interval = interval
-        self._serials: dict[str, str] = {}  # serial -> node id
+        self._serials: dict[str, str] = {}  # serial -> node id or user:<name>
         self._local: dict[str, str] = {}  # revoked through this process, not yet fetched
         self._seen: dict[bytes, str | None] = {}  # certificate PEM -> serial
         self._task: asyncio.Task[None] | None = None
@@ -64,9 +82,18 @@ class RevocationList:
             self._serials[serial] = node_id
             self._local[serial] = node_id
 
+    @property
+    def users(self) -> frozenset[str]:
+        """Names of users with a revoked certificate (their browser sessions end too)."""
+        return frozenset(
+            s.removeprefix(USER_SUBJECT)
+            for s in self._serials.values()
+            if s.startswith(USER_SUBJECT)
+        )
+
     async def refresh(self) -> None:
         """Reload the ledger's list (it drops expired certificates by itself)."""
-        fetched = {r.serial: r.node_id for r in await self._fetch()}
+        fetched = {r.serial: subject(r) for r in await self._fetch()}
         # A local removal may not have reached the ledger's answer yet: keep it until then.
         self._local = {s: n for s, n in self._local.items() if s not in fetched}
         self._serials = {**fetched, **self._local}
@@ -94,7 +121,8 @@ class RevocationList:
                 log.warning("revocation.refresh_failed", error=str(err))
 
     def revoked(self, cert_pem: bytes) -> str | None:
-        """The node id the certificate was revoked for, or None if it is not revoked."""
+        """Whose certificate it was (a node id, or ``user:<name>``; see :func:`reason`),
+        or None if it is not revoked."""
         if not self._serials:
             return None
         try:
@@ -110,4 +138,4 @@ class RevocationList:
         return self._serials.get(serial) if serial else None
 
 
-__all__ = ["REFRESH_SECONDS", "RevocationList"]
+__all__ = ["REFRESH_SECONDS", "USER_SUBJECT", "RevocationList", "reason", "subject"]

@@ -54,6 +54,7 @@ __all__ = [
     "TokenVerifier",
     "effective_leeway",
     "expiry_error",
+    "load_token_key",
     "peek_ca_pem",
 ]
 
@@ -421,18 +422,25 @@ def _timestamp(payload: Mapping[str, Any], name: str) -> datetime:
         raise EnrollmentError(f"malformed token: claim {name!r} is out of range") from None
 
 
+def load_token_key(public_key_pem: bytes) -> ed25519.Ed25519PublicKey:
+    """The cluster's public token key (enrollment and login tokens); :class:`PKIError`
+    if it is not an Ed25519 public key in PEM."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise PKIError(f"the token public key is not a PEM public key: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise PKIError(f"the token public key is {type(key).__name__}; expected Ed25519")
+    return key
+
+
 class TokenVerifier:
     """Checks enrollment tokens against one cluster's public enrollment key."""
 
     def __init__(
         self, public_key_pem: bytes, cluster: str, *, leeway: timedelta = CLOCK_LEEWAY
     ) -> None:
-        try:
-            key = serialization.load_pem_public_key(public_key_pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise PKIError(f"enrollment public key is not a PEM public key: {exc}") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise PKIError(f"enrollment public key is {type(key).__name__}; expected Ed25519")
+        key = load_token_key(public_key_pem)
         if not is_dns_label(cluster):
             raise PKIError(f"cluster name {cluster!r} is not a DNS-1123 label")
         if leeway < timedelta(0):

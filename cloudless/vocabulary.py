@@ -53,6 +53,27 @@ class AdminState(enum.StrEnum):
     REMOVED = "Removed"
 
 
+class AccessRole(enum.StrEnum):
+    """What a person's certificate lets them do, each role including the one before:
+    viewers read; operators also apply, scale and delete workloads and cordon, drain and
+    remove nodes; admins also manage users, secrets, tokens and scheduler settings.
+    (Machines have the roles ``node`` and ``coordinator``, see ``cloudless.pki``.)"""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _ACCESS_RANK[self]
+
+    def includes(self, other: AccessRole) -> bool:
+        return self.rank >= other.rank
+
+
+_ACCESS_RANK = {AccessRole.VIEWER: 0, AccessRole.OPERATOR: 1, AccessRole.ADMIN: 2}
+
+
 class AdminAction(enum.StrEnum):
     """An operator's command to a node."""
 

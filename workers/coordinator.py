@@ -10,6 +10,7 @@ placement, and agents may enroll through any gateway.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from activities.pki import NODE_CERT_VALIDITY, PKIActivities
 from activities.reaper import ReaperActivities
 from cloudless import config, tls
 from cloudless.api import gateway_pb2_grpc, secrets_pb2_grpc
+from cloudless.clientconfig import ClientFlags, client_settings
 from cloudless.codec import (
     ENV_INSECURE_PLAINTEXT,
     INSECURE_PLAINTEXT_FLAG,
@@ -52,11 +54,12 @@ from cloudless.grpc_options import (
 )
 from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
-from cloudless.model import ReaperInput
+from cloudless.model import ReaperInput, RegisterUserInput
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
     cert_not_after,
+    cert_serial,
     write_private_file,
     write_public_file,
 )
@@ -67,6 +70,16 @@ from cloudless.secrets.audit import DEFAULT_RETENTION_DAYS, AuditLog
 from cloudless.secrets.masterkey import DEFAULT_KEY_NAME, MasterKey
 from cloudless.secrets.model import RotationInput
 from cloudless.temporal import TemporalTarget, connect, ensure_search_attributes
+from cloudless.temporal_options import (
+    TemporalAddress,
+    TemporalApiKeyFile,
+    TemporalNamespace,
+    TemporalTLSCA,
+    TemporalTLSCert,
+    TemporalTLSKey,
+    TemporalTLSOnOff,
+    TemporalTLSServerName,
+)
 from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
@@ -79,6 +92,7 @@ from cloudless.tls import (
 )
 from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
+from cloudless.vocabulary import AccessRole
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.front.service import Front, FrontConfig
@@ -164,6 +178,25 @@ def bootstrap_admin(state_dir: Path, ca: CertificateAuthority, cluster: str) -> 
     if not ca_path.exists() or ca_path.read_bytes() != ca.cert_pem:
         write_public_file(ca_path, ca.cert_pem)
     return directory
+
+
+async def _register_admin(ledger_handle: LedgerHandle, directory: Path) -> None:
+    """The local admin is a user like the others: listed, and revocable by serial.
+    Retried until the ledger answers (it runs on this process's workers)."""
+    cert_pem = (directory / CERT_FILE).read_bytes()
+    inp = RegisterUserInput(
+        name="admin",
+        role=AccessRole.ADMIN.value,
+        serial=cert_serial(cert_pem),
+        not_after=cert_not_after(cert_pem),
+    )
+    for attempt in itertools.count():
+        try:
+            await ledger_handle.register_user(inp, rpc_timeout=timedelta(seconds=30))
+            return
+        except Exception as err:  # retried: the ledger may be busy or restarting
+            log.warning("coordinator.admin_not_registered", error=str(err), attempt=attempt)
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
 
 
 @dataclass(frozen=True)
@@ -284,7 +317,7 @@ class Coordinator:
         ledger_handle = LedgerHandle(self.client, self.cluster)
         await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
-        bootstrap_admin(self.state_dir, pki.ca, self.cluster)
+        admin = bootstrap_admin(self.state_dir, pki.ca, self.cluster)
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
@@ -348,6 +381,10 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self._warm_index(ledger), name="warm-index"))
         if self.gc_policy is not None:
             self._tasks.append(asyncio.create_task(self.gc_policy.run(), name="gc-policy"))
+        # An Update the ledger worker (started above) answers: not awaited here.
+        self._tasks.append(
+            asyncio.create_task(_register_admin(ledger_handle, admin), name="register-admin")
+        )
         self.ledger_activities = ledger  # its scheduler soft state, for benchmarks and tests
         verifier = TokenVerifier(pki.signer.public_key_pem(), self.cluster)
         self.liveness = LivenessMonitor(
@@ -480,12 +517,14 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main_command(
-    temporal_address: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_ADDRESS)
-    ] = config.DEFAULT_TEMPORAL_ADDRESS,
-    temporal_namespace: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_NAMESPACE)
-    ] = config.DEFAULT_TEMPORAL_NAMESPACE,
+    temporal_address: TemporalAddress = None,
+    temporal_namespace: TemporalNamespace = None,
+    temporal_tls: TemporalTLSOnOff = None,
+    temporal_tls_ca: TemporalTLSCA = None,
+    temporal_tls_cert: TemporalTLSCert = None,
+    temporal_tls_key: TemporalTLSKey = None,
+    temporal_tls_server_name: TemporalTLSServerName = None,
+    temporal_api_key_file: TemporalApiKeyFile = None,
     cluster: Annotated[str, typer.Option(envvar=config.ENV_CLUSTER)] = config.DEFAULT_CLUSTER,
     state_dir: Annotated[Path | None, typer.Option(envvar=config.ENV_STATE_DIR)] = None,
     gateway_listen: Annotated[str, typer.Option(help="host:port for the agent gateway.")] = (
@@ -679,10 +718,23 @@ def main_command(
                     idle_timeout=codec_idle_timeout,
                 ),
             )
+        # A service reads no operator config file: flags, environment and defaults only.
+        temporal = client_settings(
+            ClientFlags(
+                temporal_address=temporal_address,
+                temporal_namespace=temporal_namespace,
+                temporal_tls=temporal_tls,
+                temporal_tls_ca=temporal_tls_ca,
+                temporal_tls_cert=temporal_tls_cert,
+                temporal_tls_key=temporal_tls_key,
+                temporal_tls_server_name=temporal_tls_server_name,
+                temporal_api_key_file=temporal_api_key_file,
+            ),
+            use_config=False,
+        )
         asyncio.run(
             _run(
-                temporal_address,
-                temporal_namespace,
+                temporal.target(),
                 cluster,
                 state_dir or config.state_dir(),
                 gateway_listen,
@@ -716,8 +768,7 @@ def main_command(
 
 
 async def _run(
-    address: str,
-    namespace: str,
+    temporal: TemporalTarget,
     cluster: str,
     state_dir: Path,
     listen: str,
@@ -742,7 +793,6 @@ async def _run(
         who="cloudless-coordinator",
         insecure_plaintext=insecure_plaintext_payloads,
     )
-    target: TemporalTarget | str = address
     front = None
     if front_config is not None:
         # The jailed Temporal is reachable only through the front: serve it first (with
@@ -750,15 +800,15 @@ async def _run(
         directory = config.coordinator_dir(state_dir)
         bootstrap_pki(directory, cluster)
         front = await Front(front_config, cluster, directory, codec).start()
-        target = front.target(namespace)
-        address = target.address
+        temporal = front.target(temporal.namespace)
     try:
-        client = await connect(target, namespace, wait=10, codec=codec)
+        client = await connect(temporal, wait=10, codec=codec)
     except RuntimeError as err:
         if front is not None:
             await front.stop()
         raise CloudlessError(
-            f"cannot reach Temporal at {address} ({err}); start it or set --temporal-address"
+            f"cannot reach Temporal at {temporal.address} ({err}); start it, or check "
+            "--temporal-address and the --temporal-tls-* / --temporal-api-key-file options"
         ) from err
     coordinator = Coordinator(
         client=client,
@@ -785,6 +835,8 @@ async def _run(
         node_cert_validity=node_cert_validity,
     )
     await coordinator.start()
+    if front is not None and coordinator.revocations is not None:
+        front.attach(coordinator.revocations)
     await stop_on_signals().wait()
     await coordinator.stop()
     if front is not None:

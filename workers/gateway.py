@@ -34,6 +34,7 @@ from cloudless.errors import EnrollmentError, PKIError
 from cloudless.model import EnrollmentInput, NodeRecord, RenewCertificateInput, Resources
 from cloudless.pki import cert_serial, check_csr, check_renewal_csr, is_dns_label
 from cloudless.revocation import RevocationList
+from cloudless.revocation import reason as revocation_reason
 from cloudless.spec import label_problems
 from cloudless.tls import peer_certificate_pem, peer_identity
 from cloudless.tokens import TokenVerifier
@@ -192,8 +193,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if node_id is None:
             return None
         return (
-            f"the certificate of node {node_id!r} was revoked when the node was removed; "
-            "enroll the device again with a new token (`cloudlessctl token create`)"
+            f"{revocation_reason(node_id)}; enroll the device again with a new token "
+            "(`cloudlessctl token create`)"
         )
 
     async def Heartbeat(

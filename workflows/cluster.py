@@ -48,23 +48,31 @@ with workflow.unsafe.imports_passed_through():
         NodeTaint,
         ReapWorkloadInput,
         ReapWorkloadResult,
+        RegisterUserInput,
         RemoveNodeInput,
         RemoveNodeResult,
         Resources,
         RevokedCertificate,
+        RevokeUserInput,
+        RevokeUserResult,
         SchedulerSettings,
         UpsertNodeInput,
         UpsertNodeResult,
+        UserRecord,
         WaitNodeInput,
         decode_ledger,
         encode_ledger,
     )
+    from cloudless.pki import is_dns_label
+    from cloudless.vocabulary import AccessRole
 
 #: Plans remembered (with where their replicas went) so a retried commit returns the
 #: original outcome; retries arrive within seconds, long before this many newer plans
 #: commit. Bounded by allocations too, so big batches cannot bloat the carried state.
 RECENT_PLANS = 256
 RECENT_PLAN_ALLOCATIONS = 5_000
+#: Users the ledger keeps (each a few hundred bytes of carried state).
+MAX_USERS = 1000
 #: Keep used token ids this long past their expiry (covers verifier clock leeway).
 TOKEN_GRACE = timedelta(minutes=5)
 #: How long a revoked certificate whose expiry is unknown stays on the revocation list
@@ -541,6 +549,10 @@ class ClusterWorkflow:
         #: Which node consumed each token, so a retried batch op is a no-op (a single-op
         #: Update gets that from its Update id).
         self._token_nodes: dict[str, str] = dict(carried.get("token_nodes", {}))
+        #: People with certificates, by name (``cloudlessctl user``); bounded by MAX_USERS.
+        self._users: dict[str, UserRecord] = {
+            u["name"]: UserRecord.model_validate(u) for u in carried.get("users", [])
+        }
 
     @workflow.run
     async def run(self, inp: ClusterWorkflowInput) -> None:
@@ -557,11 +569,14 @@ class ClusterWorkflow:
         )
 
     def _export(self) -> dict[str, object]:
-        return {
+        carried: dict[str, object] = {
             **self._ledger.export(),
             "tokens": self._tokens,
             "token_nodes": self._token_nodes,
         }
+        if self._users:  # absent when empty: exports of earlier releases stay as they were
+            carried["users"] = [u.model_dump(mode="json") for u in self._users.values()]
+        return carried
 
     # ------------------------------------------------------------------ queries
 
@@ -624,6 +639,74 @@ class ClusterWorkflow:
     def set_scheduler_settings(self, settings: SchedulerSettings) -> int:
         """Replace the scheduler settings (validated by their model before they get here)."""
         return self._ledger.set_scheduler(settings)
+
+    # ------------------------------------------------------------------ users
+
+    @workflow.update(name=ledger.REGISTER_USER.name)
+    def register_user(self, inp: RegisterUserInput) -> UserRecord:
+        """Record a user's certificate: a new user, a revoked user's name given again,
+        or one more certificate of an active user with the same role (a renewal)."""
+        now = workflow.now()
+        current = self._users.get(inp.name)
+        if current is None or current.revoked_at is not None:
+            current = self._users[inp.name] = UserRecord(
+                name=inp.name, role=inp.role, created_at=now
+            )
+        current.certificates = {s: t for s, t in current.certificates.items() if t > now}
+        current.certificates[inp.serial] = inp.not_after
+        return current
+
+    @register_user.validator
+    def _validate_user(self, inp: RegisterUserInput) -> None:
+        if not is_dns_label(inp.name):
+            raise ApplicationError(
+                f"user name {inp.name!r} is not a DNS-1123 label (lowercase letters, digits "
+                "and '-', at most 63 characters)",
+                type="InvalidArgument",
+                non_retryable=True,
+            )
+        if inp.role not in set(AccessRole):
+            raise ApplicationError(
+                f"role {inp.role!r} is not one of viewer, operator, admin",
+                type="InvalidArgument",
+                non_retryable=True,
+            )
+        current = self._users.get(inp.name)
+        if current is not None and current.revoked_at is None and current.role != inp.role:
+            raise ApplicationError(
+                f"user {inp.name} exists with role {current.role}; revoke it first "
+                f"(`cloudlessctl user revoke {inp.name}`) to give the name another role",
+                type="AlreadyExists",
+                non_retryable=True,
+            )
+        if current is None and len(self._users) >= MAX_USERS:
+            raise ApplicationError(
+                f"the cluster has {len(self._users)} users, the most it keeps; revoke "
+                "unused ones first",
+                type="ResourceExhausted",
+                non_retryable=True,
+            )
+
+    @workflow.update(name=ledger.REVOKE_USER.name)
+    def revoke_user(self, inp: RevokeUserInput) -> RevokeUserResult:
+        """Put every unexpired certificate of the user on the revocation list, which
+        every gateway and front refuses within one refresh (seconds)."""
+        user = self._users.get(inp.name)
+        if user is None:
+            return RevokeUserResult(found=False)
+        now = workflow.now()
+        user.revoked_at = user.revoked_at or now
+        live = {s: t for s, t in user.certificates.items() if t > now}
+        for serial, not_after in live.items():
+            self._ledger.revoked[serial] = RevokedCertificate(
+                serial=serial, not_after=not_after, revoked_at=now, user=inp.name
+            )
+        user.certificates = {}
+        return RevokeUserResult(found=True, certificates=len(live))
+
+    @workflow.query(name=ledger.USERS.name)
+    def users(self) -> list[UserRecord]:
+        return sorted(self._users.values(), key=lambda u: u.name)
 
     # ------------------------------------------------------------------ nodes
 

@@ -316,7 +316,7 @@ def start_processes(
 
     progress(f"starting cloudless-transit on :{ports.transit} (payload encryption keys)")
     record("transit", spawn_transit(state_dir, ports))
-    progress(f"starting the Temporal dev server (SQLite, UI on :{ports.ui})")
+    progress("starting the Temporal dev server (SQLite, in a private network namespace)")
     record("temporal", spawn_temporal(state_dir, ports))
     progress("starting the coordinator")
     record(

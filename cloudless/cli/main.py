@@ -14,11 +14,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from rich.table import Table
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from cloudless import clientconfig as cc
 from cloudless import config
 from cloudless.cli import dev
+from cloudless.cli.contexts import app as config_app
 from cloudless.cli.output import (
     Output,
     console,
@@ -40,13 +43,25 @@ from cloudless.codec import (
     transit_codec,
 )
 from cloudless.durations import parse_duration
-from cloudless.errors import CloudlessError
+from cloudless.errors import CloudlessError, PKIError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
+from cloudless.pki import CertificateAuthority
 from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
+from cloudless.temporal_options import (
+    TemporalAddress,
+    TemporalApiKeyFile,
+    TemporalNamespace,
+    TemporalTLSCA,
+    TemporalTLSCert,
+    TemporalTLSKey,
+    TemporalTLSOnOff,
+    TemporalTLSServerName,
+)
 from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
-from cloudless.vocabulary import AdminAction
+from cloudless.users import issue_user, write_bundle
+from cloudless.vocabulary import AccessRole, AdminAction
 from cloudless.workloads import unsupported_issues
 
 T = TypeVar("T")
@@ -59,6 +74,7 @@ scale_app = typer.Typer(no_args_is_help=True, help="Change a workload's replica 
 token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens for new nodes.")
 dev_app = typer.Typer(no_args_is_help=True, help="The embedded single-machine stack.")
 node_app = typer.Typer(no_args_is_help=True, help="Inspect and operate nodes.")
+user_app = typer.Typer(no_args_is_help=True, help="People's certificates and roles.")
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(delete_app, name="delete")
@@ -66,8 +82,10 @@ app.add_typer(scale_app, name="scale")
 app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
+app.add_typer(user_app, name="user")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(ui_app, name="ui")
+app.add_typer(config_app, name="config")
 
 
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")]
@@ -76,18 +94,42 @@ NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Workload n
 
 @app.callback()
 def _global(
-    temporal_address: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_ADDRESS, help="Temporal frontend host:port.")
-    ] = config.DEFAULT_TEMPORAL_ADDRESS,
-    temporal_namespace: Annotated[
-        str, typer.Option(envvar=config.ENV_TEMPORAL_NAMESPACE, help="Temporal namespace.")
-    ] = config.DEFAULT_TEMPORAL_NAMESPACE,
-    cluster: Annotated[str, typer.Option(envvar=config.ENV_CLUSTER, help="Cluster name.")] = (
-        config.DEFAULT_CLUSTER
-    ),
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=f"Config file with contexts; env {cc.ENV_CONFIG}; default "
+            f"<state-dir>/{cc.CONFIG_FILE_NAME}, then ~/.cloudless/{cc.CONFIG_FILE_NAME}.",
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Context of the config file to use; env {cc.ENV_CONTEXT}; default its "
+            "current-context."
+        ),
+    ] = None,
+    temporal_address: TemporalAddress = None,
+    temporal_namespace: TemporalNamespace = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Cluster name; env {config.ENV_CLUSTER}; default {config.DEFAULT_CLUSTER}."
+        ),
+    ] = None,
     state_dir: Annotated[
-        Path, typer.Option(envvar=config.ENV_STATE_DIR, help="Local state directory.")
-    ] = Path(".cloudless"),
+        Path | None,
+        typer.Option(
+            help=f"Local state directory; env {config.ENV_STATE_DIR}; default .cloudless."
+        ),
+    ] = None,
+    temporal_tls: TemporalTLSOnOff = None,
+    temporal_tls_ca: TemporalTLSCA = None,
+    temporal_tls_cert: TemporalTLSCert = None,
+    temporal_tls_key: TemporalTLSKey = None,
+    temporal_tls_server_name: TemporalTLSServerName = None,
+    temporal_api_key_file: TemporalApiKeyFile = None,
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -97,17 +139,46 @@ def _global(
         ),
     ] = False,
 ) -> None:
-    settings.temporal_address = temporal_address
-    settings.temporal_namespace = temporal_namespace
-    settings.cluster = cluster
-    settings.state_dir = state_dir.resolve()
     settings.insecure_plaintext_payloads = insecure_plaintext_payloads
+    settings.flags = cc.ClientFlags(
+        config=config_file,
+        context=context,
+        temporal_address=temporal_address,
+        temporal_namespace=temporal_namespace,
+        cluster=cluster,
+        state_dir=state_dir,
+        temporal_tls=temporal_tls,
+        temporal_tls_ca=temporal_tls_ca,
+        temporal_tls_cert=temporal_tls_cert,
+        temporal_tls_key=temporal_tls_key,
+        temporal_tls_server_name=temporal_tls_server_name,
+        temporal_api_key_file=temporal_api_key_file,
+    )
+    if ctx.invoked_subcommand == "config":
+        return  # resolves on its own: a broken context must not block `use-context`
+    # The embedded stack lives where --state-dir says, whatever context is current: a
+    # context's state dir may be a production cluster's.
+    dev = ctx.invoked_subcommand == "dev"
+    if dev and (config_file is not None or context is not None):
+        raise fail("`dev` commands use --state-dir, not a config file; drop --config/--context")
+    try:
+        client = cc.client_settings(settings.flags, use_config=not dev)
+    except CloudlessError as err:
+        raise fail(str(err)) from err
+    settings.client = client
+    settings.temporal_address = client.address.value
+    settings.temporal_namespace = client.namespace.value
+    settings.cluster = client.cluster.value
+    settings.state_dir = client.state_dir.value
 
 
 def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
     """Connect, run ``fn`` and turn every expected failure into a one-line error."""
 
     async def go() -> T:
+        client = settings.client
+        assert client is not None, "the global callback resolves the settings"
+        target = client.target()  # reads the TLS material and API key: errors name them
         # Fail closed: without transit nothing is sent, unless explicitly opted out.
         codec = require_codec(
             transit_codec(settings.state_dir),
@@ -115,13 +186,12 @@ def run(fn: Callable[[CloudlessClient], Awaitable[T]]) -> T:
             insecure_plaintext=settings.insecure_plaintext_payloads,
         )
         try:
-            temporal = await connect(
-                settings.temporal_address, settings.temporal_namespace, codec=codec
-            )
+            temporal = await connect(target, codec=codec)
         except RuntimeError as err:
             raise CloudlessError(
-                f"cannot reach Temporal at {settings.temporal_address} ({err}); start the "
-                "stack with `cloudlessctl dev up` or set --temporal-address"
+                f"cannot reach Temporal at {target.address} over {client.describe_tls()}: "
+                f"{cc.connect_hint(client, str(err))}; settings: `cloudlessctl config view` "
+                f"({err})"
             ) from err
         return await fn(CloudlessClient(temporal, settings.cluster))
 
@@ -617,6 +687,80 @@ def dev_down(
 ) -> None:
     """Stop everything `dev up` started and remove the dev replicas."""
     dev.dev_down(settings, purge)
+
+
+# ---------------------------------------------------------------- users
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    role: Annotated[
+        AccessRole, typer.Option(help="viewer reads; operator also operates; admin: all.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the bundle (default ./<name>-<cluster>).")
+    ] = None,
+    validity: Annotated[str, typer.Option(help="Certificate lifetime, e.g. 90d.")] = "90d",
+) -> None:
+    """Issue a user's client certificate bundle (key, certificate, CA, config.yaml).
+
+    Runs where the cluster CA is (the coordinator's state dir) and records the
+    certificate in the cluster, so that `user revoke` can refuse it everywhere. The
+    holder runs `cloudlessctl --config <dir>/config.yaml ...`."""
+    directory = (out or Path(f"{name}-{settings.cluster}")).resolve()
+    if directory.exists() and any(directory.iterdir()):
+        raise fail(f"{directory} exists and is not empty; choose another --out")
+    try:
+        ca = CertificateAuthority.load(settings.state_dir / "coordinator")
+        issued = issue_user(ca, settings.cluster, name, role, validity=parse_duration(validity))
+    except (PKIError, CloudlessError, ValueError) as err:
+        raise fail(f"{err} (user create runs where the cluster CA is: --state-dir)") from err
+    run(lambda c: c.register_user(issued))
+    try:
+        config_path = write_bundle(directory, issued, settings.cluster, settings.temporal_address)
+    except (CloudlessError, PKIError, OSError) as err:
+        raise fail(f"{err}; the certificate is recorded: `user revoke {name}` retires it") from err
+    console.print(
+        f"user/{name} ({role.value}) created; certificate {issued.serial[:16]}… valid until "
+        f"{issued.not_after:%Y-%m-%d %H:%M} UTC\n"
+        f"  bundle: {directory}\n"
+        f"  use it: cloudlessctl --config {config_path} get workloads"
+    )
+
+
+@user_app.command("list")
+def user_list(output: OutputOpt = Output.TABLE) -> None:
+    """The cluster's users, their roles and certificates (admins only)."""
+    users = run(lambda c: c.users())
+    if output != Output.TABLE:
+        emit_data([u.model_dump(mode="json") for u in users], output)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ROLE", "CERTIFICATES", "EXPIRES", "CREATED", "REVOKED"):
+        table.add_column(column)
+    for u in users:
+        expires = max(u.certificates.values(), default=None)
+        table.add_row(
+            u.name,
+            u.role,
+            str(len(u.certificates)),
+            f"{expires:%Y-%m-%d}" if expires else "-",
+            f"{u.created_at:%Y-%m-%d %H:%M}",
+            f"{u.revoked_at:%Y-%m-%d %H:%M}" if u.revoked_at else "",
+        )
+    console.print(table)
+
+
+@user_app.command("revoke")
+def user_revoke(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why; kept with the record.")] = "",
+) -> None:
+    """Revoke every certificate of a user: every front, gateway and SecretsService
+    refuses them within seconds, and the user's UI sessions end."""
+    result = run(lambda c: c.revoke_user(name, reason))
+    console.print(f"user/{name} revoked ({result.certificates} certificate(s))")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloudless import config
+from cloudless.clientconfig import ClientFlags, ClientSettings
 
 
 class Settings:
@@ -19,6 +20,12 @@ class Settings:
     state_dir: Path = Path(".cloudless")
     #: ``--insecure-plaintext-payloads``: talk to Temporal without the payload codec.
     insecure_plaintext_payloads: bool = False
+    #: The global options as given (None: not given), for commands that resolve them
+    #: themselves (``config``).
+    flags: ClientFlags = ClientFlags()
+    #: The effective connection settings (flags > environment > context > defaults); None
+    #: until the callback resolved them (not for ``config`` commands).
+    client: ClientSettings | None = None
 
 
 settings = Settings()

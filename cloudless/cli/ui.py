@@ -14,6 +14,7 @@ from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError, PKIError
 from cloudless.logins import login_url, mint_login
 from cloudless.tokens import TokenSigner
+from cloudless.vocabulary import AccessRole
 
 app = typer.Typer(no_args_is_help=True, help="The Temporal UI, behind the front's login.")
 
@@ -23,6 +24,9 @@ def login(
     user: Annotated[str, typer.Option(help="Who the session is for (shown in the logs).")] = (
         "admin"
     ),
+    role: Annotated[
+        AccessRole, typer.Option(help="The session's role: viewers browse, admins also act.")
+    ] = AccessRole.ADMIN,
     ttl: Annotated[str, typer.Option(help="How long the link may wait to be opened.")] = "10m",
     url: Annotated[
         str | None,
@@ -34,7 +38,8 @@ def login(
     """Print a login link for the Temporal UI; it works once, within --ttl.
 
     Minting needs the cluster's token key (``<state>/coordinator``), i.e. an admin on the
-    coordinator's machine; the browser that opens the link gets an admin session.
+    coordinator's machine, who chooses the session's role. A revoked user's link is
+    refused, and their sessions end.
     """
     state = devstack.load_state(settings.state_dir)
     if url is None:
@@ -46,7 +51,7 @@ def login(
     try:
         signer = TokenSigner.load(settings.state_dir / "coordinator")
         token = mint_login(
-            signer, cluster=settings.cluster, user=user, role="admin", ttl=parse_duration(ttl)
+            signer, cluster=settings.cluster, user=user, role=role.value, ttl=parse_duration(ttl)
         )
     except PKIError as err:
         raise fail(f"{err}; run this where the coordinator's state dir is (--state-dir)") from err

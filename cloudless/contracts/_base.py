@@ -30,6 +30,8 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from cloudless.vocabulary import AccessRole
+
 I = TypeVar("I")  # noqa: E741  (the conventional name of an input type variable)
 R = TypeVar("R")
 S = TypeVar("S")
@@ -40,14 +42,19 @@ def _args(input_type: object, arg: object) -> list[object]:
 
 
 class Update(Generic[I, R]):
-    """A Temporal Update: ``name``, its input type (``None``: no argument), its result."""
+    """A Temporal Update: ``name``, its input type (``None``: no argument), its result,
+    and the least role that may send it from outside (``sender``; None: coordinators
+    only, which the front enforces)."""
 
-    __slots__ = ("input", "name", "result")
+    __slots__ = ("input", "name", "result", "sender")
 
-    def __init__(self, name: str, input: Any, result: Any) -> None:
+    def __init__(
+        self, name: str, input: Any, result: Any, *, sender: AccessRole | None = None
+    ) -> None:
         self.name = name
         self.input = input
         self.result = result
+        self.sender = sender
 
     def __repr__(self) -> str:
         return f"Update({self.name!r})"
@@ -132,12 +139,16 @@ class Update(Generic[I, R]):
 class Query(Generic[I, R]):
     """A Temporal Query: ``name``, its input type (``None``: no argument), its result."""
 
-    __slots__ = ("input", "name", "result")
+    __slots__ = ("input", "name", "result", "sender")
 
-    def __init__(self, name: str, input: Any, result: Any) -> None:
+    def __init__(
+        self, name: str, input: Any, result: Any, *, sender: AccessRole | None = AccessRole.VIEWER
+    ) -> None:
         self.name = name
         self.input = input
         self.result = result
+        #: Queries only read: viewers may send them unless a contract says otherwise.
+        self.sender = sender
 
     def __repr__(self) -> str:
         return f"Query({self.name!r})"
@@ -174,11 +185,14 @@ class Query(Generic[I, R]):
 class Signal(Generic[I]):
     """A Temporal Signal: ``name`` and its one input type."""
 
-    __slots__ = ("input", "name")
+    __slots__ = ("input", "name", "sender")
 
-    def __init__(self, name: str, input: Any) -> None:
+    def __init__(self, name: str, input: Any, *, sender: AccessRole | None = None) -> None:
         self.name = name
         self.input = input
+        #: Signals are the control plane's own reports (liveness, lost replicas): None
+        #: (coordinators only) unless a contract opens one to people.
+        self.sender = sender
 
     def __repr__(self) -> str:
         return f"Signal({self.name!r})"
@@ -245,10 +259,12 @@ class WorkflowType(Generic[I, R]):
     """A workflow type: its registered name, run input and result, task queue and messages.
 
     ``task_queue`` maps a cluster name to the queue the type's workers poll, so a caller
-    that starts one never chooses the queue itself.
+    that starts one never chooses the queue itself. ``id_prefix`` starts every id of this
+    type (``workload/``); ``starter`` is the least role that may start one from outside
+    (None: coordinators only). The front authorizes by both (``workers/front``).
     """
 
-    __slots__ = ("input", "messages", "name", "result", "task_queue")
+    __slots__ = ("id_prefix", "input", "messages", "name", "result", "starter", "task_queue")
 
     def __init__(
         self,
@@ -257,12 +273,18 @@ class WorkflowType(Generic[I, R]):
         result: Any,
         *,
         task_queue: Callable[[str], str],
+        id_prefix: str,
         messages: Sequence[Message] = (),
+        starter: AccessRole | None = None,
     ) -> None:
+        if not id_prefix.endswith("/"):
+            raise ValueError(f"{name}: id_prefix must end with '/', got {id_prefix!r}")
         self.name = name
         self.input = input
         self.result = result
         self.task_queue = task_queue
+        self.id_prefix = id_prefix
+        self.starter = starter
         self.messages = tuple(messages)
         names = [m.name for m in self.messages]
         if len(set(names)) != len(names):

@@ -20,7 +20,11 @@ def workflow_id(jti: str) -> str:
 
 
 WORKFLOW: WorkflowType[EnrollmentInput, EnrollmentResult] = WorkflowType(
-    "EnrollmentWorkflow", EnrollmentInput, EnrollmentResult, task_queue=task_queue
+    "EnrollmentWorkflow",
+    EnrollmentInput,
+    EnrollmentResult,
+    task_queue=task_queue,
+    id_prefix="enrollment/",
 )
 
 

@@ -10,6 +10,7 @@ from temporalio.client import Client
 from cloudless.contracts._base import WorkflowType
 from cloudless.contracts.names import task_queue
 from cloudless.model import ExplainInput, ExplainResult
+from cloudless.vocabulary import AccessRole
 
 
 def workflow_id(workload_key: str) -> str:
@@ -18,7 +19,12 @@ def workflow_id(workload_key: str) -> str:
 
 
 WORKFLOW: WorkflowType[ExplainInput, ExplainResult] = WorkflowType(
-    "ExplainPlacementWorkflow", ExplainInput, ExplainResult, task_queue=task_queue
+    "ExplainPlacementWorkflow",
+    ExplainInput,
+    ExplainResult,
+    task_queue=task_queue,
+    id_prefix="explain/",
+    starter=AccessRole.VIEWER,  # a dry run: nothing is committed
 )
 
 

@@ -25,13 +25,17 @@ from cloudless.model import (
     LedgerBatch,
     LedgerBatchResult,
     LedgerNode,
+    RegisterUserInput,
     RevokedCertificate,
+    RevokeUserInput,
+    RevokeUserResult,
     SchedulerSettings,
     UpsertNodeInput,
     UpsertNodeResult,
+    UserRecord,
     WaitNodeInput,
 )
-from cloudless.vocabulary import NodeState
+from cloudless.vocabulary import AccessRole, NodeState
 
 
 def workflow_id(cluster: str) -> str:
@@ -57,11 +61,11 @@ REVOKED_CERTIFICATES: Query[None, list[RevokedCertificate]] = Query(
 )
 #: The node once it reaches one of the states, or its current entry on timeout.
 WAIT_NODE: Update[WaitNodeInput, LedgerNode | None] = Update(
-    "wait_node", WaitNodeInput, LedgerNode | None
+    "wait_node", WaitNodeInput, LedgerNode | None, sender=AccessRole.VIEWER
 )
 #: Replace the scheduler settings; returns the ledger version holding them.
 SET_SCHEDULER_SETTINGS: Update[SchedulerSettings, int] = Update(
-    "set_scheduler_settings", SchedulerSettings, int
+    "set_scheduler_settings", SchedulerSettings, int, sender=AccessRole.ADMIN
 )
 UPSERT_NODE: Update[UpsertNodeInput, UpsertNodeResult] = Update(
     "upsert_node", UpsertNodeInput, UpsertNodeResult
@@ -74,6 +78,17 @@ COMMIT_PLAN: Update[CommitPlanInput, CommitPlanResult] = Update(
 APPLY_BATCH: Update[LedgerBatch, LedgerBatchResult] = Update(
     "apply_batch", LedgerBatch, LedgerBatchResult
 )
+#: People with certificates (``cloudlessctl user``): record one, revoke one, list them.
+REGISTER_USER: Update[RegisterUserInput, UserRecord] = Update(
+    "register_user", RegisterUserInput, UserRecord, sender=AccessRole.ADMIN
+)
+#: Every unexpired certificate of the user goes on the revocation list.
+REVOKE_USER: Update[RevokeUserInput, RevokeUserResult] = Update(
+    "revoke_user", RevokeUserInput, RevokeUserResult, sender=AccessRole.ADMIN
+)
+USERS: Query[None, list[UserRecord]] = Query(
+    "users", None, list[UserRecord], sender=AccessRole.ADMIN
+)
 #: Record an enrollment token's single use; refused if it was used before.
 CONSUME_TOKEN: Update[ConsumeTokenInput, None] = Update("consume_token", ConsumeTokenInput, None)
 
@@ -82,6 +97,7 @@ WORKFLOW: WorkflowType[ClusterWorkflowInput, None] = WorkflowType(
     ClusterWorkflowInput,
     None,
     task_queue=ledger_task_queue,
+    id_prefix="cluster/",
     messages=(
         SNAPSHOT,
         TOTALS,
@@ -92,6 +108,9 @@ WORKFLOW: WorkflowType[ClusterWorkflowInput, None] = WorkflowType(
         WORKLOAD_OWNERS,
         WAIT_NODE,
         SET_SCHEDULER_SETTINGS,
+        REGISTER_USER,
+        REVOKE_USER,
+        USERS,
         UPSERT_NODE,
         COMMIT_PLAN,
         APPLY_BATCH,
@@ -150,6 +169,19 @@ class LedgerHandle:
         self, settings: SchedulerSettings, *, rpc_timeout: timedelta | None = None
     ) -> int:
         return await SET_SCHEDULER_SETTINGS.execute(self.handle, settings, rpc_timeout=rpc_timeout)
+
+    async def register_user(
+        self, inp: RegisterUserInput, *, rpc_timeout: timedelta | None = None
+    ) -> UserRecord:
+        return await REGISTER_USER.execute(self.handle, inp, rpc_timeout=rpc_timeout)
+
+    async def revoke_user(
+        self, inp: RevokeUserInput, *, rpc_timeout: timedelta | None = None
+    ) -> RevokeUserResult:
+        return await REVOKE_USER.execute(self.handle, inp, rpc_timeout=rpc_timeout)
+
+    async def users(self, *, rpc_timeout: timedelta | None = None) -> list[UserRecord]:
+        return await USERS.query(self.handle, rpc_timeout=rpc_timeout)
 
     async def wait_node(
         self,

@@ -21,6 +21,7 @@ from cloudless.model import (
     RenewCertificateInput,
     SignCertificateResult,
 )
+from cloudless.vocabulary import AccessRole
 
 
 def workflow_id(node_id: str) -> str:
@@ -36,7 +37,9 @@ LIVENESS: Signal[LivenessSignal] = Signal("liveness", LivenessSignal)
 #: A workload gave up stopping replicas here: reconcile now if Ready (else on return).
 RECONCILE: Signal[ReconcileRequest] = Signal("reconcile", ReconcileRequest)
 #: Cordon, uncordon or drain; returns once applied (a drain once the node is empty).
-ADMIN: Update[NodeAdminInput, NodeStatus] = Update("admin", NodeAdminInput, NodeStatus)
+ADMIN: Update[NodeAdminInput, NodeStatus] = Update(
+    "admin", NodeAdminInput, NodeStatus, sender=AccessRole.OPERATOR
+)
 #: A certificate for the node's new key, issued and recorded (the gateway's
 #: ``RenewCertificate``); refused for a removed node or past the renewal bound.
 RENEW_CERTIFICATE: Update[RenewCertificateInput, SignCertificateResult] = Update(
@@ -50,6 +53,7 @@ WORKFLOW: WorkflowType[NodeWorkflowInput, None] = WorkflowType(
     NodeWorkflowInput,
     None,
     task_queue=task_queue,
+    id_prefix="node/",
     messages=(ENROLL, FACTS, LIVENESS, RECONCILE, ADMIN, RENEW_CERTIFICATE, DESCRIBE),
 )
 

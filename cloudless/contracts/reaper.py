@@ -16,6 +16,7 @@ from temporalio.client import Client, ScheduleActionStartWorkflow
 from cloudless.contracts._base import WorkflowType
 from cloudless.contracts.names import task_queue
 from cloudless.model import ReaperInput, ReapReport
+from cloudless.vocabulary import AccessRole
 
 
 def workflow_id(cluster: str) -> str:
@@ -29,7 +30,12 @@ def schedule_id(cluster: str) -> str:
 
 
 WORKFLOW: WorkflowType[ReaperInput, ReapReport] = WorkflowType(
-    "ReaperWorkflow", ReaperInput, ReapReport, task_queue=task_queue
+    "ReaperWorkflow",
+    ReaperInput,
+    ReapReport,
+    task_queue=task_queue,
+    id_prefix="reaper/",
+    starter=AccessRole.ADMIN,
 )
 
 

@@ -33,6 +33,7 @@ WORKFLOW: WorkflowType[RotationInput, RotationProgress] = WorkflowType(
     RotationInput,
     RotationProgress,
     task_queue=task_queue,
+    id_prefix="key-rotation/",
     messages=(PROGRESS,),
 )
 

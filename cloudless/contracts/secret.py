@@ -35,7 +35,8 @@ def split_workflow_id(secret_workflow_id: str) -> tuple[str, str]:
 
 
 #: Record, revocations (None once deleted or expired).
-VIEW: Query[None, SecretView | None] = Query("view", None, SecretView | None)
+#: Coordinators only: secrets are read through the SecretsService, which audits every read.
+VIEW: Query[None, SecretView | None] = Query("view", None, SecretView | None, sender=None)
 #: The first version; refused if the secret exists.
 CREATE: Update[CreateSecretInput, SecretRecord] = Update("create", CreateSecretInput, SecretRecord)
 #: A new version, if the caller read the current one (optimistic concurrency).
@@ -54,6 +55,7 @@ WORKFLOW: WorkflowType[SecretWorkflowInput, None] = WorkflowType(
     SecretWorkflowInput,
     None,
     task_queue=task_queue,
+    id_prefix="secret/",
     messages=(VIEW, CREATE, UPDATE, DELETE, RESERVE_USES, REVOKE, REWRAP),
 )
 

@@ -30,6 +30,7 @@ from cloudless.model import (
     WorkloadWorkflowInput,
 )
 from cloudless.spec import Workload, parse_workload
+from cloudless.vocabulary import AccessRole
 
 
 def workflow_id(namespace: str, name: str) -> str:
@@ -57,12 +58,18 @@ def split_key(workload_key: str) -> tuple[str, str]:
 
 
 #: Set the desired manifest; validated (and refused while deleting) before history.
-APPLY: Update[ApplyInput, ApplyResult] = Update("apply", ApplyInput, ApplyResult)
-SCALE: Update[ScaleInput, ApplyResult] = Update("scale", ScaleInput, ApplyResult)
+APPLY: Update[ApplyInput, ApplyResult] = Update(
+    "apply", ApplyInput, ApplyResult, sender=AccessRole.OPERATOR
+)
+SCALE: Update[ScaleInput, ApplyResult] = Update(
+    "scale", ScaleInput, ApplyResult, sender=AccessRole.OPERATOR
+)
 #: Stop every replica and complete; returns the last generation.
-DELETE: Update[None, int] = Update("delete", None, int)
+DELETE: Update[None, int] = Update("delete", None, int, sender=AccessRole.OPERATOR)
 #: Return once a generation is fully reconciled (or on timeout).
-WAIT_SETTLED: Update[WaitInput, WorkloadStatus] = Update("wait_settled", WaitInput, WorkloadStatus)
+WAIT_SETTLED: Update[WaitInput, WorkloadStatus] = Update(
+    "wait_settled", WaitInput, WorkloadStatus, sender=AccessRole.VIEWER
+)
 STATUS: Query[None, WorkloadStatus] = Query("status", None, WorkloadStatus)
 #: A node went away (replace its replicas) or is draining (move them, surge first).
 REPLICAS_LOST: Signal[ReplicasLost] = Signal("replicas_lost", ReplicasLost)
@@ -82,6 +89,8 @@ WORKFLOW: WorkflowType[WorkloadWorkflowInput, WorkloadStatus] = WorkflowType(
     WorkloadWorkflowInput,
     WorkloadStatus,
     task_queue=task_queue,
+    id_prefix="workload/",
+    starter=AccessRole.OPERATOR,  # apply is update-with-start
     messages=(
         APPLY,
         SCALE,

@@ -371,12 +371,44 @@ class ReapWorkloadResult(_Model):
 
 
 class RevokedCertificate(_Model):
-    """A node certificate no gateway may accept any more (its node was removed)."""
+    """A certificate no gateway or front may accept any more: its node was removed, or
+    its user revoked."""
 
     serial: str  # hex, as :func:`cloudless.pki.cert_serial` gives it
-    node_id: str
+    node_id: str = ""  # the removed node's, or "" for a user's certificate
     not_after: datetime  # kept until then: an expired certificate is refused anyway
     revoked_at: datetime
+    user: str = ""  # the revoked user's name, or "" for a node's certificate
+
+
+class UserRecord(_Model):
+    """A person with a certificate (``cloudlessctl user create``): role and serials."""
+
+    name: str
+    role: str  # an AccessRole: viewer, operator or admin
+    #: serial -> expiry of every certificate issued to the user (until they expire).
+    certificates: dict[str, datetime] = Field(default_factory=dict)
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class RegisterUserInput(_Model):
+    """Record a user's new certificate (issued by an admin holding the cluster CA)."""
+
+    name: str
+    role: str
+    serial: str
+    not_after: datetime
+
+
+class RevokeUserInput(_Model):
+    name: str
+    reason: str = ""
+
+
+class RevokeUserResult(_Model):
+    found: bool
+    certificates: int = 0  # unexpired certificates revoked now
 
 
 class RemoveNodeInput(_Model):

@@ -25,8 +25,8 @@ from cloudless.pki.csr import (
     make_csr,
 )
 from cloudless.pki.files import (
-    _read_public_file,
     read_private_file,
+    read_public_file,
     write_private_file,
     write_public_file,
 )
@@ -223,7 +223,7 @@ class CertificateAuthority:
         key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
         key = _load_signing_key(read_private_file(key_path), str(key_path))
         try:
-            cert = load_certificate(_read_public_file(cert_path))
+            cert = load_certificate(read_public_file(cert_path))
         except PKIError as exc:
             raise PKIError(f"{cert_path}: {exc}") from None
         return cls(key, cert)

@@ -148,7 +148,22 @@ def read_private_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def _read_public_file(path: Path) -> bytes:
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Atomically replace ``path`` (which must exist in an existing directory) with ``data``,
+    giving the new file exactly ``mode`` from the moment it exists: for rewriting a file
+    in place (an operator's config) without a window where it is partial or more readable.
+    A symlink is followed: its target is replaced, the link is kept."""
+    path = Path(path).resolve()
+    try:
+        _atomic_write(path, data, mode, overwrite=True)
+    except FileExistsError:
+        raise PKIError(f"cannot write {path}: a temporary file collided; retry") from None
+    except OSError as exc:
+        raise PKIError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def read_public_file(path: Path) -> bytes:
+    """Read a certificate or other public file, bounded to 1 MiB; errors name the file."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(_MAX_FILE_BYTES + 1)

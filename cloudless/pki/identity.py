@@ -11,7 +11,8 @@ from typing import Literal, TypeAlias, get_args
 
 from cloudless.errors import PKIError
 
-Role: TypeAlias = Literal["node", "coordinator", "admin"]
+#: Machines (``node``, ``coordinator``) and people (:class:`cloudless.vocabulary.AccessRole`).
+Role: TypeAlias = Literal["node", "coordinator", "viewer", "operator", "admin"]
 _ROLES: frozenset[str] = frozenset(get_args(Role))
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

@@ -8,11 +8,13 @@ captures its output and exit code. The CLI runs its own event loop, so async tes
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 
 from typer.testing import CliRunner, Result
 
 from cloudless.cli.main import app
+from cloudless.clientconfig import ENV_CONFIG
 from cloudless.testing.cluster import LocalCluster
 
 #: The terminal width the CLI sees: wide, so tables and error panels do not wrap.
@@ -31,8 +33,13 @@ def ctl_args(cluster: LocalCluster) -> list[str]:
 
 def invoke_ctl(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Result:
     """``cloudlessctl *argv`` in-process, global options included (for a stack that is not a
-    :class:`LocalCluster`); ``env`` is set on top of the wide ``COLUMNS``."""
-    return CliRunner().invoke(app, list(argv), env={"COLUMNS": COLUMNS, **(env or {})})
+    :class:`LocalCluster`); ``env`` is set on top of the wide ``COLUMNS``.
+
+    No operator config file applies (``CLOUDLESS_CONFIG`` is an empty file unless ``env``
+    or ``--config`` names one): a ``~/.cloudless/config.yaml`` on the machine running the
+    tests must not send them to its current context."""
+    base = {"COLUMNS": COLUMNS, ENV_CONFIG: os.devnull}
+    return CliRunner().invoke(app, list(argv), env={**base, **(env or {})})
 
 
 def run_ctl(cluster: LocalCluster, *args: str, env: Mapping[str, str] | None = None) -> Result:

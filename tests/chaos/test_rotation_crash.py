@@ -48,7 +48,13 @@ pytestmark = pytest.mark.temporal
 
 PORTS = DevPorts.shifted(1600)  # clear of dev (0), devstack (1100), crash (1300)
 #: The second coordinator: same Temporal and transit, its own gateway and codec ports.
-SECOND = dataclasses.replace(PORTS, gateway=PORTS.gateway + 20, codec=PORTS.codec + 20)
+SECOND = dataclasses.replace(
+    PORTS,
+    temporal=PORTS.temporal + 20,  # its own front (each coordinator serves one)
+    ui=PORTS.ui + 20,
+    gateway=PORTS.gateway + 20,
+    codec=PORTS.codec + 20,
+)
 CLUSTER = "rotchaos"
 SECRETS = 12
 

@@ -46,7 +46,7 @@ def test_dev_up_runs_the_example_and_dev_down_cleans_up(
         up = ctl(state, "dev", "up", "--port-offset", str(OFFSET))
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Cloudless is up" in up.stdout
-        assert f"http://127.0.0.1:{8233 + OFFSET}" in up.stdout
+        assert f"https://127.0.0.1:{8233 + OFFSET}/login?token=" in up.stdout
         assert up.stdout.count("Running") >= 3
         listed = ctl(state, "get", "workloads", "-o", "json")
         assert listed.returncode == 0, listed.stderr

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -45,12 +47,19 @@ from cloudless.cli.devstack import (
 )
 from cloudless.client import CloudlessClient
 from cloudless.codec import codec_for
+from cloudless.contracts import NodeHandle, explain
+from cloudless.contracts import node as node_contract
+from cloudless.model import ExplainInput, LivenessSignal
 from cloudless.pki import CertificateAuthority, Identity
 from cloudless.spec import parse_workload
 from cloudless.temporal import TemporalTarget, TemporalTLS, connect
+from cloudless.testing.cli import invoke_ctl
 from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.workloads import sleeper
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
 from cloudless.transit.client import embedded_transit_settings
+from cloudless.users import issue_user
+from cloudless.vocabulary import AccessRole, NodeHealth
 from tests.conftest import unavailable
 from workers.coordinator import ensure_certificate
 
@@ -161,13 +170,16 @@ async def test_the_admin_certificate_works_and_typed_errors_survive_the_front(
 ) -> None:
     """Calls go through; Temporal's error details do too (an SDK must still see "already
     started" as such, or a restarted coordinator mis-handles its own Schedules)."""
-    workflow_id = f"front-dup-{os.urandom(3).hex()}"
-    await admin.start_workflow("Nothing", id=workflow_id, task_queue="front-nowhere")
-    try:
-        with pytest.raises(WorkflowAlreadyStartedError):
-            await admin.start_workflow("Nothing", id=workflow_id, task_queue="front-nowhere")
-    finally:
-        await admin.get_workflow_handle(workflow_id).terminate()
+    workflow_id = f"{explain.WORKFLOW.id_prefix}front-dup-{os.urandom(3).hex()}"
+    inp = ExplainInput(cluster=CLUSTER, manifest=sleeper("dup", 1))
+    for attempt in range(2):
+        with (
+            contextlib.nullcontext() if attempt == 0 else pytest.raises(WorkflowAlreadyStartedError)
+        ):
+            await explain.WORKFLOW.start(
+                admin, inp, id=workflow_id, cluster=CLUSTER,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )  # fmt: skip
 
 
 async def test_node_and_foreign_certificates_are_refused(stack: Path, tmp_path: Path) -> None:
@@ -314,3 +326,97 @@ def _wait_for_text(driver: Any, wanted: str, timeout: float) -> str:
     with contextlib.suppress(Exception):
         WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda _d: wanted in body())
     return body()
+
+
+# ---------------------------------------------------------------- roles and revocation
+
+
+async def _person(stack: Path, admin: Client, name: str, role: AccessRole) -> Client:
+    """A user issued and recorded as ``user create`` does, connected through the front."""
+    ca = CertificateAuthority.load(stack / "coordinator")
+    issued = issue_user(ca, CLUSTER, name, role)
+    await CloudlessClient(admin, CLUSTER).register_user(issued)
+    material = TLSMaterial(issued.key_pem, issued.cert_pem, issued.ca_pem)
+    return await connect(
+        _target(material), codec=codec_for(embedded_transit_settings(stack)), wait=10
+    )
+
+
+async def test_each_role_does_what_it_may_and_no_more(stack: Path, admin: Client) -> None:
+    """Viewers read, operators operate workloads and nodes, admins set the scheduler;
+    nobody but the coordinators sends the control plane's own signals."""
+    suffix = os.urandom(2).hex()
+    viewer = CloudlessClient(
+        await _person(stack, admin, f"val-{suffix}", AccessRole.VIEWER), CLUSTER
+    )
+    operator = CloudlessClient(
+        await _person(stack, admin, f"otto-{suffix}", AccessRole.OPERATOR), CLUSTER
+    )
+    name = f"roles-{suffix}"
+    assert isinstance(await viewer.list_workloads(), list)
+    assert await viewer.snapshot() is not None
+    with pytest.raises(RPCError) as refused:
+        await viewer.apply(sleeper(name, 1), wait=False)
+    assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
+    assert "needs the operator role; this certificate is viewer" in refused.value.message
+
+    applied = await operator.apply(sleeper(name, 1), wait=True, timeout=60)
+    assert applied.status is not None and applied.status.ready == 1
+    with pytest.raises(RPCError) as refused:
+        await operator.set_scheduler_settings(await operator.scheduler_settings())
+    assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
+    assert "needs the admin role" in refused.value.message
+
+    # The issue's attack: a forged liveness signal that marks a healthy node Offline.
+    # Refused to every person, admins included: it is the control plane's own message.
+    forged = LivenessSignal(
+        health=NodeHealth.OFFLINE, reason="forged", at=datetime.now(UTC), gateway="mallory"
+    )
+    for who in (operator.temporal, admin):
+        with pytest.raises(RPCError) as refused:
+            await node_contract.LIVENESS.send(NodeHandle(who, DEV_AGENTS[0].name).handle, forged)
+        assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
+        assert "control plane's own" in refused.value.message
+    await operator.delete("default", name)
+
+
+async def test_a_revoked_user_is_refused_within_seconds(stack: Path, admin: Client) -> None:
+    name = f"rev-{os.urandom(2).hex()}"
+    person = CloudlessClient(await _person(stack, admin, name, AccessRole.OPERATOR), CLUSTER)
+    assert isinstance(await person.list_workloads(), list)
+    revoked_at = asyncio.get_running_loop().time()
+    result = await CloudlessClient(admin, CLUSTER).revoke_user(name)
+    assert result.certificates == 1
+    deadline = revoked_at + 15
+    while True:
+        try:
+            await person.list_workloads()
+        except RPCError as err:
+            assert err.status == RPCStatusCode.UNAUTHENTICATED, err
+            assert f"user {name!r} was revoked" in err.message
+            break
+        assert asyncio.get_running_loop().time() < deadline, "still accepted after 15 s"
+        await asyncio.sleep(0.2)  # polled: the front refreshes its list every few seconds
+    took = asyncio.get_running_loop().time() - revoked_at
+    assert took < 10, took
+    users = {u.name: u for u in await CloudlessClient(admin, CLUSTER).users()}
+    assert users[name].revoked_at is not None and "admin" in users
+
+
+def test_user_create_writes_a_bundle_that_cloudlessctl_uses(stack: Path, tmp_path: Path) -> None:
+    """The CLI end to end: `user create` (where the CA is), then the holder's
+    `cloudlessctl --config <bundle>/config.yaml`, which reads but may not apply."""
+    bundle = tmp_path / "vera"
+    # The admin: the context `dev up` wrote into the stack's state dir.
+    common = ["--config", str(stack / "config.yaml"), "--state-dir", str(stack)]
+    made = invoke_ctl([*common, "user", "create", "vera", "--role", "viewer", "--out", str(bundle)])
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE((bundle / "tls.key").stat().st_mode) == 0o600
+    listed = invoke_ctl(["--config", str(bundle / "config.yaml"), "--state-dir", str(stack),
+                         "get", "workloads", "-o", "json"])  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    users = invoke_ctl([*common, "user", "list", "-o", "json"])
+    assert users.exit_code == 0 and '"vera"' in users.output, users.output
+    denied = invoke_ctl(["--config", str(bundle / "config.yaml"), "--state-dir", str(stack),
+                         "user", "list"])  # fmt: skip
+    assert denied.exit_code != 0 and "needs the admin role" in denied.output, denied.output

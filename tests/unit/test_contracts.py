@@ -246,3 +246,33 @@ async def test_ledger_snapshot_is_expanded() -> None:
     fake = FakeHandle(answer=compact)
     snap = await LedgerHandle(_FakeClient(fake), "c").snapshot()  # type: ignore[arg-type]
     assert (snap.cluster, snap.version, snap.nodes) == ("c", 4, [])
+
+
+def test_every_workflow_id_starts_with_its_types_prefix() -> None:
+    """The front authorizes by id prefix: an id scheme and its declared prefix agree."""
+    from cloudless.contracts import (
+        enrollment,
+        explain,
+        ledger,
+        node,
+        reaper,
+        rotation,
+        secret,
+        workload,
+    )
+
+    ids = {
+        enrollment.WORKFLOW: enrollment.workflow_id("jti"),
+        explain.WORKFLOW: explain.workflow_id("default/web"),
+        ledger.WORKFLOW: ledger.workflow_id("dev"),
+        node.WORKFLOW: node.workflow_id("edge-1"),
+        reaper.WORKFLOW: reaper.workflow_id("dev"),
+        rotation.WORKFLOW: rotation.workflow_id("dev"),
+        secret.WORKFLOW: secret.workflow_id("default", "db"),
+        workload.WORKFLOW: workload.workflow_id("default", "web"),
+    }
+    assert {w.name for w in ids} == set(WORKFLOW_TYPES)
+    for workflow, wid in ids.items():
+        assert wid.startswith(workflow.id_prefix), (workflow, wid)
+    prefixes = [w.id_prefix for w in ids]
+    assert len(set(prefixes)) == len(prefixes)

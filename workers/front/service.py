@@ -10,6 +10,7 @@ from temporalio.converter import PayloadCodec
 
 from cloudless.http import parse_listen, tls_context
 from cloudless.logins import LoginVerifier
+from cloudless.revocation import RevocationList
 from cloudless.temporal import TemporalTarget, TemporalTLS
 from cloudless.tls import CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE, TLSMaterial
 from cloudless.tokens import TokenSigner
@@ -63,6 +64,13 @@ class Front:
             verifier = LoginVerifier(TokenSigner.load(coordinator_dir).public_key_pem(), cluster)
             context = tls_context(coordinator_dir / CERT_FILE, coordinator_dir / KEY_FILE)
             self.ui = UiFront((host, port), config.ui_upstream, verifier, codec, context)
+
+    def attach(self, revocations: RevocationList) -> None:
+        """The coordinator's revocation list, once it is loaded: from then on people's
+        certificates are let in (and revoked ones refused)."""
+        self.temporal.proxy.revocations = revocations
+        if self.ui is not None:
+            self.ui.revocations = revocations
 
     async def start(self) -> Front:
         await self.temporal.start()

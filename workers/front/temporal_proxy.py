@@ -14,13 +14,27 @@ calls only; a streaming call is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
 import grpc
 import structlog
 
+from cloudless.model import AuditRecord
 from cloudless.pki import Identity
-from cloudless.tls import GrpcLimits, RotatingServerCredentials, TLSMaterial, peer_identity
+from cloudless.revocation import RevocationList
+from cloudless.revocation import reason as revocation_reason
+from cloudless.tls import (
+    GrpcLimits,
+    RotatingServerCredentials,
+    TLSMaterial,
+    peer_certificate_pem,
+    peer_identity,
+)
 from cloudless.tls import server as grpc_server
-from policies.access import temporal_rpc
+from policies.access import COORDINATOR, Call, is_read, temporal_rpc
+from workers.front.calls import contract_grants, read_call
 
 log = structlog.get_logger("cloudless.front")
 
@@ -60,7 +74,13 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def __init__(self, upstream: str, cluster: str) -> None:
         self.upstream = upstream
         self.cluster = cluster
+        self.grants = contract_grants()
         self._channel = grpc.aio.insecure_channel(upstream, options=_CHANNEL_OPTIONS)
+        #: Removed nodes' and revoked users' certificates; until the coordinator has
+        #: loaded it (:meth:`attach`), only coordinators are let through.
+        self.revocations: RevocationList | None = None
+        #: Where each decision worth keeping goes (``workers.front.audit``).
+        self.audit: Callable[[AuditRecord], None] | None = None
         self.forwarded = 0
         self.refused = 0
 
@@ -74,44 +94,91 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
         return grpc.unary_unary_rpc_method_handler(forward)  # bytes in, bytes out
 
-    def _caller(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> Identity | None:
+    def _caller(
+        self, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> tuple[Identity | None, str]:
+        """The caller's identity, or None and why not."""
         identity = peer_identity(context)  # type: ignore[arg-type]
         if identity is None or identity.cluster != self.cluster:
-            return None
-        return identity
+            return None, f"a client certificate of cluster {self.cluster!r} is required"
+        if identity.role == COORDINATOR:
+            return identity, ""
+        if self.revocations is None:
+            return None, "the coordinator is starting; try again in a few seconds"
+        pem = peer_certificate_pem(context)  # type: ignore[arg-type]
+        whose = self.revocations.revoked(pem) if pem is not None else None
+        if whose is not None:
+            return None, revocation_reason(whose)
+        return identity, ""
 
     async def _forward(
         self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        caller = self._caller(context)
+        caller, why = self._caller(context)
+        name = method.rpartition("/")[2]
         if caller is None:
-            self.refused += 1
-            log.warning("front.refused", method=method, peer=context.peer(), why="identity")
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"a client certificate of cluster {self.cluster!r} is required",
-            )
+            self._deny(method, Call(name), None, context, why)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
         assert caller is not None
-        decision = temporal_rpc(caller.role, method)
+        call = read_call(name, request)
+        decision = temporal_rpc(caller.role, method, call, self.grants)
         if not decision.allowed:
-            self.refused += 1
-            log.warning(
-                "front.refused", method=method, who=caller.uri(), peer=context.peer(),
-                why=decision.reason,
-            )  # fmt: skip
+            self._deny(method, call, caller, context, decision.reason)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.reason)
-        call = self._channel.unary_unary(method, None, None)  # bytes in, bytes out
+        upstream = self._channel.unary_unary(method, None, None)  # bytes in, bytes out
+        kept = caller.role != COORDINATOR and not is_read(name)
         try:
-            response: bytes = await call(
+            response: bytes = await upstream(
                 request,
                 metadata=_forwardable(context.invocation_metadata()),
                 timeout=context.time_remaining(),
             )
         except grpc.aio.AioRpcError as err:
+            if kept:
+                self._record(call, caller, context, "failed", f"{err.code().name}: {err.details()}")
             context.set_trailing_metadata(_forwardable(err.trailing_metadata()))
             await context.abort(err.code(), err.details() or "")
+        if kept:
+            self._record(call, caller, context, "allowed", "")
         self.forwarded += 1
         return response
+
+    def _deny(
+        self,
+        method: str,
+        call: Call,
+        caller: Identity | None,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        reason: str,
+    ) -> None:
+        self.refused += 1
+        who = caller.uri() if caller is not None else "unauthenticated"
+        log.warning("front.refused", method=method, who=who, peer=context.peer(), why=reason)
+        self._record(call, caller, context, "denied", reason)
+
+    def _record(
+        self,
+        call: Call,
+        caller: Identity | None,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        outcome: Literal["allowed", "denied", "failed"],
+        reason: str,
+    ) -> None:
+        if self.audit is None:
+            return
+        self.audit(
+            AuditRecord(
+                time=datetime.now(UTC),
+                actor=caller.uri() if caller is not None else "unauthenticated",
+                role=caller.role if caller is not None else "",
+                source=context.peer(),
+                action=call.method,
+                target=call.workflow_id,
+                message=",".join([*([call.starts] if call.starts else []), *call.messages]),
+                outcome=outcome,
+                reason=reason[:300],
+            )
+        )
 
     async def close(self) -> None:
         await self._channel.close(None)

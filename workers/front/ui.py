@@ -27,7 +27,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 from google.protobuf import json_format
-from multidict import CIMultiDict
 from temporalio.converter import PayloadCodec
 
 from cloudless.codec import PayloadCodecError, TransitPayloadCodec
@@ -41,6 +40,7 @@ from cloudless.http import (
     read_body,
 )
 from cloudless.logins import LoginRefused, LoginVerifier
+from cloudless.revocation import RevocationList
 from policies.access import ui_request
 from workers.codec_server import Sessions, cookie, read_payloads
 
@@ -94,6 +94,9 @@ class UiFront:
         self.logins = logins
         self.codec = codec.for_display() if isinstance(codec, TransitPayloadCodec) else codec
         self.sessions: Sessions[Caller] = Sessions(ttl=SESSION_TTL_SECONDS)
+        #: Revoked users' sessions end at their next request; None until the coordinator
+        #: has loaded the list (requests wait for it: 503).
+        self.revocations: RevocationList | None = None
         self._listener = Listener(*listen, ssl_context=ssl_context, limits=limits)
         self._client: aiohttp.ClientSession | None = None
 
@@ -136,11 +139,17 @@ class UiFront:
             if path == "/logout":
                 self.sessions.end(cookie(request, SESSION_COOKIE))
                 return _page(200, "Logged out of Cloudless.", clear_cookie=True)
-            caller = self.sessions.get(cookie(request, SESSION_COOKIE))
+            session = cookie(request, SESSION_COOKIE)
+            caller = self.sessions.get(session)
             if caller is None:
                 raise RequestRefused(
                     401, "log in first: open a link from `cloudlessctl ui login` (links work once)"
                 )
+            if self.revocations is None:
+                raise RequestRefused(503, "the coordinator is starting; try again in a few seconds")
+            if caller.user in self.revocations.users:
+                self.sessions.end(session)
+                raise RequestRefused(401, f"user {caller.user!r} was revoked; the session ended")
             authenticated(request)
             if path.startswith(CODEC_PREFIX):
                 return await self._codec(request, path)
@@ -175,6 +184,8 @@ class UiFront:
         except LoginRefused as err:
             log.warning("front.login_refused", peer=request.remote, why=str(err))
             raise RequestRefused(401, str(err)) from None
+        if self.revocations is not None and claims.user in self.revocations.users:
+            raise RequestRefused(401, f"user {claims.user!r} was revoked")
         authenticated(request)
         session = self.sessions.create(Caller(claims.user, claims.role))
         log.info("front.login", user=claims.user, role=claims.role, peer=request.remote)
@@ -214,9 +225,9 @@ class UiFront:
     async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._client is not None
         body = await read_body(request, _BODY)
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in _HOP | {"cookie"}
-        )
+        headers = request.headers.copy()  # a case-insensitive multi-dict, aiohttp's own
+        for name in {*_HOP, "cookie"}:
+            headers.popall(name, None)
         kept = _without_cookie(request.headers.getall("Cookie", []), SESSION_COOKIE)
         if kept:
             headers["Cookie"] = kept

@@ -17,6 +17,7 @@ from cloudless.contracts import gone
 from cloudless.errors import SecretError
 from cloudless.pki import Identity
 from cloudless.revocation import RevocationList
+from cloudless.revocation import reason as revocation_reason
 from cloudless.secrets.audit import AuditLog
 from workers.secrets.validation import ref_problems
 
@@ -64,7 +65,7 @@ class Refusals:
             pem = tls.peer_certificate_pem(context)
             revoked = self._revocations.revoked(pem) if pem else None
         if identity is not None and revoked is not None:
-            reason = f"the certificate of node {revoked!r} was revoked when the node was removed"
+            reason = revocation_reason(revoked)
             await self.deny(
                 context, op, identity, grpc.StatusCode.UNAUTHENTICATED, reason, **fields
             )
