@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -22,6 +23,21 @@ and, in the results file, every round's own ratio (the spread). CI runs every sc
 tiny parameters (`tests/integration/test_bench_smoke.py`, results redirected with
 `CLOUDLESS_BENCH_RESULTS=DIR`), so each one runs to the end on a fresh clone.
 """
+
+
+def ratio_cell(row: dict[str, Any]) -> str:
+    """``1.05x``; a row measured in rounds adds the rounds' min-max and its p95 ratio."""
+    ratio = row.get("ratio_p50_vs_baseline")
+    if not ratio:
+        return ""
+    spread = row.get("ratio_spread")
+    if not spread:
+        return f"{ratio}x"
+    lo, hi = spread["p50_min_max"]
+    lo95, hi95 = spread["p95_min_max"]
+    return (
+        f"{ratio}x (rounds {lo}-{hi}); p95 {row['ratio_p95_vs_baseline']}x (rounds {lo95}-{hi95})"
+    )
 
 
 def main() -> int:
@@ -47,10 +63,9 @@ def main() -> int:
         out.append("\n| metric | unit | p50 | p95 | p99 | n | vs baseline (p50) |\n")
         out.append("|---|---|---:|---:|---:|---:|---:|\n")
         for r in data["results"]:
-            ratio = r.get("ratio_p50_vs_baseline")
             out.append(
                 f"| {r['metric']} | {r['unit']} | {r['p50']:.3f} | {r['p95']:.3f} | "
-                f"{r['p99']:.3f} | {r['n']} | {f'{ratio}x' if ratio else ''} |\n"
+                f"{r['p99']:.3f} | {r['n']} | {ratio_cell(r)} |\n"
             )
     args.out.write_text("".join(out))
     print(f"wrote {args.out}")

@@ -38,6 +38,10 @@ SMOKE: dict[str, list[str]] = {
     "churn_latency": [
         *("--trials", "1", "--partition-trials", "1", "--pool", "2", "--replicas", "2"),
     ],
+    "front_cost": [
+        *("--n", "3", "--rounds", "2", "--warmup", "1", "--cpu-n", "2", "--idle", "0.2"),
+        *("--cli-n", "1"),
+    ],
 }
 #: Modules in bench/ that are not benchmarks (helpers, the report, the A/B driver).
 NOT_MEASURING = {"__init__", "common", "report", "naive_placer", "ab"}
@@ -83,6 +87,10 @@ def test_benchmark_runs_to_the_end(
             r["parameters"]["answers_before_all_ready"] for r in rows if "apply" in r["metric"]
         ]
         assert early and not any(early), rows
+    if script == "front_cost":  # each op through the front, with its ratio per round
+        fronts = [r for r in data["results"] if "ratio_spread" in r]
+        assert len(fronts) >= 3, data["results"]
+        assert all(len(r["ratio_spread"]["p50_per_round"]) == 2 for r in fronts), fronts
 
 
 @pytest.mark.temporal
