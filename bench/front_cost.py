@@ -243,8 +243,8 @@ def cli_command(state: Path, path: str, address: str) -> list[str]:
     """FRONT: the stack's own config (``<state>/config.yaml``: the front, with the admin
     certificate); DIRECT: the same state dir with the pump's address."""
     args = [*cloudlessctl(), "--state-dir", str(state), "--cluster", CLUSTER]
-    if path == "direct":
-        args += ["--temporal-address", address]
+    if path == "direct":  # the pump is plaintext: override the context's TLS
+        args += ["--temporal-address", address, "--no-temporal-tls"]
     return [*args, "get", "workloads", "-o", "json"]
 
 

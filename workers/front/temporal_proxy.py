@@ -76,6 +76,9 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self.cluster = cluster
         self.grants = contract_grants()
         self._channel = grpc.aio.insecure_channel(upstream, options=_CHANNEL_OPTIONS)
+        #: method -> its callable on the channel (bytes in, bytes out), made once; only
+        #: methods of the services the policy admits get here.
+        self._upstream: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         #: Removed nodes' and revoked users' certificates; until the coordinator has
         #: loaded it (:meth:`attach`), only coordinators are let through.
         self.revocations: RevocationList | None = None
@@ -125,7 +128,9 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if not decision.allowed:
             self._deny(method, call, caller, context, decision.reason)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.reason)
-        upstream = self._channel.unary_unary(method, None, None)  # bytes in, bytes out
+        upstream = self._upstream.get(method)
+        if upstream is None:  # one per method the front has seen (Temporal's API is finite)
+            upstream = self._upstream[method] = self._channel.unary_unary(method, None, None)
         kept = caller.role != COORDINATOR and not is_read(name)
         try:
             response: bytes = await upstream(
