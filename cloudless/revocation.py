@@ -10,8 +10,10 @@ re-enrolling the name issues a new certificate with a new serial.
 
 gRPC's TLS stack has no hook for a revocation list during the handshake, so the check
 happens on every call and stream message, on a certificate already verified against the
-cluster CA; the serial of each certificate seen is cached (bounded), so it costs a set
-lookup.
+cluster CA. A call's certificate serial comes from a bounded cache; a heartbeat stream
+takes its serial once when it opens (:meth:`RevocationList.serial`) and looks that up on
+each beat (:meth:`RevocationList.whose`), a dictionary lookup against the list as last
+refreshed, so a revocation still cuts an open stream at its next beat.
 """
 
 from __future__ import annotations
@@ -125,17 +127,30 @@ class RevocationList:
         or None if it is not revoked."""
         if not self._serials:
             return None
-        try:
-            serial = self._seen[cert_pem]
-        except KeyError:
-            try:
-                serial = cert_serial(cert_pem)
-            except PKIError:
-                serial = None
-            if len(self._seen) >= SERIAL_CACHE_SIZE:
-                del self._seen[next(iter(self._seen))]
-            self._seen[cert_pem] = serial
+        return self.whose(self.serial(cert_pem))
+
+    def whose(self, serial: str | None) -> str | None:
+        """:meth:`revoked` for a serial already taken from its certificate (``serial``):
+        what a long-lived stream asks on each message, against the list as it is now."""
         return self._serials.get(serial) if serial else None
+
+    def serial(self, cert_pem: bytes) -> str | None:
+        """The certificate's serial (None if it does not parse), cached: parsing costs
+        ~10 µs. The cache is bounded, so a caller that holds the certificate for long (a
+        heartbeat stream) keeps the serial itself: with more such callers than entries,
+        they would evict each other's and parse again every time."""
+        try:
+            return self._seen[cert_pem]
+        except KeyError:
+            pass
+        try:
+            serial: str | None = cert_serial(cert_pem)
+        except PKIError:
+            serial = None
+        if len(self._seen) >= SERIAL_CACHE_SIZE:
+            del self._seen[next(iter(self._seen))]
+        self._seen[cert_pem] = serial
+        return serial
 
 
 __all__ = ["REFRESH_SECONDS", "USER_SUBJECT", "RevocationList", "reason", "subject"]

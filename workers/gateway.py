@@ -185,15 +185,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._refused: dict[str, tuple[float, str]] = {}
 
     def _revoked(self, pem: bytes | None) -> str | None:
-        """Why the peer's certificate is refused, if it was revoked (its node removed).
-        Called on every beat: with nothing revoked it costs one truth test."""
+        """Why the peer's certificate is refused, if it was revoked (its node removed or
+        its user revoked). With nothing revoked it costs one truth test."""
         if not self._revocations or pem is None:
             return None
-        node_id = self._revocations.revoked(pem)
-        if node_id is None:
-            return None
+        whose = self._revocations.revoked(pem)
+        return None if whose is None else self._refusal(whose)
+
+    @staticmethod
+    def _refusal(whose: str) -> str:
+        """The refusal's text for a revoked certificate (``whose``: see ``revoked``)."""
         return (
-            f"{revocation_reason(node_id)}; enroll the device again with a new token "
+            f"{revocation_reason(whose)}; enroll the device again with a new token "
             "(`cloudlessctl token create`)"
         )
 
@@ -217,6 +220,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             log.warning("heartbeat.refused", node=ident.name, reason="certificate revoked")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             return
+        # The stream keeps its certificate: its serial is taken once, here, and each beat
+        # looks it up in the list as last refreshed (a dictionary lookup; through the
+        # bounded certificate cache, a fleet larger than the cache parsed every beat).
+        revocations = self._revocations
+        serial = revocations.serial(pem) if revocations is not None and pem else None
         if self._liveness is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "liveness is not enabled")
             return
@@ -225,9 +233,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         cursor = self.invalidations.head
         try:
             async for beat in request_iterator:
-                if (refused := self._revoked(pem)) is not None:
-                    # Removed while its stream was open: cut it off.
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+                if revocations is not None and (whose := revocations.whose(serial)) is not None:
+                    # Revoked while its stream was open: cut it off.
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._refusal(whose))
                 if not token:
                     # Facts first, so a changed address is known before the node is
                     # probed or reconciled on its way back to Ready.

@@ -27,6 +27,9 @@ SMOKE: dict[str, list[str]] = {
     "transit_latency": ["--n", "20", "--threads", "2", "--per-thread", "10"],
     "secrets_latency": ["--n", "20", "--procs", "1", "--seconds", "0.5"],
     "heartbeat_ingest": ["--nodes", "20", "--streams", "2", "--seconds", "10", "--warmup", "2"],
+    "gateway_auth_cost": [
+        *("--nodes", "20", "--revoked", "10", "--reps", "1", "--window", "2", "--warmup", "2"),
+    ],
     "apply_latency": ["--runs", "1"],
     "placement_throughput": [
         *("--nodes", "20", "--replicas", "100", "--per-workload", "10"),
