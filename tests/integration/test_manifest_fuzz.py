@@ -43,7 +43,8 @@ class Stack:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.base = ["--state-dir", str(state), "--temporal-address", f"127.0.0.1:{7233 + OFFSET}"]
+        # The stack's own context (`dev up` wrote it): the front, with the admin certificate.
+        self.base = ["--config", str(state / "config.yaml"), "--state-dir", str(state)]
 
     def ctl(self, *args: str) -> Result:
         return invoke_ctl([*self.base, *args])
