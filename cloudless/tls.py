@@ -199,6 +199,11 @@ class RotatingServerCredentials:
         """Serve ``material`` from the next handshake on."""
         self._material = material
 
+    @property
+    def material(self) -> TLSMaterial:
+        """What new handshakes get."""
+        return self._material
+
     def _fetch(self) -> grpc.ServerCertificateConfiguration:
         # Runs in a gRPC core thread; attribute reads and writes are atomic under the GIL.
         # None keeps the configuration gRPC already has (the stubs do not say so).
