@@ -78,6 +78,14 @@ class Front:
         if self.ui is not None:
             self.ui.revocations = revocations
 
+    def update(self, material: TLSMaterial) -> None:
+        """Serve the coordinator's renewed certificate on every listener of the front
+        from the next handshake on (``workers.certs``)."""
+        self.material = material
+        self.temporal.update(material)
+        if self.ui is not None:
+            self.ui.update(material.cert_pem, material.key_pem, self.directory)
+
     async def start(self) -> Front:
         await self.audit.start()
         await self.temporal.start()
