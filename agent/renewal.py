@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -26,34 +25,31 @@ from pathlib import Path
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives import serialization
 
 from agent.enroll import GATEWAY_SERVER_NAME, split_addresses
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import CloudlessError, PKIError
 from cloudless.pki import (
-    cert_key_id,
     cert_not_after,
-    cert_not_before,
     generate_private_key_pem,
     identity_from_cert,
     make_csr,
-    public_key_id,
-    read_private_file,
     verify_issued_by,
-    write_private_file,
-    write_public_file,
 )
-from cloudless.pki.authority import CLOCK_SKEW
-from cloudless.tls import CERT_FILE, KEY_FILE, TLSMaterial, secure_channel
+from cloudless.tls import (
+    RENEW_CERT_FILE,
+    RENEW_KEY_FILE,
+    TLSMaterial,
+    finish_interrupted_renewal,
+    key_matches,
+    save_material,
+    secure_channel,
+)
+from cloudless.tls import certificate_lifetime as lifetime_of
 from policies.renewal import Lifetime, renew_at, retry_delay
 
 log = structlog.get_logger("cloudless.agent.renewal")
 
-#: The renewed key and certificate are written here first, then renamed over
-#: ``tls.key``/``tls.crt``; a start after a crash in between completes the switch.
-RENEW_KEY_FILE = "renew.key"
-RENEW_CERT_FILE = "renew.crt"
 RPC_TIMEOUT = 10.0
 #: Codes that mean "that coordinator did not answer": the next one is asked at once.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -84,66 +80,6 @@ def expired_error(node: str, not_after: datetime) -> CertificateExpired:
         f"the certificate of node {node} expired at {not_after.isoformat()} and can no "
         f"longer be renewed; {reenroll_hint(node)}"
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the renames (a power loss could otherwise forget them)."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _key_matches(key_pem: bytes, cert_pem: bytes) -> bool:
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        return public_key_id(key.public_key()) == cert_key_id(cert_pem)
-    except (ValueError, TypeError, PKIError):
-        return False
-
-
-def save_material(state_dir: Path, key_pem: bytes, cert_pem: bytes) -> None:
-    """Commit a renewed key and certificate: both are written and fsynced beside the live
-    ones (key 0600), then renamed over ``tls.key`` and ``tls.crt``, the key first. A crash
-    at any point leaves either the old pair or what :func:`finish_interrupted_renewal`
-    completes into the new one."""
-    write_private_file(state_dir / RENEW_KEY_FILE, key_pem)
-    write_public_file(state_dir / RENEW_CERT_FILE, cert_pem)
-    try:
-        os.replace(state_dir / RENEW_KEY_FILE, state_dir / KEY_FILE)
-        os.replace(state_dir / RENEW_CERT_FILE, state_dir / CERT_FILE)
-    except OSError as err:
-        raise PKIError(f"cannot install the renewed certificate in {state_dir}: {err}") from err
-    _fsync_dir(state_dir)
-
-
-def finish_interrupted_renewal(state_dir: Path) -> str | None:
-    """Complete (or discard) a renewal a crash interrupted in :func:`save_material`; what
-    was done, or None if there was nothing to do. Run before loading ``tls.key``."""
-    pending_key, pending_cert = state_dir / RENEW_KEY_FILE, state_dir / RENEW_CERT_FILE
-    key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
-    if not pending_key.exists() and not pending_cert.exists():
-        return None
-    outcome = "discarded an incomplete renewal"
-    if pending_cert.exists():
-        cert = pending_cert.read_bytes()
-        if pending_key.exists() and _key_matches(read_private_file(pending_key), cert):
-            os.replace(pending_key, key_path)  # crashed before the renames
-            os.replace(pending_cert, cert_path)
-            outcome = "completed a renewal interrupted before its files were renamed"
-        elif key_path.exists() and _key_matches(read_private_file(key_path), cert):
-            os.replace(pending_cert, cert_path)  # crashed between the two renames
-            outcome = "completed a renewal interrupted between its renames"
-    for leftover in (pending_key, pending_cert):
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
-    _fsync_dir(state_dir)
-    return outcome
-
-
-def lifetime_of(cert_pem: bytes) -> Lifetime:
-    return Lifetime.of(cert_not_before(cert_pem), cert_not_after(cert_pem), CLOCK_SKEW)
 
 
 class CertificateRenewer:
@@ -303,7 +239,7 @@ class CertificateRenewer:
         verify_issued_by(cert_pem, self.material.ca_pem, now=self._clock())
         if identity_from_cert(cert_pem) != self.material.identity:
             raise PKIError("the renewed certificate names another identity; not installed")
-        if not _key_matches(key_pem, cert_pem):
+        if not key_matches(key_pem, cert_pem):
             raise PKIError("the renewed certificate is not for the key we sent; not installed")
 
 

@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import secrets
 import socket
 import ssl
 import time
@@ -52,6 +53,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_parser import HttpRequestParserPy
 
 from cloudless.errors import ConfigError
+from cloudless.pki import write_private_file
 from cloudless.process import open_files_limit
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "check_listen",
     "is_loopback",
     "json_bytes",
+    "load_chain",
     "parse_listen",
     "read_body",
     "read_json_object",
@@ -147,6 +150,24 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as err:
         raise ConfigError(f"cannot load TLS certificate {cert} / key {key}: {err}") from err
     return context
+
+
+def load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, scratch: Path) -> None:
+    """Serve ``cert_pem`` with ``key_pem`` on ``context`` from its next handshake on
+    (connections already up keep theirs). ``ssl`` loads a chain from files only: both
+    are written to ``scratch`` (a private directory; the key ``0600``) for the call and
+    removed after it."""
+    stem = f".chain-{secrets.token_hex(8)}"
+    cert, key = scratch / f"{stem}.crt", scratch / f"{stem}.key"
+    try:
+        write_private_file(key, key_pem)
+        write_private_file(cert, cert_pem)
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"cannot load the renewed TLS certificate: {err}") from err
+    finally:
+        for path in (cert, key):
+            path.unlink(missing_ok=True)
 
 
 def _host_port(host: str, port: int) -> str:

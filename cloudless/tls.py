@@ -7,20 +7,39 @@ peer is authenticated by name, not by whichever address it happens to have today
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 
 from cloudless.errors import ConfigError, PKIError
-from cloudless.pki import Identity, identity_from_cert, read_private_file
+from cloudless.pki import (
+    Identity,
+    cert_key_id,
+    cert_not_after,
+    cert_not_before,
+    identity_from_cert,
+    public_key_id,
+    read_private_file,
+    write_private_file,
+    write_public_file,
+)
+from cloudless.pki.authority import CLOCK_SKEW
 from cloudless.process import open_files_limit
+from policies.renewal import Lifetime
 
 #: The DNS name every coordinator certificate carries; clients verify the gateway by it.
 GATEWAY_SERVER_NAME = "cloudless-gateway"
 KEY_FILE = "tls.key"
 CERT_FILE = "tls.crt"
 CA_FILE = "ca.crt"
+#: A renewed key and certificate are written here first, then renamed over
+#: ``tls.key``/``tls.crt``; a start after a crash in between completes the switch.
+RENEW_KEY_FILE = "renew.key"
+RENEW_CERT_FILE = "renew.crt"
 
 #: Keepalives detect dead peers behind NATs and sleeping devices without waiting for TCP.
 KEEPALIVE_OPTIONS: list[tuple[str, int | str]] = [
@@ -35,7 +54,7 @@ KEEPALIVE_OPTIONS: list[tuple[str, int | str]] = [
 class TLSMaterial:
     """A key, its certificate and the CA that must have issued every peer."""
 
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # never in a log line or a traceback
     cert_pem: bytes
     ca_pem: bytes
 
@@ -56,6 +75,70 @@ class TLSMaterial:
     @property
     def identity(self) -> Identity:
         return identity_from_cert(self.cert_pem)
+
+
+def certificate_lifetime(cert_pem: bytes) -> Lifetime:
+    """The lifetime of a cluster certificate, from its issue (not its backdated start)."""
+    return Lifetime.of(cert_not_before(cert_pem), cert_not_after(cert_pem), CLOCK_SKEW)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the renames (a power loss could otherwise forget them)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def key_matches(key_pem: bytes, cert_pem: bytes) -> bool:
+    """Whether ``cert_pem`` certifies the public half of ``key_pem``."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        return public_key_id(key.public_key()) == cert_key_id(cert_pem)
+    except (ValueError, TypeError, PKIError):
+        return False
+
+
+def save_material(directory: Path, key_pem: bytes, cert_pem: bytes) -> None:
+    """Commit a renewed key and certificate: both are written and fsynced beside the live
+    ones (key 0600), then renamed over ``tls.key`` and ``tls.crt``, the key first. A crash
+    at any point leaves either the old pair or what :func:`finish_interrupted_renewal`
+    completes into the new one. (A reader between the two renames sees the new key with
+    the old certificate for that instant; the processes that own the pair keep it in
+    memory.)"""
+    write_private_file(directory / RENEW_KEY_FILE, key_pem)
+    write_public_file(directory / RENEW_CERT_FILE, cert_pem)
+    try:
+        os.replace(directory / RENEW_KEY_FILE, directory / KEY_FILE)
+        os.replace(directory / RENEW_CERT_FILE, directory / CERT_FILE)
+    except OSError as err:
+        raise PKIError(f"cannot install the renewed certificate in {directory}: {err}") from err
+    _fsync_dir(directory)
+
+
+def finish_interrupted_renewal(directory: Path) -> str | None:
+    """Complete (or discard) a renewal a crash interrupted in :func:`save_material`; what
+    was done, or None if there was nothing to do. Run before loading ``tls.key``."""
+    pending_key, pending_cert = directory / RENEW_KEY_FILE, directory / RENEW_CERT_FILE
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    if not pending_key.exists() and not pending_cert.exists():
+        return None
+    outcome = "discarded an incomplete renewal"
+    if pending_cert.exists():
+        cert = pending_cert.read_bytes()
+        if pending_key.exists() and key_matches(read_private_file(pending_key), cert):
+            os.replace(pending_key, key_path)  # crashed before the renames
+            os.replace(pending_cert, cert_path)
+            outcome = "completed a renewal interrupted before its files were renamed"
+        elif key_path.exists() and key_matches(read_private_file(key_path), cert):
+            os.replace(pending_cert, cert_path)  # crashed between the two renames
+            outcome = "completed a renewal interrupted between its renames"
+    for leftover in (pending_key, pending_cert):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    _fsync_dir(directory)
+    return outcome
 
 
 #: Keepalive, as servers enforce it. They accept the clients' pings (:data:`KEEPALIVE_OPTIONS`:
@@ -198,6 +281,11 @@ class RotatingServerCredentials:
     def update(self, material: TLSMaterial) -> None:
         """Serve ``material`` from the next handshake on."""
         self._material = material
+
+    @property
+    def material(self) -> TLSMaterial:
+        """What new handshakes get."""
+        return self._material
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration:
         # Runs in a gRPC core thread; attribute reads and writes are atomic under the GIL.

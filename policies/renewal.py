@@ -65,6 +65,16 @@ def renew_at(lifetime: Lifetime, jitter: float) -> datetime:
     return lifetime.issued + lifetime.length * (RENEW_AT + RENEW_JITTER * jitter)
 
 
+def renewal_wait(lifetime: Lifetime, now: datetime, interval: timedelta) -> timedelta:
+    """How long a certificate's holder waits before it looks again: until the renewal
+    point (``RENEW_AT`` of the lifetime, unjittered: one holder, nothing to spread), but
+    no longer than ``interval``, since another process may renew the same files
+    meanwhile. Zero: renew now."""
+    if interval <= timedelta(0):
+        raise ValueError(f"the check interval must be positive, got {interval}")
+    return max(timedelta(0), min(interval, renew_at(lifetime, 0.0) - now))
+
+
 def retry_delay(lifetime: Lifetime, attempt: int, now: datetime, jitter: float) -> timedelta:
     """How long to wait after failed attempt number ``attempt`` (1, 2, ...).
 
@@ -105,5 +115,6 @@ __all__ = [
     "Lifetime",
     "renew_at",
     "renewal_refusal",
+    "renewal_wait",
     "retry_delay",
 ]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -57,10 +56,8 @@ from cloudless.logs import configure_logging
 from cloudless.model import ReaperInput, RegisterUserInput
 from cloudless.pki import (
     CertificateAuthority,
-    Identity,
     cert_not_after,
     cert_serial,
-    write_private_file,
     write_public_file,
 )
 from cloudless.process import raise_open_files_limit, stop_on_signals
@@ -84,15 +81,22 @@ from cloudless.tls import (
     CA_FILE,
     CERT_FILE,
     DEFAULT_GRPC_LIMITS,
-    GATEWAY_SERVER_NAME,
-    KEY_FILE,
     GrpcLimits,
+    RotatingServerCredentials,
     TLSMaterial,
-    server_credentials,
 )
 from cloudless.tokens import TokenSigner, TokenVerifier
 from cloudless.transit.client import transit_mount, transit_settings
 from cloudless.vocabulary import AccessRole
+from workers.certs import (
+    COORDINATOR_CERT_VALIDITY,
+    AdminRevoked,
+    CoordinatorCertificates,
+    admin_spec,
+    check_validity,
+    coordinator_spec,
+    ensure_pair,
+)
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
 from workers.front.service import Front, FrontConfig
@@ -105,9 +109,6 @@ from workflows import LEDGER_WORKFLOWS, SHARED_QUEUE_WORKFLOWS
 
 log = structlog.get_logger("cloudless.coordinator")
 
-#: Re-issue the coordinator's own certificate when it has less than this left.
-RENEW_BEFORE = timedelta(days=7)
-COORDINATOR_CERT_VALIDITY = timedelta(days=90)
 #: Seconds an enrollment connection lives at most (its RPCs then get GrpcLimits.age_grace,
 #: longer than an enrollment's own two-minute limit, to finish).
 GATEWAY_MAX_CONNECTION_AGE = 600.0
@@ -120,76 +121,55 @@ class ClusterPKI:
     material: TLSMaterial
 
 
-def ensure_certificate(
+def bootstrap_pki(
     directory: Path,
-    ca: CertificateAuthority,
-    identity: Identity,
+    cluster: str,
+    coordinator_name: str = "coordinator",
     *,
     validity: timedelta = COORDINATOR_CERT_VALIDITY,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-) -> None:
-    """Issue ``identity`` a key and certificate in ``directory`` unless a valid one is there."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
-    if (
-        key_path.exists()
-        and cert_path.exists()
-        and cert_not_after(cert_path.read_bytes()) - datetime.now(UTC) >= RENEW_BEFORE
-    ):
-        return
-    key_pem, cert_pem = ca.issue(
-        identity, validity=validity, dns_names=dns_names, ip_addresses=ip_addresses
-    )
-    write_private_file(key_path, key_pem)
-    write_public_file(cert_path, cert_pem)
-    log.info(
-        "pki.cert_issued",
-        identity=identity.uri(),
-        not_after=cert_not_after(cert_pem).isoformat(),
-    )
-
-
-def bootstrap_pki(
-    directory: Path, cluster: str, coordinator_name: str = "coordinator"
 ) -> ClusterPKI:
-    """Create (first start) or load the CA, signing key and this coordinator's cert."""
+    """Create (first start) or load the CA, signing key and this coordinator's cert
+    (issued anew when missing or past two thirds of its lifetime)."""
+    check_validity(validity)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = CertificateAuthority.bootstrap(directory, cluster)
     signer = TokenSigner.load_or_create(directory)
-    ensure_certificate(
-        directory,
-        ca,
-        Identity(cluster=cluster, role="coordinator", name=coordinator_name),
-        dns_names=[GATEWAY_SERVER_NAME, "localhost"],
-        ip_addresses=["127.0.0.1"],
-    )
+    ensure_pair(coordinator_spec(directory, cluster, coordinator_name), ca, validity=validity)
     # The CA certificate is already in ``directory`` (ca.crt), where TLSMaterial looks.
     assert (directory / CA_FILE).exists()
     return ClusterPKI(ca=ca, signer=signer, material=TLSMaterial.load(directory))
 
 
-def bootstrap_admin(state_dir: Path, ca: CertificateAuthority, cluster: str) -> Path:
+def bootstrap_admin(
+    state_dir: Path,
+    ca: CertificateAuthority,
+    cluster: str,
+    *,
+    validity: timedelta = COORDINATOR_CERT_VALIDITY,
+) -> Path:
     """The local admin's client certificate (``<state>/admin/``), used by ``cloudlessctl``
     for the mTLS services (secrets), like kubeadm's admin.conf. Returns its directory."""
     directory = config.admin_dir(state_dir)
-    ensure_certificate(directory, ca, Identity(cluster=cluster, role="admin", name="admin"))
+    ensure_pair(admin_spec(directory, cluster), ca, validity=validity)
     ca_path = directory / CA_FILE
     if not ca_path.exists() or ca_path.read_bytes() != ca.cert_pem:
         write_public_file(ca_path, ca.cert_pem)
     return directory
 
 
-async def _register_admin(ledger_handle: LedgerHandle, directory: Path) -> None:
-    """The local admin is a user like the others: listed, and revocable by serial.
-    Retried until the ledger answers (it runs on this process's workers)."""
-    cert_pem = (directory / CERT_FILE).read_bytes()
-    inp = RegisterUserInput(
+def _admin_record(cert_pem: bytes) -> RegisterUserInput:
+    return RegisterUserInput(
         name="admin",
         role=AccessRole.ADMIN.value,
         serial=cert_serial(cert_pem),
         not_after=cert_not_after(cert_pem),
     )
+
+
+async def _register_admin(ledger_handle: LedgerHandle, directory: Path) -> None:
+    """The local admin is a user like the others: listed, and revocable by serial.
+    Retried until the ledger answers (it runs on this process's workers)."""
+    inp = _admin_record((directory / CERT_FILE).read_bytes())
     for attempt in itertools.count():
         try:
             await ledger_handle.register_user(inp, rpc_timeout=timedelta(seconds=30))
@@ -305,10 +285,20 @@ class Coordinator:
     #: Lifetime of the node certificates this coordinator issues (enrollment, renewal);
     #: agents renew at about two thirds of it. Tests shorten it to seconds.
     node_cert_validity: timedelta = NODE_CERT_VALIDITY
+    #: Lifetime of the certificates it issues itself (its own and the local admin's),
+    #: renewed at about two thirds of it while it runs. Tests shorten it to seconds.
+    coordinator_cert_validity: timedelta = COORDINATOR_CERT_VALIDITY
+    #: This process's front (``workers.front``), if it serves one: it gets each renewed
+    #: certificate too.
+    front: Front | None = None
+    #: The renewer of its own certificates (:mod:`workers.certs`), once started.
+    certificates: CoordinatorCertificates | None = None
+    _renewing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         self._check_codec()
-        pki = bootstrap_pki(config.coordinator_dir(self.state_dir), self.cluster)
+        directory = config.coordinator_dir(self.state_dir)
+        pki = bootstrap_pki(directory, self.cluster, validity=self.coordinator_cert_validity)
         if self.codec is not None and self.codec_server is not None:
             self._codec_http = await _start_codec_server(
                 self.codec_server, self.codec, config.coordinator_dir(self.state_dir)
@@ -317,7 +307,15 @@ class Coordinator:
         ledger_handle = LedgerHandle(self.client, self.cluster)
         await ledger_handle.start()
         self._pool = AgentClientPool(pki.material)
-        admin = bootstrap_admin(self.state_dir, pki.ca, self.cluster)
+        admin = bootstrap_admin(
+            self.state_dir, pki.ca, self.cluster, validity=self.coordinator_cert_validity
+        )
+        certificates = self.certificates = CoordinatorCertificates(
+            pki.ca,
+            coordinator_spec(directory, self.cluster),
+            admin=admin_spec(admin, self.cluster),
+            validity=self.coordinator_cert_validity,
+        )
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
@@ -399,8 +397,9 @@ class Coordinator:
         # Two listeners: enrollment needs no client certificate (the token authenticates
         # it); everything else requires one, which gRPC cannot make optional per method.
         agent_server = tls.server(self.grpc_limits)
+        agent_credentials = RotatingServerCredentials(pki.material, require_client_auth=True)
         self.agent_port = agent_server.add_secure_port(
-            self.agent_listen, server_credentials(pki.material, require_client_auth=True)
+            self.agent_listen, agent_credentials.credentials
         )
         # Loaded before the listeners open: a removed node is refused from the first call.
         await revocations.start()
@@ -420,11 +419,35 @@ class Coordinator:
         self._agent_server = agent_server
         server = tls.server(replace(self.grpc_limits, max_age=self.gateway_max_age))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        gateway_credentials = RotatingServerCredentials(pki.material, require_client_auth=False)
         self.gateway_port = server.add_secure_port(
-            self.gateway_listen, server_credentials(pki.material, require_client_auth=False)
+            self.gateway_listen, gateway_credentials.credentials
         )
         await server.start()
         self._server = server
+        # Every user of the coordinator's certificate, for its renewals (workers.certs).
+        certificates.push_to("enrollment listener", gateway_credentials.update)
+        certificates.push_to("agent listener", agent_credentials.update)
+        certificates.push_to("agent channels", self._pool.update)
+        if self.front is not None:
+            certificates.push_to("front", self.front.update)
+
+        async def register(cert_pem: bytes) -> None:
+            # Renewing a revoked bundle would register a new serial: the revocation undone.
+            if revocations.revoked((admin / CERT_FILE).read_bytes()) is not None:
+                raise AdminRevoked(
+                    "the local admin's certificate was revoked (`cloudlessctl user revoke "
+                    "admin`), so it is not renewed. To issue a new one, stop the "
+                    f"coordinator, delete {admin}, and start it again"
+                )
+            await ledger_handle.register_user(
+                _admin_record(cert_pem), rpc_timeout=timedelta(seconds=30)
+            )
+
+        certificates.register_admin = register
+        self._tasks.append(
+            asyncio.create_task(certificates.run(self._renewing), name="coordinator-certs")
+        )
         if self.reap_interval is not None:
             await ensure_reaper_schedule(
                 self.client,
@@ -491,6 +514,7 @@ class Coordinator:
         return runtime
 
     async def stop(self) -> None:
+        self._renewing.set()
         if self._codec_http is not None:
             await self._codec_http.stop()
         if self._server is not None:
@@ -659,6 +683,14 @@ def main_command(
             "and renewal (e.g. 30d, 12h); agents renew at about two thirds of it.",
         ),
     ] = "30d",
+    coordinator_cert_validity: Annotated[
+        str,
+        typer.Option(
+            envvar="CLOUDLESS_COORDINATOR_CERT_VALIDITY",
+            help="Lifetime of the certificates the coordinator issues itself (its own and "
+            "the local admin's, e.g. 90d, 12h); renewed in place at about two thirds of it.",
+        ),
+    ] = "90d",
     insecure_plaintext_payloads: Annotated[
         bool,
         typer.Option(
@@ -760,6 +792,7 @@ def main_command(
                 FrontConfig(front_listen, temporal_jail, front_ui_listen or None)
                 if temporal_jail is not None
                 else None,
+                check_validity(parse_duration(coordinator_cert_validity)),
             )
         )
     except CloudlessError as err:
@@ -783,6 +816,7 @@ async def _run(
     reaper: ReaperSettings | None = None,
     node_cert_validity: timedelta = NODE_CERT_VALIDITY,
     front_config: FrontConfig | None = None,
+    coordinator_cert_validity: timedelta = COORDINATOR_CERT_VALIDITY,
 ) -> None:
     secrets = secrets or SecretsSettings()
     reaper = reaper or ReaperSettings()
@@ -798,7 +832,7 @@ async def _run(
         # The jailed Temporal is reachable only through the front: serve it first (with
         # this coordinator's certificate), then connect through it like any client.
         directory = config.coordinator_dir(state_dir)
-        bootstrap_pki(directory, cluster)
+        bootstrap_pki(directory, cluster, validity=coordinator_cert_validity)
         front = await Front(front_config, cluster, directory, codec).start()
         temporal = front.target(temporal.namespace)
     try:
@@ -835,6 +869,8 @@ async def _run(
         reap_interval=reaper.interval,
         reap_grace=reaper.grace,
         node_cert_validity=node_cert_validity,
+        coordinator_cert_validity=coordinator_cert_validity,
+        front=front,
     )
     await coordinator.start()
     if front is not None and coordinator.revocations is not None:

@@ -33,6 +33,7 @@ class SideFront:
             f"unix:{jail_dir(state_dir) / FRONTEND_SOCKET}",
             TLSMaterial.load(state_dir / "coordinator"),
             cluster,
+            local_listen=None,  # no coordinator of this process to let in
         )
 
     async def start(self) -> SideFront:

@@ -63,7 +63,7 @@ from cloudless.transit.client import embedded_transit_settings
 from cloudless.users import issue_user
 from cloudless.vocabulary import AccessRole, AdminAction, NodeHealth
 from tests.conftest import unavailable
-from workers.coordinator import ensure_certificate
+from workers.certs import ensure_certificate
 
 pytestmark = pytest.mark.temporal
 

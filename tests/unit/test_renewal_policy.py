@@ -16,6 +16,7 @@ from policies.renewal import (
     Lifetime,
     renew_at,
     renewal_refusal,
+    renewal_wait,
     retry_delay,
 )
 
@@ -135,3 +136,41 @@ def test_a_node_renewing_on_schedule_never_meets_the_bound(
 ) -> None:
     life = lifetime(length)
     assert renewal_refusal(life.issued, life.not_after, renew_at(life, jitter)) is None
+
+
+# ------------------------------------------------------------ the coordinator's own
+
+
+def test_a_ninety_day_coordinator_certificate_renews_at_sixty_days() -> None:
+    life = lifetime(timedelta(days=90))
+    hour = timedelta(hours=1)
+    assert renewal_wait(life, T0, hour) == hour  # far from due: look again in an hour
+    assert renewal_wait(life, T0 + timedelta(days=60) - 5 * timedelta(minutes=1), hour) == (
+        timedelta(minutes=5)
+    )
+    assert renewal_wait(life, T0 + timedelta(days=60), hour) == timedelta(0)
+    assert renewal_wait(life, T0 + timedelta(days=89), hour) == timedelta(0)
+
+
+def test_the_check_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        renewal_wait(lifetime(timedelta(days=1)), T0, timedelta(0))
+
+
+@given(
+    lifetimes,
+    st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=500)),
+    st.timedeltas(min_value=timedelta(milliseconds=1), max_value=timedelta(days=1)),
+)
+def test_the_wait_is_bounded_and_zero_exactly_from_two_thirds_on(
+    length: timedelta, elapsed: timedelta, interval: timedelta
+) -> None:
+    life = lifetime(length)
+    now = T0 + elapsed
+    wait = renewal_wait(life, now, interval)
+    assert timedelta(0) <= wait <= interval
+    due = renew_at(life, 0.0)
+    assert (wait == timedelta(0)) == (now >= due)
+    # Waiting never passes the renewal point, so a holder that looks again when told
+    # renews at two thirds, well before the expiry.
+    assert now + wait <= max(now, due) and due < life.not_after

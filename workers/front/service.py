@@ -78,6 +78,14 @@ class Front:
         if self.ui is not None:
             self.ui.revocations = revocations
 
+    def update(self, material: TLSMaterial) -> None:
+        """Serve the coordinator's renewed certificate on every listener of the front
+        from the next handshake on (``workers.certs``)."""
+        self.material = material
+        self.temporal.update(material)
+        if self.ui is not None:
+            self.ui.update(material.cert_pem, material.key_pem, self.directory)
+
     async def start(self) -> Front:
         await self.audit.start()
         await self.temporal.start()
@@ -86,19 +94,19 @@ class Front:
         return self
 
     def target(self, namespace: str) -> TemporalTarget:
-        """How this process reaches Temporal: through its own front, as the coordinator."""
-        host = self.config.listen.rpartition(":")[0] or "127.0.0.1"
-        if host in ("0.0.0.0", "[::]", "::"):
-            host = "127.0.0.1"
+        """How this process reaches Temporal: through its own front's local door, with
+        the per-process API key and no client certificate, so that renewing the
+        coordinator's certificate never touches the client (the SDK cannot change a
+        client's TLS settings after it connected). The front's certificate is verified
+        against the cluster CA, under the name every coordinator certificate carries."""
+        assert self.temporal.local is not None, "the front's local door is not configured"
+        if self.temporal.local_port == 0:
+            raise RuntimeError("the front is not started: its local door has no port yet")
         return TemporalTarget(
-            f"{host}:{self.temporal.port}",
+            f"127.0.0.1:{self.temporal.local_port}",
             namespace,
-            TemporalTLS(
-                self.material.ca_pem,
-                self.material.cert_pem,
-                self.material.key_pem,
-                GATEWAY_SERVER_NAME,
-            ),
+            TemporalTLS(self.material.ca_pem, None, None, GATEWAY_SERVER_NAME),
+            api_key=self.temporal.local.key,
         )
 
     async def stop(self) -> None:

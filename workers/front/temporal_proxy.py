@@ -10,10 +10,19 @@ its metadata and deadline; Temporal's answer, including its error details
 The proxy never parses a message: it costs one copy of each, and it cannot mis-handle a
 field it does not know. Every method of Temporal's API is unary, so it forwards unary
 calls only; a streaming call is refused.
+
+The local coordinator has a door of its own (:class:`LocalKeyDoor`): a loopback listener
+with TLS but no client certificate, where a random per-process API key stands for the
+role ``coordinator``. The Temporal SDK cannot change a client's certificate after it
+connected, so a coordinator whose certificate was renewed could not reconnect through the
+mutual-TLS listener once the old one expired; through this door its client needs no
+certificate at all (``docs/design/front.md``, "The coordinator's own door").
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
@@ -46,8 +55,13 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 #: A worker holds dozens of long polls (60 s each) on one connection: room for them.
 FRONT_LIMITS = GrpcLimits(max_connections=1024, max_streams=2048)
-#: Metadata gRPC sets per hop, never forwarded.
-_HOP_BY_HOP = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding"})
+#: Metadata gRPC sets per hop, never forwarded; nor the caller's credential (the front is
+#: what authenticates: the local coordinator's API key never leaves this process).
+_HOP_BY_HOP = frozenset(
+    {"user-agent", "te", "content-type", "grpc-accept-encoding", "authorization"}
+)
+#: Where the local coordinator's door listens: loopback, a port the kernel picks.
+LOCAL_LISTEN = "127.0.0.1:0"
 
 
 #: The one ``grpc-`` key that goes through: Temporal's typed error details (e.g. "already
@@ -115,9 +129,16 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return identity, ""
 
     async def _forward(
-        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        self,
+        method: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        authenticate: Callable[
+            [grpc.aio.ServicerContext[bytes, bytes]], tuple[Identity | None, str]
+        ]
+        | None = None,
     ) -> bytes:
-        caller, why = self._caller(context)
+        caller, why = (authenticate or self._caller)(context)
         name = method.rpartition("/")[2]
         if caller is None:
             self._deny(method, Call(name), None, context, why)
@@ -189,15 +210,75 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         await self._channel.close(None)
 
 
-class TemporalFront:
-    """The gRPC listener serving :class:`TemporalProxy` over mutual TLS."""
+class LocalKeyDoor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """The local coordinator's door to :class:`TemporalProxy`: a call that presents
+    ``authorization: Bearer <key>`` (what the Temporal SDK sends for an API key) is the
+    role ``coordinator``; any other call is ``UNAUTHENTICATED``.
 
-    def __init__(self, listen: str, upstream: str, material: TLSMaterial, cluster: str) -> None:
+    The key is random per process (:func:`secrets.token_urlsafe`, 256 bits), is compared
+    in constant time, is never logged and is never forwarded to Temporal.
+    """
+
+    def __init__(self, proxy: TemporalProxy, cluster: str) -> None:
+        self.proxy = proxy
+        self.key = secrets.token_urlsafe(32)
+        self._expected = f"Bearer {self.key}".encode()
+        self._identity = Identity(cluster=cluster, role="coordinator", name="coordinator")
+
+    def __repr__(self) -> str:  # never the key
+        return f"LocalKeyDoor({self._identity.uri()})"
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        method: str = handler_call_details.method
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return await self.proxy._forward(method, request, context, self._caller)
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    def _caller(
+        self, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> tuple[Identity | None, str]:
+        presented = next(
+            (v for k, v in context.invocation_metadata() or () if k == "authorization"), None
+        )
+        if isinstance(presented, str):
+            presented = presented.encode()
+        if presented is not None and hmac.compare_digest(presented, self._expected):
+            return self._identity, ""
+        return None, (
+            "this listener serves the local coordinator only, with its API key; clients "
+            "use the front's mutual-TLS address (--front-listen) with a certificate"
+        )
+
+
+class TemporalFront:
+    """The gRPC listeners serving :class:`TemporalProxy`: ``listen`` over mutual TLS for
+    everyone, and ``local_listen`` (loopback; None: none) for this process's coordinator,
+    TLS with its API key (:class:`LocalKeyDoor`). Both present the same certificate,
+    replaced while they run by :meth:`update`."""
+
+    def __init__(
+        self,
+        listen: str,
+        upstream: str,
+        material: TLSMaterial,
+        cluster: str,
+        *,
+        local_listen: str | None = LOCAL_LISTEN,
+    ) -> None:
         self.listen = listen
+        self.local_listen = local_listen
         self.proxy = TemporalProxy(upstream, cluster)
+        self.local = LocalKeyDoor(self.proxy, cluster) if local_listen is not None else None
         self.credentials = RotatingServerCredentials(material, require_client_auth=True)
+        self.local_credentials = RotatingServerCredentials(material, require_client_auth=False)
         self._server: grpc.aio.Server | None = None
+        self._local_server: grpc.aio.Server | None = None
         self.port = 0
+        self.local_port = 0
 
     async def start(self) -> TemporalFront:
         server = grpc_server(FRONT_LIMITS, _CHANNEL_OPTIONS)
@@ -207,15 +288,33 @@ class TemporalFront:
             raise OSError(f"cannot listen on {self.listen} for the Temporal front")
         await server.start()
         self._server = server
-        log.info("front.temporal_listening", listen=self.listen, upstream=self.proxy.upstream)
+        if self.local is not None and self.local_listen is not None:
+            local = grpc_server(FRONT_LIMITS, _CHANNEL_OPTIONS)
+            local.add_generic_rpc_handlers([self.local])
+            self.local_port = local.add_secure_port(
+                self.local_listen, self.local_credentials.credentials
+            )
+            if self.local_port == 0:
+                await self.stop()
+                raise OSError(f"cannot listen on {self.local_listen} for the coordinator's door")
+            await local.start()
+            self._local_server = local
+        log.info(
+            "front.temporal_listening",
+            listen=self.listen,
+            local_port=self.local_port,
+            upstream=self.proxy.upstream,
+        )
         return self
 
     def update(self, material: TLSMaterial) -> None:
-        """Serve a renewed certificate from the next handshake on."""
+        """Serve a renewed certificate from the next handshake on (both listeners)."""
         self.credentials.update(material)
+        self.local_credentials.update(material)
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        for server in (self._local_server, self._server):
+            if server is not None:
+                await server.stop(grace)
+        self._server = self._local_server = None
         await self.proxy.close()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +40,7 @@ from cloudless.http import (
     RequestRefused,
     authenticated,
     json_bytes,
+    load_chain,
     read_body,
 )
 from cloudless.logins import LoginRefused, LoginVerifier
@@ -103,7 +105,14 @@ class UiFront:
         #: Where logins refused and the UI's actions (anything but GET/HEAD) are recorded.
         self.audit: Callable[[AuditRecord], None] | None = None
         self._listener = Listener(*listen, ssl_context=ssl_context, limits=limits)
+        self._ssl_context = ssl_context
         self._client: aiohttp.ClientSession | None = None
+
+    def update(self, cert_pem: bytes, key_pem: bytes, scratch: Path) -> None:
+        """Serve a renewed certificate from the next handshake on: loaded into the same
+        context the listener uses (``scratch``: a private directory, see
+        :func:`cloudless.http.load_chain`)."""
+        load_chain(self._ssl_context, cert_pem, key_pem, scratch)
 
     @property
     def url(self) -> str:
