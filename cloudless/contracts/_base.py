@@ -38,6 +38,23 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 
+#: How often an Update refused with ``WorkflowNotReady`` is sent again (~2 s in all).
+NOT_READY_RETRIES = 3
+_NOT_READY = "temporal.api.errordetails.v1.WorkflowNotReadyFailure"
+
+
+def not_ready(err: RPCError) -> bool:
+    """Temporal refused the call because the workflow's last task failed: nothing was
+    admitted, and the same call can be made again."""
+    if err.status != RPCStatusCode.FAILED_PRECONDITION:
+        return False
+    try:
+        details = err.grpc_status.details
+    except Exception:  # an unparsable status is not this one
+        return False
+    return any(d.type_url.endswith(_NOT_READY) for d in details)
+
+
 def _args(input_type: object, arg: object) -> list[object]:
     return [] if input_type is None else [arg]
 
@@ -87,14 +104,25 @@ class Update(Generic[I, R]):
         id: str | None = None,
         rpc_timeout: timedelta | None = None,
     ) -> Any:
-        """Send the Update and wait for its result (``id`` makes a retry idempotent)."""
-        return await handle.execute_update(
-            self.name,
-            args=_args(self.input, arg),
-            id=id,
-            result_type=self.result,
-            rpc_timeout=rpc_timeout,
-        )
+        """Send the Update and wait for its result (``id`` makes a retry idempotent).
+
+        An Update refused because the workflow's task had just failed (Temporal's
+        ``WorkflowNotReady``: it was not admitted, so nothing happened) is sent again, a
+        few times: the task is retried by the server and the workflow is soon ready."""
+        for attempt in itertools.count():
+            try:
+                return await handle.execute_update(
+                    self.name,
+                    args=_args(self.input, arg),
+                    id=id,
+                    result_type=self.result,
+                    rpc_timeout=rpc_timeout,
+                )
+            except RPCError as err:
+                if not not_ready(err) or attempt >= NOT_READY_RETRIES:
+                    raise
+                await asyncio.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def start(
         self,

@@ -320,3 +320,49 @@ async def test_a_failed_update_with_start_leaves_no_unretrieved_error() -> None:
     finally:
         loop.set_exception_handler(previous)
     assert not [c for c in reported if "never retrieved" in str(c.get("message", ""))], reported
+
+
+async def test_an_update_refused_as_not_ready_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Temporal's WorkflowNotReady (the workflow's task had just failed; the Update was not
+    admitted) is retried; other refusals are not. The status is the one CI met."""
+    from cloudless.contracts import _base, ledger
+
+    raw = (
+        b"\x08\t\x12TUnable to perform workflow execution update due to unexpected workflow "
+        b"task failure.\x1aJ\nHtype.googleapis.com/temporal.api.errordetails.v1."
+        b"WorkflowNotReadyFailure"
+    )
+    not_ready = RPCError("not ready", RPCStatusCode.FAILED_PRECONDITION, raw)
+    assert _base.not_ready(not_ready)
+    assert not _base.not_ready(RPCError("no", RPCStatusCode.FAILED_PRECONDITION, b""))
+    assert not _base.not_ready(RPCError("no", RPCStatusCode.NOT_FOUND, raw))
+    monkeypatch.setattr("cloudless.contracts._base.asyncio.sleep", _no_sleep)
+
+    class Handle:
+        calls = 0
+
+        async def execute_update(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls < 3:
+                raise not_ready
+            return None
+
+    handle = Handle()
+    await ledger.WAIT_NODE.execute(cast(Any, handle), cast(Any, None))
+    assert handle.calls == 3
+
+    class Always(Handle):
+        async def execute_update(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            raise not_ready
+
+    always = Always()
+    with pytest.raises(RPCError):
+        await ledger.WAIT_NODE.execute(cast(Any, always), cast(Any, None))
+    assert always.calls == _base.NOT_READY_RETRIES + 1
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
