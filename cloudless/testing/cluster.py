@@ -42,9 +42,11 @@ from cloudless.tokens import TokenSigner
 from cloudless.transit.client import ADDRESS_FILE, TRANSIT_SUBDIR, transit_client
 from workers.coordinator import Coordinator
 
-#: Where test listeners live: below Linux's ephemeral range (32768-60999 by default) and
-#: below the hollow fleet's sequences (``hollow.PORT_BASE``).
-LISTEN_PORTS = range(10_000, 20_000)
+#: Where test listeners live: below Linux's ephemeral range (32768-60999 by default), below
+#: the hollow fleet's sequences (``hollow.PORT_BASE``), and above every fixed port the test
+#: stacks use (``dev up`` with an offset: at most 12,734), so a random pick never takes a
+#: port that a stack in the other test process (``scripts/test`` runs two) will bind.
+LISTEN_PORTS = range(13_000, 20_000)
 
 
 def free_port() -> int:
