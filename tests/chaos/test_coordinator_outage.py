@@ -15,7 +15,8 @@ from cloudless.testing.outage import CRASHY, ONESHOT, WEB, run_outage
 
 pytestmark = [pytest.mark.temporal, pytest.mark.docker]
 
-PORTS = DevPorts.shifted(1400)  # < 10,000: clear of dev (0), devstack (1100), crash (1300), rotation (1600)
+# Below 10,000, clear of dev (0), devstack (1100), crash (1300) and rotation (1600).
+PORTS = DevPorts.shifted(1400)
 OUTAGE = 35.0
 
 

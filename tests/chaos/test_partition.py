@@ -79,7 +79,8 @@ async def test_partitioned_agent_replicas_move_and_come_back_clean(
     logs.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     cluster = "part"
-    tport, gport = 9683, 9693  # < 10,000, clear of the other stacks (scripts/test runs two processes)
+    # Below 10,000 and clear of the other stacks (scripts/test runs two processes).
+    tport, gport = 9683, 9693
     env = {
         "CLOUDLESS_TEMPORAL_ADDRESS": f"127.0.0.1:{tport}",
         "CLOUDLESS_CLUSTER": cluster,
