@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Generic, TypeVar
@@ -53,6 +53,7 @@ from pydantic import (
 from cloudless import config
 from cloudless.errors import ConfigError, PKIError
 from cloudless.pki.files import read_private_file, read_public_file, replace_file
+from cloudless.strictyaml import strict_loader
 from cloudless.temporal import TemporalTarget, TemporalTLS
 
 ENV_CONFIG: Final = "CLOUDLESS_CONFIG"
@@ -192,45 +193,6 @@ def check_context_name(name: str) -> str:
     return name
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses duplicate keys and nesting deeper than :data:`_MAX_DEPTH`."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > _MAX_DEPTH:
-                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-                raise yaml.MarkedYAMLError(
-                    problem=f"nested more than {_MAX_DEPTH} levels deep",
-                    problem_mark=event.start_mark,  # type: ignore[arg-type]
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Hashable, yaml.Mark] = {}
-    for key_node, _value in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first on line {seen[key].line + 1})",
-                key_node.start_mark,
-            )
-        if isinstance(key, Hashable):
-            seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -274,7 +236,7 @@ def parse_config(text: str, path: Path) -> tuple[ClientConfig, dict[str, Any]]:
     """Validate config ``text`` read from ``path``: the model (paths made absolute against
     ``path``'s directory) and the raw mapping (for rewriting the file)."""
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=strict_loader(_MAX_DEPTH))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import IO, Any, Final
 
 import yaml
@@ -19,6 +19,7 @@ from cloudless.spec._messages import _closest, _show
 from cloudless.spec.issues import _WHOLE_DOCUMENT, ManifestError, ManifestIssue, _issues_from
 from cloudless.spec.limits import MAX_DEPTH, MAX_DOCUMENTS, MAX_MANIFEST_BYTES, format_size
 from cloudless.spec.workload import API_VERSION, Workload
+from cloudless.strictyaml import TooDeepError, strict_loader
 
 #: Kinds the loader understands. A new kind is one more entry here (and, once there is more
 #: than one, a union in the loader's return type).
@@ -129,50 +130,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-class _TooDeepError(yaml.YAMLError):
-    """A document nests deeper than :data:`MAX_DEPTH` (found while composing it)."""
-
-    def __init__(self, mark: object) -> None:
-        super().__init__(f"nested more than {MAX_DEPTH} levels deep")
-        self.problem_mark = mark
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loader that rejects duplicate keys instead of keeping the last one, and
-    documents nested deeper than :data:`MAX_DEPTH` before its recursion could run out of
-    stack (PyYAML composes and constructs nodes recursively)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-                raise _TooDeepError(event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Hashable, yaml.Mark] = {}
-    for key_node, _value in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, Hashable):
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r} (first defined on line {seen[key].line + 1})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader = strict_loader(MAX_DEPTH)
 
 
 def _yaml_issue(error: yaml.YAMLError, document: int) -> ManifestIssue:
@@ -180,7 +138,7 @@ def _yaml_issue(error: yaml.YAMLError, document: int) -> ManifestIssue:
     problem = getattr(error, "problem", None) or str(error)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     line = f"line {mark.line + 1}" if mark is not None else "the reported line"
-    if isinstance(error, _TooDeepError):
+    if isinstance(error, TooDeepError):
         return _document_issue(
             f"the YAML{where} is {problem}, the limit",
             "flatten the structure: no valid manifest nests this deep",
