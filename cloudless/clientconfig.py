@@ -55,6 +55,7 @@ from cloudless.errors import ConfigError, PKIError
 from cloudless.pki.files import read_private_file, read_public_file, replace_file
 from cloudless.strictyaml import strict_loader
 from cloudless.temporal import TemporalTarget, TemporalTLS
+from cloudless.tls import CA_FILE, CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE
 
 ENV_CONFIG: Final = "CLOUDLESS_CONFIG"
 ENV_CONTEXT: Final = "CLOUDLESS_CONTEXT"
@@ -182,6 +183,35 @@ class ClientConfig(_Section):
         for name in value:
             check_context_name(name)
         return value
+
+
+def front_context_document(
+    name: str,
+    cluster: str,
+    address: str,
+    tls_dir: Path | str,
+    *,
+    state_dir: Path | None = None,
+) -> dict[str, Any]:
+    """A config file with one context, ``name``, that reaches a coordinator's front at
+    ``address`` with the key, certificate and CA in ``tls_dir`` (``tls.key``, ``tls.crt``,
+    ``ca.crt``; relative paths resolve against the file's directory). What ``dev up``
+    and ``cloudlessctl user create`` write."""
+    context: dict[str, Any] = {"cluster": cluster}
+    if state_dir is not None:
+        context["state-dir"] = str(state_dir)
+    directory = Path(tls_dir)
+    context["temporal"] = {
+        "address": address,
+        "namespace": "default",
+        "tls": {
+            "ca": str(directory / CA_FILE),
+            "cert": str(directory / CERT_FILE),
+            "key": str(directory / KEY_FILE),
+            "server-name": GATEWAY_SERVER_NAME,
+        },
+    }
+    return {"current-context": name, "contexts": {name: context}}
 
 
 def check_context_name(name: str) -> str:

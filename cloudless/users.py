@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cloudless.clientconfig import front_context_document
 from cloudless.errors import CloudlessError
 from cloudless.pki import (
     CertificateAuthority,
@@ -26,7 +27,7 @@ from cloudless.pki import (
     write_private_file,
     write_public_file,
 )
-from cloudless.tls import CA_FILE, CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE
+from cloudless.tls import CA_FILE, CERT_FILE, KEY_FILE
 from cloudless.vocabulary import AccessRole
 
 #: A person's certificate lives shorter than a machine's: renewal is a new bundle.
@@ -80,25 +81,8 @@ def write_bundle(directory: Path, user: IssuedUser, cluster: str, front: str) ->
     write_private_file(directory / KEY_FILE, user.key_pem, overwrite=False)
     write_public_file(directory / CERT_FILE, user.cert_pem, overwrite=False)
     write_public_file(directory / CA_FILE, user.ca_pem, overwrite=False)
-    context = f"{cluster}-{user.name}"
-    document = {
-        "current-context": context,
-        "contexts": {
-            context: {
-                "cluster": cluster,
-                "temporal": {
-                    "address": front,
-                    "namespace": "default",
-                    "tls": {
-                        "ca": CA_FILE,  # relative: resolved against this file's directory
-                        "cert": CERT_FILE,
-                        "key": KEY_FILE,
-                        "server-name": GATEWAY_SERVER_NAME,
-                    },
-                },
-            }
-        },
-    }
+    # Relative paths: resolved against the config file's directory, so the bundle moves.
+    document = front_context_document(f"{cluster}-{user.name}", cluster, front, ".")
     path = directory / BUNDLE_CONFIG
     write_private_file(path, yaml.safe_dump(document, sort_keys=False).encode(), overwrite=False)
     return path

@@ -94,7 +94,9 @@ class Call:
 @dataclass(frozen=True)
 class Grants:
     """What people may send, from the contracts: (workflow id prefix, message name) ->
-    least role, and (id prefix, workflow type) -> least role to start one."""
+    least role, and (id prefix, workflow type) -> least role to start one. A prefix is
+    the id's first segment with its slash (``workload/``), so a lookup is one dict probe
+    per call, not a scan of every grant."""
 
     messages: Mapping[tuple[str, str], AccessRole] = field(default_factory=dict)
     starts: Mapping[tuple[str, str], AccessRole] = field(default_factory=dict)
@@ -102,10 +104,8 @@ class Grants:
     def needed(
         self, table: Mapping[tuple[str, str], AccessRole], workflow_id: str, name: str
     ) -> AccessRole | None:
-        for (prefix, granted), role in table.items():
-            if granted == name and workflow_id.startswith(prefix):
-                return role
-        return None
+        head, slash, _ = workflow_id.partition("/")
+        return table.get((head + slash, name)) if slash else None
 
 
 def split_method(method: str) -> tuple[str, str] | None:

@@ -32,12 +32,13 @@ from typing import Any
 import psutil
 import yaml
 
+from cloudless.clientconfig import front_context_document
 from cloudless.codec import CODEC_TOKEN_FILE
 from cloudless.errors import ConfigError, PKIError
 from cloudless.logins import login_url, mint_login
 from cloudless.pki import CertificateAuthority, read_private_file, write_private_file
 from cloudless.temporal import TemporalTarget, TemporalTLS
-from cloudless.tls import CA_FILE, CERT_FILE, GATEWAY_SERVER_NAME, KEY_FILE, TLSMaterial
+from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
 from cloudless.tokens import TokenSigner
 from cloudless.transit.client import (
     ADDRESS_FILE,
@@ -535,26 +536,9 @@ def stack_target(state_dir: Path, ports: DevPorts | dict[str, int]) -> TemporalT
 def write_client_config(state_dir: Path, cluster: str, ports: DevPorts) -> Path:
     """``<state>/config.yaml``: the stack as a context (``cloudless.clientconfig``), so
     ``cloudlessctl`` in this directory reaches the front with the admin certificate."""
-    admin = state_dir / "admin"
-    document = {
-        "current-context": cluster,
-        "contexts": {
-            cluster: {
-                "cluster": cluster,
-                "state-dir": str(state_dir),
-                "temporal": {
-                    "address": f"127.0.0.1:{ports.temporal}",
-                    "namespace": "default",
-                    "tls": {
-                        "ca": str(admin / CA_FILE),
-                        "cert": str(admin / CERT_FILE),
-                        "key": str(admin / KEY_FILE),
-                        "server-name": GATEWAY_SERVER_NAME,
-                    },
-                },
-            }
-        },
-    }
+    document = front_context_document(
+        cluster, cluster, f"127.0.0.1:{ports.temporal}", state_dir / "admin", state_dir=state_dir
+    )
     path = state_dir / CONFIG_FILE
     write_private_file(path, yaml.safe_dump(document, sort_keys=False).encode())
     return path

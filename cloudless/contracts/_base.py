@@ -314,8 +314,11 @@ class WorkflowType(Generic[I, R]):
         messages: Sequence[Message] = (),
         starter: AccessRole | None = None,
     ) -> None:
-        if not id_prefix.endswith("/"):
-            raise ValueError(f"{name}: id_prefix must end with '/', got {id_prefix!r}")
+        if not id_prefix.endswith("/") or id_prefix.count("/") != 1:
+            raise ValueError(
+                f"{name}: id_prefix must be one segment ending with '/' (the front looks "
+                f"grants up by it), got {id_prefix!r}"
+            )
         self.name = name
         self.input = input
         self.result = result
