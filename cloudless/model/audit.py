@@ -23,6 +23,8 @@ AuditOutcome = Literal["allowed", "denied", "failed"]
 #: Every outcome, in the order the CLI lists them.
 AUDIT_OUTCOMES: Final[tuple[AuditOutcome, ...]] = ("allowed", "denied", "failed")
 
+#: The actor of a call refused before it showed who it was.
+UNAUTHENTICATED: Final = "unauthenticated"
 #: The denial reason or error status, as kept.
 MAX_AUDIT_REASON_CHARS: Final = 300
 #: Workflow ids and UI paths (Temporal allows ids of 1,000 characters).
@@ -45,8 +47,8 @@ def _utc(value: datetime) -> datetime:
 class AuditRecord(_Model):
     """One decision of the front: an operator's call, allowed, denied or failed."""
 
-    #: When the front decided (UTC).
-    time: datetime
+    #: When the front decided (UTC; now, unless given).
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: The caller's identity URI (``cloudless://dev/admin/admin``) or ``ui:<user>``.
     actor: str
     role: str

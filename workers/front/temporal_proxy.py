@@ -24,13 +24,13 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Literal
 
 import grpc
 import structlog
 
 from cloudless.model import AuditRecord
+from cloudless.model.audit import UNAUTHENTICATED
 from cloudless.pki import Identity
 from cloudless.revocation import RevocationList
 from cloudless.revocation import reason as revocation_reason
@@ -178,7 +178,7 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         reason: str,
     ) -> None:
         self.refused += 1
-        who = caller.uri() if caller is not None else "unauthenticated"
+        who = caller.uri() if caller is not None else UNAUTHENTICATED
         log.warning("front.refused", method=method, who=who, peer=context.peer(), why=reason)
         self._record(call, caller, context, "denied", reason)
 
@@ -194,15 +194,14 @@ class TemporalProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             return
         self.audit(
             AuditRecord(
-                time=datetime.now(UTC),
-                actor=caller.uri() if caller is not None else "unauthenticated",
+                actor=caller.uri() if caller is not None else UNAUTHENTICATED,
                 role=caller.role if caller is not None else "",
                 source=context.peer(),
                 action=call.method,
                 target=call.workflow_id,
                 message=",".join([*([call.starts] if call.starts else []), *call.messages]),
                 outcome=outcome,
-                reason=reason[:300],
+                reason=reason,  # clipped by the model
             )
         )
 

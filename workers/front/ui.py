@@ -21,7 +21,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +44,7 @@ from cloudless.http import (
 )
 from cloudless.logins import LoginRefused, LoginVerifier
 from cloudless.model import AuditRecord
+from cloudless.model.audit import UNAUTHENTICATED
 from cloudless.revocation import RevocationList
 from policies.access import ui_request
 from workers.codec_server import Sessions, cookie, read_payloads
@@ -208,15 +208,14 @@ class UiFront:
             return
         self.audit(
             AuditRecord(
-                time=datetime.now(UTC),
-                actor=f"ui:{caller.user}" if caller is not None else "unauthenticated",
+                actor=f"ui:{caller.user}" if caller is not None else UNAUTHENTICATED,
                 role=caller.role if caller is not None else "",
                 source=request.remote or "",
                 action=f"HTTP {request.method}",
                 target=path,
                 message="",
                 outcome=outcome,
-                reason=reason[:300],
+                reason=reason,  # clipped by the model
             )
         )
 
