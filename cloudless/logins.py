@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import jwt
@@ -30,6 +31,7 @@ __all__ = [
     "LoginVerifier",
     "login_url",
     "mint_login",
+    "mint_login_url",
 ]
 
 LOGIN_AUDIENCE = "cloudless-ui-login"
@@ -83,6 +85,21 @@ def mint_login(
 
 def login_url(front_url: str, token: str) -> str:
     return f"{front_url.rstrip('/')}/login?token={quote(token, safe='')}"
+
+
+def mint_login_url(
+    key_dir: Path,
+    front_url: str,
+    *,
+    cluster: str,
+    user: str,
+    role: str,
+    ttl: timedelta = LOGIN_TTL,
+) -> str:
+    """A login link for the front at ``front_url``, signed with the token key in
+    ``key_dir`` (the coordinator's state: :class:`PKIError` if it is not there)."""
+    token = mint_login(TokenSigner.load(key_dir), cluster=cluster, user=user, role=role, ttl=ttl)
+    return login_url(front_url, token)
 
 
 class LoginVerifier:

@@ -35,7 +35,7 @@ import yaml
 from cloudless.clientconfig import front_context_document
 from cloudless.codec import CODEC_TOKEN_FILE
 from cloudless.errors import ConfigError, PKIError
-from cloudless.logins import login_url, mint_login
+from cloudless.logins import mint_login_url
 from cloudless.pki import CertificateAuthority, read_private_file, write_private_file
 from cloudless.temporal import TemporalTarget, TemporalTLS
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
@@ -548,9 +548,13 @@ def ui_login_url(
     state_dir: Path, cluster: str, ui_port: int, *, user: str = "admin", role: str = "admin"
 ) -> str:
     """A one-time link into the Temporal UI through the front (``cloudless.logins``)."""
-    signer = TokenSigner.load(state_dir / "coordinator")
-    token = mint_login(signer, cluster=cluster, user=user, role=role)
-    return login_url(f"https://127.0.0.1:{ui_port}", token)
+    return mint_login_url(
+        state_dir / "coordinator",
+        f"https://127.0.0.1:{ui_port}",
+        cluster=cluster,
+        user=user,
+        role=role,
+    )
 
 
 def codec_login_url(state_dir: Path, ports: dict[str, int]) -> str | None:

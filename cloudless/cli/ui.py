@@ -12,8 +12,7 @@ from cloudless.cli.settings import settings
 from cloudless.config import DEFAULT_UI
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError, PKIError
-from cloudless.logins import login_url, mint_login
-from cloudless.tokens import TokenSigner
+from cloudless.logins import mint_login_url
 from cloudless.vocabulary import AccessRole
 
 app = typer.Typer(no_args_is_help=True, help="The Temporal UI, behind the front's login.")
@@ -49,12 +48,16 @@ def login(
             else DEFAULT_UI
         )
     try:
-        signer = TokenSigner.load(settings.state_dir / "coordinator")
-        token = mint_login(
-            signer, cluster=settings.cluster, user=user, role=role.value, ttl=parse_duration(ttl)
+        link = mint_login_url(
+            settings.state_dir / "coordinator",
+            url,
+            cluster=settings.cluster,
+            user=user,
+            role=role.value,
+            ttl=parse_duration(ttl),
         )
     except PKIError as err:
         raise fail(f"{err}; run this where the coordinator's state dir is (--state-dir)") from err
     except (CloudlessError, ValueError) as err:
         raise fail(str(err)) from err
-    typer.echo(login_url(url, token))
+    typer.echo(link)
