@@ -17,6 +17,18 @@ from datetime import datetime, timedelta
 
 #: Renew at this fraction of the lifetime ...
 RENEW_AT = 2 / 3
+#: A holder whose certificates are renewed for it (the coordinator's, by the
+#: ``cert-rotation`` Schedule) renews them itself only past this fraction: the Schedule
+#: did not run (Temporal away), and the certificate must not expire meanwhile.
+FALLBACK_AT = 0.85
+#: The ``cert-rotation`` Schedule looks this often, as a fraction of the shortest lifetime
+#: it keeps (so it renews between ``RENEW_AT`` and ``RENEW_AT + CHECK_EVERY``, well before
+#: ``FALLBACK_AT``) ...
+CHECK_EVERY = 0.1
+#: ... within these bounds (a Schedule's interval is whole seconds; an hourly look is
+#: plenty for the production lifetime of 90 days).
+CHECK_EVERY_MIN = timedelta(seconds=1)
+CHECK_EVERY_MAX = timedelta(hours=1)
 #: ... give or take this fraction of the lifetime (uniform), so renewals spread out.
 RENEW_JITTER = 0.05
 #: The CA issues a node at most one certificate per this fraction of the lifetime of the
@@ -65,14 +77,29 @@ def renew_at(lifetime: Lifetime, jitter: float) -> datetime:
     return lifetime.issued + lifetime.length * (RENEW_AT + RENEW_JITTER * jitter)
 
 
-def renewal_wait(lifetime: Lifetime, now: datetime, interval: timedelta) -> timedelta:
+def renewal_wait(
+    lifetime: Lifetime, now: datetime, interval: timedelta, at: float = RENEW_AT
+) -> timedelta:
     """How long a certificate's holder waits before it looks again: until the renewal
-    point (``RENEW_AT`` of the lifetime, unjittered: one holder, nothing to spread), but
-    no longer than ``interval``, since another process may renew the same files
-    meanwhile. Zero: renew now."""
+    point (``at`` of the lifetime, unjittered: one holder, nothing to spread), but no
+    longer than ``interval``, since another process may renew the same files meanwhile.
+    Zero: renew now."""
     if interval <= timedelta(0):
         raise ValueError(f"the check interval must be positive, got {interval}")
-    return max(timedelta(0), min(interval, renew_at(lifetime, 0.0) - now))
+    if not 0.0 < at < 1.0:
+        raise ValueError(f"the renewal point must be a fraction within 0..1, got {at}")
+    point = lifetime.issued + lifetime.length * at
+    return max(timedelta(0), min(interval, point - now))
+
+
+def rotation_interval(shortest: timedelta) -> timedelta:
+    """How often the ``cert-rotation`` Schedule looks at certificates whose shortest
+    lifetime is ``shortest``: ``CHECK_EVERY`` of it, in whole seconds, within bounds."""
+    if shortest <= timedelta(0):
+        raise ValueError(f"a certificate lifetime must be positive, got {shortest}")
+    every = shortest * CHECK_EVERY
+    seconds = int(every.total_seconds())
+    return min(CHECK_EVERY_MAX, max(CHECK_EVERY_MIN, timedelta(seconds=seconds)))
 
 
 def retry_delay(lifetime: Lifetime, attempt: int, now: datetime, jitter: float) -> timedelta:
@@ -109,6 +136,8 @@ def renewal_refusal(
 
 
 __all__ = [
+    "CHECK_EVERY",
+    "FALLBACK_AT",
     "MIN_RENEWAL_INTERVAL",
     "RENEW_AT",
     "RENEW_JITTER",
@@ -117,4 +146,5 @@ __all__ = [
     "renewal_refusal",
     "renewal_wait",
     "retry_delay",
+    "rotation_interval",
 ]

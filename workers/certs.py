@@ -1,12 +1,19 @@
 """The coordinator's own certificates: issued at start, renewed in place while it runs.
 
 The coordinator holds two certificates of the cluster CA: its own
-(``<state>/coordinator/tls.crt``), which every listener serves and its channels to agents
-present, and the local admin's (``<state>/admin/``), which ``cloudlessctl`` on this machine
-uses. :class:`CoordinatorCertificates` renews both at two thirds of their lifetime
-(:func:`policies.renewal.renewal_wait`), with the local CA, under the same identity and
-names, and hands the new coordinator material to every user of it, each of which serves
-or dials with it from its next handshake on while established connections go on:
+(``<state>/coordinator/tls.crt``), which every listener and its front serve and its
+channels to agents present, and the local admin's (``<state>/admin/``), which
+``cloudlessctl`` on this machine uses. They are renewed at two thirds of their lifetime
+(:func:`policies.renewal.renewal_wait`) by the Temporal Schedule ``cert-rotation/<cluster>``
+(:mod:`workflows.certs`), which asks each live coordinator instance on its own task queue
+(:meth:`CoordinatorCertificates.renew`), so every renewal is a workflow run the Temporal
+UI shows. Each process also looks itself (:meth:`CoordinatorCertificates.run`), but
+renews only past ``policies.renewal.FALLBACK_AT`` of the lifetime: the Schedule did not
+reach it (Temporal away), and its certificates must not expire meanwhile.
+
+A renewal issues a new certificate with the local CA, under the same identity and names,
+and hands the new coordinator material to every user of it, each of which serves or dials
+with it from its next handshake on while established connections go on:
 
 - the enrollment and agent listeners (:class:`cloudless.tls.RotatingServerCredentials`);
 - the front's Temporal API listeners and its UI (``Front.update``);
@@ -30,14 +37,19 @@ import contextlib
 import fcntl
 import inspect
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
+from temporalio.client import Client
 
+from cloudless.contracts import certs as certs_contract
 from cloudless.errors import CloudlessError, ConfigError, PKIError
+from cloudless.model import CertificateState, CertRotationInput, InstanceRenewal
+from cloudless.model.certs import INSTANCE_MAX
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -56,7 +68,14 @@ from cloudless.tls import (
     key_matches,
     save_material,
 )
-from policies.renewal import renewal_wait, retry_delay
+from policies.renewal import (
+    FALLBACK_AT,
+    RENEW_AT,
+    renewal_wait,
+    retry_delay,
+    rotation_interval,
+)
+from workers.schedules import ensure_interval_schedule
 
 log = structlog.get_logger("cloudless.coordinator.certs")
 
@@ -151,8 +170,28 @@ def _on_disk(spec: CertificateSpec) -> tuple[bytes, bytes] | None:
     return key_pem, cert_pem
 
 
-def _due(cert_pem: bytes, now: datetime) -> bool:
-    return renewal_wait(certificate_lifetime(cert_pem), now, CHECK_INTERVAL) == timedelta(0)
+_SECOND = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Due:
+    """When a certificate is due: from ``at`` of its lifetime on, and (a forced
+    renewal) whenever it was issued before ``issued_before``."""
+
+    at: float = RENEW_AT
+    issued_before: datetime | None = None
+
+    def __call__(self, cert_pem: bytes, now: datetime) -> bool:
+        lifetime = certificate_lifetime(cert_pem)
+        # Certificates carry whole seconds: one issued in the same second as the request
+        # may read as issued up to a second before it, and is not renewed twice.
+        if self.issued_before is not None and lifetime.issued < self.issued_before - _SECOND:
+            return True
+        return renewal_wait(lifetime, now, CHECK_INTERVAL, self.at) == timedelta(0)
+
+
+#: Due the Schedule's way: from two thirds of the lifetime on.
+DUE = Due()
 
 
 def _issue(
@@ -182,17 +221,27 @@ def ensure_pair(
     *,
     validity: timedelta = COORDINATOR_CERT_VALIDITY,
     now: datetime | None = None,
+    due: Due = DUE,
 ) -> tuple[bytes, bytes]:
     """The key and certificate in ``spec.directory``: those there, unless they are
-    missing, not a pair of this identity, or past two thirds of their lifetime; then a
-    new pair, issued and installed. Exclusive among processes sharing the directory."""
+    missing, not a pair of this identity, or ``due`` (by default: past two thirds of
+    their lifetime); then a new pair, issued and installed. Exclusive among processes
+    sharing the directory."""
+    key_pem, cert_pem, _ = _ensure(spec, ca, validity, now or _now(), due)
+    return key_pem, cert_pem
+
+
+def _ensure(
+    spec: CertificateSpec, ca: CertificateAuthority, validity: timedelta, now: datetime, due: Due
+) -> tuple[bytes, bytes, bool]:
+    """:func:`ensure_pair`, and whether it issued the pair."""
     with _locked(spec.directory):
         pair = _on_disk(spec)
-        if pair is not None and not _due(pair[1], now or _now()):
-            return pair
+        if pair is not None and not due(pair[1], now):
+            return pair[0], pair[1], False
         key_pem, cert_pem = _issue(spec, ca, validity)
         _install(spec, key_pem, cert_pem)
-        return key_pem, cert_pem
+        return key_pem, cert_pem, True
 
 
 class CoordinatorCertificates:
@@ -206,6 +255,7 @@ class CoordinatorCertificates:
         validity: The lifetime of the certificates issued.
         interval: The longest wait between two looks at the files.
         clock: Wall-clock time (certificates carry wall-clock times).
+        instance: This coordinator instance's name, for the reports.
     """
 
     def __init__(
@@ -217,6 +267,7 @@ class CoordinatorCertificates:
         validity: timedelta = COORDINATOR_CERT_VALIDITY,
         interval: timedelta = CHECK_INTERVAL,
         clock: Clock = _now,
+        instance: str = "coordinator",
     ) -> None:
         self.ca = ca
         self.coordinator = coordinator
@@ -237,17 +288,22 @@ class CoordinatorCertificates:
         self.admin_renewals = 0
         self.changed = asyncio.Condition()
         self._failures = 0
+        self._looking = asyncio.Lock()
+        #: Why the admin certificate is no longer renewed (it was revoked), if it is not.
+        self._admin_note = ""
+        #: This coordinator instance's name (reports of the ``cert-rotation`` runs).
+        self.instance = instance
 
     def push_to(self, name: str, user: Push) -> None:
         """Hand every renewed coordinator material to ``user`` (``name``: for the logs)."""
         self._users.append((name, user))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Check, renew and push until ``stop``; a failed check is retried with backoff,
-        within the certificate's lifetime."""
+        """Look, and renew what is past ``FALLBACK_AT`` (the Schedule did not renew it),
+        until ``stop``; a failed look is retried with backoff, within the lifetime."""
         while not stop.is_set():
             try:
-                wait = await self.check()
+                wait = await self.check(Due(at=FALLBACK_AT), fallback=True)
                 self._failures = 0
             except Exception as err:  # a full disk, a ledger away: try again soon
                 self._failures += 1
@@ -265,31 +321,64 @@ class CoordinatorCertificates:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(wait.total_seconds(), 0.01))
 
-    async def check(self) -> timedelta:
-        """One look: renew (or adopt from disk) what is due, push it; returns how long
-        to wait before the next look."""
-        fresh = await asyncio.to_thread(self._coordinator_pair)
-        if fresh.cert_pem != self.material.cert_pem:
-            self.material = fresh
-            await self._push(fresh)
-            async with self.changed:
-                self.renewals += 1
-                self.changed.notify_all()
-        waits = [self._wait(self.material.cert_pem)]
-        if self.admin is not None and self.register_admin is not None:
-            await self._check_admin(self.admin, self.register_admin)
-            if self.admin_cert is not None and self.register_admin is not None:
-                waits.append(self._wait(self.admin_cert))
+    async def renew(self, issued_before: datetime | None = None) -> InstanceRenewal:
+        """What the ``cert-rotation`` run asks: renew what is due, and everything issued
+        before ``issued_before`` (a forced run); say what each certificate is now."""
+        due = DUE if issued_before is None else Due(issued_before=issued_before)
+        states = await self._look(due, fallback=False)
+        return InstanceRenewal(instance=self.instance, certificates=states)
+
+    async def check(self, due: Due = DUE, *, fallback: bool = False) -> timedelta:
+        """One look: renew (or adopt from disk) what is ``due``, push it; returns how long
+        to wait before the next look (to ``due.at`` of the lifetime, or the interval)."""
+        await self._look(due, fallback=fallback)
+        waits = [self._wait(self.material.cert_pem, due.at)]
+        if self.admin_cert is not None and self.register_admin is not None:
+            waits.append(self._wait(self.admin_cert, due.at))
         return min(waits)
 
-    def _wait(self, cert_pem: bytes) -> timedelta:
-        return renewal_wait(certificate_lifetime(cert_pem), self._clock(), self.interval)
+    async def _look(self, due: Due, *, fallback: bool) -> list[CertificateState]:
+        async with self._looking:  # the Schedule's look and this process's own, one at a time
+            fresh, issued = await asyncio.to_thread(self._coordinator_pair, due)
+            if issued and fallback:
+                log.warning(
+                    "pki.renewed_without_schedule",
+                    detail="the cert-rotation Schedule did not renew the coordinator's "
+                    "certificate by its renewal point; is Temporal reachable?",
+                )
+            if fresh.cert_pem != self.material.cert_pem:
+                self.material = fresh
+                await self._push(fresh)
+                async with self.changed:
+                    self.renewals += 1
+                    self.changed.notify_all()
+            states = [self._state("coordinator", self.coordinator, fresh.cert_pem, issued)]
+            if self.admin is not None:
+                states.append(await self._look_admin(self.admin, due, fallback=fallback))
+            return states
 
-    def _coordinator_pair(self) -> TLSMaterial:
-        key_pem, cert_pem = ensure_pair(
-            self.coordinator, self.ca, validity=self.validity, now=self._clock()
+    def _state(
+        self, kind: str, spec: CertificateSpec, cert_pem: bytes, renewed: bool, note: str = ""
+    ) -> CertificateState:
+        lifetime = certificate_lifetime(cert_pem)
+        return CertificateState(
+            kind=kind,
+            identity=spec.identity.uri(),
+            serial=cert_serial(cert_pem),
+            not_after=lifetime.not_after,
+            renew_at=lifetime.issued + lifetime.length * RENEW_AT,
+            renewed=renewed,
+            note=note,
         )
-        return TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=self.ca.cert_pem)
+
+    def _wait(self, cert_pem: bytes, at: float) -> timedelta:
+        return renewal_wait(certificate_lifetime(cert_pem), self._clock(), self.interval, at)
+
+    def _coordinator_pair(self, due: Due) -> tuple[TLSMaterial, bool]:
+        key_pem, cert_pem, issued = _ensure(
+            self.coordinator, self.ca, self.validity, self._clock(), due
+        )
+        return TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=self.ca.cert_pem), issued
 
     async def _push(self, material: TLSMaterial) -> None:
         log.info(
@@ -307,28 +396,44 @@ class CoordinatorCertificates:
                 # frames hold the key)
                 log.error("pki.push_failed", user=name, error=repr(err))
 
-    async def _check_admin(self, spec: CertificateSpec, register: Register) -> None:
+    async def _look_admin(
+        self, spec: CertificateSpec, due: Due, *, fallback: bool
+    ) -> CertificateState:
         """Renew the admin certificate if due: issue, record in the ledger, install (unless
-        another coordinator installed one meanwhile)."""
+        another coordinator installed one meanwhile). Raises if the ledger did not record
+        it (nothing installed)."""
         pair = await asyncio.to_thread(self._locked_read, spec)
-        if pair is not None and not _due(pair[1], self._clock()):
+        if pair is not None:
             self.admin_cert = pair[1]
-            return
+        register = self.register_admin
+        if pair is not None and not due(pair[1], self._clock()):
+            return self._state("admin", spec, pair[1], False)
+        if register is None:
+            note = self._admin_note or "not registered in the ledger yet"
+            if pair is None:
+                raise PKIError(f"the local admin's certificate in {spec.directory} is missing")
+            return self._state("admin", spec, pair[1], False, note)
         key_pem, cert_pem = await asyncio.to_thread(_issue, spec, self.ca, self.validity)
         try:
             await register(cert_pem)  # raises: not installed, tried again later
         except AdminRevoked as err:
             # For good, in this process: the revocation stands, the old certificate expires.
             self.register_admin = None
+            self._admin_note = str(err)
             log.error("pki.admin_not_renewed", reason=str(err))
-            return
+            if pair is None:
+                raise
+            return self._state("admin", spec, pair[1], False, str(err))
         installed = await asyncio.to_thread(
             self._install_unless_renewed, spec, pair, key_pem, cert_pem
         )
         self.admin_cert = installed
+        if fallback:
+            log.warning("pki.renewed_without_schedule", certificate="admin")
         async with self.changed:
             self.admin_renewals += 1
             self.changed.notify_all()
+        return self._state("admin", spec, installed, installed == cert_pem)
 
     @staticmethod
     def _locked_read(spec: CertificateSpec) -> tuple[bytes, bytes] | None:
@@ -355,6 +460,31 @@ class CoordinatorCertificates:
             await self.changed.wait_for(lambda: self.renewals >= count)
 
 
+def instance_name(host: str, agent_listen: str) -> str:
+    """This coordinator instance's name: its host and agent port (``<host>-<port>``),
+    in the characters a task queue name keeps readable; the same after a restart, so a
+    renewal asked of it just before is answered by the new process."""
+    port = agent_listen.rsplit(":", 1)[-1]
+    raw = f"{host}-{port}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-")[:INSTANCE_MAX]
+    return name or "coordinator"
+
+
+async def ensure_cert_rotation_schedule(client: Client, cluster: str, shortest: timedelta) -> None:
+    """Create the ``cert-rotation/<cluster>`` Schedule, or bring its interval up to date:
+    a look every :func:`policies.renewal.rotation_interval` of the shortest lifetime of the
+    certificates this coordinator issues."""
+    await ensure_interval_schedule(
+        client,
+        certs_contract.schedule_id(cluster),
+        certs_contract.schedule_action(CertRotationInput(cluster=cluster)),
+        rotation_interval(shortest),
+        note="renew the coordinators' and the local admins' certificates at 2/3 of "
+        "their lifetime (node certificates renew themselves over mTLS)",
+        event="pki.rotation_schedule",
+    )
+
+
 def ensure_certificate(
     directory: Path,
     ca: CertificateAuthority,
@@ -376,12 +506,16 @@ def ensure_certificate(
 __all__ = [
     "CHECK_INTERVAL",
     "COORDINATOR_CERT_VALIDITY",
+    "DUE",
     "AdminRevoked",
     "CertificateSpec",
     "CoordinatorCertificates",
+    "Due",
     "admin_spec",
     "check_validity",
     "coordinator_spec",
+    "ensure_cert_rotation_schedule",
     "ensure_certificate",
     "ensure_pair",
+    "instance_name",
 ]

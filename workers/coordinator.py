@@ -28,6 +28,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.agent_client import AgentClientPool
 from activities.agents import AgentActivities
+from activities.certs import CertRotationActivities
 from activities.ledger import LedgerActivities
 from activities.membership import MembershipActivities
 from activities.pki import NODE_CERT_VALIDITY, PKIActivities
@@ -42,6 +43,7 @@ from cloudless.codec import (
     transit_codec,
 )
 from cloudless.contracts import LedgerHandle
+from cloudless.contracts.certs import coordinator_task_queue, instance_identity
 from cloudless.contracts.names import ledger_task_queue, task_queue
 from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError
@@ -95,7 +97,9 @@ from workers.certs import (
     admin_spec,
     check_validity,
     coordinator_spec,
+    ensure_cert_rotation_schedule,
     ensure_pair,
+    instance_name,
 )
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
@@ -310,12 +314,15 @@ class Coordinator:
         admin = bootstrap_admin(
             self.state_dir, pki.ca, self.cluster, validity=self.coordinator_cert_validity
         )
+        instance = instance_name(socket.gethostname(), self.agent_listen)
         certificates = self.certificates = CoordinatorCertificates(
             pki.ca,
             coordinator_spec(directory, self.cluster),
             admin=admin_spec(admin, self.cluster),
             validity=self.coordinator_cert_validity,
+            instance=instance,
         )
+        rotation = CertRotationActivities(self.client, certificates.renew)
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
@@ -350,8 +357,11 @@ class Coordinator:
                 reaper.reap_workloads,
                 reaper.reap_orphans,
                 membership.find_leftovers,
+                rotation.coordinator_instances,
                 *(secrets.activities() if secrets else ()),
             ],
+            # How the cert-rotation run finds this instance among the queue's pollers.
+            identity=instance_identity(instance),
             max_concurrent_activities=200,
             # The SDK's default of 5 workflow-task polls leaves ONE for the non-sticky
             # queue, where every new workflow's first task (each apply's update-with-start)
@@ -373,7 +383,16 @@ class Coordinator:
             workflow_runner=workflow_runner(),
         )
         self._tasks.append(asyncio.create_task(ledger_worker.run(), name="ledger-worker"))
-        self._workers = [worker, ledger_worker]
+        # Work on this instance's own files: renewing its certificates (workflows.certs).
+        own_worker = Worker(
+            self.client,
+            task_queue=coordinator_task_queue(self.cluster, instance),
+            activities=[rotation.renew_coordinator_certificates],
+            identity=instance_identity(instance),
+            max_concurrent_activities=2,
+        )
+        self._tasks.append(asyncio.create_task(own_worker.run(), name="instance-worker"))
+        self._workers = [worker, ledger_worker, own_worker]
         # Load the scheduler's node index now, so the first placement does not wait for a
         # snapshot of the whole cluster; from here on it follows this process's writes.
         self._tasks.append(asyncio.create_task(self._warm_index(ledger), name="warm-index"))
@@ -447,6 +466,9 @@ class Coordinator:
         certificates.register_admin = register
         self._tasks.append(
             asyncio.create_task(certificates.run(self._renewing), name="coordinator-certs")
+        )
+        await ensure_cert_rotation_schedule(
+            self.client, self.cluster, self.coordinator_cert_validity
         )
         if self.reap_interval is not None:
             await ensure_reaper_schedule(

@@ -4,6 +4,7 @@ See ``workflows/README.md`` for the entities and how they talk to each other.
 """
 
 from workflows.audit import AuditWorkflow
+from workflows.certs import CertRotationWorkflow
 from workflows.cluster import ClusterWorkflow
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.explain import ExplainPlacementWorkflow
@@ -25,6 +26,7 @@ SHARED_QUEUE_WORKFLOWS = (
     ExplainPlacementWorkflow,
     ReaperWorkflow,
     AuditWorkflow,
+    CertRotationWorkflow,
 )
 #: Every workflow a coordinator registers.
 ALL_WORKFLOWS = LEDGER_WORKFLOWS + SHARED_QUEUE_WORKFLOWS
@@ -34,6 +36,7 @@ __all__ = [
     "LEDGER_WORKFLOWS",
     "SHARED_QUEUE_WORKFLOWS",
     "AuditWorkflow",
+    "CertRotationWorkflow",
     "ClusterWorkflow",
     "EnrollmentWorkflow",
     "ExplainPlacementWorkflow",

@@ -25,6 +25,7 @@ from typing import Any
 
 from cloudless.contracts import (
     audit,
+    certs,
     enrollment,
     explain,
     ledger,
@@ -64,6 +65,7 @@ WORKFLOW_TYPES: dict[str, WorkflowType[Any, Any]] = {
         explain.WORKFLOW,
         reaper.WORKFLOW,
         audit.WORKFLOW,
+        certs.WORKFLOW,
     )
 }
 
@@ -81,6 +83,7 @@ __all__ = [
     "WorkflowType",
     "WorkloadHandle",
     "audit",
+    "certs",
     "enrollment",
     "explain",
     "gone",

@@ -12,6 +12,7 @@ sandbox, serialized by Temporal's pydantic data converter. One module per entity
 - :mod:`~cloudless.model.agents`: replica start/stop activities
 - :mod:`~cloudless.model.reaper`: ``reaper/<cluster>`` (reservations and replicas nobody owns)
 - :mod:`~cloudless.model.audit`: ``audit/<cluster>`` (who did what, through the front)
+- :mod:`~cloudless.model.certs`: ``cert-rotation/<cluster>`` (the control plane's certificates)
 
 The vocabulary's names (:mod:`cloudless.vocabulary`) are re-exported: payload models and
 their words travel together.
@@ -37,6 +38,13 @@ from cloudless.model.audit import (
     AuditOutcome,
     AuditRecord,
     AuditWorkflowInput,
+)
+from cloudless.model.certs import (
+    CertificateState,
+    CertRotationInput,
+    CertRotationReport,
+    InstanceRenewal,
+    RenewCertificatesInput,
 )
 from cloudless.model.enrollment import (
     EnrollmentInput,
@@ -167,6 +175,9 @@ __all__ = [
     "AwaitCapacityInput",
     "CandidateScore",
     "CapacityAvailable",
+    "CertRotationInput",
+    "CertRotationReport",
+    "CertificateState",
     "ClaimWorkloadInput",
     "ClaimWorkloadResult",
     "ClusterSnapshot",
@@ -180,6 +191,7 @@ __all__ = [
     "EnrollmentResult",
     "ExplainInput",
     "ExplainResult",
+    "InstanceRenewal",
     "IssuedCertificate",
     "LedgerBatch",
     "LedgerBatchResult",
@@ -219,6 +231,7 @@ __all__ = [
     "RemoveNodeInput",
     "RemoveNodeResult",
     "RenewCertificateInput",
+    "RenewCertificatesInput",
     "ReplicaCrashed",
     "ReplicaExited",
     "ReplicaPhase",

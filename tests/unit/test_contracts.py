@@ -254,6 +254,7 @@ def test_every_workflow_id_starts_with_its_types_prefix() -> None:
     """The front authorizes by id prefix: an id scheme and its declared prefix agree."""
     from cloudless.contracts import (
         audit,
+        certs,
         enrollment,
         explain,
         ledger,
@@ -266,6 +267,7 @@ def test_every_workflow_id_starts_with_its_types_prefix() -> None:
 
     ids: dict[WorkflowType[Any, Any], str] = {
         audit.WORKFLOW: audit.workflow_id("dev"),
+        certs.WORKFLOW: certs.workflow_id("dev"),
         enrollment.WORKFLOW: enrollment.workflow_id("jti"),
         explain.WORKFLOW: explain.workflow_id("default/web"),
         ledger.WORKFLOW: ledger.workflow_id("dev"),

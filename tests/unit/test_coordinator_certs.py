@@ -26,9 +26,11 @@ from workers.certs import (
     AdminRevoked,
     CoordinatorCertificates,
     admin_spec,
+    Due,
     check_validity,
     coordinator_spec,
     ensure_pair,
+    instance_name,
 )
 
 CLUSTER = "certs"
@@ -225,6 +227,101 @@ async def test_run_renews_again_and_again_and_stops_when_told(
         stop.set()
         await asyncio.wait_for(task, timeout=5)
     assert len(serials) == 3
+
+
+# ------------------------------------------------------- the cert-rotation Schedule's look
+
+
+def _admin_certs(
+    ca: CertificateAuthority, coordinator_dir: Path, tmp_path: Path, clock: Clock
+) -> tuple[CoordinatorCertificates, list[str]]:
+    admin = admin_spec(tmp_path / "admin", CLUSTER)
+    ensure_pair(admin, ca, validity=VALIDITY)
+    certs = CoordinatorCertificates(
+        ca,
+        coordinator_spec(coordinator_dir, CLUSTER),
+        admin=admin,
+        validity=VALIDITY,
+        clock=clock,
+        instance="host-1-9443",
+    )
+    recorded: list[str] = []
+
+    async def ledger(cert_pem: bytes) -> None:
+        recorded.append(cert_serial(cert_pem))
+
+    certs.register_admin = ledger
+    return certs, recorded
+
+
+async def test_the_schedules_look_renews_at_two_thirds_and_reports_each_certificate(
+    ca: CertificateAuthority, coordinator_dir: Path, tmp_path: Path
+) -> None:
+    clock = Clock()
+    certs, recorded = _admin_certs(ca, coordinator_dir, tmp_path, clock)
+    before = certs.material
+    quiet = await certs.renew()
+    assert quiet.instance == "host-1-9443"
+    assert [(c.kind, c.renewed) for c in quiet.certificates] == [
+        ("coordinator", False),
+        ("admin", False),
+    ]
+    coordinator_state = quiet.certificates[0]
+    assert coordinator_state.serial == cert_serial(before.cert_pem)
+    assert coordinator_state.identity == "cloudless://certs/coordinator/coordinator"
+    assert coordinator_state.renew_at < coordinator_state.not_after
+    clock.ahead = timedelta(seconds=41)
+    busy = await certs.renew()
+    assert [(c.kind, c.renewed) for c in busy.certificates] == [
+        ("coordinator", True),
+        ("admin", True),
+    ]
+    assert busy.certificates[0].serial == cert_serial(certs.material.cert_pem)
+    assert busy.certificates[0].serial != coordinator_state.serial
+    assert recorded == [busy.certificates[1].serial]
+
+
+async def test_the_processes_own_look_waits_for_the_fallback_point(
+    ca: CertificateAuthority, coordinator_dir: Path, tmp_path: Path
+) -> None:
+    """At 70 % of the lifetime the Schedule would renew; the process's own look leaves
+    the certificates to it, and takes over only past 85 %."""
+    clock = Clock()
+    certs, recorded = _admin_certs(ca, coordinator_dir, tmp_path, clock)
+    serial = cert_serial(certs.material.cert_pem)
+    clock.ahead = timedelta(seconds=42)
+    wait = await certs.check(Due(at=0.85), fallback=True)
+    assert cert_serial(certs.material.cert_pem) == serial and recorded == []
+    assert timedelta(seconds=8) <= wait <= timedelta(seconds=10)
+    clock.ahead = timedelta(seconds=52)
+    await certs.check(Due(at=0.85), fallback=True)
+    assert cert_serial(certs.material.cert_pem) != serial and len(recorded) == 1
+
+
+async def test_a_forced_look_renews_everything_once_even_in_a_shared_directory(
+    ca: CertificateAuthority, coordinator_dir: Path, tmp_path: Path
+) -> None:
+    clock = Clock()
+    first, recorded = _admin_certs(ca, coordinator_dir, tmp_path, clock)
+    second = CoordinatorCertificates(
+        ca, coordinator_spec(coordinator_dir, CLUSTER), validity=VALIDITY, clock=clock
+    )
+    old = cert_serial(first.material.cert_pem)
+    await asyncio.sleep(1.1)  # certificates carry whole seconds
+    requested = datetime.now(UTC)
+    await asyncio.sleep(1.1)
+    forced = await first.renew(issued_before=requested)
+    assert all(c.renewed for c in forced.certificates) and len(recorded) == 1
+    again = await second.renew(issued_before=requested)  # same run, other instance
+    assert not again.certificates[0].renewed
+    assert again.certificates[0].serial == forced.certificates[0].serial != old
+    assert second.material == first.material
+
+
+def test_an_instance_is_named_by_its_host_and_agent_port() -> None:
+    assert instance_name("edge.example.org", "0.0.0.0:9443") == "edge.example.org-9443"
+    assert instance_name("host with/odd:chars", "[::]:9443") == "host-with-odd-chars-9443"
+    assert len(instance_name("h" * 500, ":1")) <= 200
 
 
 # ------------------------------------------------------------------ its users

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.renewal import (
+    CHECK_EVERY,
+    FALLBACK_AT,
     MIN_RENEWAL_INTERVAL,
     RENEW_AT,
     RENEW_JITTER,
@@ -18,6 +20,7 @@ from policies.renewal import (
     renewal_refusal,
     renewal_wait,
     retry_delay,
+    rotation_interval,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -174,3 +177,45 @@ def test_the_wait_is_bounded_and_zero_exactly_from_two_thirds_on(
     # Waiting never passes the renewal point, so a holder that looks again when told
     # renews at two thirds, well before the expiry.
     assert now + wait <= max(now, due) and due < life.not_after
+
+
+# ------------------------------------------------------- renewed by the cert-rotation Schedule
+
+
+def test_the_fallback_point_waits_past_the_schedules_renewal_point() -> None:
+    life = lifetime(timedelta(days=90))
+    hour = timedelta(hours=1)
+    at_sixty = T0 + timedelta(days=60)
+    assert renewal_wait(life, at_sixty, hour) == timedelta(0)
+    assert renewal_wait(life, at_sixty, hour, FALLBACK_AT) == hour
+    assert renewal_wait(life, T0 + timedelta(days=76.5), hour, FALLBACK_AT) == timedelta(0)
+
+
+@pytest.mark.parametrize("at", [0.0, 1.0, -0.1, 1.5])
+def test_the_renewal_point_is_a_fraction_inside_the_lifetime(at: float) -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        renewal_wait(lifetime(timedelta(days=1)), T0, timedelta(hours=1), at)
+
+
+def test_the_schedule_looks_hourly_in_production_and_every_second_at_least() -> None:
+    assert rotation_interval(timedelta(days=90)) == timedelta(hours=1)
+    assert rotation_interval(timedelta(hours=5)) == timedelta(minutes=30)
+    assert rotation_interval(timedelta(seconds=20)) == timedelta(seconds=2)
+    assert rotation_interval(timedelta(seconds=3)) == timedelta(seconds=1)
+    with pytest.raises(ValueError, match="positive"):
+        rotation_interval(timedelta(0))
+
+
+@given(lifetimes)
+def test_a_schedule_look_falls_between_the_renewal_and_fallback_points(
+    length: timedelta,
+) -> None:
+    """Looking every ``rotation_interval``, the Schedule meets every certificate between
+    its renewal point and the point where its holder would renew it itself, as long as
+    the lifetime allows a look every second (ten seconds and longer)."""
+    every = rotation_interval(length)
+    assert timedelta(seconds=1) <= every <= timedelta(hours=1)
+    assert every.total_seconds() == int(every.total_seconds())
+    assert every <= length * CHECK_EVERY or every == timedelta(seconds=1)
+    if length >= timedelta(seconds=10):
+        assert every < length * (FALLBACK_AT - RENEW_AT)
