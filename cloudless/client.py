@@ -27,6 +27,7 @@ from cloudless.contracts import (
     LedgerHandle,
     NodeHandle,
     WorkloadHandle,
+    certs,
     explain,
     gone,
     names,
@@ -41,6 +42,8 @@ from cloudless.model import (
     ApplyResult,
     AuditEntries,
     AuditFilter,
+    CertRotationInput,
+    CertRotationReport,
     ClusterSnapshot,
     ExplainInput,
     ExplainResult,
@@ -458,6 +461,20 @@ class CloudlessClient:
         except WorkflowFailureError as err:
             cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
             raise CloudlessError(f"reaper failed: {getattr(cause, 'message', cause)}") from err
+
+    async def rotate_certificates(self, *, force: bool = False) -> CertRotationReport:
+        """Run the ``cert-rotation`` look now (it also runs on a Schedule): every live
+        coordinator instance renews what is due of its certificates (``force``: all of
+        them) and says what each is. Returns the report."""
+        try:
+            return await certs.run_now(
+                self.temporal, CertRotationInput(cluster=self.cluster, force=force)
+            )
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+            raise CloudlessError(
+                f"certificate rotation failed: {getattr(cause, 'message', cause)}"
+            ) from err
 
     async def audit(self, where: AuditFilter) -> AuditEntries:
         """The cluster's audit records matching ``where``, newest first: who called what

@@ -286,6 +286,9 @@ class CoordinatorCertificates:
         #: Coordinator materials pushed, admin certificates installed, by this process.
         self.renewals = 0
         self.admin_renewals = 0
+        #: Of those, how many this process renewed itself (past ``FALLBACK_AT``: the
+        #: Schedule did not reach it).
+        self.fallback_renewals = 0
         self.changed = asyncio.Condition()
         self._failures = 0
         self._looking = asyncio.Lock()
@@ -341,6 +344,7 @@ class CoordinatorCertificates:
         async with self._looking:  # the Schedule's look and this process's own, one at a time
             fresh, issued = await asyncio.to_thread(self._coordinator_pair, due)
             if issued and fallback:
+                self.fallback_renewals += 1
                 log.warning(
                     "pki.renewed_without_schedule",
                     detail="the cert-rotation Schedule did not renew the coordinator's "
@@ -429,6 +433,7 @@ class CoordinatorCertificates:
         )
         self.admin_cert = installed
         if fallback:
+            self.fallback_renewals += 1
             log.warning("pki.renewed_without_schedule", certificate="admin")
         async with self.changed:
             self.admin_renewals += 1

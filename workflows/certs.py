@@ -9,7 +9,7 @@ demand (``cloudlessctl certs rotate``). One run:
    renews what is due of the certificates it holds (its own, which its listeners, its
    front and its channels to agents present; the local admin's) and says what it has.
 
-An instance that does not take its task within ``REACH_TIMEOUT`` is reported unreachable,
+An instance that does not take its task within ``inp.reach_seconds`` is reported unreachable,
 not retried: the next run asks again, and an instance cut off from Temporal renews its
 own certificates past ``policies.renewal.FALLBACK_AT`` of their lifetime. The report is
 the result and, summarized, the memo and the ``CloudlessPhase`` search attribute, so the
@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
     from activities.certs import CertRotationActivities
@@ -36,8 +36,6 @@ with workflow.unsafe.imports_passed_through():
         RenewCertificatesInput,
     )
 
-#: How long an instance has to take its renewal task (it polls its queue all the time).
-REACH_TIMEOUT = timedelta(seconds=30)
 _RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=5),
@@ -64,8 +62,7 @@ class CertRotationWorkflow:
             if isinstance(answer, InstanceRenewal):
                 report.instances.append(answer)
             elif isinstance(answer, ActivityError):
-                cause = answer.cause
-                report.unreachable[instance] = str(cause or answer)[:500]
+                report.unreachable[instance] = _why(answer, inp.reach_seconds)
             else:
                 raise answer  # a bug here: fail the task, not the run
         report.finished_at = workflow.now()
@@ -87,7 +84,18 @@ class CertRotationWorkflow:
             CertRotationActivities.renew_coordinator_certificates,
             RenewCertificatesInput(issued_before=workflow.now() if inp.force else None),
             task_queue=certs.coordinator_task_queue(inp.cluster, instance),
-            schedule_to_start_timeout=REACH_TIMEOUT,
+            schedule_to_start_timeout=timedelta(seconds=inp.reach_seconds),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(maximum_attempts=1),
         )
+
+
+def _why(err: ActivityError, reach_seconds: float) -> str:
+    """Why an instance gave no answer, in words an operator acts on."""
+    cause = err.cause
+    if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START:
+        return (
+            f"did not take its renewal within {reach_seconds:g}s: stopped, or cut off "
+            "from Temporal (it renews its own certificates near their expiry)"
+        )
+    return f"its renewal failed: {cause or err}"[:500]

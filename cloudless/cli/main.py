@@ -75,6 +75,9 @@ token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens for new no
 dev_app = typer.Typer(no_args_is_help=True, help="The embedded single-machine stack.")
 node_app = typer.Typer(no_args_is_help=True, help="Inspect and operate nodes.")
 user_app = typer.Typer(no_args_is_help=True, help="People's certificates and roles.")
+certs_app = typer.Typer(
+    no_args_is_help=True, help="The control plane's own certificates and their renewal."
+)
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(delete_app, name="delete")
@@ -83,6 +86,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(dev_app, name="dev")
 app.add_typer(node_app, name="node")
 app.add_typer(user_app, name="user")
+app.add_typer(certs_app, name="certs")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(ui_app, name="ui")
 app.add_typer(config_app, name="config")
@@ -493,6 +497,47 @@ def reap(
         console.print(f"  {s.node_id}: {s.replica_id} of {s.workload} ({s.reason})", markup=False)
     for node_id, error in sorted(o.errors.items()):
         console.print(f"  {node_id}: not asked: {error}", markup=False)
+
+
+# ----------------------------------------------------------------------------- certs
+
+
+@certs_app.command("rotate")
+def certs_rotate(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Renew every coordinator and local admin certificate now, due or not "
+            "(a suspected key compromise).",
+        ),
+    ] = False,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Run the cert-rotation look now (the Schedule cert-rotation/<cluster> runs it
+    too): each live coordinator renews what is past 2/3 of its lifetime and shows every
+    certificate it holds. Node certificates renew themselves (see `get nodes`)."""
+    report = run(lambda c: c.rotate_certificates(force=force))
+    if output != Output.TABLE:
+        emit_data(report.model_dump(mode="json"), output)
+        return
+    table = Table("INSTANCE", "CERTIFICATE", "SERIAL", "RENEW AT", "EXPIRES", "RENEWED", "NOTE")
+    for instance in report.instances:
+        for cert in instance.certificates:
+            table.add_row(
+                instance.instance,
+                cert.kind,
+                cert.serial[:16],
+                cert.renew_at.isoformat(timespec="seconds"),
+                cert.not_after.isoformat(timespec="seconds"),
+                "yes" if cert.renewed else "no",
+                cert.note,
+            )
+    console.print(table)
+    for name, why in sorted(report.unreachable.items()):
+        console.print(f"{name}: not reached: {why}", markup=False)
+    if report.unreachable:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- delete/scale

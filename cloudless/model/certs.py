@@ -19,10 +19,12 @@ INSTANCE_MAX = 200
 
 class CertRotationInput(_Model):
     """One look. ``force``: renew every certificate now, due or not (a suspected key
-    compromise; ``cloudlessctl certs rotate --force``)."""
+    compromise; ``cloudlessctl certs rotate --force``). ``reach_seconds``: how long an
+    instance has to take its renewal before it is reported unreachable."""
 
     cluster: str
     force: bool = False
+    reach_seconds: float = Field(30.0, ge=1.0, le=600.0)
 
 
 class CoordinatorInstances(_Model):

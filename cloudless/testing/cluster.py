@@ -24,6 +24,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from agent.main import serve
@@ -31,6 +32,7 @@ from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
+from cloudless.contracts import certs
 from cloudless.contracts.limits import PayloadLimits
 from cloudless.contracts.names import SEARCH_ATTRIBUTES
 from cloudless.model import NodeState, ReplicaPhase
@@ -369,6 +371,10 @@ class LocalCluster:
             await extra.stop()
         if self.coordinator is not None:
             await self.coordinator.stop()  # type: ignore[attr-defined]
+        # The coordinators' cert-rotation Schedule would outlive the test in a shared
+        # Temporal, starting runs nobody serves.
+        with contextlib.suppress(RPCError):
+            await self.client.get_schedule_handle(certs.schedule_id(self.cluster)).delete()
         self._resources.close()
 
 

@@ -1,4 +1,5 @@
-"""The coordinator's own certificates renew without a restart (issue #11, item 5).
+"""The coordinator's own certificates renew without a restart (issue #11, item 5), from
+the ``cert-rotation`` Schedule.
 
 A real dev stack (transit, the jailed Temporal, the coordinator and its front, three
 agents) whose coordinator issues itself and the local admin 20-second certificates. It
@@ -125,3 +126,20 @@ async def test_three_renewals_while_the_cluster_works(stack: Path, tmp_path: Pat
     code, out = await asyncio.to_thread(_ctl, stack, "get", "nodes", "-o", "json")
     assert {n["state"] for n in json.loads(out)} == {"Ready"}, out
     assert checks >= 10
+    # The Schedule renewed them all: the coordinator never had to itself.
+    log = (stack / "logs" / "coordinator.log").read_text()
+    assert "pki.rotation_schedule_created" in log
+    assert "pki.coordinator_cert_renewed" in log
+    assert "pki.renewed_without_schedule" not in log
+    # An admin can ask for a look now, and force one.
+    code, out = await asyncio.to_thread(_ctl, stack, "certs", "rotate", "--force", "-o", "json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["force"] and not report["unreachable"], report
+    ((instance,),) = [[i["instance"] for i in report["instances"]]]
+    assert {(c["kind"], c["renewed"]) for c in report["instances"][0]["certificates"]} == {
+        ("coordinator", True),
+        ("admin", True),
+    }, report
+    code, out = await asyncio.to_thread(_ctl, stack, "certs", "rotate")
+    assert code == 0 and instance in out and "coordinator" in out, out

@@ -25,8 +25,8 @@ from cloudless.tls import CERT_FILE, KEY_FILE, TLSMaterial, key_matches, server_
 from workers.certs import (
     AdminRevoked,
     CoordinatorCertificates,
-    admin_spec,
     Due,
+    admin_spec,
     check_validity,
     coordinator_spec,
     ensure_pair,
