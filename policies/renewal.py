@@ -92,6 +92,21 @@ def renewal_wait(
     return max(timedelta(0), min(interval, point - now))
 
 
+#: How long a ``cert-rotation`` run gives an instance to take and finish its renewal, as a
+#: fraction of the shortest lifetime, within bounds: a run waiting on an instance that
+#: died holds up the next runs (they never overlap) no longer than this.
+REACH = 0.1
+REACH_MIN = timedelta(seconds=2)
+REACH_MAX = timedelta(seconds=30)
+
+
+def rotation_reach(shortest: timedelta) -> timedelta:
+    """How long one ``cert-rotation`` run waits for an instance (see ``REACH``)."""
+    if shortest <= timedelta(0):
+        raise ValueError(f"a certificate lifetime must be positive, got {shortest}")
+    return min(REACH_MAX, max(REACH_MIN, shortest * REACH))
+
+
 def rotation_interval(shortest: timedelta) -> timedelta:
     """How often the ``cert-rotation`` Schedule looks at certificates whose shortest
     lifetime is ``shortest``: ``CHECK_EVERY`` of it, in whole seconds, within bounds."""
@@ -147,4 +162,5 @@ __all__ = [
     "renewal_wait",
     "retry_delay",
     "rotation_interval",
+    "rotation_reach",
 ]

@@ -74,6 +74,7 @@ from policies.renewal import (
     renewal_wait,
     retry_delay,
     rotation_interval,
+    rotation_reach,
 )
 from workers.schedules import ensure_interval_schedule
 
@@ -303,10 +304,18 @@ class CoordinatorCertificates:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look, and renew what is past ``FALLBACK_AT`` (the Schedule did not renew it),
-        until ``stop``; a failed look is retried with backoff, within the lifetime."""
+        until ``stop``; a failed look is retried with backoff, within the lifetime.
+
+        The first look renews what is due at all, as the bootstrap did: a start slow
+        enough to pass the renewal point is no sign of the Schedule failing."""
+        first = True
         while not stop.is_set():
             try:
-                wait = await self.check(Due(at=FALLBACK_AT), fallback=True)
+                if first:
+                    wait = await self.check(DUE)
+                    first = False
+                else:
+                    wait = await self.check(Due(at=FALLBACK_AT), fallback=True)
                 self._failures = 0
             except Exception as err:  # a full disk, a ledger away: try again soon
                 self._failures += 1
@@ -482,7 +491,11 @@ async def ensure_cert_rotation_schedule(client: Client, cluster: str, shortest: 
     await ensure_interval_schedule(
         client,
         certs_contract.schedule_id(cluster),
-        certs_contract.schedule_action(CertRotationInput(cluster=cluster)),
+        certs_contract.schedule_action(
+            CertRotationInput(
+                cluster=cluster, reach_seconds=rotation_reach(shortest).total_seconds()
+            )
+        ),
         rotation_interval(shortest),
         note="renew the coordinators' and the local admins' certificates at 2/3 of "
         "their lifetime (node certificates renew themselves over mTLS)",

@@ -383,16 +383,7 @@ class Coordinator:
             workflow_runner=workflow_runner(),
         )
         self._tasks.append(asyncio.create_task(ledger_worker.run(), name="ledger-worker"))
-        # Work on this instance's own files: renewing its certificates (workflows.certs).
-        own_worker = Worker(
-            self.client,
-            task_queue=coordinator_task_queue(self.cluster, instance),
-            activities=[rotation.renew_coordinator_certificates],
-            identity=instance_identity(instance),
-            max_concurrent_activities=2,
-        )
-        self._tasks.append(asyncio.create_task(own_worker.run(), name="instance-worker"))
-        self._workers = [worker, ledger_worker, own_worker]
+        self._workers = [worker, ledger_worker]
         # Load the scheduler's node index now, so the first placement does not wait for a
         # snapshot of the whole cluster; from here on it follows this process's writes.
         self._tasks.append(asyncio.create_task(self._warm_index(ledger), name="warm-index"))
@@ -464,6 +455,18 @@ class Coordinator:
             )
 
         certificates.register_admin = register
+        # Only now, with every user of the certificate known: a renewal that came earlier
+        # would reach none of them, and the listeners would serve the old one until it
+        # expired. This instance's own queue: renewing its certificates (workflows.certs).
+        own_worker = Worker(
+            self.client,
+            task_queue=coordinator_task_queue(self.cluster, instance),
+            activities=[rotation.renew_coordinator_certificates],
+            identity=instance_identity(instance),
+            max_concurrent_activities=2,
+        )
+        self._tasks.append(asyncio.create_task(own_worker.run(), name="instance-worker"))
+        self._workers.append(own_worker)
         self._tasks.append(
             asyncio.create_task(certificates.run(self._renewing), name="coordinator-certs")
         )

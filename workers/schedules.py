@@ -1,13 +1,14 @@
 """Keep a Temporal Schedule that starts a workflow every ``every`` as configured: create it,
-or bring its interval (and, when asked, its start input) up to date. Shared by the
-master-key rotation and the reaper, so both behave alike on a restart with other flags."""
+or bring its interval and start input up to date. Shared by the master-key rotation, the
+reaper and the certificate rotation, so all behave alike on a restart with other flags."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
+from pydantic import BaseModel
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     Schedule,
@@ -23,9 +24,6 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-#: Whether a described Schedule's action is already the one wanted (beyond its interval).
-ActionCheck = Callable[[ScheduleDescription], Awaitable[bool]]
-
 
 async def ensure_interval_schedule(
     client: Client,
@@ -35,14 +33,12 @@ async def ensure_interval_schedule(
     *,
     note: str,
     event: str,
-    current_action: ActionCheck | None = None,
 ) -> None:
-    """Create the Schedule, or update its interval and action when they differ.
+    """Create the Schedule, or update its interval and action when either differs (the
+    action's one input, a pydantic model, is compared decoded).
 
     Overlapping runs are skipped: a run that takes longer than the interval is not joined
-    by another. ``current_action`` says whether an existing Schedule's action is already
-    right (without it, only the interval is compared). Logs ``<event>_created`` or
-    ``<event>_updated``.
+    by another. Logs ``<event>_created`` or ``<event>_updated``.
     """
     log = structlog.get_logger("cloudless.schedules")
     spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)])
@@ -62,7 +58,7 @@ async def ensure_interval_schedule(
     desc = await handle.describe()
     current = desc.schedule.spec.intervals
     same_interval = len(current) == 1 and current[0].every == every
-    if same_interval and (current_action is None or await current_action(desc)):
+    if same_interval and await _same_input(client, desc, action):
         return
 
     def retime(update: ScheduleUpdateInput) -> ScheduleUpdate:
@@ -72,3 +68,23 @@ async def ensure_interval_schedule(
 
     await handle.update(retime)
     log.info(f"{event}_updated", every=str(every))
+
+
+async def _same_input(
+    client: Client, desc: ScheduleDescription, wanted: ScheduleActionStartWorkflow
+) -> bool:
+    """Whether the described Schedule already starts the same workflow with the same
+    input as ``wanted``."""
+    action = desc.schedule.action
+    if not isinstance(action, ScheduleActionStartWorkflow) or action.workflow != wanted.workflow:
+        return False
+    if len(action.args) != 1 or len(wanted.args) != 1:
+        return len(action.args) == len(wanted.args) == 0
+    raw, inp = action.args[0], wanted.args[0]
+    if not isinstance(raw, Payload) or not isinstance(inp, BaseModel):
+        return False
+    try:
+        (current,) = await client.data_converter.decode([raw], [type(inp)])
+    except Exception:  # written by another version, or undecodable here: rewrite it
+        return False
+    return bool(current == inp)

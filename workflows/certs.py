@@ -9,7 +9,8 @@ demand (``cloudlessctl certs rotate``). One run:
    renews what is due of the certificates it holds (its own, which its listeners, its
    front and its channels to agents present; the local admin's) and says what it has.
 
-An instance that does not take its task within ``inp.reach_seconds`` is reported unreachable,
+An instance that does not take and finish its task within ``inp.reach_seconds`` (a tenth
+of the lifetime, 2 to 30 s: ``policies.renewal.rotation_reach``) is reported unreachable,
 not retried: the next run asks again, and an instance cut off from Temporal renews its
 own certificates past ``policies.renewal.FALLBACK_AT`` of their lifetime. The report is
 the result and, summarized, the memo and the ``CloudlessPhase`` search attribute, so the
@@ -85,7 +86,9 @@ class CertRotationWorkflow:
             RenewCertificatesInput(issued_before=workflow.now() if inp.force else None),
             task_queue=certs.coordinator_task_queue(inp.cluster, instance),
             schedule_to_start_timeout=timedelta(seconds=inp.reach_seconds),
-            start_to_close_timeout=timedelta(seconds=60),
+            # A file or two and one ledger Update; an instance that died holding it must
+            # not hold up the next runs (which never overlap) for long.
+            start_to_close_timeout=timedelta(seconds=inp.reach_seconds),
             retry_policy=RetryPolicy(maximum_attempts=1),
         )
 

@@ -20,7 +20,7 @@ INSTANCE_MAX = 200
 class CertRotationInput(_Model):
     """One look. ``force``: renew every certificate now, due or not (a suspected key
     compromise; ``cloudlessctl certs rotate --force``). ``reach_seconds``: how long an
-    instance has to take its renewal before it is reported unreachable."""
+    instance has to take and finish its renewal before it is reported unreachable."""
 
     cluster: str
     force: bool = False

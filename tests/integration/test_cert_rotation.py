@@ -36,6 +36,7 @@ from cloudless.model.certs import CoordinatorInstances
 from cloudless.pki import cert_serial
 from cloudless.testing.cluster import LocalCluster, exec_cluster
 from tests.conftest import unique
+from workers.certs import ensure_cert_rotation_schedule
 from workers.coordinator import Coordinator
 from workflows.certs import CertRotationWorkflow
 
@@ -212,3 +213,31 @@ async def _last_run_id(client: Client, cluster: str) -> str:
     ):
         return execution.id
     raise AssertionError("no on-demand run listed")
+
+
+# ------------------------------------------------------------- keeping the Schedule
+
+
+async def test_the_schedule_follows_the_lifetime_a_coordinator_starts_with(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """Created once; left alone by a coordinator with the same settings; retimed, with
+    its input, by one with another lifetime (the last coordinator started wins)."""
+    client, cluster = temporal_env.client, unique("crot")
+    handle = client.get_schedule_handle(certs.schedule_id(cluster))
+    try:
+        await ensure_cert_rotation_schedule(client, cluster, timedelta(days=90))
+        created = await handle.describe()
+        assert [i.every for i in created.schedule.spec.intervals] == [timedelta(hours=1)]
+        await ensure_cert_rotation_schedule(client, cluster, timedelta(days=90))
+        assert (await handle.describe()).info.last_updated_at == created.info.last_updated_at
+        await ensure_cert_rotation_schedule(client, cluster, timedelta(seconds=100))
+        retimed = await handle.describe()
+        assert [i.every for i in retimed.schedule.spec.intervals] == [timedelta(seconds=10)]
+        action = retimed.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        (raw,) = action.args
+        (inp,) = await client.data_converter.decode([raw], [CertRotationInput])
+        assert inp == CertRotationInput(cluster=cluster, reach_seconds=10.0)
+    finally:
+        await handle.delete()

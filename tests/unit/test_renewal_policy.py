@@ -21,6 +21,7 @@ from policies.renewal import (
     renewal_wait,
     retry_delay,
     rotation_interval,
+    rotation_reach,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -219,3 +220,11 @@ def test_a_schedule_look_falls_between_the_renewal_and_fallback_points(
     assert every <= length * CHECK_EVERY or every == timedelta(seconds=1)
     if length >= timedelta(seconds=10):
         assert every < length * (FALLBACK_AT - RENEW_AT)
+
+
+def test_a_run_waits_for_an_instance_a_tenth_of_the_lifetime_within_bounds() -> None:
+    assert rotation_reach(timedelta(days=90)) == timedelta(seconds=30)
+    assert rotation_reach(timedelta(seconds=100)) == timedelta(seconds=10)
+    assert rotation_reach(timedelta(seconds=15)) == timedelta(seconds=2)
+    with pytest.raises(ValueError, match="positive"):
+        rotation_reach(timedelta(0))
