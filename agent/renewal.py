@@ -30,13 +30,17 @@ from agent.enroll import GATEWAY_SERVER_NAME, split_addresses
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.errors import CloudlessError, PKIError
 from cloudless.pki import (
+    accept_trust_update,
     cert_not_after,
     generate_private_key_pem,
     identity_from_cert,
+    load_trust_bundle,
     make_csr,
     verify_issued_by,
 )
+from cloudless.pki.files import replace_file
 from cloudless.tls import (
+    CA_FILE,
     RENEW_CERT_FILE,
     RENEW_KEY_FILE,
     TLSMaterial,
@@ -218,9 +222,18 @@ class CertificateRenewer:
                         raise
         assert response is not None
         cert_pem = bytes(response.certificate_pem)
-        self._check(key_pem, cert_pem)
+        # The cluster's trust bundle, as the coordinator holds it (while the CA rotates:
+        # the old and the new CA), taken only if it keeps a CA this node trusts.
+        offered = bytes(response.ca_pem)
+        trust = accept_trust_update(current.ca_pem, offered) if offered else current.ca_pem
+        self._check(key_pem, cert_pem, trust)
+        if trust != current.ca_pem:
+            # First: until the new certificate is in place, the bundle still holds the CA
+            # of the old one, so a crash in between leaves a node that starts.
+            replace_file(self._state_dir / CA_FILE, trust, 0o644)
+            log.info("renew.trust_updated", node=self.node, cas=len(load_trust_bundle(trust)))
         save_material(self._state_dir, key_pem, cert_pem)
-        fresh = TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=current.ca_pem)
+        fresh = TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=trust)
         self.material = fresh
         log.info(
             "renew.renewed",
@@ -234,9 +247,10 @@ class CertificateRenewer:
             self.renewals += 1
             self.changed.notify_all()
 
-    def _check(self, key_pem: bytes, cert_pem: bytes) -> None:
-        """The answer certifies our new key, for our identity, from our CA, valid now."""
-        verify_issued_by(cert_pem, self.material.ca_pem, now=self._clock())
+    def _check(self, key_pem: bytes, cert_pem: bytes, trust: bytes) -> None:
+        """The answer certifies our new key, for our identity, from a CA of ``trust``,
+        valid now."""
+        verify_issued_by(cert_pem, trust, now=self._clock())
         if identity_from_cert(cert_pem) != self.material.identity:
             raise PKIError("the renewed certificate names another identity; not installed")
         if not key_matches(key_pem, cert_pem):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from cloudless.pki.authority import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 from cloudless.pki.certificates import (
+    accept_trust_update,
     cert_fingerprint,
     cert_key_id,
     cert_not_after,
@@ -34,6 +35,7 @@ from cloudless.pki.certificates import (
     cert_serial,
     identity_from_cert,
     load_certificate,
+    load_trust_bundle,
     public_key_id,
     verify_issued_by,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "CertificateAuthority",
     "Identity",
     "Role",
+    "accept_trust_update",
     "cert_fingerprint",
     "cert_key_id",
     "cert_not_after",
@@ -58,6 +61,7 @@ __all__ = [
     "identity_from_cert",
     "is_dns_label",
     "load_certificate",
+    "load_trust_bundle",
     "make_csr",
     "public_key_id",
     "read_private_file",

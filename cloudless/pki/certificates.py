@@ -74,27 +74,111 @@ def identity_from_cert(cert_pem_or_der: bytes) -> Identity:
     return Identity.from_uri(uris[0])
 
 
-def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes, *, now: datetime | None = None) -> None:
-    """Check that ``cert_pem`` was signed by the CA and both are within their validity window."""
-    cert = load_certificate(cert_pem)
-    ca = load_certificate(ca_cert_pem)
-    if not _is_ca(ca):
-        raise PKIError("issuer certificate is not a CA (BasicConstraints CA=true missing)")
+#: At most this many CAs in a trust bundle: the current one and, while the CA rotates,
+#: the next or the previous one (a margin for a rotation begun before one ended).
+MAX_TRUSTED_CAS = 4
+#: And at most this many bytes of PEM.
+MAX_BUNDLE_BYTES = 64 * 1024
+
+
+def load_trust_bundle(pem: bytes) -> list[x509.Certificate]:
+    """The CA certificates of a trust bundle (one PEM certificate or several, in order);
+    :class:`PKIError` unless 1..``MAX_TRUSTED_CAS`` CA certificates."""
+    if not isinstance(pem, bytes | bytearray):
+        raise PKIError(f"a trust bundle must be PEM bytes, not {type(pem).__name__}")
+    if len(pem) > MAX_BUNDLE_BYTES:
+        raise PKIError(f"a trust bundle is at most {MAX_BUNDLE_BYTES} bytes, got {len(pem)}")
     try:
-        cert.verify_directly_issued_by(ca)
-    except InvalidSignature:
-        raise PKIError("certificate signature does not verify against this CA") from None
+        certs = x509.load_pem_x509_certificates(bytes(pem))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PKIError(f"certificate was not issued by this CA: {exc}") from None
+        raise PKIError(f"not a parseable PEM trust bundle: {exc}") from None
+    if not 1 <= len(certs) <= MAX_TRUSTED_CAS:
+        raise PKIError(
+            f"a trust bundle holds 1 to {MAX_TRUSTED_CAS} CA certificates, got {len(certs)}"
+        )
+    for i, cert in enumerate(certs):
+        if not _is_ca(cert):
+            raise PKIError(f"trust bundle certificate {i + 1} is not a CA (BasicConstraints)")
+    return certs
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _within(label: str, cert: x509.Certificate, moment: datetime) -> None:
+    if moment < cert.not_valid_before_utc:
+        raise PKIError(
+            f"{label} is not valid until {cert.not_valid_before_utc.isoformat()}; "
+            "check this machine's clock"
+        )
+    if moment > cert.not_valid_after_utc:
+        raise PKIError(f"{label} expired at {cert.not_valid_after_utc.isoformat()}")
+
+
+def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes, *, now: datetime | None = None) -> None:
+    """Check that ``cert_pem`` was signed by a CA of ``ca_cert_pem`` (one CA certificate,
+    or a trust bundle of several while the CA rotates) and that both are within their
+    validity window."""
+    cert = load_certificate(cert_pem)
+    cas = load_trust_bundle(ca_cert_pem)
     moment = now or _now()
-    for label, checked in (("certificate", cert), ("CA certificate", ca)):
-        if moment < checked.not_valid_before_utc:
+    issuer: x509.Certificate | None = None
+    reasons: list[str] = []
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except InvalidSignature:
+            reasons.append("signature does not verify")
+            continue
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            reasons.append(str(exc)[:200])
+            continue
+        issuer = ca
+        break
+    if issuer is None:
+        which = "this CA" if len(cas) == 1 else f"any of the {len(cas)} trusted CAs"
+        raise PKIError(f"certificate was not issued by {which}: {'; '.join(reasons)}")
+    _within("certificate", cert, moment)
+    _within("CA certificate", issuer, moment)
+
+
+def accept_trust_update(current_pem: bytes, offered_pem: bytes) -> bytes:
+    """The trust bundle to hold after ``offered_pem`` came from an authenticated peer,
+    normalized (each CA once, in the offered order).
+
+    It must keep at least one CA of ``current_pem``: trust moves from CA to CA through an
+    overlap, never by replacing everything at once (a peer that could do that could hand
+    the node to a CA of its own). Every CA must be of the same cluster as the current ones.
+    """
+    current = load_trust_bundle(current_pem)
+    offered = load_trust_bundle(offered_pem)
+    known = {cert_fingerprint(_pem(c)) for c in current}
+    clusters = {_organizational_unit(c) for c in current}
+    seen: set[str] = set()
+    kept: list[bytes] = []
+    for ca in offered:
+        if _organizational_unit(ca) not in clusters:
             raise PKIError(
-                f"{label} is not valid until {checked.not_valid_before_utc.isoformat()}; "
-                "check this machine's clock"
+                f"the offered trust bundle holds a CA of another cluster "
+                f"({_organizational_unit(ca)!r}); refused"
             )
-        if moment > checked.not_valid_after_utc:
-            raise PKIError(f"{label} expired at {checked.not_valid_after_utc.isoformat()}")
+        fingerprint = cert_fingerprint(_pem(ca))
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            kept.append(_pem(ca))
+    if not seen & known:
+        raise PKIError(
+            "the offered trust bundle shares no CA with the one this node trusts: the "
+            "cluster's CA was replaced without an overlap this node saw; enroll it again "
+            "(`cloudlessctl token create --node <name>`)"
+        )
+    return b"".join(kept)
+
+
+def _organizational_unit(cert: x509.Certificate) -> str:
+    units = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(units[0].value) if units else ""
 
 
 def cert_fingerprint(cert_pem: bytes) -> str:

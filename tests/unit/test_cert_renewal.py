@@ -53,11 +53,13 @@ from cloudless.pki import (
     identity_from_cert,
     make_csr,
     public_key_id,
+    verify_issued_by,
 )
 from cloudless.pki.csr import MAX_CSR_BYTES
 from cloudless.revocation import RevocationList
 from cloudless.testing.cluster import free_port
 from cloudless.tls import (
+    CA_FILE,
     CERT_FILE,
     GATEWAY_SERVER_NAME,
     KEY_FILE,
@@ -379,6 +381,11 @@ class _Gateway(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, ca: CertificateAuthority, failures: list[grpc.StatusCode]) -> None:
         self.ca, self.failures = ca, failures
         self.csrs: list[bytes] = []
+        #: Who signs and what trust bundle is answered (a CA rotation); default: ``ca``.
+        self.signer = ca
+        self.bundle = ca.cert_pem
+        #: Set once two renewals were asked for.
+        self.asked_twice = asyncio.Event()
 
     async def RenewCertificate(
         self,
@@ -386,14 +393,16 @@ class _Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.RenewCertificateResponse:
         self.csrs.append(request.csr_pem)
+        if len(self.csrs) >= 2:
+            self.asked_twice.set()
         if self.failures:
             await context.abort(self.failures.pop(0), "not now")
         pem = peer_certificate_pem(context)
         assert pem is not None
-        cert = self.ca.sign_csr(
+        cert = self.signer.sign_csr(
             request.csr_pem, identity_from_cert(pem), validity=timedelta(seconds=60)
         )
-        return gateway_pb2.RenewCertificateResponse(certificate_pem=cert, ca_pem=self.ca.cert_pem)
+        return gateway_pb2.RenewCertificateResponse(certificate_pem=cert, ca_pem=self.bundle)
 
 
 @contextlib.asynccontextmanager
@@ -476,3 +485,51 @@ async def test_the_renewer_stops_when_refused_or_expired(
     await renewer.run(asyncio.Event())
     with pytest.raises(CertificateExpired, match="cloudlessctl token create --node pi-1"):
         await renewer.wait_renewals(1)
+
+
+async def test_a_renewal_brings_the_clusters_trust_bundle_while_the_ca_rotates(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """The coordinator signs with the new CA and answers the bundle of both: the agent
+    trusts both from then on (its file first), so it keeps talking to coordinators of
+    either CA. A bundle without any CA it trusts is refused, and nothing is installed."""
+    new = CertificateAuthority.bootstrap(tmp_path / "new-ca", ca.cluster)
+    state = tmp_path / "agent"
+    material = _enrolled(ca, state)
+    switched: list[TLSMaterial] = []
+
+    async def switch(renewed: TLSMaterial) -> None:
+        switched.append(renewed)
+
+    async with _gateway(ca, []) as (address, gateway):
+        gateway.signer, gateway.bundle = new, ca.cert_pem + new.cert_pem
+        renewer = CertificateRenewer(state, material, address, on_renewed=[switch], clock=_late(45))
+        stop = asyncio.Event()
+        running = asyncio.create_task(renewer.run(stop))
+        try:
+            await asyncio.wait_for(renewer.wait_renewals(1), timeout=30)
+        finally:
+            stop.set()
+            await running
+    (renewed,) = switched
+    assert renewed.ca_pem == ca.cert_pem + new.cert_pem == (state / CA_FILE).read_bytes()
+    verify_issued_by(renewed.cert_pem, new.cert_pem)
+    assert TLSMaterial.load(state) == renewed
+
+    # Later, a coordinator that answers only a CA this node never trusted: refused.
+    other = CertificateAuthority.bootstrap(tmp_path / "other-ca", ca.cluster)
+    state_b = tmp_path / "b"
+    material_b = _enrolled(ca, state_b)
+    async with _gateway(ca, []) as (address, gateway):
+        gateway.signer, gateway.bundle = other, other.cert_pem
+        renewer = CertificateRenewer(state_b, material_b, address, clock=_late(45))
+        stop = asyncio.Event()
+        running = asyncio.create_task(renewer.run(stop))
+        try:
+            await asyncio.wait_for(gateway.asked_twice.wait(), timeout=30)  # refused, again
+        finally:
+            stop.set()
+            await running
+    assert (state_b / CERT_FILE).read_bytes() == material_b.cert_pem
+    assert (state_b / KEY_FILE).read_bytes() == material_b.key_pem
+    assert renewer.renewals == 0 and renewer.material == material_b
