@@ -4,7 +4,8 @@ One real dev stack: the Temporal dev server jailed in a private network namespac
 coordinator's front (Temporal's API over mutual TLS, the UI behind a login, the codec on
 the UI's origin), real agents. Attacked as another local user (``nobody``), with wrong
 certificates and with forged and replayed login links; then a real browser (Debian's
-chromium, driven by selenium) logs in and reads a decoded workflow input.
+chromium, driven by selenium) logs in, reads a decoded workflow input and finds the
+``cert-rotation`` Schedule.
 """
 
 from __future__ import annotations
@@ -308,6 +309,10 @@ async def test_a_browser_logs_in_and_sees_the_input_decoded(
         text = await asyncio.to_thread(_wait_for_text, driver, canary, 60)
         assert canary in text
         assert "Codec Server could not connect" not in text
+        # The certificates' renewals are a Schedule the UI lists (issue #11, item 5).
+        driver.get(_ui("/namespaces/default/schedules"))
+        schedule = f"cert-rotation/{CLUSTER}"
+        assert schedule in await asyncio.to_thread(_wait_for_text, driver, schedule, 60)
     finally:
         driver.quit()
         await client.delete("default", WORKLOAD)
