@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
@@ -389,6 +390,19 @@ class WorkflowType(Generic[I, R]):
             **options,
         )
         return result
+
+    async def execute_now(
+        self, client: Client, arg: I, *, id_base: str, cluster: str, timeout: timedelta
+    ) -> R:
+        """A run on demand beside the scheduled ones: id ``<id_base>/now-<random>``, so it
+        never collides with a Schedule's run (whose ids are ``<id_base>-<time>``)."""
+        return await self.execute(
+            client,
+            arg,
+            id=f"{id_base}/now-{uuid.uuid4().hex[:12]}",
+            cluster=cluster,
+            execution_timeout=timeout,
+        )
 
     def with_start(
         self,

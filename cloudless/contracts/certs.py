@@ -11,7 +11,6 @@ here: agents renew their own over mutual TLS.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 from temporalio.client import Client, ScheduleActionStartWorkflow
@@ -80,12 +79,8 @@ async def run_now(
     client: Client, inp: CertRotationInput, *, timeout: timedelta = timedelta(minutes=5)
 ) -> CertRotationReport:
     """Look (and with ``inp.force``, renew everything) now; the report."""
-    return await WORKFLOW.execute(
-        client,
-        inp,
-        id=f"{workflow_id(inp.cluster)}/now-{uuid.uuid4().hex[:12]}",
-        cluster=inp.cluster,
-        execution_timeout=timeout,
+    return await WORKFLOW.execute_now(
+        client, inp, id_base=workflow_id(inp.cluster), cluster=inp.cluster, timeout=timeout
     )
 
 

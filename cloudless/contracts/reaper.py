@@ -8,7 +8,6 @@ idempotent, so an on-demand run beside a scheduled one is harmless.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 from temporalio.client import Client, ScheduleActionStartWorkflow
@@ -53,12 +52,8 @@ async def run_now(
     client: Client, inp: ReaperInput, *, timeout: timedelta = timedelta(minutes=10)
 ) -> ReapReport:
     """Run the reaper once, now, and return its report."""
-    return await WORKFLOW.execute(
-        client,
-        inp,
-        id=f"{workflow_id(inp.cluster)}/now-{uuid.uuid4().hex[:12]}",
-        cluster=inp.cluster,
-        execution_timeout=timeout,
+    return await WORKFLOW.execute_now(
+        client, inp, id_base=workflow_id(inp.cluster), cluster=inp.cluster, timeout=timeout
     )
 
 

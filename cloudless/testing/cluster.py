@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -30,6 +32,13 @@ from temporalio.testing import WorkflowEnvironment
 from agent.main import serve
 from agent.runtime.exec import ExecDriver
 from cloudless.api import agent_pb2, agent_pb2_grpc
+from cloudless.cli.devstack import (
+    DEV_AGENTS,
+    DevPorts,
+    load_state,
+    start_processes,
+    stop_processes,
+)
 from cloudless.client import CloudlessClient
 from cloudless.codec import TransitDataKeySource, TransitPayloadCodec, data_converter
 from cloudless.contracts import certs
@@ -387,6 +396,34 @@ async def stop_exec_replicas(node: str, state_dir: Path, grace_seconds: float = 
             await driver.stop(status.replica_id, grace_seconds)
     finally:
         await driver.close()
+
+
+@contextlib.asynccontextmanager
+async def exec_dev_stack(
+    state: Path, cluster: str, ports: DevPorts, *, coordinator_args: tuple[str, ...] = ()
+) -> AsyncIterator[Path]:
+    """The dev stack's real processes (jailed Temporal, transit, the coordinator and its
+    front, the three dev agents) running exec replicas, in ``state``; on exit every
+    process is stopped (frozen agents thawed first) and the replicas they left too."""
+    try:
+        await asyncio.to_thread(
+            start_processes,
+            state,
+            cluster,
+            ports=ports,
+            runtimes=("exec",),
+            coordinator_args=coordinator_args,
+        )
+        yield state
+    finally:
+        dev = load_state(state)
+        for name, process in (dev.processes if dev else {}).items():
+            if name.startswith("agent/"):  # a frozen agent would not stop
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGCONT)
+        await asyncio.to_thread(stop_processes, state)
+        for a in DEV_AGENTS:
+            await stop_exec_replicas(a.name, state / "agents" / a.name)
 
 
 @contextlib.asynccontextmanager

@@ -42,13 +42,11 @@ from cloudless.cli.devstack import (
     port_open,
     record_process,
     spawn_coordinator,
-    start_processes,
-    stop_processes,
     wait_until,
 )
 from cloudless.pki import cert_not_after, cert_serial
 from cloudless.testing.cli import invoke_ctl
-from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.cluster import exec_dev_stack
 from cloudless.testing.outage import eventually
 from cloudless.tls import CERT_FILE
 
@@ -72,23 +70,8 @@ FROZEN, LATE = DEV_AGENTS[1], DEV_AGENTS[2]
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
     state = tmp_path_factory.mktemp("rotchaos") / "stack"
-    try:
-        await asyncio.to_thread(
-            start_processes,
-            state,
-            CLUSTER,
-            ports=PORTS,
-            runtimes=("exec",),
-            coordinator_args=COORDINATOR_ARGS,
-        )
+    async with exec_dev_stack(state, CLUSTER, PORTS, coordinator_args=COORDINATOR_ARGS):
         yield state
-    finally:
-        for a in DEV_AGENTS:  # a frozen agent cannot be stopped
-            with contextlib.suppress(ProcessLookupError, KeyError):
-                os.kill(_pid(state, f"agent/{a.name}"), signal.SIGCONT)
-        await asyncio.to_thread(stop_processes, state)
-        for a in DEV_AGENTS:
-            await stop_exec_replicas(a.name, state / "agents" / a.name)
 
 
 def _pid(state: Path, role: str) -> int:

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudless.cli.devstack import DEV_AGENTS, DevPorts, start_processes, stop_processes
+from cloudless.cli.devstack import DEV_AGENTS, DevPorts
 from cloudless.pki import cert_not_after, cert_serial
 from cloudless.testing.cli import invoke_ctl
-from cloudless.testing.cluster import stop_exec_replicas
+from cloudless.testing.cluster import exec_dev_stack
 from cloudless.testing.outage import eventually
 from cloudless.tls import CERT_FILE
 
@@ -40,20 +40,9 @@ RENEWALS = 3
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
     state = tmp_path_factory.mktemp("coordcerts") / "stack"
-    try:
-        await asyncio.to_thread(
-            start_processes,
-            state,
-            CLUSTER,
-            ports=PORTS,
-            runtimes=("exec",),
-            coordinator_args=("--coordinator-cert-validity", VALIDITY),
-        )
+    args = ("--coordinator-cert-validity", VALIDITY)
+    async with exec_dev_stack(state, CLUSTER, PORTS, coordinator_args=args):
         yield state
-    finally:
-        await asyncio.to_thread(stop_processes, state)
-        for a in DEV_AGENTS:
-            await stop_exec_replicas(a.name, state / "agents" / a.name)
 
 
 async def _all_ready(state: Path, ready: dict[str, str]) -> bool:

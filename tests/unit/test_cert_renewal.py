@@ -436,6 +436,17 @@ def _enrolled(ca: CertificateAuthority, state: Path) -> TLSMaterial:
     return TLSMaterial(key_pem=key, cert_pem=cert, ca_pem=ca.cert_pem)
 
 
+async def _renew_once(renewer: CertificateRenewer) -> None:
+    """Run the renewer until it renewed once (or failed for good), then stop it."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(renewer.run(stop))
+    try:
+        await asyncio.wait_for(renewer.wait_renewals(1), timeout=30)
+    finally:
+        stop.set()
+        await running
+
+
 def _late(seconds: float) -> Callable[[], datetime]:
     """A clock ``seconds`` ahead: the certificate is that much older than it is."""
     return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
@@ -454,13 +465,7 @@ async def test_the_renewer_retries_with_the_same_key_then_switches(
     failures = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED]
     async with _gateway(ca, failures) as (address, gateway):
         renewer = CertificateRenewer(state, material, address, on_renewed=[switch], clock=_late(45))
-        stop = asyncio.Event()
-        running = asyncio.create_task(renewer.run(stop))
-        try:
-            await asyncio.wait_for(renewer.wait_renewals(1), timeout=30)
-        finally:
-            stop.set()
-            await running
+        await _renew_once(renewer)
     # One key through the retries (a retry whose answer was lost gets the same certificate).
     keys = {public_key_id(x509.load_pem_x509_csr(csr).public_key()) for csr in gateway.csrs[:3]}
     assert len(gateway.csrs) >= 3 and len(keys) == 1
@@ -504,13 +509,7 @@ async def test_a_renewal_brings_the_clusters_trust_bundle_while_the_ca_rotates(
     async with _gateway(ca, []) as (address, gateway):
         gateway.signer, gateway.bundle = new, ca.cert_pem + new.cert_pem
         renewer = CertificateRenewer(state, material, address, on_renewed=[switch], clock=_late(45))
-        stop = asyncio.Event()
-        running = asyncio.create_task(renewer.run(stop))
-        try:
-            await asyncio.wait_for(renewer.wait_renewals(1), timeout=30)
-        finally:
-            stop.set()
-            await running
+        await _renew_once(renewer)
     (renewed,) = switched
     assert renewed.ca_pem == ca.cert_pem + new.cert_pem == (state / CA_FILE).read_bytes()
     verify_issued_by(renewed.cert_pem, new.cert_pem)

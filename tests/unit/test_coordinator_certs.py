@@ -175,15 +175,10 @@ async def test_the_admin_certificate_is_recorded_before_it_is_installed(
     ca: CertificateAuthority, coordinator_dir: Path, tmp_path: Path
 ) -> None:
     clock = Clock()
-    admin = admin_spec(tmp_path / "admin", CLUSTER)
-    ensure_pair(admin, ca, validity=VALIDITY)
-    certs = CoordinatorCertificates(
-        ca,
-        coordinator_spec(coordinator_dir, CLUSTER),
-        admin=admin,
-        validity=VALIDITY,
-        clock=clock,
-    )
+    certs, _ = _admin_certs(ca, coordinator_dir, tmp_path, clock)
+    certs.register_admin = None
+    assert certs.admin is not None
+    admin = certs.admin
     recorded: list[str] = []
 
     async def ledger_away(cert_pem: bytes) -> None:
