@@ -378,6 +378,13 @@ async def test_each_role_does_what_it_may_and_no_more(stack: Path, admin: Client
         await operator.set_scheduler_settings(await operator.scheduler_settings())
     assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
     assert "needs the admin role" in refused.value.message
+    # Renewing the control plane's certificates is an admin's call, too.
+    with pytest.raises(RPCError) as refused:
+        await operator.rotate_certificates(force=True)
+    assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
+    assert "needs the admin role" in refused.value.message
+    report = await CloudlessClient(admin, CLUSTER).rotate_certificates()
+    assert [i.instance for i in report.instances] and not report.unreachable
 
     # The attack: a forged liveness signal that marks a healthy node Offline.
     # Refused to every person, admins included: it is the control plane's own message.
