@@ -21,7 +21,13 @@ from temporalio.client import Client
 
 from cloudless.contracts.certs import instance_of
 from cloudless.contracts.names import task_queue
-from cloudless.model import CertRotationInput, InstanceRenewal, RenewCertificatesInput
+from cloudless.model import (
+    CAStageInput,
+    CAStageResult,
+    CertRotationInput,
+    InstanceRenewal,
+    RenewCertificatesInput,
+)
 from cloudless.model.certs import CoordinatorInstances
 
 #: A poller seen less than this long ago is live (workers poll again at least every
@@ -31,6 +37,8 @@ LIVE_WITHIN = timedelta(seconds=90)
 #: Renews what is due of this instance's certificates, and all of them issued before the
 #: time given (a forced run), if one is.
 Renew = Callable[[datetime | None], Awaitable[InstanceRenewal]]
+#: Takes this instance's CA through a rotation stage and re-trusts (``cloudless.pki.rotation``).
+CAStage = Callable[[str], Awaitable[CAStageResult]]
 
 
 async def live_instances(client: Client, cluster: str, now: datetime) -> list[str]:
@@ -60,14 +68,23 @@ class CertRotationActivities:
     ``renew_coordinator_certificates`` on one instance's own queue, where ``renew`` is
     that instance's renewer (None: this worker only lists)."""
 
-    def __init__(self, client: Client, renew: Renew | None = None) -> None:
+    def __init__(
+        self, client: Client, renew: Renew | None = None, ca_stage: CAStage | None = None
+    ) -> None:
         self._client = client
         self._renew = renew
+        self._ca_stage = ca_stage
 
     @activity.defn(name="coordinator_instances")
     async def coordinator_instances(self, inp: CertRotationInput) -> CoordinatorInstances:
         found = await live_instances(self._client, inp.cluster, datetime.now(UTC))
         return CoordinatorInstances(instances=found)
+
+    @activity.defn(name="rotate_ca_stage")
+    async def rotate_ca_stage(self, inp: CAStageInput) -> CAStageResult:
+        if self._ca_stage is None:
+            raise RuntimeError("this worker holds no CA")
+        return await self._ca_stage(inp.stage)
 
     @activity.defn(name="renew_coordinator_certificates")
     async def renew_coordinator_certificates(self, inp: RenewCertificatesInput) -> InstanceRenewal:
@@ -76,4 +93,4 @@ class CertRotationActivities:
         return await self._renew(inp.issued_before)
 
 
-__all__ = ["LIVE_WITHIN", "CertRotationActivities", "Renew", "live_instances"]
+__all__ = ["LIVE_WITHIN", "CAStage", "CertRotationActivities", "Renew", "live_instances"]

@@ -35,7 +35,12 @@ class PKIActivities:
         if node_validity <= timedelta(0):
             raise PKIError(f"node certificate validity must be positive, got {node_validity}")
         self._ca = ca
+        self._trust = ca.cert_pem
         self._node_validity = node_validity
+
+    def retrust(self, ca: CertificateAuthority, trust: bytes) -> None:
+        """Sign with ``ca`` and answer ``trust`` (the bundle agents take) from now on."""
+        self._ca, self._trust = ca, trust
 
     @activity.defn(name="sign_node_certificate")
     async def sign_node_certificate(self, inp: SignCertificateInput) -> SignCertificateResult:
@@ -53,7 +58,7 @@ class PKIActivities:
             raise ApplicationError(str(err), type="InvalidCSR", non_retryable=True) from err
         return SignCertificateResult(
             certificate_pem=cert.decode(),
-            ca_pem=self._ca.cert_pem.decode(),
+            ca_pem=self._trust.decode(),
             not_after=cert_not_after(cert),
             serial=cert_serial(cert),
             issued_at=cert_not_before(cert) + CLOCK_SKEW,

@@ -19,7 +19,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cloudless.contracts import (
@@ -42,6 +42,8 @@ from cloudless.model import (
     ApplyResult,
     AuditEntries,
     AuditFilter,
+    CARotationInput,
+    CARotationReport,
     CertRotationInput,
     CertRotationReport,
     ClusterSnapshot,
@@ -475,6 +477,30 @@ class CloudlessClient:
             raise CloudlessError(
                 f"certificate rotation failed: {getattr(cause, 'message', cause)}"
             ) from err
+
+    async def rotate_ca(self, overlap: timedelta) -> str:
+        """Start rotating the cluster CA through ``overlap`` (twice: trusting both while
+        the old one issues, then while the new one does); its workflow id. Refused while
+        a rotation runs."""
+        try:
+            await certs.start_ca_rotation(
+                self.temporal,
+                CARotationInput(cluster=self.cluster, overlap_seconds=overlap.total_seconds()),
+            )
+        except WorkflowAlreadyStartedError as err:
+            raise CloudlessError(
+                f"a CA rotation of cluster {self.cluster!r} is under way "
+                f"({certs.ca_workflow_id(self.cluster)}); let it finish first"
+            ) from err
+        return certs.ca_workflow_id(self.cluster)
+
+    async def ca_rotation(self) -> CARotationReport:
+        """The cluster's last (or current) CA rotation: the result, or where it is."""
+        handle = self.temporal.get_workflow_handle(
+            certs.ca_workflow_id(self.cluster), result_type=CARotationReport
+        )
+        report: CARotationReport = await handle.result()
+        return report
 
     async def audit(self, where: AuditFilter) -> AuditEntries:
         """The cluster's audit records matching ``where``, newest first: who called what

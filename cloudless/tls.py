@@ -28,6 +28,7 @@ from cloudless.pki import (
     write_public_file,
 )
 from cloudless.pki.authority import CLOCK_SKEW
+from cloudless.pki.rotation import TRUST_FILE
 from cloudless.process import open_files_limit
 from policies.renewal import Lifetime
 
@@ -64,7 +65,11 @@ class TLSMaterial:
             return cls(
                 key_pem=read_private_file(directory / KEY_FILE),
                 cert_pem=(directory / CERT_FILE).read_bytes(),
-                ca_pem=(directory / CA_FILE).read_bytes(),
+                # A coordinator's directory holds the CA, and while the CA rotates the
+                # bundle of both (an agent's ca.crt is its bundle already).
+                ca_pem=(
+                    directory / (TRUST_FILE if (directory / TRUST_FILE).exists() else CA_FILE)
+                ).read_bytes(),
             )
         except FileNotFoundError as err:
             raise PKIError(

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cloudless.errors import EnrollmentError, PKIError
 from cloudless.pki import (
     is_dns_label,
-    load_certificate,
+    load_trust_bundle,
     read_private_file,
     write_private_file,
     write_public_file,
@@ -238,11 +238,12 @@ class EnrollmentClaims:
 
 
 def _check_ca_pem(value: object, what: str) -> str:
-    """Ensure ``value`` is one PEM certificate, so a token never carries an unusable CA."""
+    """Ensure ``value`` is the cluster's trust bundle (one PEM CA certificate, or while the
+    CA rotates the old and the new), so a token never carries an unusable CA."""
     if not isinstance(value, str):
         raise EnrollmentError(f"{what} must be the CA certificate as a PEM string")
     try:
-        load_certificate(value.encode("utf-8"))
+        load_trust_bundle(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise EnrollmentError(f"{what} is not a PEM certificate (invalid text)") from None
     except PKIError as exc:

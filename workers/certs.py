@@ -57,8 +57,11 @@ from cloudless.pki import (
     cert_serial,
     identity_from_cert,
     read_private_file,
+    verify_issued_by,
 )
+from cloudless.pki.files import write_public_file
 from cloudless.tls import (
+    CA_FILE,
     CERT_FILE,
     GATEWAY_SERVER_NAME,
     KEY_FILE,
@@ -195,6 +198,16 @@ class Due:
 DUE = Due()
 
 
+def _issued_by(cert_pem: bytes, ca: CertificateAuthority) -> bool:
+    """Whether the issuer signed ``cert_pem`` (after the cluster CA switched, every
+    certificate of the previous one is reissued, due or not)."""
+    try:
+        verify_issued_by(cert_pem, ca.cert_pem)
+    except PKIError:
+        return False
+    return True
+
+
 def _issue(
     spec: CertificateSpec, ca: CertificateAuthority, validity: timedelta
 ) -> tuple[bytes, bytes]:
@@ -238,7 +251,7 @@ def _ensure(
     """:func:`ensure_pair`, and whether it issued the pair."""
     with _locked(spec.directory):
         pair = _on_disk(spec)
-        if pair is not None and not due(pair[1], now):
+        if pair is not None and not due(pair[1], now) and _issued_by(pair[1], ca):
             return pair[0], pair[1], False
         key_pem, cert_pem = _issue(spec, ca, validity)
         _install(spec, key_pem, cert_pem)
@@ -257,6 +270,7 @@ class CoordinatorCertificates:
         interval: The longest wait between two looks at the files.
         clock: Wall-clock time (certificates carry wall-clock times).
         instance: This coordinator instance's name, for the reports.
+        trust: The trust bundle (default: the CA's certificate alone).
     """
 
     def __init__(
@@ -269,8 +283,11 @@ class CoordinatorCertificates:
         interval: timedelta = CHECK_INTERVAL,
         clock: Clock = _now,
         instance: str = "coordinator",
+        trust: bytes | None = None,
     ) -> None:
         self.ca = ca
+        #: What every party must trust: the CA, or while it rotates the old and the new.
+        self.trust = trust if trust is not None else ca.cert_pem
         self.coordinator = coordinator
         self.admin = admin
         self.validity = validity
@@ -370,6 +387,21 @@ class CoordinatorCertificates:
                 states.append(await self._look_admin(self.admin, due, fallback=fallback))
             return states
 
+    async def retrust(self, ca: CertificateAuthority, trust: bytes) -> InstanceRenewal:
+        """The cluster CA rotated a stage (:mod:`cloudless.pki.rotation`): issue with
+        ``ca`` and trust ``trust`` from now on. Every user gets the material with the new
+        bundle at once, the local admin's ``ca.crt`` becomes the bundle, and what ``ca``
+        did not issue is reissued now."""
+        async with self._looking:
+            self.ca, self.trust = ca, trust
+            material = TLSMaterial(self.material.key_pem, self.material.cert_pem, trust)
+            if material != self.material:
+                self.material = material
+                await self._push(material)
+            if self.admin is not None:
+                await asyncio.to_thread(_write_trust, self.admin.directory, trust)
+        return await self.renew()
+
     def _state(
         self, kind: str, spec: CertificateSpec, cert_pem: bytes, renewed: bool, note: str = ""
     ) -> CertificateState:
@@ -391,7 +423,7 @@ class CoordinatorCertificates:
         key_pem, cert_pem, issued = _ensure(
             self.coordinator, self.ca, self.validity, self._clock(), due
         )
-        return TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=self.ca.cert_pem), issued
+        return TLSMaterial(key_pem=key_pem, cert_pem=cert_pem, ca_pem=self.trust), issued
 
     async def _push(self, material: TLSMaterial) -> None:
         log.info(
@@ -419,7 +451,7 @@ class CoordinatorCertificates:
         if pair is not None:
             self.admin_cert = pair[1]
         register = self.register_admin
-        if pair is not None and not due(pair[1], self._clock()):
+        if pair is not None and not due(pair[1], self._clock()) and _issued_by(pair[1], self.ca):
             return self._state("admin", spec, pair[1], False)
         if register is None:
             note = self._admin_note or "not registered in the ledger yet"
@@ -472,6 +504,12 @@ class CoordinatorCertificates:
         """Return once this process has pushed ``count`` renewed coordinator materials."""
         async with self.changed:
             await self.changed.wait_for(lambda: self.renewals >= count)
+
+
+def _write_trust(directory: Path, trust: bytes) -> None:
+    path = directory / CA_FILE
+    if not path.exists() or path.read_bytes() != trust:
+        write_public_file(path, trust)
 
 
 def instance_name(host: str, agent_listen: str) -> str:

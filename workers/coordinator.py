@@ -21,6 +21,7 @@ import grpc
 import hvac
 import structlog
 import typer
+from cryptography.hazmat.primitives import serialization
 from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
@@ -55,13 +56,17 @@ from cloudless.grpc_options import (
 )
 from cloudless.http import ConnectionLimits
 from cloudless.logs import configure_logging
-from cloudless.model import ReaperInput, RegisterUserInput
+from cloudless.model import CAStageResult, ReaperInput, RegisterUserInput
 from cloudless.pki import (
     CertificateAuthority,
+    cert_fingerprint,
     cert_not_after,
     cert_serial,
+    load_trust_bundle,
     write_public_file,
 )
+from cloudless.pki import rotation as ca_rotation
+from cloudless.pki.rotation import trust_bundle
 from cloudless.process import raise_open_files_limit, stop_on_signals
 from cloudless.revocation import RevocationList
 from cloudless.secrets.access import AccessTokens, load_or_create_key
@@ -155,10 +160,17 @@ def bootstrap_admin(
     for the mTLS services (secrets), like kubeadm's admin.conf. Returns its directory."""
     directory = config.admin_dir(state_dir)
     ensure_pair(admin_spec(directory, cluster), ca, validity=validity)
-    ca_path = directory / CA_FILE
-    if not ca_path.exists() or ca_path.read_bytes() != ca.cert_pem:
-        write_public_file(ca_path, ca.cert_pem)
+    ca_path, trust = directory / CA_FILE, trust_bundle(config.coordinator_dir(state_dir))
+    if not ca_path.exists() or ca_path.read_bytes() != trust:
+        write_public_file(ca_path, trust)
     return directory
+
+
+def _fingerprints(bundle: bytes) -> list[str]:
+    return [
+        cert_fingerprint(c.public_bytes(serialization.Encoding.PEM))
+        for c in load_trust_bundle(bundle)
+    ]
 
 
 def _admin_record(cert_pem: bytes) -> RegisterUserInput:
@@ -298,6 +310,8 @@ class Coordinator:
     #: The renewer of its own certificates (:mod:`workers.certs`), once started.
     certificates: CoordinatorCertificates | None = None
     _renewing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Signs node certificates (enrollment, renewal); re-trusted by a CA rotation.
+    _signer: PKIActivities | None = None
 
     async def start(self) -> None:
         self._check_codec()
@@ -315,20 +329,23 @@ class Coordinator:
             self.state_dir, pki.ca, self.cluster, validity=self.coordinator_cert_validity
         )
         instance = instance_name(socket.gethostname(), self.agent_listen)
+        trust = await asyncio.to_thread(trust_bundle, directory)
         certificates = self.certificates = CoordinatorCertificates(
             pki.ca,
             coordinator_spec(directory, self.cluster),
             admin=admin_spec(admin, self.cluster),
             validity=self.coordinator_cert_validity,
             instance=instance,
+            trust=trust,
         )
-        rotation = CertRotationActivities(self.client, certificates.renew)
+        rotation = CertRotationActivities(self.client, certificates.renew, self._ca_stage)
         revocations = self.revocations = RevocationList(ledger_handle.revoked_certificates)
         secrets = self.secrets_runtime = await self._start_secrets(revocations)
         ledger = LedgerActivities(self.client, self.cluster)
         ledger.revocations = revocations
         agents = AgentActivities(self._pool)
-        certs = PKIActivities(pki.ca, node_validity=self.node_cert_validity)
+        certs = self._signer = PKIActivities(pki.ca, node_validity=self.node_cert_validity)
+        certs.retrust(pki.ca, trust)
         membership = MembershipActivities(self.client, self._pool, self.cluster)
         reaper = ReaperActivities(self.client, self._pool, self.cluster, ledger)
         worker = Worker(
@@ -461,7 +478,7 @@ class Coordinator:
         own_worker = Worker(
             self.client,
             task_queue=coordinator_task_queue(self.cluster, instance),
-            activities=[rotation.renew_coordinator_certificates],
+            activities=[rotation.renew_coordinator_certificates, rotation.rotate_ca_stage],
             identity=instance_identity(instance),
             max_concurrent_activities=2,
         )
@@ -485,6 +502,28 @@ class Coordinator:
             gateway=self.gateway_listen,
             agent_gateway=self.agent_listen,
             task_queue=task_queue(self.cluster),
+        )
+
+    async def _ca_stage(self, stage: str) -> CAStageResult:
+        """Take the cluster CA (in this instance's directory) through ``stage`` of its
+        rotation, then issue and trust as the directory now says, everywhere in the
+        process (:mod:`cloudless.pki.rotation`)."""
+        assert self.certificates is not None and self._signer is not None
+        directory = config.coordinator_dir(self.state_dir)
+        step = {"prepare": ca_rotation.prepare, "switch": ca_rotation.switch}.get(
+            stage, ca_rotation.retire
+        )
+        trust = await asyncio.to_thread(step, directory)
+        ca = await asyncio.to_thread(CertificateAuthority.load, directory)
+        self._signer.retrust(ca, trust)
+        renewal = await self.certificates.retrust(ca, trust)
+        log.info("pki.ca_stage", stage=stage, issuer=ca.fingerprint, trusted=_fingerprints(trust))
+        return CAStageResult(
+            instance=renewal.instance,
+            stage=stage,
+            trusted=_fingerprints(trust),
+            issuer=ca.fingerprint,
+            certificates=renewal.certificates,
         )
 
     @staticmethod

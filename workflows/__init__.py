@@ -4,6 +4,7 @@ See ``workflows/README.md`` for the entities and how they talk to each other.
 """
 
 from workflows.audit import AuditWorkflow
+from workflows.ca_rotation import CARotationWorkflow
 from workflows.certs import CertRotationWorkflow
 from workflows.cluster import ClusterWorkflow
 from workflows.enrollment import EnrollmentWorkflow
@@ -27,6 +28,7 @@ SHARED_QUEUE_WORKFLOWS = (
     ReaperWorkflow,
     AuditWorkflow,
     CertRotationWorkflow,
+    CARotationWorkflow,
 )
 #: Every workflow a coordinator registers.
 ALL_WORKFLOWS = LEDGER_WORKFLOWS + SHARED_QUEUE_WORKFLOWS
@@ -36,6 +38,7 @@ __all__ = [
     "LEDGER_WORKFLOWS",
     "SHARED_QUEUE_WORKFLOWS",
     "AuditWorkflow",
+    "CARotationWorkflow",
     "CertRotationWorkflow",
     "ClusterWorkflow",
     "EnrollmentWorkflow",

@@ -46,6 +46,7 @@ from cloudless.durations import parse_duration
 from cloudless.errors import CloudlessError, PKIError
 from cloudless.model import DEFAULT_WEIGHTS, SCORE_FACTORS, SchedulerSettings
 from cloudless.pki import CertificateAuthority
+from cloudless.pki.rotation import trust_bundle
 from cloudless.spec import ManifestError, load_manifest_file, load_manifest_stream
 from cloudless.temporal import connect
 from cloudless.temporal_options import (
@@ -58,7 +59,6 @@ from cloudless.temporal_options import (
     TemporalTLSOnOff,
     TemporalTLSServerName,
 )
-from cloudless.tls import CA_FILE
 from cloudless.tokens import TokenSigner
 from cloudless.users import issue_user, write_bundle
 from cloudless.vocabulary import AccessRole, AdminAction
@@ -540,6 +540,34 @@ def certs_rotate(
         raise typer.Exit(1)
 
 
+@certs_app.command("rotate-ca")
+def certs_rotate_ca(
+    overlap: Annotated[
+        str,
+        typer.Option(
+            help="How long both CAs are trusted, before and after the switch: at least "
+            "--node-cert-validity.",
+        ),
+    ],
+    wait: Annotated[bool, typer.Option(help="Wait until the rotation is done.")] = False,
+) -> None:
+    """Rotate the cluster CA (admins only): make a new CA, trust both, let the new one
+    issue, then drop the old one. Follow it in the Temporal UI (ca-rotation/<cluster>)."""
+    try:
+        span = parse_duration(overlap)
+    except ValueError as err:
+        raise fail(f"--overlap: {err}") from None
+
+    async def go(c: CloudlessClient) -> str:
+        started = await c.rotate_ca(span)
+        if wait:
+            done = await c.ca_rotation()
+            return f"{started}: {done.phase}"
+        return f"{started}: started (overlap {overlap}, twice)"
+
+    console.print(run(go), markup=False)
+
+
 # ----------------------------------------------------------------------------- delete/scale
 
 
@@ -691,7 +719,8 @@ def token_create(
     try:
         lifetime = parse_duration(ttl)
         signer = TokenSigner.load(coord_dir)
-        ca_pem = (coord_dir / CA_FILE).read_text()
+        # The trust bundle: while the CA rotates, a new node trusts both.
+        ca_pem = trust_bundle(coord_dir).decode()
         token, claims = signer.mint(
             cluster=settings.cluster, ca_pem=ca_pem, ttl=lifetime, node_name=node, labels=labels
         )

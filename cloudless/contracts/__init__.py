@@ -66,6 +66,7 @@ WORKFLOW_TYPES: dict[str, WorkflowType[Any, Any]] = {
         reaper.WORKFLOW,
         audit.WORKFLOW,
         certs.WORKFLOW,
+        certs.CA_WORKFLOW,
     )
 }
 

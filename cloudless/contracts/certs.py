@@ -17,7 +17,13 @@ from temporalio.client import Client, ScheduleActionStartWorkflow
 
 from cloudless.contracts._base import WorkflowType
 from cloudless.contracts.names import task_queue
-from cloudless.model.certs import INSTANCE_MAX, CertRotationInput, CertRotationReport
+from cloudless.model.certs import (
+    INSTANCE_MAX,
+    CARotationInput,
+    CARotationReport,
+    CertRotationInput,
+    CertRotationReport,
+)
 from cloudless.vocabulary import AccessRole
 
 #: What a coordinator instance's worker calls itself (its poller identity), followed by
@@ -65,6 +71,28 @@ WORKFLOW: WorkflowType[CertRotationInput, CertRotationReport] = WorkflowType(
 )
 
 
+def ca_workflow_id(cluster: str) -> str:
+    """The cluster CA's rotation (one at a time)."""
+    return f"ca-rotation/{cluster}"
+
+
+#: ``ca-rotation/<cluster>``: rotate the cluster CA through an overlap (prepare, wait,
+#: switch, wait, retire), started on demand (``cloudlessctl certs rotate-ca``).
+CA_WORKFLOW: WorkflowType[CARotationInput, CARotationReport] = WorkflowType(
+    "CARotationWorkflow",
+    CARotationInput,
+    CARotationReport,
+    task_queue=task_queue,
+    id_prefix="ca-rotation/",
+    starter=AccessRole.ADMIN,
+)
+
+
+async def start_ca_rotation(client: Client, inp: CARotationInput) -> None:
+    """Start the rotation; refused (already started) while one runs."""
+    await CA_WORKFLOW.start(client, inp, id=ca_workflow_id(inp.cluster), cluster=inp.cluster)
+
+
 def schedule_action(inp: CertRotationInput) -> ScheduleActionStartWorkflow:
     """What the Schedule starts: one look for the cluster."""
     return WORKFLOW.schedule_action(
@@ -85,13 +113,16 @@ async def run_now(
 
 
 __all__ = [
+    "CA_WORKFLOW",
     "INSTANCE_IDENTITY_PREFIX",
     "WORKFLOW",
+    "ca_workflow_id",
     "coordinator_task_queue",
     "instance_identity",
     "instance_of",
     "run_now",
     "schedule_action",
     "schedule_id",
+    "start_ca_rotation",
     "workflow_id",
 ]

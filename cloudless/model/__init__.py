@@ -40,6 +40,10 @@ from cloudless.model.audit import (
     AuditWorkflowInput,
 )
 from cloudless.model.certs import (
+    CARotationInput,
+    CARotationReport,
+    CAStageInput,
+    CAStageResult,
     CertificateState,
     CertRotationInput,
     CertRotationReport,
@@ -173,6 +177,10 @@ __all__ = [
     "AuditRecord",
     "AuditWorkflowInput",
     "AwaitCapacityInput",
+    "CARotationInput",
+    "CARotationReport",
+    "CAStageInput",
+    "CAStageResult",
     "CandidateScore",
     "CapacityAvailable",
     "CertRotationInput",

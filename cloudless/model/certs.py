@@ -62,6 +62,45 @@ class InstanceRenewal(_Model):
     certificates: list[CertificateState] = Field(default_factory=list, max_length=8)
 
 
+class CARotationInput(_Model):
+    """A rotation of the cluster CA. ``overlap_seconds``: how long every party trusts
+    both CAs before the new one issues, and again before the old one is dropped. It must
+    let every node renew its certificate once (nodes learn the new bundle by renewing):
+    at least the node certificates' lifetime."""
+
+    cluster: str
+    overlap_seconds: float = Field(ge=1.0, le=400 * 86_400)
+    reach_seconds: float = Field(30.0, ge=1.0, le=600.0)
+
+
+class CAStageInput(_Model):
+    """One stage on one coordinator instance: ``prepare``, ``switch`` or ``retire``."""
+
+    stage: str = Field(pattern="^(prepare|switch|retire)$")
+
+
+class CAStageResult(_Model):
+    """An instance after a stage: the CAs it trusts and the one that issues (SHA-256
+    fingerprints), and its certificates (reissued by the new CA after ``switch``)."""
+
+    instance: str = Field(max_length=INSTANCE_MAX)
+    stage: str = Field(max_length=16)
+    trusted: list[str] = Field(default_factory=list, max_length=4)
+    issuer: str = Field(max_length=64)
+    certificates: list[CertificateState] = Field(default_factory=list, max_length=8)
+
+
+class CARotationReport(_Model):
+    """Where the rotation is and what each instance said at each stage."""
+
+    cluster: str
+    phase: str = "Preparing"
+    started_at: datetime
+    finished_at: datetime | None = None
+    stages: list[CAStageResult] = Field(default_factory=list, max_length=3000)
+    unreachable: dict[str, str] = Field(default_factory=dict, max_length=1000)
+
+
 class CertRotationReport(_Model):
     """What the look found and did: each instance's certificates, and the instances
     that did not answer (their own fallback renews their certificates in time)."""
@@ -83,6 +122,10 @@ class CertRotationReport(_Model):
 
 __all__ = [
     "INSTANCE_MAX",
+    "CARotationInput",
+    "CARotationReport",
+    "CAStageInput",
+    "CAStageResult",
     "CertRotationInput",
     "CertRotationReport",
     "CertificateState",

@@ -180,7 +180,13 @@ class CertificateAuthority:
 
     @classmethod
     def bootstrap(
-        cls, directory: Path, cluster: str, *, validity: timedelta = timedelta(days=3650)
+        cls,
+        directory: Path,
+        cluster: str,
+        *,
+        validity: timedelta = timedelta(days=3650),
+        key_file: str = CA_KEY_FILE,
+        cert_file: str = CA_CERT_FILE,
     ) -> CertificateAuthority:
         """Create the CA in ``directory`` if absent, else load it; never overwrites.
 
@@ -193,7 +199,7 @@ class CertificateAuthority:
         if validity <= timedelta(0):
             raise PKIError(f"CA validity must be positive, got {validity}")
         directory = Path(directory)
-        key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
+        key_path, cert_path = directory / key_file, directory / cert_file
         if cert_path.exists() and not key_path.exists():
             raise PKIError(
                 f"{cert_path} exists but {key_path} is missing; restore the key from backup "
@@ -208,7 +214,7 @@ class CertificateAuthority:
                 write_public_file(
                     cert_path, cls._self_sign(key, cluster, validity), overwrite=False
                 )
-        ca = cls.load(directory)
+        ca = cls.load(directory, key_file=key_file, cert_file=cert_file)
         if ca.cluster != cluster:
             raise PKIError(
                 f"{directory} holds the CA of cluster {ca.cluster!r}, not {cluster!r}; "
@@ -217,10 +223,22 @@ class CertificateAuthority:
         return ca
 
     @classmethod
-    def load(cls, directory: Path) -> CertificateAuthority:
-        """Load ``ca.key`` and ``ca.crt``; refuses a loosely permissioned key or a mismatch."""
+    def ephemeral(
+        cls, cluster: str, validity: timedelta = timedelta(days=3650)
+    ) -> CertificateAuthority:
+        """A CA that lives in this process's memory only: for a listener whose one client
+        is this same process, so it never depends on the cluster CA (which rotates)."""
+        key = _load_signing_key(generate_private_key_pem(), "an ephemeral CA key")
+        return cls(key, load_certificate(cls._self_sign(key, cluster, validity)))
+
+    @classmethod
+    def load(
+        cls, directory: Path, *, key_file: str = CA_KEY_FILE, cert_file: str = CA_CERT_FILE
+    ) -> CertificateAuthority:
+        """Load ``ca.key`` and ``ca.crt`` (or the files named); refuses a loosely
+        permissioned key or a mismatch."""
         directory = Path(directory)
-        key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
+        key_path, cert_path = directory / key_file, directory / cert_file
         key = _load_signing_key(read_private_file(key_path), str(key_path))
         try:
             cert = load_certificate(read_public_file(cert_path))

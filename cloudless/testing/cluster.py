@@ -45,7 +45,7 @@ from cloudless.contracts import certs
 from cloudless.contracts.limits import PayloadLimits
 from cloudless.contracts.names import SEARCH_ATTRIBUTES
 from cloudless.model import NodeState, ReplicaPhase
-from cloudless.pki import CertificateAuthority
+from cloudless.pki.rotation import trust_bundle
 from cloudless.quantity import parse_bytes, parse_cpu
 from cloudless.testing.transit import transit_server
 from cloudless.tls import TLSMaterial, secure_channel
@@ -264,10 +264,9 @@ class LocalCluster:
         labels: dict[str, str] | None = None,
     ) -> str:
         signer = TokenSigner.load(self.coordinator_dir)
-        ca = CertificateAuthority.load(self.coordinator_dir)
         token, _ = signer.mint(
             cluster=self.cluster,
-            ca_pem=ca.cert_pem.decode(),
+            ca_pem=trust_bundle(self.coordinator_dir).decode(),
             ttl=ttl,
             node_name=node_name,
             labels=labels,

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetSystemInfoRequest
 from temporalio.testing import WorkflowEnvironment
 
-from cloudless.pki import CertificateAuthority, Identity
+from cloudless.errors import PKIError
+from cloudless.pki import CertificateAuthority, Identity, verify_issued_by
 from cloudless.temporal import TemporalTarget, TemporalTLS, connect
 from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial
 from workers.front.temporal_proxy import TemporalFront
@@ -39,7 +40,7 @@ async def front(temporal_env: WorkflowEnvironment, tmp_path: Path) -> AsyncItera
 
 
 def _target(front: TemporalFront, api_key: str | None) -> TemporalTarget:
-    ca_pem = front.local_credentials.material.ca_pem
+    ca_pem = front.local_material.ca_pem
     return TemporalTarget(
         f"127.0.0.1:{front.local_port}",
         tls=TemporalTLS(ca_pem, None, None, GATEWAY_SERVER_NAME),
@@ -66,3 +67,15 @@ async def test_the_sdk_without_the_key_is_refused(
     assert "Unauthenticated" in str(refused.value) or "UNAUTHENTICATED" in str(refused.value)
     assert "local coordinator only" in str(refused.value)
     assert front.proxy.forwarded == 0
+
+
+async def test_the_door_does_not_depend_on_the_cluster_ca(front: TemporalFront) -> None:
+    """Its certificate chains to a CA of this process only: the cluster CA's certificate
+    does not verify it, so rotating the cluster CA can never cut the coordinator off."""
+    assert front.local is not None
+    assert front.local_material.ca_pem != front.credentials.material.ca_pem
+    with pytest.raises(PKIError):
+        verify_issued_by(front.local_material.cert_pem, front.credentials.material.ca_pem)
+    front.update(front.credentials.material)  # a renewal of the coordinator's certificate
+    client = await connect(_target(front, front.local.key))
+    await client.workflow_service.get_system_info(GetSystemInfoRequest())

@@ -268,6 +268,7 @@ def test_every_workflow_id_starts_with_its_types_prefix() -> None:
     ids: dict[WorkflowType[Any, Any], str] = {
         audit.WORKFLOW: audit.workflow_id("dev"),
         certs.WORKFLOW: certs.workflow_id("dev"),
+        certs.CA_WORKFLOW: certs.ca_workflow_id("dev"),
         enrollment.WORKFLOW: enrollment.workflow_id("jti"),
         explain.WORKFLOW: explain.workflow_id("default/web"),
         ledger.WORKFLOW: ledger.workflow_id("dev"),

@@ -71,7 +71,7 @@ async def stack(
 
 async def call(
     port: int,
-    ca: CertificateAuthority,
+    trust: bytes,
     *,
     authorization: str | None = None,
     client: TLSMaterial | None = None,
@@ -79,7 +79,7 @@ async def call(
     metadata = () if authorization is None else (("authorization", authorization),)
     async with grpc.aio.secure_channel(
         f"127.0.0.1:{port}",
-        channel_credentials(ca.cert_pem, client),
+        channel_credentials(trust, client),
         options=[("grpc.ssl_target_name_override", GATEWAY_SERVER_NAME)],
     ) as channel:
         answer: bytes = await channel.unary_unary(METHOD, None, None)(
@@ -93,7 +93,12 @@ async def test_the_key_is_the_coordinator_and_never_goes_upstream(
 ) -> None:
     front, upstream = stack
     assert front.local is not None and front.local_port not in (0, front.port)
-    assert await call(front.local_port, ca, authorization=f"Bearer {front.local.key}") == b"ping"
+    assert (
+        await call(
+            front.local_port, front.local_material.ca_pem, authorization=f"Bearer {front.local.key}"
+        )
+        == b"ping"
+    )
     assert upstream.metadata and "authorization" not in upstream.metadata[-1]
     assert front.proxy.forwarded == 1
     assert front.local.key not in repr(front.local)
@@ -112,7 +117,7 @@ async def test_anything_but_the_key_is_unauthenticated(
     if authorization == "KEY":
         authorization = front.local.key  # the key without "Bearer ": not what the SDK sends
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(front.local_port, ca, authorization=authorization)
+        await call(front.local_port, front.local_material.ca_pem, authorization=authorization)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "local coordinator only" in (refused.value.details() or "")
     assert upstream.metadata == [] and front.proxy.refused == 1
@@ -126,18 +131,18 @@ async def test_a_certificate_counts_for_nothing_on_the_local_door(
     front, _ = stack
     coordinator = issue(ca, "coordinator", "other")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(front.local_port, ca, client=coordinator)
+        await call(front.local_port, front.local_material.ca_pem, client=coordinator)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert await call(front.port, ca, client=coordinator) == b"ping"
+    assert await call(front.port, ca.cert_pem, client=coordinator) == b"ping"
     # ... and the key opens nothing on the mutual-TLS listener (no certificate: no handshake).
     assert front.local is not None
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(front.port, ca, authorization=f"Bearer {front.local.key}")
+        await call(front.port, ca.cert_pem, authorization=f"Bearer {front.local.key}")
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def _served_serial(port: int, ca: CertificateAuthority, tmp_path: Path) -> str:
-    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+def _served_serial(port: int, trust: bytes, tmp_path: Path) -> str:
+    (tmp_path / "ca.pem").write_bytes(trust)
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     context.set_alpn_protocols(["h2"])
     with (
@@ -149,14 +154,22 @@ def _served_serial(port: int, ca: CertificateAuthority, tmp_path: Path) -> str:
     return cert_serial(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
 
 
-async def test_update_renews_the_certificate_of_both_listeners(
+async def test_update_renews_the_mutual_tls_listener_and_leaves_the_door_alone(
     stack: tuple[TemporalFront, Upstream], ca: CertificateAuthority, tmp_path: Path
 ) -> None:
+    """A renewed (or re-trusted) coordinator certificate is served to people from the
+    next handshake on; the local door keeps the certificate of its own CA, which its one
+    client trusts whatever happens to the cluster CA."""
     front, _ = stack
+    door = cert_serial(front.local_material.cert_pem)
     renewed = issue(ca, "coordinator", "coordinator")
     front.update(renewed)
-    assert await asyncio.to_thread(_served_serial, front.local_port, ca, tmp_path) == cert_serial(
-        renewed.cert_pem
+    served = await asyncio.to_thread(_served_serial, front.port, ca.cert_pem, tmp_path)
+    assert served == cert_serial(renewed.cert_pem)
+    on_door = await asyncio.to_thread(
+        _served_serial, front.local_port, front.local_material.ca_pem, tmp_path
     )
+    assert on_door == door
     assert front.local is not None
-    assert await call(front.local_port, ca, authorization=f"Bearer {front.local.key}") == b"ping"
+    key = f"Bearer {front.local.key}"
+    assert await call(front.local_port, front.local_material.ca_pem, authorization=key) == b"ping"

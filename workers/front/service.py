@@ -97,15 +97,15 @@ class Front:
         """How this process reaches Temporal: through its own front's local door, with
         the per-process API key and no client certificate, so that renewing the
         coordinator's certificate never touches the client (the SDK cannot change a
-        client's TLS settings after it connected). The front's certificate is verified
-        against the cluster CA, under the name every coordinator certificate carries."""
+        client's TLS settings after it connected). The door's certificate is verified against
+        a CA of this process alone, so rotating the cluster CA never touches it either."""
         assert self.temporal.local is not None, "the front's local door is not configured"
         if self.temporal.local_port == 0:
             raise RuntimeError("the front is not started: its local door has no port yet")
         return TemporalTarget(
             f"127.0.0.1:{self.temporal.local_port}",
             namespace,
-            TemporalTLS(self.material.ca_pem, None, None, GATEWAY_SERVER_NAME),
+            TemporalTLS(self.temporal.local_material.ca_pem, None, None, GATEWAY_SERVER_NAME),
             api_key=self.temporal.local.key,
         )
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Literal
 
 import grpc
@@ -31,15 +32,17 @@ import structlog
 
 from cloudless.model import AuditRecord
 from cloudless.model.audit import UNAUTHENTICATED
-from cloudless.pki import Identity
+from cloudless.pki import CertificateAuthority, Identity
 from cloudless.revocation import RevocationList
 from cloudless.revocation import reason as revocation_reason
 from cloudless.tls import (
+    GATEWAY_SERVER_NAME,
     GrpcLimits,
     RotatingServerCredentials,
     TLSMaterial,
     peer_certificate_pem,
     peer_identity,
+    server_credentials,
 )
 from cloudless.tls import server as grpc_server
 from policies.access import COORDINATOR, Call, is_read, temporal_rpc
@@ -62,6 +65,8 @@ _HOP_BY_HOP = frozenset(
 )
 #: Where the local coordinator's door listens: loopback, a port the kernel picks.
 LOCAL_LISTEN = "127.0.0.1:0"
+#: The local door's certificate lives as long as any process could (its CA is in memory).
+LOCAL_DOOR_VALIDITY = timedelta(days=3650)
 
 
 #: The one ``grpc-`` key that goes through: Temporal's typed error details (e.g. "already
@@ -256,8 +261,11 @@ class LocalKeyDoor(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 class TemporalFront:
     """The gRPC listeners serving :class:`TemporalProxy`: ``listen`` over mutual TLS for
     everyone, and ``local_listen`` (loopback; None: none) for this process's coordinator,
-    TLS with its API key (:class:`LocalKeyDoor`). Both present the same certificate,
-    replaced while they run by :meth:`update`."""
+    TLS with its API key (:class:`LocalKeyDoor`). The first presents the coordinator's
+    certificate, replaced while it runs by :meth:`update`; the local door a certificate of
+    a CA that lives in this process only (:attr:`local_material`), which the process's own
+    client trusts: neither a renewal nor a rotation of the cluster CA can ever cut the
+    coordinator off from Temporal (its client's TLS settings are fixed at connect)."""
 
     def __init__(
         self,
@@ -273,7 +281,15 @@ class TemporalFront:
         self.proxy = TemporalProxy(upstream, cluster)
         self.local = LocalKeyDoor(self.proxy, cluster) if local_listen is not None else None
         self.credentials = RotatingServerCredentials(material, require_client_auth=True)
-        self.local_credentials = RotatingServerCredentials(material, require_client_auth=False)
+        door_ca = CertificateAuthority.ephemeral(cluster)
+        key_pem, cert_pem = door_ca.issue(
+            Identity(cluster, "coordinator", "local-door"),
+            dns_names=[GATEWAY_SERVER_NAME],
+            validity=LOCAL_DOOR_VALIDITY,
+        )
+        #: What the local door presents, and the CA its one client trusts.
+        self.local_material = TLSMaterial(key_pem, cert_pem, door_ca.cert_pem)
+        self.local_credentials = server_credentials(self.local_material, require_client_auth=False)
         self._server: grpc.aio.Server | None = None
         self._local_server: grpc.aio.Server | None = None
         self.port = 0
@@ -290,9 +306,7 @@ class TemporalFront:
         if self.local is not None and self.local_listen is not None:
             local = grpc_server(FRONT_LIMITS, _CHANNEL_OPTIONS)
             local.add_generic_rpc_handlers([self.local])
-            self.local_port = local.add_secure_port(
-                self.local_listen, self.local_credentials.credentials
-            )
+            self.local_port = local.add_secure_port(self.local_listen, self.local_credentials)
             if self.local_port == 0:
                 await self.stop()
                 raise OSError(f"cannot listen on {self.local_listen} for the coordinator's door")
@@ -309,7 +323,6 @@ class TemporalFront:
     def update(self, material: TLSMaterial) -> None:
         """Serve a renewed certificate from the next handshake on (both listeners)."""
         self.credentials.update(material)
-        self.local_credentials.update(material)
 
     async def stop(self, grace: float = 5.0) -> None:
         for server in (self._local_server, self._server):
