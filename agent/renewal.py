@@ -54,7 +54,11 @@ from policies.renewal import Lifetime, renew_at, retry_delay
 
 log = structlog.get_logger("cloudless.agent.renewal")
 
-RPC_TIMEOUT = 10.0
+#: How long one attempt waits for its answer: longer than the gateway lets a renewal take
+#: (``workers.gateway.RENEW_TIMEOUT``, 20 s; it then answers UNAVAILABLE itself), so the
+#: agent gets the coordinator's answer instead of abandoning a renewal being completed
+#: and asking again (a new handshake and Update each) when the coordinator is busiest.
+RPC_TIMEOUT = 30.0
 #: Codes that mean "that coordinator did not answer": the next one is asked at once.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 

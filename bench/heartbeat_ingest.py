@@ -26,7 +26,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.logs import configure_logging
 from cloudless.pki import CertificateAuthority, Identity
 from cloudless.testing.cluster import LocalCluster, start_temporal
-from cloudless.tls import TLSMaterial, secure_channel
+from cloudless.tls import GATEWAY_SERVER_NAME, TLSMaterial, secure_channel
 
 
 def _beat(seq: int) -> gateway_pb2.HeartbeatRequest:
@@ -70,58 +71,130 @@ async def _stream(
     if creds is None:
         channel = grpc.aio.insecure_channel(address)
     else:
-        channel = secure_channel(address, "cloudless-gateway", creds.ca_pem, creds)
+        channel = secure_channel(address, GATEWAY_SERVER_NAME, creds.ca_pem, creds)
     async with channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         async for _ in stub.Heartbeat(beats()):
             pass
 
 
+class PacedStreams:
+    """Many nodes' heartbeat streams at ``rate`` Hz from one process, cheaply: one ticker
+    writes each stream's beat in turn (a per-stream task with its own timer costs the
+    client more CPU than the coordinator spends, and could not drive 5,000 nodes from this
+    machine).
+
+    As the agent's, each stream's first beat is numbered 1 and carries an epoch that only
+    grows (``moved`` on the node's first stream), and a node's stream can be handed over to
+    renewed key material, make before break (:meth:`hand_over`). ``lateness`` is the
+    longest a beat was written behind its slot (the client falling behind, not the
+    coordinator); ``reopened`` counts streams that ended and were opened again."""
+
+    def __init__(
+        self, address: str, creds: list[tuple[str, bytes, bytes, bytes]], rate: float
+    ) -> None:
+        self._address = address
+        self._creds = creds
+        self.period = 1.0 / rate
+        self.channels: list[grpc.aio.Channel] = []
+        self.calls: list[Any] = []
+        self.lateness = 0.0
+        self.reopened = 0
+        self._epoch = 0
+
+    def _first(self, moved: bool) -> gateway_pb2.HeartbeatRequest:
+        """A stream's first beat (the gateway answers beat 1), with a new epoch."""
+        self._epoch = max(self._epoch + 1, time.time_ns() // 1000)
+        beat = _beat(1)
+        beat.stream_epoch, beat.moved = self._epoch, moved
+        return beat
+
+    def _call(self, channel: grpc.aio.Channel) -> Any:
+        return gateway_pb2_grpc.GatewayServiceStub(channel).Heartbeat(wait_for_ready=True)
+
+    async def open(self) -> None:
+        """Open every node's stream (paced, not all in the first tick)."""
+        for i, (_name, key, cert, ca) in enumerate(self._creds):
+            channel = secure_channel(self._address, GATEWAY_SERVER_NAME, ca,
+                                     TLSMaterial(key, cert, ca))  # fmt: skip
+            self.channels.append(channel)
+            call = self._call(channel)
+            try:
+                await call.write(self._first(moved=True))  # connect now
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                # Refused or reset while thousands connect on a loaded machine: open it
+                # again (as the tick loop below does) rather than lose the client process.
+                call = self._call(channel)
+            self.calls.append(call)
+            if i % 100 == 99:
+                await asyncio.sleep(0.05)  # do not stampede the handshakes
+
+    async def run(self, until: float) -> None:
+        """Beat every stream once a period, spread over it, until ``until`` (monotonic)."""
+        seq, tick = 0, time.monotonic()
+        while time.monotonic() < until:
+            seq += 1
+            beat = _beat(seq)
+            spacing = self.period / max(1, len(self.calls))
+            for j in range(len(self.calls)):
+                slot = tick + j * spacing
+                ahead = slot - time.monotonic()
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)  # spread the beats over the period
+                self.lateness = max(self.lateness, time.monotonic() - slot)
+                call = self.calls[j]
+                try:
+                    await call.write(beat)
+                except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    # The stream ended (the gateway closed it under load): reopen it, as an
+                    # agent would, and count the beat as lost; unless it was just handed
+                    # over (the new stream goes on).
+                    if self.calls[j] is call:
+                        self.reopened += 1
+                        self.calls[j] = self._call(self.channels[j])
+            tick += self.period
+            if tick < time.monotonic() - self.period:
+                tick = time.monotonic()  # fell behind (a slow tick): do not burst to catch up
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+
+    async def hand_over(self, j: int, material: TLSMaterial, timeout: float = 10.0) -> bool:
+        """Move stream ``j`` to ``material`` as the agent does (agent.heartbeat): a new
+        channel and stream, and the old stream is cancelled only once the new one is
+        answered. False (the old stream kept) if it was not answered within ``timeout``."""
+        channel = secure_channel(self._address, GATEWAY_SERVER_NAME, material.ca_pem, material)
+        call = self._call(channel)
+        try:
+            async with asyncio.timeout(timeout):
+                await call.write(self._first(moved=False))
+                answer = await call.read()
+            if not isinstance(answer, gateway_pb2.HeartbeatResponse):  # EOF
+                raise asyncio.InvalidStateError("the new stream ended unanswered")
+        except (TimeoutError, asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            call.cancel()
+            await channel.close(None)
+            return False
+        old_call, old_channel = self.calls[j], self.channels[j]
+        self.calls[j], self.channels[j] = call, channel
+        old_call.cancel()
+        await old_channel.close(None)
+        return True
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        for channel in self.channels:
+            await channel.close(None)
+
+
 async def _paced(
     address: str, creds: list[tuple[str, bytes, bytes, bytes]], rate: float, until: float
 ) -> None:
-    """Many nodes at ``rate`` Hz from one process, cheaply: one ticker writes each stream's
-    beat in turn (a per-stream task with its own timer costs the client more CPU than the
-    coordinator spends, and could not drive 5,000 nodes from this machine)."""
-    channels, calls = [], []
-    for i, (_name, key, cert, ca) in enumerate(creds):
-        channel = secure_channel(address, "cloudless-gateway", ca, TLSMaterial(key, cert, ca))
-        channels.append(channel)
-        call = gateway_pb2_grpc.GatewayServiceStub(channel).Heartbeat(wait_for_ready=True)
-        try:
-            await call.write(_beat(0))  # connect now, paced, not all in the first tick
-        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
-            # Refused or reset while thousands connect on a loaded machine: open it again
-            # (as the tick loop below does) rather than lose the whole client process.
-            call = gateway_pb2_grpc.GatewayServiceStub(channel).Heartbeat(wait_for_ready=True)
-        calls.append(call)
-        if i % 100 == 99:
-            await asyncio.sleep(0.05)  # do not stampede the handshakes
-    seq, period = 0, 1.0 / rate
-    tick = time.monotonic()
-    while time.monotonic() < until:
-        seq += 1
-        beat = _beat(seq)
-        spacing = period / max(1, len(calls))
-        for j, call in enumerate(calls):
-            try:
-                await call.write(beat)
-            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
-                # The stream ended (the gateway closed it under load): reopen it, as an
-                # agent would, and count the beat as lost.
-                stub = gateway_pb2_grpc.GatewayServiceStub(channels[j])
-                calls[j] = stub.Heartbeat(wait_for_ready=True)
-            lag = tick + j * spacing - time.monotonic()
-            if lag > 0.002:
-                await asyncio.sleep(lag)  # spread the beats over the period
-        tick += period
-        if tick < time.monotonic() - period:
-            tick = time.monotonic()  # fell behind (a slow tick): do not burst to catch up
-        await asyncio.sleep(max(0.0, tick - time.monotonic()))
-    for call in calls:
-        call.cancel()
-    for channel in channels:
-        await channel.close(None)
+    streams = PacedStreams(address, creds, rate)
+    await streams.open()
+    try:
+        await streams.run(until)
+    finally:
+        await streams.close()
 
 
 def client_main(
@@ -159,16 +232,28 @@ class _BareServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 def spawn_clients(
-    address: str, creds: Any, streams: int, rate: float, seconds: float, procs: int
+    address: str,
+    creds: Any,
+    streams: int,
+    rate: float,
+    seconds: float,
+    procs: int,
+    *,
+    target: Callable[..., None] = client_main,
+    extra: Callable[[int], Sequence[Any]] = lambda _i: (),
 ) -> tuple[list[Any], float]:
+    """``procs`` client processes sharing ``streams`` streams (and ``creds``) evenly, each
+    running ``target(address, creds, streams, rate, seconds, start_at, *extra(i))``
+    (:func:`client_main` unless given; ``start_at``: wall time, 3 s from now)."""
     ctx = mp.get_context("spawn")
     start_at = time.time() + 3.0
     per = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     out, offset = [], 0
-    for n in per:
+    for i, n in enumerate(per):
         part = creds[offset : offset + n] if creds is not None else None
         offset += n
-        p = ctx.Process(target=client_main, args=(address, part, n, rate, seconds, start_at))
+        args = (address, part, n, rate, seconds, start_at, *extra(i))
+        p = ctx.Process(target=target, args=args)
         p.start()
         out.append(p)
     return out, start_at
@@ -236,11 +321,15 @@ async def paced_cpu(nodes: int, seconds: float, warmup: float) -> tuple[float, f
             await env.shutdown()
 
 
-def node_credentials(cluster: LocalCluster, n: int) -> list[tuple[str, bytes, bytes, bytes]]:
+def node_credentials(
+    cluster: LocalCluster, n: int, validity: timedelta = timedelta(days=30)
+) -> list[tuple[str, bytes, bytes, bytes]]:
+    """(name, key, certificate, CA) of ``n`` hollow nodes, issued by the cluster's CA now,
+    valid for ``validity``."""
     ca = CertificateAuthority.load(cluster.coordinator_dir)
     creds = []
     for i in range(n):
-        key, cert = ca.issue(Identity(cluster.cluster, "node", f"hollow-{i}"))
+        key, cert = ca.issue(Identity(cluster.cluster, "node", f"hollow-{i}"), validity=validity)
         creds.append((f"hollow-{i}", key, cert, ca.cert_pem))
     return creds
 

@@ -10,6 +10,8 @@ node and bounds how often a node is issued a certificate.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -31,7 +33,13 @@ from cloudless import nodefacts
 from cloudless.api import gateway_pb2, gateway_pb2_grpc
 from cloudless.contracts import NodeHandle, enrollment
 from cloudless.errors import EnrollmentError, PKIError
-from cloudless.model import EnrollmentInput, NodeRecord, RenewCertificateInput, Resources
+from cloudless.model import (
+    EnrollmentInput,
+    NodeRecord,
+    RenewCertificateInput,
+    Resources,
+    SignCertificateResult,
+)
 from cloudless.pki import cert_serial, check_csr, check_renewal_csr, is_dns_label
 from cloudless.revocation import RevocationList
 from cloudless.revocation import reason as revocation_reason
@@ -68,6 +76,15 @@ _RENEWAL_STATUS = {
 }
 #: How long a renewal may take end to end (the Update signs with the CA and records it).
 RENEW_TIMEOUT = timedelta(seconds=20)
+#: Renewals this gateway takes to Temporal at once; more wait for a slot up to
+#: ``RENEWAL_QUEUE_WAIT`` seconds and are then answered UNAVAILABLE ("busy", the agent
+#: retries with backoff, or asks another coordinator). Without a bound, a fleet renewing
+#: faster than the coordinator can sign (``bench/cert_rotation.py``: 2,000 nodes within
+#: 20 s on 2 cores, ~100/s against ~40/s) took every request to Temporal at once: workflow
+#: tasks queued for seconds, attempts timed out and were retried into a storm, and
+#: heartbeats on the same listener went unread for minutes.
+MAX_RENEWALS_IN_FLIGHT = 16
+RENEWAL_QUEUE_WAIT = 5.0
 #: Nodes remembered as refused RESOURCE_EXHAUSTED (until when), answered without Temporal.
 MAX_REFUSED_NODES = 4096
 
@@ -170,7 +187,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         agent_port: int = 0,
         invalidations: InvalidationFeed | None = None,
         revocations: RevocationList | None = None,
+        max_renewals: int = MAX_RENEWALS_IN_FLIGHT,
+        renewal_queue_wait: float = RENEWAL_QUEUE_WAIT,
     ) -> None:
+        if max_renewals < 1 or renewal_queue_wait < 0:
+            raise ValueError(
+                f"max_renewals ({max_renewals}) must be at least 1 and renewal_queue_wait "
+                f"({renewal_queue_wait}) not negative"
+            )
         self._client = client
         self._cluster = cluster
         self._verifier = verifier
@@ -183,6 +207,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         #: node -> (monotonic deadline, message): told "too soon" by ``node/<id>``; the
         #: same answer is given here until then, without asking Temporal again.
         self._refused: dict[str, tuple[float, str]] = {}
+        #: Slots for renewals taken to Temporal (``MAX_RENEWALS_IN_FLIGHT``).
+        self._renewal_slots = asyncio.Semaphore(max_renewals)
+        self._max_renewals = max_renewals
+        self._renewal_queue_wait = renewal_queue_wait
 
     def _revoked(self, pem: bytes | None) -> str | None:
         """Why the peer's certificate is refused, if it was revoked (its node removed or
@@ -309,7 +337,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         self._renewing.add(node_id)
         try:
-            signed = await NodeHandle(self._client, node_id).renew_certificate(
+            async with self._renewal_slot(node_id, context):
+                signed = await self._renew(node_id, request, key_id, pem, context, now)
+        finally:
+            self._renewing.discard(node_id)
+        log.info("renew.issued", node=node_id, serial=signed.serial, not_after=signed.not_after)
+        return gateway_pb2.RenewCertificateResponse(
+            certificate_pem=signed.certificate_pem.encode(), ca_pem=signed.ca_pem.encode()
+        )
+
+    @contextlib.asynccontextmanager
+    async def _renewal_slot(
+        self, node_id: str, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[None]:
+        """One of the ``max_renewals`` slots for taking a renewal to Temporal, waited for
+        up to ``renewal_queue_wait`` seconds; past that the node is told to come back."""
+        try:
+            await asyncio.wait_for(self._renewal_slots.acquire(), self._renewal_queue_wait)
+        except TimeoutError:
+            log.info("renew.busy", node=node_id)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"busy: this coordinator is renewing {self._max_renewals} certificates and "
+                f"others are waiting; retry later (node {node_id})",
+            )
+            raise  # abort raised already
+        try:
+            yield
+        finally:
+            self._renewal_slots.release()
+
+    async def _renew(
+        self,
+        node_id: str,
+        request: gateway_pb2.RenewCertificateRequest,
+        key_id: str,
+        pem: bytes,
+        context: grpc.aio.ServicerContext[object, object],
+        now: float,
+    ) -> SignCertificateResult:
+        """The ``renew_certificate`` Update of ``node/<id>``; its refusals as the codes the
+        agent sees."""
+        try:
+            return await NodeHandle(self._client, node_id).renew_certificate(
                 RenewCertificateInput(
                     csr_pem=request.csr_pem.decode("ascii", errors="replace"),
                     key_id=key_id,
@@ -346,12 +416,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 "retry for the same key",
             )
             raise
-        finally:
-            self._renewing.discard(node_id)
-        log.info("renew.issued", node=node_id, serial=signed.serial, not_after=signed.not_after)
-        return gateway_pb2.RenewCertificateResponse(
-            certificate_pem=signed.certificate_pem.encode(), ca_pem=signed.ca_pem.encode()
-        )
 
     def _hold(self, node_id: str, message: str, now: float) -> None:
         """Answer the node's renewals "too soon" here for the next second, so a node

@@ -97,6 +97,12 @@ _SIGN_RETRY = RetryPolicy(
 #: Ready reconciles (Suspect did not), an Offline node ignores Suspect, and every way into
 #: Offline tells the workloads (a failed reconcile or re-enrollment probe did not).
 EVERY_READY_RECONCILES = "every-ready-reconciles"
+#: Patch (issue #11): a renewal's certificate is signed by a local activity. Signing takes
+#: milliseconds in the worker that runs the Update; as a regular activity each renewal also
+#: cost an activity dispatch and a second workflow task through Temporal (11 history events
+#: instead of 6). ``bench/cert_rotation.py`` at 1,000 nodes: the Temporal server's CPU per
+#: renewal about halved, the coordinator's ~10 % lower, renewals/s ~20 % higher.
+RENEWAL_SIGNS_LOCALLY = "renewal-signs-locally"
 
 
 def _legacy_step(current: NodeHealth, observed: NodeHealth) -> HealthStep | None:
@@ -705,14 +711,23 @@ class NodeWorkflow:
         self._renewing += 1
         try:
             try:
-                signed = await workflow.execute_activity_method(
-                    PKIActivities.sign_node_certificate,
-                    SignCertificateInput(
-                        cluster=self._cluster, node_id=node_id, csr_pem=inp.csr_pem
-                    ),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_SIGN_RETRY,
+                sign = SignCertificateInput(
+                    cluster=self._cluster, node_id=node_id, csr_pem=inp.csr_pem
                 )
+                if workflow.patched(RENEWAL_SIGNS_LOCALLY):
+                    signed = await workflow.execute_local_activity_method(
+                        PKIActivities.sign_node_certificate,
+                        sign,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=_SIGN_RETRY,
+                    )
+                else:
+                    signed = await workflow.execute_activity_method(
+                        PKIActivities.sign_node_certificate,
+                        sign,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=_SIGN_RETRY,
+                    )
             except ActivityError as err:
                 cause = err.cause
                 if isinstance(cause, ApplicationError):

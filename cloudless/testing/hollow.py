@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from agent.enroll import NodeFacts, enroll
 from agent.heartbeat import HeartbeatClient
@@ -43,10 +45,12 @@ from cloudless.logs import configure_logging
 from cloudless.model import NodeState
 from cloudless.pki import CertificateAuthority
 from cloudless.testing.cluster import LocalCluster, free_port
-from cloudless.tls import server_credentials
+from cloudless.tls import RotatingServerCredentials
 from cloudless.tokens import TokenSigner
 
 GIB = 2**30
+log = structlog.get_logger("cloudless.testing.hollow")
+
 PORT_BASE = 20_000
 ENROLL_ATTEMPTS = 5
 
@@ -152,6 +156,36 @@ class HollowDriver:
         return None
 
 
+def shard_port(shard: int, shards: int, k: int) -> tuple[int, int]:
+    """The first free port of shard ``shard`` of ``shards`` from its ``k``-th on, and the
+    ``k`` to go on from. gRPC binds with SO_REUSEPORT, so two fleet processes picking the
+    same port would share it (and answer for each other's nodes): shards walk disjoint
+    sequences (``PORT_BASE + shard + k * shards``, below Linux's ephemeral range) and the
+    servers bind without SO_REUSEPORT (:func:`serve_agent`)."""
+    while True:
+        port = PORT_BASE + shard + k * shards
+        k += 1
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port, k
+
+
+async def serve_agent(
+    material: tls.TLSMaterial, address: str, drivers: dict[str, HollowDriver]
+) -> tuple[grpc.aio.Server, RotatingServerCredentials]:
+    """Serve the real ``AgentService`` of a hollow node at ``address`` over mutual TLS,
+    as the agent does: its certificate replaceable for new handshakes (the credentials'
+    ``update``, what the agent does after a renewal)."""
+    server = grpc.aio.server(options=[*tls.SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(material.identity.name, material.identity.cluster, drivers), server
+    )
+    credentials = RotatingServerCredentials(material, require_client_auth=True)
+    server.add_secure_port(address, credentials.credentials)
+    await server.start()
+    return server, credentials
+
+
 @dataclass
 class HollowNode:
     spec: HollowSpec
@@ -215,18 +249,11 @@ class HollowFleet:
         return time.monotonic() - started
 
     def _port(self) -> int:
-        """A free port no other node of this fleet uses. gRPC binds with SO_REUSEPORT, so
-        two fleet processes picking the same port would share it (and answer for each
-        other's nodes): shards walk disjoint sequences (``PORT_BASE + shard + k * shards``,
-        below Linux's ephemeral range) and the servers bind without SO_REUSEPORT."""
+        """A free port no other node of this fleet uses (see :func:`shard_port`)."""
         if self.shards == 1:
             return free_port()
-        while True:
-            port = PORT_BASE + self.shard + self._next_port * self.shards
-            self._next_port += 1
-            with socket.socket() as s, contextlib.suppress(OSError):
-                s.bind(("127.0.0.1", port))
-                return port
+        port, self._next_port = shard_port(self.shard, self.shards, self._next_port)
+        return port
 
     async def _launch(self, spec: HollowSpec) -> None:
         address = f"127.0.0.1:{self._port()}"
@@ -257,13 +284,7 @@ class HollowFleet:
                 if attempt == ENROLL_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(2**attempt)
-        server = grpc.aio.server(options=[*tls.SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(material.identity.name, material.identity.cluster, drivers), server
-        )
-        server.add_secure_port(address, server_credentials(material, require_client_auth=True))
-        await server.start()
-        node.server = server
+        node.server, _ = await serve_agent(material, address, drivers)
         node.heartbeat = HeartbeatClient(
             self.agent_gateway,
             material,
@@ -295,18 +316,27 @@ class HollowFleet:
         )
 
 
-async def wait_ready(client: Client, cluster: str, names: set[str], timeout: float) -> None:
-    """Until the ledger lists every one of ``names`` as Ready."""
+async def wait_ready(
+    client: Client, cluster: str, names: set[str], timeout: float, interval: float = 0.5
+) -> None:
+    """Until the ledger lists every one of ``names`` as Ready (asked every ``interval``
+    seconds; a ledger too busy to answer, as thousands of joining nodes make it, is asked
+    again at the next)."""
     c = CloudlessClient(client, cluster)
     deadline = time.monotonic() + timeout
+    ready: set[str] = set()
     while True:
-        snap = await c.snapshot()
-        ready = {n.node_id for n in snap.nodes if n.state == NodeState.READY}
-        if names <= ready:
-            return
+        try:
+            snap = await c.snapshot()
+        except RPCError as err:  # "consistent query buffer is full", a query timing out
+            log.warning("hollow.wait_ready", error=str(err))
+        else:
+            ready = {n.node_id for n in snap.nodes if n.state == NodeState.READY}
+            if names <= ready:
+                return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(names - ready)} hollow nodes not Ready after {timeout}s")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(interval)
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ from cloudless.model import (
     NodeRecord,
     NodeStatus,
     NodeWorkflowInput,
+    RenewCertificateInput,
     ReplicaCrashed,
     ReplicaExited,
     ReplicaPhase,
@@ -476,6 +477,27 @@ async def node_ready_paths(client: Client, queue: str, fake: StandIns) -> list[s
     return [handle.id]
 
 
+async def node_renewal(client: Client, queue: str, fake: StandIns) -> list[str]:
+    """A certificate renewal (the ``renew_certificate`` Update signs and records), the
+    agent's retry for the same key (answered with that certificate), then a liveness
+    change the main loop handles meanwhile."""
+    node_id = f"renew-{suffix()}"
+    handle = await start_node(client, queue, node_id)
+    renewal = RenewCertificateInput(
+        csr_pem="stand-in CSR", key_id="key of stand-in CSR", presented_serial="01"
+    )
+    first = await nd.RENEW_CERTIFICATE.execute(handle, renewal)
+    again = await nd.RENEW_CERTIFICATE.execute(handle, renewal)
+    assert again == first, (first, again)
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.SUSPECT, "heartbeat stream broke"))
+    await node_state(handle, NodeState.SUSPECT)
+    await nd.LIVENESS.send(handle, liveness(NodeHealth.READY, "heartbeat stream opened"))
+    await node_state(handle, NodeState.READY)
+    await quiesce(handle)
+    await handle.terminate("recorded")
+    return [handle.id]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "workload-apply-scale-delete": apply_scale_delete,
     "workload-rollout-full-cluster": rollout_on_a_full_cluster,
@@ -489,6 +511,7 @@ SCENARIOS: dict[str, Scenario] = {
     "node-flap-hold": node_flap_hold,
     "node-continue-as-new": node_continue_as_new,
     "node-ready-paths": node_ready_paths,
+    "node-renewal": node_renewal,
 }
 
 

@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
@@ -42,6 +43,8 @@ from cloudless.model import (
     RunReplicaResult,
     RunReplicasInput,
     RunReplicasResult,
+    SignCertificateInput,
+    SignCertificateResult,
     StopReplicaInput,
     StopReplicaResult,
     UpsertNodeInput,
@@ -209,6 +212,23 @@ class StandIns:
         self.calls.append(("remove_node", inp))
         return RemoveNodeResult(removed=True, revoked=bool(inp.certificate_serial))
 
+    @activity.defn(name="sign_node_certificate")
+    async def sign_node_certificate(self, inp: SignCertificateInput) -> SignCertificateResult:
+        """A certificate for the CSR, valid 30 days: its serial made up, its key id the
+        CSR's text prefixed with "key of " (a real one is the CSR key's, as the gateway
+        computes it for ``RenewCertificateInput.key_id``)."""
+        self.calls.append(("sign_node_certificate", inp))
+        n = len(self.named("sign_node_certificate"))
+        now = datetime.now(UTC)
+        return SignCertificateResult(
+            certificate_pem=f"stand-in certificate {n} of {inp.node_id}",
+            ca_pem="stand-in CA",
+            not_after=now + timedelta(days=30),
+            serial=f"{n:040x}",
+            issued_at=now,
+            key_id=f"key of {inp.csr_pem}",
+        )
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.place_replicas,
@@ -226,6 +246,7 @@ class StandIns:
             self.wait_node_released,
             self.retire_node,
             self.remove_node,
+            self.sign_node_certificate,
         ]
 
 

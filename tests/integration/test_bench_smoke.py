@@ -41,6 +41,9 @@ SMOKE: dict[str, list[str]] = {
     "churn_latency": [
         *("--trials", "1", "--partition-trials", "1", "--pool", "2", "--replicas", "2"),
     ],
+    "cert_rotation": [
+        *("--nodes", "20", "--window", "3", "--reps", "2", "--baseline", "2", "--warmup", "2"),
+    ],
     "front_cost": [
         *("--n", "3", "--rounds", "2", "--warmup", "1", "--cpu-n", "2", "--idle", "0.2"),
         *("--cli-n", "1"),

@@ -11,6 +11,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,6 +27,7 @@ from cloudless.model import (
     ReconcileNodeInput,
     ReconcileRequest,
     RemoveNodeInput,
+    RenewCertificateInput,
     Resources,
     RetireNodeInput,
     UpsertNodeInput,
@@ -394,4 +396,32 @@ async def test_a_reconcile_request_reconciles_a_ready_node_now(
         status = await state_is(client, handle.id, NodeState.OFFLINE)
         assert status.transitions[-1].reason.startswith("could not reconcile replicas")
         await eventually(lambda: fake.named("notify_workloads"))
+        await handle.terminate()
+
+
+async def test_renewal_signs_with_a_local_activity(temporal_env: WorkflowEnvironment) -> None:
+    """The renewal's certificate is signed in the worker that runs the Update (a marker in
+    history), not dispatched through Temporal as an activity task: one workflow task per
+    renewal, not two (``bench/cert_rotation.py``). The result is recorded all the same."""
+    client, queue, fake = temporal_env.client, fresh_queue("node"), StandIns()
+    node_id = unique("n")
+    async with worker(client, queue, [NodeWorkflow], fake):
+        handle = await enrolled(client, queue, fake, node_id)
+        renewal = RenewCertificateInput(
+            csr_pem="stand-in CSR", key_id="key of stand-in CSR", presented_serial="01"
+        )
+        signed = await nd.RENEW_CERTIFICATE.execute(handle, renewal)
+        assert [s.node_id for s in fake.named("sign_node_certificate")] == [node_id]
+        status = await nd.DESCRIBE.query(handle)
+        assert status is not None and status.record.certificate_serial == signed.serial
+        events = (await handle.fetch_history()).events
+        scheduled = [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+        assert "sign_node_certificate" not in scheduled, scheduled
+        markers = [e for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+        assert any(m.marker_recorded_event_attributes.marker_name == "core_local_activity"
+                   for m in markers), markers  # fmt: skip
         await handle.terminate()

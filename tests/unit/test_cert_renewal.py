@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from agent.renewal import (
     RENEW_CERT_FILE,
     RENEW_KEY_FILE,
+    RPC_TIMEOUT,
     CertificateExpired,
     CertificateRenewer,
     RenewalRefused,
@@ -41,7 +42,7 @@ from cloudless.api import (
     secrets_pb2_grpc,
 )
 from cloudless.errors import PKIError
-from cloudless.model import RevokedCertificate
+from cloudless.model import RenewCertificateInput, RevokedCertificate, SignCertificateResult
 from cloudless.pki import (
     CertificateAuthority,
     Identity,
@@ -69,7 +70,8 @@ from cloudless.tls import (
     secure_channel,
     server_credentials,
 )
-from workers.gateway import GatewayServicer
+from workers import gateway as gateway_module
+from workers.gateway import RENEW_TIMEOUT, GatewayServicer
 
 NODE = Identity(cluster="dev", role="node", name="pi-1")
 
@@ -312,6 +314,65 @@ async def test_the_gateway_refuses_bad_renewals_before_reaching_temporal(
     assert "cloudlessctl token create" in why
 
 
+async def test_the_gateway_takes_a_bounded_number_of_renewals_to_temporal(
+    ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``max_renewals`` in flight, a renewal waits for a slot, and past the queue
+    wait it is answered UNAVAILABLE ("busy") without reaching Temporal, so a fleet
+    renewing faster than the coordinator signs cannot flood it (bench/cert_rotation.py)."""
+    release, two_in = asyncio.Event(), asyncio.Event()
+    entered: list[str] = []
+
+    class HeldUpdate:
+        """``node/<id>``'s renew_certificate Update, held until ``release``."""
+
+        def __init__(self, client: object, node_id: str) -> None:
+            self.node_id = node_id
+
+        async def renew_certificate(
+            self, inp: RenewCertificateInput, *, rpc_timeout: timedelta | None = None
+        ) -> SignCertificateResult:
+            entered.append(self.node_id)
+            if len(entered) == 2:
+                two_in.set()
+            await release.wait()
+            now = datetime.now(UTC)
+            return SignCertificateResult(
+                certificate_pem=f"for {self.node_id}", ca_pem="ca", not_after=now,
+                serial="01", issued_at=now, key_id=inp.key_id,
+            )  # fmt: skip
+
+    monkeypatch.setattr(gateway_module, "NodeHandle", HeldUpdate)
+    gateway = GatewayServicer(
+        NoTemporal(),  # type: ignore[arg-type]
+        "dev",
+        verifier=None,  # type: ignore[arg-type]
+        max_renewals=2,
+        renewal_queue_wait=1.0,
+    )
+    certs = [ca.issue(Identity(cluster="dev", role="node", name=f"pi-{i}"))[1] for i in range(4)]
+
+    def csr(i: int) -> bytes:
+        return make_csr(generate_private_key_pem(), f"pi-{i}")
+
+    async def renewed(i: int) -> str:
+        answer = await gateway.RenewCertificate(
+            gateway_pb2.RenewCertificateRequest(csr_pem=csr(i)),
+            Context(certs[i]),  # type: ignore[arg-type]
+        )
+        return answer.certificate_pem.decode()
+
+    held = [asyncio.create_task(renewed(i)) for i in range(2)]
+    await two_in.wait()
+    code, why = await renew(gateway, certs[2], csr(2))  # no slot within the wait
+    assert code == grpc.StatusCode.UNAVAILABLE and why.startswith("busy"), why
+    assert entered == ["pi-0", "pi-1"]
+    waiting = asyncio.create_task(renewed(3))  # gets the first slot freed
+    release.set()
+    assert await asyncio.gather(*held, waiting) == ["for pi-0", "for pi-1", "for pi-3"]
+    assert entered == ["pi-0", "pi-1", "pi-3"]
+
+
 # ------------------------------------------------------------------ the secrets channels
 
 
@@ -532,3 +593,12 @@ async def test_a_renewal_brings_the_clusters_trust_bundle_while_the_ca_rotates(
     assert (state_b / CERT_FILE).read_bytes() == material_b.cert_pem
     assert (state_b / KEY_FILE).read_bytes() == material_b.key_pem
     assert renewer.renewals == 0 and renewer.material == material_b
+
+
+def test_the_agent_waits_for_the_gateways_own_answer() -> None:
+    """The gateway lets a renewal take up to ``RENEW_TIMEOUT`` and then answers UNAVAILABLE
+    ("retry for the same key"). An agent that gives up sooner abandons renewals the
+    coordinator is still completing and asks again: in ``bench/cert_rotation.py`` (1,000
+    nodes renewing within 20 s) a fifth of the attempts timed out that way, each retry a
+    new handshake and Update when the coordinator was busiest."""
+    assert RENEW_TIMEOUT.total_seconds() + 5 <= RPC_TIMEOUT  # a handshake's worth to spare
