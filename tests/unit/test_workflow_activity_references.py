@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-SCHEDULERS = {"execute_activity_method", "start_activity_method"}
+SCHEDULERS = {
+    "execute_activity_method",
+    "start_activity_method",
+    "execute_local_activity_method",
+    "start_local_activity_method",
+}
 
 
 def _passed_through(node: ast.With) -> bool:
