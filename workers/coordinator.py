@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -378,7 +379,7 @@ class Coordinator:
                 *(secrets.activities() if secrets else ()),
             ],
             # How the cert-rotation run finds this instance among the queue's pollers.
-            identity=instance_identity(instance),
+            identity=instance_identity(instance, os.getpid(), socket.gethostname()),
             max_concurrent_activities=200,
             # The SDK's default of 5 workflow-task polls leaves ONE for the non-sticky
             # queue, where every new workflow's first task (each apply's update-with-start)
@@ -479,7 +480,7 @@ class Coordinator:
             self.client,
             task_queue=coordinator_task_queue(self.cluster, instance),
             activities=[rotation.renew_coordinator_certificates, rotation.rotate_ca_stage],
-            identity=instance_identity(instance),
+            identity=instance_identity(instance, os.getpid(), socket.gethostname()),
             max_concurrent_activities=2,
         )
         self._tasks.append(asyncio.create_task(own_worker.run(), name="instance-worker"))

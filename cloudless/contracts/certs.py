@@ -48,16 +48,17 @@ def coordinator_task_queue(cluster: str, instance: str) -> str:
     return f"{task_queue(cluster)}-coordinator-{instance}"
 
 
-def instance_identity(instance: str) -> str:
-    """The worker identity of coordinator ``instance`` (shown in the Temporal UI)."""
-    return f"{INSTANCE_IDENTITY_PREFIX}{instance}"
+def instance_identity(instance: str, pid: int, host: str) -> str:
+    """The worker identity of coordinator ``instance``, shown in the Temporal UI:
+    Temporal's usual ``<pid>@<host>``, then the instance the rotation runs find it by."""
+    return f"{pid}@{host} {INSTANCE_IDENTITY_PREFIX}{instance}"
 
 
 def instance_of(identity: str) -> str | None:
     """The instance a worker identity names, or None for any other poller."""
-    if not identity.startswith(INSTANCE_IDENTITY_PREFIX):
+    _, marker, name = identity.rpartition(f" {INSTANCE_IDENTITY_PREFIX}")
+    if not marker:
         return None
-    name = identity[len(INSTANCE_IDENTITY_PREFIX) :]
     return name if 0 < len(name) <= INSTANCE_MAX else None
 
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from activities.agent_client import AgentClientPool
 from cloudless.api import agent_pb2, agent_pb2_grpc
+from cloudless.contracts.certs import instance_identity, instance_of
 from cloudless.errors import ConfigError
 from cloudless.http import load_chain, tls_context
 from cloudless.pki import CertificateAuthority, Identity, cert_serial, identity_from_cert
@@ -287,7 +288,8 @@ async def test_the_processes_own_look_waits_for_the_fallback_point(
     clock.ahead = timedelta(seconds=42)
     wait = await certs.check(Due(at=0.85), fallback=True)
     assert cert_serial(certs.material.cert_pem) == serial and recorded == []
-    assert timedelta(seconds=8) <= wait <= timedelta(seconds=10)
+    # 85 % of 60 s is 51 s; 42 s are gone, less up to a second (whole-second certificates)
+    assert timedelta(seconds=7) <= wait <= timedelta(seconds=9)
     clock.ahead = timedelta(seconds=52)
     await certs.check(Due(at=0.85), fallback=True)
     assert cert_serial(certs.material.cert_pem) != serial and len(recorded) == 1
@@ -452,3 +454,11 @@ async def test_a_revoked_admin_is_not_renewed_again(
     clock.ahead = timedelta(0)
     assert await certs.check() > timedelta(0)  # no busy loop on the admin's due certificate
     assert len(asked) == 1 and wait >= timedelta(0)
+
+
+def test_a_worker_identity_keeps_temporals_pid_at_host_and_names_the_instance() -> None:
+    identity = instance_identity("edge.example.org-9443", 4242, "edge.example.org")
+    assert identity.split("@")[0] == "4242"  # what Temporal's own identities start with
+    assert instance_of(identity) == "edge.example.org-9443"
+    assert instance_of("4242@edge.example.org") is None  # any other poller
+    assert instance_of("1@h cloudless-coordinator/") is None
