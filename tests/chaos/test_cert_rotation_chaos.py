@@ -198,6 +198,11 @@ async def test_every_certificate_rotates_five_times_while_the_cluster_works(
             spawn_coordinator, stack, CLUSTER, PORTS, extra_args=COORDINATOR_ARGS
         )
         record_process(stack, "coordinator", pid)
+        # Its ports open before its front has loaded what it authorizes with (it answers
+        # "the coordinator is starting" meanwhile): calls count from its first answer on.
+        await eventually(
+            lambda: _answers(stack), "the restarted coordinator's front to answer", timeout=60
+        )
         operator.paused = False
         restarted = cert_serial(watch.cert("coordinator"))
         assert restarted != cert_serial(coordinator_cert), "not renewed at the restart"
@@ -266,6 +271,11 @@ async def test_every_certificate_rotates_five_times_while_the_cluster_works(
 def _kill9_coordinator(state: Path) -> None:
     os.killpg(_pid(state, "coordinator"), signal.SIGKILL)
     wait_until(lambda: not port_open(PORTS.gateway), "the killed coordinator's port", 30)
+
+
+async def _answers(state: Path) -> bool:
+    code, _ = await asyncio.to_thread(_ctl, state, "get", "nodes", "-o", "json")
+    return code == 0
 
 
 async def _states_are(operator: Operator, want: dict[str, str]) -> bool:
