@@ -399,7 +399,7 @@ class CoordinatorCertificates:
                 self.material = material
                 await self._push(material)
             if self.admin is not None:
-                await asyncio.to_thread(_write_trust, self.admin.directory, trust)
+                await asyncio.to_thread(write_trust, self.admin.directory, trust)
         return await self.renew()
 
     def _state(
@@ -506,7 +506,8 @@ class CoordinatorCertificates:
             await self.changed.wait_for(lambda: self.renewals >= count)
 
 
-def _write_trust(directory: Path, trust: bytes) -> None:
+def write_trust(directory: Path, trust: bytes) -> None:
+    """``directory``'s ``ca.crt`` becomes the trust bundle (written only if it differs)."""
     path = directory / CA_FILE
     if not path.exists() or path.read_bytes() != trust:
         write_public_file(path, trust)
@@ -574,4 +575,5 @@ __all__ = [
     "ensure_certificate",
     "ensure_pair",
     "instance_name",
+    "write_trust",
 ]

@@ -64,7 +64,6 @@ from cloudless.pki import (
     cert_not_after,
     cert_serial,
     load_trust_bundle,
-    write_public_file,
 )
 from cloudless.pki import rotation as ca_rotation
 from cloudless.pki.rotation import trust_bundle
@@ -106,6 +105,7 @@ from workers.certs import (
     ensure_cert_rotation_schedule,
     ensure_pair,
     instance_name,
+    write_trust,
 )
 from workers.codec_server import LIMITS as CODEC_LIMITS
 from workers.codec_server import CodecServer, CodecServerConfig, ListenError
@@ -161,9 +161,7 @@ def bootstrap_admin(
     for the mTLS services (secrets), like kubeadm's admin.conf. Returns its directory."""
     directory = config.admin_dir(state_dir)
     ensure_pair(admin_spec(directory, cluster), ca, validity=validity)
-    ca_path, trust = directory / CA_FILE, trust_bundle(config.coordinator_dir(state_dir))
-    if not ca_path.exists() or ca_path.read_bytes() != trust:
-        write_public_file(ca_path, trust)
+    write_trust(directory, trust_bundle(config.coordinator_dir(state_dir)))
     return directory
 
 
